@@ -1,0 +1,40 @@
+"""vitcompress: prune, token-reduce, export and benchmark Vision Transformers.
+
+Public API (imported lazily so that ``import vitcompress`` stays light)::
+
+    vitcompress.prune(model_or_artifact, flops_reduction=0.462, ...) -> PruneResult
+    vitcompress.load(path) -> nn.Module          # rebuild a pruned model from its artifact
+    vitcompress.save(model, path)                # write an artifact (atomically)
+    vitcompress.count(model) -> Counts           # analytic MACs / params
+    vitcompress.create_source_model(name, ...)   # an unpruned timm ViT
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import VitCompressError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "prune": "pruner", "PruneConfig": "pruner", "PruneResult": "pruner",
+    "load": "artifact", "save": "artifact", "read_meta": "artifact", "ArtifactMeta": "artifact",
+    "count": "counting", "Counts": "counting",
+    "create_source_model": "models", "list_models": "models",
+    "slice_model": "slicers", "Plan": "plan",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vitcompress' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["VitCompressError", *_LAZY]

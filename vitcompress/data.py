@@ -1,0 +1,139 @@
+"""Image data: the built-in real datasets (``digits``, ``mnist10k``) and ImageFolder directories.
+
+Built-in splits are fixed: the first 80% of each class (in file order) is ``train``, the rest
+``val``. Images are resized to the model's input size (bilinear), replicated to its input
+channels and normalised with its mean/std, so the same data serves any ViT.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .errors import VitCompressError
+
+BUILTIN = ("digits", "mnist10k")
+TRAIN_FRACTION = 0.8
+
+
+@dataclass
+class DataConfig:
+    """Input geometry and normalisation a model expects."""
+
+    img_size: tuple[int, int]
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "DataConfig":
+        pe = model.patch_embed
+        c = pe.proj.in_channels
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        if len(mean) != c:
+            mean, std = (float(np.mean(mean)),) * c, (float(np.mean(std)),) * c
+        return cls(tuple(pe.img_size), c, mean, std)
+
+
+@lru_cache(maxsize=4)
+def load_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images as float32 [N, H, W] in [0, 1] and int64 labels of a built-in dataset."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+    if name == "mnist10k":
+        with resources.as_file(resources.files("vitcompress") / "data" / "mnist10k.npz") as p:
+            z = np.load(p)
+            return (z["images"].astype(np.float32) / 255.0), z["labels"].astype(np.int64)
+    raise VitCompressError(f"unknown dataset {name!r}; use one of {', '.join(BUILTIN)} or an ImageFolder directory")
+
+
+def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
+    """Fixed split: per class, the first 80% (in file order) is 'train', the rest 'val'."""
+    if split not in ("train", "val", "all"):
+        raise VitCompressError(f"unknown split {split!r}; use train, val or all")
+    if split == "all":
+        return np.arange(len(labels))
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        cut = int(round(TRAIN_FRACTION * len(idx)))
+        out.append(idx[:cut] if split == "train" else idx[cut:])
+    return np.sort(np.concatenate(out))
+
+
+class ArrayImageDataset(Dataset):
+    """Grayscale images held in memory, resized/normalised on access."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, cfg: DataConfig):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.from_numpy(labels)
+        self.cfg = cfg
+        self.num_classes = int(labels.max()) + 1
+        self._mean = torch.tensor(cfg.mean).view(-1, 1, 1)
+        self._std = torch.tensor(cfg.std).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i][None, None]
+        if tuple(x.shape[-2:]) != tuple(self.cfg.img_size):
+            x = F.interpolate(x, size=self.cfg.img_size, mode="bilinear", align_corners=False)
+        x = x[0].expand(self.cfg.in_chans, -1, -1)
+        return (x - self._mean) / self._std, self.labels[i]
+
+
+def _image_folder(root: str, cfg: DataConfig, split: str, training: bool) -> Dataset:
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    sub = os.path.join(root, split)
+    path = sub if split in ("train", "val") and os.path.isdir(sub) else root
+    transform = create_transform(input_size=(cfg.in_chans, *cfg.img_size), is_training=training,
+                                 mean=cfg.mean, std=cfg.std)
+    try:
+        ds = ImageFolder(path, transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise VitCompressError(f"data folder {path!r} has no images in class sub-folders ({str(e)[:100]}); "
+                               "use an ImageFolder layout: DIR/<class>/<image>") from None
+    ds.num_classes = len(ds.classes)
+    return ds
+
+
+def make_dataset(data: str, cfg: DataConfig, split: str = "train", training: bool = False) -> Dataset:
+    """A dataset by name (``digits``, ``mnist10k``) or ImageFolder path, in the model's geometry."""
+    if data in BUILTIN:
+        images, labels = load_builtin(data)
+        idx = split_indices(labels, split)
+        return ArrayImageDataset(images[idx], labels[idx], cfg)
+    if os.path.isdir(data):
+        return _image_folder(data, cfg, split, training)
+    raise VitCompressError(f"data {data!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor a folder")
+
+
+def calibration_loader(data: str, model: nn.Module, n_images: int = 64, batch_size: int = 32,
+                       seed: int = 0) -> DataLoader:
+    """``n_images`` training images drawn with a fixed seed, for scoring."""
+    if n_images < 1:
+        raise VitCompressError(f"--calib-images must be at least 1, got {n_images}")
+    ds = make_dataset(data, DataConfig.from_model(model), "train")
+    if len(ds) == 0:
+        raise VitCompressError(f"data {data!r} is empty; point it at a folder with images")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[: min(n_images, len(ds))].tolist()
+    sub = Subset(ds, idx)
+    sub.num_classes = getattr(ds, "num_classes", None)
+    return DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=0)

@@ -1,0 +1,66 @@
+"""Atomic output: write to a temporary sibling, then rename, so a failure leaves nothing half-written."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import VitCompressError
+
+
+def check_writable_dir(parent: Path) -> None:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VitCompressError(f"cannot create output folder {str(parent)!r}: {e.strerror}; choose a writable path") from None
+    if not os.access(parent, os.W_OK):
+        raise VitCompressError(f"output folder {str(parent)!r} is not writable; choose a writable path")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``path`` in one rename.
+
+    An existing ``path`` is refused unless ``force``; on any exception the temporary folder is
+    removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise VitCompressError(f"output {str(path)!r} already exists; pass --force to overwrite it or choose another path")
+    if path.exists() and not path.is_dir():
+        raise VitCompressError(f"output {str(path)!r} is a file, not a folder; choose another path")
+    check_writable_dir(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.rename(path, old / "x")
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise VitCompressError(f"output {str(path)!r} already exists; pass --force to overwrite it")
+    check_writable_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,129 @@
+"""Attention whose heads, query/key width and value width are its own.
+
+timm's ``Attention`` derives everything from ``dim // num_heads``; after pruning, a layer can have
+any number of heads, a q/k width per head different from its v width, and must keep the softmax
+scale of the unpruned model. ``PrunedAttention`` stores all of these explicitly and keeps timm's
+parameter names (``qkv``, ``proj``, ``q_norm``, ``k_norm``) so state dicts stay familiar.
+"""
+from __future__ import annotations
+
+from typing import Final, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import use_fused_attn
+
+
+class PrunedAttention(nn.Module):
+    """Multi-head self-attention with explicit per-layer widths.
+
+    The fused ``qkv`` projection has ``num_heads * (2 * qk_dim + v_dim)`` outputs laid out as
+    ``[q (head-major) | k (head-major) | v (head-major)]``, the same order timm uses, so an unpruned
+    timm ``Attention`` maps onto it without reordering. ``scale`` is stored, never recomputed: after
+    q/k dims are removed it stays ``1 / sqrt(original head dim)`` so that attention logits equal the
+    unpruned model's logits with the removed dims zeroed.
+    """
+
+    fused_attn: Final[bool]
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_dim: int,
+        v_dim: int,
+        scale: float,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        norm_layer: Optional[type] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        if num_heads < 1 or qk_dim < 1 or v_dim < 1:
+            raise ValueError(f"attention needs >= 1 head and dims, got {num_heads}, {qk_dim}, {v_dim}")
+        self.num_heads = num_heads
+        self.qk_dim = qk_dim
+        self.v_dim = v_dim
+        self.head_dim = qk_dim  # timm attribute name, kept for tools that read it
+        self.attn_dim = num_heads * v_dim
+        self.scale = float(scale)
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, **dd)
+        if qk_norm:
+            if norm_layer is None:
+                raise ValueError("qk_norm needs a norm_layer")
+            self.q_norm = norm_layer(qk_dim, **dd)
+            self.k_norm = norm_layer(qk_dim, **dd)
+        else:
+            self.q_norm = nn.Identity()
+            self.k_norm = nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    @property
+    def qkv_sizes(self) -> tuple[int, int, int]:
+        h = self.num_heads
+        return h * self.qk_dim, h * self.qk_dim, h * self.v_dim
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project ``x`` [B, N, C] to q, k [B, H, N, qk_dim] and v [B, H, N, v_dim]."""
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).split(self.qkv_sizes, dim=-1)
+        q = q.reshape(B, N, self.num_heads, self.qk_dim).transpose(1, 2)
+        k = k.reshape(B, N, self.num_heads, self.qk_dim).transpose(1, 2)
+        v = v.reshape(B, N, self.num_heads, self.v_dim).transpose(1, 2)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, N, v_dim] -> projected [B, N, C]."""
+        B, _, N, _ = x.shape
+        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.proj_drop(self.proj(x))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        q, k, v = self.split_heads(x)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=attn_mask,
+                dropout_p=self.attn_drop.p if self.training else 0.0,
+                is_causal=is_causal,
+                scale=self.scale,
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if is_causal:
+                n = attn.shape[-1]
+                causal = torch.ones(n, n, dtype=torch.bool, device=attn.device).tril()
+                attn = attn.masked_fill(~causal, float("-inf"))
+            if attn_mask is not None:
+                if attn_mask.dtype == torch.bool:
+                    attn = attn.masked_fill(~attn_mask, float("-inf"))
+                else:
+                    attn = attn + attn_mask
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        return self.merge_heads(x)
+
+    def extra_repr(self) -> str:
+        return (f"num_heads={self.num_heads}, qk_dim={self.qk_dim}, v_dim={self.v_dim}, "
+                f"scale={self.scale:.6g}, fused_attn={self.fused_attn}")
+
+
+def attention_dims(attn: nn.Module) -> tuple[int, int, int, float]:
+    """(num_heads, qk_dim, v_dim, scale) of a timm ``Attention`` or a ``PrunedAttention``."""
+    if isinstance(attn, PrunedAttention):
+        return attn.num_heads, attn.qk_dim, attn.v_dim, attn.scale
+    return attn.num_heads, attn.head_dim, attn.head_dim, float(attn.scale)
