@@ -1,0 +1,191 @@
+"""One-shot structured pruning: score groups, choose under a budget, slice, record.
+
+``prune`` is the library entry point behind ``vitcompress prune``. It validates everything cheap
+first (so bad input fails before minutes of scoring), then:
+model -> groups (groups.py) -> scores (scorers/) -> plan (budget.py) -> dense model (slicers.py)
+-> artifact record with the plan composed back to the source numbering (artifact.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
+from .budget import Budget, select
+from .counting import count
+from .data import calibration_loader
+from .errors import VitCompressError
+from .groups import build_groups, parse_kinds
+from .models import create_source_model
+from .plan import compose
+from .scorers import SCORERS, needs_data
+from .slicers import slice_model
+
+DEFAULT_GRANULARITY = ("heads", "qk", "v", "mlp")
+
+
+@dataclass
+class PruneConfig:
+    """Serialisable settings of one pruning step (stored in the artifact's history)."""
+
+    flops_reduction: Optional[float] = None
+    params_reduction: Optional[float] = None
+    importance: str = "taylor"
+    granularity: tuple[str, ...] = DEFAULT_GRANULARITY
+    uniform: bool = False
+    round_to: int = 8
+    data: str = "digits"
+    calib_images: int = 64
+    batch_size: int = 32
+    seed: int = 0
+    labels: str = "auto"
+
+    def validate(self) -> None:
+        given = [r for r in (self.flops_reduction, self.params_reduction) if r is not None]
+        if len(given) != 1:
+            raise VitCompressError("give exactly one budget: --flops-reduction R or --params-reduction R (0 < R < 1)")
+        r = given[0]
+        if not 0 < r < 1:
+            raise VitCompressError(f"reduction {r} is outside (0, 1); pass the fraction to remove, e.g. 0.462")
+        self.granularity = parse_kinds(self.granularity)
+        SCORERS.get(self.importance)
+        if self.round_to < 1:
+            raise VitCompressError(f"--round-to must be at least 1 (1 turns alignment off), got {self.round_to}")
+        if self.calib_images < 1 or self.batch_size < 1:
+            raise VitCompressError("--calib-images and --batch-size must be at least 1")
+        if self.labels not in ("auto", "true", "pseudo"):
+            raise VitCompressError(f"labels must be auto, true or pseudo, got {self.labels!r}")
+
+    @property
+    def metric(self) -> str:
+        return "macs" if self.flops_reduction is not None else "params"
+
+    @property
+    def reduction(self) -> float:
+        return self.flops_reduction if self.flops_reduction is not None else self.params_reduction
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["granularity"] = list(self.granularity)
+        return d
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    meta: ArtifactMeta
+    achieved: float
+    seconds: dict = field(default_factory=dict)
+
+
+def resolve_model(model: Union[str, os.PathLike, nn.Module], *, pretrained: bool = False,
+                  checkpoint: Optional[str] = None, num_classes: Optional[int] = None,
+                  img_size: Optional[int] = None) -> nn.Module:
+    """An ``nn.Module`` from a module, an artifact folder or a timm model name."""
+    if isinstance(model, nn.Module):
+        return model
+    s = str(model)
+    if is_artifact(s):
+        if pretrained or checkpoint or num_classes or img_size:
+            raise VitCompressError(f"{s!r} is an artifact; --pretrained/--checkpoint/--num-classes/--img-size apply to model names only")
+        return load(s)
+    if os.path.isdir(s):
+        raise VitCompressError(f"folder {s!r} is not a vitcompress artifact (no vitcompress.json); pass an artifact folder or a timm model name")
+    if os.sep in s or s.endswith((".pth", ".pt", ".safetensors")):
+        raise VitCompressError(f"{s!r} does not exist; pass an artifact folder or a timm model name (weights go in --checkpoint)")
+    return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint,
+                               num_classes=num_classes, img_size=img_size)
+
+
+def prune(
+    model: Union[str, os.PathLike, nn.Module],
+    *,
+    flops_reduction: Optional[float] = None,
+    params_reduction: Optional[float] = None,
+    importance: str = "taylor",
+    granularity: Sequence[str] = DEFAULT_GRANULARITY,
+    uniform: bool = False,
+    round_to: int = 8,
+    data: str = "digits",
+    calib_images: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+    labels: str = "auto",
+    pretrained: bool = False,
+    checkpoint: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    img_size: Optional[int] = None,
+    output: Optional[Union[str, os.PathLike]] = None,
+    force: bool = False,
+    progress: bool = False,
+) -> PruneResult:
+    """Prune a ViT to remove ``flops_reduction`` of its MACs (or ``params_reduction`` of its params).
+
+    ``model`` is a timm model name, an artifact folder or a module. The reduction is relative to
+    that input model. Returns the pruned dense model and its artifact record; with ``output`` the
+    artifact is also written (atomically; an existing folder needs ``force``).
+    """
+    cfg = PruneConfig(flops_reduction, params_reduction, importance, tuple(granularity), uniform,
+                      round_to, data, calib_images, batch_size, seed, labels)
+    cfg.validate()
+    if output is not None and os.path.exists(output) and not force:
+        raise VitCompressError(f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path")
+    times = {}
+    t0 = time.perf_counter()
+    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint,
+                        num_classes=num_classes, img_size=img_size)
+    if "qk" in cfg.granularity and any(not isinstance(b.attn.q_norm, nn.Identity) for b in net.blocks):
+        raise VitCompressError("this model normalises q and k per head (qk_norm), so q/k dims cannot be pruned exactly; drop qk from --granularity")
+    prev = meta_of(net)
+    before = count(net)
+    loader = None
+    if needs_data(cfg.importance):
+        loader = calibration_loader(cfg.data, net, cfg.calib_images, cfg.batch_size, cfg.seed)
+    times["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    groups = build_groups(net, cfg.granularity)
+    scores = SCORERS.get(cfg.importance)(net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels,
+                                         progress=progress)
+    times["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    plan, achieved = select(net, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
+    times["select"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pruned = slice_model(net, plan)
+    times["slice"] = time.perf_counter() - t0
+
+    after = count(pruned)
+    meta = ArtifactMeta(
+        source=prev.source,
+        spec=pruned.vitcompress_spec,
+        plan=compose(prev.plan, plan),
+        counts_source=prev.counts_source or before.to_dict(),
+        counts=after.to_dict(),
+        history=[*prev.history, {
+            "method": "one-shot",
+            "config": cfg.to_dict(),
+            "target": {"metric": cfg.metric, "reduction": cfg.reduction},
+            "achieved": {
+                "macs_reduction": 1 - after.macs / before.macs,
+                "params_reduction": 1 - after.params / before.params,
+            },
+            "before": before.to_dict(),
+            "after": after.to_dict(),
+        }],
+        tokens=prev.tokens,
+        extra=dict(prev.extra),
+    )
+    pruned.vitcompress_meta = meta
+    pruned.vitcompress_source = prev.source
+    if output is not None:
+        t0 = time.perf_counter()
+        save(pruned, output, force=force, meta=meta)
+        times["save"] = time.perf_counter() - t0
+    return PruneResult(pruned.eval(), meta, achieved, times)

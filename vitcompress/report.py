@@ -1,0 +1,64 @@
+"""Human-readable tables of an artifact: the per-block widths and the totals."""
+from __future__ import annotations
+
+from .artifact import ArtifactMeta
+from .counting import ArchInfo, block_macs
+from .spec import build_model
+
+
+def _g(x: float) -> str:
+    return f"{x / 1e9:.3f} G"
+
+
+def _m(x: float) -> str:
+    return f"{x / 1e6:.2f} M"
+
+
+def format_totals(meta: ArtifactMeta) -> str:
+    src, now = meta.counts_source, meta.counts
+    lines = [
+        "MACs are multiply-accumulates per image (what pruning papers call FLOPs); FLOPs = 2 x MACs.",
+        f"{'':10s}{'source':>14s}{'pruned':>14s}{'removed':>10s}",
+    ]
+    for key, fmt in (("macs", _g), ("flops", _g), ("params", _m)):
+        a, b = src.get(key), now.get(key)
+        if a:
+            lines.append(f"{key.upper() if key != 'params' else 'params':10s}{fmt(a):>14s}{fmt(b):>14s}{1 - b / a:>10.1%}")
+    return "\n".join(lines)
+
+
+def format_prune_summary(meta: ArtifactMeta) -> str:
+    """What one prune step asked for and what it achieved."""
+    step = meta.history[-1]
+    t, a = step["target"], step["achieved"]
+    cfg = step["config"]
+    got = a["macs_reduction"] if t["metric"] == "macs" else a["params_reduction"]
+    return "\n".join([
+        f"pruned {meta.source.name} with {cfg['importance']} on {','.join(cfg['granularity'])} "
+        f"({'uniform' if cfg['uniform'] else 'global'} ranking, round-to {cfg['round_to']})",
+        f"target: remove {t['reduction']:.1%} of {t['metric']}; achieved {got:.2%} "
+        f"({(got - t['reduction']) * 100:+.2f} points, tolerance 1.5)",
+        format_totals(meta),
+    ])
+
+
+def format_info(meta: ArtifactMeta) -> str:
+    """Per-block table (heads, q/k dim, v dim, MLP width, MACs) and totals of an artifact."""
+    model = build_model(meta.source, meta.spec)  # meta device: shapes only
+    info = ArchInfo.from_model(model)
+    tokens = info.num_patches + info.num_prefix_tokens
+    d = meta.spec.embed_dim
+    head = f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} {'MACs':>10s}"
+    rows = [f"{meta.source.name}  embed dim {d}  depth {meta.spec.depth}  tokens {tokens}", head, "-" * len(head)]
+    for i, b in enumerate(meta.spec.blocks):
+        mac = block_macs(d, b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden, tokens)
+        rows.append(f"{i:>5d} {b.source_index:>4d} {b.num_heads:>5d} {b.qk_dim:>6d} {b.v_dim:>5d} "
+                    f"{b.mlp_hidden:>6d} {mac / 1e6:>8.1f} M")
+    rows.append("")
+    rows.append(format_totals(meta))
+    for step in meta.history:
+        cfg = step.get("config", {})
+        rows.append(f"step: {step.get('method')} {cfg.get('importance', '')} "
+                    f"{','.join(cfg.get('granularity', []))} target {step['target']['reduction']:.1%} "
+                    f"{step['target']['metric']}")
+    return "\n".join(rows)
