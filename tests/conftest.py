@@ -25,6 +25,8 @@ def tiny(kind: str = "vit", seed: int = 0, **overrides):
         for n, p in model.named_parameters():
             if n.endswith("bias") or "token" in n or "gamma" in n:
                 p.normal_(0, 0.2)
+            elif n.endswith("qkv.weight"):
+                p.mul_(6.0)  # sharper attention, so that every q/k dim visibly matters
     return model.eval()
 
 

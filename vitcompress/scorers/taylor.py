@@ -38,9 +38,10 @@ def accumulate_grads(model: nn.Module, loader, labels: str = "auto", progress: b
         for p in params.values():
             p.requires_grad_(True)
             p.grad = None
-        device = next(model.parameters()).device
+        ref = next(model.parameters())
+        device = ref.device
         for x, y in tqdm(loader, desc="taylor scores", disable=not progress, leave=False):
-            x = x.to(device)
+            x = x.to(device=device, dtype=ref.dtype)
             logits = _logits(model(x))
             target = y.to(device) if use_true else logits.detach().argmax(-1)
             loss = F.cross_entropy(logits, target)

@@ -1,0 +1,91 @@
+"""Budgets are met within 1.5 points, widths are aligned, nothing is emptied, bad budgets fail."""
+import pytest
+import torch
+
+from vitcompress.budget import Budget, select, step_down
+from vitcompress.counting import count
+from vitcompress.errors import VitCompressError
+from vitcompress.groups import build_groups
+from vitcompress.scorers import SCORERS
+from vitcompress.slicers import slice_model
+
+from conftest import tiny
+
+ALL = ("heads", "qk", "v", "mlp", "embed", "depth")
+
+
+def run(model, kinds, metric="macs", r=0.4, round_to=8, uniform=False, scorer="l1"):
+    groups = build_groups(model, kinds)
+    scores = SCORERS.get(scorer)(model, groups, seed=0)
+    plan, achieved = select(model, groups, scores, Budget(metric, r, round_to, uniform))
+    return plan, achieved, slice_model(model, plan)
+
+
+def test_step_down():
+    assert step_down(64, 64, 8) == 8
+    assert step_down(1075, 1075, 8) == 3       # align first
+    assert step_down(8, 64, 8) == 0            # never below round_to
+    assert step_down(2, 2, 1) == 1 and step_down(1, 2, 1) == 0
+    assert step_down(5, 5, 8) == 0             # too narrow to align: left alone
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("kinds", [("heads", "mlp"), ("qk", "v", "mlp"), ALL])
+def test_budget_met_and_measured(metric, uniform, kinds):
+    model = tiny("vit", depth=6, embed_dim=128, num_heads=4)
+    r = 0.4
+    plan, achieved, pruned = run(model, kinds, metric, r, round_to=8, uniform=uniform)
+    before, after = count(model), count(pruned)
+    real = 1 - (after.macs / before.macs if metric == "macs" else after.params / before.params)
+    assert real == pytest.approx(achieved, abs=1e-12)
+    assert abs(real - r) <= 0.015
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_alignment_keeps_pruned_widths_multiples(n):
+    model = tiny("vit", depth=4, embed_dim=128, num_heads=4)
+    _, _, pruned = run(model, ALL, r=0.5, round_to=n)
+    assert pruned.embed_dim % n == 0
+    for blk in pruned.blocks:
+        assert blk.attn.qk_dim % n == 0 and blk.attn.v_dim % n == 0
+        assert blk.mlp.fc1.out_features % n == 0
+
+
+def test_round_to_one_gives_unaligned_widths():
+    model = tiny("vit", depth=4, embed_dim=128, num_heads=4)
+    _, _, pruned = run(model, ("qk", "v", "mlp", "embed"), r=0.37, round_to=1)
+    widths = [pruned.embed_dim] + [w for b in pruned.blocks for w in (b.attn.qk_dim, b.attn.v_dim, b.mlp.fc1.out_features)]
+    assert any(w % 8 for w in widths)
+
+
+def test_never_empties_a_layer():
+    model = tiny("vit", depth=3, embed_dim=64, num_heads=4)
+    _, _, pruned = run(model, ("heads", "qk", "v", "mlp"), r=0.85, round_to=8)
+    for blk in pruned.blocks:
+        assert blk.attn.num_heads >= 1 and blk.attn.qk_dim >= 8 and blk.attn.v_dim >= 8
+        assert blk.mlp.fc1.out_features >= 8
+
+
+def test_uniform_removes_the_same_share_per_layer():
+    model = tiny("vit", depth=6, embed_dim=128, num_heads=4)
+    _, _, pruned = run(model, ("mlp",), r=0.3, round_to=8, uniform=True)
+    widths = [b.mlp.fc1.out_features for b in pruned.blocks]
+    assert max(widths) - min(widths) <= 8
+    _, _, glob = run(model, ("mlp",), r=0.3, round_to=8, uniform=False, scorer="random")
+    assert max(b.mlp.fc1.out_features for b in glob.blocks) - min(b.mlp.fc1.out_features for b in glob.blocks) > 8
+
+
+def test_heads_may_differ_between_layers_and_qk_from_v():
+    model = tiny("vit", depth=6, embed_dim=128, num_heads=4)
+    _, _, pruned = run(model, ("heads", "qk", "v"), r=0.3, round_to=8, scorer="random")
+    assert len({b.attn.num_heads for b in pruned.blocks}) > 1
+    assert any(b.attn.qk_dim != b.attn.v_dim for b in pruned.blocks)
+
+
+def test_unreachable_budget_is_an_error():
+    model = tiny("vit", depth=4)
+    with pytest.raises(VitCompressError, match="budget unreachable"):
+        run(model, ("depth",), r=0.9)
+    with pytest.raises(VitCompressError, match="budget unreachable"):
+        run(model, ("heads",), r=0.95)

@@ -1,0 +1,126 @@
+"""The prune API end to end: equivalence to the masked original, artifacts, iterative pruning."""
+import json
+
+import pytest
+import torch
+
+import vitcompress
+from vitcompress.artifact import read_meta
+from vitcompress.plan import Plan
+from vitcompress.reference import mask_model
+
+from conftest import tiny
+
+X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def same(a, b, atol=1e-5):
+    with torch.no_grad():
+        torch.testing.assert_close(a(X), b(X), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("importance", ["taylor", "l1", "l2", "random"])
+def test_prune_matches_masked_original(importance):
+    model = tiny("deit_distilled")
+    res = vitcompress.prune(model, flops_reduction=0.35, importance=importance, calib_images=16,
+                            granularity=["heads", "qk", "v", "mlp", "depth"], round_to=4)
+    assert abs(res.achieved - 0.35) <= 0.015
+    same(res.model, mask_model(model, res.meta.plan))
+
+
+def test_artifact_round_trip(tmp_path):
+    model = tiny("reg_gap")
+    out = tmp_path / "art"
+    res = vitcompress.prune(model, params_reduction=0.3, importance="taylor", calib_images=8,
+                            granularity=["heads", "mlp", "embed"], output=out)
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "vitcompress.json"]
+    loaded = vitcompress.load(out)
+    same(loaded, res.model, atol=0)
+    d = json.loads((out / "vitcompress.json").read_text())
+    for key in ("format_version", "source", "spec", "plan", "counts_source", "counts", "history"):
+        assert key in d
+    assert d["source"]["name"] == "vit_base_patch16_reg4_gap_256"
+    assert d["source"]["kwargs"]["embed_dim"] == 64
+    assert d["history"][0]["config"]["importance"] == "taylor"
+    assert d["history"][0]["config"]["seed"] == 0
+    assert d["counts"]["params"] == sum(p.numel() for p in loaded.parameters())
+    assert 1 - d["counts"]["params"] / d["counts_source"]["params"] == pytest.approx(res.achieved)
+    assert Plan.from_dict(d["plan"]).embed == res.meta.plan.embed
+
+
+def test_iterative_pruning_composes_to_source_numbering(tmp_path):
+    model = tiny("vit")
+    first = vitcompress.prune(model, flops_reduction=0.3, importance="random", seed=1,
+                              granularity=["heads", "qk", "v", "mlp", "embed"], round_to=1, output=tmp_path / "a")
+    second = vitcompress.prune(tmp_path / "a", flops_reduction=0.3, importance="random", seed=2,
+                               granularity=["heads", "mlp", "embed", "depth"], round_to=1, output=tmp_path / "b")
+    meta = read_meta(tmp_path / "b")
+    assert len(meta.history) == 2
+    # the composed plan, applied to the ORIGINAL model, reproduces the twice-pruned model
+    same(second.model, mask_model(model, meta.plan))
+    same(vitcompress.load(tmp_path / "b"), second.model, atol=0)
+    assert set(meta.plan.embed) <= set(first.meta.plan.embed)
+
+
+def test_existing_output_is_refused_and_force_overwrites(tmp_path):
+    model = tiny("vit")
+    out = tmp_path / "art"
+    vitcompress.prune(model, flops_reduction=0.2, importance="l1", output=out)
+    with pytest.raises(vitcompress.VitCompressError, match="already exists"):
+        vitcompress.prune(model, flops_reduction=0.3, importance="l1", output=out)
+    vitcompress.prune(model, flops_reduction=0.3, importance="l1", output=out, force=True)
+    assert abs(read_meta(out).history[-1]["target"]["reduction"] - 0.3) < 1e-9
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temp folders left behind
+
+
+def test_taylor_score_is_first_order_loss_change():
+    """|sum w*dL/dw| over an MLP neuron equals |dL/d(alpha)| when the neuron is scaled by alpha."""
+    from vitcompress.data import calibration_loader
+    from vitcompress.groups import build_groups
+    from vitcompress.scorers import SCORERS
+
+    model = tiny("vit").double()
+    loader = calibration_loader("digits", model, n_images=8, batch_size=8)
+    (group,) = [g for g in build_groups(model, ["mlp"]) if g.layer == 1]
+    score = SCORERS.get("taylor")(model, [group], loader=loader, labels="true")[0]
+    x, y = next(iter(loader))
+    x = x.double()
+    fc1, fc2, j = model.blocks[1].mlp.fc1, model.blocks[1].mlp.fc2, 5
+
+    def loss_at(alpha):
+        m = model
+        with torch.no_grad():
+            saved = fc1.weight[j].clone(), fc1.bias[j].clone(), fc2.weight[:, j].clone()
+            fc1.weight[j] *= alpha
+            fc1.bias[j] *= alpha
+            fc2.weight[:, j] *= alpha
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            fc1.weight[j], fc1.bias[j], fc2.weight[:, j] = saved
+        return loss.item()
+
+    eps = 1e-4
+    fd = (loss_at(1 + eps) - loss_at(1 - eps)) / (2 * eps)
+    assert score[j].item() == pytest.approx(abs(fd), rel=1e-4)
+
+
+def test_taylor_pseudo_labels_for_foreign_classes():
+    model = tiny("vit", num_classes=7)  # digits have 10 classes: the model's predictions are used
+    res = vitcompress.prune(model, flops_reduction=0.3, importance="taylor", calib_images=8)
+    assert abs(res.achieved - 0.3) <= 0.015
+
+
+@pytest.mark.slow
+def test_deit_small_worked_example(tmp_path):
+    torch.manual_seed(0)
+    src = vitcompress.create_source_model("deit_small_patch16_224")
+    res = vitcompress.prune(src, flops_reduction=0.462, importance="taylor",
+                            calib_images=8, batch_size=8, output=tmp_path / "d")
+    assert abs(res.achieved - 0.462) <= 0.015
+    loaded = vitcompress.load(tmp_path / "d")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), res.model(x), atol=0, rtol=0)
+        torch.testing.assert_close(loaded(x), mask_model(src, res.meta.plan)(x), atol=1e-5, rtol=0)
+    for blk in loaded.blocks:
+        assert blk.attn.qk_dim % 8 == 0 and blk.attn.v_dim % 8 == 0 and blk.mlp.fc1.out_features % 8 == 0
+        assert blk.attn.scale == pytest.approx(64 ** -0.5)
