@@ -62,13 +62,19 @@ def prune(model, output, flops_reduction, params_reduction, importance, granular
 @cli.command()
 @click.argument("artifact")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifact's JSON record.")
-def info(artifact, as_json):
+@click.option("--plot", type=click.Path(), help="Also write a PNG of the kept share per block.")
+def info(artifact, as_json, plot):
     """Per-block table (heads, q/k dim, v dim, MLP width) and totals of an artifact."""
     from vitcompress.artifact import read_meta
     from vitcompress.report import format_info
 
     meta = read_meta(artifact)
     click.echo(json.dumps(meta.to_dict(), indent=1) if as_json else format_info(meta))
+    if plot:
+        from vitcompress.plots import plot_widths
+
+        plot_widths(meta, plot)
+        click.echo(f"wrote {plot}")
 
 
 @cli.command("models")
@@ -86,6 +92,8 @@ def models_cmd(pattern):
 # ------------------------------------------------------------------------------ bench (issue: bench)
 
 # ------------------------------------------------- train / finetune / eval / pipeline (issue: recovery)
+
+# --------------------------------------------------------------------------- tokens (issue: tokens)
 
 
 def main(argv: list[str] | None = None) -> int:

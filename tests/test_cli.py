@@ -120,3 +120,9 @@ def test_empty_data_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run(capsys, "prune", *TINY, "-o", tmp_path / "x", "--flops-reduction", "0.3", "--data", tmp_path / "empty")
     assert code == 2 and "no images" in err and not (tmp_path / "x").exists()
+
+
+def test_info_plot_writes_a_png(artifact, tmp_path, capsys):
+    code, _, err = run(capsys, "info", artifact, "--plot", tmp_path / "w.png")
+    assert code == 0, err
+    assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -124,3 +124,16 @@ def test_deit_small_worked_example(tmp_path):
     for blk in loaded.blocks:
         assert blk.attn.qk_dim % 8 == 0 and blk.attn.v_dim % 8 == 0 and blk.mlp.fc1.out_features % 8 == 0
         assert blk.attn.scale == pytest.approx(64 ** -0.5)
+
+
+@pytest.mark.slow
+def test_deit_base_all_granularities_exact():
+    torch.manual_seed(1)
+    src = vitcompress.create_source_model("deit_base_patch16_224")
+    res = vitcompress.prune(src, flops_reduction=0.5, importance="l2",
+                            granularity=["heads", "qk", "v", "mlp", "embed", "depth"])
+    assert abs(res.achieved - 0.5) <= 0.015
+    assert res.model.embed_dim % 8 == 0
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), mask_model(src, res.meta.plan)(x), atol=1e-5, rtol=0)
