@@ -1,11 +1,12 @@
 # Two commands on a fresh clone:
-#   make demo   installs into .venv, prunes DeiT-S by 46.2% MACs on real digits and prints its table
+#   make demo   installs into .venv, prunes DeiT-S by 46.2% MACs on real digits, prints its table,
+#               exports it to ONNX (dynamic batch and image size) and checks it against PyTorch
 #   make test   installs into .venv and runs the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench-cpu clean
+.PHONY: install demo test teacher recovery clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,9 +21,19 @@ demo: $(STAMP)
 	$(VENV)/bin/vitcompress prune deit_small_patch16_224 --flops-reduction 0.462 --importance taylor \
 		--data digits --calib-images 32 -o runs/deit_s_46 --force
 	$(VENV)/bin/vitcompress info runs/deit_s_46
+	$(VENV)/bin/vitcompress export runs/deit_s_46 -o runs/deit_s_46.onnx --batch 1:8:32 --dynamic-size --img-size 160:224:288
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The mnist10k reference teacher (about 12 minutes on one CPU core) and the recovery study.
+teacher: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/vitcompress train vit_tiny_patch16_224 --img-size 28 --patch-size 4 --in-chans 1 \
+		--num-classes 10 --embed-dim 64 --depth 6 --num-heads 4 --global-pool avg --data mnist10k \
+		--epochs 30 --batch-size 64 --lr 2e-3 --warmup-epochs 1 --shift 1 -o runs/teacher_mnist10k --force --quiet
+
+recovery: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m vitcompress.benchmarks.recovery_study --teacher runs/teacher_mnist10k --out runs/recovery
 
 clean:
 	rm -rf runs build *.egg-info

@@ -43,10 +43,16 @@ def cli() -> None:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+@click.option("--method", default="oneshot", show_default=True,
+              help="oneshot (score with --importance and cut), ihp, gohsp or amap (docs/methods.md).")
+@click.option("--method-opt", "method_opts", multiple=True, metavar="KEY=VALUE",
+              help="A hyperparameter of --method, e.g. steps=50 (repeatable).")
 def prune(model, output, flops_reduction, params_reduction, importance, granularity, uniform, round_to,
-          pretrained, checkpoint, num_classes, img_size, data, calib_images, batch_size, seed, force):
+          pretrained, checkpoint, num_classes, img_size, data, calib_images, batch_size, seed, force,
+          method, method_opts):
     """Prune MODEL (a timm name or an artifact folder) to a MACs or params budget."""
     import vitcompress
+    from vitcompress.methods.base import parse_option_pairs
     from vitcompress.report import format_prune_summary
 
     result = vitcompress.prune(
@@ -54,6 +60,7 @@ def prune(model, output, flops_reduction, params_reduction, importance, granular
         importance=importance, granularity=_csv(granularity), uniform=uniform, round_to=round_to,
         pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size,
         data=data, calib_images=calib_images, batch_size=batch_size, seed=seed,
+        method=method, method_options=parse_option_pairs(method_opts),
         output=output, force=force, progress=True)
     click.echo(format_prune_summary(result.meta))
     click.echo(f"wrote {output}")
@@ -88,10 +95,241 @@ def models_cmd(pattern):
 
 
 # ---------------------------------------------------------------------------- export (issue: export)
+@cli.command("export")
+@click.argument("artifact")
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
+@click.option("--batch", default="1:8:32", show_default=True, help="Batch profile MIN:OPT:MAX (the axis is always dynamic).")
+@click.option("--dynamic-size", is_flag=True, help="Dynamic image height/width (position embeddings resampled in the graph).")
+@click.option("--img-size", help="Image side profile MIN:OPT:MAX, multiples of the patch (default 0.5x:1x:1.5x native).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset.")
+@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check.")
+@click.option("--tolerance", type=float, help="Relative error limit of the parity check (default 1e-4 fp32, 1e-2 fp16).")
+@click.option("--trt", is_flag=True, help="Check the graph for TensorRT and build an engine.")
+@click.option("--engine", type=click.Path(), help="Engine file (default OUTPUT with .engine).")
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT workspace limit in GiB.")
+@click.option("--timing-cache", type=click.Path(), help="TensorRT timing cache file (read and updated).")
+@click.option("--opt-level", type=int, default=3, show_default=True, help="TensorRT builder optimisation level 0..5.")
+def export_cmd(artifact, output, batch, dynamic_size, img_size, precision, opset, no_check, tolerance, trt, engine,
+               workspace, timing_cache, opt_level):
+    """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine."""
+    from vitcompress.exporters.pipeline import export
+
+    export(artifact, output, batch=batch, dynamic_size=dynamic_size, img_size=img_size, precision=precision,
+           opset=opset, check=not no_check, tolerance=tolerance, trt=trt, engine=engine, workspace_gib=workspace,
+           timing_cache=timing_cache, opt_level=opt_level, progress=True, echo=click.echo)
+
 
 # ------------------------------------------------------------------------------ bench (issue: bench)
 
 # ------------------------------------------------- train / finetune / eval / pipeline (issue: recovery)
+def _train_options(f):
+    """Options shared by train, finetune and pipeline (defaults: vitcompress.training.TrainConfig)."""
+    opts = [
+        click.option("--data", default="mnist10k", show_default=True, help="digits, mnist10k or an ImageFolder directory (DIR/train, DIR/val)."),
+        click.option("--epochs", type=int, default=10, show_default=True),
+        click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch size (split over torchrun ranks)."),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, warmup then cosine)."),
+        click.option("--min-lr", type=float, default=1e-5, show_default=True),
+        click.option("--weight-decay", type=float, default=0.05, show_default=True),
+        click.option("--warmup-epochs", type=float, default=1.0, show_default=True),
+        click.option("--clip-grad", type=float, default=1.0, show_default=True, help="Gradient norm clip (0 = off)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--amp", default="auto", show_default=True, help="auto, bf16, fp16 or off (GPU only; CPU runs fp32)."),
+        click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes."),
+        click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: the local GPU if any)."),
+        click.option("--shift", type=int, default=2, show_default=True, help="Built-in datasets: random shift in pixels."),
+        click.option("--auto-augment", default=None, help="ImageFolder: timm auto-augment, e.g. rand-m9-mstd0.5."),
+        click.option("--hflip", type=float, default=0.5, show_default=True, help="ImageFolder: horizontal flip probability."),
+        click.option("--color-jitter", type=float, default=0.4, show_default=True, help="ImageFolder: colour jitter (0 = off)."),
+        click.option("--re-prob", type=float, default=0.0, show_default=True, help="ImageFolder: random erasing probability."),
+        click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup alpha (0 = off)."),
+        click.option("--cutmix", type=float, default=0.0, show_default=True, help="CutMix alpha (0 = off)."),
+        click.option("--smoothing", type=float, default=0.1, show_default=True, help="Label smoothing."),
+        click.option("--max-steps-per-epoch", type=int, default=None, help="Truncate every epoch (quick runs)."),
+        click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines."),
+        click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint.pt (same options)."),
+        click.option("--force", is_flag=True, help="Overwrite an existing output folder."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _distill_options(f):
+    """Distillation options (defaults: vitcompress.distill.DistillConfig)."""
+    opts = [
+        click.option("--distill", "distill_kind", default="auto", show_default=True,
+                     help="soft (KL on logits), hard (DeiT dist token), auto (hard if the model has a dist token) or none."),
+        click.option("--ce-weight", type=float, default=1.0, show_default=True, help="Weight of the label cross-entropy."),
+        click.option("--kd-weight", type=float, default=1.0, show_default=True, help="Weight of the logit distillation term."),
+        click.option("--temperature", type=float, default=2.0, show_default=True),
+        click.option("--hidden-weight", type=float, default=0.0, show_default=True,
+                     help="Weight of the hidden-state MSE (matched blocks, kept channels)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+_TRAIN_KEYS = ("data", "epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad",
+               "seed", "amp", "workers", "device", "shift", "auto_augment", "hflip", "color_jitter", "re_prob",
+               "mixup", "cutmix", "smoothing", "max_steps_per_epoch")
+
+
+def _train_config(kw: dict):
+    from vitcompress.training import TrainConfig
+
+    cfg = TrainConfig(**{k: kw[k] for k in _TRAIN_KEYS})
+    cfg.clip_grad = cfg.clip_grad or None
+    cfg.progress = not kw["quiet"]
+    return cfg
+
+
+def _distill_config(kw: dict):
+    from vitcompress.distill import DistillConfig
+
+    return DistillConfig(kind=kw["distill_kind"], ce=kw["ce_weight"], kd=kw["kd_weight"],
+                         temperature=kw["temperature"], hidden=kw["hidden_weight"])
+
+
+def _print_fit(res, output) -> None:
+    if res.val:
+        click.echo(f"val top-1 {res.val['top1']:.2%}  top-5 {res.val['top5']:.2%}  loss {res.val['loss']:.4f}")
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write (updated every epoch).")
+@click.option("--pretrained", is_flag=True, help="Start from hub weights.")
+@click.option("--checkpoint", type=click.Path(), help="Start from a .safetensors/.pth file.")
+@click.option("--num-classes", type=int, help="Classifier size (model names only).")
+@click.option("--img-size", type=int, help="Input size (model names only).")
+@click.option("--patch-size", type=int, help="Patch size (model names only).")
+@click.option("--in-chans", type=int, help="Input channels (model names only).")
+@click.option("--embed-dim", type=int, help="Width (model names only).")
+@click.option("--depth", type=int, help="Blocks (model names only).")
+@click.option("--num-heads", type=int, help="Heads (model names only).")
+@click.option("--global-pool", type=click.Choice(["token", "avg"]), help="Classifier input: class token or mean of patch tokens (model names only).")
+@_train_options
+def train(model, output, pretrained, checkpoint, num_classes, img_size, patch_size, in_chans, embed_dim, depth,
+          num_heads, global_pool, **kw):
+    """Train MODEL (a timm name or an artifact folder) on --data; runs under torchrun too."""
+    from vitcompress.training import fit, resolve_model_for_training
+
+    cfg = _train_config(kw)
+    cfg.validate()
+    net = resolve_model_for_training(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes,
+                                     img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                     embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_pool=global_pool)
+    res = fit(net, cfg, output, resume=kw["resume"], force=kw["force"], record={"command": "train"})
+    _print_fit(res, output)
+
+
+@cli.command()
+@click.argument("artifact")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write (updated every epoch).")
+@click.option("--teacher", default=None, help="Teacher: a timm name or an artifact folder (omit for plain fine-tuning).")
+@click.option("--teacher-checkpoint", type=click.Path(), help="Weights for a teacher given by name.")
+@_distill_options
+@_train_options
+def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
+    """Fine-tune ARTIFACT, optionally distilling from --teacher (loss weights below)."""
+    from vitcompress.training import fit, resolve_model_for_training
+
+    cfg = _train_config(kw)
+    cfg.validate()
+    dcfg = _distill_config(kw)
+    dcfg.validate()
+    net = resolve_model_for_training(artifact)
+    t = None
+    if teacher is not None and dcfg.kind != "none":
+        t = resolve_model_for_training(teacher, checkpoint=teacher_checkpoint)
+    res = fit(net, cfg, output, teacher=t, distill=dcfg if t is not None else None, resume=kw["resume"],
+              force=kw["force"], record={"command": "finetune", "teacher": teacher})
+    _print_fit(res, output)
+
+
+@cli.command("eval")
+@click.argument("artifact")
+@click.option("--data", default="mnist10k", show_default=True, help="digits, mnist10k or an ImageFolder directory.")
+@click.option("--split", default="val", show_default=True, help="train, val or all.")
+@click.option("--teacher", default=None, help="Also report agreement with this model's predictions.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--device", default=None)
+@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+def eval_cmd(artifact, data, split, teacher, batch_size, workers, device, limit, as_json):
+    """Top-1, top-5 and loss of ARTIFACT (an artifact folder or a timm name) on --data."""
+    from vitcompress.datapipe import check_data
+    from vitcompress.evaluate import evaluate_data
+    from vitcompress.training import resolve_model_for_training
+
+    check_data(data)
+    net = resolve_model_for_training(artifact)
+    t = resolve_model_for_training(teacher) if teacher else None
+    res = evaluate_data(net, data, split=split, teacher=t, batch_size=batch_size, workers=workers,
+                        device=device, progress=not as_json, limit=limit)
+    click.echo(json.dumps(res.to_dict()) if as_json else res.format())
+
+
+@cli.command()
+@click.argument("teacher")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for the stage artifacts and the summary.")
+@click.option("--config", "config_file", type=click.Path(), help="PipelineConfig JSON; options given on the command line override it.")
+@click.option("--flops-reduction", type=float, help="Final fraction of MACs to remove.")
+@click.option("--params-reduction", type=float, help="Final fraction of params to remove.")
+@click.option("--importance", default="taylor", show_default=True)
+@click.option("--width-granularity", default="heads,mlp", show_default=True)
+@click.option("--round-to", type=int, default=8, show_default=True)
+@click.option("--depth-share", type=float, default=0.3, show_default=True, help="Share of the reduction (log space) taken by depth.")
+@click.option("--depth-blocks", type=int, default=None, help="Blocks the depth stage removes (overrides --depth-share).")
+@click.option("--calib-images", type=int, default=256, show_default=True)
+@_distill_options
+@_train_options
+def pipeline(teacher, output, config_file, flops_reduction, params_reduction, importance, width_granularity, round_to,
+             depth_share, depth_blocks, calib_images, **kw):
+    """Width prune (taylor) -> distil -> depth prune -> distil from TEACHER, with a summary table."""
+    from click.core import ParameterSource
+
+    from vitcompress.errors import VitCompressError
+    from vitcompress.pipeline import PipelineConfig, format_summary, run_pipeline
+
+    ctx = click.get_current_context()
+    given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE  # noqa: E731
+    if config_file:
+        try:
+            with open(config_file) as fh:
+                cfg = PipelineConfig.from_dict(json.load(fh))
+        except (OSError, ValueError) as e:
+            raise VitCompressError(f"cannot read pipeline config {config_file!r}: {e}; pass a JSON file") from None
+    else:
+        cfg = PipelineConfig()
+    top = dict(flops_reduction=flops_reduction, params_reduction=params_reduction, importance=importance,
+               width_granularity=tuple(_csv(width_granularity)), round_to=round_to, depth_share=depth_share,
+               depth_blocks=depth_blocks, calib_images=calib_images)
+    for k, v in top.items():
+        if not config_file or given(k):
+            setattr(cfg, k, v)
+    if given("flops_reduction") and not given("params_reduction"):
+        cfg.params_reduction = None
+    if given("params_reduction") and not given("flops_reduction"):
+        cfg.flops_reduction = None
+    tcfg, dcfg = _train_config(kw), _distill_config(kw)
+    for k in _TRAIN_KEYS:
+        if not config_file or given(k):
+            setattr(cfg.train, k, getattr(tcfg, k))
+    cfg.train.progress = tcfg.progress
+    for opt, attr in (("distill_kind", "kind"), ("ce_weight", "ce"), ("kd_weight", "kd"),
+                      ("temperature", "temperature"), ("hidden_weight", "hidden")):
+        if not config_file or given(opt):
+            setattr(cfg.distill, attr, getattr(dcfg, attr))
+    summary = run_pipeline(teacher, cfg, output, force=kw["force"], resume=kw["resume"], progress=tcfg.progress)
+    click.echo(format_summary(summary))
+    click.echo(f"wrote {output}")
+
 
 # --------------------------------------------------------------------------- tokens (issue: tokens)
 

@@ -22,6 +22,9 @@ _LAZY = {
     "count": "counting", "Counts": "counting",
     "create_source_model": "models", "list_models": "models",
     "slice_model": "slicers", "Plan": "plan",
+    "fit": "training", "TrainConfig": "training", "evaluate_data": "evaluate",
+    "run_pipeline": "pipeline", "PipelineConfig": "pipeline",
+    "METHODS": "methods",
 }
 
 

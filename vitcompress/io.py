@@ -34,6 +34,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise VitCompressError(f"output {str(path)!r} is a file, not a folder; choose another path")
     check_writable_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; outputs are ordinary folders
     try:
         yield tmp
         if path.exists():
@@ -57,6 +58,7 @@ def atomic_file(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     check_writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are ordinary files
     tmp = Path(tmp)
     try:
         yield tmp

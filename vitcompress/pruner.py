@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -116,6 +116,8 @@ def prune(
     batch_size: int = 32,
     seed: int = 0,
     labels: str = "auto",
+    method: str = "oneshot",
+    method_options: Optional[Mapping] = None,
     pretrained: bool = False,
     checkpoint: Optional[str] = None,
     num_classes: Optional[int] = None,
@@ -129,10 +131,23 @@ def prune(
     ``model`` is a timm model name, an artifact folder or a module. The reduction is relative to
     that input model. Returns the pruned dense model and its artifact record; with ``output`` the
     artifact is also written (atomically; an existing folder needs ``force``).
+
+    ``method`` picks how elements are chosen: ``oneshot`` (score with ``importance``, select, slice)
+    or a registered method (``ihp``, ``gohsp``, ``amap``; see ``vitcompress.methods``) with its
+    hyperparameters in ``method_options`` (a dict, or the method's options dataclass).
     """
     cfg = PruneConfig(flops_reduction, params_reduction, importance, tuple(granularity), uniform,
                       round_to, data, calib_images, batch_size, seed, labels)
     cfg.validate()
+    meth = opts = out = None
+    if method != "oneshot":
+        from .methods import get as get_method
+
+        meth = get_method(method)
+        meth.check_kinds(cfg.granularity)
+        opts = meth.parse_options(method_options)
+    elif method_options:
+        raise VitCompressError("method options apply to --method ihp, gohsp or amap only; drop them or choose a method")
     if output is not None and os.path.exists(output) and not force:
         raise VitCompressError(f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path")
     times = {}
@@ -144,22 +159,31 @@ def prune(
     prev = meta_of(net)
     before = count(net)
     loader = None
-    if needs_data(cfg.importance):
+    if meth is None and needs_data(cfg.importance):
         loader = calibration_loader(cfg.data, net, cfg.calib_images, cfg.batch_size, cfg.seed)
     times["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    groups = build_groups(net, cfg.granularity)
-    scores = SCORERS.get(cfg.importance)(net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels,
-                                         progress=progress)
-    times["score"] = time.perf_counter() - t0
+    if meth is None:
+        groups = build_groups(net, cfg.granularity)
+        scores = SCORERS.get(cfg.importance)(net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels,
+                                             progress=progress)
+        times["score"] = time.perf_counter() - t0
 
+        t0 = time.perf_counter()
+        plan, achieved = select(net, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
+        times["select"] = time.perf_counter() - t0
+    else:  # the method trains/scores, folds its scales into a copy and selects with the core budget
+        out = meth.run(net, cfg, opts, progress=progress)
+        plan, achieved = out.plan, out.achieved
+        times["method"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plan, achieved = select(net, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
-    times["select"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pruned = slice_model(net, plan)
+    pruned = slice_model(net if out is None else out.model, plan)
     times["slice"] = time.perf_counter() - t0
+    if out is not None and out.finish is not None:
+        t0 = time.perf_counter()
+        pruned = out.finish(pruned)
+        times["finish"] = time.perf_counter() - t0
 
     after = count(pruned)
     meta = ArtifactMeta(
@@ -169,7 +193,8 @@ def prune(
         counts_source=prev.counts_source or before.to_dict(),
         counts=after.to_dict(),
         history=[*prev.history, {
-            "method": "one-shot",
+            "method": "one-shot" if meth is None else meth.name,
+            **({} if meth is None else {"method_options": opts.to_dict(), "method_log": out.extra}),
             "config": cfg.to_dict(),
             "target": {"metric": cfg.metric, "reduction": cfg.reduction},
             "achieved": {

@@ -27,6 +27,14 @@ def format_totals(meta: ArtifactMeta) -> str:
     return "\n".join(lines)
 
 
+def _how(step: dict) -> str:
+    """'taylor' for a one-shot step, 'ihp (steps=100, ...)' for a method step."""
+    if step.get("method", "one-shot") == "one-shot":
+        return step.get("config", {}).get("importance", "")
+    opts = ", ".join(f"{k}={v}" for k, v in step.get("method_options", {}).items())
+    return f"{step['method']} ({opts})"
+
+
 def format_prune_summary(meta: ArtifactMeta) -> str:
     """What one prune step asked for and what it achieved."""
     step = meta.history[-1]
@@ -34,7 +42,7 @@ def format_prune_summary(meta: ArtifactMeta) -> str:
     cfg = step["config"]
     got = a["macs_reduction"] if t["metric"] == "macs" else a["params_reduction"]
     return "\n".join([
-        f"pruned {meta.source.name} with {cfg['importance']} on {','.join(cfg['granularity'])} "
+        f"pruned {meta.source.name} with {_how(step)} on {','.join(cfg['granularity'])} "
         f"({'uniform' if cfg['uniform'] else 'global'} ranking, round-to {cfg['round_to']})",
         f"target: remove {t['reduction']:.1%} of {t['metric']}; achieved {got:.2%} "
         f"({(got - t['reduction']) * 100:+.2f} points, tolerance 1.5)",
@@ -58,7 +66,8 @@ def format_info(meta: ArtifactMeta) -> str:
     rows.append(format_totals(meta))
     for step in meta.history:
         cfg = step.get("config", {})
-        rows.append(f"step: {step.get('method')} {cfg.get('importance', '')} "
+        how = _how(step) if "config" in step else ""
+        rows.append(f"step: {step.get('method')} {how} "
                     f"{','.join(cfg.get('granularity', []))} target {step['target']['reduction']:.1%} "
                     f"{step['target']['metric']}")
     return "\n".join(rows)

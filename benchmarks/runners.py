@@ -1,0 +1,141 @@
+"""Benchmark runners: one per backend, each an activate / infer / deactivate context manager.
+
+A runner is built for one variant, one batch size and one precision::
+
+    with RUNNERS.get("ort-cpu")(variant, batch=8, precision="fp32", threads=2) as r:
+        r.infer()          # one forward pass on the input already on the device
+        y = r.output()     # last output as a float32 numpy array (for parity checks)
+
+``activate`` (``__enter__``) does everything that must stay out of the timing: session / engine
+creation, moving weights and the input to the device, ``torch.compile`` or CUDA-graph capture.
+``infer`` runs one forward pass; ``timer`` says how it must be timed ("cuda" = CUDA events on the
+current torch stream, "wall" = monotonic clock around a synchronous call). ``unavailable``
+returns the reason a backend cannot run here (None when it can), so a run reports it as skipped.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from vitcompress.errors import VitCompressError
+from vitcompress.registry import Registry
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+RUNNERS: Registry = Registry("backend")
+
+
+@dataclass
+class Variant:
+    """One model under test. ONNX files and engines are made on first use and cached in ``workdir``."""
+
+    name: str
+    model: Any  # nn.Module (eval mode, CPU)
+    macs: int
+    params: int
+    img_size: tuple = (224, 224)
+    in_chans: int = 3
+    max_batch: int = 32
+    workdir: Optional[Path] = None
+    _files: dict = field(default_factory=dict, repr=False)
+
+    def _dir(self) -> Path:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="vitcompress-bench-"))
+        d = Path(self.workdir) / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def onnx(self, precision: str = "fp32") -> Path:
+        """Dynamic-batch ONNX export of the model (``vitcompress.exporters.export_onnx``), cached."""
+        key = ("onnx", precision)
+        if key not in self._files:
+            from vitcompress.exporters import export_onnx
+
+            path = self._dir() / f"model-{precision}.onnx"
+            b = max(1, self.max_batch)
+            export_onnx(self.model, path, batch=(1, min(8, b), b), precision=precision, check=False)
+            self._files[key] = path
+        return self._files[key]
+
+    def engine(self, precision: str = "fp32") -> Path:
+        """TensorRT engine built from the ONNX export (``vitcompress.exporters.build_engine``), cached."""
+        key = ("engine", precision)
+        if key not in self._files:
+            from vitcompress.exporters import BuildConfig, build_engine
+
+            path = self._dir() / f"model-{precision}.engine"
+            b = max(1, self.max_batch)
+            build_engine(self.onnx(precision), path, BuildConfig.make(batch=(1, min(8, b), b), precision=precision))
+            self._files[key] = path
+        return self._files[key]
+
+    def example(self, batch: int, seed: int = 0) -> np.ndarray:
+        """The fixed random input [batch, C, H, W] (float32) every runner of this variant uses."""
+        g = np.random.default_rng(seed)
+        return g.standard_normal((batch, self.in_chans, *self.img_size)).astype(np.float32)
+
+
+class Runner:
+    """Base class; subclasses implement ``activate``, ``infer``, ``output`` and ``unavailable``."""
+
+    backend = "?"
+    device = "cpu"
+    timer = "wall"
+
+    def __init__(self, variant: Variant, batch: int, precision: str = "fp32", threads: Optional[int] = None,
+                 mode: str = "eager", x: Optional[np.ndarray] = None):
+        if batch < 1:
+            raise VitCompressError(f"batch must be >= 1, got {batch}; pass e.g. --batch 1,8")
+        if precision not in PRECISIONS:
+            raise VitCompressError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        self.variant, self.batch, self.precision, self.mode = variant, batch, precision, mode
+        self.threads = threads or os.cpu_count() or 1
+        self.x = variant.example(batch) if x is None else np.ascontiguousarray(x, dtype=np.float32)
+
+    @classmethod
+    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> Optional[str]:
+        """Why this backend cannot run here with these settings, or None."""
+        return None
+
+    def activate(self) -> None:
+        raise NotImplementedError
+
+    def infer(self) -> None:
+        raise NotImplementedError
+
+    def output(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def deactivate(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+
+def backend_names() -> list:
+    """Registered backend names (runner modules are imported to register themselves)."""
+    from . import runner_ort, runner_torch, runner_trt  # noqa: F401
+
+    return RUNNERS.list()
+
+
+def get_runner(name: str):
+    """The runner class for a backend name; unknown names raise a one-line ``VitCompressError``."""
+    backend_names()
+    return RUNNERS.get(name)

@@ -1,0 +1,104 @@
+"""Numerical parity of an exported ONNX file against the PyTorch model, in ONNX Runtime on CPU.
+
+Error measures, per checked shape, over all outputs elements:
+
+* ``max_abs``: ``max |onnx - torch|``
+* ``max_rel``: ``max_abs / max |torch|`` (the error relative to the output's scale; elementwise
+  relative errors are meaningless for logits near zero).
+
+Tolerances on ``max_rel`` (``TOLERANCE``): fp32 ``1e-4``; fp16 ``1e-2``. An fp16 graph runs in
+ONNX Runtime with fp16 inputs and is compared with the fp32 PyTorch model fed the same
+fp16-rounded inputs, so the tolerance covers fp16 arithmetic in every layer.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+@dataclass
+class ParityCase:
+    """Errors at one input shape."""
+
+    batch: int
+    img_size: int
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclass
+class ParityReport:
+    """All checked shapes, the tolerance on the relative error and the verdict."""
+
+    precision: str
+    tolerance: float
+    cases: list[ParityCase] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.cases)
+
+    @property
+    def max_abs(self) -> float:
+        return max((c.max_abs for c in self.cases), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((c.max_rel for c in self.cases), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "tolerance": self.tolerance, "ok": self.ok,
+                "max_abs": self.max_abs, "max_rel": self.max_rel, "cases": [asdict(c) for c in self.cases]}
+
+    def format(self) -> str:
+        """A small table: one line per shape plus the verdict."""
+        lines = [f"parity (ONNX Runtime CPU vs PyTorch, {self.precision}, tolerance rel {self.tolerance:.0e}):"]
+        for c in self.cases:
+            lines.append(f"  batch {c.batch:>3}  image {c.img_size:>4}  max abs {c.max_abs:.3e}  "
+                         f"max rel {c.max_rel:.3e}  {'ok' if c.ok else 'FAIL'}")
+        lines.append(f"  {'passed' if self.ok else 'FAILED'}: max rel {self.max_rel:.3e}")
+        return "\n".join(lines)
+
+
+def ort_session(path: str, threads: Optional[int] = None):
+    """A CPU ONNX Runtime session (external data is resolved next to ``path``)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def check_parity(onnx_path: str, reference: nn.Module, shapes: Sequence[tuple[int, int]], *,
+                 precision: str = "fp32", tolerance: Optional[float] = None, seed: int = 0,
+                 in_chans: int = 3) -> ParityReport:
+    """Run ``onnx_path`` and the fp32 ``reference`` on fresh random images of each (batch, side)."""
+    tol = TOLERANCE[precision] if tolerance is None else float(tolerance)
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    report = ParityReport(precision, tol)
+    for batch, side in shapes:
+        x = torch.randn(batch, in_chans, side, side, generator=gen)
+        if precision == "fp16":
+            x = x.half()
+        with torch.inference_mode():
+            ref = reference(x.float()).float().numpy()
+        out = np.asarray(sess.run(None, {name: x.numpy()})[0], dtype=np.float32)
+        if out.shape != ref.shape:
+            report.cases.append(ParityCase(batch, side, float("inf"), float("inf"), False))
+            continue
+        err = float(np.abs(out - ref).max())
+        rel = err / max(float(np.abs(ref).max()), 1e-12)
+        ok = bool(np.isfinite(out).all()) and rel <= tol
+        report.cases.append(ParityCase(batch, side, err, rel, ok))
+    return report

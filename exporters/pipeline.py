@@ -1,0 +1,85 @@
+"""``vitcompress export``: ONNX export, then (``trt=True``) the TensorRT check, engine and engine parity."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from vitcompress.errors import VitCompressError
+
+from .onnx_export import DEFAULT_OPSET, ExportResult, export_onnx
+from .profiles import ProfileLike, parity_batches, parity_img_sizes
+
+
+@dataclass
+class ExportRun:
+    """Everything one ``export`` produced."""
+
+    onnx: ExportResult
+    compat: Optional[object] = None  # CompatReport
+    engine: Optional[Path] = None
+    sidecar: Optional[dict] = None
+    engine_parity: Optional[object] = None  # ParityReport
+
+
+def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *, batch: ProfileLike = (1, 8, 32),
+           dynamic_size: bool = False, img_size: ProfileLike = None, precision: str = "fp32",
+           opset: int = DEFAULT_OPSET, check: bool = True, tolerance: Optional[float] = None, trt: bool = False,
+           engine: Optional[Union[str, os.PathLike]] = None, workspace_gib: float = 4.0,
+           timing_cache: Optional[str] = None, opt_level: int = 3, progress: bool = False,
+           echo: Callable[[str], None] = print) -> ExportRun:
+    """Export ``artifact`` to ``output``; with ``trt``, check the graph for TensorRT, build the engine
+    (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime where CUDA is present.
+
+    The ONNX file is written before anything TensorRT-related runs, so it exists even when the
+    check fails or TensorRT is missing (both raise ``VitCompressError``)."""
+    from .trt_build import BuildConfig
+
+    cfg = BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache) if trt else None
+    res = export_onnx(artifact, output, batch=batch, dynamic_size=dynamic_size, img_size=img_size,
+                      precision=precision, opset=opset, check=check, tolerance=tolerance, progress=progress)
+    echo(f"nodes: {res.nodes_before} exported -> {res.nodes_after} after clean-up")
+    if res.parity is not None:
+        echo(res.parity.format())
+    mb = res.size_bytes / 1e6
+    echo(f"wrote {res.path} ({mb:.1f} MB{', external data ' + str(res.external_data) if res.external_data else ''}) "
+         f"in {res.seconds:.1f} s")
+    run = ExportRun(res)
+    if not trt:
+        return run
+    from .trt_check import check_tensorrt, input_max_shapes
+
+    shapes = input_max_shapes(res.path, res.batch.max, res.img_size.max if res.img_size else None)
+    run.compat = check_tensorrt(res.path, shapes)
+    echo(run.compat.format())
+    if not run.compat.ok:
+        first = run.compat.errors[0]
+        raise VitCompressError(
+            f"the graph cannot build in TensorRT: node {first.node!r} ({first.op}) {first.message} "
+            f"({len(run.compat.errors)} problems listed above); the ONNX file was written, the engine was not")
+    from .trt_build import build_engine, require_tensorrt
+
+    require_tensorrt()
+    if res.img_size is not None:
+        cfg.img_size = res.img_size
+    run.engine = Path(engine) if engine else Path(str(res.path.with_suffix("")) + ".engine")
+    run.sidecar = build_engine(res.path, run.engine, cfg, source=str(artifact) if not hasattr(artifact, "forward") else None)
+    echo(f"wrote {run.engine} (TensorRT {run.sidecar['tensorrt_version']}, {precision}, profile "
+         f"{run.sidecar['profile']['min']} .. {run.sidecar['profile']['max']}) and {run.engine}.json")
+    import torch
+
+    if torch.cuda.is_available():
+        from .trt_runner import engine_parity
+
+        side = res.img_size.opt if res.img_size else None
+        if side is None:
+            side = run.sidecar["profile"]["opt"][2]
+        sizes = [(b, side) for b in parity_batches(res.batch)]
+        sizes += [(res.batch.min, s) for s in parity_img_sizes(res.img_size)[1:]]
+        run.engine_parity = engine_parity(run.engine, res.path, sizes, precision=precision)
+        echo(run.engine_parity.format())
+        if not run.engine_parity.ok:
+            raise VitCompressError(f"the TensorRT engine differs from ONNX Runtime (max rel "
+                                   f"{run.engine_parity.max_rel:.2e}); rebuild with --precision fp32 or report it")
+    return run

@@ -1,0 +1,104 @@
+"""MIN:OPT:MAX shape profiles for the batch axis and the image side, parsed and validated.
+
+One profile drives three things: the example input of the exporter (the OPT point), the shapes of
+the parity check (MIN, OPT and MAX capped for CPU) and the TensorRT optimisation profile.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence, Union
+
+from vitcompress.errors import VitCompressError
+
+ProfileLike = Union[str, int, Sequence[int], "Profile", None]
+
+#: Largest batch the CPU parity check runs (the MAX of a profile is capped to this).
+PARITY_BATCH_CAP = 16
+
+
+@dataclass(frozen=True)
+class Profile:
+    """An inclusive range of sizes with the size to optimise for: ``min <= opt <= max``."""
+
+    min: int
+    opt: int
+    max: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return self.min, self.opt, self.max
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+
+def parse_profile(value: ProfileLike, what: str = "batch") -> Profile:
+    """``'1:8:32'``, ``'8'``, ``8``, ``(1, 8, 32)`` or a ``Profile`` -> validated ``Profile``."""
+    if isinstance(value, Profile):
+        parts = list(value.as_tuple())
+    elif isinstance(value, str):
+        try:
+            parts = [int(p) for p in value.strip().split(":")]
+        except ValueError:
+            raise VitCompressError(f"--{what} {value!r} is not MIN:OPT:MAX of integers; write e.g. 1:8:32") from None
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        try:
+            parts = [int(p) for p in value]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise VitCompressError(f"{what} profile {value!r} is not MIN:OPT:MAX; pass e.g. (1, 8, 32)") from None
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise VitCompressError(f"{what} profile {value!r} needs 1 or 3 values (MIN:OPT:MAX); write e.g. 1:8:32")
+    lo, opt, hi = parts
+    if lo < 1:
+        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} has MIN < 1; sizes must be positive")
+    if not lo <= opt <= hi:
+        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} is impossible: need MIN <= OPT <= MAX")
+    return Profile(lo, opt, hi)
+
+
+def check_img_profile(profile: Profile, patch: int) -> None:
+    """Every image side of the profile must be a multiple of the patch size."""
+    bad = [s for s in profile.as_tuple() if s % patch]
+    if bad:
+        raise VitCompressError(
+            f"--img-size {profile} has {bad[0]}, not a multiple of the patch size {patch}; "
+            f"use multiples of {patch} (e.g. {max(patch, bad[0] // patch * patch)})")
+
+
+def default_img_profile(native: int, patch: int) -> Profile:
+    """Half to one and a half times the model's native image side, in patch multiples."""
+    lo = max(patch, (native // 2) // patch * patch)
+    hi = max(native, (native * 3 // 2) // patch * patch)
+    return Profile(lo, native, hi)
+
+
+def parity_batches(profile: Profile, cap: int = PARITY_BATCH_CAP) -> list[int]:
+    """MIN, OPT and MAX (MAX capped to ``cap`` for CPU), deduplicated, ascending."""
+    return sorted({profile.min, profile.opt, max(profile.min, min(profile.max, cap))})
+
+
+def parity_img_sizes(profile: Profile | None) -> list[int | None]:
+    """With a dynamic image size: OPT first, then MIN or MAX (whichever differs); else [None]."""
+    if profile is None:
+        return [None]
+    sizes = [profile.opt]
+    for s in (profile.min, profile.max):
+        if s not in sizes:
+            sizes.append(s)
+            break
+    return sizes
+
+
+def example_batch(profile: Profile, avoid: Sequence[int] = ()) -> int:
+    """Batch size of the example input: OPT, but never 1 (the exporter would specialise the axis)
+    and never equal to an image side (so that no two dynamic axes look alike)."""
+    b = max(2, profile.opt)
+    while b in avoid:
+        b += 1
+    return b

@@ -1,0 +1,242 @@
+"""TensorRT compatibility check of an ONNX graph, on CPU and without TensorRT.
+
+Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, by node name:
+
+* operators outside the ONNX parser's support list (``TRT_SUPPORTED_OPS``, from onnx-tensorrt's
+  ``docs/operators.md`` for TensorRT 10.x) and operators of non-standard domains (plugins);
+* ``TopK`` with ``K`` above ``TOPK_MAX_K`` (3840) at the largest profile shape, or ``sorted=0``
+  (TensorRT's TopK always sorts and is limited to K <= 3840);
+* ``ScatterElements`` / ``ScatterND`` with a ``reduction`` (not native; needs a plugin);
+* 64-bit floats (``DOUBLE`` tensors or casts): TensorRT has no FP64;
+* ``Attention`` (opset 23): parsed only since TensorRT 10.14 (warning).
+
+``K`` that is not a constant is evaluated by ONNX Runtime's symbolic shape inference on a copy of
+the graph whose input is fixed to the largest profile shape; where it cannot be evaluated it is
+bounded by the length of the TopK axis at that shape.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence, Union
+
+TOPK_MAX_K = 3840
+
+#: Operators (default ONNX domain) that TensorRT 10's ONNX parser accepts.
+TRT_SUPPORTED_OPS = frozenset("""
+Abs Acos Acosh Add AffineGrid And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
+BatchNormalization BitwiseAnd BitwiseNot BitwiseOr BitwiseXor BlackmanWindow Cast CastLike Ceil Celu
+Clip Compress Concat ConcatFromSequence Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+DFT DeformConv DepthToSpace DequantizeLinear Div Dropout DynamicQuantizeLinear Einsum Elu Equal Erf
+Exp Expand EyeLike Flatten Floor GRU Gather GatherElements GatherND Gelu Gemm GlobalAveragePool
+GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization HammingWindow
+HannWindow HardSigmoid HardSwish Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN
+LRN LSTM LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool
+MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not
+OneHot Or PRelu Pad ParametricSoftplus Pow QuantizeLinear RMSNormalization RNN RandomNormal
+RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum
+ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape
+Resize ReverseSequence RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu
+SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Shape Shrink
+Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split SplitToSequence Sqrt
+Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+
+_DOUBLE = 11  # onnx.TensorProto.DOUBLE
+
+
+@dataclass
+class CompatIssue:
+    """One finding: the node, its operator, what is wrong; ``severity`` is error or warning."""
+
+    node: str
+    op: str
+    message: str
+    severity: str = "error"
+
+    def format(self) -> str:
+        return f"{self.severity}: node {self.node!r} ({self.op}): {self.message}"
+
+
+@dataclass
+class CompatReport:
+    """All findings; ``ok`` when there is no error (warnings allowed)."""
+
+    nodes: int = 0
+    issues: list[CompatIssue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[CompatIssue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "nodes": self.nodes, "issues": [asdict(i) for i in self.issues]}
+
+    def format(self) -> str:
+        head = (f"TensorRT check: {self.nodes} nodes, {len(self.errors)} errors, "
+                f"{len(self.issues) - len(self.errors)} warnings")
+        return "\n".join([head] + ["  " + i.format() for i in self.issues])
+
+
+def _walk(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == 5:  # GRAPH
+                yield from _walk(attr.g)
+            elif attr.type == 10:  # GRAPHS
+                for g in attr.graphs:
+                    yield from _walk(g)
+
+
+def _attr(node, name, default=None):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _max_shape_model(model, max_input_shapes: dict[str, Sequence[int]]):
+    """Shape-infer a copy of ``model`` with its inputs fixed to the largest profile shapes.
+
+    Returns (inferred model, computed values of shape tensors). ONNX Runtime's symbolic shape
+    inference is used first (it also evaluates shape arithmetic such as a TopK's K); if it fails,
+    ONNX's own shape inference (no values)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        shape = max_input_shapes.get(inp.name)
+        if shape is None:
+            continue
+        for d, v in zip(inp.type.tensor_type.shape.dim, shape):
+            if v is not None:
+                d.Clear()
+                d.dim_value = int(v)
+    del m.graph.value_info[:]
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        sym._preprocess(m)
+        while sym.run_:
+            sym._infer_impl()
+        sym._update_output_from_vi()
+        return sym.out_mp_, dict(sym.sympy_data_)
+    except Exception:
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(m, data_prop=True), {}
+    except Exception:
+        return m, {}
+
+
+def _as_int(value) -> Optional[int]:
+    try:
+        v = value[0] if isinstance(value, (list, tuple)) else value
+        v = getattr(v, "reshape", lambda *_: v)(-1)
+        v = v[0] if hasattr(v, "__len__") else v
+        return int(v)
+    except Exception:
+        return None
+
+
+def _constants(model) -> dict:
+    from onnx import numpy_helper
+
+    vals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == 4:  # TENSOR
+            vals[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return vals
+
+
+def _dims(model) -> dict[str, list]:
+    out = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for t in model.graph.initializer:
+        out[t.name] = list(t.dims)
+    return out
+
+
+def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[int]]] = None) -> CompatReport:
+    """Check an ONNX file or ``ModelProto`` against TensorRT's parser limits (see module doc).
+
+    ``max_input_shapes`` maps input names to their largest profile shape (used to bound TopK's
+    K); without it the graph's static input dims are used where known.
+    """
+    import onnx
+
+    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(
+        str(model_or_path), load_external_data=False)
+    inferred, values = _max_shape_model(model, max_input_shapes or {})
+    consts = _constants(inferred)
+    dims = _dims(inferred)
+    report = CompatReport()
+    for i, node in enumerate(_walk(inferred.graph)):
+        report.nodes += 1
+        name = node.name or f"#{i}"
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            report.issues.append(CompatIssue(name, op, f"custom-domain operator ({node.domain}) needs a TensorRT plugin"))
+            continue
+        if op not in TRT_SUPPORTED_OPS:
+            report.issues.append(CompatIssue(name, op, "operator is not supported by TensorRT's ONNX parser"))
+            continue
+        if op == "TopK":
+            if _attr(node, "sorted", 1) == 0:
+                report.issues.append(CompatIssue(name, op, "sorted=0 is not supported (TensorRT's TopK always sorts)"))
+            k = None
+            if len(node.input) > 1 and node.input[1] in consts:
+                k, src = int(consts[node.input[1]].reshape(-1)[0]), "K"
+            elif len(node.input) > 1 and _as_int(values.get(node.input[1])) is not None:
+                k, src = _as_int(values[node.input[1]]), "K (computed from the input shape)"
+            else:
+                shape = dims.get(node.input[0])
+                axis = int(_attr(node, "axis", -1))
+                if shape and shape[axis] is not None:
+                    k, src = int(shape[axis]), "K (bounded by the axis length)"
+            if k is None:
+                report.issues.append(CompatIssue(
+                    name, op, f"cannot bound K at the largest profile shape; TensorRT needs K <= {TOPK_MAX_K}",
+                    "warning"))
+            elif k > TOPK_MAX_K:
+                report.issues.append(CompatIssue(
+                    name, op, f"{src} = {k} exceeds TensorRT's limit {TOPK_MAX_K} at the largest profile shape"))
+        elif op in ("ScatterElements", "ScatterND"):
+            red = _attr(node, "reduction", b"none")
+            red = red.decode() if isinstance(red, bytes) else str(red)
+            if red != "none":
+                report.issues.append(CompatIssue(name, op, f"reduction={red!r} is not native to TensorRT (plugin path)"))
+        elif op == "Cast" and _attr(node, "to") == _DOUBLE:
+            report.issues.append(CompatIssue(name, op, "cast to float64: TensorRT has no FP64"))
+        elif op == "Attention":
+            report.issues.append(CompatIssue(name, op, "the Attention operator is parsed only by TensorRT >= 10.14",
+                                             "warning"))
+    for t in model.graph.initializer:
+        if t.data_type == _DOUBLE:
+            report.issues.append(CompatIssue(t.name, "initializer", "float64 weights: TensorRT has no FP64"))
+    return report
+
+
+def input_max_shapes(path: Union[str, os.PathLike], batch_max: int, img_max: Optional[int]) -> dict:
+    """Largest profile shape of the (single) image input of an exported file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inp = model.graph.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    shape[0] = batch_max
+    if img_max is not None:
+        shape[2] = shape[3] = img_max
+    return {inp.name: shape}

@@ -1,0 +1,130 @@
+"""ONNX export: parity in ONNX Runtime for dense, every kind of structural pruning, distilled DeiT,
+fp16 and token reduction, with dynamic batch and image size; metadata; clean-up."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import tiny
+from vitcompress.plan import identity_plan
+from vitcompress.slicers import slice_model
+from vitcompress.spec import spec_from_model
+from vitcompress.exporters import export_onnx, read_onnx_metadata
+from vitcompress.exporters.parity import ort_session
+
+BATCH = (1, 3, 8)
+IMG = (16, 32, 48)
+
+
+def _pruned(kind: str):
+    model = tiny("vit")
+    plan = identity_plan(model)
+    for b, lp in plan.layers.items():
+        if kind == "heads":
+            lp.heads, lp.qk, lp.v = [0, 2], [lp.qk[0], lp.qk[2]], [lp.v[0], lp.v[2]]
+        elif kind == "qkv":  # odd widths: 5 of 16 q/k dims, 7 of 16 v dims per head
+            lp.qk = [[1, 3, 4, 9, 15] for _ in lp.heads]
+            lp.v = [[0, 2, 5, 6, 8, 11, 13] for _ in lp.heads]
+        elif kind == "mlp":
+            lp.mlp = list(range(0, 256, 7))  # 37 neurons
+    if kind == "depth":
+        plan.blocks = [0, 2]
+    if kind == "embed":
+        plan.embed = [c for c in range(64) if c % 3]  # 42 channels
+    return slice_model(model, plan)
+
+
+VARIANTS = {
+    "dense": lambda: tiny("vit"),
+    "heads": lambda: _pruned("heads"),
+    "qkv-odd": lambda: _pruned("qkv"),
+    "mlp": lambda: _pruned("mlp"),
+    "depth": lambda: _pruned("depth"),
+    "embed": lambda: _pruned("embed"),
+    "distilled": lambda: tiny("deit_distilled"),
+}
+
+
+def _independent_check(path, model, batch=5, precision="fp32"):
+    """Our own ORT run at a batch size the export never saw, against the untouched model."""
+    sess = ort_session(str(path))
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(123))
+    if precision == "fp16":
+        x = x.half()
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].astype(np.float32)
+    with torch.inference_mode():
+        ref = model(x.float()).numpy()
+    return np.abs(out - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_pruned_variants_match_at_three_batches_and_two_sizes(variant, tmp_path):
+    model = VARIANTS[variant]()
+    before = copy.deepcopy(model.state_dict())
+    res = export_onnx(model, tmp_path / "m.onnx", batch=BATCH, dynamic_size=True, img_size=IMG)
+    assert res.path.is_file() and res.parity.ok
+    assert {c.batch for c in res.parity.cases} == set(BATCH)
+    assert {c.img_size for c in res.parity.cases} == {32, 16}
+    assert res.parity.max_rel < 1e-4
+    assert 0 < res.nodes_after <= res.nodes_before
+    # dynamic axes are symbolic and named
+    proto = onnx.load(str(res.path))
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # the artifact's spec and MACs are in the metadata
+    md = read_onnx_metadata(res.path)
+    assert md["spec"] == spec_from_model(model).to_dict()
+    assert md["macs"] > 0 and md["tokens"] is None and md["export"]["dynamic_size"] is True
+    # the user's model is untouched, and the file matches it where the export never looked
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _independent_check(res.path, model) < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_static_size_fp16_export(tmp_path):
+    model = _pruned("qkv")
+    res = export_onnx(model, tmp_path / "h.onnx", batch=BATCH, precision="fp16")
+    proto = onnx.load(str(res.path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 32, 32]
+    assert res.parity.ok and res.parity.tolerance == 1e-2
+    assert {c.batch for c in res.parity.cases} == set(BATCH)
+    assert res.parity.max_rel > 1e-6  # really ran in half precision
+    assert _independent_check(res.path, model, precision="fp16") < 1e-2
+    assert read_onnx_metadata(res.path)["export"]["precision"] == "fp16"
+
+
+def test_token_reduction_exports_with_symbolic_token_counts(tmp_path):
+    from vitcompress.tokens import apply_tokens
+
+    model = apply_tokens(tiny("vit"), "0.7@1,2", method="topk")
+    res = export_onnx(model, tmp_path / "t.onnx", batch=BATCH, dynamic_size=True, img_size=IMG)
+    assert res.parity.ok and {c.img_size for c in res.parity.cases} == {32, 16}
+    assert read_onnx_metadata(res.path)["tokens"]["spec"] == "0.7@1,2"
+    topk = [n for n in onnx.load(str(res.path)).graph.node if n.op_type == "TopK"]
+    assert len(topk) == 2
+
+
+def test_artifact_path_and_external_data(tmp_path):
+    import vitcompress
+
+    art = vitcompress.save(_pruned("heads"), tmp_path / "art")
+    res = export_onnx(art, tmp_path / "e.onnx", batch=BATCH, external_data=True)
+    assert res.external_data == tmp_path / "e.onnx.data" and res.external_data.stat().st_size > 10_000
+    assert (tmp_path / "e.onnx").stat().st_size < 100_000  # weights are in the side file
+    assert res.parity.ok and res.metadata["export"]["artifact"] == str(art)
+    assert res.metadata["spec"] == vitcompress.read_meta(art).spec.to_dict()
+
+
+def test_exceeded_tolerance_raises_and_leaves_nothing(tmp_path):
+    from vitcompress.errors import VitCompressError
+
+    with pytest.raises(VitCompressError, match="parity check failed"):
+        export_onnx(tiny("vit"), tmp_path / "x.onnx", batch=BATCH, tolerance=1e-12)
+    assert list(tmp_path.iterdir()) == []

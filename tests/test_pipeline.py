@@ -1,0 +1,92 @@
+"""The width-then-depth pipeline end to end on a tiny teacher, from the API and the CLI."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import tiny
+from vitcompress.artifact import read_meta, save
+from vitcompress.cli import main
+from vitcompress.pipeline import PipelineConfig, STAGES, run_pipeline
+from vitcompress.training import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
+    teacher = save(tiny("vit"), tmp_path / "teacher")
+    cfg = PipelineConfig(flops_reduction=0.5, calib_images=16, round_to=4,
+                         train=TrainConfig(data="digits", epochs=1, batch_size=16, max_steps_per_epoch=2, progress=False))
+    out = tmp_path / "pipe"
+    summary = run_pipeline(str(teacher), cfg, out, progress=False)
+    assert [r["stage"] for r in summary["rows"]] == list(STAGES)
+    for stage in STAGES[1:]:
+        assert (out / stage / "vitcompress.json").is_file()
+    w, d = read_meta(out / "width_distilled"), read_meta(out / "depth_distilled")
+    assert w.spec.depth == 4 and d.spec.depth < 4  # width stage keeps every block, depth stage removes some
+    assert [b.source_index for b in d.spec.blocks] == d.plan.blocks  # block provenance kept for the mapping
+    assert [h["method"] for h in d.history] == ["one-shot", "depth-loss"]
+    assert d.history[0]["config"]["granularity"] == ["heads", "mlp"] and d.history[1]["config"]["granularity"] == ["depth"]
+    removed = d.history[1]["removed_blocks"]
+    imp = d.history[1]["block_importance"]
+    assert sorted(imp)[:len(removed)] == sorted(imp[b] for b in removed)  # the least important blocks went
+    assert sorted(set(range(4)) - set(removed)) == d.plan.blocks
+    assert d.extra["training"]["stage"] == "depth_distilled"
+    m0 = summary["rows"][0]["macs"]
+    assert summary["achieved"] == pytest.approx(1 - summary["rows"][-1]["macs"] / m0)
+    assert abs(summary["achieved"] - 0.5) < 0.1  # whole blocks: close to, not exactly at, the target
+    table = (out / "summary.md").read_text()
+    assert sum(l.startswith("| ") for l in table.splitlines()) == 6 and "depth_distilled" in table  # header + 5 stages
+    assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "summary.json").read_text())["rows"][1]["stage"] == "width_pruned"
+
+
+def test_pipeline_cli_with_a_config_file_and_bad_input(tmp_path, capsys):
+    teacher = save(tiny("vit"), tmp_path / "teacher")
+    conf = tmp_path / "pipe.json"
+    conf.write_text(json.dumps({"flops_reduction": 0.4, "calib_images": 8, "depth_blocks": 1,
+                                "train": {"data": "digits", "epochs": 1, "batch_size": 16, "max_steps_per_epoch": 1}}))
+    out = tmp_path / "p"
+    code = main(["pipeline", str(teacher), "--config", str(conf), "--quiet", "-o", str(out)])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "| depth_pruned |" in cap.out and "target: remove 40.0% of macs" in cap.out
+    assert read_meta(out / "depth_pruned").spec.depth == 3
+    conf.write_text(json.dumps({"flops_reduction": 0.4, "speed": 3}))
+    code = main(["pipeline", str(teacher), "--config", str(conf), "-o", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown pipeline config key 'speed'" in err and len(err.strip().splitlines()) == 1
+    code = main(["pipeline", str(teacher), "-o", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "exactly one final budget" in err
+    assert sorted(os.listdir(tmp_path)) == ["p", "pipe.json", "teacher"]
+
+
+def test_block_importance_is_the_loss_change_when_a_block_is_skipped():
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vitcompress.pipeline import block_importance
+
+    model = tiny("vit")
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    ds = TensorDataset(x, y)
+    ds.num_classes = 10
+    imp = block_importance(model, DataLoader(ds, batch_size=4))
+    with torch.no_grad():
+        base = F.cross_entropy(model(x), y)
+        blocks = model.blocks
+        model.blocks = nn.Sequential(blocks[0], blocks[1], blocks[3])
+        skip2 = F.cross_entropy(model(x), y)
+        model.blocks = blocks
+    assert float(imp[2]) == pytest.approx(float(skip2 - base), rel=1e-4, abs=1e-6)
+    assert len(model.blocks) == 4

@@ -1,0 +1,125 @@
+"""Evaluation: top-1, top-5, cross-entropy loss and agreement with a teacher's predictions.
+
+Works single-process and inside a ``torchrun`` job: each rank evaluates a disjoint shard
+(``indices[rank::world]``, no padding, so no image is counted twice) and the sums are all-reduced.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .errors import VitCompressError
+
+
+@dataclass
+class EvalResult:
+    """Accuracy in [0, 1], mean cross-entropy, image count and (with a teacher) top-1 agreement."""
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+    agreement: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        s = f"top-1 {self.top1:.2%}  top-5 {self.top5:.2%}  loss {self.loss:.4f}  ({self.images} images)"
+        if self.agreement is not None:
+            s += f"  agreement with teacher {self.agreement:.2%}"
+        return s
+
+
+def logits_of(out) -> torch.Tensor:
+    """Logits of a model output (a distilled DeiT in training mode returns (cls, dist))."""
+    if isinstance(out, (tuple, list)):
+        return (out[0] + out[1]) / 2 if len(out) == 2 else out[0]
+    return out
+
+
+def check_classes(model: nn.Module, num_classes: Optional[int], what: str = "data") -> None:
+    """One-line error when the labels do not fit the model's classifier."""
+    mc = getattr(model, "num_classes", None)
+    if num_classes is not None and mc is not None and num_classes > mc:
+        raise VitCompressError(
+            f"the {what} has {num_classes} classes but the model's classifier has {mc}; "
+            f"use a model with num_classes={num_classes} (--num-classes {num_classes})")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, teacher: Optional[nn.Module] = None,
+             device: str | torch.device | None = None, amp_dtype: Optional[torch.dtype] = None,
+             progress: bool = False, desc: str = "eval") -> EvalResult:
+    """Top-1/top-5/loss of ``model`` over ``loader`` (and agreement with ``teacher``'s argmax).
+
+    Inside an initialised process group the per-rank sums are all-reduced, so every rank returns
+    the same numbers; give each rank a disjoint shard of the data.
+    """
+    ref = next(model.parameters())
+    device = torch.device(device) if device is not None else ref.device
+    was = model.training
+    model.eval()
+    if teacher is not None:
+        if getattr(teacher, "num_classes", None) != getattr(model, "num_classes", None):
+            raise VitCompressError(
+                f"teacher has {teacher.num_classes} classes but the model has {model.num_classes}; "
+                "pass a teacher trained on the same classes")
+        teacher.eval()
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # n, top1, top5, loss, agree
+    try:
+        for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = logits_of(model(x)).float()
+                t_logits = logits_of(teacher(x)).float() if teacher is not None else None
+            if int(y.max()) >= logits.shape[-1]:
+                raise VitCompressError(
+                    f"the data has label {int(y.max())} but the model's classifier has {logits.shape[-1]} "
+                    "classes; use a model with as many classes as the data")
+            k = min(5, logits.shape[-1])
+            topk = logits.topk(k, dim=-1).indices
+            sums[0] += len(y)
+            sums[1] += (topk[:, 0] == y).sum()
+            sums[2] += (topk == y[:, None]).any(-1).sum()
+            sums[3] += F.cross_entropy(logits, y, reduction="sum")
+            if t_logits is not None:
+                sums[4] += (t_logits.argmax(-1) == topk[:, 0]).sum()
+    finally:
+        model.train(was)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    n = max(1.0, float(sums[0]))
+    return EvalResult(float(sums[1]) / n, float(sums[2]) / n, float(sums[3]) / n, int(sums[0]),
+                      float(sums[4]) / n if teacher is not None else None)
+
+
+def evaluate_data(model: nn.Module, data: str, *, split: str = "val", teacher: Optional[nn.Module] = None,
+                  batch_size: int = 128, workers: int = 0, device: str | None = None,
+                  progress: bool = False, limit: Optional[int] = None) -> EvalResult:
+    """Evaluate on a dataset by name (``digits``, ``mnist10k``) or ImageFolder folder."""
+    from torch.utils.data import Subset
+
+    from .data import DataConfig
+    from .datapipe import make_loader, num_classes_of, val_dataset
+    from .training import dist_info
+
+    ds = val_dataset(data, DataConfig.from_model(model), split)
+    if len(ds) == 0:
+        raise VitCompressError(f"data {data!r} split {split!r} is empty; point --data at a folder with images")
+    check_classes(model, num_classes_of(ds))
+    if limit:
+        ds = Subset(ds, list(range(min(limit, len(ds)))))
+    rank, world, _ = dist_info()
+    loader = make_loader(ds, batch_size, train=False, rank=rank, world=world, workers=workers)
+    if device is not None:
+        model.to(device)
+        if teacher is not None:
+            teacher.to(device)
+    return evaluate(model, loader, teacher=teacher, progress=progress and rank == 0)

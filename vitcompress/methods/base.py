@@ -1,0 +1,140 @@
+"""What every pruning method shares: its options dataclass, its output, and how options are parsed.
+
+A method is a function ``run(model, cfg, options, *, progress) -> MethodOutput``. ``cfg`` is the
+``PruneConfig`` of the prune call (budget, granularity, round-to, data, seed, labels); ``options``
+is the method's own dataclass of hyperparameters. The method returns the model to slice (the input
+model after its training stage, with any learned scales folded into the weights) and a ``Plan``
+chosen with the core's ``budget.select``; the pruner slices it with the core's ``slice_model``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ..errors import VitCompressError
+from ..plan import Plan
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass
+class MethodOptions:
+    """Base of every method's hyperparameter dataclass (plain scalars, so it serialises)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Range checks; subclasses raise ``VitCompressError`` naming the option and the fix."""
+
+    @classmethod
+    def from_dict(cls, values: Optional[Mapping[str, Any]], method: str = "") -> "MethodOptions":
+        """Options from ``key -> value`` (values may be strings, as given on the command line)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, raw in (values or {}).items():
+            name = str(key).strip().replace("-", "_")
+            if name not in fields:
+                raise VitCompressError(
+                    f"unknown option {key!r} for method {method or cls.__name__}; "
+                    f"valid options: {', '.join(sorted(fields))}")
+            kwargs[name] = _convert(raw, fields[name], method)
+        opts = cls(**kwargs)
+        opts.validate()
+        return opts
+
+
+def _convert(raw: Any, f: dataclasses.Field, method: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if not isinstance(raw, str):
+        return raw
+    s = raw.strip()
+    try:
+        if kind == "bool":
+            if s.lower() in _TRUE:
+                return True
+            if s.lower() in _FALSE:
+                return False
+            raise ValueError(s)
+        if kind == "int":
+            return int(s)
+        if kind == "float":
+            return float(s)
+    except ValueError:
+        raise VitCompressError(f"option {f.name}={raw!r} of method {method} is not a valid {kind}; "
+                               f"pass e.g. {f.name}={f.default}") from None
+    return s
+
+
+def check_positive(opts: MethodOptions, *names: str, allow_zero: bool = False) -> None:
+    """Raise a one-line error for the first named option that is not > 0 (or >= 0)."""
+    for n in names:
+        v = getattr(opts, n)
+        if v < 0 or (v == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise VitCompressError(f"method option {n} must be {bound}, got {v}")
+
+
+@dataclass
+class MethodOutput:
+    """What a method hands to the pruner.
+
+    ``model`` is sliced with ``plan``; the result equals ``reference.mask_model(model, plan)``.
+    ``finish`` (optional) runs on the sliced model (e.g. fine-tuning) and returns the final model.
+    ``extra`` holds method diagnostics stored in the artifact's history record.
+    """
+
+    model: nn.Module
+    plan: Plan
+    achieved: float
+    extra: dict = field(default_factory=dict)
+    finish: Optional[Callable[[nn.Module], nn.Module]] = None
+
+
+@dataclass
+class Method:
+    """A registered pruning method: its runner, options class and the granularities it supports."""
+
+    name: str
+    run: Callable[..., MethodOutput]
+    options: type
+    kinds: tuple[str, ...]
+    summary: str
+
+    def parse_options(self, values: Optional[Union[Mapping[str, Any], MethodOptions]]) -> MethodOptions:
+        if isinstance(values, MethodOptions):
+            if not isinstance(values, self.options):
+                raise VitCompressError(f"method {self.name} takes {self.options.__name__}, got {type(values).__name__}")
+            values.validate()
+            return values
+        return self.options.from_dict(values, self.name)
+
+    def check_kinds(self, granularity) -> None:
+        bad = [k for k in granularity if k not in self.kinds]
+        if bad:
+            raise VitCompressError(
+                f"method {self.name} cannot prune {', '.join(bad)}; use --granularity with a subset of "
+                f"{','.join(self.kinds)}")
+
+
+def parse_option_pairs(pairs) -> dict[str, str]:
+    """``['steps=10', 'lr=1e-3']`` -> ``{'steps': '10', 'lr': '1e-3'}`` (the CLI's --method-opt)."""
+    out = {}
+    for p in pairs or ():
+        if "=" not in p:
+            raise VitCompressError(f"method option {p!r} is not KEY=VALUE; pass e.g. --method-opt steps=50")
+        k, v = p.split("=", 1)
+        if not k.strip():
+            raise VitCompressError(f"method option {p!r} has no key; pass e.g. --method-opt steps=50")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def logits_of(out) -> torch.Tensor:
+    """Classifier logits from a timm forward output (distilled models may return a tuple)."""
+    return out[0] if isinstance(out, (tuple, list)) else out

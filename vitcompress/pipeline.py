@@ -1,0 +1,322 @@
+"""Width-then-depth compression: prune width (taylor) -> distil -> prune depth -> distil.
+
+The final target (remove ``reduction`` of MACs or params, relative to the teacher) is split
+between the two pruning stages: the depth stage removes ``depth_blocks`` whole blocks (by default
+about ``depth_share`` of the total reduction, in log space, rounded to whole blocks), the width
+stage removes the rest. Depth is chosen in whole blocks, those whose removal changes the
+calibration loss least first (measured exactly by skipping each block: first-order Taylor scores
+are unreliable for a perturbation as large as a whole block), as many as brings the final model
+closest to the target; the summary reports what was achieved. Every stage writes an artifact under ``output/`` and the run ends with a summary table
+(``summary.md``, ``summary.json`` and ``summary.png``): MACs, params and validation top-1 per stage.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .distill import DistillConfig
+from .errors import VitCompressError
+from .training import TrainConfig, dist_info, fit, init_distributed
+
+STAGES = ("teacher", "width_pruned", "width_distilled", "depth_pruned", "depth_distilled")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline (serialisable; ``vitcompress pipeline --config FILE.json`` reads it)."""
+
+    flops_reduction: Optional[float] = None
+    params_reduction: Optional[float] = None
+    importance: str = "taylor"
+    width_granularity: tuple = ("heads", "mlp")
+    round_to: int = 8
+    depth_share: float = 0.3
+    depth_blocks: Optional[int] = None
+    calib_images: int = 256
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def validate(self) -> None:
+        given = [r for r in (self.flops_reduction, self.params_reduction) if r is not None]
+        if len(given) != 1 or not 0 < given[0] < 1:
+            raise VitCompressError("give exactly one final budget: --flops-reduction R or --params-reduction R (0 < R < 1)")
+        if not 0 <= self.depth_share < 1:
+            raise VitCompressError(f"--depth-share must be in [0, 1), got {self.depth_share}")
+        self.train.validate()
+        self.distill.validate()
+
+    @property
+    def metric(self) -> str:
+        return "macs" if self.flops_reduction is not None else "params"
+
+    @property
+    def reduction(self) -> float:
+        return self.flops_reduction if self.flops_reduction is not None else self.params_reduction
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["width_granularity"] = list(self.width_granularity)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        d = dict(d)
+        train = TrainConfig.from_dict(d.pop("train", {}))
+        distill = DistillConfig(**d.pop("distill", {}))
+        known = {f for f in cls.__dataclass_fields__}
+        bad = [k for k in d if k not in known]
+        if bad:
+            raise VitCompressError(f"unknown pipeline config key {bad[0]!r}; known: {', '.join(sorted(known))}")
+        if "width_granularity" in d:
+            d["width_granularity"] = tuple(d["width_granularity"])
+        return cls(train=train, distill=distill, **d)
+
+
+def _measure(model: nn.Module, metric: str) -> float:
+    from .counting import count
+
+    c = count(model)
+    return float(c.macs if metric == "macs" else c.params)
+
+
+@torch.no_grad()
+def block_importance(model: nn.Module, loader) -> torch.Tensor:
+    """Loss change when each block is skipped: mean CE with block b replaced by the identity
+    minus the full model's mean CE, over the calibration images (labels when the data has the
+    model's classes, else the model's own predictions)."""
+    from .evaluate import logits_of
+
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n_cls = getattr(loader.dataset, "num_classes", None)
+    batches = [(x.to(device), y.to(device)) for x, y in loader]
+    targets = [y if n_cls == model.num_classes else logits_of(model(x)).argmax(-1) for x, y in batches]
+
+    def loss() -> float:
+        tot = sum(float(nn.functional.cross_entropy(logits_of(model(x)), t, reduction="sum"))
+                  for (x, _), t in zip(batches, targets))
+        return tot / sum(len(t) for t in targets)
+
+    base = loss()
+    out = []
+    blocks = model.blocks
+    for b in range(len(blocks)):
+        model.blocks = nn.Sequential(*[m for i, m in enumerate(blocks) if i != b])
+        try:
+            out.append(loss() - base)
+        finally:
+            model.blocks = blocks
+    model.train(was)
+    return torch.tensor(out)
+
+
+def depth_prune(model: nn.Module, cfg: PipelineConfig, needed: float, n_planned: int, progress: bool = False) -> nn.Module:
+    """Remove whole blocks, the smallest loss change first (``block_importance``): ``depth_blocks``
+    of them, or the number that brings the model closest to removing ``needed`` of the metric.
+    Returns the sliced model with its artifact record (history entry ``depth-loss``)."""
+    from .artifact import ArtifactMeta, meta_of
+    from .counting import count
+    from .data import calibration_loader
+    from .plan import compose, identity_plan
+    from .slicers import slice_model
+
+    prev = meta_of(model)
+    before = count(model)
+    loader = calibration_loader(cfg.train.data, model, cfg.calib_images, 32, cfg.train.seed)
+    imp = block_importance(model, loader)
+    order = torch.argsort(imp, stable=True).tolist()
+
+    def plan_without(n):
+        plan = identity_plan(model)
+        drop = set(order[:n])
+        plan.blocks = [b for b in plan.blocks if b not in drop]
+        plan.layers = {b: lp for b, lp in plan.layers.items() if b not in drop}
+        return plan
+
+    base = _measure(model, cfg.metric)
+    options = []
+    for n in range(1, len(model.blocks)):
+        net = slice_model(model, plan_without(n))
+        options.append((n, 1 - _measure(net, cfg.metric) / base))
+    if cfg.depth_blocks is not None:
+        if not 1 <= cfg.depth_blocks < len(model.blocks):
+            raise VitCompressError(f"--depth-blocks must be between 1 and {len(model.blocks) - 1}, got {cfg.depth_blocks}")
+        n = cfg.depth_blocks
+    else:
+        n = min(options, key=lambda o: (abs(o[1] - needed), abs(o[0] - n_planned)))[0]
+    plan = plan_without(n)
+    pruned = slice_model(model, plan)
+    after = count(pruned)
+    meta = ArtifactMeta(
+        source=prev.source, spec=pruned.vitcompress_spec, plan=compose(prev.plan, plan),
+        counts_source=prev.counts_source or before.to_dict(), counts=after.to_dict(),
+        history=[*prev.history, {
+            "method": "depth-loss",
+            "config": {"granularity": ["depth"], "importance": "loss change when skipped",
+                       "data": cfg.train.data, "calib_images": cfg.calib_images, "seed": cfg.train.seed},
+            "block_importance": [round(float(v), 6) for v in imp],
+            "removed_blocks": sorted(order[:n]),
+            "target": {"metric": cfg.metric, "reduction": needed},
+            "achieved": {"macs_reduction": 1 - after.macs / before.macs,
+                         "params_reduction": 1 - after.params / before.params},
+            "before": before.to_dict(), "after": after.to_dict(),
+        }],
+        tokens=prev.tokens, extra=dict(prev.extra))
+    meta.extra.pop("training", None)
+    pruned.vitcompress_meta = meta
+    pruned.vitcompress_source = prev.source
+    return pruned.eval()
+
+
+def run_pipeline(model, cfg: PipelineConfig, output: str | os.PathLike, *, force: bool = False,
+                 resume: bool = False, progress: bool = True) -> dict:
+    """Run width prune -> distil -> depth prune -> distil from ``model`` (the teacher: a model
+    name, an artifact folder or a module). Writes ``output/<stage>/`` artifacts and the summary;
+    returns the summary as a dict (one row per stage)."""
+    cfg.validate()
+    out = Path(output)
+    if out.exists() and not (force or resume):
+        raise VitCompressError(f"output {str(out)!r} already exists; pass --resume to continue it, "
+                               "--force to overwrite it, or choose another path")
+    created_group = init_distributed()
+    try:
+        return _run(model, cfg, out, resume, progress)
+    finally:
+        if created_group:
+            torch.distributed.destroy_process_group()
+
+
+def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) -> dict:
+    from .artifact import is_artifact, load, save
+    from .evaluate import evaluate_data
+    from .io import atomic_file
+    from .pruner import prune, resolve_model
+
+    rank, _, _ = dist_info()
+    teacher = resolve_model(model)
+    teacher.eval()
+    rows = []
+
+    def row(stage: str, net: nn.Module) -> None:
+        from .counting import count
+
+        c = count(net)
+        r = evaluate_data(net, cfg.train.data, teacher=None if stage == "teacher" else teacher,
+                          batch_size=cfg.train.batch_size * 2, device=next(teacher.parameters()).device)
+        rows.append({"stage": stage, "macs": c.macs, "params": c.params, "depth": len(net.blocks),
+                     "top1": r.top1, "agreement": r.agreement})
+        if rank == 0 and progress:
+            print(f"[{stage}] {c.macs / 1e6:.2f} M MACs  {c.params / 1e6:.3f} M params  top-1 {r.top1:.2%}", flush=True)
+
+    row("teacher", teacher)
+    base = _measure(teacher, cfg.metric)
+    keep = 1 - cfg.reduction
+    n_blocks = len(teacher.blocks)
+    n_depth = cfg.depth_blocks if cfg.depth_blocks is not None else \
+        min(n_blocks - 1, max(1, round(n_blocks * (1 - keep ** cfg.depth_share))))
+    k_depth = 1 - n_depth / n_blocks  # estimate: blocks of equal cost
+    width_r = 1 - keep / k_depth
+    if not 0 < width_r < 1:
+        raise VitCompressError(f"the depth stage alone reaches the target (width reduction {width_r:.1%}); "
+                               "lower --depth-share or --depth-blocks")
+    budget = {"flops_reduction": width_r} if cfg.metric == "macs" else {"params_reduction": width_r}
+
+    def stage_path(name: str) -> Path:
+        return out / name
+
+    def pruned(name, src, **kw):
+        p = stage_path(name)
+        if resume and is_artifact(p):
+            return load(p)
+        if rank == 0:
+            prune(src, importance=cfg.importance, round_to=cfg.round_to, data=cfg.train.data,
+                  calib_images=cfg.calib_images, seed=cfg.train.seed, output=p, force=True, progress=progress, **kw)
+        if dist_info()[1] > 1:
+            torch.distributed.barrier()
+        return load(p)
+
+    def distilled(name, student):
+        p = stage_path(name)
+        done = resume and (p / "vitcompress.json").is_file() and \
+            (load(p).vitcompress_meta.extra.get("training", {}).get("epochs_done") == cfg.train.epochs)
+        if done:
+            return load(p)
+        res = fit(student, cfg.train, p, teacher=teacher, distill=cfg.distill,
+                  resume=resume and p.exists(), force=True, record={"stage": name})
+        return res.model
+
+    w = pruned("width_pruned", teacher, granularity=cfg.width_granularity, **budget)
+    row("width_pruned", w)
+    w = distilled("width_distilled", w)
+    row("width_distilled", w)
+    needed = 1 - keep * base / _measure(w, cfg.metric)
+    p = stage_path("depth_pruned")
+    if not (resume and is_artifact(p)):
+        d = depth_prune(w, cfg, needed, n_depth, progress and rank == 0)
+        if rank == 0:
+            save(d, p, force=True, meta=d.vitcompress_meta)
+        if dist_info()[1] > 1:
+            torch.distributed.barrier()
+    d = load(p)
+    row("depth_pruned", d)
+    d = distilled("depth_distilled", d)
+    row("depth_distilled", d)
+
+    summary = {"config": cfg.to_dict(), "metric": cfg.metric, "target": cfg.reduction,
+               "achieved": 1 - _measure(d, cfg.metric) / base, "rows": rows}
+    if rank == 0:
+        with atomic_file(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        with atomic_file(out / "summary.md") as tmp:
+            tmp.write_text(format_summary(summary) + "\n")
+        plot_summary(summary, out / "summary.png")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Markdown table: MACs, params, depth and top-1 per stage."""
+    rows = summary["rows"]
+    m0, p0 = rows[0]["macs"], rows[0]["params"]
+    lines = ["| stage | MACs (M) | MACs removed | params (M) | depth | val top-1 | agreement with teacher |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        agree = "" if r.get("agreement") is None else f"{r['agreement']:.2%}"
+        lines.append(f"| {r['stage']} | {r['macs'] / 1e6:.2f} | {1 - r['macs'] / m0:.1%} | {r['params'] / 1e6:.3f} | "
+                     f"{r['depth']} | {r['top1']:.2%} | {agree} |")
+    lines.append("")
+    lines.append(f"target: remove {summary['target']:.1%} of {summary['metric']}; achieved {summary['achieved']:.1%}")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict, path: str | os.PathLike) -> None:
+    """Top-1 against MACs per stage (PNG, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_file
+
+    rows = summary["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["macs"] / 1e6 for r in rows]
+    ys = [r["top1"] * 100 for r in rows]
+    ax.plot(xs, ys, "-o")
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(r["stage"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("MACs per image (M)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("width-then-depth pipeline")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,64 @@
+"""Attention forward for token-reducing blocks: output, class-token scores, keys, size bias.
+
+Works on timm ``Attention`` and on ``PrunedAttention`` (any heads, q/k width, v width, stored
+scale): both lay the fused ``qkv`` output out as ``[q | k | v]``, head-major.
+
+* ``bias`` (``[B, N]``, log token sizes) is added to every key's logits (proportional attention).
+* Class-token scores come from the same q/k, scale and bias as the attention itself. With a class
+  token they are one extra row, ``softmax(q_cls k^T * scale + bias)`` averaged over heads
+  (``heads * N * qk_dim`` MACs, counted by ``tokens.counting``), so the main product can stay on
+  the fused SDPA kernel. Without a class token (``global_pool='avg'`` models) the score of a token
+  is the attention it receives averaged over heads and queries, which needs the explicit
+  attention matrix (no extra MACs).
+* ``metric`` is the keys averaged over heads (``[B, N, qk_dim]``), the similarity feature of
+  token merging.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import attention_dims
+
+
+def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+           scores: bool = False, has_cls: bool = True, prefix: int = 1, metric: bool = False):
+    """Return ``(out [B, N, C], scores [B, N - prefix] or None, metric [B, N, qk] or None)``."""
+    B, N, _ = x.shape
+    h, qk, vd, scale = attention_dims(attn)
+    q, k, v = attn.qkv(x).split((h * qk, h * qk, h * vd), dim=-1)
+    q = attn.q_norm(q.reshape(B, N, h, qk).transpose(1, 2))
+    k = attn.k_norm(k.reshape(B, N, h, qk).transpose(1, 2))
+    v = v.reshape(B, N, h, vd).transpose(1, 2)
+    mask = None if bias is None else bias[:, None, None, :].to(q.dtype)
+    s = None
+    if scores and not has_cls:
+        logits = (q * scale) @ k.transpose(-2, -1)
+        if mask is not None:
+            logits = logits + mask
+        p = attn.attn_drop(logits.softmax(dim=-1))
+        out = p @ v
+        s = p.mean(dim=(1, 2))[:, prefix:]
+    else:
+        if attn.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                 dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        else:
+            logits = (q * scale) @ k.transpose(-2, -1)
+            if mask is not None:
+                logits = logits + mask
+            out = attn.attn_drop(logits.softmax(dim=-1)) @ v
+        if scores:
+            row = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # [B, H, 1, N]
+            if mask is not None:
+                row = row + mask
+            s = row.softmax(dim=-1).mean(dim=1)[:, 0, prefix:]
+    out = torch.cat(out.unbind(1), dim=-1) if h > 1 else out[:, 0]  # [B, N, H*vd], head-major
+    norm = getattr(attn, "norm", None)
+    if norm is not None:
+        out = norm(out)
+    out = attn.proj_drop(attn.proj(out))
+    return out, s, (k.mean(dim=1) if metric else None)

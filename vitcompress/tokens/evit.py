@@ -1,0 +1,45 @@
+"""``evit``: Top-K by class-token attention, the inattentive tokens fused into one extra token.
+
+Of ``n`` patch tokens the ``K = ceil(keep * n)`` most attended are kept; the other ``n - K`` are
+replaced by one token, their average weighted by class-token attention
+``x_f = sum_i a_i x_i / sum_i a_i`` (EViT), placed after the kept tokens. The fused token counts as a
+patch token in later stages; its size is the sum of the sizes it absorbed. At keep 1.0 nothing is
+pruned and no fused token is added.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import REDUCERS
+from .base import EPS, Reducer, gather_tokens
+from .schedule import keep_count
+
+
+@REDUCERS.register("evit")
+class EViT(Reducer):
+    name = "evit"
+    tracks_size = True
+
+    @property
+    def fuse(self) -> bool:
+        return self.keep is None or self.keep < 1.0
+
+    def out_count(self, n):
+        return keep_count(n, self.keep) + (1 if self.fuse else 0)
+
+    def forward(self, x, size, scores, metric=None):
+        px, xp = self.split(x)
+        ps, sp = self.split(size)
+        n = xp.shape[1]
+        k = keep_count(n, self.keep)
+        if not self.fuse:
+            idx = scores.topk(k, dim=1).indices
+            return torch.cat([px, gather_tokens(xp, idx)], 1), torch.cat([ps, gather_tokens(sp, idx)], 1)
+        vals, order = scores.topk(n, dim=1)  # full ranking: kept first, then the inattentive
+        keep_idx, drop_idx = order[:, :k], order[:, k:]
+        a = vals[:, k:].unsqueeze(-1)                                    # [B, n-K, 1]
+        fused = (a * gather_tokens(xp, drop_idx)).sum(1, keepdim=True) / a.sum(1, keepdim=True).clamp_min(EPS)
+        fsize = gather_tokens(sp, drop_idx).sum(1, keepdim=True)
+        x = torch.cat([px, gather_tokens(xp, keep_idx), fused], dim=1)
+        size = torch.cat([ps, gather_tokens(sp, keep_idx), fsize], dim=1)
+        return x, size

@@ -1,0 +1,182 @@
+"""Token-reduction schedules: which blocks reduce, and by how much.
+
+Three forms (``parse_schedule``):
+
+* ``KEEP@B1,B2,...`` - keep a fraction ``KEEP`` of the patch tokens at blocks B1, B2, ... (0-based);
+  several groups are joined with ``;`` (``0.9@3;0.7@6,9``).
+* ``rate=R`` or ``rate=R@S`` - a constant per-layer pruning rate: every block from ``S`` (default
+  ``DEFAULT_RATE_START``) to the last keeps ``1 - R`` of the patch tokens entering it.
+* ``merge=R`` or ``merge=R@S`` - ``tome`` only: merge ``R`` token pairs in every block from ``S``
+  (default 0).
+
+Token counts are integer functions of the incoming patch-token count ``n`` (``keep_count``,
+``merge_count``) so they stay symbolic when the model is exported with dynamic image sizes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Optional
+
+import torch
+
+from ..errors import VitCompressError
+
+DEFAULT_RATE_START = 1  # block 0's class attention is nearly uniform: start one block later
+KINDS = ("keep", "rate", "merge")
+_DENOM = 1000  # keep fractions are rounded to multiples of 1/1000 (exact integer arithmetic)
+
+
+@dataclass
+class TokenSchedule:
+    """A reducer and where/how much it reduces. Serialises to the artifact's ``tokens`` field.
+
+    ``kind`` is ``keep`` (``keep[block] = fraction``), ``rate`` (``rate`` from ``start``) or
+    ``merge`` (``merge`` pairs per block from ``start``). ``options`` are reducer options
+    (for example ``{"vpa": False}`` for the ``topk-vpa`` ablation).
+    """
+
+    method: str
+    kind: str
+    keep: dict[int, float] = field(default_factory=dict)
+    rate: float = 0.0
+    merge: int = 0
+    start: int = 0
+    options: dict = field(default_factory=dict)
+    spec: str = ""
+
+    # ------------------------------------------------------------------ per-block view
+    def block_keep(self, depth: int) -> list[Optional[float]]:
+        """Keep fraction per block (None: the block does not reduce); ``keep``/``rate`` kinds."""
+        if self.kind == "keep":
+            return [self.keep.get(i) for i in range(depth)]
+        if self.kind == "rate":
+            return [None if i < self.start else 1.0 - self.rate for i in range(depth)]
+        return [None] * depth
+
+    def block_merge(self, depth: int) -> list[int]:
+        """Merges per block (``merge`` kind); 0 elsewhere."""
+        if self.kind != "merge":
+            return [0] * depth
+        return [self.merge if i >= self.start else 0 for i in range(depth)]
+
+    def reducing_blocks(self, depth: int) -> list[int]:
+        if self.kind == "merge":
+            return [i for i, r in enumerate(self.block_merge(depth)) if r > 0]
+        return [i for i, k in enumerate(self.block_keep(depth)) if k is not None]
+
+    def validate(self, depth: int) -> None:
+        """One-line error for blocks the model does not have."""
+        bad = [i for i in (list(self.keep) if self.kind == "keep" else [self.start]) if not 0 <= i < depth]
+        if bad:
+            raise VitCompressError(
+                f"token schedule {self.spec or self.kind!r} names block {bad[0]}, but the model has blocks "
+                f"0..{depth - 1}; use block indices below {depth}")
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["keep"] = {str(k): v for k, v in self.keep.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenSchedule":
+        d = dict(d)
+        d["keep"] = {int(k): float(v) for k, v in (d.get("keep") or {}).items()}
+        return cls(**d)
+
+    def describe(self) -> str:
+        return f"{self.method} {self.spec or self.kind}"
+
+
+def _num(text: str, what: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise VitCompressError(f"token schedule {spec!r}: {what} {text!r} is not a number; "
+                               "use e.g. 0.7@3,6,9, rate=0.06 or merge=8") from None
+
+
+def _blocks(text: str, spec: str) -> list[int]:
+    try:
+        out = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise VitCompressError(f"token schedule {spec!r}: block list {text!r} is not integers; "
+                               "use e.g. 0.7@3,6,9") from None
+    if not out:
+        raise VitCompressError(f"token schedule {spec!r} names no blocks; use e.g. 0.7@3,6,9")
+    return out
+
+
+def parse_schedule(spec: str, method: str, options: Optional[dict] = None) -> TokenSchedule:
+    """Parse a schedule string for ``method`` (see the module docstring for the syntax)."""
+    s = re.sub(r"\s+", "", str(spec))
+    if not s:
+        raise VitCompressError("empty token schedule; use e.g. 0.7@3,6,9, rate=0.06 or merge=8")
+    options = dict(options or {})
+    if s.startswith(("rate=", "merge=")):
+        key, _, rest = s.partition("=")
+        val, _, start = rest.partition("@")
+        if key == "rate":
+            r = _num(val, "rate", spec)
+            if not 0.0 <= r < 1.0:
+                raise VitCompressError(f"token schedule {spec!r}: rate {r} is outside [0, 1); use e.g. rate=0.06")
+            st = _blocks(start, spec)[0] if start else DEFAULT_RATE_START
+            sched = TokenSchedule(method, "rate", rate=r, start=st, options=options, spec=s)
+        else:
+            m = _num(val, "merge count", spec)
+            if m != int(m) or m < 0:
+                raise VitCompressError(f"token schedule {spec!r}: merge count must be a whole number >= 0; use e.g. merge=8")
+            st = _blocks(start, spec)[0] if start else 0
+            sched = TokenSchedule(method, "merge", merge=int(m), start=st, options=options, spec=s)
+        if st < 0:
+            raise VitCompressError(f"token schedule {spec!r}: start block {st} is negative; use a block index >= 0")
+    else:
+        keep: dict[int, float] = {}
+        for group in s.split(";"):
+            if "@" not in group:
+                raise VitCompressError(f"token schedule {spec!r}: {group!r} lacks '@BLOCKS'; "
+                                       "use KEEP@B1,B2 (e.g. 0.7@3,6,9), rate=R or merge=N")
+            val, _, blocks = group.partition("@")
+            k = _num(val, "keep rate", spec)
+            if not 0.0 < k <= 1.0:
+                raise VitCompressError(f"token schedule {spec!r}: keep rate {k} is outside (0, 1]; "
+                                       "use e.g. 0.7@3,6,9 (pruning rate = 1 - keep rate)")
+            for b in _blocks(blocks, spec):
+                if b < 0:
+                    raise VitCompressError(f"token schedule {spec!r}: block {b} is negative; use indices >= 0")
+                keep[b] = k
+        sched = TokenSchedule(method, "keep", keep=dict(sorted(keep.items())), options=options, spec=s)
+    from . import REDUCERS
+
+    cls = REDUCERS.get(method)
+    if sched.kind not in cls.kinds:
+        forms = {"keep": "KEEP@BLOCKS", "rate": "rate=R", "merge": "merge=N"}
+        raise VitCompressError(f"method {method!r} does not take a {forms[sched.kind]} schedule; "
+                               f"use {' or '.join(forms[k] for k in cls.kinds)}")
+    return sched
+
+
+# ------------------------------------------------------------------------- token arithmetic
+def keep_fraction(keep: float) -> tuple[int, int]:
+    """``keep`` as an exact fraction (numerator, denominator), rounded to 1/1000."""
+    f = Fraction(keep).limit_denominator(_DENOM)
+    return f.numerator, f.denominator
+
+
+def keep_count(n, keep: float):
+    """Kept patch tokens out of ``n``: ``ceil(keep * n)`` in integer arithmetic (symbolic-safe)."""
+    a, c = keep_fraction(keep)
+    return (a * n + c - 1) // c
+
+
+def sym_min(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    return torch.sym_min(a, b)
+
+
+def merge_count(n, r: int):
+    """Merges actually done on ``n`` patch tokens: ``min(r, n // 2)`` (bipartite matching limit)."""
+    return sym_min(r, n // 2)

@@ -1,0 +1,53 @@
+"""``tome``: bipartite soft matching on keys, size-weighted merging, proportional attention.
+
+The patch tokens are split alternately into sets A (even positions) and B (odd positions); every
+token of A is matched to its most similar token of B (cosine of keys averaged over heads), and
+the ``r = min(merge, n // 2)`` best-matched A tokens are merged into their B partners by a
+size-weighted average (sizes add). Unmerged A tokens come first, then B. Later blocks add
+``log(size)`` to the attention logits. The merge is a one-hot product (``r |B| (C+1)`` MACs) and
+the matching an ``|A| |B| qk`` product; both are counted. Prefix tokens are never matched.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import REDUCERS
+from .base import Reducer, ceil_div, gather_tokens, one_hot
+from .schedule import merge_count
+
+
+@REDUCERS.register("tome")
+class ToMe(Reducer):
+    name = "tome"
+    kinds = ("merge",)
+    needs_scores = False
+    needs_metric = True
+    tracks_size = True
+    default_prop_attn = True
+
+    def out_count(self, n):
+        return n - merge_count(n, self.merge)
+
+    def extra_macs(self, n, heads, qk, dim, has_cls):
+        na, nb = ceil_div(n, 2), n // 2
+        return na * nb * qk + merge_count(n, self.merge) * nb * (dim + 1)
+
+    def forward(self, x, size, scores, metric):
+        px, xp = self.split(x)
+        ps, sp = self.split(size)
+        n = xp.shape[1]
+        r = merge_count(n, self.merge)
+        m = F.normalize(metric[:, self.prefix:], dim=-1)
+        sim = m[:, ::2] @ m[:, 1::2].transpose(1, 2)          # [B, |A|, |B|]
+        node_max, node_idx = sim.max(dim=-1)
+        edge = node_max.topk(node_max.shape[1], dim=1).indices  # A tokens, best matched first
+        src_idx, unm_idx = edge[:, :r], edge[:, r:]
+        dst_idx = node_idx.gather(1, src_idx)                  # [B, r]
+        a = torch.cat([xp[:, ::2] * sp[:, ::2], sp[:, ::2]], dim=-1)  # size-weighted, + size channel
+        b = torch.cat([xp[:, 1::2] * sp[:, 1::2], sp[:, 1::2]], dim=-1)
+        b = b + one_hot(dst_idx, b.shape[1], x.dtype).transpose(1, 2) @ gather_tokens(a, src_idx)
+        merged = torch.cat([gather_tokens(a, unm_idx), b], dim=1)
+        c = x.shape[-1]
+        s = merged[..., c:]
+        return torch.cat([px, merged[..., :c] / s], dim=1), torch.cat([ps, s], dim=1)

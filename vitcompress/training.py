@@ -1,0 +1,471 @@
+"""The one training loop behind ``train``, ``finetune`` and the pipeline.
+
+``fit(model, cfg, output, teacher=..., distill=..., callbacks=...)`` trains ``model`` on
+``cfg.data`` and writes ``output`` as an artifact folder after every epoch (atomically: the
+folder is swapped in one rename), holding the weights, ``vitcompress.json`` (with the training
+record in ``extra["training"]``) and ``checkpoint.pt`` (model, optimizer, scheduler, grad scaler,
+epoch, step, RNG states of every rank). A run killed mid-epoch loses at most that epoch;
+``resume=True`` continues from the checkpoint and reproduces the uninterrupted run exactly for a
+fixed seed (the data order is a function of seed and epoch, the RNG states are restored).
+
+Distributed: under ``torchrun --nproc_per_node N`` the process group is initialised from the
+environment (NCCL on GPU, gloo on CPU), the model is wrapped in DistributedDataParallel, the data
+is sharded per rank, metrics are all-reduced and only rank 0 writes. AMP (bf16, or fp16 with a
+grad scaler) is used on GPU. A non-finite loss stops the run with a one-line error and leaves the
+last good checkpoint in place.
+
+Callbacks (``Callback``) see every step's loss and every epoch's metrics, on every rank.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import VitCompressError
+
+CHECKPOINT = "checkpoint.pt"
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+# options that may differ between the interrupted and the resumed run
+_RESUME_FREE = ("workers", "progress", "device")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in the checkpoint and the artifact)."""
+
+    data: str = "mnist10k"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    optimizer: str = "adamw"
+    clip_grad: Optional[float] = 1.0
+    seed: int = 0
+    amp: str = "auto"
+    workers: int = 0
+    device: Optional[str] = None
+    progress: bool = True
+    eval_every: int = 1
+    # augmentation (see datapipe.AugConfig)
+    shift: int = 2
+    auto_augment: Optional[str] = None
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    re_prob: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    smoothing: float = 0.1
+    max_steps_per_epoch: Optional[int] = None  # truncate epochs (quick runs, tests)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise VitCompressError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise VitCompressError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise VitCompressError(f"--lr must be positive, got {self.lr}")
+        if self.amp not in AMP_MODES:
+            raise VitCompressError(f"unknown --amp {self.amp!r}; use one of {', '.join(AMP_MODES)}")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise VitCompressError(f"mixup/cutmix need an even --batch-size, got {self.batch_size}")
+
+    def aug(self):
+        from .datapipe import AugConfig
+
+        return AugConfig(**{f.name: getattr(self, f.name) for f in fields(AugConfig)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Callback:
+    """Hooks into the loop (called on every rank). Override what you need."""
+
+    def on_train_begin(self, state: "LoopState") -> None:
+        """Before the first step (after a resume, with the restored state)."""
+
+    def on_step(self, loss: float, step: int) -> None:
+        """After every optimizer step: the step's loss (mean over ranks) and the global step."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        """After each epoch's evaluation and checkpoint; ``metrics`` holds train/val numbers."""
+
+    def on_train_end(self, metrics: dict) -> None:
+        """After the last epoch."""
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0          # epochs completed
+    step: int = 0           # optimizer steps completed
+    history: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------- distributed
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process; (0, 1, 0) outside a process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return (torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                int(os.environ.get("LOCAL_RANK", 0)))
+    return 0, 1, 0
+
+
+def init_distributed() -> bool:
+    """Initialise the process group from torchrun's environment (NCCL on GPU, gloo on CPU).
+
+    Returns True when this call created the group (the caller should destroy it at the end).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return False
+    if torch.distributed.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def barrier() -> None:
+    if dist_info()[1] > 1:
+        torch.distributed.barrier()
+
+
+def _pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", dist_info()[2])
+    return torch.device("cpu")
+
+
+def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``--amp`` on this device (None: full precision)."""
+    if mode == "off" or device.type != "cuda":
+        if mode in ("bf16", "fp16") and device.type != "cuda":
+            return None  # AMP is a GPU feature here; CPU runs in fp32
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# ------------------------------------------------------------------------------------ RNG states
+def _rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# ------------------------------------------------------------------------------------ scheduling
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warmup then cosine decay to ``min_lr``, per optimizer step (as a factor of lr)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    floor = cfg.min_lr / cfg.lr
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> Optional[dict]:
+    """Check the output folder before any work; return the checkpoint to resume from (or None)."""
+    out = Path(output)
+    if resume:
+        ck = out / CHECKPOINT
+        if ck.is_file():
+            try:
+                return torch.load(ck, map_location="cpu", weights_only=False)
+            except Exception as e:
+                raise VitCompressError(f"checkpoint {str(ck)!r} is unreadable ({type(e).__name__}); "
+                                       "drop --resume and pass --force to start again") from None
+        if out.exists():
+            raise VitCompressError(f"{str(out)!r} has no {CHECKPOINT} to resume from; drop --resume "
+                                   "and pass --force to start again")
+        return None  # killed before the first epoch finished: start from scratch
+    if out.exists() and not force:
+        raise VitCompressError(f"output {str(out)!r} already exists; pass --resume to continue it, "
+                               "--force to overwrite it, or choose another path")
+    return None
+
+
+def _write(output: Path, model: nn.Module, ckpt: dict, record: dict, force: bool) -> None:
+    """Atomically replace ``output`` with artifact + checkpoint + training record."""
+    import shutil
+
+    from .artifact import META, WEIGHTS, meta_of, save
+    from .io import atomic_dir
+
+    meta = meta_of(model)
+    meta.extra = {**meta.extra, "training": record}
+    with atomic_dir(output, force=True) as tmp:
+        save(model, tmp / "artifact", meta=meta)
+        for name in (WEIGHTS, META):
+            os.replace(tmp / "artifact" / name, tmp / name)
+        shutil.rmtree(tmp / "artifact", ignore_errors=True)
+        torch.save(ckpt, tmp / CHECKPOINT)
+        (tmp / "train_log.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in _RESUME_FREE and k in saved and saved[k] != now[k]]
+    if diff:
+        k = diff[0]
+        raise VitCompressError(f"the checkpoint was trained with {k}={saved[k]!r}, not {now[k]!r}; "
+                               "pass the same options to --resume or start a new run")
+
+
+# ---------------------------------------------------------------------------------------- loop
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list
+    val: Optional[dict]
+    output: Optional[Path]
+
+
+def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] = None, *,
+        teacher: Optional[nn.Module] = None, distill=None, callbacks: Sequence[Callback] = (),
+        resume: bool = False, force: bool = False, record: Optional[dict] = None) -> FitResult:
+    """Train ``model`` (in place) with the configured data, optimizer and schedule.
+
+    ``teacher``/``distill`` (a ``DistillConfig``) turn on distillation; ``output`` receives the
+    artifact + checkpoint after every epoch (rank 0 only); ``resume`` continues from
+    ``output/checkpoint.pt``. ``record`` is merged into the training record stored in the artifact.
+    Returns the trained (unwrapped) model, the per-epoch history and the last validation metrics.
+    """
+    from timm.optim import create_optimizer_v2
+    from tqdm.auto import tqdm
+
+    from .data import DataConfig
+    from .datapipe import make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
+    from .distill import TrainLoss
+    from .evaluate import check_classes, evaluate
+
+    cfg.validate()
+    if getattr(model, "vitcompress_meta", None) is None:
+        from .artifact import meta_of
+
+        model.vitcompress_meta = meta_of(model)  # fails early for models it cannot record
+    ckpt = prepare_output(output, resume=resume, force=force) if output is not None else None
+    if ckpt is not None:
+        _check_resume_config(ckpt["config"], cfg)
+    created_group = init_distributed()
+    rank, world, _ = dist_info()
+    device = _pick_device(cfg)
+    dtype = amp_dtype(cfg.amp, device)
+    try:
+        dcfg = DataConfig.from_model(model)
+        train_ds = train_dataset(cfg.data, dcfg, cfg.aug())
+        val_ds = val_dataset(cfg.data, dcfg, "val")
+        if len(train_ds) == 0:
+            raise VitCompressError(f"data {cfg.data!r} has no training images; point --data at a folder with images")
+        n_cls = num_classes_of(train_ds)
+        check_classes(model, n_cls)
+        seed_everything(cfg.seed + rank)  # per-rank augmentation and dropout streams
+        per_rank = max(1, cfg.batch_size // world)
+        train_loader = make_loader(train_ds, per_rank, train=True, seed=cfg.seed, rank=rank, world=world,
+                                   workers=cfg.workers, pin_memory=device.type == "cuda")
+        val_loader = make_loader(val_ds, per_rank * 2, train=False, rank=rank, world=world,
+                                 workers=cfg.workers) if len(val_ds) else None
+        steps = len(train_loader)
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        mixup = make_mixup(cfg.aug(), model.num_classes)
+
+        model.to(device)
+        if teacher is not None:
+            teacher.to(device)
+        crit = TrainLoss(model, teacher, distill, smoothing=0.0 if mixup else cfg.smoothing)
+        optimizer = create_optimizer_v2(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        state = LoopState()
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            state = LoopState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
+            rngs = ckpt["rng"]
+            if len(rngs) == world:
+                _set_rng_state(rngs[rank])
+            elif rank == 0:
+                print(f"note: checkpoint was written by {len(rngs)} processes, this run has {world}; "
+                      "random streams restart (the data order is unchanged)")
+        net = model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        for cb in callbacks:
+            cb.on_train_begin(state)
+        out = Path(output) if output is not None else None
+        base_record = {"config": cfg.to_dict(), "world_size": world,
+                       "distill": distill.to_dict() if distill is not None else None,
+                       **(record or {})}
+        val = state.history[-1].get("val") if state.history else None
+
+        for epoch in range(state.epoch, cfg.epochs):
+            net.train()
+            if teacher is not None:
+                teacher.eval()
+            train_loader.sampler.set_epoch(epoch)
+            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
+            t0 = time.perf_counter()
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and rank == 0),
+                       leave=False, dynamic_ncols=True)
+            for i, (x, y) in enumerate(train_loader):
+                if i >= steps:
+                    break
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                target = y
+                if mixup is not None:
+                    x, target = mixup(x, y)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    loss, logits, _parts = crit(net(x), x, target)
+                loss_t = loss.detach().float().reshape(1)
+                if world > 1:
+                    torch.distributed.all_reduce(loss_t)
+                    loss_t /= world
+                loss_v = float(loss_t)
+                if not math.isfinite(loss_v):
+                    good = f"epoch {state.epoch}" if state.epoch else "none yet"
+                    raise VitCompressError(
+                        f"loss became {loss_v} at epoch {epoch + 1} step {i + 1}; stopped (last good checkpoint: "
+                        f"{good}); lower --lr, raise --warmup-epochs or use --amp bf16/off")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.clip_grad:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                sched.step()
+                state.step += 1
+                with torch.no_grad():
+                    sums[0] += loss_v * len(y)
+                    sums[1] += (logits.argmax(-1) == y).sum()
+                    sums[2] += len(y)
+                for cb in callbacks:
+                    cb.on_step(loss_v, state.step)
+                if bar.disable is False:
+                    el = time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}",
+                                    acc=f"{sums[1].item() / sums[2].item():.3f}",
+                                    img_s=f"{sums[2].item() * world / max(el, 1e-9):.0f}")
+                    bar.update(1)
+            bar.close()
+            if world > 1:
+                torch.distributed.all_reduce(sums)
+            seconds = time.perf_counter() - t0
+            n = max(1.0, float(sums[2]))
+            metrics = {"epoch": epoch + 1, "train_loss": float(sums[0]) / n, "train_acc": float(sums[1]) / n,
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                       "images_per_s": float(sums[2]) / max(seconds, 1e-9)}
+            last = epoch + 1 == cfg.epochs
+            if val_loader is not None and (last or (epoch + 1) % max(1, cfg.eval_every) == 0):
+                val = evaluate(model, val_loader, teacher=teacher, amp_dtype=dtype).to_dict()
+                metrics["val"] = val
+            state.epoch, state.history = epoch + 1, [*state.history, metrics]
+            rngs = [_rng_state()]
+            if world > 1:
+                rngs = [None] * world
+                torch.distributed.all_gather_object(rngs, _rng_state())
+            if out is not None and rank == 0:
+                ck = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": state.epoch,
+                      "step": state.step, "history": state.history, "rng": rngs}
+                rec = {**base_record, "epochs_done": state.epoch, "history": state.history,
+                       "val": metrics.get("val")}
+                _write(out, model, ck, rec, force=True)
+            barrier()
+            if rank == 0 and cfg.progress:
+                v = metrics.get("val")
+                print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
+                      f"train acc {metrics['train_acc']:.2%}"
+                      + (f"  val top-1 {v['top1']:.2%}" if v else "")
+                      + f"  {metrics['images_per_s']:.0f} img/s", flush=True)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch + 1, metrics)
+        for cb in callbacks:
+            cb.on_train_end(state.history[-1] if state.history else {})
+        crit.close()
+        if crit.kind == "hard":
+            model.set_distilled_training(False)
+        model.eval()
+        return FitResult(model, state.history, val, out)
+    finally:
+        if created_group:
+            torch.distributed.destroy_process_group()
+
+
+def resolve_model_for_training(model, *, pretrained: bool = False, checkpoint: Optional[str] = None,
+                               **arch: Any) -> nn.Module:
+    """A module from an artifact folder or a timm name (``arch``: timm kwargs such as
+    ``num_classes``, ``img_size``, ``patch_size``, ``in_chans``, recorded in the artifact)."""
+    from .artifact import is_artifact, load
+    from .models import create_source_model
+
+    if isinstance(model, nn.Module):
+        return model
+    s = str(model)
+    arch = {k: v for k, v in arch.items() if v is not None}
+    if is_artifact(s):
+        if pretrained or arch:
+            raise VitCompressError(f"{s!r} is an artifact; --pretrained and architecture options apply to model names only")
+        net = load(s)
+        if checkpoint:
+            from .models import load_checkpoint
+
+            load_checkpoint(net, checkpoint)
+        return net
+    if os.path.isdir(s):
+        raise VitCompressError(f"folder {s!r} is not a vitcompress artifact (no vitcompress.json); pass an artifact folder or a timm model name")
+    if os.sep in s or s.endswith((".pth", ".pt", ".safetensors")):
+        raise VitCompressError(f"{s!r} does not exist; pass an artifact folder or a timm model name (weights go in --checkpoint)")
+    return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint, **arch)
