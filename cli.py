@@ -121,6 +121,42 @@ def export_cmd(artifact, output, batch, dynamic_size, img_size, precision, opset
 
 
 # ------------------------------------------------------------------------------ bench (issue: bench)
+def _ints(value: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise VitCompressError(f"{what} must be comma-separated integers, got {value!r}; pass e.g. 1,8,32") from None
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--baseline", help="Artifact folder or timm model name to compare against (default: the first MODEL).")
+@click.option("--backend", default="ort-cpu,torch-cpu", show_default=True,
+              help="Comma list of torch-cpu, ort-cpu, torch-cuda, ort-cuda, ort-trt, trt.")
+@click.option("--batch", default="1,8", show_default=True, help="Comma list of batch sizes.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16.")
+@click.option("--mode", default="eager", show_default=True, help="torch runners: eager, compile or graph (CUDA).")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed passes per variant.")
+@click.option("--iters", type=int, default=10, show_default=True, help="Timed passes per variant per round.")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds (A,B,A,B...).")
+@click.option("--threads", type=int, help="CPU threads (torch.set_num_threads / ORT intra-op); default: all usable cores.")
+@click.option("--report", "report_dir", type=click.Path(), help="Write report.md, report.json, report.png here.")
+def bench(models, baseline, backend, batch, precision, mode, warmup, iters, rounds, threads, report_dir):
+    """Measure latency/throughput of MODELS (artifact folders or timm names) and report FLOPs-vs-latency."""
+    from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
+    from vitcompress.benchmarks.report import to_markdown, write_report
+
+    cfg = BenchConfig(backends=_csv(backend), batches=_ints(batch, "--batch"), precision=precision, mode=mode,
+                      warmup=warmup, iters=iters, rounds=rounds, threads=threads).validate()
+    args = list(models) + ([baseline] if baseline and baseline not in models else [])
+    variants = [load_variant(m, max_batch=max(cfg.batches)) for m in args]
+    base = variants[args.index(baseline)].name if baseline else None
+    result = run_bench(variants, cfg, baseline=base, progress=True)
+    click.echo(to_markdown(result))
+    if report_dir:
+        paths = write_report(result, report_dir)
+        click.echo(f"report: {paths['md']} {paths['json']} {paths['png']}")
+
 
 # ------------------------------------------------- train / finetune / eval / pipeline (issue: recovery)
 def _train_options(f):

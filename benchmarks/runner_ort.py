@@ -59,6 +59,8 @@ class OrtRunner(Runner):
         so.log_severity_level = 3
         self.onnx_path = self.variant.onnx("fp16" if self.precision == "fp16" else "fp32")
         self.sess = ort.InferenceSession(str(self.onnx_path), so, providers=self._provider_list())
+        if self.provider not in self.sess.get_providers():
+            raise RuntimeError(f"{self.provider} did not start (ONNX Runtime fell back to {self.sess.get_providers()})")
         inp = self.sess.get_inputs()[0]
         self.in_name, self.out_name = inp.name, self.sess.get_outputs()[0].name
         x = self.x.astype(np.float16) if "float16" in inp.type else self.x

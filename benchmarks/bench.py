@@ -1,0 +1,149 @@
+"""``bench``: measure variants on backends over a batch sweep and build the report dict.
+
+    from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
+    result = run_bench([load_variant("deit_small_patch16_224"), load_variant("out/pruned")], BenchConfig())
+
+The first variant is the baseline unless ``baseline`` names another. Backends that cannot run
+here (or fail to activate) are listed under ``skipped`` with the reason; the run goes on.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from vitcompress.errors import VitCompressError
+
+from . import env as envmod
+from .report import ratios
+from .runners import PRECISIONS, Variant, backend_names, get_runner
+from .timing import measure, paired_ratio, summarize
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how (serialised into the report)."""
+
+    backends: list = field(default_factory=lambda: ["ort-cpu", "torch-cpu"])
+    batches: list = field(default_factory=lambda: [1, 8])
+    precision: str = "fp32"
+    mode: str = "eager"
+    warmup: int = 5
+    iters: int = 10
+    rounds: int = 5
+    threads: Optional[int] = None
+    check: bool = True
+
+    def validate(self) -> "BenchConfig":
+        known = backend_names()
+        for b in self.backends:
+            get_runner(b)  # unknown names: one-line error with suggestions
+        if not self.backends:
+            raise VitCompressError(f"no backend given; pass --backend with some of {', '.join(known)}")
+        if not self.batches or any(int(b) < 1 for b in self.batches):
+            raise VitCompressError(f"batch sizes must be integers >= 1, got {self.batches}; pass e.g. --batch 1,8,32")
+        if self.precision not in PRECISIONS:
+            raise VitCompressError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        for name, v in (("warmup", self.warmup), ("iters", self.iters), ("rounds", self.rounds)):
+            if v < (0 if name == "warmup" else 1):
+                raise VitCompressError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
+        if self.threads is None:
+            self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self
+
+
+def load_variant(arg, name: Optional[str] = None, workdir=None, max_batch: int = 32) -> Variant:
+    """A ``Variant`` from an artifact folder, a timm model name or an ``nn.Module``."""
+    import torch.nn as nn
+
+    import vitcompress
+    from vitcompress.artifact import is_artifact
+
+    if isinstance(arg, nn.Module):
+        model, label = arg, name or type(arg).__name__
+    elif is_artifact(arg):
+        model, label = vitcompress.load(arg), name or Path(arg).name
+    elif isinstance(arg, (str, os.PathLike)) and Path(arg).exists():
+        raise VitCompressError(f"{str(arg)!r} is not a vitcompress artifact (no vitcompress.json); "
+                               "pass an artifact folder or a timm model name")
+    else:
+        model, label = vitcompress.create_source_model(str(arg)), name or str(arg)
+    model.eval()
+    c = vitcompress.count(model)
+    pe = model.patch_embed
+    img = tuple(pe.img_size) if getattr(pe, "img_size", None) else (224, 224)
+    in_chans = pe.proj.in_channels
+    return Variant(label, model, c.macs, c.params, img_size=img, in_chans=in_chans, max_batch=max_batch,
+                   workdir=Path(workdir) if workdir else None)
+
+
+def run_bench(variants: Sequence[Variant], cfg: BenchConfig, baseline: Optional[str] = None,
+              progress: bool = False) -> dict:
+    """Measure every variant on every backend and batch; returns the report dict (see ``report``)."""
+    import numpy as np
+
+    cfg.validate()
+    if not variants:
+        raise VitCompressError("no model to benchmark; pass at least one artifact folder or timm model name")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise VitCompressError(f"variant names must be unique, got {names}; rename the artifact folders")
+    base = baseline or names[0]
+    if base not in names:
+        raise VitCompressError(f"baseline {base!r} is not among the variants {names}")
+    work = Path(tempfile.mkdtemp(prefix="vitcompress-bench-"))
+    for v in variants:
+        v.workdir = v.workdir or work
+        v.max_batch = max(v.max_batch, max(cfg.batches))
+    bv = next(v for v in variants if v.name == base)
+    result = {"config": asdict(cfg), "env": envmod.capture(cfg.threads, cfg.precision), "baseline": base,
+              "variants": [{"name": v.name, "macs": v.macs, "params": v.params} for v in variants],
+              "skipped": [], "measurements": []}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cfg.backends) * len(cfg.batches) * cfg.rounds * len(variants), desc="bench", unit="run")
+    try:
+        for backend in cfg.backends:
+            cls = get_runner(backend)
+            reason = cls.unavailable(cfg.precision, cfg.mode)
+            if reason:
+                result["skipped"].append({"backend": backend, "reason": reason})
+                if bar:
+                    bar.update(len(cfg.batches) * cfg.rounds * len(variants))
+                continue
+            for batch in cfg.batches:
+                runners = {}
+                try:
+                    for v in variants:
+                        r = cls(v, batch, cfg.precision, cfg.threads, cfg.mode)
+                        r.activate()
+                        runners[v.name] = r
+                    if bar:
+                        bar.set_postfix_str(f"{backend} b{batch}")
+                    samples = measure(runners, cfg.warmup, cfg.iters, cfg.rounds, tick=bar.update if bar else None)
+                    outs = {n: r.output() for n, r in runners.items()} if cfg.check else {}
+                except Exception as e:  # a backend failing here is reported, the run goes on
+                    if isinstance(e, KeyboardInterrupt):
+                        raise
+                    result["skipped"].append({"backend": backend, "batch": batch,
+                                              "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+                    continue
+                finally:
+                    for r in runners.values():
+                        r.deactivate()
+                for v in variants:
+                    m = {"backend": backend, "batch": batch, "variant": v.name, "macs": v.macs, "params": v.params,
+                         **summarize(samples[v.name], batch),
+                         **ratios(v.macs, bv.macs, paired_ratio(samples[v.name], samples[base])),
+                         "samples_ms": samples[v.name]}
+                    if outs:
+                        m["output_finite"] = bool(np.isfinite(outs[v.name]).all())
+                    result["measurements"].append(m)
+    finally:
+        if bar:
+            bar.close()
+    return result

@@ -1,0 +1,71 @@
+"""The timing method: warm-up, many timed iterations, variants interleaved in rounds.
+
+For one backend and batch size, every variant's runner is activated first (input already on the
+device). Each variant then gets ``warmup`` untimed passes. Timing runs in ``rounds``; in each
+round the variants take turns (A, B, C, A, B, C, ...), each running ``iters`` timed passes, so all
+variants see the same machine state and ratios come from paired rounds.
+
+One timed pass: CUDA runners record a CUDA event before and after ``infer`` on the current
+stream and wait for the end event (device time only); CPU and synchronous runners read
+``time.perf_counter_ns`` (monotonic) around ``infer``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+
+def time_pass(runner) -> float:
+    """Milliseconds of one forward pass of an activated runner."""
+    if runner.timer == "cuda":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.infer()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = time.perf_counter_ns()
+    runner.infer()
+    if runner.device == "cuda":
+        runner.synchronize()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def measure(runners: dict, warmup: int = 5, iters: int = 10, rounds: int = 5,
+            tick: Optional[Callable[[], None]] = None) -> dict:
+    """Interleaved measurement of activated runners (name -> runner).
+
+    Returns name -> list of ``rounds`` lists of ``iters`` samples in milliseconds. ``tick`` is
+    called after every variant-round (progress bars).
+    """
+    for r in runners.values():
+        for _ in range(warmup):
+            r.infer()
+        r.synchronize()
+    samples = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, r in runners.items():
+            samples[name].append([time_pass(r) for _ in range(iters)])
+            if tick:
+                tick()
+    return samples
+
+
+def summarize(rounds_ms: list, batch: int) -> dict:
+    """Median / p90 / p99 / mean / min latency (ms) over all samples, and throughput (images/s)."""
+    flat = np.asarray([s for r in rounds_ms for s in r], dtype=np.float64)
+    med = float(np.median(flat))
+    return {"median_ms": med, "p90_ms": float(np.percentile(flat, 90)), "p99_ms": float(np.percentile(flat, 99)),
+            "mean_ms": float(flat.mean()), "min_ms": float(flat.min()), "n": int(flat.size),
+            "throughput": batch * 1000.0 / med}
+
+
+def paired_ratio(rounds_ms: list, base_rounds_ms: list) -> float:
+    """Latency ratio from paired rounds: the median over rounds of (round median / baseline round median)."""
+    return float(statistics.median(float(np.median(a)) / float(np.median(b))
+                                   for a, b in zip(rounds_ms, base_rounds_ms)))

@@ -1,0 +1,130 @@
+"""Benchmark stage: runner contract, ratio arithmetic, report files, skipped backends, CLI errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vitcompress
+from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
+from vitcompress.benchmarks.report import COLUMNS, efficiency, ratios, to_markdown, write_report
+from vitcompress.benchmarks.runners import backend_names, get_runner
+from vitcompress.benchmarks.timing import paired_ratio, summarize
+from vitcompress.cli import main
+from vitcompress.errors import VitCompressError
+
+from conftest import tiny
+
+FAST = dict(warmup=1, iters=2, rounds=2)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A tiny dense model and a 40%-MACs-pruned copy, as Variants sharing one work dir."""
+    work = tmp_path_factory.mktemp("bench")
+    dense = tiny("vit", seed=1)
+    pruned = vitcompress.prune(dense, flops_reduction=0.4, importance="l1", round_to=1).model
+    return (load_variant(dense, "dense", workdir=work, max_batch=4),
+            load_variant(pruned, "pruned", workdir=work, max_batch=4))
+
+
+@pytest.mark.parametrize("backend", ["torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "ort-trt", "trt"])
+def test_runner_matches_pytorch(pair, backend):
+    cls = get_runner(backend)
+    reason = cls.unavailable("fp32")
+    if reason:
+        assert isinstance(reason, str) and reason
+        pytest.skip(reason)
+    for v in pair:
+        x = v.example(3, seed=5)
+        with torch.no_grad():
+            ref = v.model(torch.from_numpy(x)).numpy()
+        with cls(v, 3, "fp32", threads=1, x=x) as r:
+            r.infer()
+            out = r.output()
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_torch_cpu_bf16_close(pair):
+    v = pair[1]
+    x = v.example(2)
+    with torch.no_grad():
+        ref = v.model(torch.from_numpy(x)).numpy()
+    with get_runner("torch-cpu")(v, 2, "bf16", threads=1, x=x) as r:
+        r.infer()
+        out = r.output()
+    assert np.abs(out - ref).max() < 0.1 * (np.abs(ref).max() + 1)
+
+
+def test_ratio_arithmetic():
+    assert efficiency(0.5, 0.6) == pytest.approx(0.8)
+    assert efficiency(0.538, 0.538) == pytest.approx(1.0)
+    assert efficiency(1.0, 0.9) is None
+    r = ratios(460, 1000, 0.5)
+    assert r["macs_ratio"] == pytest.approx(0.46) and r["speedup"] == pytest.approx(2.0)
+    assert r["efficiency"] == pytest.approx(0.5 / 0.54)
+    # paired: machine drift doubles every sample of round 2, the ratio stays 0.5
+    assert paired_ratio([[1, 1, 1], [2, 2, 2], [1, 1, 1]], [[2, 2, 2], [4, 4, 4], [2, 2, 2]]) == pytest.approx(0.5)
+    s = summarize([[1.0, 2.0], [3.0, 4.0]], batch=8)
+    assert s["median_ms"] == pytest.approx(2.5) and s["throughput"] == pytest.approx(3200.0) and s["n"] == 4
+
+
+def test_report_files_and_skipped_backend(pair, tmp_path):
+    cfg = BenchConfig(backends=["ort-cpu", "torch-cpu", "torch-cuda", "trt"], batches=[1, 2], threads=1, **FAST)
+    result = run_bench(list(pair), cfg, progress=False)
+    skipped = {s["backend"]: s["reason"] for s in result["skipped"]}
+    if not torch.cuda.is_available():
+        assert "torch-cuda" in skipped and "CUDA" in skipped["torch-cuda"]
+    assert all(reason for reason in skipped.values())
+    ms = [m for m in result["measurements"] if m["backend"] in ("ort-cpu", "torch-cpu")]
+    assert len(ms) == 2 * 2 * 2
+    for m in ms:
+        assert len(m["samples_ms"]) == 2 and all(len(r) == 2 and all(t > 0 for t in r) for r in m["samples_ms"])
+        assert m["output_finite"]
+        if m["variant"] == "dense":
+            assert m["macs_ratio"] == 1.0 and m["latency_ratio"] == 1.0 and m["efficiency"] is None
+        else:
+            assert 0.5 < m["macs_ratio"] < 0.7 and m["efficiency"] is not None
+    paths = write_report(result, tmp_path / "rep")
+    data = json.loads(paths["json"].read_text())
+    assert data["env"]["threads"] == 1 and data["measurements"][0]["samples_ms"]
+    md = paths["md"].read_text()
+    assert all(c in md for c in COLUMNS) and md == to_markdown(result)
+    assert md.count("| ort-cpu |") == 4
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_errors():
+    with pytest.raises(VitCompressError, match="unknown backend 'ort-gpu'"):
+        BenchConfig(backends=["ort-gpu"]).validate()
+    with pytest.raises(VitCompressError, match="batch"):
+        BenchConfig(batches=[0]).validate()
+    assert {"torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "ort-trt", "trt"} <= set(backend_names())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--backend", "onnx-cpu"], "unknown backend 'onnx-cpu'"),
+    (["--batch", "0"], "batch sizes must be integers >= 1"),
+    (["--batch", "x"], "--batch must be comma-separated integers"),
+    (["--precision", "int8"], "unknown precision 'int8'"),
+])
+def test_cli_bad_arguments(tmp_path, capsys, args, needle):
+    rc = main(["bench", "vit_tiny_patch16_224", *args, "--report", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_end_to_end(pair, tmp_path, capsys):
+    a, b = tmp_path / "dense", tmp_path / "pruned"
+    vitcompress.save(pair[0].model, a)
+    vitcompress.save(pair[1].model, b)
+    rc = main(["bench", str(b), "--baseline", str(a), "--backend", "ort-cpu,torch-cuda", "--batch", "2",
+               "--warmup", "1", "--iters", "2", "--rounds", "2", "--threads", "1", "--report", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "| ort-cpu | 2 | pruned |" in out
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["baseline"] == "dense" and {m["variant"] for m in data["measurements"]} == {"dense", "pruned"}
