@@ -33,3 +33,12 @@ def tiny(kind: str = "vit", seed: int = 0, **overrides):
 @pytest.fixture(params=sorted(TINY))
 def tiny_kind(request):
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded: tiny models train faster without thread hand-offs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,12 +12,7 @@ from vitcompress.plan import identity_plan
 from vitcompress.slicers import slice_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core runner is far faster single-threaded for tiny models
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x(n=4, seed=0):

@@ -14,12 +14,7 @@ from vitcompress.cli import main
 from vitcompress.evaluate import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core runner is far faster single-threaded for tiny models
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_eval_matches_hand_computed_top1_top5_loss_and_agreement():

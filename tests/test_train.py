@@ -21,12 +21,7 @@ ARCH_CLI = ["--img-size", "16", "--patch-size", "4", "--in-chans", "1", "--num-c
             "--embed-dim", "32", "--depth", "2", "--num-heads", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core runner is far faster single-threaded for tiny models
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(seed=0, **kw):
