@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Optional
 
 import click
 
@@ -268,9 +269,14 @@ def train(model, output, pretrained, checkpoint, num_classes, img_size, patch_si
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write (updated every epoch).")
 @click.option("--teacher", default=None, help="Teacher: a timm name or an artifact folder (omit for plain fine-tuning).")
 @click.option("--teacher-checkpoint", type=click.Path(), help="Weights for a teacher given by name.")
+@click.option("--gas-target", type=float, default=None,
+              help="Token-reduced ARTIFACT: adjust its pruning rate while training, toward this MACs reduction (GAS).")
+@click.option("--gas-interval", type=int, default=20, show_default=True, help="GAS: optimizer steps per rate decision.")
+@click.option("--gas-gain", type=float, default=1.0, show_default=True, help="GAS: rate change per unit of relative loss slope.")
+@click.option("--gas-start", type=float, default=None, help="GAS: initial pruning rate (default: the artifact's).")
 @_distill_options
 @_train_options
-def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
+def finetune(artifact, output, teacher, teacher_checkpoint, gas_target, gas_interval, gas_gain, gas_start, **kw):
     """Fine-tune ARTIFACT, optionally distilling from --teacher (loss weights below)."""
     from vitcompress.training import fit, resolve_model_for_training
 
@@ -282,8 +288,19 @@ def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
     t = None
     if teacher is not None and dcfg.kind != "none":
         t = resolve_model_for_training(teacher, checkpoint=teacher_checkpoint)
+    callbacks, record = [], {"command": "finetune", "teacher": teacher}
+    if gas_target is not None:
+        from vitcompress.tokens.gas import GASConfig, GASController
+
+        gas = GASController(net, GASConfig(gas_target, start=gas_start, interval=gas_interval, gain=gas_gain))
+        callbacks.append(gas)
+        record["gas"] = gas.log
     res = fit(net, cfg, output, teacher=t, distill=dcfg if t is not None else None, resume=kw["resume"],
-              force=kw["force"], record={"command": "finetune", "teacher": teacher})
+              force=kw["force"], record=record, callbacks=callbacks)
+    if gas_target is not None:
+        last = gas.trajectory[-1]
+        click.echo(f"GAS: pruning rate {last['rate']:.3f} after {last['step']} steps, {last['macs_reduction']:.1%} "
+                   f"of MACs removed (target {gas_target:.1%}, ceiling rate {gas.ceiling:.3f})")
     _print_fit(res, output)
 
 
@@ -367,7 +384,52 @@ def pipeline(teacher, output, config_file, flops_reduction, params_reduction, im
     click.echo(f"wrote {output}")
 
 
-# --------------------------------------------------------------------------- tokens (issue: tokens)
+# ------------------------------------------------------------------------------------------ tokens
+def _token_options(no_vpa: bool, prop_attn: Optional[bool]) -> dict:
+    """Reducer options from the CLI flags."""
+    options = {}
+    if no_vpa:
+        options["vpa"] = False
+    if prop_attn is not None:
+        options["prop_attn"] = prop_attn
+    return options
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write.")
+@click.option("--method", required=True, help="Reducer: topk, topk-vpa, evit, tome or etps (docs/tokens.md).")
+@click.option("--schedule", required=True,
+              help="KEEP@BLOCKS (0.7@3,6,9; groups joined by ';'), rate=R[@START] (rate=0.06) or merge=N[@START] (tome).")
+@click.option("--no-vpa", is_flag=True, help="topk-vpa ablation: plain Top-K, no token sizes.")
+@click.option("--prop-attn/--no-prop-attn", default=None, help="Add log(size) to later attention logits (default: per reducer).")
+@click.option("--flops-reduction", type=float, help="Choose the schedule's amount: the smallest removing this share of MACs.")
+@click.option("--search", is_flag=True, help="Choose the amount by calibration search: the largest within --tolerance top-1.")
+@click.option("--tolerance", type=float, default=0.01, show_default=True, help="--search: allowed top-1 drop (0.01 = 1 point).")
+@click.option("--data", default="digits", show_default=True, help="--search: digits, mnist10k or an ImageFolder directory (val split).")
+@click.option("--search-images", type=int, default=512, show_default=True, help="--search: held-out images.")
+@click.option("--search-metric", type=click.Choice(["top1", "agreement"]), default="top1", show_default=True,
+              help="--search: top-1 on the labels, or agreement with the unreduced model's predictions.")
+@click.option("--pretrained", is_flag=True, help="Load hub weights for a model name.")
+@click.option("--checkpoint", type=click.Path(), help="Load weights from a .safetensors/.pth file.")
+@click.option("--num-classes", type=int, help="Classifier size when creating a model by name.")
+@click.option("--img-size", type=int, help="Input size when creating a model by name.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+def tokens(model, output, method, schedule, no_vpa, prop_attn, flops_reduction, search, tolerance, data,
+           search_images, search_metric, pretrained, checkpoint, num_classes, img_size, force):
+    """Apply dynamic token reduction to MODEL (a timm name or an artifact folder)."""
+    from vitcompress.tokens.reduce import reduce_tokens
+
+    res = reduce_tokens(model, method, schedule, options=_token_options(no_vpa, prop_attn),
+                        flops_reduction=flops_reduction,
+                        search=dict(data=data, images=search_images, tolerance=tolerance, metric=search_metric) if search else None,
+                        pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size,
+                        output=output, force=force, progress=True)
+    if res.search is not None:
+        click.echo(res.search.format())
+    click.echo(res.format())
+    click.echo(f"wrote {output}")
+
 
 
 def main(argv: list[str] | None = None) -> int:

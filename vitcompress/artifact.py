@@ -124,7 +124,9 @@ def read_meta(path: str | os.PathLike) -> ArtifactMeta:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model of an artifact folder from its spec and load its weights (eval mode)."""
+    """Rebuild the model of an artifact folder from its spec and load its weights (eval mode).
+
+    A token schedule recorded in the artifact is applied again (``vitcompress.tokens``)."""
     from safetensors.torch import load_file
 
     meta = read_meta(path)
@@ -141,4 +143,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         raise VitCompressError(
             f"artifact {str(path)!r} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:160]}); re-create it") from None
     model.vitcompress_meta = meta
+    if meta.tokens:
+        from .tokens import TokenSchedule, apply_tokens
+
+        apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
     return model.eval()

@@ -139,9 +139,17 @@ def params(spec: ViTSpec, info: ArchInfo) -> int:
 
 
 def count(model: nn.Module, tokens: Optional[Sequence[int]] = None) -> Counts:
-    """Analytic MACs and params of a (pruned) timm ViT."""
+    """Analytic MACs and params of a (pruned) timm ViT.
+
+    A model carrying a token schedule (``vitcompress.tokens.apply_tokens``) is counted with the
+    schedule's per-block token counts and the reducers' own products, unless ``tokens`` is given."""
     spec = spec_from_model(model)
     info = ArchInfo.from_model(model)
+    sched = getattr(model, "vitcompress_tokens", None)
+    if tokens is None and sched is not None:
+        from .tokens.counting import schedule_macs
+
+        return Counts(schedule_macs(spec, info, sched, model.cls_token is not None), params(spec, info))
     return Counts(macs(spec, info, tokens), params(spec, info))
 
 

@@ -144,6 +144,9 @@ class TrainLoss(nn.Module):
             for p in teacher.parameters():
                 p.requires_grad_(False)
             if self.cfg.hidden > 0:
+                if any(getattr(m, "vitcompress_tokens", None) is not None for m in (student, teacher)):
+                    raise VitCompressError("hidden-state distillation compares all tokens, and token reduction "
+                                           "changes their number; set --hidden-weight 0 for token-reduced models")
                 self.pairs = layer_mapping(student, teacher)
                 if not self.pairs:
                     raise VitCompressError("no student block descends from a teacher block; set --hidden-weight 0 or pass the source teacher")

@@ -7,6 +7,8 @@ model -> groups (groups.py) -> scores (scorers/) -> plan (budget.py) -> dense mo
 """
 from __future__ import annotations
 
+import copy
+
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -154,6 +156,14 @@ def prune(
     t0 = time.perf_counter()
     net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint,
                         num_classes=num_classes, img_size=img_size)
+    sched = getattr(net, "vitcompress_tokens", None)
+    if sched is not None:  # widths are chosen on the plain model; the schedule is applied again after slicing
+        if "depth" in cfg.granularity:
+            raise VitCompressError("this model carries a token schedule, and depth pruning renumbers its blocks; "
+                                   "prune depth first, then apply token reduction (vitcompress tokens)")
+        from .tokens import remove_tokens
+
+        net = remove_tokens(copy.deepcopy(net))
     if "qk" in cfg.granularity and any(not isinstance(b.attn.q_norm, nn.Identity) for b in net.blocks):
         raise VitCompressError("this model normalises q and k per head (qk_norm), so q/k dims cannot be pruned exactly; drop qk from --granularity")
     prev = meta_of(net)
@@ -209,6 +219,10 @@ def prune(
     )
     pruned.vitcompress_meta = meta
     pruned.vitcompress_source = prev.source
+    if sched is not None:
+        from .tokens import apply_tokens
+
+        apply_tokens(pruned, copy.deepcopy(sched))
     if output is not None:
         t0 = time.perf_counter()
         save(pruned, output, force=force, meta=meta)

@@ -51,23 +51,44 @@ def format_prune_summary(meta: ArtifactMeta) -> str:
 
 
 def format_info(meta: ArtifactMeta) -> str:
-    """Per-block table (heads, q/k dim, v dim, MLP width, MACs) and totals of an artifact."""
+    """Per-block table (heads, q/k dim, v dim, MLP width, tokens, MACs) and totals of an artifact."""
     model = build_model(meta.source, meta.spec)  # meta device: shapes only
     info = ArchInfo.from_model(model)
     tokens = info.num_patches + info.num_prefix_tokens
     d = meta.spec.embed_dim
-    head = f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} {'MACs':>10s}"
-    rows = [f"{meta.source.name}  embed dim {d}  depth {meta.spec.depth}  tokens {tokens}", head, "-" * len(head)]
-    for i, b in enumerate(meta.spec.blocks):
-        mac = block_macs(d, b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden, tokens)
-        rows.append(f"{i:>5d} {b.source_index:>4d} {b.num_heads:>5d} {b.qk_dim:>6d} {b.v_dim:>5d} "
-                    f"{b.mlp_hidden:>6d} {mac / 1e6:>8.1f} M")
+    per_block = [(tokens, tokens, 0)] * meta.spec.depth
+    sched = None
+    if meta.tokens:
+        from .tokens.counting import block_tokens
+        from .tokens.schedule import TokenSchedule
+
+        sched = TokenSchedule.from_dict(meta.tokens)
+        per_block = [(bt.t_in, bt.t_out, bt.extra_macs)
+                     for bt in block_tokens(meta.spec, info, sched, model.cls_token is not None)]
+    head = (f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} "
+            f"{'tokens':>9s} {'MACs':>10s}")
+    rows = [f"{meta.source.name}  embed dim {d}  depth {meta.spec.depth}  tokens {tokens}"
+            + (f"  token reduction {sched.describe()}" if sched else ""), head, "-" * len(head)]
+    for i, (b, (t_in, t_out, extra)) in enumerate(zip(meta.spec.blocks, per_block)):
+        h, qk, v, m = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
+        mac = block_macs(d, h, qk, v, 0, t_in) + 2 * t_out * d * m + extra
+        tok = f"{t_in}" if t_in == t_out else f"{t_in}>{t_out}"
+        rows.append(f"{i:>5d} {b.source_index:>4d} {h:>5d} {qk:>6d} {v:>5d} {m:>6d} {tok:>9s} {mac / 1e6:>8.1f} M")
     rows.append("")
     rows.append(format_totals(meta))
     for step in meta.history:
+        if step.get("method") == "tokens":
+            rows.append(f"step: tokens {_schedule_text(step)} removes "
+                        f"{step['achieved']['macs_reduction']:.1%} of the MACs of its widths")
+            continue
         cfg = step.get("config", {})
         how = _how(step) if "config" in step else ""
         rows.append(f"step: {step.get('method')} {how} "
                     f"{','.join(cfg.get('granularity', []))} target {step['target']['reduction']:.1%} "
                     f"{step['target']['metric']}")
     return "\n".join(rows)
+
+
+def _schedule_text(step: dict) -> str:
+    s = step["schedule"]
+    return f"{s['method']} {s.get('spec') or s['kind']}"

@@ -110,6 +110,13 @@ class Callback:
     def on_train_end(self, metrics: dict) -> None:
         """After the last epoch."""
 
+    def state_dict(self) -> Optional[dict]:
+        """State saved in every checkpoint (None: nothing to save)."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned, when a run resumes."""
+
 
 @dataclass
 class LoopState:
@@ -342,6 +349,10 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
         if world > 1:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ckpt is not None:
+            for cb, cb_state in zip(callbacks, ckpt.get("callbacks") or []):
+                if cb_state is not None:
+                    cb.load_state_dict(cb_state)
         for cb in callbacks:
             cb.on_train_begin(state)
         out = Path(output) if output is not None else None
@@ -419,7 +430,8 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
             if out is not None and rank == 0:
                 ck = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": state.epoch,
-                      "step": state.step, "history": state.history, "rng": rngs}
+                      "step": state.step, "history": state.history, "rng": rngs,
+                      "callbacks": [cb.state_dict() for cb in callbacks]}
                 rec = {**base_record, "epochs_done": state.epoch, "history": state.history,
                        "val": metrics.get("val")}
                 _write(out, model, ck, rec, force=True)

@@ -37,6 +37,8 @@ class ToMe(Reducer):
         px, xp = self.split(x)
         ps, sp = self.split(size)
         n = xp.shape[1]
+        if isinstance(n, int) and n < 2:  # nothing left to match (eager only; exported counts stay symbolic)
+            return x, size
         r = merge_count(n, self.merge)
         m = F.normalize(metric[:, self.prefix:], dim=-1)
         sim = m[:, ::2] @ m[:, 1::2].transpose(1, 2)          # [B, |A|, |B|]

@@ -1,0 +1,195 @@
+"""Choosing how hard to reduce: MACs targets, the GAS rate controller, the calibration search, the CLI."""
+import json
+
+import pytest
+import torch
+
+import vitcompress
+from vitcompress.cli import main
+from vitcompress.errors import VitCompressError
+from vitcompress.models import create_source_model
+from vitcompress.tokens import apply_tokens, parse_schedule, schedule_of, token_counts
+from vitcompress.tokens.amount import amount_for_reduction, macs_reduction, with_amount
+from vitcompress.tokens.gas import GASConfig, GASController, gas_step
+from vitcompress.tokens.reduce import reduce_tokens
+from vitcompress.tokens.search import search_amount
+from vitcompress.training import Callback, TrainConfig, fit
+
+from conftest import tiny
+
+ARCH = dict(img_size=16, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=2)
+ARCH_CLI = ["--img-size", "64", "--num-classes", "10"]  # 16 patches
+
+
+def small(seed=0, schedule="rate=0.05", method="topk-vpa"):
+    torch.manual_seed(seed)
+    return apply_tokens(create_source_model("vit_tiny_patch16_224", **ARCH), schedule, method=method)
+
+
+class Kill(Callback):
+    def __init__(self, at_step):
+        self.at = at_step
+
+    def on_step(self, loss, step):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------- MACs targets
+@pytest.mark.parametrize("method,spec", [("topk-vpa", "rate=0.1"), ("evit", "0.9@1,2"), ("tome", "merge=1")])
+def test_amount_for_reduction_is_the_smallest_that_reaches_the_target(method, spec):
+    model = tiny("vit", img_size=48)
+    sched = parse_schedule(spec, method)
+    a = amount_for_reduction(model, sched, 0.3)
+    assert macs_reduction(model, with_amount(sched, a)) >= 0.3
+    step = 1.0 if sched.kind == "merge" else 0.001
+    assert macs_reduction(model, with_amount(sched, a - step)) < 0.3
+
+
+def test_an_unreachable_target_is_an_error():
+    with pytest.raises(VitCompressError, match="removes at most .* short of the target 95.0%"):
+        amount_for_reduction(tiny("vit"), parse_schedule("0.5@3", "topk"), 0.95)
+
+
+# ------------------------------------------------------------------------------- GAS
+def test_gas_step_moves_the_rate_with_the_loss_slope():
+    cfg = GASConfig(target=0.5, gain=1.0, min_step=0.005, max_step=0.05)
+    assert gas_step(0.1, -0.02, cfg, 0.4) == pytest.approx(0.12)   # falling 2%: up by 0.02
+    assert gas_step(0.1, -0.5, cfg, 0.4) == pytest.approx(0.15)    # capped at max_step
+    assert gas_step(0.1, 0.0, cfg, 0.4) == pytest.approx(0.105)    # flat: min_step up
+    assert gas_step(0.1, 0.03, cfg, 0.4) == pytest.approx(0.07)    # rising 3%: down by 0.03
+    assert gas_step(0.39, -0.5, cfg, 0.4) == pytest.approx(0.4)    # never above the target's rate
+    assert gas_step(0.002, 0.5, cfg, 0.4) == 0.0                   # never below 0
+
+
+def test_gas_follows_a_synthetic_loss_curve():
+    model = small()
+    gas = GASController(model, GASConfig(target=0.4, interval=5, start=0.0))
+    red = [r for r in model.blocks.reducers if r is not None]
+    rates = []
+    for step, loss in enumerate([2.0 * 0.97 ** i for i in range(100)], 1):  # loss keeps falling
+        gas.on_step(loss, step)
+        rates.append(gas.rate)
+    assert rates[-1] > rates[10] > 0 and all(b >= a for a, b in zip(rates, rates[1:]))
+    assert gas.rate <= gas.ceiling and all(abs(r.keep - (1 - gas.rate)) < 1e-6 for r in red)
+    high = gas.rate
+    for step, loss in enumerate([1.0 * 1.05 ** i for i in range(30)], 101):  # then rises
+        gas.on_step(loss, step)
+    assert gas.rate < high
+    traj = gas.trajectory
+    assert traj[0]["step"] == 5 and all(t["rate"] <= gas.ceiling for t in traj)
+    assert max(t["macs_reduction"] for t in traj) >= 0.4  # it got to the target (loss fell long enough)
+    assert traj[-1]["rate"] == pytest.approx(gas.rate, abs=1e-6)
+
+
+def test_gas_refuses_tome_and_plain_models():
+    with pytest.raises(VitCompressError, match="tome merges a fixed count"):
+        GASController(small(schedule="merge=2", method="tome"), GASConfig(target=0.3))
+    with pytest.raises(VitCompressError, match="needs a token-reduced model"):
+        GASController(create_source_model("vit_tiny_patch16_224", **ARCH), GASConfig(target=0.3))
+    with pytest.raises(VitCompressError, match="outside"):
+        GASConfig(target=1.5).validate()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_gas_in_the_training_loop_is_checkpointed_and_resumes_exactly(tmp_path):
+    cfg = dict(data="digits", epochs=2, batch_size=32, lr=3e-3, warmup_epochs=0.2, progress=False,
+               max_steps_per_epoch=6, seed=1)
+    gcfg = GASConfig(target=0.4, interval=2, start=0.0, min_step=0.02)
+
+    full_model = small()
+    full = GASController(full_model, gcfg)
+    fit(full_model, TrainConfig(**cfg), tmp_path / "full", callbacks=[full], record={"gas": full.log})
+    assert full.rate > 0 and len(full.trajectory) == 1 + 12 // 2
+    log = json.loads((tmp_path / "full" / "train_log.json").read_text())
+    assert log["gas"]["trajectory"][-1]["rate"] == pytest.approx(full.rate)
+    # the artifact records the rate it settled on; loading it applies that rate
+    saved = vitcompress.load(tmp_path / "full")
+    assert schedule_of(saved).rate == pytest.approx(full.rate, abs=1e-6)
+
+    one = small()
+    with pytest.raises(KeyboardInterrupt):  # killed in epoch 2 of 2
+        fit(one, TrainConfig(**cfg), tmp_path / "cut", callbacks=[GASController(one, gcfg), Kill(at_step=9)])
+    two = small(seed=3)
+    resumed = GASController(two, gcfg)
+    fit(two, TrainConfig(**cfg), tmp_path / "cut", resume=True, callbacks=[resumed])
+    assert resumed.rate == pytest.approx(full.rate)
+    assert [t["rate"] for t in resumed.trajectory] == [t["rate"] for t in full.trajectory]
+    for a, b in zip(full_model.state_dict().values(), two.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------- calibration search
+@pytest.fixture(scope="module")
+def trained():
+    """A 3-block ViT trained for 6 short epochs on digits (about 40% top-1: its predictions mean something)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    m = create_source_model("vit_tiny_patch16_224", **{**ARCH, "patch_size": 4})
+    fit(m, TrainConfig(data="digits", epochs=6, batch_size=64, lr=2e-3, warmup_epochs=0.5, progress=False,
+                       seed=1, shift=0, smoothing=0.0))
+    torch.set_num_threads(n)
+    return apply_tokens(m, "rate=0.1@0", method="topk-vpa")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("metric", ["top1", "agreement"])
+def test_search_picks_the_largest_rate_within_the_tolerance(trained, metric):
+    mid = {"top1": 0.04, "agreement": 0.2}[metric]
+    runs = {tol: search_amount(trained, schedule_of(trained), data="digits", images=128, tolerance=tol,
+                               metric=metric) for tol in (0.0, mid, 1.0)}
+    assert runs[1.0].amount == pytest.approx(0.999)
+    assert runs[0.0].amount < runs[mid].amount < runs[1.0].amount
+    for tol, res in runs.items():
+        base = res.baseline_top1 if metric == "top1" else 1.0
+        chosen = next(r for r in res.table if r["amount"] == res.amount)
+        assert chosen["passed"] and base - chosen[metric] <= tol + 1e-12
+        assert not any(r["passed"] for r in res.table if r["amount"] > res.amount)  # nothing above passed
+        assert [r["amount"] for r in res.table] == sorted(r["amount"] for r in res.table)
+        assert res.macs_reduction == pytest.approx(macs_reduction(trained, res.schedule))
+    assert schedule_of(trained).rate == 0.1  # the input model is left alone
+
+
+# ------------------------------------------------------------------------------- API and CLI
+def test_reduce_tokens_with_a_macs_target_writes_an_artifact(tmp_path):
+    res = reduce_tokens(tiny("vit", img_size=48), "etps", "rate=0.1@1", flops_reduction=0.25,
+                        output=tmp_path / "a")
+    assert 0.25 <= res.reduction < 0.27
+    meta = vitcompress.read_meta(tmp_path / "a")
+    assert meta.history[-1]["method"] == "tokens" and meta.tokens["rate"] == res.schedule.rate
+    assert token_counts(vitcompress.load(tmp_path / "a")) == res.counts
+
+
+def test_cli_tokens_then_info(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["tokens", "deit_tiny_patch16_224", *ARCH_CLI, "--method", "topk-vpa", "--schedule",
+                 "0.5@3,6,9", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "token reduction: topk-vpa 0.5@3,6,9" in text and "removed" in text
+    assert vitcompress.read_meta(out).tokens["spec"] == "0.5@3,6,9"
+    assert main(["info", str(out)]) == 0
+    assert "17>9" in capsys.readouterr().out  # 16 patches + cls -> ceil(0.5 * 16) + cls
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--method", "topk", "--schedule", "0.7@12"], "names block 12, but the model has blocks 0..11"),
+    (["--method", "topk", "--schedule", "rate=1.0"], r"outside \[0, 1\)"),
+    (["--method", "tokenlearner", "--schedule", "0.7@3"], "unknown token reducer"),
+    (["--method", "topk", "--schedule", "0.7@3", "--flops-reduction", "0.3", "--search"], "pass one of them"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, match):
+    import re
+
+    out = tmp_path / "bad"
+    assert main(["tokens", "deit_tiny_patch16_224", *ARCH_CLI, *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(match, err) and err.startswith("error:") and "\n" not in err
+    assert not out.exists()
+
+
+def test_cli_refuses_windowed_attention(tmp_path, capsys):
+    assert main(["tokens", "swin_tiny_patch4_window7_224", "--method", "topk", "--schedule", "0.7@1",
+                 "-o", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and not (tmp_path / "s").exists()
