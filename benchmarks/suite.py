@@ -11,11 +11,16 @@ depend on weight values, and ``importance="l1"`` keeps the build fast and data-f
 * ``p30`` / ``p46`` / ``p60``        30%, 46.2%, 60% MACs reduction, widths rounded to multiples of 8
 * ``p30-r1`` / ``p46-r1`` / ``p60-r1`` same reductions with ``round_to=1`` (unaligned widths)
 * ``depth25``                        whole blocks removed (granularity depth, 25% MACs)
+* ``vpa90`` / ``vpa70`` / ``vpa50``  ``topk-vpa`` keeping 0.9 / 0.7 / 0.5 of the patch tokens at
+                                     blocks 3, 6 and 9 (``docs/tokens.md``)
+* ``topk70`` / ``evit70`` / ``etps70`` the other keep-rate reducers at 0.7@3,6,9
+* ``tome-m70``                       ``tome`` with the merges per block that match ``vpa70``'s MACs
+* ``p46+vpa70``                      width pruning (``p46``) and ``vpa70`` together
 
-``--scale ci`` keeps dense, p46, p46-r1 and depth25 at batch 8 with few iterations; ``full`` keeps
-all variants with the batch sweep 1, 8, 32. ``--device cpu`` uses ort-cpu and torch-cpu;
-``--device cuda`` uses torch-cuda, ort-cuda, ort-trt and trt (each skipped with the reason where
-its library or the GPU is missing).
+``--scale ci`` keeps dense, p46, p46-r1, depth25, vpa70 and tome-m70 at batch 8 with few
+iterations; ``full`` keeps all variants with the batch sweep 1, 8, 32. ``--device cpu`` uses
+ort-cpu and torch-cpu; ``--device cuda`` uses torch-cuda, ort-cuda, ort-trt and trt (each skipped
+with the reason where its library or the GPU is missing).
 """
 from __future__ import annotations
 
@@ -25,25 +30,51 @@ import time
 from pathlib import Path
 
 SOURCE = "deit_small_patch16_224"
-VARIANTS = {  # name -> prune kwargs (None = dense)
-    "dense": None,
-    "p30": dict(flops_reduction=0.30),
-    "p46": dict(flops_reduction=0.462),
-    "p60": dict(flops_reduction=0.60),
-    "p30-r1": dict(flops_reduction=0.30, round_to=1),
-    "p46-r1": dict(flops_reduction=0.462, round_to=1),
-    "p60-r1": dict(flops_reduction=0.60, round_to=1),
-    "depth25": dict(flops_reduction=0.25, granularity=("depth",)),
+# name -> how to build it: ``prune`` kwargs for vitcompress.prune (None = dense) and ``tokens``
+# (method, schedule[, variant whose MACs reduction the schedule's amount must match])
+VARIANTS = {
+    "dense": dict(prune=None),
+    "p30": dict(prune=dict(flops_reduction=0.30)),
+    "p46": dict(prune=dict(flops_reduction=0.462)),
+    "p60": dict(prune=dict(flops_reduction=0.60)),
+    "p30-r1": dict(prune=dict(flops_reduction=0.30, round_to=1)),
+    "p46-r1": dict(prune=dict(flops_reduction=0.462, round_to=1)),
+    "p60-r1": dict(prune=dict(flops_reduction=0.60, round_to=1)),
+    "depth25": dict(prune=dict(flops_reduction=0.25, granularity=("depth",))),
+    "vpa90": dict(prune=None, tokens=("topk-vpa", "0.9@3,6,9")),
+    "vpa70": dict(prune=None, tokens=("topk-vpa", "0.7@3,6,9")),
+    "vpa50": dict(prune=None, tokens=("topk-vpa", "0.5@3,6,9")),
+    "topk70": dict(prune=None, tokens=("topk", "0.7@3,6,9")),
+    "evit70": dict(prune=None, tokens=("evit", "0.7@3,6,9")),
+    "etps70": dict(prune=None, tokens=("etps", "0.7@3,6,9")),
+    "tome-m70": dict(prune=None, tokens=("tome", "merge=1", "vpa70")),
+    "p46+vpa70": dict(prune=dict(flops_reduction=0.462), tokens=("topk-vpa", "0.7@3,6,9")),
 }
 SCALES = {
-    "ci": dict(variants=["dense", "p46", "p46-r1", "depth25"], batches=[8], warmup=2, iters=3, rounds=4),
+    "ci": dict(variants=["dense", "p46", "p46-r1", "depth25", "vpa70", "tome-m70"], batches=[8], warmup=2,
+               iters=3, rounds=4),
     "full": dict(variants=list(VARIANTS), batches=[1, 8, 32], warmup=5, iters=10, rounds=6),
 }
 BACKENDS = {"cpu": ["ort-cpu", "torch-cpu"], "cuda": ["torch-cuda", "ort-cuda", "ort-trt", "trt"]}
 
 
+def _with_tokens(model, tokens, source):
+    """``model`` with the variant's token schedule; a third entry names the variant to match in MACs."""
+    from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
+    from vitcompress.tokens.reduce import reduce_tokens
+    from vitcompress.tokens.schedule import parse_schedule
+
+    method, spec = tokens[:2]
+    schedule = parse_schedule(spec, method)
+    if len(tokens) > 2:
+        ref = VARIANTS[tokens[2]]["tokens"]
+        target = macs_reduction(source, parse_schedule(ref[1], ref[0]))
+        schedule = with_amount(schedule, closest_amount(source, schedule, target))
+    return reduce_tokens(model, method, schedule).model
+
+
 def build_variants(names, importance: str = "l1", seed: int = 0, max_batch: int = 32, workdir=None):
-    """Build the named suite variants (dense source + ``vitcompress.prune`` results) as ``Variant``s."""
+    """Build the named suite variants (dense source, ``vitcompress.prune`` and ``reduce_tokens`` results)."""
     import torch
     from tqdm import tqdm
 
@@ -54,8 +85,11 @@ def build_variants(names, importance: str = "l1", seed: int = 0, max_batch: int 
     source = vitcompress.create_source_model(SOURCE)
     out = []
     for name in tqdm(names, desc="build variants", unit="variant"):
-        kw = VARIANTS[name]
-        model = source if kw is None else vitcompress.prune(source, importance=importance, seed=seed, **kw).model
+        how = VARIANTS[name]
+        model = source if how["prune"] is None else vitcompress.prune(source, importance=importance, seed=seed,
+                                                                        **how["prune"]).model
+        if how.get("tokens"):
+            model = _with_tokens(model, how["tokens"], source)
         out.append(load_variant(model, name, workdir=workdir, max_batch=max_batch))
     return out
 

@@ -193,3 +193,32 @@ def test_cli_refuses_windowed_attention(tmp_path, capsys):
                  "-o", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------------- benchmark builders
+def test_suite_token_variants_match_their_reference_in_macs():
+    from vitcompress.benchmarks import suite
+    from vitcompress.tokens.amount import closest_amount
+
+    source = create_source_model("deit_small_patch16_224")
+    vpa = suite._with_tokens(source, suite.VARIANTS["vpa70"]["tokens"], source)
+    tome = suite._with_tokens(source, suite.VARIANTS["tome-m70"]["tokens"], source)
+    assert token_counts(vpa)[4] == 1 + 138  # ceil(0.7 * 196) tokens enter block 4
+    red_vpa, red_tome = (1 - vitcompress.count(m).macs / vitcompress.count(source).macs for m in (vpa, tome))
+    assert abs(red_vpa - red_tome) < 0.01
+    sched = parse_schedule("merge=1", "tome")
+    best = closest_amount(source, sched, red_vpa)
+    for other in (best - 1, best + 1):
+        assert abs(macs_reduction(source, with_amount(sched, best)) - red_vpa) <= \
+            abs(macs_reduction(source, with_amount(sched, other)) - red_vpa)
+
+
+def test_vitl_table_reads_the_rate_both_ways():
+    from vitcompress.benchmarks.tokens_bench import vitl_table
+
+    rows = {r["variant"]: r for r in vitl_table()}
+    ceil0, floor0 = rows["topk-vpa rate=0.06@0"], rows["rate=0.06@0, floor"]
+    assert floor0["reduction"] > ceil0["reduction"] > rows["topk-vpa rate=0.06@1"]["reduction"] > 0.4
+    assert floor0["last_tokens"] < ceil0["last_tokens"]  # floor drops a token more wherever 0.94 n is fractional
+    with torch.device("meta"):
+        assert rows["dense"]["macs"] == vitcompress.count(create_source_model("vit_large_patch16_224")).macs

@@ -8,8 +8,9 @@ The automatic rate controller and the calibration search move a single quantity,
 * ``merge`` schedules (``tome``): the merges per block ``r`` (a whole number).
 
 ``with_amount`` builds the schedule for an amount, ``macs_reduction`` counts what it removes
-relative to the same model without token reduction, and ``amount_for_reduction`` finds the
-smallest amount that removes a target share of MACs (the counts fall monotonically in the amount).
+relative to the same model without token reduction, ``amount_for_reduction`` finds the smallest
+amount that removes a target share of MACs (the counts fall monotonically in the amount), and
+``closest_amount`` the one whose reduction is nearest to it (comparisons at matched MACs).
 """
 from __future__ import annotations
 
@@ -109,3 +110,12 @@ def amount_for_reduction(model: nn.Module, schedule: TokenSchedule, target: floa
         else:
             lo = mid
     return min(MAX_RATE, math.ceil(hi * 1000 - 1e-9) / 1000)  # keep fractions are exact to 1/1000
+
+
+def closest_amount(model: nn.Module, schedule: TokenSchedule, target: float,
+                   img_size: Optional[Sequence[int]] = None) -> float:
+    """The amount whose MACs reduction is closest to ``target`` (for comparisons at matched MACs)."""
+    hi = amount_for_reduction(model, schedule, target, img_size)
+    lo = max(0.0, hi - (1.0 if schedule.kind == "merge" else 0.001))
+    err = {a: abs(macs_reduction(model, with_amount(schedule, a), img_size) - target) for a in (lo, hi)}
+    return min(err, key=err.get)
