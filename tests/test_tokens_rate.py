@@ -222,3 +222,22 @@ def test_vitl_table_reads_the_rate_both_ways():
     assert floor0["last_tokens"] < ceil0["last_tokens"]  # floor drops a token more wherever 0.94 n is fractional
     with torch.device("meta"):
         assert rows["dense"]["macs"] == vitcompress.count(create_source_model("vit_large_patch16_224")).macs
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tokens_study_smoke_writes_table_json_and_plot(trained, tmp_path):
+    from vitcompress.benchmarks import tokens_study
+
+    teacher = vitcompress.save(trained, tmp_path / "teacher")
+    out = tmp_path / "study"
+    assert tokens_study.main(["--teacher", str(teacher), "--out", str(out), "--data", "digits", "--images", "64",
+                              "--rates", "0,0.3", "--epochs", "1", "--gas-target", "0.2", "--gas-interval", "2",
+                              "--batch-size", "64"]) == 0
+    rec = json.loads((out / "tokens_study.json").read_text())
+    assert {r["method"] for r in rec["curves"]} == set(tokens_study.REDUCERS)
+    at0 = [r["top1"] for r in rec["curves"] if r["schedule"] in ("rate=0.0@1", "merge=0@1")]
+    assert len(set(at0)) == 1  # no reduction: every reducer gives the teacher's predictions
+    assert rec["gas"]["trajectory"][0]["rate"] == pytest.approx(0.05)
+    assert all(p["rate"] <= rec["gas"]["ceiling"] for p in rec["gas"]["trajectory"])
+    assert "| tome | merge=0@1 |" in (out / "tokens_study.md").read_text()
+    assert (out / "tokens_study.png").read_bytes()[:4] == b"\x89PNG"
