@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +24,7 @@ def check_writable_dir(parent: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``path`` in one rename.
+    """Yield a temporary folder; on success it replaces ``path`` in one atomic rename (or swap).
 
     An existing ``path`` is refused unless ``force``; on any exception the temporary folder is
     removed and ``path`` is left as it was.
@@ -38,15 +40,47 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rename(path, old / "x")
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if exchange(tmp, path):  # one atomic swap: ``path`` is never missing
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # no renameat2: two renames; ``recover_dir`` undoes a crash between them
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.rename(path, old / "x")
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def recover_dir(path: str | os.PathLike) -> bool:
+    """Put back an output folder that a crash left moved aside by ``atomic_dir``'s two-rename path.
+
+    Returns True when ``path`` was missing and its previous version was restored."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return False
+    olds = sorted(path.parent.glob(f".{path.name}.old-*/x"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    os.rename(olds[-1], path)
+    shutil.rmtree(olds[-1].parent, ignore_errors=True)
+    return True
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 ``fit(model, cfg, output, teacher=..., distill=..., callbacks=...)`` trains ``model`` on
 ``cfg.data`` and writes ``output`` as an artifact folder after every epoch (atomically: the
-folder is swapped in one rename), holding the weights, ``vitcompress.json`` (with the training
+folder is swapped in one atomic exchange), holding the weights, ``vitcompress.json`` (with the training
 record in ``extra["training"]``) and ``checkpoint.pt`` (model, optimizer, scheduler, grad scaler,
 epoch, step, RNG states of every rank). A run killed mid-epoch loses at most that epoch;
 ``resume=True`` continues from the checkpoint and reproduces the uninterrupted run exactly for a
@@ -219,6 +219,9 @@ def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> O
     """Check the output folder before any work; return the checkpoint to resume from (or None)."""
     out = Path(output)
     if resume:
+        from .io import recover_dir
+
+        recover_dir(out)  # a run killed while swapping its output folder left it moved aside
         ck = out / CHECKPOINT
         if ck.is_file():
             try:
