@@ -32,7 +32,7 @@ def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
     w, d = read_meta(out / "width_distilled"), read_meta(out / "depth_distilled")
     assert w.spec.depth == 4 and d.spec.depth < 4  # width stage keeps every block, depth stage removes some
     assert [b.source_index for b in d.spec.blocks] == d.plan.blocks  # block provenance kept for the mapping
-    assert [h["method"] for h in d.history] == ["one-shot", "depth-loss"]
+    assert [h["method"] for h in d.history][:2] == ["one-shot", "depth-loss"]  # (+ a width trim if blocks fell short)
     assert d.history[0]["config"]["granularity"] == ["heads", "mlp"] and d.history[1]["config"]["granularity"] == ["depth"]
     removed = d.history[1]["removed_blocks"]
     imp = d.history[1]["block_importance"]
@@ -41,7 +41,7 @@ def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
     assert d.extra["training"]["stage"] == "depth_distilled"
     m0 = summary["rows"][0]["macs"]
     assert summary["achieved"] == pytest.approx(1 - summary["rows"][-1]["macs"] / m0)
-    assert abs(summary["achieved"] - 0.5) < 0.1  # whole blocks: close to, not exactly at, the target
+    assert abs(summary["achieved"] - 0.5) <= 0.015  # whole blocks, then a width trim: within 1.5 points
     table = (out / "summary.md").read_text()
     assert sum(l.startswith("| ") for l in table.splitlines()) == 6 and "depth_distilled" in table  # header + 5 stages
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"

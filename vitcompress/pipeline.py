@@ -5,8 +5,10 @@ between the two pruning stages: the depth stage removes ``depth_blocks`` whole b
 about ``depth_share`` of the total reduction, in log space, rounded to whole blocks), the width
 stage removes the rest. Depth is chosen in whole blocks, those whose removal changes the
 calibration loss least first (measured exactly by skipping each block: first-order Taylor scores
-are unreliable for a perturbation as large as a whole block), as many as brings the final model
-closest to the target; the summary reports what was achieved. Every stage writes an artifact under ``output/`` and the run ends with a summary table
+are unreliable for a perturbation as large as a whole block), as many as brings the model closest
+to the target without overshooting it by more than 1.5 points; where whole blocks fall short, the
+depth stage also trims the widths (the same scorer and granularity as the width stage) so the
+final model lands within 1.5 points of the target; the summary reports what was achieved. Every stage writes an artifact under ``output/`` and the run ends with a summary table
 (``summary.md``, ``summary.json`` and ``summary.png``): MACs, params and validation top-1 per stage.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .errors import VitCompressError
 from .training import TrainConfig, dist_info, fit, init_distributed
 
 STAGES = ("teacher", "width_pruned", "width_distilled", "depth_pruned", "depth_distilled")
+TOLERANCE = 0.015  # the final reduction lands within 1.5 points of the target, as in ``prune``
 
 
 @dataclass
@@ -150,8 +153,9 @@ def depth_prune(model: nn.Module, cfg: PipelineConfig, needed: float, n_planned:
         if not 1 <= cfg.depth_blocks < len(model.blocks):
             raise VitCompressError(f"--depth-blocks must be between 1 and {len(model.blocks) - 1}, got {cfg.depth_blocks}")
         n = cfg.depth_blocks
-    else:
-        n = min(options, key=lambda o: (abs(o[1] - needed), abs(o[0] - n_planned)))[0]
+    else:  # closest to the need without overshooting it (a shortfall is trimmed in width afterwards)
+        fit_ = [o for o in options if o[1] <= needed + TOLERANCE] or options[:1]
+        n = min(fit_, key=lambda o: (abs(o[1] - needed), abs(o[0] - n_planned)))[0]
     plan = plan_without(n)
     pruned = slice_model(model, plan)
     after = count(pruned)
@@ -261,6 +265,11 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
     p = stage_path("depth_pruned")
     if not (resume and is_artifact(p)):
         d = depth_prune(w, cfg, needed, n_depth, progress and rank == 0)
+        short = 1 - keep * base / _measure(d, cfg.metric)  # what is still to remove, as a share of d
+        if short > TOLERANCE / 3:  # whole blocks fell short: trim the widths to the target
+            d = prune(d, importance=cfg.importance, granularity=cfg.width_granularity, round_to=cfg.round_to,
+                      data=cfg.train.data, calib_images=cfg.calib_images, seed=cfg.train.seed,
+                      **{f"{'flops' if cfg.metric == 'macs' else 'params'}_reduction": short}).model
         if rank == 0:
             save(d, p, force=True, meta=d.vitcompress_meta)
         if dist_info()[1] > 1:
