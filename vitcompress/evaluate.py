@@ -94,7 +94,13 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: Optional[nn.Modul
     finally:
         model.train(was)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
+        if torch.distributed.get_backend() == "nccl" and sums.device.type != "cuda":
+            # a model evaluated on the CPU inside a GPU run (the pipeline's teacher row): NCCL reduces CUDA tensors only
+            local = sums.to(f"cuda:{torch.cuda.current_device()}")
+            torch.distributed.all_reduce(local)
+            sums = local.cpu()
+        else:
+            torch.distributed.all_reduce(sums)
     n = max(1.0, float(sums[0]))
     return EvalResult(float(sums[1]) / n, float(sums[2]) / n, float(sums[3]) / n, int(sums[0]),
                       float(sums[4]) / n if teacher is not None else None)
