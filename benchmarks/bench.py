@@ -9,6 +9,7 @@ here (or fail to activate) are listed under ``skipped`` with the reason; the run
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,15 +61,16 @@ def load_variant(arg, name: Optional[str] = None, workdir=None, max_batch: int =
 
     import vitcompress
     from vitcompress.artifact import is_artifact
+    from vitcompress.pruner import model_path_problem
 
     if isinstance(arg, nn.Module):
         model, label = arg, name or type(arg).__name__
     elif is_artifact(arg):
         model, label = vitcompress.load(arg), name or Path(arg).name
-    elif isinstance(arg, (str, os.PathLike)) and Path(arg).exists():
-        raise VitCompressError(f"{str(arg)!r} is not a vitcompress artifact (no vitcompress.json); "
-                               "pass an artifact folder or a timm model name")
     else:
+        problem = model_path_problem(str(arg))
+        if problem:  # a path that is not an artifact: never looked up as a timm name
+            raise VitCompressError(f"{problem}; pass an artifact folder or a timm model name")
         model, label = vitcompress.create_source_model(str(arg)), name or str(arg)
     model.eval()
     c = vitcompress.count(model)
@@ -93,20 +95,23 @@ def run_bench(variants: Sequence[Variant], cfg: BenchConfig, baseline: Optional[
     base = baseline or names[0]
     if base not in names:
         raise VitCompressError(f"baseline {base!r} is not among the variants {names}")
-    work = Path(tempfile.mkdtemp(prefix="vitcompress-bench-"))
+    # ONNX files and engines of variants without a work folder go to a temporary one, deleted at the end
+    borrowed = [v for v in variants if v.workdir is None]
+    work = Path(tempfile.mkdtemp(prefix="vitcompress-bench-")) if borrowed else None
+    for v in borrowed:
+        v.workdir = work
     for v in variants:
-        v.workdir = v.workdir or work
         v.max_batch = max(v.max_batch, max(cfg.batches))
-    bv = next(v for v in variants if v.name == base)
-    result = {"config": asdict(cfg), "env": envmod.capture(cfg.threads, cfg.precision), "baseline": base,
-              "variants": [{"name": v.name, "macs": v.macs, "params": v.params} for v in variants],
-              "skipped": [], "measurements": []}
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(cfg.backends) * len(cfg.batches) * cfg.rounds * len(variants), desc="bench", unit="run")
     try:
+        bv = next(v for v in variants if v.name == base)
+        result = {"config": asdict(cfg), "env": envmod.capture(cfg.threads, cfg.precision), "baseline": base,
+                  "variants": [{"name": v.name, "macs": v.macs, "params": v.params} for v in variants],
+                  "skipped": [], "measurements": []}
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(cfg.backends) * len(cfg.batches) * cfg.rounds * len(variants), desc="bench", unit="run")
         for backend in cfg.backends:
             cls = get_runner(backend)
             reason = cls.unavailable(cfg.precision, cfg.mode)
@@ -146,4 +151,9 @@ def run_bench(variants: Sequence[Variant], cfg: BenchConfig, baseline: Optional[
     finally:
         if bar:
             bar.close()
+        for v in borrowed:  # their cached files go with the folder
+            v.workdir = None
+            v._files.clear()
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     return result

@@ -15,7 +15,9 @@ returns the reason a backend cannot run here (None when it can), so a run report
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -31,7 +33,8 @@ RUNNERS: Registry = Registry("backend")
 
 @dataclass
 class Variant:
-    """One model under test. ONNX files and engines are made on first use and cached in ``workdir``."""
+    """One model under test. ONNX files and engines are made on first use and cached in ``workdir``
+    (without one: a temporary folder, deleted at the end of ``run_bench`` or with the variant)."""
 
     name: str
     model: Any  # nn.Module (eval mode, CPU)
@@ -45,7 +48,9 @@ class Variant:
 
     def _dir(self) -> Path:
         if self.workdir is None:
+            # a temporary folder the variant makes itself is deleted with the variant (or at exit)
             self.workdir = Path(tempfile.mkdtemp(prefix="vitcompress-bench-"))
+            weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
         d = Path(self.workdir) / self.name
         d.mkdir(parents=True, exist_ok=True)
         return d

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,53 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
     assert rc == 0 and "| ort-cpu | 2 | pruned |" in out
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["baseline"] == "dense" and {m["variant"] for m in data["measurements"]} == {"dense", "pruned"}
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("runs/nope", "'runs/nope' does not exist; pass an artifact folder or a timm model name"),
+    ("nope.safetensors", "'nope.safetensors' does not exist"),
+    ("empty", "folder 'empty' is not a vitcompress artifact (no vitcompress.json)"),
+    ("w.pth", "'w.pth' is a file, not a vitcompress artifact folder"),
+])
+def test_cli_path_that_is_not_an_artifact(tmp_path, monkeypatch, capsys, arg, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    rc = main(["bench", arg, "--backend", "torch-cpu", "--report", "r"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+    assert "unknown model" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "w.pth"]  # no report written
+
+
+def test_temporary_work_folders_are_deleted(tmp_path, monkeypatch):
+    """ONNX exports of variants without a work folder go to a vitcompress-bench-* temp folder that is
+    deleted when the run ends; a caller's explicit work folder is kept."""
+    import gc
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(real_mkdtemp(*a, **k)) or made[-1])
+    model = tiny("vit", seed=2)
+    borrowed = load_variant(model, "borrowed", max_batch=1)
+    kept = load_variant(model, "kept", workdir=tmp_path / "keep", max_batch=1)
+    result = run_bench([borrowed, kept], BenchConfig(backends=["ort-cpu"], batches=[1], threads=1, **FAST))
+    assert {m["variant"] for m in result["measurements"]} == {"borrowed", "kept"}  # both were exported
+    work = [Path(d) for d in made if Path(d).name.startswith("vitcompress-bench-")]
+    assert len(work) == 1 and work[0].parent == tmp  # one work folder was made in the temp dir
+    assert any(Path(d).parent == work[0] / "borrowed" for d in made)  # and the export went there
+    assert list(tmp.iterdir()) == []
+    assert borrowed.workdir is None and not borrowed._files
+    assert (tmp_path / "keep" / "kept" / "model-fp32.onnx").is_file()
+
+    # a variant used outside run_bench makes its own folder, deleted with the variant
+    alone = load_variant(model, "alone", max_batch=1)
+    onnx = alone.onnx()
+    assert onnx.is_file() and onnx.parent.parent.parent == tmp
+    del alone
+    gc.collect()
+    assert list(tmp.iterdir()) == []

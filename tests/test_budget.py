@@ -89,3 +89,38 @@ def test_unreachable_budget_is_an_error():
         run(model, ("depth",), r=0.9)
     with pytest.raises(VitCompressError, match="budget unreachable"):
         run(model, ("heads",), r=0.95)
+
+
+
+def test_scores_are_normalised_per_kind(monkeypatch):
+    """Scaling one kind's scores by 1000 leaves the plan unchanged; without the per-kind
+    normalisation the same scaling would protect that kind and change the plan."""
+    import vitcompress.budget as budget_mod
+
+    model = tiny("vit", depth=6, embed_dim=128, num_heads=4)  # 4 heads of 32, MLP 512
+    kinds = ("heads", "qk", "v", "mlp", "embed")
+    groups = build_groups(model, kinds)
+    scores = SCORERS.get("l1")(model, groups, seed=0)
+
+    def plan(scaled_kind=None):
+        s = [x * 1000 if g.kind == scaled_kind else x for g, x in zip(groups, scores)]
+        return select(model, groups, s, Budget("macs", 0.4, 8))[0]
+
+    def mlp_pruned(p):
+        return any(len(lp.mlp) < 512 for lp in p.layers.values())
+
+    base = plan()
+    assert mlp_pruned(base) and any(len(lp.qk[0]) < 32 for lp in base.layers.values())  # kinds compete
+    for kind in kinds:
+        assert plan(kind).to_dict() == base.to_dict(), kind
+
+    class Unnormalised(budget_mod._State):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.norm = {k: 1.0 for k in self.norm}
+
+    monkeypatch.setattr(budget_mod, "_State", Unnormalised)
+    raw = plan()
+    assert mlp_pruned(raw)
+    scaled = plan("mlp")
+    assert scaled.to_dict() != raw.to_dict() and not mlp_pruned(scaled)  # MLP neurons now never go

@@ -126,3 +126,47 @@ def test_info_plot_writes_a_png(artifact, tmp_path, capsys):
     code, _, err = run(capsys, "info", artifact, "--plot", tmp_path / "w.png")
     assert code == 0, err
     assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class Opaque:
+    """A pickled Python object that is not a state dict."""
+
+
+@pytest.mark.parametrize("kind", ["random-bytes.pth", "random-bytes.safetensors", "object.pth", "list.pth"])
+def test_corrupt_checkpoint_is_one_line_exit_2_and_writes_nothing(kind, tmp_path, capsys):
+    import random
+
+    import torch
+
+    ck = tmp_path / kind
+    if kind.startswith("random-bytes"):
+        ck.write_bytes(random.Random(0).randbytes(4096))
+    elif kind == "object.pth":
+        torch.save(Opaque(), ck)
+    else:
+        torch.save([torch.zeros(2), "not a state dict"], ck)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "prune", *TINY, "-o", out, "--flops-reduction", "0.3", "--importance", "l1",
+                       "--checkpoint", ck)
+    assert code == 2
+    assert err.startswith(f"error: checkpoint {str(ck)!r} is not a readable state dict (")
+    assert err.rstrip().endswith("pass a .safetensors file or a .pth state dict saved with torch.save(model.state_dict())")
+    assert len(err.strip().splitlines()) == 1
+    if kind == "object.pth":
+        assert "Opaque" in err  # the reason names the pickled class
+    elif kind == "list.pth":
+        assert "list, not a dict of tensors" in err
+    assert not out.exists() and os.listdir(tmp_path) == [kind]
+
+
+@pytest.mark.parametrize("given, needle", [
+    ("w.pth", "'w.pth' is a file, not a vitcompress artifact folder"),
+    ("runs/nope", "'runs/nope' does not exist"),
+])
+def test_model_path_that_is_not_an_artifact(given, needle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    code, _, err = run(capsys, "prune", given, "-o", "out", "--flops-reduction", "0.3", "--importance", "l1")
+    assert code == 2 and needle in err and "--checkpoint" in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert os.listdir(tmp_path) == ["w.pth"]

@@ -1,9 +1,11 @@
-"""A sliced model computes exactly what the original computes with the removed structures zeroed."""
+"""A sliced model computes exactly what the original computes with the removed structures zeroed,
+and the analytic counter matches the flop counter and the parameter count on it."""
 import random
 
 import pytest
 import torch
 
+from vitcompress.counting import count, measured_macs
 from vitcompress.plan import identity_plan
 from vitcompress.reference import mask_model
 from vitcompress.slicers import slice_model
@@ -48,6 +50,10 @@ def test_sliced_equals_masked_reference(tiny_kind, kinds):
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
     # the removal matters: the reference differs from the unpruned model
     assert (want - orig).abs().max() > 1e-3
+    # the analytic counter is exact on the pruned model too: flop counter and real parameter count
+    c = count(sliced)
+    assert c.macs == measured_macs(sliced) < count(model).macs
+    assert c.params == sum(p.numel() for p in sliced.parameters()) < count(model).params
 
 
 def test_sliced_model_is_dense_and_self_describing():

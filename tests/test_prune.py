@@ -103,10 +103,55 @@ def test_taylor_score_is_first_order_loss_change():
     assert score[j].item() == pytest.approx(abs(fd), rel=1e-4)
 
 
+def _taylor_scores(model, loader, labels):
+    from vitcompress.groups import build_groups
+    from vitcompress.scorers import SCORERS
+
+    groups = build_groups(model, ["heads", "mlp", "embed"])
+    return SCORERS.get("taylor")(model, groups, loader=loader, labels=labels)
+
+
+def _same_scores(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_taylor_pseudo_labels_are_the_unpruned_models_predictions():
+    """labels='auto' uses the data's labels when the class counts match, else the model's argmax."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vitcompress.data import calibration_loader
+
+    foreign = tiny("vit", num_classes=7)  # digits have 10 classes
+    loader = calibration_loader("digits", foreign, n_images=16, batch_size=8)
+    assert loader.dataset.num_classes == 10
+    auto = _taylor_scores(foreign, loader, "auto")
+    assert _same_scores(auto, _taylor_scores(foreign, loader, "pseudo"))
+    # the same images labelled with the model's own predictions, scored as true labels: identical
+    with torch.no_grad():
+        batches = [(x, foreign(x).argmax(-1)) for x, _ in loader]
+    relabelled = DataLoader(TensorDataset(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])),
+                            batch_size=8, shuffle=False)
+    assert _same_scores(auto, _taylor_scores(foreign, relabelled, "true"))
+    # these 16 images happen to have labels < 7, so the data's labels can be scored too: other scores
+    assert max(y.max() for _, y in loader) < 7
+    assert not _same_scores(auto, _taylor_scores(foreign, loader, "true"))
+
+    # with matching class counts 'auto' takes the data's labels, and pseudo-labels give other scores
+    native = tiny("vit")  # 10 classes
+    loader = calibration_loader("digits", native, n_images=16, batch_size=8)
+    auto, pseudo = _taylor_scores(native, loader, "auto"), _taylor_scores(native, loader, "pseudo")
+    assert _same_scores(auto, _taylor_scores(native, loader, "true"))
+    assert not _same_scores(auto, pseudo)
+    assert max((a - p).abs().max() / a.abs().max() for a, p in zip(auto, pseudo)) > 0.05
+
+
 def test_taylor_pseudo_labels_for_foreign_classes():
     model = tiny("vit", num_classes=7)  # digits have 10 classes: the model's predictions are used
     res = vitcompress.prune(model, flops_reduction=0.3, importance="taylor", calib_images=8)
     assert abs(res.achieved - 0.3) <= 0.015
+    assert res.meta.history[-1]["config"]["labels"] == "auto"
+    explicit = vitcompress.prune(model, flops_reduction=0.3, importance="taylor", calib_images=8, labels="pseudo")
+    assert explicit.meta.plan.to_dict() == res.meta.plan.to_dict()
 
 
 @pytest.mark.slow

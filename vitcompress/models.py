@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -145,8 +146,13 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         raise VitCompressError(f"checkpoint {path!r} does not exist; pass a .safetensors or .pth file")
     try:
         state = timm.models.load_state_dict(path, use_ema=False)
+        why = _not_a_state_dict(state)
     except Exception as e:
-        raise VitCompressError(f"cannot read checkpoint {path!r}: {type(e).__name__}: {str(e)[:160]}") from None
+        why = _unreadable_reason(e)
+    if why:
+        raise VitCompressError(
+            f"checkpoint {path!r} is not a readable state dict ({why}); pass a .safetensors file or a .pth "
+            "state dict saved with torch.save(model.state_dict())")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -164,6 +170,36 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
             f"checkpoint {path!r} does not fit the model ({'; '.join(detail)}); "
             "pass the model name and --num-classes/--img-size it was trained with")
     model.load_state_dict(state, strict=True)
+
+
+def _not_a_state_dict(state) -> Optional[str]:
+    """Why a loaded object is not a name -> tensor mapping (None when it is one)."""
+    if not isinstance(state, dict):
+        return f"it holds a Python {type(state).__name__}, not a dict of tensors"
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            return f"entry {str(k)[:40]!r} holds a Python {type(v).__name__}, not a tensor"
+    return None
+
+
+def _unreadable_reason(e: BaseException) -> str:
+    """A short reason for a checkpoint that torch.load / safetensors could not read."""
+    chain, c = [], e
+    while c is not None and c not in chain:
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    text = " ".join(str(c) for c in chain)
+    m = re.search(r"Unsupported globals?: (?:GLOBAL )?([\w.]+?)\.?(?:\s|$)", text)
+    if m:
+        return f"it pickles the Python object {m.group(1)}, which is not loaded for safety"
+    m = re.search(r"'(\w+)' object has no attribute 'items'", text)
+    if m:
+        return f"it holds a Python {m.group(1)}, not a dict of tensors"
+    if any(type(c).__name__ == "SafetensorError" for c in chain):
+        return "corrupt safetensors file"
+    if any(isinstance(c, EOFError) for c in chain):
+        return "the file is empty or truncated"
+    return "not a torch.save file: corrupt, truncated or another format"
 
 
 def infer_source(model: nn.Module) -> SourceModel:

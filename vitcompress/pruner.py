@@ -85,6 +85,20 @@ class PruneResult:
     seconds: dict = field(default_factory=dict)
 
 
+def model_path_problem(s: str) -> Optional[str]:
+    """Why ``s``, given where a model is expected, is a path but not an artifact folder (None when it
+    is an artifact or does not look like a path, i.e. may be a timm model name)."""
+    if is_artifact(s):
+        return None
+    if os.path.isdir(s):
+        return f"folder {s!r} is not a vitcompress artifact (no vitcompress.json)"
+    if os.path.exists(s):
+        return f"{s!r} is a file, not a vitcompress artifact folder"
+    if "/" in s or os.sep in s or s.endswith((".pth", ".pt", ".safetensors", ".onnx", ".engine")):
+        return f"{s!r} does not exist"
+    return None
+
+
 def resolve_model(model: Union[str, os.PathLike, nn.Module], *, pretrained: bool = False,
                   checkpoint: Optional[str] = None, num_classes: Optional[int] = None,
                   img_size: Optional[int] = None) -> nn.Module:
@@ -96,10 +110,9 @@ def resolve_model(model: Union[str, os.PathLike, nn.Module], *, pretrained: bool
         if pretrained or checkpoint or num_classes or img_size:
             raise VitCompressError(f"{s!r} is an artifact; --pretrained/--checkpoint/--num-classes/--img-size apply to model names only")
         return load(s)
-    if os.path.isdir(s):
-        raise VitCompressError(f"folder {s!r} is not a vitcompress artifact (no vitcompress.json); pass an artifact folder or a timm model name")
-    if os.sep in s or s.endswith((".pth", ".pt", ".safetensors")):
-        raise VitCompressError(f"{s!r} does not exist; pass an artifact folder or a timm model name (weights go in --checkpoint)")
+    problem = model_path_problem(s)
+    if problem:
+        raise VitCompressError(f"{problem}; pass an artifact folder or a timm model name (weights go in --checkpoint)")
     return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint,
                                num_classes=num_classes, img_size=img_size)
 
