@@ -255,8 +255,11 @@ def train(model, output, pretrained, checkpoint, num_classes, img_size, patch_si
     """Train MODEL (a timm name or an artifact folder) on --data; runs under torchrun too."""
     from vitcompress.training import fit, resolve_model_for_training
 
+    from vitcompress.training import seed_everything
+
     cfg = _train_config(kw)
     cfg.validate()
+    seed_everything(cfg.seed)  # the initial weights of a model built by name follow --seed too
     net = resolve_model_for_training(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes,
                                      img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                      embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_pool=global_pool)

@@ -241,3 +241,16 @@ def test_image_folder_training_with_randaugment_mixup_cutmix_and_erasing(tmp_pat
     assert read_meta(tmp_path / "out").extra["training"]["config"]["auto_augment"] == "rand-m9-mstd0.5"
     with pytest.raises(VitCompressError, match="even --batch-size"):
         fit(m, TrainConfig(data=str(tmp_path / "imgs"), batch_size=3, mixup=0.2), tmp_path / "odd")
+
+
+def test_cli_train_seed_fixes_the_initial_weights(tmp_path):
+    from vitcompress.artifact import load
+
+    args = ["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--epochs", "1",
+            "--max-steps-per-epoch", "1", "--batch-size", "16", "--quiet"]
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        torch.manual_seed(int(name.encode()[0]))  # whatever state the process is in
+        assert main([*args, "--seed", seed, "-o", str(tmp_path / name)]) == 0
+    a, b, c = (load(tmp_path / n).state_dict() for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
