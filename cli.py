@@ -111,14 +111,18 @@ def models_cmd(pattern):
 @click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT workspace limit in GiB.")
 @click.option("--timing-cache", type=click.Path(), help="TensorRT timing cache file (read and updated).")
 @click.option("--opt-level", type=int, default=3, show_default=True, help="TensorRT builder optimisation level 0..5.")
+@click.option("--runtime-keep", is_flag=True,
+              help="Token-reduced models (topk, topk-vpa, evit, etps): add the input keep_rate [1] float32 that sets "
+                   "every reducing block's keep rate at run time (docs/export.md).")
 def export_cmd(artifact, output, batch, dynamic_size, img_size, precision, opset, no_check, tolerance, trt, engine,
-               workspace, timing_cache, opt_level):
+               workspace, timing_cache, opt_level, runtime_keep):
     """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine."""
     from vitcompress.exporters.pipeline import export
 
     export(artifact, output, batch=batch, dynamic_size=dynamic_size, img_size=img_size, precision=precision,
            opset=opset, check=not no_check, tolerance=tolerance, trt=trt, engine=engine, workspace_gib=workspace,
-           timing_cache=timing_cache, opt_level=opt_level, progress=True, echo=click.echo)
+           timing_cache=timing_cache, opt_level=opt_level, progress=True, runtime_keep=runtime_keep,
+           echo=click.echo)
 
 
 # ------------------------------------------------------------------------------ bench (issue: bench)
@@ -275,7 +279,7 @@ def train(model, output, pretrained, checkpoint, num_classes, img_size, patch_si
 @click.option("--gas-target", type=float, default=None,
               help="Token-reduced ARTIFACT: adjust its pruning rate while training, toward this MACs reduction (GAS).")
 @click.option("--gas-interval", type=int, default=20, show_default=True, help="GAS: optimizer steps per rate decision.")
-@click.option("--gas-gain", type=float, default=1.0, show_default=True, help="GAS: rate change per unit of relative loss slope.")
+@click.option("--gas-gain", type=float, default=0.5, show_default=True, help="GAS: rate change per unit of relative loss slope.")
 @click.option("--gas-start", type=float, default=None, help="GAS: initial pruning rate (default: the artifact's).")
 @_distill_options
 @_train_options

@@ -4,6 +4,7 @@ Installed as ``vitcompress.exporters``; stands on ``vitcompress`` (it reads arti
 
     export_onnx(artifact_or_model, "model.onnx", batch=(1, 8, 32), dynamic_size=False,
                 img_size=None, precision="fp32", opset=20, check=True) -> ExportResult
+    export_onnx(token_reduced_model, "m.onnx", runtime_keep=True)      # + input keep_rate [1] float32
     check_tensorrt(onnx_path, batch=..., img_size=...) -> CompatReport   # CPU, no TensorRT needed
     build_engine(onnx_path, engine_path, ...) -> dict (sidecar)           # needs tensorrt
     TrtRunner(engine_path)(x)                                             # needs tensorrt + CUDA

@@ -9,6 +9,9 @@ input shape). PyTorch's scaled-dot-product attention is decomposed by the export
 ``MatMul -> Softmax -> MatMul`` at the default opset, the pattern TensorRT fuses, so attention
 modules are exported as they are.
 
+With ``runtime_keep`` the graph takes a second input ``keep_rate`` (``[1]`` float32) that sets
+the keep rate of every token-reducing block at run time (``exporters.runtime_keep``).
+
 Default opset: ``DEFAULT_OPSET`` (20): the first opset with a ``Gelu`` operator, parsed by
 TensorRT 10 and 11 and run by ONNX Runtime. Opset 23 would turn attention into the ``Attention``
 operator, which TensorRT parses only since 10.14.
@@ -57,6 +60,7 @@ class ExportResult:
     img_size: Optional[Profile] = None
     dynamic_size: bool = False
     input_name: str = INPUT_NAME
+    runtime_keep: bool = False  # the graph has the second input ``keep_rate``
     external_data: Optional[Path] = None
     size_bytes: int = 0
     seconds: float = 0.0
@@ -67,7 +71,7 @@ class ExportResult:
             "path": str(self.path), "precision": self.precision, "opset": self.opset,
             "batch": self.batch.to_dict() if self.batch else None,
             "img_size": self.img_size.to_dict() if self.img_size else None,
-            "dynamic_size": self.dynamic_size, "input_name": self.input_name,
+            "dynamic_size": self.dynamic_size, "input_name": self.input_name, "runtime_keep": self.runtime_keep,
             "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
             "external_data": str(self.external_data) if self.external_data else None,
             "size_bytes": self.size_bytes, "seconds": self.seconds, "timings": self.timings,
@@ -140,15 +144,23 @@ def _patch_and_size(model: nn.Module) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------------------------ graph export
-def _export_graph(model: nn.Module, example: torch.Tensor, dynamic_size: bool, opset: int):
+def _export_graph(model: nn.Module, example: torch.Tensor, dynamic_size: bool, opset: int,
+                  keep: Optional[torch.Tensor] = None):
+    """``torch.onnx.export`` (dynamo) of ``model(example)``, or of ``model(example, keep)`` for a
+    runtime-keep wrapper (``keep_rate`` has the static shape ``[1]``)."""
     from torch.export import Dim
+
+    from .runtime_keep import KEEP_INPUT
 
     axes = {0: Dim.DYNAMIC}
     if dynamic_size:
         axes.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
+    args, names, shapes = (example,), [INPUT_NAME], (axes,)
+    if keep is not None:
+        args, names, shapes = (example, keep), [INPUT_NAME, KEEP_INPUT], (axes, None)
     try:
-        prog = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                 output_names=[OUTPUT_NAME], dynamic_shapes=(axes,),
+        prog = torch.onnx.export(model, args, dynamo=True, input_names=names,
+                                 output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
                                  opset_version=opset, verbose=False)
     except Exception as e:
         raise VitCompressError(
@@ -180,9 +192,12 @@ def _check_symbolic(proto, dynamic_size: bool) -> None:
 
 
 def _metadata(meta, model: nn.Module, precision: str, batch: Profile, img: Optional[Profile],
-              dynamic_size: bool, opset: int, source_label: str) -> dict[str, str]:
+              dynamic_size: bool, opset: int, source_label: str, runtime_keep: bool = False,
+              patch: Optional[int] = None) -> dict[str, str]:
     import vitcompress
     from vitcompress.counting import count
+
+    from .runtime_keep import metadata as runtime_keep_meta
 
     macs = (meta.counts or {}).get("macs")
     if macs is None:
@@ -197,7 +212,8 @@ def _metadata(meta, model: nn.Module, precision: str, batch: Profile, img: Optio
         "plan": meta.plan.to_dict() if meta.plan is not None else None,
         "export": {"precision": precision, "opset": opset, "dynamic_size": dynamic_size,
                    "batch": batch.to_dict(), "img_size": img.to_dict() if img else None,
-                   "input": INPUT_NAME, "output": OUTPUT_NAME, "artifact": source_label,
+                   "input": INPUT_NAME, "output": OUTPUT_NAME, "artifact": source_label, "patch_size": patch,
+                   "runtime_keep": runtime_keep_meta() if runtime_keep else None,
                    "vitcompress_version": vitcompress.__version__},
     }
     return {META_PREFIX + k: json.dumps(v) for k, v in data.items()}
@@ -241,6 +257,7 @@ def export_onnx(
     external_data: Optional[bool] = None,
     seed: int = 0,
     progress: bool = False,
+    runtime_keep: bool = False,
 ) -> ExportResult:
     """Export an artifact folder or a timm ViT module to ONNX, clean it, check it, write it.
 
@@ -252,6 +269,11 @@ def export_onnx(
     image size; above the tolerance (``tolerance`` or ``parity.TOLERANCE``) it raises
     ``VitCompressError`` and writes nothing. ``external_data`` (default: automatic above ~1.8 GB of
     weights) stores the weights in ``<output>.data``. The written file is replaced atomically.
+
+    ``runtime_keep`` (keep/rate schedules of topk, topk-vpa, evit, etps) adds the input
+    ``keep_rate`` (``[1]`` float32): every reducing block keeps ``ceil(keep_rate * n)`` of its ``n``
+    patch tokens, keep_rate rounded to 1/1000 (``exporters.runtime_keep``). Parity then runs every
+    shape at two keep rates: the schedule's own and 0.5 (0.8 when the own is 0.5).
     """
     from tqdm.auto import tqdm
 
@@ -289,6 +311,10 @@ def export_onnx(
 
     t = time.perf_counter()
     model, meta, label = _load_source(model_or_artifact_path)
+    if runtime_keep:
+        from .runtime_keep import check_runtime_keep
+
+        check_runtime_keep(model)
     patch, native, in_chans = _patch_and_size(model)
     if dynamic_size:
         img_p = img_p or default_img_profile(native, patch)
@@ -305,10 +331,16 @@ def export_onnx(
     side = img_p.opt if img_p else native
     b = example_batch(batch_p, avoid=(side, native, in_chans))
     example = torch.randn(b, in_chans, side, side, dtype=torch.float16 if precision == "fp16" else torch.float32)
+    keep = keeps = None
+    if runtime_keep:
+        from .runtime_keep import RuntimeKeep, keep_tensor, parity_keeps
+
+        keeps = parity_keeps(model)
+        export_model, keep = RuntimeKeep(export_model), keep_tensor(keeps[0])
     t = step("load", t)
 
     try:
-        proto = _export_graph(export_model, example, dynamic_size, int(opset))
+        proto = _export_graph(export_model, example, dynamic_size, int(opset), keep)
         _check_symbolic(proto, dynamic_size)
     except BaseException:
         steps.close()
@@ -319,7 +351,7 @@ def export_onnx(
     proto = cleanup(proto)
     _name_dims(proto, dynamic_size)
     nodes_after = node_count(proto)
-    md = _metadata(meta, model, precision, batch_p, img_p, dynamic_size, int(opset), label)
+    md = _metadata(meta, model, precision, batch_p, img_p, dynamic_size, int(opset), label, runtime_keep, patch)
     for k, v in md.items():
         proto.metadata_props.add(key=k, value=v)
     external = _weight_bytes(proto) > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
@@ -337,12 +369,13 @@ def export_onnx(
             for s in parity_img_sizes(img_p)[1:]:
                 shapes.append((batch_p.min, s))
             report = check_parity(str(tmp_path), reference, shapes, precision=precision,
-                                  tolerance=tolerance, seed=seed, in_chans=in_chans)
+                                  tolerance=tolerance, seed=seed, in_chans=in_chans, keeps=keeps)
             if not report.ok:
                 worst = max(report.cases, key=lambda c: c.max_rel)
+                at_keep = f", keep_rate {worst.keep}" if worst.keep is not None else ""
                 raise VitCompressError(
                     f"parity check failed: max relative error {worst.max_rel:.3e} at batch {worst.batch}, "
-                    f"image {worst.img_size} exceeds {report.tolerance:.0e} ({precision}); nothing was written, "
+                    f"image {worst.img_size}{at_keep} exceeds {report.tolerance:.0e} ({precision}); nothing was written, "
                     "report the model to the maintainers or relax --tolerance")
         t = step("parity", t)
         data_src = tmpdir / (output.name + ".data")
@@ -358,5 +391,5 @@ def export_onnx(
         path=output, parity=report, nodes_before=nodes_before, nodes_after=nodes_after,
         metadata={k[len(META_PREFIX):]: json.loads(v) for k, v in md.items()},
         precision=precision, opset=int(opset), batch=batch_p, img_size=img_p, dynamic_size=dynamic_size,
-        input_name=INPUT_NAME, external_data=data_path, size_bytes=size,
+        input_name=INPUT_NAME, runtime_keep=bool(runtime_keep), external_data=data_path, size_bytes=size,
         seconds=round(time.perf_counter() - t_start, 3), timings=timings)

@@ -9,6 +9,10 @@ Error measures, per checked shape, over all outputs elements:
 Tolerances on ``max_rel`` (``TOLERANCE``): fp32 ``1e-4``; fp16 ``1e-2``. An fp16 graph runs in
 ONNX Runtime with fp16 inputs and is compared with the fp32 PyTorch model fed the same
 fp16-rounded inputs, so the tolerance covers fp16 arithmetic in every layer.
+
+A runtime-keep graph (second input ``keep_rate``, ``exporters.runtime_keep``) is checked at every
+shape for each given keep rate, against a copy of the model with that keep rate set on every
+reducer (``tokens.set_keep``).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class ParityCase:
     max_abs: float
     max_rel: float
     ok: bool
+    keep: Optional[float] = None  # the keep_rate fed to a runtime-keep graph
 
 
 @dataclass
@@ -61,7 +66,8 @@ class ParityReport:
         """A small table: one line per shape plus the verdict."""
         lines = [f"parity (ONNX Runtime CPU vs PyTorch, {self.precision}, tolerance rel {self.tolerance:.0e}):"]
         for c in self.cases:
-            lines.append(f"  batch {c.batch:>3}  image {c.img_size:>4}  max abs {c.max_abs:.3e}  "
+            keep = f"  keep {c.keep:.3f}" if c.keep is not None else ""
+            lines.append(f"  batch {c.batch:>3}  image {c.img_size:>4}{keep}  max abs {c.max_abs:.3e}  "
                          f"max rel {c.max_rel:.3e}  {'ok' if c.ok else 'FAIL'}")
         lines.append(f"  {'passed' if self.ok else 'FAILED'}: max rel {self.max_rel:.3e}")
         return "\n".join(lines)
@@ -80,25 +86,32 @@ def ort_session(path: str, threads: Optional[int] = None):
 
 def check_parity(onnx_path: str, reference: nn.Module, shapes: Sequence[tuple[int, int]], *,
                  precision: str = "fp32", tolerance: Optional[float] = None, seed: int = 0,
-                 in_chans: int = 3) -> ParityReport:
-    """Run ``onnx_path`` and the fp32 ``reference`` on fresh random images of each (batch, side)."""
+                 in_chans: int = 3, keeps: Optional[Sequence[float]] = None) -> ParityReport:
+    """Run ``onnx_path`` and the fp32 ``reference`` on fresh random images of each (batch, side).
+
+    ``keeps``: for a runtime-keep graph, the keep rates to feed as its ``keep_rate`` input; every
+    shape is checked at each of them against ``reference`` with that keep rate set."""
+    from .runtime_keep import feeds, with_keep
+
     tol = TOLERANCE[precision] if tolerance is None else float(tolerance)
     sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
+    refs = {None: reference} if keeps is None else {float(k): with_keep(reference, float(k)) for k in keeps}
     gen = torch.Generator().manual_seed(seed)
     report = ParityReport(precision, tol)
     for batch, side in shapes:
         x = torch.randn(batch, in_chans, side, side, generator=gen)
         if precision == "fp16":
             x = x.half()
-        with torch.inference_mode():
-            ref = reference(x.float()).float().numpy()
-        out = np.asarray(sess.run(None, {name: x.numpy()})[0], dtype=np.float32)
-        if out.shape != ref.shape:
-            report.cases.append(ParityCase(batch, side, float("inf"), float("inf"), False))
-            continue
-        err = float(np.abs(out - ref).max())
-        rel = err / max(float(np.abs(ref).max()), 1e-12)
-        ok = bool(np.isfinite(out).all()) and rel <= tol
-        report.cases.append(ParityCase(batch, side, err, rel, ok))
+        for keep, model in refs.items():
+            with torch.inference_mode():
+                ref = model(x.float()).float().numpy()
+            out = np.asarray(sess.run(None, {name: x.numpy(), **feeds(keep)})[0], dtype=np.float32)
+            if out.shape != ref.shape:
+                report.cases.append(ParityCase(batch, side, float("inf"), float("inf"), False, keep))
+                continue
+            err = float(np.abs(out - ref).max())
+            rel = err / max(float(np.abs(ref).max()), 1e-12)
+            ok = bool(np.isfinite(out).all()) and rel <= tol
+            report.cases.append(ParityCase(batch, side, err, rel, ok, keep))
     return report

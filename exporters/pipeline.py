@@ -28,17 +28,20 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
            opset: int = DEFAULT_OPSET, check: bool = True, tolerance: Optional[float] = None, trt: bool = False,
            engine: Optional[Union[str, os.PathLike]] = None, workspace_gib: float = 4.0,
            timing_cache: Optional[str] = None, opt_level: int = 3, progress: bool = False,
-           echo: Callable[[str], None] = print) -> ExportRun:
+           runtime_keep: bool = False, echo: Callable[[str], None] = print) -> ExportRun:
     """Export ``artifact`` to ``output``; with ``trt``, check the graph for TensorRT, build the engine
     (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime where CUDA is present.
 
     The ONNX file is written before anything TensorRT-related runs, so it exists even when the
-    check fails or TensorRT is missing (both raise ``VitCompressError``)."""
+    check fails or TensorRT is missing (both raise ``VitCompressError``). ``runtime_keep`` exports
+    the ``keep_rate`` input (``exporters.runtime_keep``); with ``trt`` such a graph is checked, but
+    no engine is built (its ``keep_rate`` would be a shape-tensor input, not supported yet)."""
     from .trt_build import BuildConfig
 
     cfg = BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache) if trt else None
     res = export_onnx(artifact, output, batch=batch, dynamic_size=dynamic_size, img_size=img_size,
-                      precision=precision, opset=opset, check=check, tolerance=tolerance, progress=progress)
+                      precision=precision, opset=opset, check=check, tolerance=tolerance, progress=progress,
+                      runtime_keep=runtime_keep)
     echo(f"nodes: {res.nodes_before} exported -> {res.nodes_after} after clean-up")
     if res.parity is not None:
         echo(res.parity.format())
@@ -48,16 +51,21 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
     run = ExportRun(res)
     if not trt:
         return run
-    from .trt_check import check_tensorrt, input_max_shapes
+    from .trt_check import check_tensorrt, input_max_shapes, input_max_values, token_bound
 
     shapes = input_max_shapes(res.path, res.batch.max, res.img_size.max if res.img_size else None)
-    run.compat = check_tensorrt(res.path, shapes)
+    run.compat = check_tensorrt(res.path, shapes, input_max_values(res.path), token_bound(res.path, shapes))
     echo(run.compat.format())
     if not run.compat.ok:
         first = run.compat.errors[0]
         raise VitCompressError(
             f"the graph cannot build in TensorRT: node {first.node!r} ({first.op}) {first.message} "
             f"({len(run.compat.errors)} problems listed above); the ONNX file was written, the engine was not")
+    if res.runtime_keep:
+        raise VitCompressError(
+            "building a TensorRT engine from a --runtime-keep graph is not supported yet (its keep_rate input "
+            "would be a shape-tensor input of the engine); the ONNX file was written and checked, build the "
+            "engine from an export without --runtime-keep")
     from .trt_build import build_engine, require_tensorrt
 
     require_tensorrt()

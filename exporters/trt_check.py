@@ -11,8 +11,9 @@ Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, b
 * ``Attention`` (opset 23): parsed only since TensorRT 10.14 (warning).
 
 ``K`` that is not a constant is evaluated by ONNX Runtime's symbolic shape inference on a copy of
-the graph whose input is fixed to the largest profile shape; where it cannot be evaluated it is
-bounded by the length of the TopK axis at that shape.
+the graph whose input is fixed to the largest profile shape (and a runtime ``keep_rate`` input to
+1, its largest value); where it cannot be evaluated it is bounded by the length of the TopK axis
+at that shape, and where that is unknown too a warning says so.
 """
 from __future__ import annotations
 
@@ -102,13 +103,19 @@ def _attr(node, name, default=None):
     return default
 
 
-def _max_shape_model(model, max_input_shapes: dict[str, Sequence[int]]):
+def _max_shape_model(model, max_input_shapes: dict[str, Sequence[int]],
+                     input_values: Optional[dict[str, Sequence[float]]] = None):
     """Shape-infer a copy of ``model`` with its inputs fixed to the largest profile shapes.
 
     Returns (inferred model, computed values of shape tensors). ONNX Runtime's symbolic shape
-    inference is used first (it also evaluates shape arithmetic such as a TopK's K); if it fails,
-    ONNX's own shape inference (no values)."""
+    inference is used first (it also evaluates shape arithmetic such as a TopK's K); where it stops
+    at a node it cannot handle, what it inferred before that node is kept (exact, only incomplete).
+    If it cannot start, ONNX's own shape inference (no values). ``input_values`` turns inputs into
+    constants of the given values (a runtime keep rate at its largest value, so ``K`` evaluates
+    to its largest value)."""
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -120,15 +127,25 @@ def _max_shape_model(model, max_input_shapes: dict[str, Sequence[int]]):
             if v is not None:
                 d.Clear()
                 d.dim_value = int(v)
+    for name, value in (input_values or {}).items():
+        inp = next((i for i in m.graph.input if i.name == name), None)
+        if inp is None:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        m.graph.input.remove(inp)
     del m.graph.value_info[:]
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
         sym._preprocess(m)
-        while sym.run_:
-            sym._infer_impl()
-        sym._update_output_from_vi()
+        try:
+            while sym.run_:
+                sym._infer_impl()
+            sym._update_output_from_vi()
+        except Exception:
+            pass  # keep the shapes and values inferred before the node it could not handle
         return sym.out_mp_, dict(sym.sympy_data_)
     except Exception:
         pass
@@ -169,17 +186,24 @@ def _dims(model) -> dict[str, list]:
     return out
 
 
-def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[int]]] = None) -> CompatReport:
+def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[int]]] = None,
+                   input_values: Optional[dict[str, Sequence[float]]] = None,
+                   max_k: Optional[int] = None) -> CompatReport:
     """Check an ONNX file or ``ModelProto`` against TensorRT's parser limits (see module doc).
 
     ``max_input_shapes`` maps input names to their largest profile shape (used to bound TopK's
-    K); without it the graph's static input dims are used where known.
+    K); without it the graph's static input dims are used where known. ``input_values`` maps
+    inputs that feed shape arithmetic to the values that make it largest (a runtime-keep graph:
+    ``{"keep_rate": [1.0]}``, see ``input_max_values``); they are treated as constants.
+    ``max_k`` is a bound on every ``K`` that the caller knows (``token_bound``: no token count of a
+    token-reduced ViT exceeds its patch count plus one per block); it bounds a ``K`` whose value and
+    axis length shape inference cannot evaluate (``K`` after a data-dependent token count).
     """
     import onnx
 
     model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(
         str(model_or_path), load_external_data=False)
-    inferred, values = _max_shape_model(model, max_input_shapes or {})
+    inferred, values = _max_shape_model(model, max_input_shapes or {}, input_values)
     consts = _constants(inferred)
     dims = _dims(inferred)
     report = CompatReport()
@@ -206,6 +230,8 @@ def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[
                 axis = int(_attr(node, "axis", -1))
                 if shape and shape[axis] is not None:
                     k, src = int(shape[axis]), "K (bounded by the axis length)"
+                elif max_k is not None:
+                    k, src = int(max_k), "K (bounded by the token count)"
             if k is None:
                 report.issues.append(CompatIssue(
                     name, op, f"cannot bound K at the largest profile shape; TensorRT needs K <= {TOPK_MAX_K}",
@@ -230,7 +256,7 @@ def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[
 
 
 def input_max_shapes(path: Union[str, os.PathLike], batch_max: int, img_max: Optional[int]) -> dict:
-    """Largest profile shape of the (single) image input of an exported file."""
+    """Largest profile shape of the image input (the first input) of an exported file."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -240,3 +266,37 @@ def input_max_shapes(path: Union[str, os.PathLike], batch_max: int, img_max: Opt
     if img_max is not None:
         shape[2] = shape[3] = img_max
     return {inp.name: shape}
+
+
+def token_bound(path: Union[str, os.PathLike], max_input_shapes: dict) -> Optional[int]:
+    """For a token-reduced vitcompress export: patch tokens at the largest profile image plus one per
+    block (EViT's fused token), a bound on every token count and so on every TopK ``K``; else None.
+    Read from the file's ``vitcompress.*`` metadata (patch size, blocks, token schedule)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    md = {p.key: p.value for p in model.metadata_props}
+    try:
+        export = json.loads(md["vitcompress.export"])
+        tokens = json.loads(md["vitcompress.tokens"])
+        depth = len(json.loads(md["vitcompress.spec"])["blocks"])
+        patch = int(export["patch_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    shape = max_input_shapes.get(model.graph.input[0].name)
+    if not tokens or not shape or shape[2] is None or shape[3] is None:
+        return None
+    return (int(shape[2]) // patch) * (int(shape[3]) // patch) + depth
+
+
+def input_max_values(path: Union[str, os.PathLike]) -> dict:
+    """Values of the non-image inputs that make every token count largest: ``keep_rate = 1`` for a
+    runtime-keep export (``exporters.runtime_keep``); empty for other files."""
+    import onnx
+
+    from .runtime_keep import KEEP_INPUT
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {KEEP_INPUT: [1.0]} if any(i.name == KEEP_INPUT for i in model.graph.input) else {}

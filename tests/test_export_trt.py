@@ -162,3 +162,29 @@ def test_engine_build_and_run_matches_onnxruntime(precision, tmp_path):
     side = read_sidecar(run.engine)
     assert side["profile"]["max"] == [8, 3, 48, 48] and side["precision"] == precision
     assert run.engine_parity.ok and {c.img_size for c in run.engine_parity.cases} == {32, 16}
+
+
+def test_topk_k_from_an_input_value_and_from_a_data_dependent_length():
+    # K read from an input (a runtime keep rate drives K this way): input_values fixes it
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "n"])
+    k_in = helper.make_tensor_value_info("k_in", TensorProto.INT64, [1])
+    model = _graph([helper.make_node("TopK", ["x", "k_in"], ["y", "i"], name="topk_input_k", axis=1)], [x, k_in])
+    assert check_tensorrt(model, {"x": [4, 5000]}, {"k_in": [100]}).ok
+    big = check_tensorrt(model, {"x": [4, 5000]}, {"k_in": [4000]})
+    assert [i.node for i in big.errors] == ["topk_input_k"] and "4000" in big.errors[0].message
+    # without the value, K is bounded by the axis length at the largest shape
+    assert "5000" in check_tensorrt(model, {"x": [4, 5000]}).errors[0].message
+    # the axis itself data-dependent (tokens after a runtime Top-K): only a caller's bound helps
+    c = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["x", "zero", "k_in", "one"], ["xs"], name="slice_dd"),
+        helper.make_node("Shape", ["xs"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "one"], ["n"], name="gather_n", axis=0),
+        helper.make_node("TopK", ["xs", "n"], ["y", "i"], name="topk_dd", axis=1),
+    ]
+    dd = _graph(nodes, [x, k_in], [c("zero", [0]), c("one", [1])])
+    unknown = check_tensorrt(dd, {"x": [4, 5000]})
+    assert unknown.ok and [(i.node, i.severity) for i in unknown.issues] == [("topk_dd", "warning")]
+    assert not check_tensorrt(dd, {"x": [4, 5000]}, max_k=900).issues
+    flagged = check_tensorrt(dd, {"x": [4, 5000]}, max_k=5000)
+    assert [i.node for i in flagged.errors] == ["topk_dd"] and "token count" in flagged.errors[0].message

@@ -57,9 +57,11 @@ def test_gas_step_moves_the_rate_with_the_loss_slope():
     assert gas_step(0.1, -0.02, cfg, 0.4) == pytest.approx(0.12)   # falling 2%: up by 0.02
     assert gas_step(0.1, -0.5, cfg, 0.4) == pytest.approx(0.15)    # capped at max_step
     assert gas_step(0.1, 0.0, cfg, 0.4) == pytest.approx(0.105)    # flat: min_step up
-    assert gas_step(0.1, 0.03, cfg, 0.4) == pytest.approx(0.07)    # rising 3%: down by 0.03
+    assert gas_step(0.1, 0.01, cfg, 0.4) == pytest.approx(0.105)   # rising within the 2% noise tolerance: up
+    assert gas_step(0.1, 0.03, cfg, 0.4, rises=1) == 0.1           # rising 3% once: hold (patience 2)
+    assert gas_step(0.1, 0.03, cfg, 0.4, rises=2) == pytest.approx(0.07)  # rising twice in a row: down by 0.03
     assert gas_step(0.39, -0.5, cfg, 0.4) == pytest.approx(0.4)    # never above the target's rate
-    assert gas_step(0.002, 0.5, cfg, 0.4) == 0.0                   # never below 0
+    assert gas_step(0.002, 0.5, cfg, 0.4, rises=2) == 0.0          # never below 0
 
 
 def test_gas_follows_a_synthetic_loss_curve():
@@ -67,13 +69,13 @@ def test_gas_follows_a_synthetic_loss_curve():
     gas = GASController(model, GASConfig(target=0.4, interval=5, start=0.0))
     red = [r for r in model.blocks.reducers if r is not None]
     rates = []
-    for step, loss in enumerate([2.0 * 0.97 ** i for i in range(100)], 1):  # loss keeps falling
+    for step, loss in enumerate([2.0 * 0.985 ** i for i in range(200)], 1):  # loss keeps falling
         gas.on_step(loss, step)
         rates.append(gas.rate)
     assert rates[-1] > rates[10] > 0 and all(b >= a for a, b in zip(rates, rates[1:]))
     assert gas.rate <= gas.ceiling and all(abs(r.keep - (1 - gas.rate)) < 1e-6 for r in red)
     high = gas.rate
-    for step, loss in enumerate([1.0 * 1.05 ** i for i in range(30)], 101):  # then rises
+    for step, loss in enumerate([1.0 * 1.05 ** i for i in range(30)], 201):  # then rises
         gas.on_step(loss, step)
     assert gas.rate < high
     traj = gas.trajectory

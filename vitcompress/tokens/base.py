@@ -4,7 +4,8 @@ A reducer runs inside a block, after the attention residual and before the MLP, 
 ``x [B, N, C]`` whose first ``prefix`` tokens (class, distillation, register tokens) are never
 removed, merged or moved. It returns the reduced tokens and their sizes (``[B, N', 1]``: how many
 original patches each token stands for; ``None`` when the reducer does not track sizes).
-Every image keeps the same number of tokens (a function of ``N`` only), chosen per image.
+Every image keeps the same number of tokens (a function of ``N`` only, and, in a runtime-keep
+export, of the ``keep_rate`` input: ``Reducer.kept``), chosen per image.
 All selections are TopK + gather; merges are one-hot matrix products (no scatter with a
 reduction), so every reducer exports to ONNX with symbolic token counts and passes TensorRT.
 """
@@ -15,6 +16,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from .schedule import keep_count, runtime_keep_count
 
 EPS = 1e-6
 
@@ -40,6 +43,7 @@ class Reducer(nn.Module):
     needs_metric = False     # keys averaged over heads
     tracks_size = False      # carries token sizes
     default_prop_attn = False  # add log(size) to attention logits in later blocks
+    max_keep_permille = 1000  # highest runtime keep rate, in 1/1000 (EViT: 999, it always fuses)
 
     def __init__(self, prefix: int = 1, keep: Optional[float] = None, merge: int = 0, **options):
         super().__init__()
@@ -47,6 +51,16 @@ class Reducer(nn.Module):
         self.keep = keep
         self.merge = int(merge)
         self.options = options
+        #: keep rate as a tensor (``[1]`` float), set only while a runtime-keep graph is traced or run
+        #: (``exporters.runtime_keep``); ``None``: the fixed ``keep``.
+        self.runtime_keep: Optional[torch.Tensor] = None
+
+    def kept(self, n):
+        """Patch tokens kept out of ``n``: ``ceil(keep * n)`` (``schedule.keep_count``), or, with a
+        runtime keep tensor, the same rule computed in the graph (``schedule.runtime_keep_count``)."""
+        if getattr(self, "runtime_keep", None) is None:
+            return keep_count(n, self.keep)
+        return runtime_keep_count(n, self.runtime_keep, self.max_keep_permille)
 
     def set_keep(self, keep: float) -> None:
         """Change the keep fraction (used by the automatic rate controller while training)."""
@@ -75,4 +89,22 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["Reducer", "gather_tokens", "one_hot", "EPS", "ceil_div", "math"]
+def fresh_count(x: torch.Tensor, size: torch.Tensor, prefix: int, n_out):
+    """Restate the token axis of ``x``/``size`` (``prefix + n_out`` tokens) as a new symbol while
+    ``torch.export`` traces with a symbolic token count; eager calls return the tensors unchanged.
+
+    A reducer whose output count uses ``n`` more than once (ToMe: ``n - min(r, n // 2)``) would make
+    the next block's count expression twice as long, so export time would grow exponentially with
+    the number of reducing blocks. The restated count is ``n_out`` computed in the graph from the
+    shape (a ``Slice`` that keeps every token), so the graph stays exact at every image size. Needs
+    a prefix token (``prefix >= 1``) so that the token axis is provably longer than 1; without one
+    the tensors are returned unchanged."""
+    if isinstance(n_out, int) or prefix < 1:
+        return x, size
+    u = torch.full((), n_out, dtype=torch.int64, device=x.device).item()
+    torch._check(u >= 1)
+    torch._check(u <= n_out)
+    return x[:, : prefix + u], size[:, : prefix + u]
+
+
+__all__ = ["Reducer", "gather_tokens", "one_hot", "fresh_count", "EPS", "ceil_div", "math"]

@@ -40,9 +40,9 @@ class ETPS(Reducer):
         ps, sp = self.split(size)
         mp = F.normalize(metric[:, self.prefix:], dim=-1)
         n = xp.shape[1]
-        k = keep_count(n, self.keep)
+        k = self.kept(n)
         order = scores.topk(n, dim=1).indices
-        keep_idx, drop_idx = order[:, :k], order[:, k:]
+        keep_idx, drop_idx = order.split([k, n - k], dim=1)
         xk, xd = gather_tokens(xp, keep_idx), gather_tokens(xp, drop_idx)
         sk, sd = gather_tokens(sp, keep_idx), gather_tokens(sp, drop_idx)
         sim = gather_tokens(mp, drop_idx) @ gather_tokens(mp, keep_idx).transpose(1, 2)  # [B, n-K, K]

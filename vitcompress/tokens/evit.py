@@ -20,9 +20,11 @@ class EViT(Reducer):
     name = "evit"
     tracks_size = True
 
+    max_keep_permille = 999  # a runtime-keep graph always fuses: its keep rate is at most 0.999
+
     @property
     def fuse(self) -> bool:
-        return self.keep is None or self.keep < 1.0
+        return getattr(self, "runtime_keep", None) is not None or self.keep is None or self.keep < 1.0
 
     def out_count(self, n):
         return keep_count(n, self.keep) + (1 if self.fuse else 0)
@@ -31,13 +33,13 @@ class EViT(Reducer):
         px, xp = self.split(x)
         ps, sp = self.split(size)
         n = xp.shape[1]
-        k = keep_count(n, self.keep)
+        k = self.kept(n)
         if not self.fuse:
             idx = scores.topk(k, dim=1).indices
             return torch.cat([px, gather_tokens(xp, idx)], 1), torch.cat([ps, gather_tokens(sp, idx)], 1)
         vals, order = scores.topk(n, dim=1)  # full ranking: kept first, then the inattentive
-        keep_idx, drop_idx = order[:, :k], order[:, k:]
-        a = vals[:, k:].unsqueeze(-1)                                    # [B, n-K, 1]
+        keep_idx, drop_idx = order.split([k, n - k], dim=1)
+        a = vals.split([k, n - k], dim=1)[1].unsqueeze(-1)                # [B, n-K, 1]
         fused = (a * gather_tokens(xp, drop_idx)).sum(1, keepdim=True) / a.sum(1, keepdim=True).clamp_min(EPS)
         fsize = gather_tokens(sp, drop_idx).sum(1, keepdim=True)
         x = torch.cat([px, gather_tokens(xp, keep_idx), fused], dim=1)

@@ -1,12 +1,17 @@
 """Automatic token-pruning rate during fine-tuning (Gradient-Aware Scaling, GAS; our reading).
 
-The rate is a state variable of the training run. Every ``interval`` optimizer steps the
-controller compares the mean training loss of the window that just ended, ``L_t``, with the
-previous window's, ``L_{t-1}``, as a relative slope ``s = (L_t - L_{t-1}) / L_{t-1}``, and moves
+The rate is a state variable of the training run. The controller smooths the per-step training
+loss with an exponential moving average (``L <- ema L + (1 - ema) loss``: single steps are far
+too noisy to steer by), and every ``interval`` optimizer steps compares the smoothed loss with its
+value ``interval`` steps earlier as a relative slope ``s = (L_t - L_{t-1}) / L_{t-1}``, then moves
 the rate by a step scaled by that slope::
 
-    s <= tolerance  (loss falling or flat):  r <- r + clip(-gain * s, min_step, max_step)
-    s >  tolerance  (loss rising):           r <- r - clip( gain * s, min_step, max_step)
+    s <= tolerance  (loss falling, flat or within noise):  r <- r + clip(-gain * s, min_step, max_step)
+    s >  tolerance  (loss rising), ``patience`` times in a row:  r <- r - clip(gain * s, min_step, max_step)
+    s >  tolerance, fewer times in a row:                  r unchanged
+
+A raise of the rate makes the loss jump before training absorbs it; ``patience`` (default 2)
+gives the model one decision interval to recover before the controller backs off.
 
 then clamps ``r`` to ``[0, r_target]``, where ``r_target`` is the smallest rate whose schedule
 removes the target share of MACs (``amount.amount_for_reduction``). So the rate climbs toward the
@@ -38,16 +43,22 @@ class GASConfig:
     target: float                 # MACs reduction to move toward (share of the width-pruned model's MACs)
     start: Optional[float] = None  # initial rate (default: the schedule's own)
     interval: int = 20            # optimizer steps per decision
-    gain: float = 1.0             # rate change per unit of relative loss slope
+    gain: float = 0.5             # rate change per unit of relative loss slope
     min_step: float = 0.005       # smallest change of the rate per decision
-    max_step: float = 0.05        # largest change of the rate per decision
-    tolerance: float = 0.0        # relative loss rise still treated as "not rising"
+    max_step: float = 0.02        # largest change of the rate per decision
+    tolerance: float = 0.02       # relative rise of the smoothed loss still treated as noise
+    ema: float = 0.9              # smoothing of the per-step loss
+    patience: int = 2             # rising decisions in a row before the rate is lowered
 
     def validate(self) -> "GASConfig":
         if not 0.0 < self.target < 1.0:
             raise VitCompressError(f"--gas-target {self.target} is outside (0, 1); use e.g. 0.3")
+        if self.patience < 1:
+            raise VitCompressError(f"GAS patience must be at least 1, got {self.patience}")
         if self.interval < 1:
             raise VitCompressError(f"GAS interval must be at least 1 step, got {self.interval}")
+        if not 0.0 <= self.ema < 1.0:
+            raise VitCompressError(f"GAS ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.min_step <= self.max_step:
             raise VitCompressError("GAS steps need 0 <= min_step <= max_step")
         if self.start is not None and not 0.0 <= self.start < 1.0:
@@ -58,12 +69,15 @@ class GASConfig:
         return asdict(self)
 
 
-def gas_step(rate: float, slope: float, cfg: GASConfig, ceiling: float) -> float:
-    """One decision: the new rate after a window whose relative loss slope was ``slope``."""
+def gas_step(rate: float, slope: float, cfg: GASConfig, ceiling: float, rises: int = 1) -> float:
+    """One decision: the new rate after a window whose relative loss slope was ``slope``
+    (``rises``: how many decisions in a row, this one included, saw the loss rise)."""
     if slope <= cfg.tolerance:
         delta = min(cfg.max_step, max(cfg.min_step, -cfg.gain * slope))
-    else:
+    elif rises >= cfg.patience:
         delta = -min(cfg.max_step, max(cfg.min_step, cfg.gain * slope))
+    else:
+        delta = 0.0
     return min(ceiling, max(0.0, rate + delta))
 
 
@@ -85,8 +99,10 @@ class GASController(Callback):
         self.ceiling = amount_for_reduction(model, sched, cfg.target)
         self.rate = current_amount(sched) if cfg.start is None else float(cfg.start)
         self.rate = min(self.rate, self.ceiling)
-        self.window: list[float] = []
-        self.prev: Optional[float] = None
+        self.steps = 0                   # steps since the last decision
+        self.rises = 0                   # rising decisions in a row
+        self.smooth: Optional[float] = None  # the smoothed loss
+        self.prev: Optional[float] = None    # the smoothed loss at the last decision
         self.trajectory: list[dict] = []
         self.log = {"config": cfg.to_dict(), "ceiling": self.ceiling, "trajectory": self.trajectory}
         self._apply()
@@ -98,27 +114,31 @@ class GASController(Callback):
             self._record(state.step, None)
 
     def on_step(self, loss: float, step: int) -> None:
-        self.window.append(float(loss))
-        if len(self.window) < self.cfg.interval:
+        b = self.cfg.ema
+        self.smooth = float(loss) if self.smooth is None else b * self.smooth + (1 - b) * float(loss)
+        self.steps += 1
+        if self.steps < self.cfg.interval:
             return
-        mean = sum(self.window) / len(self.window)
-        self.window = []
+        self.steps = 0
         if self.prev is not None:
-            slope = (mean - self.prev) / max(abs(self.prev), 1e-12)
-            self.rate = gas_step(self.rate, slope, self.cfg, self.ceiling)
+            slope = (self.smooth - self.prev) / max(abs(self.prev), 1e-12)
+            self.rises = self.rises + 1 if slope > self.cfg.tolerance else 0
+            self.rate = gas_step(self.rate, slope, self.cfg, self.ceiling, self.rises)
+            if self.rises >= self.cfg.patience:
+                self.rises = 0  # backed off: the next rise counts afresh
             self._apply()
-        self.prev = mean
-        self._record(step, mean)
+        self.prev = self.smooth
+        self._record(step, self.smooth)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
-        return {"rate": self.rate, "window": list(self.window), "prev": self.prev,
+        return {"rate": self.rate, "steps": self.steps, "rises": self.rises, "smooth": self.smooth, "prev": self.prev,
                 "trajectory": list(self.trajectory)}
 
     def load_state_dict(self, state: dict) -> None:
         self.rate = float(state["rate"])
-        self.window = list(state["window"])
-        self.prev = state["prev"]
+        self.steps, self.rises = int(state["steps"]), int(state["rises"])
+        self.smooth, self.prev = state["smooth"], state["prev"]
         self.trajectory[:] = state["trajectory"]
         self._apply()
 

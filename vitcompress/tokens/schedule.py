@@ -160,8 +160,9 @@ def parse_schedule(spec: str, method: str, options: Optional[dict] = None) -> To
 
 # ------------------------------------------------------------------------- token arithmetic
 def keep_fraction(keep: float) -> tuple[int, int]:
-    """``keep`` as an exact fraction (numerator, denominator), rounded to 1/1000."""
-    f = Fraction(keep).limit_denominator(_DENOM)
+    """``keep`` as an exact fraction (numerator, denominator), rounded to the nearest 1/1000
+    (at least 1/1000), the same rounding a runtime-keep graph applies to its ``keep_rate`` input."""
+    f = Fraction(max(1, round(float(keep) * _DENOM)), _DENOM)
     return f.numerator, f.denominator
 
 
@@ -169,6 +170,20 @@ def keep_count(n, keep: float):
     """Kept patch tokens out of ``n``: ``ceil(keep * n)`` in integer arithmetic (symbolic-safe)."""
     a, c = keep_fraction(keep)
     return (a * n + c - 1) // c
+
+
+def runtime_keep_count(n, keep_rate: torch.Tensor, max_permille: int = _DENOM):
+    """``keep_count`` with the keep rate a tensor (the ``keep_rate`` input of a runtime-keep export).
+
+    ``K = ceil(a * n / 1000)`` with ``a = round(1000 * keep_rate)`` clipped to ``[1, max_permille]``,
+    computed with tensor ops and returned as a size: while ``torch.export`` traces, a fresh
+    (unbacked) symbol bounded by ``1 <= K <= n``, so ONNX gets a ``TopK`` whose ``K`` is computed
+    from the input. Equal to ``keep_count(n, keep_rate)`` for rates in ``[0.001, max_permille/1000]``."""
+    a = torch.round(keep_rate.reshape(-1)[0].float() * _DENOM).clamp(1, max_permille).to(torch.int64)
+    k = torch.div(a * n + (_DENOM - 1), _DENOM, rounding_mode="floor").item()
+    torch._check(k >= 1)
+    torch._check(k <= n)
+    return k
 
 
 def sym_min(a, b):

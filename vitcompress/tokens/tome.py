@@ -6,6 +6,12 @@ the ``r = min(merge, n // 2)`` best-matched A tokens are merged into their B par
 size-weighted average (sizes add). Unmerged A tokens come first, then B. Later blocks add
 ``log(size)`` to the attention logits. The merge is a one-hot product (``r |B| (C+1)`` MACs) and
 the matching an ``|A| |B| qk`` product; both are counted. Prefix tokens are never matched.
+With one patch token nothing is matched (``r = 0``); the tokens pass unchanged.
+
+Export: set A is gathered with an index (``|A| = n - n // 2``), so the output count simplifies to
+``n - min(r, n // 2)``, and that count is restated as a fresh symbol (``base.fresh_count``) so
+that the symbolic token count of later blocks does not double in length with every merging block.
+A runtime keep rate does not apply to ToMe (it merges a count, not a fraction).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import REDUCERS
-from .base import Reducer, ceil_div, gather_tokens, one_hot
+from .base import Reducer, ceil_div, fresh_count, gather_tokens, one_hot
 from .schedule import merge_count
 
 
@@ -40,16 +46,22 @@ class ToMe(Reducer):
         if isinstance(n, int) and n < 2:  # nothing left to match (eager only; exported counts stay symbolic)
             return x, size
         r = merge_count(n, self.merge)
+        na = n - n // 2                                        # |A| = ceil(n / 2)
+        even = torch.arange(na, device=x.device) * 2           # A: even positions
         m = F.normalize(metric[:, self.prefix:], dim=-1)
-        sim = m[:, ::2] @ m[:, 1::2].transpose(1, 2)          # [B, |A|, |B|]
+        sim = m.index_select(1, even) @ m[:, 1::2].transpose(1, 2)  # [B, |A|, |B|] cosines
+        # one column of -2 (below any cosine) keeps the max defined when |B| = 0 (n = 1, r = 0)
+        sim = torch.cat([sim, sim.new_full((sim.shape[0], na, 1), -2.0)], dim=-1)
         node_max, node_idx = sim.max(dim=-1)
-        edge = node_max.topk(node_max.shape[1], dim=1).indices  # A tokens, best matched first
-        src_idx, unm_idx = edge[:, :r], edge[:, r:]
+        edge = node_max.topk(na, dim=1).indices                # A tokens, best matched first
+        src_idx, unm_idx = edge.split([r, na - r], dim=1)
         dst_idx = node_idx.gather(1, src_idx)                  # [B, r]
-        a = torch.cat([xp[:, ::2] * sp[:, ::2], sp[:, ::2]], dim=-1)  # size-weighted, + size channel
+        xa, sa = xp.index_select(1, even), sp.index_select(1, even)
+        a = torch.cat([xa * sa, sa], dim=-1)                   # size-weighted, + size channel
         b = torch.cat([xp[:, 1::2] * sp[:, 1::2], sp[:, 1::2]], dim=-1)
-        b = b + one_hot(dst_idx, b.shape[1], x.dtype).transpose(1, 2) @ gather_tokens(a, src_idx)
+        b = b + one_hot(dst_idx, n // 2, x.dtype).transpose(1, 2) @ gather_tokens(a, src_idx)
         merged = torch.cat([gather_tokens(a, unm_idx), b], dim=1)
         c = x.shape[-1]
         s = merged[..., c:]
-        return torch.cat([px, merged[..., :c] / s], dim=1), torch.cat([ps, s], dim=1)
+        out = torch.cat([px, merged[..., :c] / s], dim=1), torch.cat([ps, s], dim=1)
+        return fresh_count(*out, self.prefix, n - r)

@@ -28,7 +28,7 @@ class TopK(Reducer):
         return keep_count(n, self.keep)
 
     def select(self, scores: torch.Tensor, n):
-        return scores.topk(keep_count(n, self.keep), dim=1)  # sorted (TensorRT: sorted=1)
+        return scores.topk(self.kept(n), dim=1)  # sorted (TensorRT: sorted=1)
 
     def forward(self, x, size, scores, metric=None):
         px, xp = self.split(x)
