@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vitcompress.models import create_source_model
+from vitcompress.training import Callback
 
 # name, kwargs: small variants of each supported family (width 64, 4 blocks, 32 px, patch 8)
 TINY = {
@@ -42,3 +43,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class Kill(Callback):
+    """A training callback that simulates a crash in the middle of an epoch."""
+
+    def __init__(self, at_step):
+        self.at = at_step
+
+    def on_step(self, loss, step):
+        if step == self.at:
+            raise KeyboardInterrupt

@@ -13,9 +13,9 @@ from vitcompress.tokens.amount import amount_for_reduction, macs_reduction, with
 from vitcompress.tokens.gas import GASConfig, GASController, gas_step
 from vitcompress.tokens.reduce import reduce_tokens
 from vitcompress.tokens.search import search_amount
-from vitcompress.training import Callback, TrainConfig, fit
+from vitcompress.training import TrainConfig, fit
 
-from conftest import tiny
+from conftest import Kill, tiny
 
 ARCH = dict(img_size=16, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=2)
 ARCH_CLI = ["--img-size", "64", "--num-classes", "10"]  # 16 patches
@@ -24,15 +24,6 @@ ARCH_CLI = ["--img-size", "64", "--num-classes", "10"]  # 16 patches
 def small(seed=0, schedule="rate=0.05", method="topk-vpa"):
     torch.manual_seed(seed)
     return apply_tokens(create_source_model("vit_tiny_patch16_224", **ARCH), schedule, method=method)
-
-
-class Kill(Callback):
-    def __init__(self, at_step):
-        self.at = at_step
-
-    def on_step(self, loss, step):
-        if step == self.at:
-            raise KeyboardInterrupt
 
 
 # ------------------------------------------------------------------------------- MACs targets

@@ -16,6 +16,8 @@ from vitcompress.errors import VitCompressError
 from vitcompress.models import create_source_model
 from vitcompress.training import Callback, TrainConfig, fit
 
+from conftest import Kill
+
 ARCH = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
 ARCH_CLI = ["--img-size", "16", "--patch-size", "4", "--in-chans", "1", "--num-classes", "10",
             "--embed-dim", "32", "--depth", "2", "--num-heads", "2"]
@@ -68,15 +70,6 @@ def test_loss_decreases_and_artifact_holds_the_trained_weights(tmp_path):
     assert meta.source.kwargs["patch_size"] == 4
 
 
-class Kill(Callback):
-    """Simulates a crash in the middle of an epoch."""
-
-    def __init__(self, at_step):
-        self.at = at_step
-
-    def on_step(self, loss, step):
-        if step == self.at:
-            raise KeyboardInterrupt
 
 
 def test_resume_after_a_mid_epoch_kill_reproduces_the_uninterrupted_run(tmp_path):
