@@ -193,3 +193,12 @@ def test_windowed_attention_is_refused():
     model.blocks[1].__class__ = WindowBlock
     with pytest.raises(VitCompressError, match="global-attention timm ViT blocks, this model has WindowBlock"):
         apply_tokens(model, "0.7@2", method="topk")
+
+
+@pytest.mark.parametrize("keep", [0.99, 0.97, 0.5])
+def test_evit_always_prunes_at_least_the_token_it_fuses(keep):
+    model = apply_tokens(_model(), f"{keep}@1", method="evit")  # 36 patch tokens enter block 1
+    _, rec = _run_recorded(model)
+    n_out = rec[1][0] - 1
+    assert n_out == min(-(-int(round(keep * 1000)) * 36 // 1000), 35) + 1 <= 36
+    assert token_macs(model) <= count(remove_tokens(copy.deepcopy(model))).macs + 4 * 37 * 16  # + score row only

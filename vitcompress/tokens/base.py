@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .schedule import keep_count, runtime_keep_count
+from .schedule import keep_count, runtime_keep_count, sym_min
 
 EPS = 1e-6
 
@@ -55,12 +55,14 @@ class Reducer(nn.Module):
         #: (``exporters.runtime_keep``); ``None``: the fixed ``keep``.
         self.runtime_keep: Optional[torch.Tensor] = None
 
-    def kept(self, n):
+    def kept(self, n, leave_one: bool = False):
         """Patch tokens kept out of ``n``: ``ceil(keep * n)`` (``schedule.keep_count``), or, with a
-        runtime keep tensor, the same rule computed in the graph (``schedule.runtime_keep_count``)."""
+        runtime keep tensor, the same rule computed in the graph (``schedule.runtime_keep_count``);
+        with ``leave_one`` at most ``n - 1``."""
         if getattr(self, "runtime_keep", None) is None:
-            return keep_count(n, self.keep)
-        return runtime_keep_count(n, self.runtime_keep, self.max_keep_permille)
+            k = keep_count(n, self.keep)
+            return sym_min(k, n - 1) if leave_one else k
+        return runtime_keep_count(n, self.runtime_keep, self.max_keep_permille, leave_one)
 
     def set_keep(self, keep: float) -> None:
         """Change the keep fraction (used by the automatic rate controller while training)."""

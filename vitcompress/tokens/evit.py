@@ -1,10 +1,10 @@
 """``evit``: Top-K by class-token attention, the inattentive tokens fused into one extra token.
 
-Of ``n`` patch tokens the ``K = ceil(keep * n)`` most attended are kept; the other ``n - K`` are
-replaced by one token, their average weighted by class-token attention
-``x_f = sum_i a_i x_i / sum_i a_i`` (EViT), placed after the kept tokens. The fused token counts as a
-patch token in later stages; its size is the sum of the sizes it absorbed. At keep 1.0 nothing is
-pruned and no fused token is added.
+Of ``n`` patch tokens the ``K = min(ceil(keep * n), n - 1)`` most attended are kept; the other
+``n - K`` (at least one) are replaced by one token, their average weighted by class-token attention
+``x_f = sum_i a_i x_i / sum_i a_i`` (EViT), placed after the kept tokens, so the token count never
+grows. The fused token counts as a patch token in later stages; its size is the sum of the sizes
+it absorbed. At keep 1.0 nothing is pruned and no fused token is added.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from . import REDUCERS
 from .base import EPS, Reducer, gather_tokens
-from .schedule import keep_count
+from .schedule import keep_count, sym_min
 
 
 @REDUCERS.register("evit")
@@ -27,13 +27,13 @@ class EViT(Reducer):
         return getattr(self, "runtime_keep", None) is not None or self.keep is None or self.keep < 1.0
 
     def out_count(self, n):
-        return keep_count(n, self.keep) + (1 if self.fuse else 0)
+        return sym_min(keep_count(n, self.keep), n - 1) + 1 if self.fuse else keep_count(n, self.keep)
 
     def forward(self, x, size, scores, metric=None):
         px, xp = self.split(x)
         ps, sp = self.split(size)
         n = xp.shape[1]
-        k = self.kept(n)
+        k = self.kept(n, leave_one=self.fuse)
         if not self.fuse:
             idx = scores.topk(k, dim=1).indices
             return torch.cat([px, gather_tokens(xp, idx)], 1), torch.cat([ps, gather_tokens(sp, idx)], 1)
