@@ -19,8 +19,10 @@ operator, which TensorRT parses only since 10.14.
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -40,7 +42,7 @@ DEFAULT_OPSET = 20
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16")
-#: Above this many bytes of weights, tensors go to a ``<file>.data`` side file (protobuf limit 2 GiB).
+#: Above this many bytes of weights, tensors go to a ``<file>.<hex>.data`` side file (protobuf limit 2 GiB).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 META_PREFIX = "vitcompress."
 
@@ -232,14 +234,76 @@ def _weight_bytes(proto) -> int:
     return sum(len(t.raw_data) for t in proto.graph.initializer)
 
 
-def _save(proto, path: Path, external: bool) -> None:
+def _save(proto, path: Path, data_name: Optional[str]) -> None:
+    """Write ``proto`` to ``path``; with ``data_name``, every tensor above 1 KiB goes to the side
+    file ``data_name`` next to it (the ``location`` the file refers to)."""
     import onnx
 
-    if external:
+    if data_name:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+                        location=data_name, size_threshold=1024)
     else:
         onnx.save_model(proto, str(path))
+
+
+def _data_name(output: Path) -> str:
+    """A side-file name no earlier export used: ``<output>.<8 hex digits>.data``."""
+    while True:
+        name = f"{output.name}.{secrets.token_hex(4)}.data"
+        if not os.path.lexists(output.parent / name):
+            return name
+
+
+def _external_locations(path: Path) -> set[str]:
+    """The external-data files an existing ONNX file refers to (empty where it is unreadable)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return set()
+    out: set[str] = set()
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from tensors(g)
+
+    for t in tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.update(e.value for e in t.external_data if e.key == "location")
+    return out
+
+
+def _install(tmp_path: Path, data_name: Optional[str], output: Path) -> None:
+    """Move a checked file (and its side file) from the temporary folder onto ``output``.
+
+    The side file has a name no other file uses (``_data_name``) and is moved first: until the
+    ``.onnx`` rename, the old file still refers to its own, untouched side file; the ``.onnx``
+    rename switches to the new pair in one step. Then the side files the old file referred to are
+    deleted (only ``<output>.*data`` siblings). A crash at any point leaves a consistent pair,
+    at worst plus one unreferenced side file."""
+    # the old file is parsed (without its weights) only where side files of its name exist
+    siblings = list(output.parent.glob(glob.escape(output.name) + ".*data"))
+    old = _external_locations(output) if siblings and output.is_file() else set()
+    moved = None
+    try:
+        if data_name:
+            moved = output.parent / data_name
+            os.replace(tmp_path.parent / data_name, moved)
+        os.replace(tmp_path, output)
+    except BaseException:
+        if moved is not None:
+            moved.unlink(missing_ok=True)
+        raise
+    for loc in old - {data_name}:
+        if Path(loc).name == loc and loc.startswith(output.name + ".") and loc.endswith(".data"):
+            (output.parent / loc).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -265,10 +329,13 @@ def export_onnx(
     height and width are dynamic too and ``img_size`` (MIN:OPT:MAX image side, multiples of the
     patch size; default half to 1.5x the native side) sets the checked sizes. ``precision`` fp32 or
     fp16 (weights and activations). The parity check (``check``) runs ONNX Runtime on CPU against
-    PyTorch at the profile's batch sizes (MAX capped at 16) and, with ``dynamic_size``, a second
-    image size; above the tolerance (``tolerance`` or ``parity.TOLERANCE``) it raises
-    ``VitCompressError`` and writes nothing. ``external_data`` (default: automatic above ~1.8 GB of
-    weights) stores the weights in ``<output>.data``. The written file is replaced atomically.
+    PyTorch at three distinct batch sizes (MIN, OPT and MAX capped at 16, padded where they
+    coincide: ``profiles.parity_batches``) and, with ``dynamic_size``, a second image size; above
+    the tolerance (``tolerance`` or ``parity.TOLERANCE``) it raises ``VitCompressError`` and writes
+    nothing (folders it created for ``output`` are removed again). ``external_data`` (default:
+    automatic above ~1.8 GB of weights) stores the weights in a side file
+    ``<output>.<8 hex digits>.data`` named inside the ONNX file (``ExportResult.external_data``).
+    The written file is replaced atomically, side file included (``_install``).
 
     ``runtime_keep`` (keep/rate schedules of topk, topk-vpa, evit, etps) adds the input
     ``keep_rate`` (``[1]`` float32): every reducing block keeps ``ceil(keep_rate * n)`` of its ``n``
@@ -277,9 +344,8 @@ def export_onnx(
     """
     from tqdm.auto import tqdm
 
-    from vitcompress.io import check_writable_dir
-
     from .cleanup import cleanup, node_count
+    from .outputs import created_dirs
     from .parity import check_parity
 
     t_start = time.perf_counter()
@@ -325,71 +391,71 @@ def export_onnx(
             raise VitCompressError(
                 f"--img-size {img_p} differs from the model's input size {native}; add --dynamic-size")
         img_p = None
-    check_writable_dir(output.parent)  # after the input is known good: creates missing parent folders
-    reference = model
-    export_model = copy.deepcopy(model).half() if precision == "fp16" else model
-    side = img_p.opt if img_p else native
-    b = example_batch(batch_p, avoid=(side, native, in_chans))
-    example = torch.randn(b, in_chans, side, side, dtype=torch.float16 if precision == "fp16" else torch.float32)
-    keep = keeps = None
-    if runtime_keep:
-        from .runtime_keep import RuntimeKeep, keep_tensor, parity_keeps
+    # after the input is known good: creates missing parent folders, and removes them again (where
+    # still empty) if anything below fails, so a failed export leaves no folders behind either
+    with created_dirs(output.parent):
+        reference = model
+        export_model = copy.deepcopy(model).half() if precision == "fp16" else model
+        side = img_p.opt if img_p else native
+        b = example_batch(batch_p, avoid=(side, native, in_chans))
+        example = torch.randn(b, in_chans, side, side, dtype=torch.float16 if precision == "fp16" else torch.float32)
+        keep = keeps = None
+        if runtime_keep:
+            from .runtime_keep import RuntimeKeep, keep_tensor, parity_keeps
 
-        keeps = parity_keeps(model)
-        export_model, keep = RuntimeKeep(export_model), keep_tensor(keeps[0])
-    t = step("load", t)
+            keeps = parity_keeps(model)
+            export_model, keep = RuntimeKeep(export_model), keep_tensor(keeps[0])
+        t = step("load", t)
 
-    try:
-        proto = _export_graph(export_model, example, dynamic_size, int(opset), keep)
-        _check_symbolic(proto, dynamic_size)
-    except BaseException:
-        steps.close()
-        raise
-    nodes_before = node_count(proto)
-    t = step("export", t)
+        try:
+            proto = _export_graph(export_model, example, dynamic_size, int(opset), keep)
+            _check_symbolic(proto, dynamic_size)
+        except BaseException:
+            steps.close()
+            raise
+        nodes_before = node_count(proto)
+        t = step("export", t)
 
-    proto = cleanup(proto)
-    _name_dims(proto, dynamic_size)
-    nodes_after = node_count(proto)
-    md = _metadata(meta, model, precision, batch_p, img_p, dynamic_size, int(opset), label, runtime_keep, patch)
-    for k, v in md.items():
-        proto.metadata_props.add(key=k, value=v)
-    external = _weight_bytes(proto) > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
-    t = step("cleanup", t)
+        proto = cleanup(proto)
+        _name_dims(proto, dynamic_size)
+        nodes_after = node_count(proto)
+        md = _metadata(meta, model, precision, batch_p, img_p, dynamic_size, int(opset), label, runtime_keep, patch)
+        for k, v in md.items():
+            proto.metadata_props.add(key=k, value=v)
+        external = _weight_bytes(proto) > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
+        data_name = _data_name(output) if external else None
+        t = step("cleanup", t)
 
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    report = None
-    try:
-        tmp_path = tmpdir / output.name
-        _save(proto, tmp_path, external)
-        del proto
-        t = step("save", t)
-        if check:
-            shapes = [(bb, img_p.opt if img_p else native) for bb in parity_batches(batch_p)]
-            for s in parity_img_sizes(img_p)[1:]:
-                shapes.append((batch_p.min, s))
-            report = check_parity(str(tmp_path), reference, shapes, precision=precision,
-                                  tolerance=tolerance, seed=seed, in_chans=in_chans, keeps=keeps)
-            if not report.ok:
-                worst = max(report.cases, key=lambda c: c.max_rel)
-                at_keep = f", keep_rate {worst.keep}" if worst.keep is not None else ""
-                raise VitCompressError(
-                    f"parity check failed: max relative error {worst.max_rel:.3e} at batch {worst.batch}, "
-                    f"image {worst.img_size}{at_keep} exceeds {report.tolerance:.0e} ({precision}); nothing was written, "
-                    "report the model to the maintainers or relax --tolerance")
-        t = step("parity", t)
-        data_src = tmpdir / (output.name + ".data")
-        if data_src.exists():
-            os.replace(data_src, output.parent / data_src.name)
-        os.replace(tmp_path, output)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        steps.close()
-    data_path = output.parent / (output.name + ".data") if external else None
-    size = output.stat().st_size + (data_path.stat().st_size if data_path else 0)
-    return ExportResult(
-        path=output, parity=report, nodes_before=nodes_before, nodes_after=nodes_after,
-        metadata={k[len(META_PREFIX):]: json.loads(v) for k, v in md.items()},
-        precision=precision, opset=int(opset), batch=batch_p, img_size=img_p, dynamic_size=dynamic_size,
-        input_name=INPUT_NAME, runtime_keep=bool(runtime_keep), external_data=data_path, size_bytes=size,
-        seconds=round(time.perf_counter() - t_start, 3), timings=timings)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        report = None
+        try:
+            tmp_path = tmpdir / output.name
+            _save(proto, tmp_path, data_name)
+            del proto
+            t = step("save", t)
+            if check:
+                shapes = [(bb, img_p.opt if img_p else native) for bb in parity_batches(batch_p)]
+                for s in parity_img_sizes(img_p)[1:]:
+                    shapes.append((batch_p.min, s))
+                report = check_parity(str(tmp_path), reference, shapes, precision=precision,
+                                      tolerance=tolerance, seed=seed, in_chans=in_chans, keeps=keeps)
+                if not report.ok:
+                    worst = max(report.cases, key=lambda c: c.max_rel)
+                    at_keep = f", keep_rate {worst.keep}" if worst.keep is not None else ""
+                    raise VitCompressError(
+                        f"parity check failed: max relative error {worst.max_rel:.3e} at batch {worst.batch}, "
+                        f"image {worst.img_size}{at_keep} exceeds {report.tolerance:.0e} ({precision}); "
+                        "nothing was written, report the model to the maintainers or relax --tolerance")
+            t = step("parity", t)
+            _install(tmp_path, data_name, output)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            steps.close()
+        data_path = output.parent / data_name if data_name else None
+        size = output.stat().st_size + (data_path.stat().st_size if data_path else 0)
+        return ExportResult(
+            path=output, parity=report, nodes_before=nodes_before, nodes_after=nodes_after,
+            metadata={k[len(META_PREFIX):]: json.loads(v) for k, v in md.items()},
+            precision=precision, opset=int(opset), batch=batch_p, img_size=img_p, dynamic_size=dynamic_size,
+            input_name=INPUT_NAME, runtime_keep=bool(runtime_keep), external_data=data_path, size_bytes=size,
+            seconds=round(time.perf_counter() - t_start, 3), timings=timings)

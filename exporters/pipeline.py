@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -9,7 +11,9 @@ from typing import Callable, Optional, Union
 from vitcompress.errors import VitCompressError
 
 from .onnx_export import DEFAULT_OPSET, ExportResult, export_onnx
+from .outputs import created_dirs
 from .profiles import ProfileLike, parity_batches, parity_img_sizes
+from .trt_build import sidecar_path
 
 
 @dataclass
@@ -35,7 +39,11 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
     The ONNX file is written before anything TensorRT-related runs, so it exists even when the
     check fails or TensorRT is missing (both raise ``VitCompressError``). ``runtime_keep`` exports
     the ``keep_rate`` input (``exporters.runtime_keep``); with ``trt`` such a graph is checked, but
-    no engine is built (its ``keep_rate`` would be a shape-tensor input, not supported yet)."""
+    no engine is built (its ``keep_rate`` would be a shape-tensor input, not supported yet).
+
+    The engine and its sidecar are built in a temporary folder next to ``engine`` and moved into
+    place only after the engine parity check passed (it runs where CUDA is present); a failed build
+    or parity check leaves neither file, nor a folder created for them."""
     from .trt_build import BuildConfig
 
     cfg = BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache) if trt else None
@@ -60,7 +68,8 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
         first = run.compat.errors[0]
         raise VitCompressError(
             f"the graph cannot build in TensorRT: node {first.node!r} ({first.op}) {first.message} "
-            f"({len(run.compat.errors)} problems listed above); the ONNX file was written, the engine was not")
+            f"({len(run.compat.errors)} problem(s) listed above); no engine was built, the ONNX file {str(res.path)!r} "
+            "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass")
     if res.runtime_keep:
         raise VitCompressError(
             "building a TensorRT engine from a --runtime-keep graph is not supported yet (its keep_rate input "
@@ -72,22 +81,56 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
     if res.img_size is not None:
         cfg.img_size = res.img_size
     run.engine = Path(engine) if engine else Path(str(res.path.with_suffix("")) + ".engine")
-    run.sidecar = build_engine(res.path, run.engine, cfg, source=str(artifact) if not hasattr(artifact, "forward") else None)
+    if run.engine.is_dir():
+        raise VitCompressError(f"engine path {str(run.engine)!r} is a folder; pass --engine with a file path "
+                               f"such as {run.engine / 'model.engine'}")
+    source = str(artifact) if not hasattr(artifact, "forward") else None
+    with created_dirs(run.engine.parent):  # removed again (where empty) when the build or its parity fails
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{run.engine.name}.tmp-", dir=run.engine.parent))
+        try:
+            # built under its own name in a temporary folder next to the target (so the sidecar names
+            # it correctly), checked there, and moved into place only when the parity check passed
+            staged = tmpdir / run.engine.name
+            run.sidecar = build_engine(res.path, staged, cfg, source=source)
+            run.engine_parity = _engine_parity(staged, res, run.sidecar, precision, echo)
+            _install_engine(staged, run.engine)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     echo(f"wrote {run.engine} (TensorRT {run.sidecar['tensorrt_version']}, {precision}, profile "
-         f"{run.sidecar['profile']['min']} .. {run.sidecar['profile']['max']}) and {run.engine}.json")
+         f"{run.sidecar['profile']['min']} .. {run.sidecar['profile']['max']}) and {sidecar_path(run.engine)}")
+    return run
+
+
+def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: str,
+                   echo: Callable[[str], None]):
+    """Engine vs ONNX Runtime where CUDA is present (else None): three distinct batch sizes inside
+    the engine's batch profile where it has them (``parity_batches(within=True)``) at the OPT
+    image side, and, for a dynamic-size export, the second image side of the ONNX parity check.
+    Raises ``VitCompressError`` when the engine differs."""
     import torch
 
-    if torch.cuda.is_available():
-        from .trt_runner import engine_parity
+    if not torch.cuda.is_available():
+        return None
+    from .trt_runner import engine_parity
 
-        side = res.img_size.opt if res.img_size else None
-        if side is None:
-            side = run.sidecar["profile"]["opt"][2]
-        sizes = [(b, side) for b in parity_batches(res.batch)]
-        sizes += [(res.batch.min, s) for s in parity_img_sizes(res.img_size)[1:]]
-        run.engine_parity = engine_parity(run.engine, res.path, sizes, precision=precision)
-        echo(run.engine_parity.format())
-        if not run.engine_parity.ok:
-            raise VitCompressError(f"the TensorRT engine differs from ONNX Runtime (max rel "
-                                   f"{run.engine_parity.max_rel:.2e}); rebuild with --precision fp32 or report it")
-    return run
+    side = res.img_size.opt if res.img_size else side_info["profile"]["opt"][2]
+    sizes = [(b, side) for b in parity_batches(res.batch, within=True)]
+    sizes += [(res.batch.min, s) for s in parity_img_sizes(res.img_size)[1:]]
+    report = engine_parity(staged, res.path, sizes, precision=precision)
+    echo(report.format())
+    if not report.ok:
+        fix = "rebuild with --precision fp32 or report it" if precision == "fp16" else "report it with the table above"
+        raise VitCompressError(f"the TensorRT engine differs from ONNX Runtime (max rel {report.max_rel:.2e}); "
+                               f"no engine was written: {fix}")
+    return report
+
+
+def _install_engine(staged: Path, engine: Path) -> None:
+    """Move a checked engine and its sidecar from the temporary folder onto ``engine``.
+
+    The old sidecar is deleted first, then the engine and the new sidecar are renamed into place:
+    a crash in between leaves an engine without a sidecar (refused by ``read_sidecar``: "rebuild
+    the engine"), never an engine next to the sidecar of another build."""
+    sidecar_path(engine).unlink(missing_ok=True)
+    os.replace(staged, engine)
+    os.replace(sidecar_path(staged), sidecar_path(engine))

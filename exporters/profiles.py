@@ -1,7 +1,8 @@
 """MIN:OPT:MAX shape profiles for the batch axis and the image side, parsed and validated.
 
 One profile drives three things: the example input of the exporter (the OPT point), the shapes of
-the parity check (MIN, OPT and MAX capped for CPU) and the TensorRT optimisation profile.
+the parity check (MIN, OPT and MAX capped for CPU, padded to three distinct batch sizes) and the
+TensorRT optimisation profile.
 """
 from __future__ import annotations
 
@@ -78,9 +79,22 @@ def default_img_profile(native: int, patch: int) -> Profile:
     return Profile(lo, native, hi)
 
 
-def parity_batches(profile: Profile, cap: int = PARITY_BATCH_CAP) -> list[int]:
-    """MIN, OPT and MAX (MAX capped to ``cap`` for CPU), deduplicated, ascending."""
-    return sorted({profile.min, profile.opt, max(profile.min, min(profile.max, cap))})
+def parity_batches(profile: Profile, cap: int = PARITY_BATCH_CAP, *, within: bool = False) -> list[int]:
+    """Three distinct batch sizes, ascending: MIN, OPT and MAX (MAX capped to ``cap`` for CPU),
+    padded with the smallest other sizes where they coincide (``8:8:8`` -> 1, 2, 8;
+    ``2:2:2`` -> 1, 2, 3; ``1:1:4`` -> 1, 2, 4).
+
+    The batch axis of an exported graph is always dynamic, so ONNX Runtime takes any size and the
+    padding may leave the profile. ``within=True`` (a TensorRT engine, which accepts only its
+    profile) pads only with sizes from MIN to the capped MAX, so a profile with fewer than three
+    sizes there (``8:8:8``, ``2:2:3``) gives fewer than three."""
+    hi = max(profile.min, min(profile.max, cap))
+    sizes = {profile.min, profile.opt, hi}
+    size = profile.min if within else 1
+    while len(sizes) < 3 and (not within or size <= hi):
+        sizes.add(size)
+        size += 1
+    return sorted(sizes)
 
 
 def parity_img_sizes(profile: Profile | None) -> list[int | None]:

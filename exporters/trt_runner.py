@@ -1,8 +1,9 @@
 """Run a TensorRT engine with ``execute_async_v3`` on torch CUDA tensors (device buffers)."""
 from __future__ import annotations
 
+import numbers
 import os
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -74,12 +75,46 @@ class TrtRunner:
         return outs
 
 
+def parity_inputs(input_shape: Sequence, shapes: Sequence[tuple[int, Optional[int]]], dtype=np.float32,
+                  seed: int = 0) -> list[np.ndarray]:
+    """Random NCHW inputs for the engine parity check, one per ``(batch, side)`` of ``shapes``.
+
+    ``input_shape`` is the image input's shape as the ONNX file or the engine states it: an
+    integer on a static axis, a name, ``None`` or ``-1`` on a dynamic one. The batch axis takes
+    ``batch``; the channel count and a static height/width come from ``input_shape`` (a
+    1-channel model gets 1-channel inputs); a dynamic height/width takes ``side``.
+    """
+    from vitcompress.errors import VitCompressError
+
+    dims = [int(d) if isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 else None
+            for d in input_shape]
+    if len(dims) != 4:
+        raise VitCompressError(f"expected an NCHW image input, the engine input has shape {list(input_shape)}")
+    if dims[1] is None:
+        raise VitCompressError("the image input has a dynamic channel axis; export it with a fixed channel count")
+    rng = np.random.default_rng(seed)
+    out = []
+    for batch, side in shapes:
+        hw = []
+        for d in dims[2:]:
+            if d is None and side is None:
+                raise VitCompressError("the image input has a dynamic height/width; "
+                                       "give the parity check an image side")
+            if d is not None and side is not None and side != d:
+                raise VitCompressError(f"image side {side} differs from the input's fixed size {d}; "
+                                       "check this engine at its own size")
+            hw.append(d if d is not None else side)
+        out.append(rng.standard_normal((batch, dims[1], *hw)).astype(dtype))
+    return out
+
+
 def engine_parity(engine_path: Union[str, os.PathLike], onnx_path: Union[str, os.PathLike],
                   shapes, *, precision: str = "fp32", tolerance: float | None = None, seed: int = 0):
     """Compare a TensorRT engine with ONNX Runtime (CPU) on random inputs of each (batch, side).
 
-    Returns a ``ParityReport``; the tolerance on the relative error defaults to 1e-3 for fp32
-    engines (TensorRT may use TF32 and other reduction orders) and 1e-2 for fp16.
+    The inputs (``parity_inputs``) take the channel count and any static size from the ONNX
+    file's image input. Returns a ``ParityReport``; the tolerance on the relative error defaults to
+    1e-3 for fp32 engines (TensorRT may use TF32 and other reduction orders) and 1e-2 for fp16.
     """
     import torch
 
@@ -90,13 +125,14 @@ def engine_parity(engine_path: Union[str, os.PathLike], onnx_path: Union[str, os
     sess = ort_session(str(onnx_path))
     inp = sess.get_inputs()[0]
     dtype = np.float16 if "float16" in inp.type else np.float32
-    rng = np.random.default_rng(seed)
     report = ParityReport(f"TensorRT {precision} vs ONNX Runtime", tol)
-    for batch, side in shapes:
-        x = rng.standard_normal((batch, 3, side, side)).astype(dtype)
+    for x in parity_inputs(inp.shape, shapes, dtype, seed):
         ref = np.asarray(sess.run(None, {inp.name: x})[0], dtype=np.float32)
         out = runner(torch.from_numpy(x))
+        if out.shape != ref.shape:
+            report.cases.append(ParityCase(x.shape[0], x.shape[2], float("inf"), float("inf"), False))
+            continue
         err = float(np.abs(out - ref).max())
         rel = err / max(float(np.abs(ref).max()), 1e-12)
-        report.cases.append(ParityCase(batch, side, err, rel, bool(np.isfinite(out).all()) and rel <= tol))
+        report.cases.append(ParityCase(x.shape[0], x.shape[2], err, rel, bool(np.isfinite(out).all()) and rel <= tol))
     return report

@@ -3,6 +3,10 @@ fp16 and token reduction, with dynamic batch and image size; metadata; clean-up.
 from __future__ import annotations
 
 import copy
+import os
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,7 +17,7 @@ from conftest import tiny
 from vitcompress.plan import identity_plan
 from vitcompress.slicers import slice_model
 from vitcompress.spec import spec_from_model
-from vitcompress.exporters import export_onnx, read_onnx_metadata
+from vitcompress.exporters import export_onnx, parse_profile, read_onnx_metadata
 from vitcompress.exporters.parity import ort_session
 
 BATCH = (1, 3, 8)
@@ -49,10 +53,10 @@ VARIANTS = {
 }
 
 
-def _independent_check(path, model, batch=5, precision="fp32"):
+def _independent_check(path, model, batch=5, precision="fp32", size=32):
     """Our own ORT run at a batch size the export never saw, against the untouched model."""
     sess = ort_session(str(path))
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(123))
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(123))
     if precision == "fp16":
         x = x.half()
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].astype(np.float32)
@@ -100,6 +104,104 @@ def test_static_size_fp16_export(tmp_path):
     assert read_onnx_metadata(res.path)["export"]["precision"] == "fp16"
 
 
+def test_dynamic_size_fp16_export(tmp_path):
+    from vitcompress.artifact import meta_of
+    from vitcompress.exporters.onnx_export import _with_dynamic_size
+
+    model = _pruned("qkv")
+    res = export_onnx(model, tmp_path / "hd.onnx", batch=BATCH, dynamic_size=True, img_size=IMG, precision="fp16")
+    proto = onnx.load(str(res.path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    # parity in fp16 at three batch sizes and two image sizes
+    assert res.parity.ok and res.parity.tolerance == 1e-2
+    assert {(c.batch, c.img_size) for c in res.parity.cases} == {(1, 32), (3, 32), (8, 32), (1, 16)}
+    assert res.parity.max_rel > 1e-6  # really ran in half precision
+    # the resampled position embeddings in fp16, at a size the export never saw (40 px: 25 patches)
+    dyn = _with_dynamic_size(model, meta_of(copy.deepcopy(model)))
+    assert _independent_check(res.path, dyn, precision="fp16", size=40) < 1e-2
+    md = read_onnx_metadata(res.path)["export"]
+    assert (md["precision"], md["dynamic_size"], md["img_size"]) == ("fp16", True, {"min": 16, "opt": 32, "max": 48})
+
+
+def test_single_size_batch_profile_still_checks_three_batch_sizes(tmp_path):
+    from vitcompress.exporters.profiles import parity_batches
+
+    # the profile's sizes, padded with the smallest other sizes where MIN, OPT and MAX coincide
+    assert parity_batches(parse_profile("8")) == [1, 2, 8]
+    assert parity_batches(parse_profile("2:2:2")) == [1, 2, 3]
+    assert parity_batches(parse_profile("1:1:4")) == [1, 2, 4]
+    assert parity_batches(parse_profile("1:8:32")) == [1, 8, 16]  # MAX capped at 16 on CPU
+    assert parity_batches(parse_profile("32:32:32")) == [1, 2, 32]
+    # a TensorRT engine accepts only its profile: padded from inside it, where there is room
+    assert parity_batches(parse_profile("1:1:8"), within=True) == [1, 2, 8]
+    assert parity_batches(parse_profile("2:2:3"), within=True) == [2, 3]
+    assert parity_batches(parse_profile("8"), within=True) == [8]
+    res = export_onnx(tiny("vit"), tmp_path / "b.onnx", batch=8)
+    assert res.parity.ok and [c.batch for c in res.parity.cases] == [1, 2, 8]
+    assert res.batch.as_tuple() == (8, 8, 8)
+
+
+def _locations(path):
+    """The external-data files an ONNX file refers to."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"}
+
+
+def _ort_out(path, x):
+    sess = ort_session(str(path))
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_external_data_pair_is_replaced_consistently(tmp_path, monkeypatch):
+    old_model, new_model = tiny("vit", seed=0), tiny("vit", seed=1)  # same shapes, other weights
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        old_ref, new_ref = old_model(x).numpy(), new_model(x).numpy()
+    assert np.abs(old_ref - new_ref).max() > 1e-2
+    out_dir = tmp_path / "out"
+    out = out_dir / "e.onnx"
+    first = export_onnx(old_model, out, batch=BATCH, external_data=True, check=False)
+    assert np.abs(_ort_out(out, x) - old_ref).max() < 1e-4
+
+    # a crash right before the .onnx rename of a second export: what the folder holds at that moment
+    real_replace, snap = os.replace, tmp_path / "snap"
+
+    def crash_before_onnx_rename(src, dst):
+        if Path(dst) == out:
+            snap.mkdir()
+            for f in out_dir.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, snap / f.name)
+            raise RuntimeError("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_before_onnx_rename)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export_onnx(new_model, out, batch=BATCH, external_data=True, check=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    # the new side file was already in place under its own name, but the old .onnx still reads its own
+    snapped = sorted(f.name for f in snap.iterdir())
+    assert len(snapped) == 3 and first.external_data.name in snapped
+    assert np.abs(_ort_out(snap / "e.onnx", x) - old_ref).max() < 1e-4
+    # after the (interrupted) export: the old pair as it was, the orphan side file removed
+    assert sorted(f.name for f in out_dir.iterdir()) == sorted(["e.onnx", first.external_data.name])
+    assert np.abs(_ort_out(out, x) - old_ref).max() < 1e-4
+
+    # a complete second export: the new pair under a new side-file name, the old side file deleted
+    second = export_onnx(new_model, out, batch=BATCH, external_data=True, check=False)
+    assert second.external_data.name != first.external_data.name and not first.external_data.exists()
+    assert _locations(out) == {second.external_data.name}
+    assert sorted(f.name for f in out_dir.iterdir()) == sorted(["e.onnx", second.external_data.name])
+    assert np.abs(_ort_out(out, x) - new_ref).max() < 1e-4
+    # and back to a file with its weights inside: the side file goes too
+    third = export_onnx(old_model, out, batch=BATCH, check=False)
+    assert third.external_data is None and [f.name for f in out_dir.iterdir()] == ["e.onnx"]
+    assert np.abs(_ort_out(out, x) - old_ref).max() < 1e-4
+
+
 def test_token_reduction_exports_with_symbolic_token_counts(tmp_path):
     from vitcompress.tokens import apply_tokens
 
@@ -116,7 +218,10 @@ def test_artifact_path_and_external_data(tmp_path):
 
     art = vitcompress.save(_pruned("heads"), tmp_path / "art")
     res = export_onnx(art, tmp_path / "e.onnx", batch=BATCH, external_data=True)
-    assert res.external_data == tmp_path / "e.onnx.data" and res.external_data.stat().st_size > 10_000
+    assert res.external_data.parent == tmp_path and re.fullmatch(r"e\.onnx\.[0-9a-f]{8}\.data", res.external_data.name)
+    assert res.external_data.stat().st_size > 10_000
+    assert _locations(tmp_path / "e.onnx") == {res.external_data.name}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["art", "e.onnx", res.external_data.name])
     assert (tmp_path / "e.onnx").stat().st_size < 100_000  # weights are in the side file
     assert res.parity.ok and res.metadata["export"]["artifact"] == str(art)
     assert res.metadata["spec"] == vitcompress.read_meta(art).spec.to_dict()

@@ -14,7 +14,7 @@ from vitcompress.errors import VitCompressError
 from vitcompress.exporters import check_tensorrt, parse_profile, tensorrt_available
 from vitcompress.exporters.trt_build import (INSTALL_HINT, BuildConfig, profile_shapes, read_sidecar, require_tensorrt,
                                              sidecar, sidecar_path, trt_major)
-from vitcompress.exporters.trt_runner import torch_dtype
+from vitcompress.exporters.trt_runner import parity_inputs, torch_dtype
 
 
 def _graph(nodes, inputs, inits=(), opset=20):
@@ -136,6 +136,46 @@ def test_dtype_mapping_by_name():
     assert torch_dtype(FakeDT("HALF")) is torch.float16 and torch_dtype(FakeDT("FLOAT")) is torch.float32
     with pytest.raises(TypeError):
         torch_dtype(FakeDT("FP8"))
+
+
+def test_parity_inputs_take_channels_and_static_sizes_from_the_input_shape():
+    # ORT spells dynamic axes by name, TensorRT as -1; the channel count always comes from the shape
+    xs = parity_inputs(["batch", 1, 28, 28], [(1, 28), (4, None)])
+    assert [x.shape for x in xs] == [(1, 1, 28, 28), (4, 1, 28, 28)] and xs[0].dtype == np.float32
+    xs = parity_inputs([-1, 3, -1, -1], [(2, 16), (1, 48)], np.float16)
+    assert [x.shape for x in xs] == [(2, 3, 16, 16), (1, 3, 48, 48)] and xs[1].dtype == np.float16
+    assert parity_inputs([None, 4, "height", "width"], [(2, 8)])[0].shape == (2, 4, 8, 8)
+    for shape, sizes, msg in [([-1, -1, 32, 32], [(1, 32)], "dynamic channel"),
+                              (["batch", 3, 32, 32], [(1, 48)], "fixed size 32"),
+                              (["batch", 3, "h", "w"], [(1, None)], "image side"),
+                              (["batch", 3, 32], [(1, 32)], "NCHW")]:
+        with pytest.raises(VitCompressError, match=msg):
+            parity_inputs(shape, sizes)
+
+
+def test_engine_parity_of_a_one_channel_model(tmp_path, monkeypatch):
+    """``engine_parity`` end to end on CPU for an in_chans=1 model (as the mnist10k teacher), with
+    ONNX Runtime standing in for the TensorRT engine."""
+    from conftest import tiny
+    from vitcompress.exporters import export_onnx
+    from vitcompress.exporters import trt_runner
+    from vitcompress.exporters.parity import ort_session
+
+    res = export_onnx(tiny("vit", in_chans=1), tmp_path / "c1.onnx", batch=(1, 2, 4), check=False)
+    seen = []
+
+    class OrtAsEngine:  # the engine under test: the same graph, so the parity must pass
+        def __init__(self, engine_path):
+            self.sess = ort_session(str(engine_path))
+
+        def __call__(self, x):
+            seen.append(tuple(x.shape))
+            return self.sess.run(None, {"pixel_values": x.numpy()})[0]
+
+    monkeypatch.setattr(trt_runner, "TrtRunner", OrtAsEngine)
+    rep = trt_runner.engine_parity(res.path, res.path, [(1, 32), (2, 32), (4, None)])
+    assert seen == [(1, 1, 32, 32), (2, 1, 32, 32), (4, 1, 32, 32)]
+    assert rep.ok and [c.batch for c in rep.cases] == [1, 2, 4] and rep.max_rel == 0.0
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed")
