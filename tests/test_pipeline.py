@@ -12,12 +12,7 @@ from vitcompress.pipeline import PipelineConfig, STAGES, run_pipeline
 from vitcompress.training import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
