@@ -33,7 +33,7 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
     from vitcompress.tokens.amount import macs_reduction
     from vitcompress.tokens.apply import apply_tokens, remove_tokens
     from vitcompress.tokens.schedule import parse_schedule
-    from vitcompress.tokens.search import _predict, held_out
+    from vitcompress.tokens.search import predict, held_out
 
     net = remove_tokens(teacher).eval()
     x, y = held_out(net, data, images)
@@ -44,7 +44,7 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
     rows = []
     for method, spec in tqdm(jobs, desc="curves", disable=not progress):
         s = parse_schedule(spec, method)
-        pred = _predict(apply_tokens(net, s), x, 256)
+        pred = predict(apply_tokens(net, s), x, 256)
         rows.append({"method": method, "schedule": spec, "macs_reduction": macs_reduction(net, s),
                      "top1": float((pred == y).float().mean())})
     remove_tokens(net)

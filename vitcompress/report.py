@@ -4,6 +4,7 @@ from __future__ import annotations
 from .artifact import ArtifactMeta
 from .counting import ArchInfo, block_macs
 from .spec import build_model
+from .tokens.schedule import TokenSchedule
 
 
 def _g(x: float) -> str:
@@ -60,7 +61,6 @@ def format_info(meta: ArtifactMeta) -> str:
     sched = None
     if meta.tokens:
         from .tokens.counting import block_tokens
-        from .tokens.schedule import TokenSchedule
 
         sched = TokenSchedule.from_dict(meta.tokens)
         per_block = [(bt.t_in, bt.t_out, bt.extra_macs)
@@ -78,7 +78,7 @@ def format_info(meta: ArtifactMeta) -> str:
     rows.append(format_totals(meta))
     for step in meta.history:
         if step.get("method") == "tokens":
-            rows.append(f"step: tokens {_schedule_text(step)} removes "
+            rows.append(f"step: tokens {TokenSchedule.from_dict(step['schedule']).describe()} removes "
                         f"{step['achieved']['macs_reduction']:.1%} of the MACs of its widths")
             continue
         cfg = step.get("config", {})
@@ -88,7 +88,3 @@ def format_info(meta: ArtifactMeta) -> str:
                     f"{step['target']['metric']}")
     return "\n".join(rows)
 
-
-def _schedule_text(step: dict) -> str:
-    s = step["schedule"]
-    return f"{s['method']} {s.get('spec') or s['kind']}"

@@ -67,7 +67,8 @@ def held_out(model: nn.Module, data: str, images: int, split: str = "val") -> tu
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Top-1 class of every image in ``x``, in batches of ``batch_size``."""
     from ..evaluate import logits_of
 
     return torch.cat([logits_of(model(x[i:i + batch_size])).argmax(-1) for i in range(0, len(x), batch_size)])
@@ -97,7 +98,7 @@ def search_amount(model: nn.Module, schedule: TokenSchedule, *, data: str = "dig
     net = remove_tokens(copy.deepcopy(model)).eval()
     x, y = held_out(net, data, images)
     check_classes(net, int(y.max()) + 1)
-    ref = _predict(net, x, batch_size)
+    ref = predict(net, x, batch_size)
     score = {"top1": lambda p: float((p == y).float().mean()),
              "agreement": lambda p: float((p == ref).float().mean())}[metric]
     base = score(ref)
@@ -111,7 +112,7 @@ def search_amount(model: nn.Module, schedule: TokenSchedule, *, data: str = "dig
         amount = round(min(top, amount), 6)
         if amount not in table:
             s = with_amount(schedule, amount)
-            pred = _predict(apply_tokens(net, s), x, batch_size)
+            pred = predict(apply_tokens(net, s), x, batch_size)
             acc = score(pred)
             table[amount] = {"amount": amount, "spec": s.spec, "macs_reduction": macs_reduction(net, s),
                              "top1": float((pred == y).float().mean()),
@@ -137,4 +138,4 @@ def search_amount(model: nn.Module, schedule: TokenSchedule, *, data: str = "dig
                         table[best]["macs_reduction"], len(x), tolerance, rows, metric)
 
 
-__all__ = ["SearchResult", "search_amount", "held_out"]
+__all__ = ["SearchResult", "search_amount", "held_out", "predict"]
