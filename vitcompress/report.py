@@ -87,4 +87,3 @@ def format_info(meta: ArtifactMeta) -> str:
                     f"{','.join(cfg.get('granularity', []))} target {step['target']['reduction']:.1%} "
                     f"{step['target']['metric']}")
     return "\n".join(rows)
-
