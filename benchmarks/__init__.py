@@ -2,3 +2,6 @@
 
 Installed as ``vitcompress.benchmarks``; stands on ``vitcompress`` and ``vitcompress.exporters``.
 """
+
+if __name__ != "vitcompress.benchmarks":  # the folder is linked into the package: one file, one module name
+    raise ImportError("import this package as vitcompress.benchmarks, not by its folder name")

@@ -6,14 +6,15 @@
 The first variant is the baseline unless ``baseline`` names another. Backends that cannot run
 here (or fail to activate) are listed under ``skipped`` with the reason; the run goes on.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from vitcompress.errors import VitCompressError
 
@@ -34,10 +35,10 @@ class BenchConfig:
     warmup: int = 5
     iters: int = 10
     rounds: int = 5
-    threads: Optional[int] = None
+    threads: int | None = None
     check: bool = True
 
-    def validate(self) -> "BenchConfig":
+    def validate(self) -> BenchConfig:
         known = backend_names()
         for b in self.backends:
             get_runner(b)  # unknown names: one-line error with suggestions
@@ -55,7 +56,7 @@ class BenchConfig:
         return self
 
 
-def load_variant(arg, name: Optional[str] = None, workdir=None, max_batch: int = 32) -> Variant:
+def load_variant(arg, name: str | None = None, workdir=None, max_batch: int = 32) -> Variant:
     """A ``Variant`` from an artifact folder, a timm model name or an ``nn.Module``."""
     import torch.nn as nn
 
@@ -77,12 +78,21 @@ def load_variant(arg, name: Optional[str] = None, workdir=None, max_batch: int =
     pe = model.patch_embed
     img = tuple(pe.img_size) if getattr(pe, "img_size", None) else (224, 224)
     in_chans = pe.proj.in_channels
-    return Variant(label, model, c.macs, c.params, img_size=img, in_chans=in_chans, max_batch=max_batch,
-                   workdir=Path(workdir) if workdir else None)
+    return Variant(
+        label,
+        model,
+        c.macs,
+        c.params,
+        img_size=img,
+        in_chans=in_chans,
+        max_batch=max_batch,
+        workdir=Path(workdir) if workdir else None,
+    )
 
 
-def run_bench(variants: Sequence[Variant], cfg: BenchConfig, baseline: Optional[str] = None,
-              progress: bool = False) -> dict:
+def run_bench(
+    variants: Sequence[Variant], cfg: BenchConfig, baseline: str | None = None, progress: bool = False
+) -> dict:
     """Measure every variant on every backend and batch; returns the report dict (see ``report``)."""
     import numpy as np
 
@@ -105,13 +115,20 @@ def run_bench(variants: Sequence[Variant], cfg: BenchConfig, baseline: Optional[
     bar = None
     try:
         bv = next(v for v in variants if v.name == base)
-        result = {"config": asdict(cfg), "env": envmod.capture(cfg.threads, cfg.precision), "baseline": base,
-                  "variants": [{"name": v.name, "macs": v.macs, "params": v.params} for v in variants],
-                  "skipped": [], "measurements": []}
+        result = {
+            "config": asdict(cfg),
+            "env": envmod.capture(cfg.threads, cfg.precision),
+            "baseline": base,
+            "variants": [{"name": v.name, "macs": v.macs, "params": v.params} for v in variants],
+            "skipped": [],
+            "measurements": [],
+        }
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(cfg.backends) * len(cfg.batches) * cfg.rounds * len(variants), desc="bench", unit="run")
+            bar = tqdm(
+                total=len(cfg.backends) * len(cfg.batches) * cfg.rounds * len(variants), desc="bench", unit="run"
+            )
         for backend in cfg.backends:
             cls = get_runner(backend)
             reason = cls.unavailable(cfg.precision, cfg.mode)
@@ -134,17 +151,28 @@ def run_bench(variants: Sequence[Variant], cfg: BenchConfig, baseline: Optional[
                 except Exception as e:  # a backend failing here is reported, the run goes on
                     if isinstance(e, KeyboardInterrupt):
                         raise
-                    result["skipped"].append({"backend": backend, "batch": batch,
-                                              "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+                    result["skipped"].append(
+                        {
+                            "backend": backend,
+                            "batch": batch,
+                            "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                        }
+                    )
                     continue
                 finally:
                     for r in runners.values():
                         r.deactivate()
                 for v in variants:
-                    m = {"backend": backend, "batch": batch, "variant": v.name, "macs": v.macs, "params": v.params,
-                         **summarize(samples[v.name], batch),
-                         **ratios(v.macs, bv.macs, paired_ratio(samples[v.name], samples[base])),
-                         "samples_ms": samples[v.name]}
+                    m = {
+                        "backend": backend,
+                        "batch": batch,
+                        "variant": v.name,
+                        "macs": v.macs,
+                        "params": v.params,
+                        **summarize(samples[v.name], batch),
+                        **ratios(v.macs, bv.macs, paired_ratio(samples[v.name], samples[base])),
+                        "samples_ms": samples[v.name],
+                    }
                     if outs:
                         m["output_finite"] = bool(np.isfinite(outs[v.name]).all())
                     result["measurements"].append(m)

@@ -20,6 +20,7 @@ Run::
 ``--smoke`` replaces the teacher by a tiny random ViT and shrinks every budget: it checks that the
 script runs end to end; its numbers mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,13 @@ import io
 import json
 import sys
 import time
-from typing import Optional
 
 ONESHOT = ("random", "l1", "taylor")
 METHODS = ("ihp", "gohsp", "amap")
 GRANULARITY = {"heads": ("heads", "mlp"), "intra": ("heads", "qk", "v", "mlp")}
 
 
-def _loaders(model, batch_size: int, eval_images: Optional[int], seed: int):
+def _loaders(model, batch_size: int, eval_images: int | None, seed: int):
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -49,8 +49,10 @@ def _loaders(model, batch_size: int, eval_images: Optional[int], seed: int):
         idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[:eval_images]
         val = Subset(val, sorted(idx.tolist()))
     g = torch.Generator().manual_seed(seed)
-    return (DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, drop_last=True),
-            DataLoader(val, batch_size=256, shuffle=False))
+    return (
+        DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, drop_last=True),
+        DataLoader(val, batch_size=256, shuffle=False),
+    )
 
 
 def evaluate(model, loader) -> float:
@@ -89,8 +91,15 @@ def distill(student, teacher, loader, steps: int, lr: float, temperature: float,
             with torch.no_grad():
                 t = logits_of(teacher(x))
             s = logits_of(student(x))
-            kd = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
-                          log_target=True, reduction="batchmean") * temperature ** 2
+            kd = (
+                F.kl_div(
+                    F.log_softmax(s / temperature, -1),
+                    F.log_softmax(t / temperature, -1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * kd + (1 - alpha) * F.cross_entropy(s, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,8 +133,15 @@ def run_one(teacher, criterion: str, granularity: str, reduction: float, args, l
 
     train_loader, val_loader = loaders
     row = {"criterion": criterion, "granularity": granularity, "target": reduction}
-    kw = dict(flops_reduction=reduction, granularity=GRANULARITY[granularity], round_to=args.round_to,
-              data="mnist10k", calib_images=args.calib_images, batch_size=args.batch_size, seed=args.seed)
+    kw = dict(
+        flops_reduction=reduction,
+        granularity=GRANULARITY[granularity],
+        round_to=args.round_to,
+        data="mnist10k",
+        calib_images=args.calib_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     if criterion in ONESHOT:
         kw["importance"] = criterion
     else:
@@ -138,8 +154,9 @@ def run_one(teacher, criterion: str, granularity: str, reduction: float, args, l
         return row
     row["prune_seconds"] = round(time.perf_counter() - t0, 2)
     c = count(res.model)
-    row.update(achieved=round(res.achieved, 4), macs=c.macs, params=c.params,
-               top1_pruned=evaluate(res.model, val_loader))
+    row.update(
+        achieved=round(res.achieved, 4), macs=c.macs, params=c.params, top1_pruned=evaluate(res.model, val_loader)
+    )
     t0 = time.perf_counter()
     student = distill(res.model, teacher, train_loader, args.distill_steps, args.lr, args.temperature)
     row["distill_seconds"] = round(time.perf_counter() - t0, 2)
@@ -173,8 +190,11 @@ def _plot(rows: list[dict], path, teacher_top1: float, criteria) -> None:
     for ax, key, title in zip(axes, ("top1_pruned", "top1_distilled"), ("right after pruning", "after distillation")):
         for i, c in enumerate(criteria):
             for g, style in (("heads", "--"), ("intra", "-")):
-                pts = sorted((r["achieved"], 100 * r[key]) for r in rows
-                             if r["criterion"] == c and r["granularity"] == g and key in r)
+                pts = sorted(
+                    (r["achieved"], 100 * r[key])
+                    for r in rows
+                    if r["criterion"] == c and r["granularity"] == g and key in r
+                )
                 if pts:
                     ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{c} ({g})")
         ax.axhline(100 * teacher_top1, color="k", lw=0.8, ls=":", label="teacher")
@@ -198,8 +218,19 @@ def write_results(out, record: dict, args, reductions, criteria, granularities, 
     record["complete"] = done
     with atomic_file(out / "criteria_study.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
-    fields = ["criterion", "granularity", "target", "achieved", "macs", "params", "top1_pruned",
-              "top1_distilled", "prune_seconds", "distill_seconds", "error"]
+    fields = [
+        "criterion",
+        "granularity",
+        "target",
+        "achieved",
+        "macs",
+        "params",
+        "top1_pruned",
+        "top1_distilled",
+        "prune_seconds",
+        "distill_seconds",
+        "error",
+    ]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
@@ -210,13 +241,23 @@ def write_results(out, record: dict, args, reductions, criteria, granularities, 
     md = [f"Teacher top-1: {100 * record['teacher_top1']:.2f}% (mnist10k val). Command: `{record['command']}`", ""]
     if not done:
         md += [f"(incomplete: {len(rows)} runs so far)", ""]
-    md += ["Top-1 (%) right after pruning:", "", _table(rows, "top1_pruned", reductions, criteria, granularities), "",
-           f"Top-1 (%) after {args.distill_steps} distillation steps:", "",
-           _table(rows, "top1_distilled", reductions, criteria, granularities), ""]
+    md += [
+        "Top-1 (%) right after pruning:",
+        "",
+        _table(rows, "top1_pruned", reductions, criteria, granularities),
+        "",
+        f"Top-1 (%) after {args.distill_steps} distillation steps:",
+        "",
+        _table(rows, "top1_distilled", reductions, criteria, granularities),
+        "",
+    ]
     errors = [r for r in rows if "error" in r]
     if errors:
-        md += ["Runs that could not be made:", ""] + [
-            f"- {r['criterion']} {r['granularity']} -{r['target']:.1%}: {r['error']}" for r in errors] + [""]
+        md += (
+            ["Runs that could not be made:", ""]
+            + [f"- {r['criterion']} {r['granularity']} -{r['target']:.1%}: {r['error']}" for r in errors]
+            + [""]
+        )
     with atomic_file(out / "criteria_study.md") as tmp:
         tmp.write_text("\n".join(md))
     _plot(rows, out / "criteria_study.png", record["teacher_top1"], criteria)
@@ -235,13 +276,15 @@ def _smoke_teacher():
     import vitcompress
 
     torch.manual_seed(0)
-    return vitcompress.create_source_model("deit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64,
-                                           depth=4, num_heads=4, num_classes=10)
+    return vitcompress.create_source_model(
+        "deit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--teacher", help="artifact folder of the mnist10k reference teacher")
     ap.add_argument("--out", required=True, help="folder for the json/csv/md/png results")
     ap.add_argument("--reductions", default="0.3,0.462,0.6,0.75")
@@ -255,8 +298,13 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--method-opt", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                    help="hyperparameter of ihp/gohsp/amap, e.g. ihp.steps=200 (repeatable)")
+    ap.add_argument(
+        "--method-opt",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="hyperparameter of ihp/gohsp/amap, e.g. ihp.steps=200 (repeatable)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--smoke", action="store_true", help="tiny random teacher, tiny budgets: wiring check only")
     args = ap.parse_args(argv)
@@ -266,7 +314,6 @@ def main(argv=None) -> int:
 
     import vitcompress
     from vitcompress.artifact import is_artifact
-    from vitcompress.io import atomic_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -284,12 +331,18 @@ def main(argv=None) -> int:
         teacher = _smoke_teacher()
         args.calib_images, args.distill_steps, args.batch_size = 16, min(args.distill_steps, 2), 16
         args.eval_images = args.eval_images or 64
-        for m, o in (("ihp", {"steps": "2"}), ("gohsp", {"rounds": "1", "steps_per_round": "2"}), ("amap", {"steps": "2"})):
+        for m, o in (
+            ("ihp", {"steps": "2"}),
+            ("gohsp", {"rounds": "1", "steps_per_round": "2"}),
+            ("amap", {"steps": "2"}),
+        ):
             options.setdefault(m, {}).update({k: v for k, v in o.items() if k not in options.get(m, {})})
     else:
         if not args.teacher or not is_artifact(args.teacher):
-            raise SystemExit(f"error: --teacher {args.teacher!r} is not an artifact folder; train the mnist10k "
-                             "reference teacher first (vitcompress train ... -o DIR) or pass --smoke")
+            raise SystemExit(
+                f"error: --teacher {args.teacher!r} is not an artifact folder; train the mnist10k "
+                "reference teacher first (vitcompress train ... -o DIR) or pass --smoke"
+            )
         teacher = vitcompress.load(args.teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -300,17 +353,24 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     out = Path(args.out)
-    record = {"command": "python -m vitcompress.benchmarks.criteria_study " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "teacher": args.teacher if not args.smoke else "smoke (tiny random ViT)",
-              "teacher_sha256": _sha256(args.teacher) if not args.smoke else None,
-              "teacher_top1": teacher_top1, "settings": {k: v for k, v in vars(args).items()},
-              "method_options": options, "runs": []}
+    record = {
+        "command": "python -m vitcompress.benchmarks.criteria_study "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "teacher": args.teacher if not args.smoke else "smoke (tiny random ViT)",
+        "teacher_sha256": _sha256(args.teacher) if not args.smoke else None,
+        "teacher_top1": teacher_top1,
+        "settings": {k: v for k, v in vars(args).items()},
+        "method_options": options,
+        "runs": [],
+    }
     todo = [(r, g, c) for r in reductions for g in granularities for c in criteria]
     for red, g, c in tqdm(todo, desc="criteria study"):
         row = run_one(teacher, c, g, red, args, loaders, options)
         record["runs"].append(row)
-        msg = row.get("error") or (f"achieved {row['achieved']:.1%}  pruned {100 * row['top1_pruned']:.2f}%  "
-                                  f"distilled {100 * row['top1_distilled']:.2f}%")
+        msg = row.get("error") or (
+            f"achieved {row['achieved']:.1%}  pruned {100 * row['top1_pruned']:.2f}%  "
+            f"distilled {100 * row['top1_distilled']:.2f}%"
+        )
         tqdm.write(f"{c:>6} {g:>5} -{red:.1%}: {msg}")
         write_results(out, record, args, reductions, criteria, granularities, done=len(record["runs"]) == len(todo))
     print(f"wrote {out}/criteria_study.{{json,csv,md,png}}")

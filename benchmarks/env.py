@@ -1,4 +1,5 @@
 """Environment capture for benchmark reports: CPU/GPU model, library versions, threads, precision."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,12 @@ def capture(threads: int, precision: str) -> dict:
     gpu = None
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        gpu = {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
-               "driver_visible_devices": torch.cuda.device_count()}
+        gpu = {
+            "name": p.name,
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+            "driver_visible_devices": torch.cuda.device_count(),
+        }
     try:
         import onnxruntime as ort
 
@@ -41,11 +46,17 @@ def capture(threads: int, precision: str) -> dict:
     except Exception:
         providers = []
     return {
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "threads": threads, "precision": precision, "gpu": gpu,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "versions": {p: _version(p) for p in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu",
-                                                "tensorrt", "vitcompress")},
+        "threads": threads,
+        "precision": precision,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {
+            p: _version(p)
+            for p in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "vitcompress")
+        },
         "ort_providers": providers,
     }

@@ -10,6 +10,7 @@ random (the cost of export does not depend on them).
 Run: ``python -m vitcompress.benchmarks.export_bench [--models deit_base_patch16_224,...]
 [--json OUT] [--plot OUT.png] [--no-check]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,14 @@ MODELS = ("deit_base_patch16_224", "vit_large_patch16_224")
 
 def _model(name: str, pruned: bool):
     import torch
+
     import vitcompress
 
     torch.manual_seed(0)
     model = vitcompress.create_source_model(name)
     if not pruned:
         return model
-    return vitcompress.prune(model, flops_reduction=0.5, importance="l1",
-                             granularity=("heads", "qk", "v", "mlp")).model
+    return vitcompress.prune(model, flops_reduction=0.5, importance="l1", granularity=("heads", "qk", "v", "mlp")).model
 
 
 def measure(name: str, pruned: bool, check: bool, workdir: Path) -> dict:
@@ -44,10 +45,18 @@ def measure(name: str, pruned: bool, check: bool, workdir: Path) -> dict:
     t0 = time.perf_counter()
     res = export_onnx(model, out, batch=(1, 2, 4), check=check, progress=True)
     total = time.perf_counter() - t0
-    row = {"model": name, "pruned": pruned, "gmacs": macs / 1e9, "seconds": total, "timings": res.timings,
-           "size_mb": res.size_bytes / 1e6, "nodes_before": res.nodes_before, "nodes_after": res.nodes_after,
-           "parity_max_rel": res.parity.max_rel if res.parity else None,
-           "external_data": res.external_data is not None}
+    row = {
+        "model": name,
+        "pruned": pruned,
+        "gmacs": macs / 1e9,
+        "seconds": total,
+        "timings": res.timings,
+        "size_mb": res.size_bytes / 1e6,
+        "nodes_before": res.nodes_before,
+        "nodes_after": res.nodes_after,
+        "parity_max_rel": res.parity.max_rel if res.parity else None,
+        "external_data": res.external_data is not None,
+    }
     out.unlink()
     if res.external_data:
         res.external_data.unlink()
@@ -93,12 +102,14 @@ def main(argv=None) -> list[dict]:
                 row = measure(name, pruned, not args.no_check, Path(tmp))
                 rows.append(row)
                 t = row["timings"]
-                print(f"{name:28s} {'pruned' if pruned else 'dense ':6s} {row['gmacs']:6.1f} GMACs  "
-                      f"total {row['seconds']:6.1f} s (export {t.get('export', 0):5.1f}, clean-up "
-                      f"{t.get('cleanup', 0):4.1f}, parity {t.get('parity', 0):5.1f})  {row['size_mb']:7.1f} MB  "
-                      f"nodes {row['nodes_before']}->{row['nodes_after']}  "
-                      f"parity rel {row['parity_max_rel'] if row['parity_max_rel'] is not None else float('nan'):.1e}",
-                      flush=True)
+                print(
+                    f"{name:28s} {'pruned' if pruned else 'dense ':6s} {row['gmacs']:6.1f} GMACs  "
+                    f"total {row['seconds']:6.1f} s (export {t.get('export', 0):5.1f}, clean-up "
+                    f"{t.get('cleanup', 0):4.1f}, parity {t.get('parity', 0):5.1f})  {row['size_mb']:7.1f} MB  "
+                    f"nodes {row['nodes_before']}->{row['nodes_after']}  "
+                    f"parity rel {row['parity_max_rel'] if row['parity_max_rel'] is not None else float('nan'):.1e}",
+                    flush=True,
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     if args.plot:

@@ -7,6 +7,7 @@
 Each measurement runs in a fresh subprocess so its peak resident memory is its own.
 Run: ``python -m vitcompress.benchmarks.prune_bench [--calib-images 64] [--json OUT]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,19 +20,32 @@ import time
 
 def _prune_deit_b(calib: int) -> dict:
     import torch
+
     import vitcompress
 
     torch.manual_seed(0)
     model = vitcompress.create_source_model("deit_base_patch16_224")
     t0 = time.perf_counter()
-    res = vitcompress.prune(model, flops_reduction=0.462, importance="taylor", data="digits",
-                            calib_images=calib, batch_size=32, progress=True)
-    return {"task": f"prune deit_base_patch16_224 taylor, {calib} calibration images, -46.2% MACs",
-            "seconds": time.perf_counter() - t0, "phases": res.seconds, "achieved": res.achieved}
+    res = vitcompress.prune(
+        model,
+        flops_reduction=0.462,
+        importance="taylor",
+        data="digits",
+        calib_images=calib,
+        batch_size=32,
+        progress=True,
+    )
+    return {
+        "task": f"prune deit_base_patch16_224 taylor, {calib} calibration images, -46.2% MACs",
+        "seconds": time.perf_counter() - t0,
+        "phases": res.seconds,
+        "achieved": res.achieved,
+    }
 
 
 def _slice_vit_l() -> dict:
     import torch
+
     import vitcompress
     from vitcompress.budget import Budget, select
     from vitcompress.groups import build_groups
@@ -48,8 +62,13 @@ def _slice_vit_l() -> dict:
     t1 = time.perf_counter()
     slice_model(model, plan)
     t2 = time.perf_counter()
-    return {"task": "vit_large_patch16_224: select (-50% MACs) and slice, scores given",
-            "seconds": t2 - t0, "select_seconds": t1 - t0, "slice_seconds": t2 - t1, "achieved": achieved}
+    return {
+        "task": "vit_large_patch16_224: select (-50% MACs) and slice, scores given",
+        "seconds": t2 - t0,
+        "select_seconds": t1 - t0,
+        "slice_seconds": t2 - t1,
+        "achieved": achieved,
+    }
 
 
 def _child(task: str, calib: int) -> None:
@@ -71,8 +90,19 @@ def main(argv=None) -> None:
 
     results = []
     for task in ("prune", "slice"):
-        proc = subprocess.run([sys.executable, "-m", "vitcompress.benchmarks.prune_bench", "--child", task,
-                               "--calib-images", str(args.calib_images)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vitcompress.benchmarks.prune_bench",
+                "--child",
+                task,
+                "--calib-images",
+                str(args.calib_images),
+            ],
+            capture_output=True,
+            text=True,
+        )
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not line:
             print(proc.stderr[-2000:], file=sys.stderr)

@@ -14,6 +14,7 @@ JSON record and a plot under ``--out``. Run with one thread per process on a sha
 
     OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.recovery_study --teacher runs/teacher_mnist10k
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,55 +53,102 @@ def main(argv=None) -> int:
     print(f"teacher {args.teacher}: top-1 {t_top1:.2%}, {t_macs / 1e6:.2f} M MACs", flush=True)
 
     def tcfg(epochs):
-        return TrainConfig(data=args.data, epochs=epochs, batch_size=args.batch_size, lr=args.lr, min_lr=1e-5,
-                           warmup_epochs=0.5, smoothing=0.0, progress=False, seed=0)
+        return TrainConfig(
+            data=args.data,
+            epochs=epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            min_lr=1e-5,
+            warmup_epochs=0.5,
+            smoothing=0.0,
+            progress=False,
+            seed=0,
+        )
 
     rows = []
     for r in [float(v) for v in args.reductions.split(",")]:
         t0 = time.perf_counter()
         tag = f"r{int(round(r * 100))}"
-        res = vitcompress.prune(args.teacher, flops_reduction=r, importance="taylor", data=args.data,
-                                calib_images=args.calib_images, output=out / f"{tag}_pruned", force=True)
+        res = vitcompress.prune(
+            args.teacher,
+            flops_reduction=r,
+            importance="taylor",
+            data=args.data,
+            calib_images=args.calib_images,
+            output=out / f"{tag}_pruned",
+            force=True,
+        )
         pruned_top1 = evaluate_data(res.model, args.data).top1
         print(f"[{tag}] pruned: top-1 {pruned_top1:.2%}", flush=True)
         ft = fit(load(out / f"{tag}_pruned"), tcfg(args.epochs), out / f"{tag}_finetuned", force=True)
         print(f"[{tag}] fine-tuned: top-1 {ft.val['top1']:.2%}", flush=True)
-        kd = fit(load(out / f"{tag}_pruned"), tcfg(args.epochs), out / f"{tag}_distilled", force=True,
-                 teacher=load(args.teacher), distill=DistillConfig(kind="soft", ce=1.0, kd=1.0, temperature=2.0))
+        kd = fit(
+            load(out / f"{tag}_pruned"),
+            tcfg(args.epochs),
+            out / f"{tag}_distilled",
+            force=True,
+            teacher=load(args.teacher),
+            distill=DistillConfig(kind="soft", ce=1.0, kd=1.0, temperature=2.0),
+        )
         print(f"[{tag}] distilled: top-1 {kd.val['top1']:.2%}", flush=True)
-        row = {"reduction": r, "macs": count(res.model).macs, "achieved": 1 - count(res.model).macs / t_macs,
-               "pruned": pruned_top1, "finetuned": ft.val["top1"], "distilled": kd.val["top1"]}
+        row = {
+            "reduction": r,
+            "macs": count(res.model).macs,
+            "achieved": 1 - count(res.model).macs / t_macs,
+            "pruned": pruned_top1,
+            "finetuned": ft.val["top1"],
+            "distilled": kd.val["top1"],
+        }
         if not args.skip_pipeline:
-            pcfg = PipelineConfig(flops_reduction=r, calib_images=args.calib_images, train=tcfg(max(1, math.ceil(args.epochs / 2))),
-                                  distill=DistillConfig(kind="soft", ce=1.0, kd=1.0, temperature=2.0, hidden=1.0))
+            pcfg = PipelineConfig(
+                flops_reduction=r,
+                calib_images=args.calib_images,
+                train=tcfg(max(1, math.ceil(args.epochs / 2))),
+                distill=DistillConfig(kind="soft", ce=1.0, kd=1.0, temperature=2.0, hidden=1.0),
+            )
             s = run_pipeline(args.teacher, pcfg, out / f"{tag}_pipeline", force=True, progress=False)
             by = {x["stage"]: x for x in s["rows"]}
-            row.update(pipeline_achieved=s["achieved"], pipeline_width_pruned=by["width_pruned"]["top1"],
-                       pipeline_final=by["depth_distilled"]["top1"], pipeline_depth=by["depth_distilled"]["depth"])
-            print(f"[{tag}] pipeline: top-1 {row['pipeline_final']:.2%} at {s['achieved']:.1%} MACs removed", flush=True)
+            row.update(
+                pipeline_achieved=s["achieved"],
+                pipeline_width_pruned=by["width_pruned"]["top1"],
+                pipeline_final=by["depth_distilled"]["top1"],
+                pipeline_depth=by["depth_distilled"]["depth"],
+            )
+            print(
+                f"[{tag}] pipeline: top-1 {row['pipeline_final']:.2%} at {s['achieved']:.1%} MACs removed", flush=True
+            )
         row["minutes"] = (time.perf_counter() - t0) / 60
         rows.append(row)
 
     table = format_table(t_top1, t_macs, rows, args)
     print(table)
     (out / "recovery.md").write_text(table + "\n")
-    (out / "recovery.json").write_text(json.dumps({"teacher_top1": t_top1, "teacher_macs": t_macs, "rows": rows,
-                                                   "args": vars(args)}, indent=1) + "\n")
+    (out / "recovery.json").write_text(
+        json.dumps({"teacher_top1": t_top1, "teacher_macs": t_macs, "rows": rows, "args": vars(args)}, indent=1) + "\n"
+    )
     plot(t_top1, rows, out / "recovery.png")
     print(f"wrote {out / 'recovery.md'}")
     return 0
 
 
 def format_table(t_top1, t_macs, rows, args) -> str:
-    lines = [f"Teacher: {t_top1:.2%} val top-1, {t_macs / 1e6:.2f} M MACs. Training after pruning: "
-             f"{args.epochs} epochs (pipeline: {max(1, math.ceil(args.epochs / 2))} per distillation stage).", "",
-             "| MACs removed (target / achieved) | after pruning | fine-tuned | distilled | width-then-depth pipeline (achieved) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Teacher: {t_top1:.2%} val top-1, {t_macs / 1e6:.2f} M MACs. Training after pruning: "
+        f"{args.epochs} epochs (pipeline: {max(1, math.ceil(args.epochs / 2))} per distillation stage).",
+        "",
+        "| MACs removed (target / achieved) | after pruning | fine-tuned | distilled | width-then-depth pipeline (achieved) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        pipe = (f"{r['pipeline_final']:.2%} ({r['pipeline_achieved']:.1%}, depth {r['pipeline_depth']})"
-                if "pipeline_final" in r else "-")
-        lines.append(f"| {r['reduction']:.0%} / {r['achieved']:.1%} | {r['pruned']:.2%} | {r['finetuned']:.2%} | "
-                     f"{r['distilled']:.2%} | {pipe} |")
+        pipe = (
+            f"{r['pipeline_final']:.2%} ({r['pipeline_achieved']:.1%}, depth {r['pipeline_depth']})"
+            if "pipeline_final" in r
+            else "-"
+        )
+        lines.append(
+            f"| {r['reduction']:.0%} / {r['achieved']:.1%} | {r['pruned']:.2%} | {r['finetuned']:.2%} | "
+            f"{r['distilled']:.2%} | {pipe} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,9 +159,12 @@ def plot(t_top1, rows, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, at in (("pruned", "after pruning", "achieved"), ("finetuned", "fine-tuned", "achieved"),
-                           ("distilled", "distilled", "achieved"),
-                           ("pipeline_final", "width-then-depth", "pipeline_achieved")):
+    for key, label, at in (
+        ("pruned", "after pruning", "achieved"),
+        ("finetuned", "fine-tuned", "achieved"),
+        ("distilled", "distilled", "achieved"),
+        ("pipeline_final", "width-then-depth", "pipeline_achieved"),
+    ):
         if all(key in r for r in rows):  # each at the MACs reduction it achieved
             ax.plot([r[at] * 100 for r in rows], [r[key] * 100 for r in rows], "-o", label=label)
     ax.axhline(t_top1 * 100, color="k", ls="--", lw=1, label="teacher")

@@ -6,19 +6,31 @@ efficiency = (1 - latency ratio) / (1 - MACs ratio), the fraction of the MACs re
 became a latency reduction (1.0 = latency fell exactly as much as MACs; undefined for the
 baseline and for variants with MACs ratio >= 1).
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from vitcompress.io import atomic_file
 
-COLUMNS = ["backend", "batch", "variant", "params (M)", "MACs/img (G)", "MACs ratio", "median (ms)", "p90 (ms)",
-           "latency ratio", "throughput (img/s)", "speedup", "efficiency"]
+COLUMNS = [
+    "backend",
+    "batch",
+    "variant",
+    "params (M)",
+    "MACs/img (G)",
+    "MACs ratio",
+    "median (ms)",
+    "p90 (ms)",
+    "latency ratio",
+    "throughput (img/s)",
+    "speedup",
+    "efficiency",
+]
 
 
-def efficiency(macs_ratio: float, latency_ratio: float) -> Optional[float]:
+def efficiency(macs_ratio: float, latency_ratio: float) -> float | None:
     """(1 - latency ratio) / (1 - MACs ratio); None when the MACs ratio is not below 1."""
     if macs_ratio >= 1.0 - 1e-9:
         return None
@@ -28,8 +40,12 @@ def efficiency(macs_ratio: float, latency_ratio: float) -> Optional[float]:
 def ratios(macs: int, base_macs: int, latency_ratio: float) -> dict:
     """MACs ratio, latency ratio, speedup and efficiency of one variant against the baseline."""
     mr = macs / base_macs
-    return {"macs_ratio": mr, "latency_ratio": latency_ratio, "speedup": 1.0 / latency_ratio,
-            "efficiency": efficiency(mr, latency_ratio)}
+    return {
+        "macs_ratio": mr,
+        "latency_ratio": latency_ratio,
+        "speedup": 1.0 / latency_ratio,
+        "efficiency": efficiency(mr, latency_ratio),
+    }
 
 
 def _f(v, fmt: str) -> str:
@@ -40,19 +56,33 @@ def to_markdown(result: dict) -> str:
     """The report as Markdown: environment line, skipped backends, one table row per measurement."""
     env, cfg = result["env"], result["config"]
     gpu = env["gpu"]["name"] if env.get("gpu") else "no GPU"
-    lines = [f"Baseline: `{result['baseline']}`. CPU: {env['cpu']} ({env['threads']} threads); {gpu}; "
-             f"precision {cfg['precision']}; torch {env['versions']['torch']}, onnxruntime "
-             f"{env['versions']['onnxruntime'] or env['versions']['onnxruntime-gpu']}; {cfg['rounds']} rounds x "
-             f"{cfg['iters']} iterations per variant after {cfg['warmup']} warm-up passes, interleaved.", ""]
+    lines = [
+        f"Baseline: `{result['baseline']}`. CPU: {env['cpu']} ({env['threads']} threads); {gpu}; "
+        f"precision {cfg['precision']}; torch {env['versions']['torch']}, onnxruntime "
+        f"{env['versions']['onnxruntime'] or env['versions']['onnxruntime-gpu']}; {cfg['rounds']} rounds x "
+        f"{cfg['iters']} iterations per variant after {cfg['warmup']} warm-up passes, interleaved.",
+        "",
+    ]
     for s in result["skipped"]:
         lines.append(f"- skipped `{s['backend']}`: {s['reason']}")
     if result["skipped"]:
         lines.append("")
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for m in result["measurements"]:
-        cells = [m["backend"], str(m["batch"]), m["variant"], f"{m['params'] / 1e6:.2f}", f"{m['macs'] / 1e9:.3f}",
-                 f"{m['macs_ratio']:.3f}", f"{m['median_ms']:.2f}", f"{m['p90_ms']:.2f}", f"{m['latency_ratio']:.3f}",
-                 f"{m['throughput']:.1f}", f"{m['speedup']:.2f}x", _f(m["efficiency"], ".2f")]
+        cells = [
+            m["backend"],
+            str(m["batch"]),
+            m["variant"],
+            f"{m['params'] / 1e6:.2f}",
+            f"{m['macs'] / 1e9:.3f}",
+            f"{m['macs_ratio']:.3f}",
+            f"{m['median_ms']:.2f}",
+            f"{m['p90_ms']:.2f}",
+            f"{m['latency_ratio']:.3f}",
+            f"{m['throughput']:.1f}",
+            f"{m['speedup']:.2f}x",
+            _f(m["efficiency"], ".2f"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -72,8 +102,15 @@ def plot(result: dict, path: Path) -> None:
     for (backend, batch), ms in groups.items():
         pts = ax.scatter([m["macs_ratio"] for m in ms], [m["latency_ratio"] for m in ms], label=f"{backend} b{batch}")
         for m in ms:
-            ax.annotate(m["variant"], (m["macs_ratio"], m["latency_ratio"]), fontsize=6, alpha=0.7,
-                        xytext=(3, 3), textcoords="offset points", color=pts.get_facecolor()[0])
+            ax.annotate(
+                m["variant"],
+                (m["macs_ratio"], m["latency_ratio"]),
+                fontsize=6,
+                alpha=0.7,
+                xytext=(3, 3),
+                textcoords="offset points",
+                color=pts.get_facecolor()[0],
+            )
     ax.set_xlabel("MACs ratio (variant / baseline)")
     ax.set_ylabel("latency ratio (variant / baseline, median)")
     ax.set_xlim(0, 1.1)

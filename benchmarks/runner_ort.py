@@ -8,9 +8,8 @@ timed; ``run_with_iobinding`` returns after the device work, so a monotonic cloc
 The TensorRT EP gets one optimisation profile (min 1, opt = max = the measured batch) and an
 engine cache next to the ONNX file, so engine building stays in activation.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -30,7 +29,7 @@ class OrtRunner(Runner):
     provider = "CPUExecutionProvider"
 
     @classmethod
-    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> Optional[str]:
+    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> str | None:
         try:
             import onnxruntime  # noqa: F401
         except Exception as e:  # pragma: no cover - onnxruntime is a dependency
@@ -112,9 +111,14 @@ class OrtTRT(OrtRunner):
         name = self.sess_input_name()
         c, (h, w) = self.variant.in_chans, self.variant.img_size
         shape = lambda b: f"{name}:{b}x{c}x{h}x{w}"  # noqa: E731
-        opts = {"trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(self.batch),
-                "trt_profile_max_shapes": shape(self.batch), "trt_fp16_enable": self.precision == "fp16",
-                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.onnx_path.parent / "trt-cache")}
+        opts = {
+            "trt_profile_min_shapes": shape(1),
+            "trt_profile_opt_shapes": shape(self.batch),
+            "trt_profile_max_shapes": shape(self.batch),
+            "trt_fp16_enable": self.precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(self.onnx_path.parent / "trt-cache"),
+        }
         return [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
 
     def sess_input_name(self) -> str:

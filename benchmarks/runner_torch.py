@@ -4,10 +4,10 @@
 ``mode="graph"`` (CUDA only) captures one forward pass into a ``torch.cuda.CUDAGraph`` with
 static input/output buffers and times ``graph.replay()``.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class TorchRunner(Runner):
     backend = "torch"
 
     @classmethod
-    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> Optional[str]:
+    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> str | None:
         import torch
 
         if mode not in MODES:

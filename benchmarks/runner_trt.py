@@ -5,9 +5,8 @@ variant's ONNX export). Input and output are torch CUDA tensors whose addresses 
 with ``set_tensor_address`` during activation; ``infer`` enqueues on the current torch stream and
 is timed with CUDA events on that stream.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -21,7 +20,7 @@ class TrtRunner(Runner):
     backend, device, timer = "trt", "cuda", "cuda"
 
     @classmethod
-    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> Optional[str]:
+    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> str | None:
         from vitcompress.exporters import tensorrt_available
 
         if not tensorrt_available():
@@ -39,6 +38,7 @@ class TrtRunner(Runner):
     def activate(self) -> None:
         import tensorrt as trt
         import torch
+
         from vitcompress.exporters.trt_runner import torch_dtype
 
         self._torch = torch
@@ -55,8 +55,11 @@ class TrtRunner(Runner):
         self.context.set_tensor_address(name, self.xt.data_ptr())
         self.outs = []
         for out in outputs:
-            buf = torch.empty(tuple(self.context.get_tensor_shape(out)),
-                              dtype=torch_dtype(self.engine.get_tensor_dtype(out)), device="cuda")
+            buf = torch.empty(
+                tuple(self.context.get_tensor_shape(out)),
+                dtype=torch_dtype(self.engine.get_tensor_dtype(out)),
+                device="cuda",
+            )
             self.context.set_tensor_address(out, buf.data_ptr())
             self.outs.append(buf)
         self.infer()

@@ -12,6 +12,7 @@ creation, moving weights and the input to the device, ``torch.compile`` or CUDA-
 current torch stream, "wall" = monotonic clock around a synchronous call). ``unavailable``
 returns the reason a backend cannot run here (None when it can), so a run reports it as skipped.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Variant:
     img_size: tuple = (224, 224)
     in_chans: int = 3
     max_batch: int = 32
-    workdir: Optional[Path] = None
+    workdir: Path | None = None
     _files: dict = field(default_factory=dict, repr=False)
 
     def _dir(self) -> Path:
@@ -92,8 +93,15 @@ class Runner:
     device = "cpu"
     timer = "wall"
 
-    def __init__(self, variant: Variant, batch: int, precision: str = "fp32", threads: Optional[int] = None,
-                 mode: str = "eager", x: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        variant: Variant,
+        batch: int,
+        precision: str = "fp32",
+        threads: int | None = None,
+        mode: str = "eager",
+        x: np.ndarray | None = None,
+    ):
         if batch < 1:
             raise VitCompressError(f"batch must be >= 1, got {batch}; pass e.g. --batch 1,8")
         if precision not in PRECISIONS:
@@ -103,7 +111,7 @@ class Runner:
         self.x = variant.example(batch) if x is None else np.ascontiguousarray(x, dtype=np.float32)
 
     @classmethod
-    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> Optional[str]:
+    def unavailable(cls, precision: str = "fp32", mode: str = "eager") -> str | None:
         """Why this backend cannot run here with these settings, or None."""
         return None
 
@@ -125,7 +133,7 @@ class Runner:
 
             torch.cuda.synchronize()
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.activate()
         return self
 

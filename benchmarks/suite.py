@@ -22,6 +22,7 @@ iterations; ``full`` keeps all variants with the batch sweep 1, 8, 32. ``--devic
 ort-cpu and torch-cpu; ``--device cuda`` uses torch-cuda, ort-cuda, ort-trt and trt (each skipped
 with the reason where its library or the GPU is missing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ VARIANTS = {
     "p46+vpa70": dict(prune=dict(flops_reduction=0.462), tokens=("topk-vpa", "0.7@3,6,9")),
 }
 SCALES = {
-    "ci": dict(variants=["dense", "p46", "p46-r1", "depth25", "vpa70", "tome-m70"], batches=[8], warmup=2,
-               iters=3, rounds=4),
+    "ci": dict(
+        variants=["dense", "p46", "p46-r1", "depth25", "vpa70", "tome-m70"], batches=[8], warmup=2, iters=3, rounds=4
+    ),
     "full": dict(variants=list(VARIANTS), batches=[1, 8, 32], warmup=5, iters=10, rounds=6),
 }
 BACKENDS = {"cpu": ["ort-cpu", "torch-cpu"], "cuda": ["torch-cuda", "ort-cuda", "ort-trt", "trt"]}
@@ -86,8 +88,11 @@ def build_variants(names, importance: str = "l1", seed: int = 0, max_batch: int 
     out = []
     for name in tqdm(names, desc="build variants", unit="variant"):
         how = VARIANTS[name]
-        model = source if how["prune"] is None else vitcompress.prune(source, importance=importance, seed=seed,
-                                                                        **how["prune"]).model
+        model = (
+            source
+            if how["prune"] is None
+            else vitcompress.prune(source, importance=importance, seed=seed, **how["prune"]).model
+        )
         if how.get("tokens"):
             model = _with_tokens(model, how["tokens"], source)
         out.append(load_variant(model, name, workdir=workdir, max_batch=max_batch))
@@ -119,17 +124,27 @@ def main(argv=None) -> int:
         unknown = [n for n in names if n not in VARIANTS]
         if unknown:
             raise VitCompressError(f"unknown suite variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-        cfg = BenchConfig(backends=a.backend.split(",") if a.backend else BACKENDS[a.device],
-                          batches=[int(b) for b in a.batch.split(",")] if a.batch else s["batches"],
-                          precision=a.precision, warmup=s["warmup"], iters=a.iters or s["iters"],
-                          rounds=a.rounds or s["rounds"], threads=a.threads).validate()
+        cfg = BenchConfig(
+            backends=a.backend.split(",") if a.backend else BACKENDS[a.device],
+            batches=[int(b) for b in a.batch.split(",")] if a.batch else s["batches"],
+            precision=a.precision,
+            warmup=s["warmup"],
+            iters=a.iters or s["iters"],
+            rounds=a.rounds or s["rounds"],
+            threads=a.threads,
+        ).validate()
         t0 = time.time()
-        variants = build_variants(names, a.importance, max_batch=max(cfg.batches),
-                                  workdir=Path(a.report) / "work")
+        variants = build_variants(names, a.importance, max_batch=max(cfg.batches), workdir=Path(a.report) / "work")
         result = run_bench(variants, cfg, progress=True)
-        result["suite"] = {"source": SOURCE, "scale": a.scale, "device": a.device, "importance": a.importance,
-                           "variants": {n: VARIANTS[n] for n in names}, "command": " ".join(sys.argv),
-                           "seconds": round(time.time() - t0, 1)}
+        result["suite"] = {
+            "source": SOURCE,
+            "scale": a.scale,
+            "device": a.device,
+            "importance": a.importance,
+            "variants": {n: VARIANTS[n] for n in names},
+            "command": " ".join(sys.argv),
+            "seconds": round(time.time() - t0, 1),
+        }
         paths = write_report(result, a.report)
     except VitCompressError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,11 +9,12 @@ One timed pass: CUDA runners record a CUDA event before and after ``infer`` on t
 stream and wait for the end event (device time only); CPU and synchronous runners read
 ``time.perf_counter_ns`` (monotonic) around ``infer``.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,8 +37,9 @@ def time_pass(runner) -> float:
     return (time.perf_counter_ns() - t0) / 1e6
 
 
-def measure(runners: dict, warmup: int = 5, iters: int = 10, rounds: int = 5,
-            tick: Optional[Callable[[], None]] = None) -> dict:
+def measure(
+    runners: dict, warmup: int = 5, iters: int = 10, rounds: int = 5, tick: Callable[[], None] | None = None
+) -> dict:
     """Interleaved measurement of activated runners (name -> runner).
 
     Returns name -> list of ``rounds`` lists of ``iters`` samples in milliseconds. ``tick`` is
@@ -60,12 +62,19 @@ def summarize(rounds_ms: list, batch: int) -> dict:
     """Median / p90 / p99 / mean / min latency (ms) over all samples, and throughput (images/s)."""
     flat = np.asarray([s for r in rounds_ms for s in r], dtype=np.float64)
     med = float(np.median(flat))
-    return {"median_ms": med, "p90_ms": float(np.percentile(flat, 90)), "p99_ms": float(np.percentile(flat, 99)),
-            "mean_ms": float(flat.mean()), "min_ms": float(flat.min()), "n": int(flat.size),
-            "throughput": batch * 1000.0 / med}
+    return {
+        "median_ms": med,
+        "p90_ms": float(np.percentile(flat, 90)),
+        "p99_ms": float(np.percentile(flat, 99)),
+        "mean_ms": float(flat.mean()),
+        "min_ms": float(flat.min()),
+        "n": int(flat.size),
+        "throughput": batch * 1000.0 / med,
+    }
 
 
 def paired_ratio(rounds_ms: list, base_rounds_ms: list) -> float:
     """Latency ratio from paired rounds: the median over rounds of (round median / baseline round median)."""
-    return float(statistics.median(float(np.median(a)) / float(np.median(b))
-                                   for a, b in zip(rounds_ms, base_rounds_ms)))
+    return float(
+        statistics.median(float(np.median(a)) / float(np.median(b)) for a, b in zip(rounds_ms, base_rounds_ms))
+    )

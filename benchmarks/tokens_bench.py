@@ -10,6 +10,7 @@ The published reference for ViT-L/16 at 224 px with Top-K + VPA at a 6% per-laye
 The CPU part checks the suite's target: FLOPs-to-latency efficiency >= 0.85 for each ``topk-vpa``
 variant (reported, not asserted).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,27 +55,52 @@ def vitl_table() -> list[dict]:
         s = parse_schedule(f"rate={RATE}@{start}", "topk-vpa")
         red = macs_reduction(model, s)
         bt = block_tokens(spec, info, s)
-        rows.append({"variant": f"topk-vpa rate={RATE}@{start}", "rule": "ceil, + class-attention row",
-                     "macs": round(dense * (1 - red)), "reduction": red, "last_tokens": bt[-1].t_in - 1})
+        rows.append(
+            {
+                "variant": f"topk-vpa rate={RATE}@{start}",
+                "rule": "ceil, + class-attention row",
+                "macs": round(dense * (1 - red)),
+                "reduction": red,
+                "last_tokens": bt[-1].t_in - 1,
+            }
+        )
     for start in (0, 1):
         toks = _floor_counts(info.num_patches, info.num_prefix_tokens, spec.depth, RATE, start)
         m = macs(spec, info, toks)
-        rows.append({"variant": f"rate={RATE}@{start}, floor", "rule": "floor, products only",
-                     "macs": m, "reduction": 1 - m / dense, "last_tokens": toks[-1] - 1})
+        rows.append(
+            {
+                "variant": f"rate={RATE}@{start}, floor",
+                "rule": "floor, products only",
+                "macs": m,
+                "reduction": 1 - m / dense,
+                "last_tokens": toks[-1] - 1,
+            }
+        )
     vpa = parse_schedule(f"rate={RATE}@0", "topk-vpa")
     tome = parse_schedule("merge=1", "tome")
     r = closest_amount(model, tome, macs_reduction(model, vpa))
     tm = with_amount(tome, r)
     red = macs_reduction(model, tm)
-    rows.append({"variant": f"tome merge={int(r)}", "rule": "matched to rate=0.06@0", "macs": round(dense * (1 - red)),
-                 "reduction": red, "last_tokens": block_tokens(spec, info, tm)[-1].t_out - 1})
+    rows.append(
+        {
+            "variant": f"tome merge={int(r)}",
+            "rule": "matched to rate=0.06@0",
+            "macs": round(dense * (1 - red)),
+            "reduction": red,
+            "last_tokens": block_tokens(spec, info, tm)[-1].t_out - 1,
+        }
+    )
     return rows
 
 
 def format_vitl(rows: list[dict]) -> str:
-    out = [f"ViT-L/16, 224 px (196 patches, 24 blocks); paper: Top-K+VPA at a {RATE:.0%} rate, "
-           f"{PAPER_FLOPS:.2%} FLOPs, {PAPER_LATENCY:.1%} GPU latency",
-           "", "| variant | counting | GMACs/img | MACs change | patch tokens in the last block |", "|---|---|---:|---:|---:|"]
+    out = [
+        f"ViT-L/16, 224 px (196 patches, 24 blocks); paper: Top-K+VPA at a {RATE:.0%} rate, "
+        f"{PAPER_FLOPS:.2%} FLOPs, {PAPER_LATENCY:.1%} GPU latency",
+        "",
+        "| variant | counting | GMACs/img | MACs change | patch tokens in the last block |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in rows:
         change = f"{-r['reduction']:+.2%}" if r["reduction"] else "0"
         out.append(f"| {r['variant']} | {r['rule']} | {r['macs'] / 1e9:.2f} | {change} | {r['last_tokens']} |")
@@ -97,15 +123,19 @@ def gpu_variants(max_batch: int):
     tome_s = parse_schedule("merge=1", "tome")
     merges = closest_amount(source, tome_s, macs_reduction(source, parse_schedule(f"rate={RATE}@0", "topk-vpa")))
     tome = reduce_tokens(source, "tome", with_amount(tome_s, merges)).model
-    return [load_variant(source, "vitl-dense", max_batch=max_batch),
-            load_variant(vpa, f"vitl-vpa{int(RATE * 100)}", max_batch=max_batch),
-            load_variant(tome, "vitl-tome-matched", max_batch=max_batch)]
+    return [
+        load_variant(source, "vitl-dense", max_batch=max_batch),
+        load_variant(vpa, f"vitl-vpa{int(RATE * 100)}", max_batch=max_batch),
+        load_variant(tome, "vitl-tome-matched", max_batch=max_batch),
+    ]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu", action="store_true", help="Also time the DeiT-S token variants on ort-cpu (batch 8).")
-    p.add_argument("--gpu", action="store_true", help="Also time ViT-L dense / topk-vpa / tome on the GPU (fp16, batch 64).")
+    p.add_argument(
+        "--gpu", action="store_true", help="Also time ViT-L dense / topk-vpa / tome on the GPU (fp16, batch 64)."
+    )
     p.add_argument("--report", default="runs/tokens-bench", help="Report directory for the timed parts.")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--rounds", type=int, default=6)
@@ -119,29 +149,52 @@ def main(argv=None) -> int:
             from vitcompress.benchmarks import suite
 
             out = Path(a.report) / "deit_s_cpu"
-            rc = suite.main(["--variants", ",".join(CPU_VARIANTS), "--backend", "ort-cpu", "--batch", "8",
-                             "--iters", str(a.iters), "--rounds", str(a.rounds), "--report", str(out)])
+            rc = suite.main(
+                [
+                    "--variants",
+                    ",".join(CPU_VARIANTS),
+                    "--backend",
+                    "ort-cpu",
+                    "--batch",
+                    "8",
+                    "--iters",
+                    str(a.iters),
+                    "--rounds",
+                    str(a.rounds),
+                    "--report",
+                    str(out),
+                ]
+            )
             if rc:
                 return rc
             import json
 
             rep = json.loads((out / "report.json").read_text())
-            print(f"\ntarget: efficiency >= {EFFICIENCY_TARGET} for topk-vpa at keep 0.9/0.7/0.5@3,6,9 (ort-cpu, batch 8)")
+            print(
+                f"\ntarget: efficiency >= {EFFICIENCY_TARGET} for topk-vpa at keep 0.9/0.7/0.5@3,6,9 (ort-cpu, batch 8)"
+            )
             for row in rep["measurements"]:
                 if row["variant"].startswith("vpa"):
                     eff = row.get("efficiency")
                     ok = eff is not None and eff >= EFFICIENCY_TARGET
-                    print(f"  {row['variant']}: MACs ratio {row['macs_ratio']:.3f}, latency ratio "
-                          f"{row['latency_ratio']:.3f}, efficiency {eff:.2f} {'met' if ok else 'MISSED'}")
+                    print(
+                        f"  {row['variant']}: MACs ratio {row['macs_ratio']:.3f}, latency ratio "
+                        f"{row['latency_ratio']:.3f}, efficiency {eff:.2f} {'met' if ok else 'MISSED'}"
+                    )
         if a.gpu:
             from vitcompress.benchmarks.bench import BenchConfig, run_bench
             from vitcompress.benchmarks.report import to_markdown, write_report
 
-            cfg = BenchConfig(backends=["torch-cuda", "ort-cuda"], batches=[64], precision="fp16",
-                              iters=a.iters, rounds=a.rounds).validate()
+            cfg = BenchConfig(
+                backends=["torch-cuda", "ort-cuda"], batches=[64], precision="fp16", iters=a.iters, rounds=a.rounds
+            ).validate()
             result = run_bench(gpu_variants(64), cfg, progress=True)
-            result["suite"] = {"source": VITL, "command": " ".join(sys.argv), "paper_flops": PAPER_FLOPS,
-                               "paper_latency": PAPER_LATENCY}
+            result["suite"] = {
+                "source": VITL,
+                "command": " ".join(sys.argv),
+                "paper_flops": PAPER_FLOPS,
+                "paper_latency": PAPER_LATENCY,
+            }
             paths = write_report(result, Path(a.report) / "vitl_gpu")
             print(to_markdown(result))
             print(f"paper: {PAPER_FLOPS:.2%} FLOPs, {PAPER_LATENCY:.1%} latency; report: {paths['md']}")

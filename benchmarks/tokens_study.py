@@ -14,6 +14,7 @@
 Writes ``tokens_study.md`` / ``.json`` / ``.png`` (top-1 vs MACs removed per reducer, and the GAS
 trajectory) under ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
     from vitcompress.tokens.amount import macs_reduction
     from vitcompress.tokens.apply import apply_tokens, remove_tokens
     from vitcompress.tokens.schedule import parse_schedule
-    from vitcompress.tokens.search import predict, held_out
+    from vitcompress.tokens.search import held_out, predict
 
     net = remove_tokens(teacher).eval()
     x, y = held_out(net, data, images)
@@ -45,8 +46,14 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
     for method, spec in tqdm(jobs, desc="curves", disable=not progress):
         s = parse_schedule(spec, method)
         pred = predict(apply_tokens(net, s), x, 256)
-        rows.append({"method": method, "schedule": spec, "macs_reduction": macs_reduction(net, s),
-                     "top1": float((pred == y).float().mean())})
+        rows.append(
+            {
+                "method": method,
+                "schedule": spec,
+                "macs_reduction": macs_reduction(net, s),
+                "top1": float((pred == y).float().mean()),
+            }
+        )
     remove_tokens(net)
     return rows
 
@@ -64,21 +71,52 @@ def gas_run(teacher_path: str, out: Path, args) -> dict:
     student = apply_tokens(load(teacher_path), f"rate={args.gas_start}@1", method="topk-vpa")
     teacher = remove_tokens(load(teacher_path))
     gas = GASController(student, GASConfig(args.gas_target, interval=args.gas_interval))
-    cfg = TrainConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=1e-5,
-                      warmup_epochs=0.5, smoothing=0.0, progress=False, seed=0)
+    cfg = TrainConfig(
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=1e-5,
+        warmup_epochs=0.5,
+        smoothing=0.0,
+        progress=False,
+        seed=0,
+    )
     t0 = time.perf_counter()
-    res = fit(student, cfg, out / "gas", teacher=teacher, distill=DistillConfig(kind="soft"),
-              callbacks=[gas], force=True, record={"gas": gas.log})
+    res = fit(
+        student,
+        cfg,
+        out / "gas",
+        teacher=teacher,
+        distill=DistillConfig(kind="soft"),
+        callbacks=[gas],
+        force=True,
+        record={"gas": gas.log},
+    )
     seconds = time.perf_counter() - t0
     settled = schedule_of(res.model)
     untrained = apply_tokens(load(teacher_path), settled)
     # the same budget at the settled rate from the first step (no controller)
-    fixed = fit(apply_tokens(load(teacher_path), settled), cfg, out / "fixed", teacher=teacher,
-                distill=DistillConfig(kind="soft"), force=True)
-    return {"trajectory": gas.trajectory, "ceiling": gas.ceiling, "target": args.gas_target,
-            "rate": gas.rate, "macs_reduction": macs_reduction(res.model, settled),
-            "top1_finetuned": res.val["top1"], "top1_without_finetuning": evaluate_data(untrained, args.data).top1,
-            "top1_fixed_rate": fixed.val["top1"], "epochs": args.epochs, "seconds": seconds}
+    fixed = fit(
+        apply_tokens(load(teacher_path), settled),
+        cfg,
+        out / "fixed",
+        teacher=teacher,
+        distill=DistillConfig(kind="soft"),
+        force=True,
+    )
+    return {
+        "trajectory": gas.trajectory,
+        "ceiling": gas.ceiling,
+        "target": args.gas_target,
+        "rate": gas.rate,
+        "macs_reduction": macs_reduction(res.model, settled),
+        "top1_finetuned": res.val["top1"],
+        "top1_without_finetuning": evaluate_data(untrained, args.data).top1,
+        "top1_fixed_rate": fixed.val["top1"],
+        "epochs": args.epochs,
+        "seconds": seconds,
+    }
 
 
 def plot(rec: dict, path: Path) -> None:
@@ -103,8 +141,13 @@ def plot(rec: dict, path: Path) -> None:
         b.plot([p["step"] for p in t], [p["macs_reduction"] for p in t], label="MACs removed")
         b.axhline(rec["gas"]["target"], color="grey", lw=0.8, ls="--", label="target")
         b2 = b.twinx()
-        b2.plot([p["step"] for p in t if p["loss"] is not None], [p["loss"] for p in t if p["loss"] is not None],
-                color="tab:red", lw=0.8, alpha=0.6)
+        b2.plot(
+            [p["step"] for p in t if p["loss"] is not None],
+            [p["loss"] for p in t if p["loss"] is not None],
+            color="tab:red",
+            lw=0.8,
+            alpha=0.6,
+        )
         b2.set_ylabel("window loss", color="tab:red")
         b.set_xlabel("optimizer step")
         b.set_title("GAS: rate trajectory while fine-tuning", fontsize=9)
@@ -116,25 +159,36 @@ def plot(rec: dict, path: Path) -> None:
 
 
 def to_markdown(rec: dict) -> str:
-    lines = [f"Teacher: {rec['teacher']} (val top-1 {rec['teacher_top1']:.2%} on the whole val split; the curves and "
-             f"the search use its first {rec['images']} images). "
-             f"Command: `{rec['command']}`", "",
-             "Top-1 without training, by MACs removed:", "",
-             "| reducer | schedule | MACs removed | val top-1 |", "|---|---|---:|---:|"]
+    lines = [
+        f"Teacher: {rec['teacher']} (val top-1 {rec['teacher_top1']:.2%} on the whole val split; the curves and "
+        f"the search use its first {rec['images']} images). "
+        f"Command: `{rec['command']}`",
+        "",
+        "Top-1 without training, by MACs removed:",
+        "",
+        "| reducer | schedule | MACs removed | val top-1 |",
+        "|---|---|---:|---:|",
+    ]
     for r in rec["curves"]:
         lines.append(f"| {r['method']} | {r['schedule']} | {r['macs_reduction']:.1%} | {r['top1']:.2%} |")
     s = rec.get("search")
     if s:
-        lines += ["", f"Calibration search (topk-vpa, tolerance {s['tolerance']:.2%}, {s['images']} images): rate "
-                      f"{s['amount']:g}, {s['macs_reduction']:.1%} of MACs removed, top-1 {s['top1']:.2%} "
-                      f"(unreduced {s['baseline_top1']:.2%})."]
+        lines += [
+            "",
+            f"Calibration search (topk-vpa, tolerance {s['tolerance']:.2%}, {s['images']} images): rate "
+            f"{s['amount']:g}, {s['macs_reduction']:.1%} of MACs removed, top-1 {s['top1']:.2%} "
+            f"(unreduced {s['baseline_top1']:.2%}).",
+        ]
     g = rec.get("gas")
     if g:
-        lines += ["", f"GAS (topk-vpa, target {g['target']:.0%} MACs removed, {g['epochs']} epoch(s), distilled): settled "
-                      f"at rate {g['rate']:.3f} ({g['macs_reduction']:.1%} removed; ceiling rate {g['ceiling']:.3f}); "
-                      f"val top-1 {g['top1_finetuned']:.2%} after fine-tuning, {g['top1_without_finetuning']:.2%} at "
-                      f"the same rate without it, {g['top1_fixed_rate']:.2%} when fine-tuned at that rate from the "
-                      f"first step with the same budget ({g['seconds'] / 60:.1f} min)."]
+        lines += [
+            "",
+            f"GAS (topk-vpa, target {g['target']:.0%} MACs removed, {g['epochs']} epoch(s), distilled): settled "
+            f"at rate {g['rate']:.3f} ({g['macs_reduction']:.1%} removed; ceiling rate {g['ceiling']:.3f}); "
+            f"val top-1 {g['top1_finetuned']:.2%} after fine-tuning, {g['top1_without_finetuning']:.2%} at "
+            f"the same rate without it, {g['top1_fixed_rate']:.2%} when fine-tuned at that rate from the "
+            f"first step with the same budget ({g['seconds'] / 60:.1f} min).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -168,11 +222,18 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     teacher = load(args.teacher)
     t1 = evaluate_data(teacher, args.data).top1
-    rec = {"teacher": args.teacher, "teacher_top1": t1, "images": args.images, "command": " ".join(
-        ["python -m vitcompress.benchmarks.tokens_study", *(argv if argv is not None else sys.argv[1:])])}
+    rec = {
+        "teacher": args.teacher,
+        "teacher_top1": t1,
+        "images": args.images,
+        "command": " ".join(
+            ["python -m vitcompress.benchmarks.tokens_study", *(argv if argv is not None else sys.argv[1:])]
+        ),
+    }
     rec["curves"] = curves(teacher, args.data, args.images, [float(r) for r in args.rates.split(",")], True)
-    s = search_amount(teacher, parse_schedule("rate=0.1@1", "topk-vpa"), data=args.data, images=args.images,
-                      tolerance=args.tolerance)
+    s = search_amount(
+        teacher, parse_schedule("rate=0.1@1", "topk-vpa"), data=args.data, images=args.images, tolerance=args.tolerance
+    )
     rec["search"] = s.to_dict()
     if not args.skip_gas:
         rec["gas"] = gas_run(args.teacher, out, args)

@@ -11,14 +11,35 @@ Installed as ``vitcompress.exporters``; stands on ``vitcompress`` (it reads arti
 
 Heavy backends (onnxruntime, onnx_graphsurgeon, tensorrt) are imported inside functions.
 """
+
 from __future__ import annotations
+
+if __name__ != "vitcompress.exporters":  # the folder is linked into the package: one file, one module name
+    raise ImportError("import this package as vitcompress.exporters, not by its folder name")
 
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportResult, export_onnx, read_onnx_metadata
 from .parity import TOLERANCE, ParityCase, ParityReport, check_parity
 from .profiles import Profile, parse_profile
-from .trt_check import CompatIssue, CompatReport, check_tensorrt
 from .trt_build import BuildConfig, build_engine, tensorrt_available
+from .trt_check import CompatIssue, CompatReport, check_tensorrt
 
-__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "TOLERANCE", "BuildConfig", "CompatIssue", "CompatReport",
-           "ExportResult", "ParityCase", "ParityReport", "Profile", "build_engine", "check_parity",
-           "check_tensorrt", "export_onnx", "parse_profile", "read_onnx_metadata", "tensorrt_available"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "TOLERANCE",
+    "BuildConfig",
+    "CompatIssue",
+    "CompatReport",
+    "ExportResult",
+    "ParityCase",
+    "ParityReport",
+    "Profile",
+    "build_engine",
+    "check_parity",
+    "check_tensorrt",
+    "export_onnx",
+    "parse_profile",
+    "read_onnx_metadata",
+    "tensorrt_available",
+]

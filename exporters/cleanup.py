@@ -1,4 +1,5 @@
 """Graph clean-up with onnx-graphsurgeon: constant folding, dead-node removal, topological sort."""
+
 from __future__ import annotations
 
 import logging

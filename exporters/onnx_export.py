@@ -16,6 +16,7 @@ Default opset: ``DEFAULT_OPSET`` (20): the first opset with a ``Gelu`` operator,
 TensorRT 10 and 11 and run by ONNX Runtime. Opset 23 would turn attention into the ``Attention``
 operator, which TensorRT parses only since 10.14.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,15 +29,23 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 from vitcompress.errors import VitCompressError
 
-from .profiles import (Profile, ProfileLike, check_img_profile, default_img_profile, example_batch,
-                       parity_batches, parity_img_sizes, parse_profile)
+from .profiles import (
+    Profile,
+    ProfileLike,
+    check_img_profile,
+    default_img_profile,
+    example_batch,
+    parity_batches,
+    parity_img_sizes,
+    parse_profile,
+)
 
 DEFAULT_OPSET = 20
 INPUT_NAME = "pixel_values"
@@ -52,37 +61,44 @@ class ExportResult:
     """What ``export_onnx`` wrote and measured."""
 
     path: Path
-    parity: Optional[Any]  # ParityReport, None with check=False
+    parity: Any | None  # ParityReport, None with check=False
     nodes_before: int
     nodes_after: int
     metadata: dict
     precision: str = "fp32"
     opset: int = DEFAULT_OPSET
-    batch: Optional[Profile] = None
-    img_size: Optional[Profile] = None
+    batch: Profile | None = None
+    img_size: Profile | None = None
     dynamic_size: bool = False
     input_name: str = INPUT_NAME
     runtime_keep: bool = False  # the graph has the second input ``keep_rate``
-    external_data: Optional[Path] = None
+    external_data: Path | None = None
     size_bytes: int = 0
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
-            "path": str(self.path), "precision": self.precision, "opset": self.opset,
+            "path": str(self.path),
+            "precision": self.precision,
+            "opset": self.opset,
             "batch": self.batch.to_dict() if self.batch else None,
             "img_size": self.img_size.to_dict() if self.img_size else None,
-            "dynamic_size": self.dynamic_size, "input_name": self.input_name, "runtime_keep": self.runtime_keep,
-            "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+            "dynamic_size": self.dynamic_size,
+            "input_name": self.input_name,
+            "runtime_keep": self.runtime_keep,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
             "external_data": str(self.external_data) if self.external_data else None,
-            "size_bytes": self.size_bytes, "seconds": self.seconds, "timings": self.timings,
+            "size_bytes": self.size_bytes,
+            "seconds": self.seconds,
+            "timings": self.timings,
             "parity": self.parity.to_dict() if self.parity is not None else None,
         }
 
 
 # ------------------------------------------------------------------------------- model preparation
-def _load_source(model_or_path: Union[str, os.PathLike, nn.Module]):
+def _load_source(model_or_path: str | os.PathLike | nn.Module):
     """(fp32 eval copy of the model, its ArtifactMeta, label of the source)."""
     from vitcompress.artifact import load, meta_of
 
@@ -123,8 +139,9 @@ def _with_dynamic_size(model: nn.Module, meta) -> nn.Module:
     except ImportError:  # pragma: no cover
         pass
     src = meta.source
-    dyn = build_model(SourceModel(src.name, {**src.kwargs, "dynamic_img_size": True}),
-                      spec_from_model(plain), device="cpu")
+    dyn = build_model(
+        SourceModel(src.name, {**src.kwargs, "dynamic_img_size": True}), spec_from_model(plain), device="cpu"
+    )
     dyn.load_state_dict(plain.state_dict(), strict=True)
     for attr in ("pretrained_cfg", "default_cfg", "vitcompress_meta"):
         if hasattr(plain, attr):
@@ -146,8 +163,9 @@ def _patch_and_size(model: nn.Module) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------------------------ graph export
-def _export_graph(model: nn.Module, example: torch.Tensor, dynamic_size: bool, opset: int,
-                  keep: Optional[torch.Tensor] = None):
+def _export_graph(
+    model: nn.Module, example: torch.Tensor, dynamic_size: bool, opset: int, keep: torch.Tensor | None = None
+):
     """``torch.onnx.export`` (dynamo) of ``model(example)``, or of ``model(example, keep)`` for a
     runtime-keep wrapper (``keep_rate`` has the static shape ``[1]``)."""
     from torch.export import Dim
@@ -161,13 +179,21 @@ def _export_graph(model: nn.Module, example: torch.Tensor, dynamic_size: bool, o
     if keep is not None:
         args, names, shapes = (example, keep), [INPUT_NAME, KEEP_INPUT], (axes, None)
     try:
-        prog = torch.onnx.export(model, args, dynamo=True, input_names=names,
-                                 output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
-                                 opset_version=opset, verbose=False)
+        prog = torch.onnx.export(
+            model,
+            args,
+            dynamo=True,
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes,
+            opset_version=opset,
+            verbose=False,
+        )
     except Exception as e:
         raise VitCompressError(
             f"the ONNX exporter failed at opset {opset} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            f"try the default --opset {DEFAULT_OPSET}") from None
+            f"try the default --opset {DEFAULT_OPSET}"
+        ) from None
     return prog.model_proto
 
 
@@ -190,12 +216,22 @@ def _check_symbolic(proto, dynamic_size: bool) -> None:
     if fixed:
         raise VitCompressError(
             f"the exporter fixed input axis {fixed[0]} to {dims[fixed[0]].dim_value} (the model's forward "
-            "turns that size into a constant); this model cannot be exported with a dynamic axis there")
+            "turns that size into a constant); this model cannot be exported with a dynamic axis there"
+        )
 
 
-def _metadata(meta, model: nn.Module, precision: str, batch: Profile, img: Optional[Profile],
-              dynamic_size: bool, opset: int, source_label: str, runtime_keep: bool = False,
-              patch: Optional[int] = None) -> dict[str, str]:
+def _metadata(
+    meta,
+    model: nn.Module,
+    precision: str,
+    batch: Profile,
+    img: Profile | None,
+    dynamic_size: bool,
+    opset: int,
+    source_label: str,
+    runtime_keep: bool = False,
+    patch: int | None = None,
+) -> dict[str, str]:
     import vitcompress
     from vitcompress.counting import count
 
@@ -212,36 +248,51 @@ def _metadata(meta, model: nn.Module, precision: str, batch: Profile, img: Optio
         "counts": meta.counts,
         "counts_source": meta.counts_source,
         "plan": meta.plan.to_dict() if meta.plan is not None else None,
-        "export": {"precision": precision, "opset": opset, "dynamic_size": dynamic_size,
-                   "batch": batch.to_dict(), "img_size": img.to_dict() if img else None,
-                   "input": INPUT_NAME, "output": OUTPUT_NAME, "artifact": source_label, "patch_size": patch,
-                   "runtime_keep": runtime_keep_meta() if runtime_keep else None,
-                   "vitcompress_version": vitcompress.__version__},
+        "export": {
+            "precision": precision,
+            "opset": opset,
+            "dynamic_size": dynamic_size,
+            "batch": batch.to_dict(),
+            "img_size": img.to_dict() if img else None,
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "artifact": source_label,
+            "patch_size": patch,
+            "runtime_keep": runtime_keep_meta() if runtime_keep else None,
+            "vitcompress_version": vitcompress.__version__,
+        },
     }
     return {META_PREFIX + k: json.dumps(v) for k, v in data.items()}
 
 
-def read_onnx_metadata(path: Union[str, os.PathLike]) -> dict:
+def read_onnx_metadata(path: str | os.PathLike) -> dict:
     """The ``vitcompress.*`` metadata of an exported file, JSON-decoded (without loading weights)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    return {p.key[len(META_PREFIX):]: json.loads(p.value) for p in proto.metadata_props
-            if p.key.startswith(META_PREFIX)}
+    return {
+        p.key[len(META_PREFIX) :]: json.loads(p.value) for p in proto.metadata_props if p.key.startswith(META_PREFIX)
+    }
 
 
 def _weight_bytes(proto) -> int:
     return sum(len(t.raw_data) for t in proto.graph.initializer)
 
 
-def _save(proto, path: Path, data_name: Optional[str]) -> None:
+def _save(proto, path: Path, data_name: str | None) -> None:
     """Write ``proto`` to ``path``; with ``data_name``, every tensor above 1 KiB goes to the side
     file ``data_name`` next to it (the ``location`` the file refers to)."""
     import onnx
 
     if data_name:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
+        onnx.save_model(
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(proto, str(path))
 
@@ -280,7 +331,7 @@ def _external_locations(path: Path) -> set[str]:
     return out
 
 
-def _install(tmp_path: Path, data_name: Optional[str], output: Path) -> None:
+def _install(tmp_path: Path, data_name: str | None, output: Path) -> None:
     """Move a checked file (and its side file) from the temporary folder onto ``output``.
 
     The side file has a name no other file uses (``_data_name``) and is moved first: until the
@@ -308,8 +359,8 @@ def _install(tmp_path: Path, data_name: Optional[str], output: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ export
 def export_onnx(
-    model_or_artifact_path: Union[str, os.PathLike, nn.Module],
-    output: Union[str, os.PathLike],
+    model_or_artifact_path: str | os.PathLike | nn.Module,
+    output: str | os.PathLike,
     *,
     batch: ProfileLike = (1, 8, 32),
     dynamic_size: bool = False,
@@ -317,8 +368,8 @@ def export_onnx(
     precision: str = "fp32",
     opset: int = DEFAULT_OPSET,
     check: bool = True,
-    tolerance: Optional[float] = None,
-    external_data: Optional[bool] = None,
+    tolerance: float | None = None,
+    external_data: bool | None = None,
     seed: int = 0,
     progress: bool = False,
     runtime_keep: bool = False,
@@ -389,7 +440,8 @@ def export_onnx(
     else:
         if img_p is not None and img_p.opt != native:
             raise VitCompressError(
-                f"--img-size {img_p} differs from the model's input size {native}; add --dynamic-size")
+                f"--img-size {img_p} differs from the model's input size {native}; add --dynamic-size"
+            )
         img_p = None
     # after the input is known good: creates missing parent folders, and removes them again (where
     # still empty) if anything below fails, so a failed export leaves no folders behind either
@@ -437,15 +489,24 @@ def export_onnx(
                 shapes = [(bb, img_p.opt if img_p else native) for bb in parity_batches(batch_p)]
                 for s in parity_img_sizes(img_p)[1:]:
                     shapes.append((batch_p.min, s))
-                report = check_parity(str(tmp_path), reference, shapes, precision=precision,
-                                      tolerance=tolerance, seed=seed, in_chans=in_chans, keeps=keeps)
+                report = check_parity(
+                    str(tmp_path),
+                    reference,
+                    shapes,
+                    precision=precision,
+                    tolerance=tolerance,
+                    seed=seed,
+                    in_chans=in_chans,
+                    keeps=keeps,
+                )
                 if not report.ok:
                     worst = max(report.cases, key=lambda c: c.max_rel)
                     at_keep = f", keep_rate {worst.keep}" if worst.keep is not None else ""
                     raise VitCompressError(
                         f"parity check failed: max relative error {worst.max_rel:.3e} at batch {worst.batch}, "
                         f"image {worst.img_size}{at_keep} exceeds {report.tolerance:.0e} ({precision}); "
-                        "nothing was written, report the model to the maintainers or relax --tolerance")
+                        "nothing was written, report the model to the maintainers or relax --tolerance"
+                    )
             t = step("parity", t)
             _install(tmp_path, data_name, output)
         finally:
@@ -454,8 +515,20 @@ def export_onnx(
         data_path = output.parent / data_name if data_name else None
         size = output.stat().st_size + (data_path.stat().st_size if data_path else 0)
         return ExportResult(
-            path=output, parity=report, nodes_before=nodes_before, nodes_after=nodes_after,
-            metadata={k[len(META_PREFIX):]: json.loads(v) for k, v in md.items()},
-            precision=precision, opset=int(opset), batch=batch_p, img_size=img_p, dynamic_size=dynamic_size,
-            input_name=INPUT_NAME, runtime_keep=bool(runtime_keep), external_data=data_path, size_bytes=size,
-            seconds=round(time.perf_counter() - t_start, 3), timings=timings)
+            path=output,
+            parity=report,
+            nodes_before=nodes_before,
+            nodes_after=nodes_after,
+            metadata={k[len(META_PREFIX) :]: json.loads(v) for k, v in md.items()},
+            precision=precision,
+            opset=int(opset),
+            batch=batch_p,
+            img_size=img_p,
+            dynamic_size=dynamic_size,
+            input_name=INPUT_NAME,
+            runtime_keep=bool(runtime_keep),
+            external_data=data_path,
+            size_bytes=size,
+            seconds=round(time.perf_counter() - t_start, 3),
+            timings=timings,
+        )

@@ -5,15 +5,16 @@ fails afterwards, a path such as ``newdir/sub/m.onnx`` would leave the empty fol
 behind. ``created_dirs`` records which folders it created and removes them (deepest first, only
 while they are empty) when the block it guards raises.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Union
 
 
-def make_dirs(folder: Union[str, os.PathLike]) -> list[Path]:
+def make_dirs(folder: str | os.PathLike) -> list[Path]:
     """Create ``folder`` and its missing parents and check that it is writable
     (``check_writable_dir``, which raises ``VitCompressError``); return the folders this call
     created, outermost first. Where the check fails, those folders are removed again."""
@@ -47,7 +48,7 @@ def remove_empty(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def created_dirs(folder: Union[str, os.PathLike]) -> Iterator[list[Path]]:
+def created_dirs(folder: str | os.PathLike) -> Iterator[list[Path]]:
     """``make_dirs(folder)``; if the block raises, the folders it created are removed where empty."""
     made = make_dirs(folder)
     try:

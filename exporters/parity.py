@@ -14,10 +14,11 @@ A runtime-keep graph (second input ``keep_rate``, ``exporters.runtime_keep``) is
 shape for each given keep rate, against a copy of the model with that keep rate set on every
 reducer (``tokens.set_keep``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ class ParityCase:
     max_abs: float
     max_rel: float
     ok: bool
-    keep: Optional[float] = None  # the keep_rate fed to a runtime-keep graph
+    keep: float | None = None  # the keep_rate fed to a runtime-keep graph
 
 
 @dataclass
@@ -59,21 +60,29 @@ class ParityReport:
         return max((c.max_rel for c in self.cases), default=0.0)
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "tolerance": self.tolerance, "ok": self.ok,
-                "max_abs": self.max_abs, "max_rel": self.max_rel, "cases": [asdict(c) for c in self.cases]}
+        return {
+            "precision": self.precision,
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "cases": [asdict(c) for c in self.cases],
+        }
 
     def format(self) -> str:
         """A small table: one line per shape plus the verdict."""
         lines = [f"parity (ONNX Runtime CPU vs PyTorch, {self.precision}, tolerance rel {self.tolerance:.0e}):"]
         for c in self.cases:
             keep = f"  keep {c.keep:.3f}" if c.keep is not None else ""
-            lines.append(f"  batch {c.batch:>3}  image {c.img_size:>4}{keep}  max abs {c.max_abs:.3e}  "
-                         f"max rel {c.max_rel:.3e}  {'ok' if c.ok else 'FAIL'}")
+            lines.append(
+                f"  batch {c.batch:>3}  image {c.img_size:>4}{keep}  max abs {c.max_abs:.3e}  "
+                f"max rel {c.max_rel:.3e}  {'ok' if c.ok else 'FAIL'}"
+            )
         lines.append(f"  {'passed' if self.ok else 'FAILED'}: max rel {self.max_rel:.3e}")
         return "\n".join(lines)
 
 
-def ort_session(path: str, threads: Optional[int] = None):
+def ort_session(path: str, threads: int | None = None):
     """A CPU ONNX Runtime session (external data is resolved next to ``path``)."""
     import onnxruntime as ort
 
@@ -84,9 +93,17 @@ def ort_session(path: str, threads: Optional[int] = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def check_parity(onnx_path: str, reference: nn.Module, shapes: Sequence[tuple[int, int]], *,
-                 precision: str = "fp32", tolerance: Optional[float] = None, seed: int = 0,
-                 in_chans: int = 3, keeps: Optional[Sequence[float]] = None) -> ParityReport:
+def check_parity(
+    onnx_path: str,
+    reference: nn.Module,
+    shapes: Sequence[tuple[int, int]],
+    *,
+    precision: str = "fp32",
+    tolerance: float | None = None,
+    seed: int = 0,
+    in_chans: int = 3,
+    keeps: Sequence[float] | None = None,
+) -> ParityReport:
     """Run ``onnx_path`` and the fp32 ``reference`` on fresh random images of each (batch, side).
 
     ``keeps``: for a runtime-keep graph, the keep rates to feed as its ``keep_rate`` input; every

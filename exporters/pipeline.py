@@ -1,12 +1,13 @@
 """``vitcompress export``: ONNX export, then (``trt=True``) the TensorRT check, engine and engine parity."""
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 from vitcompress.errors import VitCompressError
 
@@ -21,18 +22,32 @@ class ExportRun:
     """Everything one ``export`` produced."""
 
     onnx: ExportResult
-    compat: Optional[object] = None  # CompatReport
-    engine: Optional[Path] = None
-    sidecar: Optional[dict] = None
-    engine_parity: Optional[object] = None  # ParityReport
+    compat: object | None = None  # CompatReport
+    engine: Path | None = None
+    sidecar: dict | None = None
+    engine_parity: object | None = None  # ParityReport
 
 
-def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *, batch: ProfileLike = (1, 8, 32),
-           dynamic_size: bool = False, img_size: ProfileLike = None, precision: str = "fp32",
-           opset: int = DEFAULT_OPSET, check: bool = True, tolerance: Optional[float] = None, trt: bool = False,
-           engine: Optional[Union[str, os.PathLike]] = None, workspace_gib: float = 4.0,
-           timing_cache: Optional[str] = None, opt_level: int = 3, progress: bool = False,
-           runtime_keep: bool = False, echo: Callable[[str], None] = print) -> ExportRun:
+def export(
+    artifact: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    batch: ProfileLike = (1, 8, 32),
+    dynamic_size: bool = False,
+    img_size: ProfileLike = None,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    tolerance: float | None = None,
+    trt: bool = False,
+    engine: str | os.PathLike | None = None,
+    workspace_gib: float = 4.0,
+    timing_cache: str | None = None,
+    opt_level: int = 3,
+    progress: bool = False,
+    runtime_keep: bool = False,
+    echo: Callable[[str], None] = print,
+) -> ExportRun:
     """Export ``artifact`` to ``output``; with ``trt``, check the graph for TensorRT, build the engine
     (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime where CUDA is present.
 
@@ -47,15 +62,27 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
     from .trt_build import BuildConfig
 
     cfg = BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache) if trt else None
-    res = export_onnx(artifact, output, batch=batch, dynamic_size=dynamic_size, img_size=img_size,
-                      precision=precision, opset=opset, check=check, tolerance=tolerance, progress=progress,
-                      runtime_keep=runtime_keep)
+    res = export_onnx(
+        artifact,
+        output,
+        batch=batch,
+        dynamic_size=dynamic_size,
+        img_size=img_size,
+        precision=precision,
+        opset=opset,
+        check=check,
+        tolerance=tolerance,
+        progress=progress,
+        runtime_keep=runtime_keep,
+    )
     echo(f"nodes: {res.nodes_before} exported -> {res.nodes_after} after clean-up")
     if res.parity is not None:
         echo(res.parity.format())
     mb = res.size_bytes / 1e6
-    echo(f"wrote {res.path} ({mb:.1f} MB{', external data ' + str(res.external_data) if res.external_data else ''}) "
-         f"in {res.seconds:.1f} s")
+    echo(
+        f"wrote {res.path} ({mb:.1f} MB{', external data ' + str(res.external_data) if res.external_data else ''}) "
+        f"in {res.seconds:.1f} s"
+    )
     run = ExportRun(res)
     if not trt:
         return run
@@ -69,12 +96,14 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
         raise VitCompressError(
             f"the graph cannot build in TensorRT: node {first.node!r} ({first.op}) {first.message} "
             f"({len(run.compat.errors)} problem(s) listed above); no engine was built, the ONNX file {str(res.path)!r} "
-            "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass")
+            "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass"
+        )
     if res.runtime_keep:
         raise VitCompressError(
             "building a TensorRT engine from a --runtime-keep graph is not supported yet (its keep_rate input "
             "would be a shape-tensor input of the engine); the ONNX file was written and checked, build the "
-            "engine from an export without --runtime-keep")
+            "engine from an export without --runtime-keep"
+        )
     from .trt_build import build_engine, require_tensorrt
 
     require_tensorrt()
@@ -82,8 +111,10 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
         cfg.img_size = res.img_size
     run.engine = Path(engine) if engine else Path(str(res.path.with_suffix("")) + ".engine")
     if run.engine.is_dir():
-        raise VitCompressError(f"engine path {str(run.engine)!r} is a folder; pass --engine with a file path "
-                               f"such as {run.engine / 'model.engine'}")
+        raise VitCompressError(
+            f"engine path {str(run.engine)!r} is a folder; pass --engine with a file path "
+            f"such as {run.engine / 'model.engine'}"
+        )
     source = str(artifact) if not hasattr(artifact, "forward") else None
     with created_dirs(run.engine.parent):  # removed again (where empty) when the build or its parity fails
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{run.engine.name}.tmp-", dir=run.engine.parent))
@@ -96,13 +127,14 @@ def export(artifact: Union[str, os.PathLike], output: Union[str, os.PathLike], *
             _install_engine(staged, run.engine)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    echo(f"wrote {run.engine} (TensorRT {run.sidecar['tensorrt_version']}, {precision}, profile "
-         f"{run.sidecar['profile']['min']} .. {run.sidecar['profile']['max']}) and {sidecar_path(run.engine)}")
+    echo(
+        f"wrote {run.engine} (TensorRT {run.sidecar['tensorrt_version']}, {precision}, profile "
+        f"{run.sidecar['profile']['min']} .. {run.sidecar['profile']['max']}) and {sidecar_path(run.engine)}"
+    )
     return run
 
 
-def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: str,
-                   echo: Callable[[str], None]):
+def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: str, echo: Callable[[str], None]):
     """Engine vs ONNX Runtime where CUDA is present (else None): three distinct batch sizes inside
     the engine's batch profile where it has them (``parity_batches(within=True)``) at the OPT
     image side, and, for a dynamic-size export, the second image side of the ONNX parity check.
@@ -120,8 +152,10 @@ def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: 
     echo(report.format())
     if not report.ok:
         fix = "rebuild with --precision fp32 or report it" if precision == "fp16" else "report it with the table above"
-        raise VitCompressError(f"the TensorRT engine differs from ONNX Runtime (max rel {report.max_rel:.2e}); "
-                               f"no engine was written: {fix}")
+        raise VitCompressError(
+            f"the TensorRT engine differs from ONNX Runtime (max rel {report.max_rel:.2e}); "
+            f"no engine was written: {fix}"
+        )
     return report
 
 

@@ -4,10 +4,12 @@ One profile drives three things: the example input of the exporter (the OPT poin
 the parity check (MIN, OPT and MAX capped for CPU, padded to three distinct batch sizes) and the
 TensorRT optimisation profile.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence, Union
+from typing import Union
 
 from vitcompress.errors import VitCompressError
 
@@ -69,7 +71,8 @@ def check_img_profile(profile: Profile, patch: int) -> None:
     if bad:
         raise VitCompressError(
             f"--img-size {profile} has {bad[0]}, not a multiple of the patch size {patch}; "
-            f"use multiples of {patch} (e.g. {max(patch, bad[0] // patch * patch)})")
+            f"use multiples of {patch} (e.g. {max(patch, bad[0] // patch * patch)})"
+        )
 
 
 def default_img_profile(native: int, patch: int) -> Profile:

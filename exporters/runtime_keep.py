@@ -20,10 +20,10 @@ How: the reducers compute ``K`` from the tensor with ``.item()`` and ``torch._ch
 the ONNX ``TopK`` takes its ``K`` from a computation on the ``keep_rate`` input. Later token counts
 are those symbols, so the graph stays exact at every image size of a dynamic-size export.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 from torch import nn
@@ -36,8 +36,10 @@ KEEP_SHAPE = (1,)
 RUNTIME_METHODS = ("topk", "topk-vpa", "evit", "etps")
 #: Second keep rate of the parity check (the first is the schedule's own); 0.8 if that is 0.5.
 PARITY_SECOND_KEEP = 0.5
-RULE = ("K = ceil(a * n / 1000) patch tokens kept of n in every reducing block, "
-        "a = round(1000 * keep_rate) clipped to [1, 1000] (evit: [1, 999])")
+RULE = (
+    "K = ceil(a * n / 1000) patch tokens kept of n in every reducing block, "
+    "a = round(1000 * keep_rate) clipped to [1, 1000] (evit: [1, 999])"
+)
 
 
 def check_runtime_keep(model: nn.Module):
@@ -48,11 +50,13 @@ def check_runtime_keep(model: nn.Module):
     if sched is None:
         raise VitCompressError(
             "--runtime-keep needs a token-reduced model and this one has no token schedule; "
-            "apply one first (vitcompress tokens ... --method topk-vpa) or export without --runtime-keep")
+            "apply one first (vitcompress tokens ... --method topk-vpa) or export without --runtime-keep"
+        )
     if sched.kind == "merge" or sched.method not in RUNTIME_METHODS:
         raise VitCompressError(
             f"--runtime-keep does not apply to {sched.method} (it merges a fixed number of token pairs per "
-            f"block, not a fraction); export it without --runtime-keep or use {', '.join(RUNTIME_METHODS)}")
+            f"block, not a fraction); export it without --runtime-keep or use {', '.join(RUNTIME_METHODS)}"
+        )
     return sched
 
 
@@ -112,10 +116,22 @@ def metadata() -> dict:
     return {"input": KEEP_INPUT, "shape": list(KEEP_SHAPE), "dtype": "float32", "rule": RULE}
 
 
-def feeds(keep: Optional[float]) -> dict:
+def feeds(keep: float | None) -> dict:
     """Extra ONNX Runtime feeds for a keep rate (empty for a graph without the input)."""
     return {} if keep is None else {KEEP_INPUT: keep_tensor(keep).numpy()}
 
 
-__all__ = ["KEEP_INPUT", "KEEP_SHAPE", "RULE", "RUNTIME_METHODS", "RuntimeKeep", "check_runtime_keep",
-           "feeds", "keep_tensor", "metadata", "parity_keeps", "schedule_keep", "with_keep"]
+__all__ = [
+    "KEEP_INPUT",
+    "KEEP_SHAPE",
+    "RULE",
+    "RUNTIME_METHODS",
+    "RuntimeKeep",
+    "check_runtime_keep",
+    "feeds",
+    "keep_tensor",
+    "metadata",
+    "parity_keeps",
+    "schedule_keep",
+    "with_keep",
+]

@@ -7,6 +7,7 @@ One optimisation profile covers ``batch`` MIN:OPT:MAX and, for a dynamic-size ex
 ``img_size`` MIN:OPT:MAX. The timing cache file is read if present and written back after the
 build, so repeated builds on the same GPU skip most kernel timing.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,15 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 from vitcompress.errors import VitCompressError
 
 from .profiles import Profile, ProfileLike, parse_profile
 
-INSTALL_HINT = ("TensorRT is not installed; install it with `pip install 'vitcompress[gpu]'` on a machine "
-                "with an NVIDIA GPU (the ONNX file was written)")
+INSTALL_HINT = (
+    "TensorRT is not installed; install it with `pip install 'vitcompress[gpu]'` on a machine "
+    "with an NVIDIA GPU (the ONNX file was written)"
+)
 
 
 def tensorrt_available() -> bool:
@@ -57,15 +59,22 @@ class BuildConfig:
     """Engine build settings (serialised into the sidecar)."""
 
     batch: Profile
-    img_size: Optional[Profile] = None
+    img_size: Profile | None = None
     precision: str = "fp32"
     workspace_gib: float = 4.0
     opt_level: int = 3
-    timing_cache: Optional[str] = None
+    timing_cache: str | None = None
 
     @classmethod
-    def make(cls, batch: ProfileLike = (1, 8, 32), img_size: ProfileLike = None, precision: str = "fp32",
-             workspace_gib: float = 4.0, opt_level: int = 3, timing_cache: Optional[str] = None) -> "BuildConfig":
+    def make(
+        cls,
+        batch: ProfileLike = (1, 8, 32),
+        img_size: ProfileLike = None,
+        precision: str = "fp32",
+        workspace_gib: float = 4.0,
+        opt_level: int = 3,
+        timing_cache: str | None = None,
+    ) -> BuildConfig:
         """Validate and build a config from CLI-style values."""
         if precision not in ("fp32", "fp16"):
             raise VitCompressError(f"precision {precision!r} is not supported; use fp32 or fp16")
@@ -73,8 +82,14 @@ class BuildConfig:
             raise VitCompressError(f"--workspace {workspace_gib} must be > 0 GiB")
         if not 0 <= int(opt_level) <= 5:
             raise VitCompressError(f"builder optimisation level {opt_level} is outside 0..5")
-        return cls(parse_profile(batch, "batch"), parse_profile(img_size, "img-size") if img_size is not None else None,
-                   precision, float(workspace_gib), int(opt_level), timing_cache)
+        return cls(
+            parse_profile(batch, "batch"),
+            parse_profile(img_size, "img-size") if img_size is not None else None,
+            precision,
+            float(workspace_gib),
+            int(opt_level),
+            timing_cache,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -91,7 +106,9 @@ def profile_shapes(input_shape: list, cfg: BuildConfig) -> tuple[tuple, tuple, t
         raise VitCompressError(f"expected an NCHW image input, the ONNX input has shape {input_shape}")
     dyn_hw = shape[2] is None or shape[3] is None
     if dyn_hw and cfg.img_size is None:
-        raise VitCompressError("the ONNX file has a dynamic image size; pass --img-size MIN:OPT:MAX for the engine profile")
+        raise VitCompressError(
+            "the ONNX file has a dynamic image size; pass --img-size MIN:OPT:MAX for the engine profile"
+        )
     out = []
     for i in range(3):
         s = list(shape)
@@ -100,15 +117,26 @@ def profile_shapes(input_shape: list, cfg: BuildConfig) -> tuple[tuple, tuple, t
             s[2] = s[3] = cfg.img_size.as_tuple()[i]
         elif cfg.img_size is not None and cfg.img_size.as_tuple()[i] != shape[2]:
             raise VitCompressError(
-                f"--img-size {cfg.img_size} does not match the ONNX file's fixed size {shape[2]}; export with --dynamic-size")
+                f"--img-size {cfg.img_size} does not match the ONNX file's fixed size {shape[2]}; export with --dynamic-size"
+            )
         if s[1] is None:
             raise VitCompressError("the ONNX input has a dynamic channel axis; export it with a fixed channel count")
         out.append(tuple(s))
     return out[0], out[1], out[2]
 
 
-def sidecar(engine_path: Union[str, Path], onnx_path: Union[str, Path], cfg: BuildConfig, *, trt_version: str,
-            gpu: str, input_name: str, shapes: tuple, source: Optional[str] = None, strongly_typed: bool = False) -> dict:
+def sidecar(
+    engine_path: str | Path,
+    onnx_path: str | Path,
+    cfg: BuildConfig,
+    *,
+    trt_version: str,
+    gpu: str,
+    input_name: str,
+    shapes: tuple,
+    source: str | None = None,
+    strongly_typed: bool = False,
+) -> dict:
     """The JSON record written next to an engine."""
     mn, opt, mx = shapes
     return {
@@ -127,11 +155,11 @@ def sidecar(engine_path: Union[str, Path], onnx_path: Union[str, Path], cfg: Bui
     }
 
 
-def sidecar_path(engine_path: Union[str, Path]) -> Path:
+def sidecar_path(engine_path: str | Path) -> Path:
     return Path(str(engine_path) + ".json")
 
 
-def read_sidecar(engine_path: Union[str, Path]) -> dict:
+def read_sidecar(engine_path: str | Path) -> dict:
     """Parse an engine's sidecar JSON."""
     p = sidecar_path(engine_path)
     try:
@@ -140,9 +168,13 @@ def read_sidecar(engine_path: Union[str, Path]) -> dict:
             raise ValueError("not a vitcompress engine sidecar")
         return d
     except FileNotFoundError:
-        raise VitCompressError(f"engine sidecar {str(p)!r} is missing; rebuild the engine with `vitcompress export --trt`") from None
+        raise VitCompressError(
+            f"engine sidecar {str(p)!r} is missing; rebuild the engine with `vitcompress export --trt`"
+        ) from None
     except Exception as e:
-        raise VitCompressError(f"engine sidecar {str(p)!r} is corrupt ({type(e).__name__}); rebuild the engine") from None
+        raise VitCompressError(
+            f"engine sidecar {str(p)!r} is corrupt ({type(e).__name__}); rebuild the engine"
+        ) from None
 
 
 def _gpu_name() -> str:
@@ -163,8 +195,9 @@ def _onnx_input(onnx_path) -> tuple[str, list, int]:
     return inp.name, [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim], tt.elem_type
 
 
-def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.PathLike], cfg: BuildConfig,
-                 source: Optional[str] = None) -> dict:
+def build_engine(
+    onnx_path: str | os.PathLike, engine_path: str | os.PathLike, cfg: BuildConfig, source: str | None = None
+) -> dict:
     """Parse ``onnx_path``, build a serialised engine with one optimisation profile, write it and its
     sidecar (``<engine>.json``) atomically. Returns the sidecar dict. Needs ``tensorrt`` and a GPU."""
     from vitcompress.io import atomic_file
@@ -177,7 +210,8 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     if strongly_typed and cfg.precision == "fp16" and elem != 10:  # 10 = FLOAT16
         raise VitCompressError(
             f"TensorRT {trt.__version__} builds strongly typed networks: an fp16 engine needs an fp16 ONNX; "
-            "export with --precision fp16")
+            "export with --precision fp16"
+        )
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -190,7 +224,9 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
-        raise VitCompressError(f"TensorRT cannot parse {str(onnx_path)!r}: {errs[:300]}; run the export without --trt and report it")
+        raise VitCompressError(
+            f"TensorRT cannot parse {str(onnx_path)!r}: {errs[:300]}; run the export without --trt and report it"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
     config.builder_optimization_level = cfg.opt_level
@@ -206,10 +242,21 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise VitCompressError("TensorRT could not build the engine (see the TensorRT log above); "
-                               "try a larger --workspace or a smaller profile")
-    side = sidecar(engine_path, onnx_path, cfg, trt_version=trt.__version__, gpu=_gpu_name(), input_name=name,
-                   shapes=shapes, source=source, strongly_typed=strongly_typed)
+        raise VitCompressError(
+            "TensorRT could not build the engine (see the TensorRT log above); "
+            "try a larger --workspace or a smaller profile"
+        )
+    side = sidecar(
+        engine_path,
+        onnx_path,
+        cfg,
+        trt_version=trt.__version__,
+        gpu=_gpu_name(),
+        input_name=name,
+        shapes=shapes,
+        source=source,
+        strongly_typed=strongly_typed,
+    )
     with atomic_file(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
         with atomic_file(sidecar_path(engine_path)) as tmp_side:

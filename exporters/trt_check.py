@@ -15,16 +15,18 @@ the graph whose input is fixed to the largest profile shape (and a runtime ``kee
 1, its largest value); where it cannot be evaluated it is bounded by the length of the TopK axis
 at that shape, and where that is unknown too a warning says so.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
 
 TOPK_MAX_K = 3840
 
 #: Operators (default ONNX domain) that TensorRT 10's ONNX parser accepts.
-TRT_SUPPORTED_OPS = frozenset("""
+TRT_SUPPORTED_OPS = frozenset(
+    """
 Abs Acos Acosh Add AffineGrid And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
 BatchNormalization BitwiseAnd BitwiseNot BitwiseOr BitwiseXor BlackmanWindow Cast CastLike Ceil Celu
 Clip Compress Concat ConcatFromSequence Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
@@ -41,7 +43,8 @@ Resize ReverseSequence RoiAlign Round ScaledTanh Scan Scatter ScatterElements Sc
 SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Shape Shrink
 Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split SplitToSequence Sqrt
 Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 
 _DOUBLE = 11  # onnx.TensorProto.DOUBLE
 
@@ -78,8 +81,10 @@ class CompatReport:
         return {"ok": self.ok, "nodes": self.nodes, "issues": [asdict(i) for i in self.issues]}
 
     def format(self) -> str:
-        head = (f"TensorRT check: {self.nodes} nodes, {len(self.errors)} errors, "
-                f"{len(self.issues) - len(self.errors)} warnings")
+        head = (
+            f"TensorRT check: {self.nodes} nodes, {len(self.errors)} errors, "
+            f"{len(self.issues) - len(self.errors)} warnings"
+        )
         return "\n".join([head] + ["  " + i.format() for i in self.issues])
 
 
@@ -103,8 +108,9 @@ def _attr(node, name, default=None):
     return default
 
 
-def _max_shape_model(model, max_input_shapes: dict[str, Sequence[int]],
-                     input_values: Optional[dict[str, Sequence[float]]] = None):
+def _max_shape_model(
+    model, max_input_shapes: dict[str, Sequence[int]], input_values: dict[str, Sequence[float]] | None = None
+):
     """Shape-infer a copy of ``model`` with its inputs fixed to the largest profile shapes.
 
     Returns (inferred model, computed values of shape tensors). ONNX Runtime's symbolic shape
@@ -155,7 +161,7 @@ def _max_shape_model(model, max_input_shapes: dict[str, Sequence[int]],
         return m, {}
 
 
-def _as_int(value) -> Optional[int]:
+def _as_int(value) -> int | None:
     try:
         v = value[0] if isinstance(value, (list, tuple)) else value
         v = getattr(v, "reshape", lambda *_: v)(-1)
@@ -186,9 +192,12 @@ def _dims(model) -> dict[str, list]:
     return out
 
 
-def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[int]]] = None,
-                   input_values: Optional[dict[str, Sequence[float]]] = None,
-                   max_k: Optional[int] = None) -> CompatReport:
+def check_tensorrt(
+    model_or_path,
+    max_input_shapes: dict[str, Sequence[int]] | None = None,
+    input_values: dict[str, Sequence[float]] | None = None,
+    max_k: int | None = None,
+) -> CompatReport:
     """Check an ONNX file or ``ModelProto`` against TensorRT's parser limits (see module doc).
 
     ``max_input_shapes`` maps input names to their largest profile shape (used to bound TopK's
@@ -201,8 +210,11 @@ def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[
     """
     import onnx
 
-    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(
-        str(model_or_path), load_external_data=False)
+    model = (
+        model_or_path
+        if isinstance(model_or_path, onnx.ModelProto)
+        else onnx.load(str(model_or_path), load_external_data=False)
+    )
     inferred, values = _max_shape_model(model, max_input_shapes or {}, input_values)
     consts = _constants(inferred)
     dims = _dims(inferred)
@@ -212,7 +224,9 @@ def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[
         name = node.name or f"#{i}"
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
-            report.issues.append(CompatIssue(name, op, f"custom-domain operator ({node.domain}) needs a TensorRT plugin"))
+            report.issues.append(
+                CompatIssue(name, op, f"custom-domain operator ({node.domain}) needs a TensorRT plugin")
+            )
             continue
         if op not in TRT_SUPPORTED_OPS:
             report.issues.append(CompatIssue(name, op, "operator is not supported by TensorRT's ONNX parser"))
@@ -233,29 +247,40 @@ def check_tensorrt(model_or_path, max_input_shapes: Optional[dict[str, Sequence[
                 elif max_k is not None:
                     k, src = int(max_k), "K (bounded by the token count)"
             if k is None:
-                report.issues.append(CompatIssue(
-                    name, op, f"cannot bound K at the largest profile shape; TensorRT needs K <= {TOPK_MAX_K}",
-                    "warning"))
+                report.issues.append(
+                    CompatIssue(
+                        name,
+                        op,
+                        f"cannot bound K at the largest profile shape; TensorRT needs K <= {TOPK_MAX_K}",
+                        "warning",
+                    )
+                )
             elif k > TOPK_MAX_K:
-                report.issues.append(CompatIssue(
-                    name, op, f"{src} = {k} exceeds TensorRT's limit {TOPK_MAX_K} at the largest profile shape"))
+                report.issues.append(
+                    CompatIssue(
+                        name, op, f"{src} = {k} exceeds TensorRT's limit {TOPK_MAX_K} at the largest profile shape"
+                    )
+                )
         elif op in ("ScatterElements", "ScatterND"):
             red = _attr(node, "reduction", b"none")
             red = red.decode() if isinstance(red, bytes) else str(red)
             if red != "none":
-                report.issues.append(CompatIssue(name, op, f"reduction={red!r} is not native to TensorRT (plugin path)"))
+                report.issues.append(
+                    CompatIssue(name, op, f"reduction={red!r} is not native to TensorRT (plugin path)")
+                )
         elif op == "Cast" and _attr(node, "to") == _DOUBLE:
             report.issues.append(CompatIssue(name, op, "cast to float64: TensorRT has no FP64"))
         elif op == "Attention":
-            report.issues.append(CompatIssue(name, op, "the Attention operator is parsed only by TensorRT >= 10.14",
-                                             "warning"))
+            report.issues.append(
+                CompatIssue(name, op, "the Attention operator is parsed only by TensorRT >= 10.14", "warning")
+            )
     for t in model.graph.initializer:
         if t.data_type == _DOUBLE:
             report.issues.append(CompatIssue(t.name, "initializer", "float64 weights: TensorRT has no FP64"))
     return report
 
 
-def input_max_shapes(path: Union[str, os.PathLike], batch_max: int, img_max: Optional[int]) -> dict:
+def input_max_shapes(path: str | os.PathLike, batch_max: int, img_max: int | None) -> dict:
     """Largest profile shape of the image input (the first input) of an exported file."""
     import onnx
 
@@ -268,7 +293,7 @@ def input_max_shapes(path: Union[str, os.PathLike], batch_max: int, img_max: Opt
     return {inp.name: shape}
 
 
-def token_bound(path: Union[str, os.PathLike], max_input_shapes: dict) -> Optional[int]:
+def token_bound(path: str | os.PathLike, max_input_shapes: dict) -> int | None:
     """For a token-reduced vitcompress export: patch tokens at the largest profile image plus one per
     block (EViT's fused token), a bound on every token count and so on every TopK ``K``; else None.
     Read from the file's ``vitcompress.*`` metadata (patch size, blocks, token schedule)."""
@@ -291,7 +316,7 @@ def token_bound(path: Union[str, os.PathLike], max_input_shapes: dict) -> Option
     return (int(shape[2]) // patch) * (int(shape[3]) // patch) + depth
 
 
-def input_max_values(path: Union[str, os.PathLike]) -> dict:
+def input_max_values(path: str | os.PathLike) -> dict:
     """Values of the non-image inputs that make every token count largest: ``keep_rate = 1`` for a
     runtime-keep export (``exporters.runtime_keep``); empty for other files."""
     import onnx

@@ -1,20 +1,29 @@
 """Run a TensorRT engine with ``execute_async_v3`` on torch CUDA tensors (device buffers)."""
+
 from __future__ import annotations
 
 import numbers
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
 from .trt_build import require_tensorrt
 
 #: TensorRT data type name -> torch dtype name
-TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32",
-                "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+TRT_TO_TORCH = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
 
 
-def torch_dtype(trt_dtype) -> "torch.dtype":  # noqa: F821
+def torch_dtype(trt_dtype) -> torch.dtype:  # noqa: F821
     """torch dtype of a ``tensorrt.DataType`` (by its name, so it is testable without TensorRT)."""
     import torch
 
@@ -32,7 +41,7 @@ class TrtRunner:
     context's resolved shapes.
     """
 
-    def __init__(self, engine_path: Union[str, os.PathLike]):
+    def __init__(self, engine_path: str | os.PathLike):
         import torch
 
         trt = require_tensorrt()
@@ -44,7 +53,9 @@ class TrtRunner:
         if self.engine is None:
             from vitcompress.errors import VitCompressError
 
-            raise VitCompressError(f"cannot load engine {str(engine_path)!r} (other TensorRT version or GPU?); rebuild it")
+            raise VitCompressError(
+                f"cannot load engine {str(engine_path)!r} (other TensorRT version or GPU?); rebuild it"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -75,8 +86,9 @@ class TrtRunner:
         return outs
 
 
-def parity_inputs(input_shape: Sequence, shapes: Sequence[tuple[int, Optional[int]]], dtype=np.float32,
-                  seed: int = 0) -> list[np.ndarray]:
+def parity_inputs(
+    input_shape: Sequence, shapes: Sequence[tuple[int, int | None]], dtype=np.float32, seed: int = 0
+) -> list[np.ndarray]:
     """Random NCHW inputs for the engine parity check, one per ``(batch, side)`` of ``shapes``.
 
     ``input_shape`` is the image input's shape as the ONNX file or the engine states it: an
@@ -86,8 +98,9 @@ def parity_inputs(input_shape: Sequence, shapes: Sequence[tuple[int, Optional[in
     """
     from vitcompress.errors import VitCompressError
 
-    dims = [int(d) if isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 else None
-            for d in input_shape]
+    dims = [
+        int(d) if isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 else None for d in input_shape
+    ]
     if len(dims) != 4:
         raise VitCompressError(f"expected an NCHW image input, the engine input has shape {list(input_shape)}")
     if dims[1] is None:
@@ -98,18 +111,27 @@ def parity_inputs(input_shape: Sequence, shapes: Sequence[tuple[int, Optional[in
         hw = []
         for d in dims[2:]:
             if d is None and side is None:
-                raise VitCompressError("the image input has a dynamic height/width; "
-                                       "give the parity check an image side")
+                raise VitCompressError(
+                    "the image input has a dynamic height/width; give the parity check an image side"
+                )
             if d is not None and side is not None and side != d:
-                raise VitCompressError(f"image side {side} differs from the input's fixed size {d}; "
-                                       "check this engine at its own size")
+                raise VitCompressError(
+                    f"image side {side} differs from the input's fixed size {d}; check this engine at its own size"
+                )
             hw.append(d if d is not None else side)
         out.append(rng.standard_normal((batch, dims[1], *hw)).astype(dtype))
     return out
 
 
-def engine_parity(engine_path: Union[str, os.PathLike], onnx_path: Union[str, os.PathLike],
-                  shapes, *, precision: str = "fp32", tolerance: float | None = None, seed: int = 0):
+def engine_parity(
+    engine_path: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    shapes,
+    *,
+    precision: str = "fp32",
+    tolerance: float | None = None,
+    seed: int = 0,
+):
     """Compare a TensorRT engine with ONNX Runtime (CPU) on random inputs of each (batch, side).
 
     The inputs (``parity_inputs``) take the channel count and any static size from the ONNX

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny, randomly initialised ViTs that build in milliseconds."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,10 +10,31 @@ from vitcompress.training import Callback
 
 # name, kwargs: small variants of each supported family (width 64, 4 blocks, 32 px, patch 8)
 TINY = {
-    "vit": ("vit_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10)),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10)),
-    "reg_gap": ("vit_base_patch16_reg4_gap_256", dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10)),
-    "layerscale_noqkvbias": ("vit_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, num_classes=10, init_values=0.1, qkv_bias=False)),
+    "vit": (
+        "vit_small_patch16_224",
+        dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10),
+    ),
+    "deit_distilled": (
+        "deit_tiny_distilled_patch16_224",
+        dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10),
+    ),
+    "reg_gap": (
+        "vit_base_patch16_reg4_gap_256",
+        dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10),
+    ),
+    "layerscale_noqkvbias": (
+        "vit_small_patch16_224",
+        dict(
+            img_size=32,
+            patch_size=8,
+            embed_dim=64,
+            depth=3,
+            num_heads=4,
+            num_classes=10,
+            init_values=0.1,
+            qkv_bias=False,
+        ),
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Benchmark stage: runner contract, ratio arithmetic, report files, skipped backends, CLI errors."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 
 import vitcompress
 from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
@@ -15,8 +17,6 @@ from vitcompress.benchmarks.runners import backend_names, get_runner
 from vitcompress.benchmarks.timing import paired_ratio, summarize
 from vitcompress.cli import main
 from vitcompress.errors import VitCompressError
-
-from conftest import tiny
 
 FAST = dict(warmup=1, iters=2, rounds=2)
 
@@ -27,8 +27,10 @@ def pair(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     dense = tiny("vit", seed=1)
     pruned = vitcompress.prune(dense, flops_reduction=0.4, importance="l1", round_to=1).model
-    return (load_variant(dense, "dense", workdir=work, max_batch=4),
-            load_variant(pruned, "pruned", workdir=work, max_batch=4))
+    return (
+        load_variant(dense, "dense", workdir=work, max_batch=4),
+        load_variant(pruned, "pruned", workdir=work, max_batch=4),
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "ort-trt", "trt"])
@@ -106,12 +108,15 @@ def test_config_errors():
     assert {"torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "ort-trt", "trt"} <= set(backend_names())
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--backend", "onnx-cpu"], "unknown backend 'onnx-cpu'"),
-    (["--batch", "0"], "batch sizes must be integers >= 1"),
-    (["--batch", "x"], "--batch must be comma-separated integers"),
-    (["--precision", "int8"], "unknown precision 'int8'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--backend", "onnx-cpu"], "unknown backend 'onnx-cpu'"),
+        (["--batch", "0"], "batch sizes must be integers >= 1"),
+        (["--batch", "x"], "--batch must be comma-separated integers"),
+        (["--precision", "int8"], "unknown precision 'int8'"),
+    ],
+)
 def test_cli_bad_arguments(tmp_path, capsys, args, needle):
     rc = main(["bench", "vit_tiny_patch16_224", *args, "--report", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
@@ -123,20 +128,43 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
     a, b = tmp_path / "dense", tmp_path / "pruned"
     vitcompress.save(pair[0].model, a)
     vitcompress.save(pair[1].model, b)
-    rc = main(["bench", str(b), "--baseline", str(a), "--backend", "ort-cpu,torch-cuda", "--batch", "2",
-               "--warmup", "1", "--iters", "2", "--rounds", "2", "--threads", "1", "--report", str(tmp_path / "r")])
+    rc = main(
+        [
+            "bench",
+            str(b),
+            "--baseline",
+            str(a),
+            "--backend",
+            "ort-cpu,torch-cuda",
+            "--batch",
+            "2",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--rounds",
+            "2",
+            "--threads",
+            "1",
+            "--report",
+            str(tmp_path / "r"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "| ort-cpu | 2 | pruned |" in out
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["baseline"] == "dense" and {m["variant"] for m in data["measurements"]} == {"dense", "pruned"}
 
 
-@pytest.mark.parametrize("arg, needle", [
-    ("runs/nope", "'runs/nope' does not exist; pass an artifact folder or a timm model name"),
-    ("nope.safetensors", "'nope.safetensors' does not exist"),
-    ("empty", "folder 'empty' is not a vitcompress artifact (no vitcompress.json)"),
-    ("w.pth", "'w.pth' is a file, not a vitcompress artifact folder"),
-])
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("runs/nope", "'runs/nope' does not exist; pass an artifact folder or a timm model name"),
+        ("nope.safetensors", "'nope.safetensors' does not exist"),
+        ("empty", "folder 'empty' is not a vitcompress artifact (no vitcompress.json)"),
+        ("w.pth", "'w.pth' is a file, not a vitcompress artifact folder"),
+    ],
+)
 def test_cli_path_that_is_not_an_artifact(tmp_path, monkeypatch, capsys, arg, needle):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()

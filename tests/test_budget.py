@@ -1,6 +1,7 @@
 """Budgets are met within 1.5 points, widths are aligned, nothing is emptied, bad budgets fail."""
+
 import pytest
-import torch
+from conftest import tiny
 
 from vitcompress.budget import Budget, select, step_down
 from vitcompress.counting import count
@@ -8,8 +9,6 @@ from vitcompress.errors import VitCompressError
 from vitcompress.groups import build_groups
 from vitcompress.scorers import SCORERS
 from vitcompress.slicers import slice_model
-
-from conftest import tiny
 
 ALL = ("heads", "qk", "v", "mlp", "embed", "depth")
 
@@ -23,10 +22,10 @@ def run(model, kinds, metric="macs", r=0.4, round_to=8, uniform=False, scorer="l
 
 def test_step_down():
     assert step_down(64, 64, 8) == 8
-    assert step_down(1075, 1075, 8) == 3       # align first
-    assert step_down(8, 64, 8) == 0            # never below round_to
+    assert step_down(1075, 1075, 8) == 3  # align first
+    assert step_down(8, 64, 8) == 0  # never below round_to
     assert step_down(2, 2, 1) == 1 and step_down(1, 2, 1) == 0
-    assert step_down(5, 5, 8) == 0             # too narrow to align: left alone
+    assert step_down(5, 5, 8) == 0  # too narrow to align: left alone
 
 
 @pytest.mark.parametrize("metric", ["macs", "params"])
@@ -55,7 +54,9 @@ def test_alignment_keeps_pruned_widths_multiples(n):
 def test_round_to_one_gives_unaligned_widths():
     model = tiny("vit", depth=4, embed_dim=128, num_heads=4)
     _, _, pruned = run(model, ("qk", "v", "mlp", "embed"), r=0.37, round_to=1)
-    widths = [pruned.embed_dim] + [w for b in pruned.blocks for w in (b.attn.qk_dim, b.attn.v_dim, b.mlp.fc1.out_features)]
+    widths = [pruned.embed_dim] + [
+        w for b in pruned.blocks for w in (b.attn.qk_dim, b.attn.v_dim, b.mlp.fc1.out_features)
+    ]
     assert any(w % 8 for w in widths)
 
 
@@ -89,7 +90,6 @@ def test_unreachable_budget_is_an_error():
         run(model, ("depth",), r=0.9)
     with pytest.raises(VitCompressError, match="budget unreachable"):
         run(model, ("heads",), r=0.95)
-
 
 
 def test_scores_are_normalised_per_kind(monkeypatch):

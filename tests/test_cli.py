@@ -1,4 +1,5 @@
 """The command line: a real prune + info run, and every bad input as one line with exit code 2."""
+
 import json
 import os
 
@@ -17,8 +18,21 @@ def run(capsys, *args):
 
 def test_prune_then_info(tmp_path, capsys):
     out = tmp_path / "a"
-    code, stdout, _ = run(capsys, "prune", *TINY, "-o", out, "--flops-reduction", "0.3",
-                          "--importance", "taylor", "--calib-images", "8", "--granularity", "heads,mlp,embed")
+    code, stdout, _ = run(
+        capsys,
+        "prune",
+        *TINY,
+        "-o",
+        out,
+        "--flops-reduction",
+        "0.3",
+        "--importance",
+        "taylor",
+        "--calib-images",
+        "8",
+        "--granularity",
+        "heads,mlp,embed",
+    )
     assert code == 0
     assert "achieved" in stdout and "MACs are multiply-accumulates" in stdout
     code, stdout, _ = run(capsys, "info", out)
@@ -43,13 +57,22 @@ def artifact(tmp_path, capsys):
 
 
 BAD = {
-    "unknown model": (["prune", "vit_tiny_patch16_22", "--flops-reduction", "0.3"], "did you mean vit_tiny_patch16_224"),
+    "unknown model": (
+        ["prune", "vit_tiny_patch16_22", "--flops-reduction", "0.3"],
+        "did you mean vit_tiny_patch16_224",
+    ),
     "unsupported architecture": (["prune", "resnet18", "--flops-reduction", "0.3"], "unsupported architecture"),
     "R above range": (["prune", *TINY, "--flops-reduction", "1.5"], "outside (0, 1)"),
     "R zero": (["prune", *TINY, "--params-reduction", "0"], "outside (0, 1)"),
     "two budgets": (["prune", *TINY, "--flops-reduction", "0.3", "--params-reduction", "0.3"], "exactly one budget"),
-    "unreachable": (["prune", *TINY, "--flops-reduction", "0.95", "--granularity", "depth", "--importance", "l1"], "budget unreachable"),
-    "unknown granularity": (["prune", *TINY, "--flops-reduction", "0.3", "--granularity", "heads,rows"], "unknown granularity rows"),
+    "unreachable": (
+        ["prune", *TINY, "--flops-reduction", "0.95", "--granularity", "depth", "--importance", "l1"],
+        "budget unreachable",
+    ),
+    "unknown granularity": (
+        ["prune", *TINY, "--flops-reduction", "0.3", "--granularity", "heads,rows"],
+        "unknown granularity rows",
+    ),
     "unknown scorer": (["prune", *TINY, "--flops-reduction", "0.3", "--importance", "tylor"], "did you mean taylor"),
     "bad round-to": (["prune", *TINY, "--flops-reduction", "0.3", "--round-to", "0"], "--round-to"),
     "missing artifact": (["info", "/nonexistent/artifact"], "does not exist"),
@@ -72,20 +95,41 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
 
 
 def test_checkpoint_that_does_not_fit(tmp_path, capsys, artifact):
-    code, _, err = run(capsys, "prune", *TINY, "-o", tmp_path / "x", "--flops-reduction", "0.3",
-                       "--checkpoint", artifact / "model.safetensors")
+    code, _, err = run(
+        capsys,
+        "prune",
+        *TINY,
+        "-o",
+        tmp_path / "x",
+        "--flops-reduction",
+        "0.3",
+        "--checkpoint",
+        artifact / "model.safetensors",
+    )
     assert code == 2 and "does not fit the model" in err and not (tmp_path / "x").exists()
 
 
 def test_matching_checkpoint_loads(tmp_path, capsys):
     import torch
+
     from vitcompress.models import create_source_model
 
     torch.manual_seed(3)
     m = create_source_model("vit_tiny_patch16_224", img_size=32, num_classes=10)
     torch.save({"state_dict": m.state_dict()}, tmp_path / "w.pth")
-    code, _, err = run(capsys, "prune", *TINY, "-o", tmp_path / "x", "--flops-reduction", "0.3",
-                       "--importance", "l1", "--checkpoint", tmp_path / "w.pth")
+    code, _, err = run(
+        capsys,
+        "prune",
+        *TINY,
+        "-o",
+        tmp_path / "x",
+        "--flops-reduction",
+        "0.3",
+        "--importance",
+        "l1",
+        "--checkpoint",
+        tmp_path / "w.pth",
+    )
     assert code == 0, err
     import vitcompress
     from vitcompress.reference import mask_model
@@ -112,13 +156,17 @@ def test_corrupt_artifact(damage, artifact, capsys):
 def test_existing_output_needs_force(artifact, capsys):
     code, _, err = run(capsys, "prune", *TINY, "-o", artifact, "--flops-reduction", "0.3")
     assert code == 2 and "--force" in err
-    code, _, _ = run(capsys, "prune", *TINY, "-o", artifact, "--flops-reduction", "0.3", "--importance", "l1", "--force")
+    code, _, _ = run(
+        capsys, "prune", *TINY, "-o", artifact, "--flops-reduction", "0.3", "--importance", "l1", "--force"
+    )
     assert code == 0
 
 
 def test_empty_data_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = run(capsys, "prune", *TINY, "-o", tmp_path / "x", "--flops-reduction", "0.3", "--data", tmp_path / "empty")
+    code, _, err = run(
+        capsys, "prune", *TINY, "-o", tmp_path / "x", "--flops-reduction", "0.3", "--data", tmp_path / "empty"
+    )
     assert code == 2 and "no images" in err and not (tmp_path / "x").exists()
 
 
@@ -146,11 +194,14 @@ def test_corrupt_checkpoint_is_one_line_exit_2_and_writes_nothing(kind, tmp_path
     else:
         torch.save([torch.zeros(2), "not a state dict"], ck)
     out = tmp_path / "out"
-    code, _, err = run(capsys, "prune", *TINY, "-o", out, "--flops-reduction", "0.3", "--importance", "l1",
-                       "--checkpoint", ck)
+    code, _, err = run(
+        capsys, "prune", *TINY, "-o", out, "--flops-reduction", "0.3", "--importance", "l1", "--checkpoint", ck
+    )
     assert code == 2
     assert err.startswith(f"error: checkpoint {str(ck)!r} is not a readable state dict (")
-    assert err.rstrip().endswith("pass a .safetensors file or a .pth state dict saved with torch.save(model.state_dict())")
+    assert err.rstrip().endswith(
+        "pass a .safetensors file or a .pth state dict saved with torch.save(model.state_dict())"
+    )
     assert len(err.strip().splitlines()) == 1
     if kind == "object.pth":
         assert "Opaque" in err  # the reason names the pickled class
@@ -159,10 +210,13 @@ def test_corrupt_checkpoint_is_one_line_exit_2_and_writes_nothing(kind, tmp_path
     assert not out.exists() and os.listdir(tmp_path) == [kind]
 
 
-@pytest.mark.parametrize("given, needle", [
-    ("w.pth", "'w.pth' is a file, not a vitcompress artifact folder"),
-    ("runs/nope", "'runs/nope' does not exist"),
-])
+@pytest.mark.parametrize(
+    "given, needle",
+    [
+        ("w.pth", "'w.pth' is a file, not a vitcompress artifact folder"),
+        ("runs/nope", "'runs/nope' does not exist"),
+    ],
+)
 def test_model_path_that_is_not_an_artifact(given, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w.pth").write_bytes(b"weights")

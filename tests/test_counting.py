@@ -1,10 +1,10 @@
 """Analytic MACs and params against torch.utils.flop_counter and the real parameter count."""
+
 import pytest
+from conftest import tiny
 
 from vitcompress.counting import count, measured_macs
 from vitcompress.models import create_source_model
-
-from conftest import tiny
 
 
 def test_tiny_counts_match_flop_counter_and_numel(tiny_kind):

@@ -1,12 +1,12 @@
 """Built-in real datasets, fixed splits, resizing to the model, and ImageFolder directories."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 
 from vitcompress.data import DataConfig, calibration_loader, load_builtin, make_dataset, split_indices
 from vitcompress.errors import VitCompressError
-
-from conftest import tiny
 
 
 @pytest.mark.parametrize("name,n,hw", [("digits", 1797, 8), ("mnist10k", 10000, 28)])

@@ -1,16 +1,16 @@
 """Distillation losses: zero for identical models, hand-computed values, layer/channel mapping."""
+
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny
+
 from vitcompress.distill import DistillConfig, TrainLoss, channel_mapping, kd_kl, layer_mapping
 from vitcompress.errors import VitCompressError
 from vitcompress.plan import identity_plan
 from vitcompress.slicers import slice_model
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,7 +81,10 @@ def test_layer_mapping_skips_removed_blocks_and_compares_kept_channels():
     loss, _, parts = crit(student(x), x, torch.zeros(4, dtype=torch.long))
     for h in hs + ht:
         h.remove()
-    terms = [F.mse_loss(cap_s[i], cap_t[j][..., keep]) / cap_t[j][..., keep].pow(2).mean() for i, j in [(0, 0), (1, 2), (2, 3)]]
+    terms = [
+        F.mse_loss(cap_s[i], cap_t[j][..., keep]) / cap_t[j][..., keep].pow(2).mean()
+        for i, j in [(0, 0), (1, 2), (2, 3)]
+    ]
     assert float(loss.detach()) == pytest.approx(2.0 * float(torch.stack(terms).mean().detach()), rel=1e-5)
     crit.close()
     assert not student.blocks[0]._forward_hooks

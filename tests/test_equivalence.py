@@ -1,19 +1,28 @@
 """A sliced model computes exactly what the original computes with the removed structures zeroed,
 and the analytic counter matches the flop counter and the parameter count on it."""
+
 import random
 
 import pytest
 import torch
+from conftest import tiny
 
 from vitcompress.counting import count, measured_macs
 from vitcompress.plan import identity_plan
 from vitcompress.reference import mask_model
 from vitcompress.slicers import slice_model
 
-from conftest import tiny
-
-COMBOS = [("heads",), ("qk",), ("v",), ("mlp",), ("embed",), ("depth",),
-          ("heads", "mlp"), ("qk", "v"), ("heads", "qk", "v", "mlp", "embed", "depth")]
+COMBOS = [
+    ("heads",),
+    ("qk",),
+    ("v",),
+    ("mlp",),
+    ("embed",),
+    ("depth",),
+    ("heads", "mlp"),
+    ("qk", "v"),
+    ("heads", "qk", "v", "mlp", "embed", "depth"),
+]
 
 
 def random_plan(model, rng: random.Random, kinds):
@@ -68,7 +77,7 @@ def test_sliced_model_is_dense_and_self_describing():
         assert attn.qkv.weight.shape == (len(lp.heads) * (2 * 5 + 7), 37)
         assert attn.proj.weight.shape == (37, len(lp.heads) * 7)
         # the softmax scale of the unpruned head width (16) is kept, not 1/sqrt(5)
-        assert attn.scale == pytest.approx(16 ** -0.5)
+        assert attn.scale == pytest.approx(16**-0.5)
         assert blk.mlp.fc1.weight.shape == (37, 37)
     assert not any(n for n, _ in sliced.named_buffers())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in sliced.modules())

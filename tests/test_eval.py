@@ -1,4 +1,5 @@
 """Evaluation numbers against hand-computed ones; ImageFolder data; finetune/eval CLI errors."""
+
 import json
 import os
 
@@ -6,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import tiny
 from vitcompress.artifact import save
 from vitcompress.cli import main
 from vitcompress.evaluate import evaluate
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,8 +73,10 @@ def test_cli_eval_on_an_image_folder_matches_the_library(tmp_path, capsys, image
     from vitcompress.data import DataConfig
 
     cfg = DataConfig.from_model(model)
-    ds = ImageFolder(str(image_folder / "val"), transform=create_transform(
-        input_size=(3, 32, 32), is_training=False, mean=cfg.mean, std=cfg.std))
+    ds = ImageFolder(
+        str(image_folder / "val"),
+        transform=create_transform(input_size=(3, 32, 32), is_training=False, mean=cfg.mean, std=cfg.std),
+    )
     with torch.no_grad():
         correct = sum(int(model(ds[i][0][None]).argmax()) == ds[i][1] for i in range(len(ds)))
     assert got["images"] == 12 and got["top1"] == pytest.approx(correct / 12)
@@ -83,11 +85,33 @@ def test_cli_eval_on_an_image_folder_matches_the_library(tmp_path, capsys, image
 def test_finetune_with_distillation_from_the_cli(tmp_path, capsys):
     teacher = save(tiny("vit"), tmp_path / "teacher")
     student = tmp_path / "student"
-    assert run(capsys, "prune", teacher, "-o", student, "--flops-reduction", "0.3", "--importance", "l1",
-               "--round-to", "1")[0] == 0
+    assert (
+        run(
+            capsys, "prune", teacher, "-o", student, "--flops-reduction", "0.3", "--importance", "l1", "--round-to", "1"
+        )[0]
+        == 0
+    )
     out = tmp_path / "ft"
-    code, stdout, err = run(capsys, "finetune", student, "--teacher", teacher, "--data", "digits", "--epochs", "1",
-                            "--max-steps-per-epoch", "2", "--batch-size", "8", "--hidden-weight", "0.5", "--quiet", "-o", out)
+    code, stdout, err = run(
+        capsys,
+        "finetune",
+        student,
+        "--teacher",
+        teacher,
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        "--batch-size",
+        "8",
+        "--hidden-weight",
+        "0.5",
+        "--quiet",
+        "-o",
+        out,
+    )
     assert code == 0, err
     rec = json.loads((out / "train_log.json").read_text())
     assert rec["distill"]["hidden"] == 0.5 and rec["teacher"] == str(teacher)
@@ -107,11 +131,16 @@ def test_finetune_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path
     arts = tmp_path / "arts"
     arts.mkdir()
     student = save(tiny("vit"), arts / "s")
-    teachers = {"TEACHER": save(tiny("vit", seed=1), arts / "t"), "TEACHER7": save(tiny("vit", num_classes=7), arts / "t7")}
+    teachers = {
+        "TEACHER": save(tiny("vit", seed=1), arts / "t"),
+        "TEACHER7": save(tiny("vit", num_classes=7), arts / "t7"),
+    }
     extra, needle = BAD[case]
     extra = [str(teachers.get(a, a)) for a in extra]
     out = tmp_path / "out"
-    code, _, err = run(capsys, "finetune", student, *extra, "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet", "-o", out)
+    code, _, err = run(
+        capsys, "finetune", student, *extra, "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet", "-o", out
+    )
     assert code == 2, err
     assert needle in err and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert sorted(os.listdir(tmp_path)) == ["arts"]

@@ -1,5 +1,6 @@
 """ONNX export: parity in ONNX Runtime for dense, every kind of structural pruning, distilled DeiT,
 fp16 and token reduction, with dynamic batch and image size; metadata; clean-up."""
+
 from __future__ import annotations
 
 import copy
@@ -12,13 +13,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import tiny
+
+from vitcompress.exporters import export_onnx, parse_profile, read_onnx_metadata
+from vitcompress.exporters.parity import ort_session
 from vitcompress.plan import identity_plan
 from vitcompress.slicers import slice_model
 from vitcompress.spec import spec_from_model
-from vitcompress.exporters import export_onnx, parse_profile, read_onnx_metadata
-from vitcompress.exporters.parity import ort_session
 
 BATCH = (1, 3, 8)
 IMG = (16, 32, 48)
@@ -27,7 +28,7 @@ IMG = (16, 32, 48)
 def _pruned(kind: str):
     model = tiny("vit")
     plan = identity_plan(model)
-    for b, lp in plan.layers.items():
+    for lp in plan.layers.values():
         if kind == "heads":
             lp.heads, lp.qk, lp.v = [0, 2], [lp.qk[0], lp.qk[2]], [lp.v[0], lp.v[2]]
         elif kind == "qkv":  # odd widths: 5 of 16 q/k dims, 7 of 16 v dims per head
@@ -146,8 +147,13 @@ def test_single_size_batch_profile_still_checks_three_batch_sizes(tmp_path):
 def _locations(path):
     """The external-data files an ONNX file refers to."""
     proto = onnx.load(str(path), load_external_data=False)
-    return {e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"}
+    return {
+        e.value
+        for t in proto.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
 
 
 def _ort_out(path, x):

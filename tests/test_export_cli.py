@@ -1,5 +1,6 @@
 """`vitcompress export`: a real export from an artifact, and every bad input as one line, exit 2,
 no file left behind."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import onnx
 import pytest
+from conftest import tiny
 
 import vitcompress
-from conftest import tiny
 from vitcompress.cli import main
 from vitcompress.exporters import tensorrt_available
 
@@ -28,8 +29,9 @@ def artifact(tmp_path_factory):
 @pytest.mark.skipif(tensorrt_available(), reason="checks the message shown where TensorRT is missing")
 def test_export_dynamic_then_trt_missing(artifact, tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    code, stdout, stderr = run(capsys, "export", artifact, "-o", out, "--batch", "1:3:8", "--dynamic-size",
-                               "--img-size", "16:32:48", "--trt")
+    code, stdout, stderr = run(
+        capsys, "export", artifact, "-o", out, "--batch", "1:3:8", "--dynamic-size", "--img-size", "16:32:48", "--trt"
+    )
     # the ONNX file is complete and checked, then TensorRT's absence is one line with exit code 2
     assert code == 2
     assert out.is_file() and onnx.load(str(out)).graph.node
@@ -57,8 +59,10 @@ BAD = {
     "corrupt": (["export", "{tmp}/corrupt", "-o", "{tmp}/o.onnx"], "corrupt"),
     "min>opt": (["export", "{art}", "-o", "{tmp}/o.onnx", "--batch", "8:2:16"], "impossible"),
     "not-int": (["export", "{art}", "-o", "{tmp}/o.onnx", "--batch", "a:b"], "MIN:OPT:MAX"),
-    "patch": (["export", "{art}", "-o", "{tmp}/o.onnx", "--dynamic-size", "--img-size", "20:32:48"],
-              "not a multiple of the patch size 8"),
+    "patch": (
+        ["export", "{art}", "-o", "{tmp}/o.onnx", "--dynamic-size", "--img-size", "20:32:48"],
+        "not a multiple of the patch size 8",
+    ),
     "size-no-dyn": (["export", "{art}", "-o", "{tmp}/o.onnx", "--img-size", "16:32:48"], "--dynamic-size"),
     "unwritable": (["export", "{art}", "-o", "{tmp}/file/o.onnx"], "cannot create output folder"),
     "out-is-dir": (["export", "{art}", "-o", "{tmp}"], "is a folder"),
@@ -83,8 +87,9 @@ def test_bad_input_one_line_exit_2_nothing_written(case, artifact, tmp_path, cap
 
 
 def test_exceeded_tolerance_exit_2_no_file(artifact, tmp_path, capsys):
-    code, _, stderr = run(capsys, "export", artifact, "-o", tmp_path / "t.onnx", "--batch", "2:2:2",
-                          "--tolerance", "1e-12")
+    code, _, stderr = run(
+        capsys, "export", artifact, "-o", tmp_path / "t.onnx", "--batch", "2:2:2", "--tolerance", "1e-12"
+    )
     assert code == 2 and "parity check failed" in stderr and len(stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -121,8 +126,7 @@ def test_trt_refuses_a_graph_the_check_rejects(artifact, tmp_path, capsys, monke
 
     def check_with_planted_node(path, *args, **kwargs):  # the real check, on the graph plus one Unique node
         model = onnx.load(str(path))
-        model.graph.node.append(helper.make_node("Unique", [model.graph.output[0].name], ["u"],
-                                                 name="planted_unique"))
+        model.graph.node.append(helper.make_node("Unique", [model.graph.output[0].name], ["u"], name="planted_unique"))
         return real_check(model, *args, **kwargs)
 
     monkeypatch.setattr(trt_check, "check_tensorrt", check_with_planted_node)
@@ -153,8 +157,16 @@ def test_engine_is_moved_into_place_only_after_its_parity_passed(passes, artifac
     from vitcompress.exporters.trt_build import profile_shapes, sidecar, sidecar_path
 
     def fake_build(onnx_path, engine_path, cfg, source=None):
-        side = sidecar(engine_path, onnx_path, cfg, trt_version="10.99", gpu="fake", input_name="pixel_values",
-                       shapes=profile_shapes([None, 3, 32, 32], cfg), source=source)
+        side = sidecar(
+            engine_path,
+            onnx_path,
+            cfg,
+            trt_version="10.99",
+            gpu="fake",
+            input_name="pixel_values",
+            shapes=profile_shapes([None, 3, 32, 32], cfg),
+            source=source,
+        )
         Path(engine_path).write_bytes(b"new engine")
         sidecar_path(engine_path).write_text(json.dumps(side))
         # CUDA "present" from here on only (the ONNX exporter behaves differently where CUDA is present)

@@ -1,5 +1,6 @@
 """TensorRT: the CPU compatibility check on planted graphs, the pure-Python engine-build parts
 (profiles, sidecar, dtype mapping), and real engines where TensorRT and CUDA are present."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters import check_tensorrt, parse_profile, tensorrt_available
-from vitcompress.exporters.trt_build import (INSTALL_HINT, BuildConfig, profile_shapes, read_sidecar, require_tensorrt,
-                                             sidecar, sidecar_path, trt_major)
+from vitcompress.exporters.trt_build import (
+    INSTALL_HINT,
+    BuildConfig,
+    profile_shapes,
+    read_sidecar,
+    require_tensorrt,
+    sidecar,
+    sidecar_path,
+    trt_major,
+)
 from vitcompress.exporters.trt_runner import parity_inputs, torch_dtype
 
 
@@ -76,6 +85,7 @@ def test_dynamic_topk_k_is_evaluated_at_the_largest_profile_shape():
 
 def test_exported_vit_is_clean(tmp_path):
     from conftest import tiny
+
     from vitcompress.exporters import export_onnx
 
     res = export_onnx(tiny("vit"), tmp_path / "m.onnx", batch=(1, 2, 4), check=False)
@@ -104,8 +114,11 @@ def test_profile_shapes_dynamic_and_static():
         profile_shapes([None, 3, None, None], static)
     with pytest.raises(VitCompressError, match="--dynamic-size"):
         profile_shapes([None, 3, 224, 224], cfg)
-    for kw, msg in [(dict(precision="int8"), "precision"), (dict(workspace_gib=0), "workspace"),
-                    (dict(opt_level=9), "optimisation level")]:
+    for kw, msg in [
+        (dict(precision="int8"), "precision"),
+        (dict(workspace_gib=0), "workspace"),
+        (dict(opt_level=9), "optimisation level"),
+    ]:
         with pytest.raises(VitCompressError, match=msg):
             BuildConfig.make(**kw)
 
@@ -113,8 +126,17 @@ def test_profile_shapes_dynamic_and_static():
 def test_sidecar_roundtrip_and_corruption(tmp_path):
     cfg = BuildConfig.make("1:8:32", None, "fp16", 1.5, 3, str(tmp_path / "cache"))
     shapes = profile_shapes([None, 3, 224, 224], cfg)
-    d = sidecar(tmp_path / "m.engine", tmp_path / "m.onnx", cfg, trt_version="11.0.0", gpu="H100",
-                input_name="pixel_values", shapes=shapes, source="art", strongly_typed=True)
+    d = sidecar(
+        tmp_path / "m.engine",
+        tmp_path / "m.onnx",
+        cfg,
+        trt_version="11.0.0",
+        gpu="H100",
+        input_name="pixel_values",
+        shapes=shapes,
+        source="art",
+        strongly_typed=True,
+    )
     sidecar_path(tmp_path / "m.engine").write_text(json.dumps(d))
     back = read_sidecar(tmp_path / "m.engine")
     assert back["profile"] == {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}
@@ -145,10 +167,12 @@ def test_parity_inputs_take_channels_and_static_sizes_from_the_input_shape():
     xs = parity_inputs([-1, 3, -1, -1], [(2, 16), (1, 48)], np.float16)
     assert [x.shape for x in xs] == [(2, 3, 16, 16), (1, 3, 48, 48)] and xs[1].dtype == np.float16
     assert parity_inputs([None, 4, "height", "width"], [(2, 8)])[0].shape == (2, 4, 8, 8)
-    for shape, sizes, msg in [([-1, -1, 32, 32], [(1, 32)], "dynamic channel"),
-                              (["batch", 3, 32, 32], [(1, 48)], "fixed size 32"),
-                              (["batch", 3, "h", "w"], [(1, None)], "image side"),
-                              (["batch", 3, 32], [(1, 32)], "NCHW")]:
+    for shape, sizes, msg in [
+        ([-1, -1, 32, 32], [(1, 32)], "dynamic channel"),
+        (["batch", 3, 32, 32], [(1, 48)], "fixed size 32"),
+        (["batch", 3, "h", "w"], [(1, None)], "image side"),
+        (["batch", 3, 32], [(1, 32)], "NCHW"),
+    ]:
         with pytest.raises(VitCompressError, match=msg):
             parity_inputs(shape, sizes)
 
@@ -157,8 +181,8 @@ def test_engine_parity_of_a_one_channel_model(tmp_path, monkeypatch):
     """``engine_parity`` end to end on CPU for an in_chans=1 model (as the mnist10k teacher), with
     ONNX Runtime standing in for the TensorRT engine."""
     from conftest import tiny
-    from vitcompress.exporters import export_onnx
-    from vitcompress.exporters import trt_runner
+
+    from vitcompress.exporters import export_onnx, trt_runner
     from vitcompress.exporters.parity import ort_session
 
     res = export_onnx(tiny("vit", in_chans=1), tmp_path / "c1.onnx", batch=(1, 2, 4), check=False)
@@ -186,18 +210,29 @@ def test_missing_tensorrt_message():
 
 
 # --------------------------------------------------------------------- real engines (GPU only)
-needs_trt = pytest.mark.skipif(not (tensorrt_available() and torch.cuda.is_available()),
-                               reason="needs the tensorrt package and a CUDA GPU")
+needs_trt = pytest.mark.skipif(
+    not (tensorrt_available() and torch.cuda.is_available()), reason="needs the tensorrt package and a CUDA GPU"
+)
 
 
 @needs_trt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_build_and_run_matches_onnxruntime(precision, tmp_path):
     from conftest import tiny
+
     from vitcompress.exporters.pipeline import export
 
-    run = export(tiny("vit"), tmp_path / "m.onnx", batch="1:4:8", dynamic_size=True, img_size="16:32:48",
-                 precision=precision, trt=True, timing_cache=str(tmp_path / "cache"), echo=lambda s: None)
+    run = export(
+        tiny("vit"),
+        tmp_path / "m.onnx",
+        batch="1:4:8",
+        dynamic_size=True,
+        img_size="16:32:48",
+        precision=precision,
+        trt=True,
+        timing_cache=str(tmp_path / "cache"),
+        echo=lambda s: None,
+    )
     assert run.engine.is_file() and (tmp_path / "cache").is_file()
     side = read_sidecar(run.engine)
     assert side["profile"]["max"] == [8, 3, 48, 48] and side["precision"] == precision

@@ -1,4 +1,5 @@
 """Atomic outputs: a folder is replaced in one swap, and a crash mid-replacement is recoverable."""
+
 import os
 
 import pytest

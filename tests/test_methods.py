@@ -1,8 +1,10 @@
 """The method registry, option parsing, and the three methods through the API and the CLI."""
+
 import json
 
 import pytest
 import torch
+from conftest import tiny
 
 import vitcompress
 from vitcompress.cli import main
@@ -10,8 +12,6 @@ from vitcompress.errors import VitCompressError
 from vitcompress.methods import CHOICES, METHODS, parse_option_pairs
 from vitcompress.methods.gohsp import GOHSPOptions
 from vitcompress.methods.ihp import IHPOptions
-
-from conftest import tiny
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 FAST = {"ihp": {"steps": 3}, "gohsp": {"rounds": 2, "steps_per_round": 2}, "amap": {"steps": 3}}
@@ -35,17 +35,27 @@ def test_registry_and_options():
         parse_option_pairs(["steps"])
 
 
-@pytest.mark.parametrize("method,granularity", [("ihp", ["heads", "qk", "v", "mlp"]),
-                                                ("gohsp", ["heads", "qk", "v", "mlp"]),
-                                                ("amap", ["qk", "v", "mlp"])])
+@pytest.mark.parametrize(
+    "method,granularity",
+    [("ihp", ["heads", "qk", "v", "mlp"]), ("gohsp", ["heads", "qk", "v", "mlp"]), ("amap", ["qk", "v", "mlp"])],
+)
 def test_prune_api_runs_each_method_and_records_it(tmp_path, method, granularity):
     model = tiny("deit_distilled")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / method
-    res = vitcompress.prune(model, flops_reduction=0.462, method=method, method_options=FAST[method],
-                            granularity=granularity, round_to=4, calib_images=16, batch_size=8, output=out)
+    res = vitcompress.prune(
+        model,
+        flops_reduction=0.462,
+        method=method,
+        method_options=FAST[method],
+        granularity=granularity,
+        round_to=4,
+        calib_images=16,
+        batch_size=8,
+        output=out,
+    )
     assert abs(res.achieved - 0.462) <= 0.015
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # input untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
     assert not any(type(m).__name__ == "Scaled" for m in model.modules())
     rec = res.meta.history[-1]
     assert rec["method"] == method
@@ -80,19 +90,39 @@ def test_cli_method_and_options(tmp_path, capsys):
     src = tmp_path / "src"
     vitcompress.save(tiny("vit"), src)
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "prune", src, "-o", out, "--flops-reduction", "0.3", "--method", "gohsp",
-                            "--method-opt", "rounds=1", "--method-opt", "steps_per_round=2",
-                            "--granularity", "heads,mlp", "--round-to", "4", "--calib-images", "8")
+    code, stdout, err = run(
+        capsys,
+        "prune",
+        src,
+        "-o",
+        out,
+        "--flops-reduction",
+        "0.3",
+        "--method",
+        "gohsp",
+        "--method-opt",
+        "rounds=1",
+        "--method-opt",
+        "steps_per_round=2",
+        "--granularity",
+        "heads,mlp",
+        "--round-to",
+        "4",
+        "--calib-images",
+        "8",
+    )
     assert code == 0, err
     rec = vitcompress.read_meta(out).history[-1]
     assert rec["method"] == "gohsp" and rec["method_options"]["rounds"] == 1
     assert rec["method_options"]["steps_per_round"] == 2 and rec["method_options"]["damping"] == 0.85
     assert abs(rec["achieved"]["macs_reduction"] - 0.3) <= 0.015
-    for args, msg in [(["--method", "amap", "--granularity", "qk,embed"], "cannot prune embed"),
-                      (["--method", "ihp", "--method-opt", "steps"], "KEY=VALUE"),
-                      (["--method", "ihp", "--method-opt", "stepz=3"], "unknown option 'stepz'"),
-                      (["--method-opt", "steps=3"], "apply to --method"),
-                      (["--method", "gohps"], "did you mean gohsp")]:
+    for args, msg in [
+        (["--method", "amap", "--granularity", "qk,embed"], "cannot prune embed"),
+        (["--method", "ihp", "--method-opt", "steps"], "KEY=VALUE"),
+        (["--method", "ihp", "--method-opt", "stepz=3"], "unknown option 'stepz'"),
+        (["--method-opt", "steps=3"], "apply to --method"),
+        (["--method", "gohps"], "did you mean gohsp"),
+    ]:
         bad = tmp_path / "bad"
         code, _, err = run(capsys, "prune", src, "-o", bad, "--flops-reduction", "0.3", *args)
         assert code == 2 and err.startswith("error: ") and msg in err and err.count("\n") == 1
@@ -103,8 +133,22 @@ def test_criteria_study_smoke_writes_table_and_plot(tmp_path):
     from vitcompress.benchmarks import criteria_study
 
     out = tmp_path / "study"
-    assert criteria_study.main(["--smoke", "--out", str(out), "--reductions", "0.3",
-                                "--criteria", "l1,amap", "--granularities", "heads,intra"]) == 0
+    assert (
+        criteria_study.main(
+            [
+                "--smoke",
+                "--out",
+                str(out),
+                "--reductions",
+                "0.3",
+                "--criteria",
+                "l1,amap",
+                "--granularities",
+                "heads,intra",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out / "criteria_study.json").read_text())
     assert len(rec["runs"]) == 4
     for r in rec["runs"]:
@@ -121,17 +165,20 @@ def test_criteria_study_smoke_writes_table_and_plot(tmp_path):
 def test_methods_on_an_already_pruned_model_with_odd_widths(method):
     import random
 
-    from vitcompress.reference import mask_model
-    from vitcompress.slicers import slice_model
     from test_equivalence import random_plan
 
+    from vitcompress.reference import mask_model
+    from vitcompress.slicers import slice_model
+
     pruned = slice_model(tiny("reg_gap"), random_plan(tiny("reg_gap"), random.Random(4), ("heads", "qk", "v", "mlp")))
-    cfg = vitcompress.PruneConfig(flops_reduction=0.3, granularity=("heads", "qk", "v", "mlp"), round_to=1,
-                                  calib_images=8, batch_size=8)
+    cfg = vitcompress.PruneConfig(
+        flops_reduction=0.3, granularity=("heads", "qk", "v", "mlp"), round_to=1, calib_images=8, batch_size=8
+    )
     cfg.validate()
     m = METHODS.get(method)
     out = m.run(pruned, cfg, m.parse_options(FAST[method]))
     assert abs(out.achieved - 0.3) <= 0.015
     with torch.no_grad():
-        torch.testing.assert_close(slice_model(out.model, out.plan)(X), mask_model(out.model, out.plan)(X),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            slice_model(out.model, out.plan)(X), mask_model(out.model, out.plan)(X), atol=1e-5, rtol=0
+        )

@@ -1,6 +1,8 @@
 """GOHSP: the stationary head ranking, the structured ADMM projection, budget and exactness."""
+
 import pytest
 import torch
+from conftest import tiny
 
 from vitcompress.budget import Budget, select
 from vitcompress.data import calibration_loader
@@ -11,8 +13,6 @@ from vitcompress.pruner import PruneConfig
 from vitcompress.reference import mask_model
 from vitcompress.scorers.magnitude import l2
 from vitcompress.slicers import slice_model
-
-from conftest import tiny
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -37,7 +37,7 @@ def plant_duplicate(model, src=1, i=0, j=2):
             r2 = slice(part * H * hd + j * hd, part * H * hd + (j + 1) * hd)
             b2.attn.qkv.weight[r2] = b1.attn.qkv.weight[r1]
             b2.attn.qkv.bias[r2] = b1.attn.qkv.bias[r1]
-        b2.attn.proj.weight[:, j * hd:(j + 1) * hd] = b1.attn.proj.weight[:, i * hd:(i + 1) * hd] * 1e3
+        b2.attn.proj.weight[:, j * hd : (j + 1) * hd] = b1.attn.proj.weight[:, i * hd : (i + 1) * hd] * 1e3
     return model
 
 
@@ -57,7 +57,7 @@ def test_stationary_is_a_distribution_and_matches_degrees_without_restarts():
     pi = gohsp.stationary(adj, damping=0.999, iters=20000, tol=1e-15)
     assert pi.min() >= 0 and pi.sum() == pytest.approx(1.0)
     deg = adj.sum(1)
-    torch.testing.assert_close(pi, deg / deg.sum(), atol=2e-3, rtol=0)   # random walk on a graph
+    torch.testing.assert_close(pi, deg / deg.sum(), atol=2e-3, rtol=0)  # random walk on a graph
     pi_d = gohsp.stationary(adj, damping=0.5)
     assert pi_d.sum() == pytest.approx(1.0) and (pi_d - pi).abs().max() > 1e-2  # damping matters
 
@@ -65,12 +65,11 @@ def test_stationary_is_a_distribution_and_matches_degrees_without_restarts():
 def test_ranking_is_a_reproducible_distribution():
     model = tiny("deit_distilled")
     opts = gohsp.GOHSPOptions()
-    runs = [gohsp.head_ranking(model, calibration_loader("digits", model, 16, 8, seed), opts)
-            for seed in (3, 3, 4)]
+    runs = [gohsp.head_ranking(model, calibration_loader("digits", model, 16, 8, seed), opts) for seed in (3, 3, 4)]
     pi = runs[0]["pi"]
     assert pi.shape == (16,) and pi.min() > 0 and pi.sum() == pytest.approx(1.0)
     assert torch.equal(runs[0]["pi"], runs[1]["pi"])
-    assert not torch.equal(runs[0]["pi"], runs[2]["pi"])     # other calibration images
+    assert not torch.equal(runs[0]["pi"], runs[2]["pi"])  # other calibration images
     assert [s.shape for s in runs[0]["scores"]] == [(4,)] * 4
 
 
@@ -89,7 +88,7 @@ def test_projection_keeps_exactly_the_budgeted_structures():
     groups = build_groups(model, ("heads", "qk", "v", "mlp"))
     shape, _ = select(model, groups, l2(model, groups), Budget("macs", 0.45, round_to=4))
     counts = {b: (len(lp.heads), len(lp.qk[0]), len(lp.v[0]), len(lp.mlp)) for b, lp in shape.layers.items()}
-    assert len(set(counts.values())) > 1                      # heterogeneous per-block budgets
+    assert len(set(counts.values())) > 1  # heterogeneous per-block budgets
     g = torch.Generator().manual_seed(5)
     params = dict(model.named_parameters())
     names = sorted({m.param for gr in groups for m in gr.members})
@@ -98,9 +97,9 @@ def test_projection_keeps_exactly_the_budgeted_structures():
     H, hd = 4, 16
     for b, (nh, nqk, nv, nm) in counts.items():
         w = z[f"blocks.{b}.attn.qkv.weight"]
-        q_alive = w[:H * hd].abs().sum(1).reshape(H, hd) > 0
-        k_alive = w[H * hd:2 * H * hd].abs().sum(1).reshape(H, hd) > 0
-        v_alive = w[2 * H * hd:].abs().sum(1).reshape(H, hd) > 0
+        q_alive = w[: H * hd].abs().sum(1).reshape(H, hd) > 0
+        k_alive = w[H * hd : 2 * H * hd].abs().sum(1).reshape(H, hd) > 0
+        v_alive = w[2 * H * hd :].abs().sum(1).reshape(H, hd) > 0
         heads = q_alive.any(1)
         assert int(heads.sum()) == nh and torch.equal(q_alive, k_alive)
         assert (q_alive.sum(1)[heads] == nqk).all() and (v_alive.sum(1)[heads] == nv).all()
@@ -108,10 +107,12 @@ def test_projection_keeps_exactly_the_budgeted_structures():
         assert sorted(torch.nonzero(heads).flatten().tolist()) == plan.layers[b].heads
         # kept values are untouched, and the kept heads are the largest in norm
         keep = plan.layers[b].heads
-        torch.testing.assert_close(z[f"blocks.{b}.mlp.fc1.weight"][plan.layers[b].mlp],
-                                   t[f"blocks.{b}.mlp.fc1.weight"][plan.layers[b].mlp])
+        torch.testing.assert_close(
+            z[f"blocks.{b}.mlp.fc1.weight"][plan.layers[b].mlp], t[f"blocks.{b}.mlp.fc1.weight"][plan.layers[b].mlp]
+        )
         hs = [gr for gr in groups if gr.kind == "heads" and gr.layer == b][0]
         from vitcompress.groups import reduce_group
+
         norms = reduce_group(hs, torch.square, t)
         drop = [h for h in range(H) if h not in keep]
         if drop:
@@ -126,8 +127,9 @@ def test_admm_shrinks_the_removed_structures():
     assert after < 0.6 * before
 
 
-@pytest.mark.parametrize("kind,granularity", [("vit", ("heads", "mlp")),
-                                               ("reg_gap", ("heads", "qk", "v", "mlp", "embed"))])
+@pytest.mark.parametrize(
+    "kind,granularity", [("vit", ("heads", "mlp")), ("reg_gap", ("heads", "qk", "v", "mlp", "embed"))]
+)
 def test_gohsp_meets_budget_and_is_exact(kind, granularity):
     model = tiny(kind)
     out = gohsp.run(model, cfg(granularity=granularity), gohsp.GOHSPOptions(rounds=2, steps_per_round=2))
@@ -140,8 +142,11 @@ def test_gohsp_meets_budget_and_is_exact(kind, granularity):
 
 def test_finetune_stage_trains_the_pruned_model():
     model = tiny("vit")
-    out = gohsp.run(model, cfg(granularity=("heads", "mlp")),
-                    gohsp.GOHSPOptions(rounds=1, steps_per_round=1, finetune_steps=3, finetune_lr=1e-2))
+    out = gohsp.run(
+        model,
+        cfg(granularity=("heads", "mlp")),
+        gohsp.GOHSPOptions(rounds=1, steps_per_round=1, finetune_steps=3, finetune_lr=1e-2),
+    )
     sliced = slice_model(out.model, out.plan)
     before = {n: p.clone() for n, p in sliced.state_dict().items()}
     tuned = out.finish(sliced)

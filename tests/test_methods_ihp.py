@@ -1,6 +1,8 @@
 """IHP: the relationship table, scale attachment and exact folding, scale-driven group scores."""
+
 import pytest
 import torch
+from conftest import tiny
 
 from vitcompress.budget import Budget, select
 from vitcompress.data import calibration_loader
@@ -10,8 +12,6 @@ from vitcompress.methods.scaling import Scaled, fold
 from vitcompress.pruner import PruneConfig
 from vitcompress.reference import mask_model
 from vitcompress.slicers import slice_model
-
-from conftest import tiny
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -31,7 +31,7 @@ def test_relationship_table_couples_q_with_k_and_v_with_proj():
     qkv = [m for m in qkrow["members"] if m["param"] == "blocks.1.attn.qkv.weight"][0]
     for h, d in [(0, 0), (2, 5), (3, 15)]:
         e = h * qk + d
-        assert qkv["index"][e] == [h * qk + d, H * qk + h * qk + d]      # q row and k row together
+        assert qkv["index"][e] == [h * qk + d, H * qk + h * qk + d]  # q row and k row together
         assert qkv["scaled"] and qkv["dim"] == 0
     vrow = table[("v", 2)]
     by = {m["param"]: m for m in vrow["members"]}
@@ -67,7 +67,7 @@ def test_folded_model_equals_scaled_model(kind):
     assert not any(isinstance(m, Scaled) for m in train.modules())
     assert sorted(n for n, _ in train.named_parameters()) == sorted(n for n, _ in model.named_parameters())
     torch.testing.assert_close(folded_out, scaled_out, atol=1e-5, rtol=1e-5)
-    assert (scaled_out - orig_out).abs().max() > 1e-2   # the scales matter
+    assert (scaled_out - orig_out).abs().max() > 1e-2  # the scales matter
 
 
 def test_group_scores_are_mean_abs_scale_of_the_coupled_rows():
@@ -76,9 +76,9 @@ def test_group_scores_are_mean_abs_scale_of_the_coupled_rows():
     scales = ihp.attach_scales(train, ("qk", "v", "mlp"))
     s = scales["blocks.1.attn.qkv.weight"]
     with torch.no_grad():
-        s[1 * 16 + 3] = 0.2                # q row of head 1, dim 3
-        s[64 + 1 * 16 + 3] = -0.4          # its k row
-        s[128 + 2 * 16 + 5] = 0.05         # v dim 5 of head 2
+        s[1 * 16 + 3] = 0.2  # q row of head 1, dim 3
+        s[64 + 1 * 16 + 3] = -0.4  # its k row
+        s[128 + 2 * 16 + 5] = 0.05  # v dim 5 of head 2
         scales["blocks.0.mlp.fc1.weight"][7] = 0.0
     groups = build_groups(model, ("qk", "v", "mlp"))
     sc = {(g.kind, g.layer): x for g, x in zip(groups, ihp.group_scores(groups, scales))}
@@ -99,13 +99,14 @@ def test_sparse_training_shrinks_scales():
         _, scales, log = ihp.sparse_train(model, loader, ("qk", "v"), opts)
         s = scales["blocks.0.attn.qkv.weight"].detach()
         means[l1] = float(s.abs().mean())
-        assert s.std() > 1e-2            # the task loss makes rows differ
+        assert s.std() > 1e-2  # the task loss makes rows differ
         assert log["task_loss"][0] > 0
-    assert means[1e-3] < means[0.0] - 0.05   # the L1 term pulls the scales down
+    assert means[1e-3] < means[0.0] - 0.05  # the L1 term pulls the scales down
 
 
-@pytest.mark.parametrize("kind,granularity", [("vit", ("qk", "v", "mlp")),
-                                               ("deit_distilled", ("heads", "qk", "v", "mlp", "embed"))])
+@pytest.mark.parametrize(
+    "kind,granularity", [("vit", ("qk", "v", "mlp")), ("deit_distilled", ("heads", "qk", "v", "mlp", "embed"))]
+)
 def test_ihp_meets_budget_and_is_exact(kind, granularity):
     model = tiny(kind)
     c = cfg(granularity=granularity)

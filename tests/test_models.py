@@ -1,4 +1,5 @@
 """Model creation: supported families, clear errors, checkpoints and hub weights."""
+
 import pytest
 import torch
 
@@ -7,8 +8,13 @@ from vitcompress.models import check_supported, create_source_model, list_models
 
 
 def test_supported_families_create():
-    for name in ("vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_small_patch16_224",
-                 "vit_base_patch16_reg4_gap_256", "deit3_small_patch16_224"):
+    for name in (
+        "vit_tiny_patch16_224",
+        "deit_tiny_distilled_patch16_224",
+        "vit_small_patch16_224",
+        "vit_base_patch16_reg4_gap_256",
+        "deit3_small_patch16_224",
+    ):
         m = create_source_model(name, img_size=32, depth=1)
         assert m.vitcompress_source.name == name
 
@@ -19,12 +25,15 @@ def test_list_models_filters_to_supported_families():
     assert not any(n.startswith(("swin", "resnet", "convnext")) for n in names)
 
 
-@pytest.mark.parametrize("name,kwargs,needle", [
-    ("vit_base_patch16_siglip_224", {"depth": 1, "img_size": 32}, "attention pooling"),
-    ("test_vit4", {}, "RmsNorm"),
-    ("swin_tiny_patch4_window7_224", {}, "unsupported architecture"),
-    ("convnext_tiny", {}, "unsupported architecture"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,needle",
+    [
+        ("vit_base_patch16_siglip_224", {"depth": 1, "img_size": 32}, "attention pooling"),
+        ("test_vit4", {}, "RmsNorm"),
+        ("swin_tiny_patch4_window7_224", {}, "unsupported architecture"),
+        ("convnext_tiny", {}, "unsupported architecture"),
+    ],
+)
 def test_unsupported_architectures_name_the_supported_families(name, kwargs, needle):
     with pytest.raises(VitCompressError, match=needle) as e:
         create_source_model(name, **kwargs)
@@ -53,7 +62,9 @@ def test_safetensors_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     a = create_source_model("vit_tiny_patch16_224", img_size=32, num_classes=10)
     save_file(a.state_dict(), str(tmp_path / "w.safetensors"))
-    b = create_source_model("vit_tiny_patch16_224", img_size=32, num_classes=10, checkpoint=str(tmp_path / "w.safetensors"))
+    b = create_source_model(
+        "vit_tiny_patch16_224", img_size=32, num_classes=10, checkpoint=str(tmp_path / "w.safetensors")
+    )
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))

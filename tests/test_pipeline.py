@@ -1,24 +1,28 @@
 """The width-then-depth pipeline end to end on a tiny teacher, from the API and the CLI."""
+
 import json
 import os
 
 import pytest
 import torch
-
 from conftest import tiny
+
 from vitcompress.artifact import read_meta, save
 from vitcompress.cli import main
-from vitcompress.pipeline import PipelineConfig, STAGES, run_pipeline
+from vitcompress.pipeline import STAGES, PipelineConfig, run_pipeline
 from vitcompress.training import TrainConfig
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
     teacher = save(tiny("vit"), tmp_path / "teacher")
-    cfg = PipelineConfig(flops_reduction=0.5, calib_images=16, round_to=4,
-                         train=TrainConfig(data="digits", epochs=1, batch_size=16, max_steps_per_epoch=2, progress=False))
+    cfg = PipelineConfig(
+        flops_reduction=0.5,
+        calib_images=16,
+        round_to=4,
+        train=TrainConfig(data="digits", epochs=1, batch_size=16, max_steps_per_epoch=2, progress=False),
+    )
     out = tmp_path / "pipe"
     summary = run_pipeline(str(teacher), cfg, out, progress=False)
     assert [r["stage"] for r in summary["rows"]] == list(STAGES)
@@ -28,10 +32,12 @@ def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
     assert w.spec.depth == 4 and d.spec.depth < 4  # width stage keeps every block, depth stage removes some
     assert [b.source_index for b in d.spec.blocks] == d.plan.blocks  # block provenance kept for the mapping
     assert [h["method"] for h in d.history][:2] == ["one-shot", "depth-loss"]  # (+ a width trim if blocks fell short)
-    assert d.history[0]["config"]["granularity"] == ["heads", "mlp"] and d.history[1]["config"]["granularity"] == ["depth"]
+    assert d.history[0]["config"]["granularity"] == ["heads", "mlp"] and d.history[1]["config"]["granularity"] == [
+        "depth"
+    ]
     removed = d.history[1]["removed_blocks"]
     imp = d.history[1]["block_importance"]
-    assert sorted(imp)[:len(removed)] == sorted(imp[b] for b in removed)  # the least important blocks went
+    assert sorted(imp)[: len(removed)] == sorted(imp[b] for b in removed)  # the least important blocks went
     assert sorted(set(range(4)) - set(removed)) == d.plan.blocks
     assert d.extra["training"]["stage"] == "depth_distilled"
     m0 = summary["rows"][0]["macs"]
@@ -46,8 +52,16 @@ def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
 def test_pipeline_cli_with_a_config_file_and_bad_input(tmp_path, capsys):
     teacher = save(tiny("vit"), tmp_path / "teacher")
     conf = tmp_path / "pipe.json"
-    conf.write_text(json.dumps({"flops_reduction": 0.4, "calib_images": 8, "depth_blocks": 1,
-                                "train": {"data": "digits", "epochs": 1, "batch_size": 16, "max_steps_per_epoch": 1}}))
+    conf.write_text(
+        json.dumps(
+            {
+                "flops_reduction": 0.4,
+                "calib_images": 8,
+                "depth_blocks": 1,
+                "train": {"data": "digits", "epochs": 1, "batch_size": 16, "max_steps_per_epoch": 1},
+            }
+        )
+    )
     out = tmp_path / "p"
     code = main(["pipeline", str(teacher), "--config", str(conf), "--quiet", "-o", str(out)])
     cap = capsys.readouterr()

@@ -1,15 +1,15 @@
 """The prune API end to end: equivalence to the masked original, artifacts, iterative pruning."""
+
 import json
 
 import pytest
 import torch
+from conftest import tiny
 
 import vitcompress
 from vitcompress.artifact import read_meta
 from vitcompress.plan import Plan
 from vitcompress.reference import mask_model
-
-from conftest import tiny
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -22,8 +22,14 @@ def same(a, b, atol=1e-5):
 @pytest.mark.parametrize("importance", ["taylor", "l1", "l2", "random"])
 def test_prune_matches_masked_original(importance):
     model = tiny("deit_distilled")
-    res = vitcompress.prune(model, flops_reduction=0.35, importance=importance, calib_images=16,
-                            granularity=["heads", "qk", "v", "mlp", "depth"], round_to=4)
+    res = vitcompress.prune(
+        model,
+        flops_reduction=0.35,
+        importance=importance,
+        calib_images=16,
+        granularity=["heads", "qk", "v", "mlp", "depth"],
+        round_to=4,
+    )
     assert abs(res.achieved - 0.35) <= 0.015
     same(res.model, mask_model(model, res.meta.plan))
 
@@ -31,8 +37,14 @@ def test_prune_matches_masked_original(importance):
 def test_artifact_round_trip(tmp_path):
     model = tiny("reg_gap")
     out = tmp_path / "art"
-    res = vitcompress.prune(model, params_reduction=0.3, importance="taylor", calib_images=8,
-                            granularity=["heads", "mlp", "embed"], output=out)
+    res = vitcompress.prune(
+        model,
+        params_reduction=0.3,
+        importance="taylor",
+        calib_images=8,
+        granularity=["heads", "mlp", "embed"],
+        output=out,
+    )
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "vitcompress.json"]
     loaded = vitcompress.load(out)
     same(loaded, res.model, atol=0)
@@ -50,10 +62,24 @@ def test_artifact_round_trip(tmp_path):
 
 def test_iterative_pruning_composes_to_source_numbering(tmp_path):
     model = tiny("vit")
-    first = vitcompress.prune(model, flops_reduction=0.3, importance="random", seed=1,
-                              granularity=["heads", "qk", "v", "mlp", "embed"], round_to=1, output=tmp_path / "a")
-    second = vitcompress.prune(tmp_path / "a", flops_reduction=0.3, importance="random", seed=2,
-                               granularity=["heads", "mlp", "embed", "depth"], round_to=1, output=tmp_path / "b")
+    first = vitcompress.prune(
+        model,
+        flops_reduction=0.3,
+        importance="random",
+        seed=1,
+        granularity=["heads", "qk", "v", "mlp", "embed"],
+        round_to=1,
+        output=tmp_path / "a",
+    )
+    second = vitcompress.prune(
+        tmp_path / "a",
+        flops_reduction=0.3,
+        importance="random",
+        seed=2,
+        granularity=["heads", "mlp", "embed", "depth"],
+        round_to=1,
+        output=tmp_path / "b",
+    )
     meta = read_meta(tmp_path / "b")
     assert len(meta.history) == 2
     # the composed plan, applied to the ORIGINAL model, reproduces the twice-pruned model
@@ -129,8 +155,11 @@ def test_taylor_pseudo_labels_are_the_unpruned_models_predictions():
     # the same images labelled with the model's own predictions, scored as true labels: identical
     with torch.no_grad():
         batches = [(x, foreign(x).argmax(-1)) for x, _ in loader]
-    relabelled = DataLoader(TensorDataset(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])),
-                            batch_size=8, shuffle=False)
+    relabelled = DataLoader(
+        TensorDataset(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])),
+        batch_size=8,
+        shuffle=False,
+    )
     assert _same_scores(auto, _taylor_scores(foreign, relabelled, "true"))
     # these 16 images happen to have labels < 7, so the data's labels can be scored too: other scores
     assert max(y.max() for _, y in loader) < 7
@@ -158,8 +187,9 @@ def test_taylor_pseudo_labels_for_foreign_classes():
 def test_deit_small_worked_example(tmp_path):
     torch.manual_seed(0)
     src = vitcompress.create_source_model("deit_small_patch16_224")
-    res = vitcompress.prune(src, flops_reduction=0.462, importance="taylor",
-                            calib_images=8, batch_size=8, output=tmp_path / "d")
+    res = vitcompress.prune(
+        src, flops_reduction=0.462, importance="taylor", calib_images=8, batch_size=8, output=tmp_path / "d"
+    )
     assert abs(res.achieved - 0.462) <= 0.015
     loaded = vitcompress.load(tmp_path / "d")
     x = torch.randn(2, 3, 224, 224)
@@ -168,15 +198,16 @@ def test_deit_small_worked_example(tmp_path):
         torch.testing.assert_close(loaded(x), mask_model(src, res.meta.plan)(x), atol=1e-5, rtol=0)
     for blk in loaded.blocks:
         assert blk.attn.qk_dim % 8 == 0 and blk.attn.v_dim % 8 == 0 and blk.mlp.fc1.out_features % 8 == 0
-        assert blk.attn.scale == pytest.approx(64 ** -0.5)
+        assert blk.attn.scale == pytest.approx(64**-0.5)
 
 
 @pytest.mark.slow
 def test_deit_base_all_granularities_exact():
     torch.manual_seed(1)
     src = vitcompress.create_source_model("deit_base_patch16_224")
-    res = vitcompress.prune(src, flops_reduction=0.5, importance="l2",
-                            granularity=["heads", "qk", "v", "mlp", "embed", "depth"])
+    res = vitcompress.prune(
+        src, flops_reduction=0.5, importance="l2", granularity=["heads", "qk", "v", "mlp", "embed", "depth"]
+    )
     assert abs(res.achieved - 0.5) <= 0.015
     assert res.model.embed_dim % 8 == 0
     x = torch.randn(1, 3, 224, 224)

@@ -1,15 +1,15 @@
 """Token reducers: counts, prefix tokens, sizes, identity, per-image selection, counting, artifacts."""
+
 import copy
 
 import pytest
 import torch
+from conftest import tiny
 
 import vitcompress
 from vitcompress.counting import count, measured_macs
 from vitcompress.errors import VitCompressError
 from vitcompress.tokens import REDUCERS, apply_tokens, parse_schedule, remove_tokens, token_counts, token_macs
-
-from conftest import tiny
 
 # (method, schedule): every reducer, each schedule form
 CASES = [
@@ -20,8 +20,7 @@ CASES = [
     ("tome", "merge=5"),
     ("etps", "0.5@1,2"),
 ]
-IDENTITY = {"topk": "1.0@0,1,2", "topk-vpa": "1.0@0,1,2", "evit": "1.0@0,1,2", "tome": "merge=0",
-            "etps": "1.0@0,1,2"}
+IDENTITY = {"topk": "1.0@0,1,2", "topk-vpa": "1.0@0,1,2", "evit": "1.0@0,1,2", "tome": "merge=0", "etps": "1.0@0,1,2"}
 X = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(1))  # 36 patch tokens
 
 
@@ -111,7 +110,7 @@ def test_each_image_has_its_own_selection(method, schedule):
     model = apply_tokens(_model(), schedule, method=method)
     with torch.no_grad():
         batch = model(X)
-        single = torch.cat([model(X[i:i + 1]) for i in range(len(X))])
+        single = torch.cat([model(X[i : i + 1]) for i in range(len(X))])
     torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-5)
     # and the selection depends on the image: a reduced model is not the unreduced one
     with torch.no_grad():
@@ -163,19 +162,22 @@ def test_pruning_a_token_reduced_model_keeps_its_schedule():
         vitcompress.prune(model, flops_reduction=0.3, importance="l1", granularity=["depth"])
 
 
-@pytest.mark.parametrize("spec,method,match", [
-    ("0.7@1,9", "topk", "names block 9, but the model has blocks 0..3"),
-    ("rate=1.2", "topk-vpa", r"outside \[0, 1\)"),
-    ("rate=-0.1", "etps", r"outside \[0, 1\)"),
-    ("1.5@2", "evit", r"outside \(0, 1\]"),
-    ("0@2", "evit", r"outside \(0, 1\]"),
-    ("rate=0.1@7", "topk", "names block 7"),
-    ("merge=2.5", "tome", "whole number"),
-    ("0.7", "topk", "lacks '@BLOCKS'"),
-    ("0.7@1", "tome", "does not take a KEEP@BLOCKS schedule"),
-    ("merge=4", "topk", "does not take a merge=N schedule"),
-    ("0.7@1", "dynamicvit", "unknown token reducer"),
-])
+@pytest.mark.parametrize(
+    "spec,method,match",
+    [
+        ("0.7@1,9", "topk", "names block 9, but the model has blocks 0..3"),
+        ("rate=1.2", "topk-vpa", r"outside \[0, 1\)"),
+        ("rate=-0.1", "etps", r"outside \[0, 1\)"),
+        ("1.5@2", "evit", r"outside \(0, 1\]"),
+        ("0@2", "evit", r"outside \(0, 1\]"),
+        ("rate=0.1@7", "topk", "names block 7"),
+        ("merge=2.5", "tome", "whole number"),
+        ("0.7", "topk", "lacks '@BLOCKS'"),
+        ("0.7@1", "tome", "does not take a KEEP@BLOCKS schedule"),
+        ("merge=4", "topk", "does not take a merge=N schedule"),
+        ("0.7@1", "dynamicvit", "unknown token reducer"),
+    ],
+)
 def test_bad_schedules_are_one_line_errors(spec, method, match):
     with pytest.raises(VitCompressError, match=match) as e:
         apply_tokens(_model(), spec, method=method)

@@ -1,15 +1,16 @@
 """Token reduction in ONNX: every reducer exports with symbolic token counts (dynamic batch and
 image size), matches PyTorch in ONNX Runtime, really reduces in the graph and passes the TensorRT
 check; and one graph that takes the keep rate as a second input (``runtime_keep``)."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import tiny
 
 import vitcompress
-from conftest import tiny
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters import check_tensorrt, export_onnx, read_onnx_metadata
 from vitcompress.exporters.onnx_export import _with_dynamic_size
@@ -20,7 +21,7 @@ from vitcompress.tokens import apply_tokens, set_keep
 
 BATCH = (1, 3, 8)
 IMG = (16, 32, 48)  # patch 8: 4, 16 and 36 patch tokens; parity runs at 32 and 16
-UNSEEN = 40         # 25 patch tokens: a size neither the export example nor the parity check used
+UNSEEN = 40  # 25 patch tokens: a size neither the export example nor the parity check used
 DEPTH = 3
 
 
@@ -100,8 +101,14 @@ def test_reducer_exports_with_symbolic_token_counts(case, tmp_path):
 @pytest.fixture(scope="module")
 def runtime_export(tmp_path_factory):
     model = apply_tokens(_model("vit"), "0.7@1,2", method="topk-vpa")
-    res = export_onnx(model, tmp_path_factory.mktemp("rk") / "rk.onnx", batch=BATCH, dynamic_size=True,
-                      img_size=IMG, runtime_keep=True)
+    res = export_onnx(
+        model,
+        tmp_path_factory.mktemp("rk") / "rk.onnx",
+        batch=BATCH,
+        dynamic_size=True,
+        img_size=IMG,
+        runtime_keep=True,
+    )
     return model, res
 
 
@@ -110,14 +117,19 @@ def test_runtime_keep_graph_matches_set_keep_at_each_rate(runtime_export):
     # parity: every (batch, size) at the schedule's own rate and at 0.5, against set_keep copies
     assert res.parity.ok and res.runtime_keep
     assert {(c.batch, c.img_size, c.keep) for c in res.parity.cases} == {
-        (b, s, k) for b, s in [(1, 32), (3, 32), (8, 32), (1, 16)] for k in (0.7, 0.5)}
+        (b, s, k) for b, s in [(1, 32), (3, 32), (8, 32), (1, 16)] for k in (0.7, 0.5)
+    }
     assert "keep 0.500" in res.parity.format()
     # the second input, documented in the metadata
     proto = onnx.load(str(res.path))
-    inputs = {i.name: ([d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim], i.type.tensor_type.elem_type)
-              for i in proto.graph.input}
-    assert inputs == {"pixel_values": (["batch", 3, "height", "width"], onnx.TensorProto.FLOAT),
-                      KEEP_INPUT: ([1], onnx.TensorProto.FLOAT)}
+    inputs = {
+        i.name: ([d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim], i.type.tensor_type.elem_type)
+        for i in proto.graph.input
+    }
+    assert inputs == {
+        "pixel_values": (["batch", 3, "height", "width"], onnx.TensorProto.FLOAT),
+        KEEP_INPUT: ([1], onnx.TensorProto.FLOAT),
+    }
     assert res.metadata["export"]["runtime_keep"]["input"] == KEEP_INPUT
     # rates and an image size the export never saw; 1.0 keeps everything
     outs = []

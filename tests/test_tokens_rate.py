@@ -1,8 +1,10 @@
 """Choosing how hard to reduce: MACs targets, the GAS rate controller, the calibration search, the CLI."""
+
 import json
 
 import pytest
 import torch
+from conftest import Kill, tiny
 
 import vitcompress
 from vitcompress.cli import main
@@ -14,8 +16,6 @@ from vitcompress.tokens.gas import GASConfig, GASController, gas_step
 from vitcompress.tokens.reduce import reduce_tokens
 from vitcompress.tokens.search import search_amount
 from vitcompress.training import TrainConfig, fit
-
-from conftest import Kill, tiny
 
 ARCH = dict(img_size=16, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=2)
 ARCH_CLI = ["--img-size", "64", "--num-classes", "10"]  # 16 patches
@@ -45,14 +45,14 @@ def test_an_unreachable_target_is_an_error():
 # ------------------------------------------------------------------------------- GAS
 def test_gas_step_moves_the_rate_with_the_loss_slope():
     cfg = GASConfig(target=0.5, gain=1.0, min_step=0.005, max_step=0.05)
-    assert gas_step(0.1, -0.02, cfg, 0.4) == pytest.approx(0.12)   # falling 2%: up by 0.02
-    assert gas_step(0.1, -0.5, cfg, 0.4) == pytest.approx(0.15)    # capped at max_step
-    assert gas_step(0.1, 0.0, cfg, 0.4) == pytest.approx(0.105)    # flat: min_step up
-    assert gas_step(0.1, 0.01, cfg, 0.4) == pytest.approx(0.105)   # rising within the 2% noise tolerance: up
-    assert gas_step(0.1, 0.03, cfg, 0.4, rises=1) == 0.1           # rising 3% once: hold (patience 2)
+    assert gas_step(0.1, -0.02, cfg, 0.4) == pytest.approx(0.12)  # falling 2%: up by 0.02
+    assert gas_step(0.1, -0.5, cfg, 0.4) == pytest.approx(0.15)  # capped at max_step
+    assert gas_step(0.1, 0.0, cfg, 0.4) == pytest.approx(0.105)  # flat: min_step up
+    assert gas_step(0.1, 0.01, cfg, 0.4) == pytest.approx(0.105)  # rising within the 2% noise tolerance: up
+    assert gas_step(0.1, 0.03, cfg, 0.4, rises=1) == 0.1  # rising 3% once: hold (patience 2)
     assert gas_step(0.1, 0.03, cfg, 0.4, rises=2) == pytest.approx(0.07)  # rising twice in a row: down by 0.03
-    assert gas_step(0.39, -0.5, cfg, 0.4) == pytest.approx(0.4)    # never above the target's rate
-    assert gas_step(0.002, 0.5, cfg, 0.4, rises=2) == 0.0          # never below 0
+    assert gas_step(0.39, -0.5, cfg, 0.4) == pytest.approx(0.4)  # never above the target's rate
+    assert gas_step(0.002, 0.5, cfg, 0.4, rises=2) == 0.0  # never below 0
 
 
 def test_gas_follows_a_synthetic_loss_curve():
@@ -60,13 +60,13 @@ def test_gas_follows_a_synthetic_loss_curve():
     gas = GASController(model, GASConfig(target=0.4, interval=5, start=0.0))
     red = [r for r in model.blocks.reducers if r is not None]
     rates = []
-    for step, loss in enumerate([2.0 * 0.985 ** i for i in range(200)], 1):  # loss keeps falling
+    for step, loss in enumerate([2.0 * 0.985**i for i in range(200)], 1):  # loss keeps falling
         gas.on_step(loss, step)
         rates.append(gas.rate)
     assert rates[-1] > rates[10] > 0 and all(b >= a for a, b in zip(rates, rates[1:]))
     assert gas.rate <= gas.ceiling and all(abs(r.keep - (1 - gas.rate)) < 1e-6 for r in red)
     high = gas.rate
-    for step, loss in enumerate([1.0 * 1.05 ** i for i in range(30)], 201):  # then rises
+    for step, loss in enumerate([1.0 * 1.05**i for i in range(30)], 201):  # then rises
         gas.on_step(loss, step)
     assert gas.rate < high
     traj = gas.trajectory
@@ -86,8 +86,16 @@ def test_gas_refuses_tome_and_plain_models():
 
 @pytest.mark.usefixtures("one_thread")
 def test_gas_in_the_training_loop_is_checkpointed_and_resumes_exactly(tmp_path):
-    cfg = dict(data="digits", epochs=2, batch_size=32, lr=3e-3, warmup_epochs=0.2, progress=False,
-               max_steps_per_epoch=6, seed=1)
+    cfg = dict(
+        data="digits",
+        epochs=2,
+        batch_size=32,
+        lr=3e-3,
+        warmup_epochs=0.2,
+        progress=False,
+        max_steps_per_epoch=6,
+        seed=1,
+    )
     gcfg = GASConfig(target=0.4, interval=2, start=0.0, min_step=0.02)
 
     full_model = small()
@@ -120,8 +128,20 @@ def trained():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     m = create_source_model("vit_tiny_patch16_224", **{**ARCH, "patch_size": 4})
-    fit(m, TrainConfig(data="digits", epochs=6, batch_size=64, lr=2e-3, warmup_epochs=0.5, progress=False,
-                       seed=1, shift=0, smoothing=0.0))
+    fit(
+        m,
+        TrainConfig(
+            data="digits",
+            epochs=6,
+            batch_size=64,
+            lr=2e-3,
+            warmup_epochs=0.5,
+            progress=False,
+            seed=1,
+            shift=0,
+            smoothing=0.0,
+        ),
+    )
     torch.set_num_threads(n)
     return apply_tokens(m, "rate=0.1@0", method="topk-vpa")
 
@@ -130,8 +150,10 @@ def trained():
 @pytest.mark.parametrize("metric", ["top1", "agreement"])
 def test_search_picks_the_largest_rate_within_the_tolerance(trained, metric):
     mid = {"top1": 0.04, "agreement": 0.2}[metric]
-    runs = {tol: search_amount(trained, schedule_of(trained), data="digits", images=128, tolerance=tol,
-                               metric=metric) for tol in (0.0, mid, 1.0)}
+    runs = {
+        tol: search_amount(trained, schedule_of(trained), data="digits", images=128, tolerance=tol, metric=metric)
+        for tol in (0.0, mid, 1.0)
+    }
     assert runs[1.0].amount == pytest.approx(0.999)
     assert runs[0.0].amount < runs[mid].amount < runs[1.0].amount
     for tol, res in runs.items():
@@ -146,8 +168,7 @@ def test_search_picks_the_largest_rate_within_the_tolerance(trained, metric):
 
 # ------------------------------------------------------------------------------- API and CLI
 def test_reduce_tokens_with_a_macs_target_writes_an_artifact(tmp_path):
-    res = reduce_tokens(tiny("vit", img_size=48), "etps", "rate=0.1@1", flops_reduction=0.25,
-                        output=tmp_path / "a")
+    res = reduce_tokens(tiny("vit", img_size=48), "etps", "rate=0.1@1", flops_reduction=0.25, output=tmp_path / "a")
     assert 0.25 <= res.reduction < 0.27
     meta = vitcompress.read_meta(tmp_path / "a")
     assert meta.history[-1]["method"] == "tokens" and meta.tokens["rate"] == res.schedule.rate
@@ -156,8 +177,22 @@ def test_reduce_tokens_with_a_macs_target_writes_an_artifact(tmp_path):
 
 def test_cli_tokens_then_info(tmp_path, capsys):
     out = tmp_path / "t"
-    assert main(["tokens", "deit_tiny_patch16_224", *ARCH_CLI, "--method", "topk-vpa", "--schedule",
-                 "0.5@3,6,9", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "tokens",
+                "deit_tiny_patch16_224",
+                *ARCH_CLI,
+                "--method",
+                "topk-vpa",
+                "--schedule",
+                "0.5@3,6,9",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "token reduction: topk-vpa 0.5@3,6,9" in text and "removed" in text
     assert vitcompress.read_meta(out).tokens["spec"] == "0.5@3,6,9"
@@ -165,12 +200,15 @@ def test_cli_tokens_then_info(tmp_path, capsys):
     assert "17>9" in capsys.readouterr().out  # 16 patches + cls -> ceil(0.5 * 16) + cls
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--method", "topk", "--schedule", "0.7@12"], "names block 12, but the model has blocks 0..11"),
-    (["--method", "topk", "--schedule", "rate=1.0"], r"outside \[0, 1\)"),
-    (["--method", "tokenlearner", "--schedule", "0.7@3"], "unknown token reducer"),
-    (["--method", "topk", "--schedule", "0.7@3", "--flops-reduction", "0.3", "--search"], "pass one of them"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--method", "topk", "--schedule", "0.7@12"], "names block 12, but the model has blocks 0..11"),
+        (["--method", "topk", "--schedule", "rate=1.0"], r"outside \[0, 1\)"),
+        (["--method", "tokenlearner", "--schedule", "0.7@3"], "unknown token reducer"),
+        (["--method", "topk", "--schedule", "0.7@3", "--flops-reduction", "0.3", "--search"], "pass one of them"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, match):
     import re
 
@@ -182,8 +220,21 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, a
 
 
 def test_cli_refuses_windowed_attention(tmp_path, capsys):
-    assert main(["tokens", "swin_tiny_patch4_window7_224", "--method", "topk", "--schedule", "0.7@1",
-                 "-o", str(tmp_path / "s")]) == 2
+    assert (
+        main(
+            [
+                "tokens",
+                "swin_tiny_patch4_window7_224",
+                "--method",
+                "topk",
+                "--schedule",
+                "0.7@1",
+                "-o",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and not (tmp_path / "s").exists()
 
@@ -202,8 +253,9 @@ def test_suite_token_variants_match_their_reference_in_macs():
     sched = parse_schedule("merge=1", "tome")
     best = closest_amount(source, sched, red_vpa)
     for other in (best - 1, best + 1):
-        assert abs(macs_reduction(source, with_amount(sched, best)) - red_vpa) <= \
-            abs(macs_reduction(source, with_amount(sched, other)) - red_vpa)
+        assert abs(macs_reduction(source, with_amount(sched, best)) - red_vpa) <= abs(
+            macs_reduction(source, with_amount(sched, other)) - red_vpa
+        )
 
 
 def test_vitl_table_reads_the_rate_both_ways():
@@ -223,9 +275,31 @@ def test_tokens_study_smoke_writes_table_json_and_plot(trained, tmp_path):
 
     teacher = vitcompress.save(trained, tmp_path / "teacher")
     out = tmp_path / "study"
-    assert tokens_study.main(["--teacher", str(teacher), "--out", str(out), "--data", "digits", "--images", "64",
-                              "--rates", "0,0.3", "--epochs", "1", "--gas-target", "0.2", "--gas-interval", "2",
-                              "--batch-size", "64"]) == 0
+    assert (
+        tokens_study.main(
+            [
+                "--teacher",
+                str(teacher),
+                "--out",
+                str(out),
+                "--data",
+                "digits",
+                "--images",
+                "64",
+                "--rates",
+                "0,0.3",
+                "--epochs",
+                "1",
+                "--gas-target",
+                "0.2",
+                "--gas-interval",
+                "2",
+                "--batch-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out / "tokens_study.json").read_text())
     assert {r["method"] for r in rec["curves"]} == set(tokens_study.REDUCERS)
     at0 = [r["top1"] for r in rec["curves"] if r["schedule"] in ("rate=0.0@1", "merge=0@1")]

@@ -1,14 +1,15 @@
 """The training loop: learning, per-epoch atomic checkpoints, exact resume, NaN stop, torchrun/gloo, CLI."""
+
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import Kill
 
 from vitcompress.artifact import load, read_meta
 from vitcompress.cli import main
@@ -16,11 +17,23 @@ from vitcompress.errors import VitCompressError
 from vitcompress.models import create_source_model
 from vitcompress.training import Callback, TrainConfig, fit
 
-from conftest import Kill
-
 ARCH = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
-ARCH_CLI = ["--img-size", "16", "--patch-size", "4", "--in-chans", "1", "--num-classes", "10",
-            "--embed-dim", "32", "--depth", "2", "--num-heads", "2"]
+ARCH_CLI = [
+    "--img-size",
+    "16",
+    "--patch-size",
+    "4",
+    "--in-chans",
+    "1",
+    "--num-classes",
+    "10",
+    "--embed-dim",
+    "32",
+    "--depth",
+    "2",
+    "--num-heads",
+    "2",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,8 +45,16 @@ def small(seed=0, **kw):
 
 
 def cfg(**kw):
-    base = dict(data="digits", epochs=2, batch_size=32, lr=3e-3, warmup_epochs=0.2, progress=False,
-                max_steps_per_epoch=6, seed=1)
+    base = dict(
+        data="digits",
+        epochs=2,
+        batch_size=32,
+        lr=3e-3,
+        warmup_epochs=0.2,
+        progress=False,
+        max_steps_per_epoch=6,
+        seed=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -51,7 +72,12 @@ class Record(Callback):
 def test_loss_decreases_and_artifact_holds_the_trained_weights(tmp_path):
     rec = Record()
     out = tmp_path / "run"
-    res = fit(small(), cfg(epochs=4, max_steps_per_epoch=None, lr=5e-3, min_lr=2e-3, warmup_epochs=0, shift=0, smoothing=0.0), out, callbacks=[rec])
+    res = fit(
+        small(),
+        cfg(epochs=4, max_steps_per_epoch=None, lr=5e-3, min_lr=2e-3, warmup_epochs=0, shift=0, smoothing=0.0),
+        out,
+        callbacks=[rec],
+    )
     losses = [l for _, l in rec.losses]
     assert [s for s, _ in rec.losses] == list(range(1, 4 * 44 + 1))  # 1438 train images, batch 32, drop_last
     assert sum(losses[-20:]) / 20 < 0.75 * sum(losses[:20]) / 20
@@ -68,8 +94,6 @@ def test_loss_decreases_and_artifact_holds_the_trained_weights(tmp_path):
     assert meta.extra["training"]["epochs_done"] == 4
     assert meta.extra["training"]["val"]["top1"] == pytest.approx(res.val["top1"])
     assert meta.source.kwargs["patch_size"] == 4
-
-
 
 
 def test_resume_after_a_mid_epoch_kill_reproduces_the_uninterrupted_run(tmp_path):
@@ -143,9 +167,24 @@ def test_two_process_gloo_run_stays_in_sync_and_writes_one_checkpoint(tmp_path):
     sums.mkdir()
     out = tmp_path / "runs" / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--standalone", str(script), str(out), str(sums)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(script),
+            str(out),
+            str(sums),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         _, stderr = p.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -173,8 +212,21 @@ def run(capsys, *args):
 
 def test_cli_train_then_eval(tmp_path, capsys):
     out = tmp_path / "t"
-    code, stdout, err = run(capsys, "train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--epochs", "1",
-                            "--max-steps-per-epoch", "3", "--quiet", "-o", out)
+    code, stdout, err = run(
+        capsys,
+        "train",
+        "vit_tiny_patch16_224",
+        *ARCH_CLI,
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "3",
+        "--quiet",
+        "-o",
+        out,
+    )
     assert code == 0, err
     assert "val top-1" in stdout and f"wrote {out}" in stdout
     code, stdout, _ = run(capsys, "eval", out, "--data", "digits", "--json")
@@ -186,13 +238,21 @@ def test_cli_train_then_eval(tmp_path, capsys):
 
 
 BAD = {
-    "missing data folder": (["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "/nonexistent/imgs"], "does not exist"),
-    "classes do not fit": (["train", "vit_tiny_patch16_224", *ARCH_CLI[:6], "--num-classes", "5", "--data", "digits"],
-                           "10 classes but the model's classifier has 5"),
+    "missing data folder": (
+        ["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "/nonexistent/imgs"],
+        "does not exist",
+    ),
+    "classes do not fit": (
+        ["train", "vit_tiny_patch16_224", *ARCH_CLI[:6], "--num-classes", "5", "--data", "digits"],
+        "10 classes but the model's classifier has 5",
+    ),
     "unknown option": (["train", "vit_tiny_patch16_224", "--data", "digits", "--speed", "3"], "No such option"),
     "bad amp": (["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--amp", "fp8"], "unknown --amp"),
     "eval missing data": (["eval", "vit_tiny_patch16_224", "--data", "/nonexistent/imgs"], "does not exist"),
-    "resume from nothing": (["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--resume"], "no checkpoint.pt"),
+    "resume from nothing": (
+        ["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--resume"],
+        "no checkpoint.pt",
+    ),
 }
 
 
@@ -225,10 +285,19 @@ def test_image_folder_training_with_randaugment_mixup_cutmix_and_erasing(tmp_pat
             for i in range(6):
                 Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
     torch.manual_seed(0)
-    m = create_source_model("vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=3, embed_dim=32,
-                            depth=1, num_heads=2)
-    c = TrainConfig(data=str(tmp_path / "imgs"), epochs=1, batch_size=4, auto_augment="rand-m9-mstd0.5",
-                    mixup=0.2, cutmix=0.2, re_prob=0.25, progress=False)
+    m = create_source_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=3, embed_dim=32, depth=1, num_heads=2
+    )
+    c = TrainConfig(
+        data=str(tmp_path / "imgs"),
+        epochs=1,
+        batch_size=4,
+        auto_augment="rand-m9-mstd0.5",
+        mixup=0.2,
+        cutmix=0.2,
+        re_prob=0.25,
+        progress=False,
+    )
     res = fit(m, c, tmp_path / "out")
     assert res.history[0]["epoch"] == 1 and res.val["images"] == 18
     assert read_meta(tmp_path / "out").extra["training"]["config"]["auto_augment"] == "rand-m9-mstd0.5"
@@ -239,8 +308,20 @@ def test_image_folder_training_with_randaugment_mixup_cutmix_and_erasing(tmp_pat
 def test_cli_train_seed_fixes_the_initial_weights(tmp_path):
     from vitcompress.artifact import load
 
-    args = ["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--epochs", "1",
-            "--max-steps-per-epoch", "1", "--batch-size", "16", "--quiet"]
+    args = [
+        "train",
+        "vit_tiny_patch16_224",
+        *ARCH_CLI,
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "1",
+        "--batch-size",
+        "16",
+        "--quiet",
+    ]
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         torch.manual_seed(int(name.encode()[0]))  # whatever state the process is in
         assert main([*args, "--seed", seed, "-o", str(tmp_path / name)]) == 0

@@ -8,6 +8,7 @@ Public API (imported lazily so that ``import vitcompress`` stays light)::
     vitcompress.count(model) -> Counts           # analytic MACs / params
     vitcompress.create_source_model(name, ...)   # an unpruned timm ViT
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,13 +18,24 @@ from .errors import VitCompressError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prune": "pruner", "PruneConfig": "pruner", "PruneResult": "pruner",
-    "load": "artifact", "save": "artifact", "read_meta": "artifact", "ArtifactMeta": "artifact",
-    "count": "counting", "Counts": "counting",
-    "create_source_model": "models", "list_models": "models",
-    "slice_model": "slicers", "Plan": "plan",
-    "fit": "training", "TrainConfig": "training", "evaluate_data": "evaluate",
-    "run_pipeline": "pipeline", "PipelineConfig": "pipeline",
+    "prune": "pruner",
+    "PruneConfig": "pruner",
+    "PruneResult": "pruner",
+    "load": "artifact",
+    "save": "artifact",
+    "read_meta": "artifact",
+    "ArtifactMeta": "artifact",
+    "count": "counting",
+    "Counts": "counting",
+    "create_source_model": "models",
+    "list_models": "models",
+    "slice_model": "slicers",
+    "Plan": "plan",
+    "fit": "training",
+    "TrainConfig": "training",
+    "evaluate_data": "evaluate",
+    "run_pipeline": "pipeline",
+    "PipelineConfig": "pipeline",
     "METHODS": "methods",
 }
 

@@ -4,13 +4,13 @@ The JSON holds the source model (timm name and kwargs), the per-block spec that 
 tree, the plan (kept indices in the source model's numbering), the pruning history, MACs and
 params before and after, and (for token reduction) the token schedule.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ class ArtifactMeta:
     counts_source: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
-    tokens: Optional[dict] = None
+    tokens: dict | None = None
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -56,7 +56,7 @@ class ArtifactMeta:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ArtifactMeta":
+    def from_dict(cls, d: dict) -> ArtifactMeta:
         return cls(
             source=SourceModel.from_dict(d["source"]),
             spec=ViTSpec.from_dict(d["spec"]),
@@ -87,7 +87,7 @@ def is_artifact(path: str | os.PathLike) -> bool:
     return Path(path, META).is_file()
 
 
-def save(model: nn.Module, path: str | os.PathLike, force: bool = False, meta: Optional[ArtifactMeta] = None) -> Path:
+def save(model: nn.Module, path: str | os.PathLike, force: bool = False, meta: ArtifactMeta | None = None) -> Path:
     """Write ``model`` as an artifact folder (atomically). Returns the folder."""
     from safetensors.torch import save_file
 
@@ -107,7 +107,9 @@ def read_meta(path: str | os.PathLike) -> ArtifactMeta:
     if not p.exists():
         raise VitCompressError(f"artifact {str(p)!r} does not exist; create one with `vitcompress prune MODEL -o {p}`")
     if not p.is_dir() or not (p / META).is_file():
-        raise VitCompressError(f"{str(p)!r} is not a vitcompress artifact (no {META}); pass a folder written by `vitcompress prune`")
+        raise VitCompressError(
+            f"{str(p)!r} is not a vitcompress artifact (no {META}); pass a folder written by `vitcompress prune`"
+        )
     try:
         d = json.loads((p / META).read_text())
         if d.get("format") != "vitcompress":
@@ -115,12 +117,15 @@ def read_meta(path: str | os.PathLike) -> ArtifactMeta:
         if int(d["format_version"]) > FORMAT_VERSION:
             raise VitCompressError(
                 f"artifact {str(p)!r} has format version {d['format_version']}, newer than this "
-                f"vitcompress ({FORMAT_VERSION}); upgrade vitcompress")
+                f"vitcompress ({FORMAT_VERSION}); upgrade vitcompress"
+            )
         return ArtifactMeta.from_dict(d)
     except VitCompressError:
         raise
     except Exception as e:
-        raise VitCompressError(f"artifact {str(p)!r} is corrupt ({META}: {type(e).__name__}: {str(e)[:120]}); re-create it") from None
+        raise VitCompressError(
+            f"artifact {str(p)!r} is corrupt ({META}: {type(e).__name__}: {str(e)[:120]}); re-create it"
+        ) from None
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -141,7 +146,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         raise
     except Exception as e:
         raise VitCompressError(
-            f"artifact {str(path)!r} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:160]}); re-create it") from None
+            f"artifact {str(path)!r} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:160]}); re-create it"
+        ) from None
     model.vitcompress_meta = meta
     if meta.tokens:
         from .tokens import TokenSchedule, apply_tokens

@@ -18,11 +18,11 @@ Global mode removes the least important unit anywhere, repeatedly; uniform mode 
 percentage point is skipped; selection stops once the target is met. The achieved reduction must be
 within ``tolerance`` (1.5 points) of the target, otherwise the budget is reported as unreachable.
 """
+
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -99,20 +99,32 @@ class _State:
         for b in sorted(self.blocks):
             bs0 = self.spec0.blocks[b]
             h0 = self.heads[b][0]
-            blocks.append(BlockSpec(bs0.source_index, len(self.heads[b]), len(self.qk[b][h0]),
-                                    len(self.v[b][h0]), len(self.mlp[b]), bs0.scale))
+            blocks.append(
+                BlockSpec(
+                    bs0.source_index,
+                    len(self.heads[b]),
+                    len(self.qk[b][h0]),
+                    len(self.v[b][h0]),
+                    len(self.mlp[b]),
+                    bs0.scale,
+                )
+            )
         return ViTSpec(len(self.embed), blocks)
 
     def plan(self) -> Plan:
         layers = {}
         for b in self.blocks:
             heads = sorted(self.heads[b])
-            layers[b] = LayerPlan(heads, [sorted(self.qk[b][h]) for h in heads],
-                                  [sorted(self.v[b][h]) for h in heads], sorted(self.mlp[b]))
+            layers[b] = LayerPlan(
+                heads,
+                [sorted(self.qk[b][h]) for h in heads],
+                [sorted(self.v[b][h]) for h in heads],
+                sorted(self.mlp[b]),
+            )
         return Plan(sorted(self.embed), sorted(self.blocks), layers)
 
 
-def _unit(state: _State, kind: str, layer: Optional[int], n: int):
+def _unit(state: _State, kind: str, layer: int | None, n: int):
     """(normalised importance, removed fraction after, size, apply-function) of the next unit,
     or None when the (kind, layer) cannot shrink further."""
     s0 = state.spec0
@@ -125,6 +137,7 @@ def _unit(state: _State, kind: str, layer: Optional[int], n: int):
 
         def apply():
             state.heads[layer].pop(0)
+
         return imp, frac, 1, apply
     if kind in ("qk", "v"):
         if layer not in state.blocks:
@@ -143,6 +156,7 @@ def _unit(state: _State, kind: str, layer: Optional[int], n: int):
         def apply():
             for h in table[layer]:
                 del table[layer][h][:k]
+
         return imp, 1 - (cur - k) / orig, k, apply
     if kind == "mlp":
         if layer not in state.blocks:
@@ -156,6 +170,7 @@ def _unit(state: _State, kind: str, layer: Optional[int], n: int):
 
         def apply():
             del state.mlp[layer][:k]
+
         return imp, 1 - (cur - k) / s0.blocks[layer].mlp_hidden, k, apply
     if kind == "embed":
         cur = len(state.embed)
@@ -167,6 +182,7 @@ def _unit(state: _State, kind: str, layer: Optional[int], n: int):
 
         def apply():
             del state.embed[:k]
+
         return imp, 1 - (cur - k) / s0.embed_dim, k, apply
     if kind == "depth":
         if len(state.blocks) <= 1:
@@ -176,6 +192,7 @@ def _unit(state: _State, kind: str, layer: Optional[int], n: int):
 
         def apply():
             state.blocks.pop(0)
+
         return imp, 1 - (len(state.blocks) - 1) / s0.depth, 1, apply
     raise ValueError(kind)
 
@@ -237,13 +254,14 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
         raise VitCompressError(
             f"budget unreachable: removing {target:.1%} of {budget.metric} with granularity {kinds} "
             f"and round-to {n} gets to {achieved:.1%} at best (tolerance {budget.tolerance:.1%}); "
-            "add granularities (e.g. mlp,heads), lower the reduction or use a smaller --round-to")
+            "add granularities (e.g. mlp,heads), lower the reduction or use a smaller --round-to"
+        )
     plan = state.plan()
     plan.validate()
     return plan, achieved
 
 
-def _spec_after(state: _State, kind: str, layer: Optional[int], k: int) -> ViTSpec:
+def _spec_after(state: _State, kind: str, layer: int | None, k: int) -> ViTSpec:
     """The spec the state would have after removing a unit of ``k`` elements."""
     spec = state.spec()
     if kind == "embed":

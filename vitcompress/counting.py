@@ -4,10 +4,11 @@ Convention: one MAC is one multiply-accumulate of a matrix product or convolutio
 papers call "FLOPs", DeiT-S = 4.6 G); FLOPs = 2 x MACs. Normalisation, softmax, activations,
 bias additions and residual additions are not counted, matching ``torch.utils.flop_counter``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch import nn
 from .spec import ViTSpec, spec_from_model
 
 
-def _per_channel(module: Optional[nn.Module], width: int) -> int:
+def _per_channel(module: nn.Module | None, width: int) -> int:
     if module is None or isinstance(module, nn.Identity):
         return 0
     return sum(p.numel() for p in module.parameters()) // width
@@ -51,33 +52,47 @@ class ArchInfo:
         return self.grid[0] * self.grid[1]
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> "ArchInfo":
+    def from_model(cls, model: nn.Module) -> ArchInfo:
         pe = model.patch_embed
         d = model.embed_dim
         blk = model.blocks[0]
         ps = pe.patch_size
-        prefix = sum(t.shape[1] for t in (model.cls_token, getattr(model, "reg_token", None),
-                                          getattr(model, "dist_token", None)) if t is not None)
+        prefix = sum(
+            t.shape[1]
+            for t in (model.cls_token, getattr(model, "reg_token", None), getattr(model, "dist_token", None))
+            if t is not None
+        )
         heads_out = 0
         for head in (model.head, getattr(model, "head_dist", None)):
             if isinstance(head, nn.Linear):
                 heads_out += 1
         qk = blk.attn.q_norm
         return cls(
-            in_chans=pe.proj.in_channels, patch_area=ps[0] * ps[1], grid=tuple(pe.grid_size),
-            num_prefix_tokens=model.num_prefix_tokens, pos_embed_len=model.pos_embed.shape[1],
-            num_classes=model.num_classes if heads_out else 0, num_heads_out=heads_out,
-            patch_bias=pe.proj.bias is not None, patch_norm=_per_channel(pe.norm, d),
+            in_chans=pe.proj.in_channels,
+            patch_area=ps[0] * ps[1],
+            grid=tuple(pe.grid_size),
+            num_prefix_tokens=model.num_prefix_tokens,
+            pos_embed_len=model.pos_embed.shape[1],
+            num_classes=model.num_classes if heads_out else 0,
+            num_heads_out=heads_out,
+            patch_bias=pe.proj.bias is not None,
+            patch_norm=_per_channel(pe.norm, d),
             prefix_params=prefix,
-            norm_pre=_per_channel(model.norm_pre, d), norm_final=_per_channel(model.norm, d),
-            fc_norm=_per_channel(model.fc_norm, d), block_norm=_per_channel(blk.norm1, d),
-            qkv_bias=blk.attn.qkv.bias is not None, proj_bias=blk.attn.proj.bias is not None,
-            qk_norm=0 if isinstance(qk, nn.Identity) else sum(p.numel() for p in qk.parameters()) // qk.normalized_shape[0],
-            fc1_bias=blk.mlp.fc1.bias is not None, fc2_bias=blk.mlp.fc2.bias is not None,
+            norm_pre=_per_channel(model.norm_pre, d),
+            norm_final=_per_channel(model.norm, d),
+            fc_norm=_per_channel(model.fc_norm, d),
+            block_norm=_per_channel(blk.norm1, d),
+            qkv_bias=blk.attn.qkv.bias is not None,
+            proj_bias=blk.attn.proj.bias is not None,
+            qk_norm=0
+            if isinstance(qk, nn.Identity)
+            else sum(p.numel() for p in qk.parameters()) // qk.normalized_shape[0],
+            fc1_bias=blk.mlp.fc1.bias is not None,
+            fc2_bias=blk.mlp.fc2.bias is not None,
             layer_scale=hasattr(blk.ls1, "gamma"),
         )
 
-    def with_img_size(self, img_size: Sequence[int], patch_size: Sequence[int]) -> "ArchInfo":
+    def with_img_size(self, img_size: Sequence[int], patch_size: Sequence[int]) -> ArchInfo:
         d = asdict(self)
         d["grid"] = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
         return ArchInfo(**d)
@@ -101,14 +116,16 @@ class Counts:
 def block_macs(d: int, h: int, qk: int, v: int, m: int, tokens: int) -> int:
     """MACs of one pre-norm transformer block on ``tokens`` tokens."""
     t = tokens
-    return (t * d * h * (2 * qk + v)   # qkv projection
-            + h * t * t * qk            # q @ k^T
-            + h * t * t * v             # attn @ v
-            + t * h * v * d             # output projection
-            + 2 * t * d * m)            # fc1 + fc2
+    return (
+        t * d * h * (2 * qk + v)  # qkv projection
+        + h * t * t * qk  # q @ k^T
+        + h * t * t * v  # attn @ v
+        + t * h * v * d  # output projection
+        + 2 * t * d * m
+    )  # fc1 + fc2
 
 
-def macs(spec: ViTSpec, info: ArchInfo, tokens: Optional[Sequence[int]] = None) -> int:
+def macs(spec: ViTSpec, info: ArchInfo, tokens: Sequence[int] | None = None) -> int:
     """MACs per image. ``tokens[i]`` is the token count entering block i (default: all tokens)."""
     d = spec.embed_dim
     n_tok = info.num_patches + info.num_prefix_tokens
@@ -138,7 +155,7 @@ def params(spec: ViTSpec, info: ArchInfo) -> int:
     return int(total)
 
 
-def count(model: nn.Module, tokens: Optional[Sequence[int]] = None) -> Counts:
+def count(model: nn.Module, tokens: Sequence[int] | None = None) -> Counts:
     """Analytic MACs and params of a (pruned) timm ViT.
 
     A model carrying a token schedule (``vitcompress.tokens.apply_tokens``) is counted with the
@@ -153,7 +170,7 @@ def count(model: nn.Module, tokens: Optional[Sequence[int]] = None) -> Counts:
     return Counts(macs(spec, info, tokens), params(spec, info))
 
 
-def measured_macs(model: nn.Module, img_size: Optional[Sequence[int]] = None, batch: int = 1) -> int:
+def measured_macs(model: nn.Module, img_size: Sequence[int] | None = None, batch: int = 1) -> int:
     """MACs per image measured by ``torch.utils.flop_counter`` on a real forward pass."""
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -11,12 +11,12 @@ Data order is a pure function of ``(seed, epoch)``: each epoch's permutation is 
 generator seeded with ``seed + epoch`` and sharded across ranks the way ``DistributedSampler``
 does, so a resumed run sees exactly the batches the uninterrupted run would have seen.
 """
+
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +30,14 @@ from .errors import VitCompressError
 class AugConfig:
     """Augmentation options (timm names). ``None``/0 switches an option off."""
 
-    shift: int = 2                      # built-in datasets: random shift in pixels
-    auto_augment: Optional[str] = None  # ImageFolder: e.g. 'rand-m9-mstd0.5'
-    hflip: float = 0.5                  # ImageFolder only
-    color_jitter: float = 0.4           # ImageFolder only
-    re_prob: float = 0.0                # random erasing probability (ImageFolder only)
-    mixup: float = 0.0                  # mixup alpha (0 = off)
-    cutmix: float = 0.0                 # cutmix alpha (0 = off)
-    smoothing: float = 0.1              # label smoothing
+    shift: int = 2  # built-in datasets: random shift in pixels
+    auto_augment: str | None = None  # ImageFolder: e.g. 'rand-m9-mstd0.5'
+    hflip: float = 0.5  # ImageFolder only
+    color_jitter: float = 0.4  # ImageFolder only
+    re_prob: float = 0.0  # random erasing probability (ImageFolder only)
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    smoothing: float = 0.1  # label smoothing
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +61,7 @@ class Shifted(Dataset):
             bg = x.amin()
             xp = F.pad(x, (s, s, s, s), value=float(bg))
             dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
-            x = xp[:, dy:dy + h, dx:dx + w]
+            x = xp[:, dy : dy + h, dx : dx + w]
         return x, y
 
 
@@ -70,7 +70,9 @@ def check_data(data: str) -> None:
     if data in BUILTIN:
         return
     if not os.path.isdir(data):
-        raise VitCompressError(f"data folder {data!r} does not exist; pass digits, mnist10k or an ImageFolder directory")
+        raise VitCompressError(
+            f"data folder {data!r} does not exist; pass digits, mnist10k or an ImageFolder directory"
+        )
 
 
 def train_dataset(data: str, cfg: DataConfig, aug: AugConfig) -> Dataset:
@@ -85,14 +87,22 @@ def train_dataset(data: str, cfg: DataConfig, aug: AugConfig) -> Dataset:
     sub = os.path.join(data, "train")
     path = sub if os.path.isdir(sub) else data
     transform = create_transform(
-        input_size=(cfg.in_chans, *cfg.img_size), is_training=True, mean=cfg.mean, std=cfg.std,
-        auto_augment=aug.auto_augment, hflip=aug.hflip, color_jitter=aug.color_jitter or None,
-        re_prob=aug.re_prob)
+        input_size=(cfg.in_chans, *cfg.img_size),
+        is_training=True,
+        mean=cfg.mean,
+        std=cfg.std,
+        auto_augment=aug.auto_augment,
+        hflip=aug.hflip,
+        color_jitter=aug.color_jitter or None,
+        re_prob=aug.re_prob,
+    )
     try:
         ds = ImageFolder(path, transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
-        raise VitCompressError(f"data folder {path!r} has no images in class sub-folders ({str(e)[:100]}); "
-                               "use an ImageFolder layout: DIR/train/<class>/<image>") from None
+        raise VitCompressError(
+            f"data folder {path!r} has no images in class sub-folders ({str(e)[:100]}); "
+            "use an ImageFolder layout: DIR/train/<class>/<image>"
+        ) from None
     ds.num_classes = len(ds.classes)
     return ds
 
@@ -103,7 +113,7 @@ def val_dataset(data: str, cfg: DataConfig, split: str = "val") -> Dataset:
     return make_dataset(data, cfg, split, training=False)
 
 
-def num_classes_of(ds: Dataset) -> Optional[int]:
+def num_classes_of(ds: Dataset) -> int | None:
     n = getattr(ds, "num_classes", None)
     if n is None and hasattr(ds, "ds"):
         n = getattr(ds.ds, "num_classes", None)
@@ -118,8 +128,7 @@ class EpochSampler(Sampler):
     shards are ``indices[rank::world]`` and may differ by one.
     """
 
-    def __init__(self, n: int, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0,
-                 pad: bool = True):
+    def __init__(self, n: int, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0, pad: bool = True):
         self.n, self.rank, self.world, self.shuffle, self.seed, self.pad = n, rank, world, shuffle, seed, pad
         self.epoch = 0
 
@@ -135,7 +144,7 @@ class EpochSampler(Sampler):
         if self.pad and self.world > 1:
             total = math.ceil(self.n / self.world) * self.world
             idx = (idx * math.ceil(total / max(1, len(idx))))[:total]
-        return idx[self.rank::self.world]
+        return idx[self.rank :: self.world]
 
     def __iter__(self):
         return iter(self._indices())
@@ -146,15 +155,30 @@ class EpochSampler(Sampler):
         return len(range(self.rank, self.n, self.world))
 
 
-def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A loader over ``ds`` with an ``EpochSampler`` (call ``loader.sampler.set_epoch(e)``)."""
     if batch_size < 1:
         raise VitCompressError(f"--batch-size must be at least 1, got {batch_size}")
     sampler = EpochSampler(len(ds), rank, world, shuffle=train, seed=seed, pad=train)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      drop_last=train and len(sampler) >= 2 * batch_size, pin_memory=pin_memory,
-                      persistent_workers=False)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=train and len(sampler) >= 2 * batch_size,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
 
 
 def make_mixup(aug: AugConfig, num_classes: int):
@@ -163,5 +187,4 @@ def make_mixup(aug: AugConfig, num_classes: int):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.smoothing,
-                 num_classes=num_classes)
+    return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.smoothing, num_classes=num_classes)

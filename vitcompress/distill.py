@@ -14,10 +14,10 @@
   the unpruned model it was cut from), so removed blocks are skipped; when embedding channels
   were pruned only the channels both models kept (``plan.embed``) are compared.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +32,11 @@ KINDS = ("auto", "soft", "hard", "none")
 class DistillConfig:
     """Loss weights and temperature (defaults are the documented ``finetune`` defaults)."""
 
-    kind: str = "auto"        # auto: hard for models with a distillation token, otherwise soft
-    ce: float = 1.0           # weight of the label cross-entropy
-    kd: float = 1.0           # weight of the logit distillation term
+    kind: str = "auto"  # auto: hard for models with a distillation token, otherwise soft
+    ce: float = 1.0  # weight of the label cross-entropy
+    kd: float = 1.0  # weight of the logit distillation term
     temperature: float = 2.0
-    hidden: float = 0.0       # weight of the hidden-state MSE (0 = off)
+    hidden: float = 0.0  # weight of the hidden-state MSE (0 = off)
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -57,8 +57,9 @@ def has_dist_token(model: nn.Module) -> bool:
 def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
-                    reduction="batchmean", log_target=True) * (t * t)
+    return F.kl_div(
+        F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean", log_target=True
+    ) * (t * t)
 
 
 def _embed_channels(model: nn.Module) -> list[int]:
@@ -89,7 +90,9 @@ def channel_mapping(student: nn.Module, teacher: nn.Module) -> tuple[torch.Tenso
     t_pos = {c: j for j, c in enumerate(te)}
     pairs = [(i, t_pos[c]) for i, c in enumerate(se) if c in t_pos]
     if not pairs:
-        raise VitCompressError("student and teacher share no embedding channels; pass the teacher the student was pruned from")
+        raise VitCompressError(
+            "student and teacher share no embedding channels; pass the teacher the student was pruned from"
+        )
     s, t = zip(*pairs)
     return torch.tensor(s), torch.tensor(t)
 
@@ -104,6 +107,7 @@ class _Capture:
     def _hook(self, i):
         def fn(_m, _inp, out):
             self.out[i] = out
+
         return fn
 
     def remove(self) -> None:
@@ -119,8 +123,13 @@ class TrainLoss(nn.Module):
     blocks, so it works unchanged when the student is wrapped in DistributedDataParallel.
     """
 
-    def __init__(self, student: nn.Module, teacher: Optional[nn.Module] = None,
-                 cfg: Optional[DistillConfig] = None, smoothing: float = 0.0):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        cfg: DistillConfig | None = None,
+        smoothing: float = 0.0,
+    ):
         super().__init__()
         self.cfg = cfg or DistillConfig(kd=0.0, hidden=0.0)
         self.cfg.validate()
@@ -133,23 +142,30 @@ class TrainLoss(nn.Module):
             if teacher.num_classes != student.num_classes:
                 raise VitCompressError(
                     f"teacher has {teacher.num_classes} classes but the student has {student.num_classes}; "
-                    "pass a teacher trained on the same classes")
+                    "pass a teacher trained on the same classes"
+                )
             kind = self.cfg.kind
             if kind == "auto":
                 kind = "hard" if has_dist_token(student) else "soft"
             if kind == "hard" and not has_dist_token(student):
-                raise VitCompressError("hard distillation needs a model with a distillation token (deit_*_distilled_*); use --distill soft")
+                raise VitCompressError(
+                    "hard distillation needs a model with a distillation token (deit_*_distilled_*); use --distill soft"
+                )
             self.kind = kind
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
             if self.cfg.hidden > 0:
                 if any(getattr(m, "vitcompress_tokens", None) is not None for m in (student, teacher)):
-                    raise VitCompressError("hidden-state distillation compares all tokens, and token reduction "
-                                           "changes their number; set --hidden-weight 0 for token-reduced models")
+                    raise VitCompressError(
+                        "hidden-state distillation compares all tokens, and token reduction "
+                        "changes their number; set --hidden-weight 0 for token-reduced models"
+                    )
                 self.pairs = layer_mapping(student, teacher)
                 if not self.pairs:
-                    raise VitCompressError("no student block descends from a teacher block; set --hidden-weight 0 or pass the source teacher")
+                    raise VitCompressError(
+                        "no student block descends from a teacher block; set --hidden-weight 0 or pass the source teacher"
+                    )
                 s_ch, t_ch = channel_mapping(student, teacher)
                 self.register_buffer("s_ch", s_ch, persistent=False)
                 self.register_buffer("t_ch", t_ch, persistent=False)

@@ -3,10 +3,10 @@
 Works single-process and inside a ``torchrun`` job: each rank evaluates a disjoint shard
 (``indices[rank::world]``, no padding, so no image is counted twice) and the sums are all-reduced.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ class EvalResult:
     top5: float
     loss: float
     images: int
-    agreement: Optional[float] = None
+    agreement: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,19 +44,27 @@ def logits_of(out) -> torch.Tensor:
     return out
 
 
-def check_classes(model: nn.Module, num_classes: Optional[int], what: str = "data") -> None:
+def check_classes(model: nn.Module, num_classes: int | None, what: str = "data") -> None:
     """One-line error when the labels do not fit the model's classifier."""
     mc = getattr(model, "num_classes", None)
     if num_classes is not None and mc is not None and num_classes > mc:
         raise VitCompressError(
             f"the {what} has {num_classes} classes but the model's classifier has {mc}; "
-            f"use a model with num_classes={num_classes} (--num-classes {num_classes})")
+            f"use a model with num_classes={num_classes} (--num-classes {num_classes})"
+        )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, teacher: Optional[nn.Module] = None,
-             device: str | torch.device | None = None, amp_dtype: Optional[torch.dtype] = None,
-             progress: bool = False, desc: str = "eval") -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    teacher: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> EvalResult:
     """Top-1/top-5/loss of ``model`` over ``loader`` (and agreement with ``teacher``'s argmax).
 
     Inside an initialised process group the per-rank sums are all-reduced, so every rank returns
@@ -70,7 +78,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: Optional[nn.Modul
         if getattr(teacher, "num_classes", None) != getattr(model, "num_classes", None):
             raise VitCompressError(
                 f"teacher has {teacher.num_classes} classes but the model has {model.num_classes}; "
-                "pass a teacher trained on the same classes")
+                "pass a teacher trained on the same classes"
+            )
         teacher.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # n, top1, top5, loss, agree
     try:
@@ -82,7 +91,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: Optional[nn.Modul
             if int(y.max()) >= logits.shape[-1]:
                 raise VitCompressError(
                     f"the data has label {int(y.max())} but the model's classifier has {logits.shape[-1]} "
-                    "classes; use a model with as many classes as the data")
+                    "classes; use a model with as many classes as the data"
+                )
             k = min(5, logits.shape[-1])
             topk = logits.topk(k, dim=-1).indices
             sums[0] += len(y)
@@ -102,13 +112,27 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: Optional[nn.Modul
         else:
             torch.distributed.all_reduce(sums)
     n = max(1.0, float(sums[0]))
-    return EvalResult(float(sums[1]) / n, float(sums[2]) / n, float(sums[3]) / n, int(sums[0]),
-                      float(sums[4]) / n if teacher is not None else None)
+    return EvalResult(
+        float(sums[1]) / n,
+        float(sums[2]) / n,
+        float(sums[3]) / n,
+        int(sums[0]),
+        float(sums[4]) / n if teacher is not None else None,
+    )
 
 
-def evaluate_data(model: nn.Module, data: str, *, split: str = "val", teacher: Optional[nn.Module] = None,
-                  batch_size: int = 128, workers: int = 0, device: str | None = None,
-                  progress: bool = False, limit: Optional[int] = None) -> EvalResult:
+def evaluate_data(
+    model: nn.Module,
+    data: str,
+    *,
+    split: str = "val",
+    teacher: nn.Module | None = None,
+    batch_size: int = 128,
+    workers: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+    limit: int | None = None,
+) -> EvalResult:
     """Evaluate on a dataset by name (``digits``, ``mnist10k``) or ImageFolder folder."""
     from torch.utils.data import Subset
 

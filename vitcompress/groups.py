@@ -18,10 +18,11 @@ Kinds and their coupling (H heads, qk/v per-head widths, M MLP width, D embeddin
                       final norm, classifier input columns
 - ``depth``  (L,)     every parameter of the block (removal leaves the residual identity)
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -43,15 +44,15 @@ class Member:
     """
 
     param: str
-    dim: Optional[int]
-    index: Optional[torch.Tensor] = None
-    element: Optional[int] = None
+    dim: int | None
+    index: torch.Tensor | None = None
+    element: int | None = None
 
 
 @dataclass
 class Group:
     kind: str
-    layer: Optional[int]
+    layer: int | None
     shape: tuple[int, ...]
     members: list[Member] = field(default_factory=list)
 
@@ -65,7 +66,8 @@ class Group:
     def describe(self) -> str:
         where = f"block {self.layer}" if self.layer is not None else "model"
         return f"{self.kind} @ {where}: {self.shape} -> " + ", ".join(
-            f"{m.param}[{'all' if m.dim is None else f'dim {m.dim}'}]" for m in self.members)
+            f"{m.param}[{'all' if m.dim is None else f'dim {m.dim}'}]" for m in self.members
+        )
 
 
 def parse_kinds(granularity: Iterable[str]) -> tuple[str, ...]:
@@ -100,9 +102,9 @@ def layer_groups(model: nn.Module, layer: int, kinds: Iterable[str]) -> list[Gro
         return mem
 
     heads = torch.arange(h)[:, None]
-    q_rows = heads * qk + torch.arange(qk)                     # [H, qk]
+    q_rows = heads * qk + torch.arange(qk)  # [H, qk]
     k_rows = h * qk + q_rows
-    v_rows = 2 * h * qk + heads * v + torch.arange(v)          # [H, v]
+    v_rows = 2 * h * qk + heads * v + torch.arange(v)  # [H, v]
     v_cols = heads * v + torch.arange(v)
     for kind in kinds:
         if kind == "heads":
@@ -127,9 +129,18 @@ def layer_groups(model: nn.Module, layer: int, kinds: Iterable[str]) -> list[Gro
 
 # block parameters that run along the residual stream, and their axis
 _BLOCK_EMBED_AXES = {
-    "norm1.weight": 0, "norm1.bias": 0, "attn.qkv.weight": 1, "attn.proj.weight": 0,
-    "attn.proj.bias": 0, "ls1.gamma": 0, "norm2.weight": 0, "norm2.bias": 0,
-    "mlp.fc1.weight": 1, "mlp.fc2.weight": 0, "mlp.fc2.bias": 0, "ls2.gamma": 0,
+    "norm1.weight": 0,
+    "norm1.bias": 0,
+    "attn.qkv.weight": 1,
+    "attn.proj.weight": 0,
+    "attn.proj.bias": 0,
+    "ls1.gamma": 0,
+    "norm2.weight": 0,
+    "norm2.bias": 0,
+    "mlp.fc1.weight": 1,
+    "mlp.fc2.weight": 0,
+    "mlp.fc2.bias": 0,
+    "ls2.gamma": 0,
 }
 
 

@@ -1,4 +1,5 @@
 """Atomic output: write to a temporary sibling, then rename, so a failure leaves nothing half-written."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import VitCompressError
 
@@ -17,7 +18,9 @@ def check_writable_dir(parent: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise VitCompressError(f"cannot create output folder {str(parent)!r}: {e.strerror}; choose a writable path") from None
+        raise VitCompressError(
+            f"cannot create output folder {str(parent)!r}: {e.strerror}; choose a writable path"
+        ) from None
     if not os.access(parent, os.W_OK):
         raise VitCompressError(f"output folder {str(parent)!r} is not writable; choose a writable path")
 
@@ -31,7 +34,9 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and not force:
-        raise VitCompressError(f"output {str(path)!r} already exists; pass --force to overwrite it or choose another path")
+        raise VitCompressError(
+            f"output {str(path)!r} already exists; pass --force to overwrite it or choose another path"
+        )
     if path.exists() and not path.is_dir():
         raise VitCompressError(f"output {str(path)!r} is a file, not a folder; choose another path")
     check_writable_dir(path.parent)

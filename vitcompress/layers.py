@@ -5,14 +5,15 @@ any number of heads, a q/k width per head different from its v width, and must k
 scale of the unpruned model. ``PrunedAttention`` stores all of these explicitly and keeps timm's
 parameter names (``qkv``, ``proj``, ``q_norm``, ``k_norm``) so state dicts stay familiar.
 """
+
 from __future__ import annotations
 
-from typing import Final, Optional
+from typing import Final
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.layers import use_fused_attn
+from torch import nn
 
 
 class PrunedAttention(nn.Module):
@@ -37,7 +38,7 @@ class PrunedAttention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         qk_norm: bool = False,
-        norm_layer: Optional[type] = None,
+        norm_layer: type | None = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         device=None,
@@ -90,13 +91,15 @@ class PrunedAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        attn_mask: Optional[torch.Tensor] = None,
+        attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
         q, k, v = self.split_heads(x)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(
-                q, k, v,
+                q,
+                k,
+                v,
                 attn_mask=attn_mask,
                 dropout_p=self.attn_drop.p if self.training else 0.0,
                 is_causal=is_causal,
@@ -118,8 +121,10 @@ class PrunedAttention(nn.Module):
         return self.merge_heads(x)
 
     def extra_repr(self) -> str:
-        return (f"num_heads={self.num_heads}, qk_dim={self.qk_dim}, v_dim={self.v_dim}, "
-                f"scale={self.scale:.6g}, fused_attn={self.fused_attn}")
+        return (
+            f"num_heads={self.num_heads}, qk_dim={self.qk_dim}, v_dim={self.v_dim}, "
+            f"scale={self.scale:.6g}, fused_attn={self.fused_attn}"
+        )
 
 
 def attention_dims(attn: nn.Module) -> tuple[int, int, int, float]:

@@ -1,17 +1,18 @@
 """Source models: create a timm Vision Transformer by name and check that vitcompress can prune it."""
+
 from __future__ import annotations
 
 import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import timm
 import torch
-from torch import nn
-from timm.layers import LayerNorm, Mlp
+from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from torch import nn
 
 from .errors import VitCompressError
 from .layers import PrunedAttention
@@ -24,9 +25,25 @@ SUPPORTED_FAMILIES = (
 _SUPPORTED_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
 
 # timm keyword arguments that describe an architecture and are safe to store in an artifact.
-_ARCH_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "class_token",
-              "reg_tokens", "no_embed_class", "qkv_bias", "init_values", "embed_dim", "depth",
-              "num_heads", "mlp_ratio", "pre_norm", "fc_norm", "dynamic_img_size")
+_ARCH_KEYS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "num_classes",
+    "global_pool",
+    "class_token",
+    "reg_tokens",
+    "no_embed_class",
+    "qkv_bias",
+    "init_values",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "pre_norm",
+    "fc_norm",
+    "dynamic_img_size",
+)
 
 
 @dataclass
@@ -41,7 +58,7 @@ class SourceModel:
         return {"name": self.name, "kwargs": dict(self.kwargs)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SourceModel":
+    def from_dict(cls, d: dict) -> SourceModel:
         return cls(name=d["name"], kwargs=dict(d.get("kwargs", {})))
 
 
@@ -62,13 +79,13 @@ def check_model_name(name: str) -> None:
     """Raise a one-line error for a name timm does not know, with close names."""
     if not timm.is_model(name):
         raise VitCompressError(
-            f"unknown model {name!r}{suggest(name, timm.list_models())}; "
-            "list models with `vitcompress models 'deit*'`")
+            f"unknown model {name!r}{suggest(name, timm.list_models())}; list models with `vitcompress models 'deit*'`"
+        )
     module = timm.models.model_entrypoint(name).__module__
     if module not in _SUPPORTED_MODULES:
         raise VitCompressError(
-            f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); "
-            f"supported: {SUPPORTED_FAMILIES}")
+            f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); supported: {SUPPORTED_FAMILIES}"
+        )
 
 
 def check_supported(model: nn.Module, name: str = "") -> None:
@@ -103,14 +120,15 @@ def check_supported(model: nn.Module, name: str = "") -> None:
                     break
     if problems:
         raise VitCompressError(
-            f"unsupported architecture {label}: {'; '.join(problems)}; supported: {SUPPORTED_FAMILIES}")
+            f"unsupported architecture {label}: {'; '.join(problems)}; supported: {SUPPORTED_FAMILIES}"
+        )
 
 
 def create_source_model(
     name: str,
     *,
     pretrained: bool = False,
-    checkpoint: Optional[str] = None,
+    checkpoint: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Create an unpruned timm ViT by name, optionally with hub weights or a local checkpoint.
@@ -131,7 +149,8 @@ def create_source_model(
         if pretrained:
             raise VitCompressError(
                 f"cannot load pretrained weights for {name!r} ({type(e).__name__}: {str(e)[:160]}); "
-                "use --checkpoint FILE on machines without hub access") from None
+                "use --checkpoint FILE on machines without hub access"
+            ) from None
         raise VitCompressError(f"cannot create {name!r}: {e}") from None
     check_supported(model, name)
     if checkpoint is not None:
@@ -152,12 +171,16 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     if why:
         raise VitCompressError(
             f"checkpoint {path!r} is not a readable state dict ({why}); pass a .safetensors file or a .pth "
-            "state dict saved with torch.save(model.state_dict())")
+            "state dict saved with torch.save(model.state_dict())"
+        )
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or mismatched:
         detail = []
         if mismatched:
@@ -168,11 +191,12 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
             detail.append(f"unexpected: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
         raise VitCompressError(
             f"checkpoint {path!r} does not fit the model ({'; '.join(detail)}); "
-            "pass the model name and --num-classes/--img-size it was trained with")
+            "pass the model name and --num-classes/--img-size it was trained with"
+        )
     model.load_state_dict(state, strict=True)
 
 
-def _not_a_state_dict(state) -> Optional[str]:
+def _not_a_state_dict(state) -> str | None:
     """Why a loaded object is not a name -> tensor mapping (None when it is one)."""
     if not isinstance(state, dict):
         return f"it holds a Python {type(state).__name__}, not a dict of tensors"
@@ -211,7 +235,8 @@ def infer_source(model: nn.Module) -> SourceModel:
     name = cfg.get("architecture")
     if not name:
         raise VitCompressError(
-            "cannot tell which timm model this is; create it with vitcompress.create_source_model(name)")
+            "cannot tell which timm model this is; create it with vitcompress.create_source_model(name)"
+        )
     pe = model.patch_embed
     kwargs = {
         "img_size": list(pe.img_size),

@@ -8,17 +8,17 @@ calibration loss least first (measured exactly by skipping each block: first-ord
 are unreliable for a perturbation as large as a whole block), as many as brings the model closest
 to the target without overshooting it by more than 1.5 points; where whole blocks fall short, the
 depth stage also trims the widths (the same scorer and granularity as the width stage) so the
-final model lands within 1.5 points of the target; the summary reports what was achieved. Every stage writes an artifact under ``output/`` and the run ends with a summary table
+final model lands within 1.5 points of the target; the summary reports what was achieved. Every
+stage writes an artifact under ``output/`` and the run ends with a summary table
 (``summary.md``, ``summary.json`` and ``summary.png``): MACs, params and validation top-1 per stage.
 """
+
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -35,13 +35,13 @@ TOLERANCE = 0.015  # the final reduction lands within 1.5 points of the target, 
 class PipelineConfig:
     """The whole pipeline (serialisable; ``vitcompress pipeline --config FILE.json`` reads it)."""
 
-    flops_reduction: Optional[float] = None
-    params_reduction: Optional[float] = None
+    flops_reduction: float | None = None
+    params_reduction: float | None = None
     importance: str = "taylor"
     width_granularity: tuple = ("heads", "mlp")
     round_to: int = 8
     depth_share: float = 0.3
-    depth_blocks: Optional[int] = None
+    depth_blocks: int | None = None
     calib_images: int = 256
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -49,7 +49,9 @@ class PipelineConfig:
     def validate(self) -> None:
         given = [r for r in (self.flops_reduction, self.params_reduction) if r is not None]
         if len(given) != 1 or not 0 < given[0] < 1:
-            raise VitCompressError("give exactly one final budget: --flops-reduction R or --params-reduction R (0 < R < 1)")
+            raise VitCompressError(
+                "give exactly one final budget: --flops-reduction R or --params-reduction R (0 < R < 1)"
+            )
         if not 0 <= self.depth_share < 1:
             raise VitCompressError(f"--depth-share must be in [0, 1), got {self.depth_share}")
         self.train.validate()
@@ -69,7 +71,7 @@ class PipelineConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
+    def from_dict(cls, d: dict) -> PipelineConfig:
         d = dict(d)
         train = TrainConfig.from_dict(d.pop("train", {}))
         distill = DistillConfig(**d.pop("distill", {}))
@@ -104,8 +106,10 @@ def block_importance(model: nn.Module, loader) -> torch.Tensor:
     targets = [y if n_cls == model.num_classes else logits_of(model(x)).argmax(-1) for x, y in batches]
 
     def loss() -> float:
-        tot = sum(float(nn.functional.cross_entropy(logits_of(model(x)), t, reduction="sum"))
-                  for (x, _), t in zip(batches, targets))
+        tot = sum(
+            float(nn.functional.cross_entropy(logits_of(model(x)), t, reduction="sum"))
+            for (x, _), t in zip(batches, targets)
+        )
         return tot / sum(len(t) for t in targets)
 
     base = loss()
@@ -121,7 +125,9 @@ def block_importance(model: nn.Module, loader) -> torch.Tensor:
     return torch.tensor(out)
 
 
-def depth_prune(model: nn.Module, cfg: PipelineConfig, needed: float, n_planned: int, progress: bool = False) -> nn.Module:
+def depth_prune(
+    model: nn.Module, cfg: PipelineConfig, needed: float, n_planned: int, progress: bool = False
+) -> nn.Module:
     """Remove whole blocks, the smallest loss change first (``block_importance``): ``depth_blocks``
     of them, or the number that brings the model closest to removing ``needed`` of the metric.
     Returns the sliced model with its artifact record (history entry ``depth-loss``)."""
@@ -151,7 +157,9 @@ def depth_prune(model: nn.Module, cfg: PipelineConfig, needed: float, n_planned:
         options.append((n, 1 - _measure(net, cfg.metric) / base))
     if cfg.depth_blocks is not None:
         if not 1 <= cfg.depth_blocks < len(model.blocks):
-            raise VitCompressError(f"--depth-blocks must be between 1 and {len(model.blocks) - 1}, got {cfg.depth_blocks}")
+            raise VitCompressError(
+                f"--depth-blocks must be between 1 and {len(model.blocks) - 1}, got {cfg.depth_blocks}"
+            )
         n = cfg.depth_blocks
     else:  # closest to the need without overshooting it (a shortfall is trimmed in width afterwards)
         fit_ = [o for o in options if o[1] <= needed + TOLERANCE] or options[:1]
@@ -160,36 +168,61 @@ def depth_prune(model: nn.Module, cfg: PipelineConfig, needed: float, n_planned:
     pruned = slice_model(model, plan)
     after = count(pruned)
     meta = ArtifactMeta(
-        source=prev.source, spec=pruned.vitcompress_spec, plan=compose(prev.plan, plan),
-        counts_source=prev.counts_source or before.to_dict(), counts=after.to_dict(),
-        history=[*prev.history, {
-            "method": "depth-loss",
-            "config": {"granularity": ["depth"], "importance": "loss change when skipped",
-                       "data": cfg.train.data, "calib_images": cfg.calib_images, "seed": cfg.train.seed},
-            "block_importance": [round(float(v), 6) for v in imp],
-            "removed_blocks": sorted(order[:n]),
-            "target": {"metric": cfg.metric, "reduction": needed},
-            "achieved": {"macs_reduction": 1 - after.macs / before.macs,
-                         "params_reduction": 1 - after.params / before.params},
-            "before": before.to_dict(), "after": after.to_dict(),
-        }],
-        tokens=prev.tokens, extra=dict(prev.extra))
+        source=prev.source,
+        spec=pruned.vitcompress_spec,
+        plan=compose(prev.plan, plan),
+        counts_source=prev.counts_source or before.to_dict(),
+        counts=after.to_dict(),
+        history=[
+            *prev.history,
+            {
+                "method": "depth-loss",
+                "config": {
+                    "granularity": ["depth"],
+                    "importance": "loss change when skipped",
+                    "data": cfg.train.data,
+                    "calib_images": cfg.calib_images,
+                    "seed": cfg.train.seed,
+                },
+                "block_importance": [round(float(v), 6) for v in imp],
+                "removed_blocks": sorted(order[:n]),
+                "target": {"metric": cfg.metric, "reduction": needed},
+                "achieved": {
+                    "macs_reduction": 1 - after.macs / before.macs,
+                    "params_reduction": 1 - after.params / before.params,
+                },
+                "before": before.to_dict(),
+                "after": after.to_dict(),
+            },
+        ],
+        tokens=prev.tokens,
+        extra=dict(prev.extra),
+    )
     meta.extra.pop("training", None)
     pruned.vitcompress_meta = meta
     pruned.vitcompress_source = prev.source
     return pruned.eval()
 
 
-def run_pipeline(model, cfg: PipelineConfig, output: str | os.PathLike, *, force: bool = False,
-                 resume: bool = False, progress: bool = True) -> dict:
+def run_pipeline(
+    model,
+    cfg: PipelineConfig,
+    output: str | os.PathLike,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
     """Run width prune -> distil -> depth prune -> distil from ``model`` (the teacher: a model
     name, an artifact folder or a module). Writes ``output/<stage>/`` artifacts and the summary;
     returns the summary as a dict (one row per stage)."""
     cfg.validate()
     out = Path(output)
     if out.exists() and not (force or resume):
-        raise VitCompressError(f"output {str(out)!r} already exists; pass --resume to continue it, "
-                               "--force to overwrite it, or choose another path")
+        raise VitCompressError(
+            f"output {str(out)!r} already exists; pass --resume to continue it, "
+            "--force to overwrite it, or choose another path"
+        )
     created_group = init_distributed()
     try:
         return _run(model, cfg, out, resume, progress)
@@ -213,10 +246,23 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
         from .counting import count
 
         c = count(net)
-        r = evaluate_data(net, cfg.train.data, teacher=None if stage == "teacher" else teacher,
-                          batch_size=cfg.train.batch_size * 2, device=next(teacher.parameters()).device)
-        rows.append({"stage": stage, "macs": c.macs, "params": c.params, "depth": len(net.blocks),
-                     "top1": r.top1, "agreement": r.agreement})
+        r = evaluate_data(
+            net,
+            cfg.train.data,
+            teacher=None if stage == "teacher" else teacher,
+            batch_size=cfg.train.batch_size * 2,
+            device=next(teacher.parameters()).device,
+        )
+        rows.append(
+            {
+                "stage": stage,
+                "macs": c.macs,
+                "params": c.params,
+                "depth": len(net.blocks),
+                "top1": r.top1,
+                "agreement": r.agreement,
+            }
+        )
         if rank == 0 and progress:
             print(f"[{stage}] {c.macs / 1e6:.2f} M MACs  {c.params / 1e6:.3f} M params  top-1 {r.top1:.2%}", flush=True)
 
@@ -224,13 +270,18 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
     base = _measure(teacher, cfg.metric)
     keep = 1 - cfg.reduction
     n_blocks = len(teacher.blocks)
-    n_depth = cfg.depth_blocks if cfg.depth_blocks is not None else \
-        min(n_blocks - 1, max(1, round(n_blocks * (1 - keep ** cfg.depth_share))))
+    n_depth = (
+        cfg.depth_blocks
+        if cfg.depth_blocks is not None
+        else min(n_blocks - 1, max(1, round(n_blocks * (1 - keep**cfg.depth_share))))
+    )
     k_depth = 1 - n_depth / n_blocks  # estimate: blocks of equal cost
     width_r = 1 - keep / k_depth
     if not 0 < width_r < 1:
-        raise VitCompressError(f"the depth stage alone reaches the target (width reduction {width_r:.1%}); "
-                               "lower --depth-share or --depth-blocks")
+        raise VitCompressError(
+            f"the depth stage alone reaches the target (width reduction {width_r:.1%}); "
+            "lower --depth-share or --depth-blocks"
+        )
     budget = {"flops_reduction": width_r} if cfg.metric == "macs" else {"params_reduction": width_r}
 
     def stage_path(name: str) -> Path:
@@ -241,20 +292,41 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
         if resume and is_artifact(p):
             return load(p)
         if rank == 0:
-            prune(src, importance=cfg.importance, round_to=cfg.round_to, data=cfg.train.data,
-                  calib_images=cfg.calib_images, seed=cfg.train.seed, output=p, force=True, progress=progress, **kw)
+            prune(
+                src,
+                importance=cfg.importance,
+                round_to=cfg.round_to,
+                data=cfg.train.data,
+                calib_images=cfg.calib_images,
+                seed=cfg.train.seed,
+                output=p,
+                force=True,
+                progress=progress,
+                **kw,
+            )
         if dist_info()[1] > 1:
             torch.distributed.barrier()
         return load(p)
 
     def distilled(name, student):
         p = stage_path(name)
-        done = resume and (p / "vitcompress.json").is_file() and \
-            (load(p).vitcompress_meta.extra.get("training", {}).get("epochs_done") == cfg.train.epochs)
+        done = (
+            resume
+            and (p / "vitcompress.json").is_file()
+            and (load(p).vitcompress_meta.extra.get("training", {}).get("epochs_done") == cfg.train.epochs)
+        )
         if done:
             return load(p)
-        res = fit(student, cfg.train, p, teacher=teacher, distill=cfg.distill,
-                  resume=resume and p.exists(), force=True, record={"stage": name})
+        res = fit(
+            student,
+            cfg.train,
+            p,
+            teacher=teacher,
+            distill=cfg.distill,
+            resume=resume and p.exists(),
+            force=True,
+            record={"stage": name},
+        )
         return res.model
 
     w = pruned("width_pruned", teacher, granularity=cfg.width_granularity, **budget)
@@ -267,9 +339,16 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
         d = depth_prune(w, cfg, needed, n_depth, progress and rank == 0)
         short = 1 - keep * base / _measure(d, cfg.metric)  # what is still to remove, as a share of d
         if short > TOLERANCE / 3:  # whole blocks fell short: trim the widths to the target
-            d = prune(d, importance=cfg.importance, granularity=cfg.width_granularity, round_to=cfg.round_to,
-                      data=cfg.train.data, calib_images=cfg.calib_images, seed=cfg.train.seed,
-                      **{f"{'flops' if cfg.metric == 'macs' else 'params'}_reduction": short}).model
+            d = prune(
+                d,
+                importance=cfg.importance,
+                granularity=cfg.width_granularity,
+                round_to=cfg.round_to,
+                data=cfg.train.data,
+                calib_images=cfg.calib_images,
+                seed=cfg.train.seed,
+                **{f"{'flops' if cfg.metric == 'macs' else 'params'}_reduction": short},
+            ).model
         if rank == 0:
             save(d, p, force=True, meta=d.vitcompress_meta)
         if dist_info()[1] > 1:
@@ -279,8 +358,13 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
     d = distilled("depth_distilled", d)
     row("depth_distilled", d)
 
-    summary = {"config": cfg.to_dict(), "metric": cfg.metric, "target": cfg.reduction,
-               "achieved": 1 - _measure(d, cfg.metric) / base, "rows": rows}
+    summary = {
+        "config": cfg.to_dict(),
+        "metric": cfg.metric,
+        "target": cfg.reduction,
+        "achieved": 1 - _measure(d, cfg.metric) / base,
+        "rows": rows,
+    }
     if rank == 0:
         with atomic_file(out / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1) + "\n")
@@ -293,13 +377,17 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
 def format_summary(summary: dict) -> str:
     """Markdown table: MACs, params, depth and top-1 per stage."""
     rows = summary["rows"]
-    m0, p0 = rows[0]["macs"], rows[0]["params"]
-    lines = ["| stage | MACs (M) | MACs removed | params (M) | depth | val top-1 | agreement with teacher |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    m0 = rows[0]["macs"]
+    lines = [
+        "| stage | MACs (M) | MACs removed | params (M) | depth | val top-1 | agreement with teacher |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         agree = "" if r.get("agreement") is None else f"{r['agreement']:.2%}"
-        lines.append(f"| {r['stage']} | {r['macs'] / 1e6:.2f} | {1 - r['macs'] / m0:.1%} | {r['params'] / 1e6:.3f} | "
-                     f"{r['depth']} | {r['top1']:.2%} | {agree} |")
+        lines.append(
+            f"| {r['stage']} | {r['macs'] / 1e6:.2f} | {1 - r['macs'] / m0:.1%} | {r['params'] / 1e6:.3f} | "
+            f"{r['depth']} | {r['top1']:.2%} | {agree} |"
+        )
     lines.append("")
     lines.append(f"target: remove {summary['target']:.1%} of {summary['metric']}; achieved {summary['achieved']:.1%}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ A plan is the output of the budget step and the input of the slicers. In an arti
 in the *source* model's numbering; ``compose`` maps a plan made on an already pruned model back to
 that numbering, so iterative pruning keeps one consistent record.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,9 +27,13 @@ class LayerPlan:
         return {"heads": self.heads, "qk": self.qk, "v": self.v, "mlp": self.mlp}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerPlan":
-        return cls([int(i) for i in d["heads"]], [[int(i) for i in r] for r in d["qk"]],
-                   [[int(i) for i in r] for r in d["v"]], [int(i) for i in d["mlp"]])
+    def from_dict(cls, d: dict) -> LayerPlan:
+        return cls(
+            [int(i) for i in d["heads"]],
+            [[int(i) for i in r] for r in d["qk"]],
+            [[int(i) for i in r] for r in d["v"]],
+            [int(i) for i in d["mlp"]],
+        )
 
 
 @dataclass
@@ -40,13 +45,19 @@ class Plan:
     layers: dict[int, LayerPlan] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"embed": self.embed, "blocks": self.blocks,
-                "layers": {str(k): v.to_dict() for k, v in sorted(self.layers.items())}}
+        return {
+            "embed": self.embed,
+            "blocks": self.blocks,
+            "layers": {str(k): v.to_dict() for k, v in sorted(self.layers.items())},
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        return cls([int(i) for i in d["embed"]], [int(i) for i in d["blocks"]],
-                   {int(k): LayerPlan.from_dict(v) for k, v in d["layers"].items()})
+    def from_dict(cls, d: dict) -> Plan:
+        return cls(
+            [int(i) for i in d["embed"]],
+            [int(i) for i in d["blocks"]],
+            {int(k): LayerPlan.from_dict(v) for k, v in d["layers"].items()},
+        )
 
     def validate(self) -> None:
         """Structural sanity: nothing empty, per-head widths equal within a layer."""
@@ -67,8 +78,12 @@ def identity_plan(model: nn.Module) -> Plan:
     layers = {}
     for i, blk in enumerate(model.blocks):
         h, qk, v, _ = attention_dims(blk.attn)
-        layers[i] = LayerPlan(list(range(h)), [list(range(qk)) for _ in range(h)],
-                              [list(range(v)) for _ in range(h)], list(range(blk.mlp.fc1.out_features)))
+        layers[i] = LayerPlan(
+            list(range(h)),
+            [list(range(qk)) for _ in range(h)],
+            [list(range(v)) for _ in range(h)],
+            list(range(blk.mlp.fc1.out_features)),
+        )
     return Plan(list(range(model.embed_dim)), list(range(len(model.blocks))), layers)
 
 

@@ -1,4 +1,5 @@
 """Plots of an artifact: what each block kept, per structure kind."""
+
 from __future__ import annotations
 
 import os

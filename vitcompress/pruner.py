@@ -5,16 +5,15 @@ first (so bad input fails before minutes of scoring), then:
 model -> groups (groups.py) -> scores (scorers/) -> plan (budget.py) -> dense model (slicers.py)
 -> artifact record with the plan composed back to the source numbering (artifact.py).
 """
+
 from __future__ import annotations
 
 import copy
-
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Optional, Sequence, Union
 
-import torch
 from torch import nn
 
 from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
@@ -35,8 +34,8 @@ DEFAULT_GRANULARITY = ("heads", "qk", "v", "mlp")
 class PruneConfig:
     """Serialisable settings of one pruning step (stored in the artifact's history)."""
 
-    flops_reduction: Optional[float] = None
-    params_reduction: Optional[float] = None
+    flops_reduction: float | None = None
+    params_reduction: float | None = None
     importance: str = "taylor"
     granularity: tuple[str, ...] = DEFAULT_GRANULARITY
     uniform: bool = False
@@ -85,7 +84,7 @@ class PruneResult:
     seconds: dict = field(default_factory=dict)
 
 
-def model_path_problem(s: str) -> Optional[str]:
+def model_path_problem(s: str) -> str | None:
     """Why ``s``, given where a model is expected, is a path but not an artifact folder (None when it
     is an artifact or does not look like a path, i.e. may be a timm model name)."""
     if is_artifact(s):
@@ -99,29 +98,37 @@ def model_path_problem(s: str) -> Optional[str]:
     return None
 
 
-def resolve_model(model: Union[str, os.PathLike, nn.Module], *, pretrained: bool = False,
-                  checkpoint: Optional[str] = None, num_classes: Optional[int] = None,
-                  img_size: Optional[int] = None) -> nn.Module:
+def resolve_model(
+    model: str | os.PathLike | nn.Module,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+) -> nn.Module:
     """An ``nn.Module`` from a module, an artifact folder or a timm model name."""
     if isinstance(model, nn.Module):
         return model
     s = str(model)
     if is_artifact(s):
         if pretrained or checkpoint or num_classes or img_size:
-            raise VitCompressError(f"{s!r} is an artifact; --pretrained/--checkpoint/--num-classes/--img-size apply to model names only")
+            raise VitCompressError(
+                f"{s!r} is an artifact; --pretrained/--checkpoint/--num-classes/--img-size apply to model names only"
+            )
         return load(s)
     problem = model_path_problem(s)
     if problem:
         raise VitCompressError(f"{problem}; pass an artifact folder or a timm model name (weights go in --checkpoint)")
-    return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint,
-                               num_classes=num_classes, img_size=img_size)
+    return create_source_model(
+        s, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
+    )
 
 
 def prune(
-    model: Union[str, os.PathLike, nn.Module],
+    model: str | os.PathLike | nn.Module,
     *,
-    flops_reduction: Optional[float] = None,
-    params_reduction: Optional[float] = None,
+    flops_reduction: float | None = None,
+    params_reduction: float | None = None,
     importance: str = "taylor",
     granularity: Sequence[str] = DEFAULT_GRANULARITY,
     uniform: bool = False,
@@ -132,12 +139,12 @@ def prune(
     seed: int = 0,
     labels: str = "auto",
     method: str = "oneshot",
-    method_options: Optional[Mapping] = None,
+    method_options: Mapping | None = None,
     pretrained: bool = False,
-    checkpoint: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    img_size: Optional[int] = None,
-    output: Optional[Union[str, os.PathLike]] = None,
+    checkpoint: str | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    output: str | os.PathLike | None = None,
     force: bool = False,
     progress: bool = False,
 ) -> PruneResult:
@@ -151,8 +158,19 @@ def prune(
     or a registered method (``ihp``, ``gohsp``, ``amap``; see ``vitcompress.methods``) with its
     hyperparameters in ``method_options`` (a dict, or the method's options dataclass).
     """
-    cfg = PruneConfig(flops_reduction, params_reduction, importance, tuple(granularity), uniform,
-                      round_to, data, calib_images, batch_size, seed, labels)
+    cfg = PruneConfig(
+        flops_reduction,
+        params_reduction,
+        importance,
+        tuple(granularity),
+        uniform,
+        round_to,
+        data,
+        calib_images,
+        batch_size,
+        seed,
+        labels,
+    )
     cfg.validate()
     meth = opts = out = None
     if method != "oneshot":
@@ -164,21 +182,26 @@ def prune(
     elif method_options:
         raise VitCompressError("method options apply to --method ihp, gohsp or amap only; drop them or choose a method")
     if output is not None and os.path.exists(output) and not force:
-        raise VitCompressError(f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path")
+        raise VitCompressError(
+            f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path"
+        )
     times = {}
     t0 = time.perf_counter()
-    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint,
-                        num_classes=num_classes, img_size=img_size)
+    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
     sched = getattr(net, "vitcompress_tokens", None)
     if sched is not None:  # widths are chosen on the plain model; the schedule is applied again after slicing
         if "depth" in cfg.granularity:
-            raise VitCompressError("this model carries a token schedule, and depth pruning renumbers its blocks; "
-                                   "prune depth first, then apply token reduction (vitcompress tokens)")
+            raise VitCompressError(
+                "this model carries a token schedule, and depth pruning renumbers its blocks; "
+                "prune depth first, then apply token reduction (vitcompress tokens)"
+            )
         from .tokens import remove_tokens
 
         net = remove_tokens(copy.deepcopy(net))
     if "qk" in cfg.granularity and any(not isinstance(b.attn.q_norm, nn.Identity) for b in net.blocks):
-        raise VitCompressError("this model normalises q and k per head (qk_norm), so q/k dims cannot be pruned exactly; drop qk from --granularity")
+        raise VitCompressError(
+            "this model normalises q and k per head (qk_norm), so q/k dims cannot be pruned exactly; drop qk from --granularity"
+        )
     prev = meta_of(net)
     before = count(net)
     loader = None
@@ -189,8 +212,9 @@ def prune(
     t0 = time.perf_counter()
     if meth is None:
         groups = build_groups(net, cfg.granularity)
-        scores = SCORERS.get(cfg.importance)(net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels,
-                                             progress=progress)
+        scores = SCORERS.get(cfg.importance)(
+            net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels, progress=progress
+        )
         times["score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -215,18 +239,21 @@ def prune(
         plan=compose(prev.plan, plan),
         counts_source=prev.counts_source or before.to_dict(),
         counts=after.to_dict(),
-        history=[*prev.history, {
-            "method": "one-shot" if meth is None else meth.name,
-            **({} if meth is None else {"method_options": opts.to_dict(), "method_log": out.extra}),
-            "config": cfg.to_dict(),
-            "target": {"metric": cfg.metric, "reduction": cfg.reduction},
-            "achieved": {
-                "macs_reduction": 1 - after.macs / before.macs,
-                "params_reduction": 1 - after.params / before.params,
+        history=[
+            *prev.history,
+            {
+                "method": "one-shot" if meth is None else meth.name,
+                **({} if meth is None else {"method_options": opts.to_dict(), "method_log": out.extra}),
+                "config": cfg.to_dict(),
+                "target": {"metric": cfg.metric, "reduction": cfg.reduction},
+                "achieved": {
+                    "macs_reduction": 1 - after.macs / before.macs,
+                    "params_reduction": 1 - after.params / before.params,
+                },
+                "before": before.to_dict(),
+                "after": after.to_dict(),
             },
-            "before": before.to_dict(),
-            "after": after.to_dict(),
-        }],
+        ],
         tokens=prev.tokens,
         extra=dict(prev.extra),
     )

@@ -9,6 +9,7 @@ defined as: removed channels zeroed everywhere **and every LayerNorm on the resi
 normalising over the kept channels only** (``KeptChannelLayerNorm``), which is what the sliced
 model computes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -78,7 +79,7 @@ def mask_model(model: nn.Module, plan: Plan) -> nn.Module:
                 rows = m.index[drop].reshape(-1).to(t.device)
                 t.index_fill_(m.dim, rows, 0.0)
         if len(plan.embed) < ref.embed_dim:
-            for name, mod in list(ref.named_modules()):
+            for mod in list(ref.modules()):
                 for child_name, child in list(mod.named_children()):
                     if isinstance(child, nn.LayerNorm) and child.normalized_shape == (ref.embed_dim,):
                         setattr(mod, child_name, KeptChannelLayerNorm(child, plan.embed))

@@ -3,11 +3,13 @@
 Used for scorers, pruning methods, token reducers, exporters and runners: each kind has one
 ``Registry`` instance, and entries are registered explicitly where they are defined.
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from .errors import VitCompressError
 
@@ -33,6 +35,7 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
             return obj
+
         return deco
 
     def get(self, name: str) -> T:
@@ -41,7 +44,8 @@ class Registry(Generic[T]):
         except KeyError:
             raise VitCompressError(
                 f"unknown {self.kind} {name!r}{suggest(name, self._entries)}; "
-                f"choose one of: {', '.join(sorted(self._entries))}") from None
+                f"choose one of: {', '.join(sorted(self._entries))}"
+            ) from None
 
     def list(self, pattern: str = "*") -> list[str]:
         """Registered names matching a glob pattern, sorted."""

@@ -1,4 +1,5 @@
 """Human-readable tables of an artifact: the per-block widths and the totals."""
+
 from __future__ import annotations
 
 from .artifact import ArtifactMeta
@@ -24,7 +25,9 @@ def format_totals(meta: ArtifactMeta) -> str:
     for key, fmt in (("macs", _g), ("flops", _g), ("params", _m)):
         a, b = src.get(key), now.get(key)
         if a:
-            lines.append(f"{key.upper() if key != 'params' else 'params':10s}{fmt(a):>14s}{fmt(b):>14s}{1 - b / a:>10.1%}")
+            lines.append(
+                f"{key.upper() if key != 'params' else 'params':10s}{fmt(a):>14s}{fmt(b):>14s}{1 - b / a:>10.1%}"
+            )
     return "\n".join(lines)
 
 
@@ -42,13 +45,15 @@ def format_prune_summary(meta: ArtifactMeta) -> str:
     t, a = step["target"], step["achieved"]
     cfg = step["config"]
     got = a["macs_reduction"] if t["metric"] == "macs" else a["params_reduction"]
-    return "\n".join([
-        f"pruned {meta.source.name} with {_how(step)} on {','.join(cfg['granularity'])} "
-        f"({'uniform' if cfg['uniform'] else 'global'} ranking, round-to {cfg['round_to']})",
-        f"target: remove {t['reduction']:.1%} of {t['metric']}; achieved {got:.2%} "
-        f"({(got - t['reduction']) * 100:+.2f} points, tolerance 1.5)",
-        format_totals(meta),
-    ])
+    return "\n".join(
+        [
+            f"pruned {meta.source.name} with {_how(step)} on {','.join(cfg['granularity'])} "
+            f"({'uniform' if cfg['uniform'] else 'global'} ranking, round-to {cfg['round_to']})",
+            f"target: remove {t['reduction']:.1%} of {t['metric']}; achieved {got:.2%} "
+            f"({(got - t['reduction']) * 100:+.2f} points, tolerance 1.5)",
+            format_totals(meta),
+        ]
+    )
 
 
 def format_info(meta: ArtifactMeta) -> str:
@@ -63,12 +68,19 @@ def format_info(meta: ArtifactMeta) -> str:
         from .tokens.counting import block_tokens
 
         sched = TokenSchedule.from_dict(meta.tokens)
-        per_block = [(bt.t_in, bt.t_out, bt.extra_macs)
-                     for bt in block_tokens(meta.spec, info, sched, model.cls_token is not None)]
-    head = (f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} "
-            f"{'tokens':>9s} {'MACs':>10s}")
-    rows = [f"{meta.source.name}  embed dim {d}  depth {meta.spec.depth}  tokens {tokens}"
-            + (f"  token reduction {sched.describe()}" if sched else ""), head, "-" * len(head)]
+        per_block = [
+            (bt.t_in, bt.t_out, bt.extra_macs)
+            for bt in block_tokens(meta.spec, info, sched, model.cls_token is not None)
+        ]
+    head = (
+        f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} {'tokens':>9s} {'MACs':>10s}"
+    )
+    rows = [
+        f"{meta.source.name}  embed dim {d}  depth {meta.spec.depth}  tokens {tokens}"
+        + (f"  token reduction {sched.describe()}" if sched else ""),
+        head,
+        "-" * len(head),
+    ]
     for i, (b, (t_in, t_out, extra)) in enumerate(zip(meta.spec.blocks, per_block)):
         h, qk, v, m = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
         mac = block_macs(d, h, qk, v, 0, t_in) + 2 * t_out * d * m + extra
@@ -78,12 +90,16 @@ def format_info(meta: ArtifactMeta) -> str:
     rows.append(format_totals(meta))
     for step in meta.history:
         if step.get("method") == "tokens":
-            rows.append(f"step: tokens {TokenSchedule.from_dict(step['schedule']).describe()} removes "
-                        f"{step['achieved']['macs_reduction']:.1%} of the MACs of its widths")
+            rows.append(
+                f"step: tokens {TokenSchedule.from_dict(step['schedule']).describe()} removes "
+                f"{step['achieved']['macs_reduction']:.1%} of the MACs of its widths"
+            )
             continue
         cfg = step.get("config", {})
         how = _how(step) if "config" in step else ""
-        rows.append(f"step: {step.get('method')} {how} "
-                    f"{','.join(cfg.get('granularity', []))} target {step['target']['reduction']:.1%} "
-                    f"{step['target']['metric']}")
+        rows.append(
+            f"step: {step.get('method')} {how} "
+            f"{','.join(cfg.get('granularity', []))} target {step['target']['reduction']:.1%} "
+            f"{step['target']['metric']}"
+        )
     return "\n".join(rows)

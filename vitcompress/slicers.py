@@ -5,9 +5,10 @@ from the plan, builds an empty model of that spec (so every module's metadata - 
 widths, softmax scale, features - comes from one place and cannot go stale), and fills it with the
 selected rows and columns of the original tensors.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -57,8 +58,9 @@ def slice_block(block: nn.Module, lp: LayerPlan, embed: list[int]) -> dict[str, 
     if not isinstance(attn.q_norm, nn.Identity):
         if any(list(d) != list(range(qk)) for d in lp.qk):
             raise ValueError("q/k dims of a model with qk_norm cannot be pruned exactly")
-        for n, t in list(attn.q_norm.state_dict(prefix="attn.q_norm.").items()) + \
-                list(attn.k_norm.state_dict(prefix="attn.k_norm.").items()):
+        for n, t in list(attn.q_norm.state_dict(prefix="attn.q_norm.").items()) + list(
+            attn.k_norm.state_dict(prefix="attn.k_norm.").items()
+        ):
             out[n] = t.detach().clone()
     out["attn.proj.weight"] = take(take(attn.proj.weight, 1, proj_cols), 0, embed)
     if attn.proj.bias is not None:
@@ -78,14 +80,24 @@ def slice_block(block: nn.Module, lp: LayerPlan, embed: list[int]) -> dict[str, 
 
 # Parameters outside the blocks and the axis that runs along the residual stream.
 _STEM_AXES = {
-    "patch_embed.proj.weight": 0, "patch_embed.proj.bias": 0,
-    "patch_embed.norm.weight": 0, "patch_embed.norm.bias": 0,
-    "cls_token": 2, "reg_token": 2, "dist_token": 2, "pos_embed": 2,
-    "norm_pre.weight": 0, "norm_pre.bias": 0,
-    "norm.weight": 0, "norm.bias": 0,
-    "fc_norm.weight": 0, "fc_norm.bias": 0,
-    "head.weight": 1, "head.bias": None,
-    "head_dist.weight": 1, "head_dist.bias": None,
+    "patch_embed.proj.weight": 0,
+    "patch_embed.proj.bias": 0,
+    "patch_embed.norm.weight": 0,
+    "patch_embed.norm.bias": 0,
+    "cls_token": 2,
+    "reg_token": 2,
+    "dist_token": 2,
+    "pos_embed": 2,
+    "norm_pre.weight": 0,
+    "norm_pre.bias": 0,
+    "norm.weight": 0,
+    "norm.bias": 0,
+    "fc_norm.weight": 0,
+    "fc_norm.bias": 0,
+    "head.weight": 1,
+    "head.bias": None,
+    "head_dist.weight": 1,
+    "head_dist.bias": None,
 }
 
 
@@ -108,8 +120,7 @@ def spec_after(model: nn.Module, plan: Plan) -> ViTSpec:
     blocks = []
     for b in plan.blocks:
         lp, bs = plan.layers[b], old.blocks[b]
-        blocks.append(BlockSpec(bs.source_index, len(lp.heads), len(lp.qk[0]), len(lp.v[0]),
-                                len(lp.mlp), bs.scale))
+        blocks.append(BlockSpec(bs.source_index, len(lp.heads), len(lp.qk[0]), len(lp.v[0]), len(lp.mlp), bs.scale))
     return ViTSpec(len(plan.embed), blocks)
 
 

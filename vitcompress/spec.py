@@ -3,6 +3,7 @@
 A ``ViTSpec`` plus the ``SourceModel`` it came from is enough to build an empty model with exactly
 the right tensor shapes; loading the artifact's safetensors into it gives the pruned model back.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,7 @@ class ViTSpec:
         return {"embed_dim": self.embed_dim, "blocks": [asdict(b) for b in self.blocks]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ViTSpec":
+    def from_dict(cls, d: dict) -> ViTSpec:
         return cls(embed_dim=int(d["embed_dim"]), blocks=[BlockSpec(**b) for b in d["blocks"]])
 
 
@@ -78,7 +79,11 @@ def build_model(source: SourceModel, spec: ViTSpec, device: str | torch.device =
             old = blk.attn
             qk_norm = not isinstance(old.q_norm, nn.Identity)
             blk.attn = PrunedAttention(
-                spec.embed_dim, bs.num_heads, bs.qk_dim, bs.v_dim, bs.scale,
+                spec.embed_dim,
+                bs.num_heads,
+                bs.qk_dim,
+                bs.v_dim,
+                bs.scale,
                 qkv_bias=old.qkv.bias is not None,
                 proj_bias=old.proj.bias is not None,
                 qk_norm=qk_norm,

@@ -16,6 +16,7 @@ last good checkpoint in place.
 
 Callbacks (``Callback``) see every step's loss and every epoch's metrics, on every rank.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,23 +53,23 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     optimizer: str = "adamw"
-    clip_grad: Optional[float] = 1.0
+    clip_grad: float | None = 1.0
     seed: int = 0
     amp: str = "auto"
     workers: int = 0
-    device: Optional[str] = None
+    device: str | None = None
     progress: bool = True
     eval_every: int = 1
     # augmentation (see datapipe.AugConfig)
     shift: int = 2
-    auto_augment: Optional[str] = None
+    auto_augment: str | None = None
     hflip: float = 0.5
     color_jitter: float = 0.4
     re_prob: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
     smoothing: float = 0.1
-    max_steps_per_epoch: Optional[int] = None  # truncate epochs (quick runs, tests)
+    max_steps_per_epoch: int | None = None  # truncate epochs (quick runs, tests)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -90,7 +92,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -98,7 +100,7 @@ class TrainConfig:
 class Callback:
     """Hooks into the loop (called on every rank). Override what you need."""
 
-    def on_train_begin(self, state: "LoopState") -> None:
+    def on_train_begin(self, state: LoopState) -> None:
         """Before the first step (after a resume, with the restored state)."""
 
     def on_step(self, loss: float, step: int) -> None:
@@ -110,7 +112,7 @@ class Callback:
     def on_train_end(self, metrics: dict) -> None:
         """After the last epoch."""
 
-    def state_dict(self) -> Optional[dict]:
+    def state_dict(self) -> dict | None:
         """State saved in every checkpoint (None: nothing to save)."""
         return None
 
@@ -120,8 +122,8 @@ class Callback:
 
 @dataclass
 class LoopState:
-    epoch: int = 0          # epochs completed
-    step: int = 0           # optimizer steps completed
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
     history: list = field(default_factory=list)
 
 
@@ -129,8 +131,7 @@ class LoopState:
 def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) of this process; (0, 1, 0) outside a process group."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return (torch.distributed.get_rank(), torch.distributed.get_world_size(),
-                int(os.environ.get("LOCAL_RANK", 0)))
+        return (torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return 0, 1, 0
 
 
@@ -163,7 +164,7 @@ def _pick_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``--amp`` on this device (None: full precision)."""
     if mode == "off" or device.type != "cuda":
         if mode in ("bf16", "fp16") and device.type != "cuda":
@@ -215,7 +216,7 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> Optional[dict]:
+def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> dict | None:
     """Check the output folder before any work; return the checkpoint to resume from (or None)."""
     out = Path(output)
     if resume:
@@ -227,15 +228,20 @@ def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> O
             try:
                 return torch.load(ck, map_location="cpu", weights_only=False)
             except Exception as e:
-                raise VitCompressError(f"checkpoint {str(ck)!r} is unreadable ({type(e).__name__}); "
-                                       "drop --resume and pass --force to start again") from None
+                raise VitCompressError(
+                    f"checkpoint {str(ck)!r} is unreadable ({type(e).__name__}); "
+                    "drop --resume and pass --force to start again"
+                ) from None
         if out.exists():
-            raise VitCompressError(f"{str(out)!r} has no {CHECKPOINT} to resume from; drop --resume "
-                                   "and pass --force to start again")
+            raise VitCompressError(
+                f"{str(out)!r} has no {CHECKPOINT} to resume from; drop --resume and pass --force to start again"
+            )
         return None  # killed before the first epoch finished: start from scratch
     if out.exists() and not force:
-        raise VitCompressError(f"output {str(out)!r} already exists; pass --resume to continue it, "
-                               "--force to overwrite it, or choose another path")
+        raise VitCompressError(
+            f"output {str(out)!r} already exists; pass --resume to continue it, "
+            "--force to overwrite it, or choose another path"
+        )
     return None
 
 
@@ -258,7 +264,9 @@ def _write(output: Path, model: nn.Module, ckpt: dict, record: dict, force: bool
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    )
 
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
@@ -266,8 +274,10 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     diff = [k for k in now if k not in _RESUME_FREE and k in saved and saved[k] != now[k]]
     if diff:
         k = diff[0]
-        raise VitCompressError(f"the checkpoint was trained with {k}={saved[k]!r}, not {now[k]!r}; "
-                               "pass the same options to --resume or start a new run")
+        raise VitCompressError(
+            f"the checkpoint was trained with {k}={saved[k]!r}, not {now[k]!r}; "
+            "pass the same options to --resume or start a new run"
+        )
 
 
 # ---------------------------------------------------------------------------------------- loop
@@ -275,13 +285,22 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
 class FitResult:
     model: nn.Module
     history: list
-    val: Optional[dict]
-    output: Optional[Path]
+    val: dict | None
+    output: Path | None
 
 
-def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] = None, *,
-        teacher: Optional[nn.Module] = None, distill=None, callbacks: Sequence[Callback] = (),
-        resume: bool = False, force: bool = False, record: Optional[dict] = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    cfg: TrainConfig,
+    output: str | os.PathLike | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    distill=None,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+    force: bool = False,
+    record: dict | None = None,
+) -> FitResult:
     """Train ``model`` (in place) with the configured data, optimizer and schedule.
 
     ``teacher``/``distill`` (a ``DistillConfig``) turn on distillation; ``output`` receives the
@@ -319,10 +338,21 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
         check_classes(model, n_cls)
         seed_everything(cfg.seed + rank)  # per-rank augmentation and dropout streams
         per_rank = max(1, cfg.batch_size // world)
-        train_loader = make_loader(train_ds, per_rank, train=True, seed=cfg.seed, rank=rank, world=world,
-                                   workers=cfg.workers, pin_memory=device.type == "cuda")
-        val_loader = make_loader(val_ds, per_rank * 2, train=False, rank=rank, world=world,
-                                 workers=cfg.workers) if len(val_ds) else None
+        train_loader = make_loader(
+            train_ds,
+            per_rank,
+            train=True,
+            seed=cfg.seed,
+            rank=rank,
+            world=world,
+            workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+        )
+        val_loader = (
+            make_loader(val_ds, per_rank * 2, train=False, rank=rank, world=world, workers=cfg.workers)
+            if len(val_ds)
+            else None
+        )
         steps = len(train_loader)
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
@@ -346,12 +376,15 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
             if len(rngs) == world:
                 _set_rng_state(rngs[rank])
             elif rank == 0:
-                print(f"note: checkpoint was written by {len(rngs)} processes, this run has {world}; "
-                      "random streams restart (the data order is unchanged)")
+                print(
+                    f"note: checkpoint was written by {len(rngs)} processes, this run has {world}; "
+                    "random streams restart (the data order is unchanged)"
+                )
         net = model
         if world > 1:
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if ckpt is not None:
             for cb, cb_state in zip(callbacks, ckpt.get("callbacks") or []):
                 if cb_state is not None:
@@ -359,9 +392,12 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
         for cb in callbacks:
             cb.on_train_begin(state)
         out = Path(output) if output is not None else None
-        base_record = {"config": cfg.to_dict(), "world_size": world,
-                       "distill": distill.to_dict() if distill is not None else None,
-                       **(record or {})}
+        base_record = {
+            "config": cfg.to_dict(),
+            "world_size": world,
+            "distill": distill.to_dict() if distill is not None else None,
+            **(record or {}),
+        }
         val = state.history[-1].get("val") if state.history else None
 
         for epoch in range(state.epoch, cfg.epochs):
@@ -371,8 +407,13 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
             train_loader.sampler.set_epoch(epoch)
             sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
             t0 = time.perf_counter()
-            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and rank == 0),
-                       leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                total=steps,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not (cfg.progress and rank == 0),
+                leave=False,
+                dynamic_ncols=True,
+            )
             for i, (x, y) in enumerate(train_loader):
                 if i >= steps:
                     break
@@ -391,7 +432,8 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
                     good = f"epoch {state.epoch}" if state.epoch else "none yet"
                     raise VitCompressError(
                         f"loss became {loss_v} at epoch {epoch + 1} step {i + 1}; stopped (last good checkpoint: "
-                        f"{good}); lower --lr, raise --warmup-epochs or use --amp bf16/off")
+                        f"{good}); lower --lr, raise --warmup-epochs or use --amp bf16/off"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.clip_grad:
@@ -409,18 +451,25 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
                     cb.on_step(loss_v, state.step)
                 if bar.disable is False:
                     el = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}",
-                                    acc=f"{sums[1].item() / sums[2].item():.3f}",
-                                    img_s=f"{sums[2].item() * world / max(el, 1e-9):.0f}")
+                    bar.set_postfix(
+                        loss=f"{sums[0].item() / sums[2].item():.4f}",
+                        acc=f"{sums[1].item() / sums[2].item():.3f}",
+                        img_s=f"{sums[2].item() * world / max(el, 1e-9):.0f}",
+                    )
                     bar.update(1)
             bar.close()
             if world > 1:
                 torch.distributed.all_reduce(sums)
             seconds = time.perf_counter() - t0
             n = max(1.0, float(sums[2]))
-            metrics = {"epoch": epoch + 1, "train_loss": float(sums[0]) / n, "train_acc": float(sums[1]) / n,
-                       "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-                       "images_per_s": float(sums[2]) / max(seconds, 1e-9)}
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": float(sums[0]) / n,
+                "train_acc": float(sums[1]) / n,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "images_per_s": float(sums[2]) / max(seconds, 1e-9),
+            }
             last = epoch + 1 == cfg.epochs
             if val_loader is not None and (last or (epoch + 1) % max(1, cfg.eval_every) == 0):
                 val = evaluate(model, val_loader, teacher=teacher, amp_dtype=dtype).to_dict()
@@ -431,20 +480,30 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
                 rngs = [None] * world
                 torch.distributed.all_gather_object(rngs, _rng_state())
             if out is not None and rank == 0:
-                ck = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": state.epoch,
-                      "step": state.step, "history": state.history, "rng": rngs,
-                      "callbacks": [cb.state_dict() for cb in callbacks]}
-                rec = {**base_record, "epochs_done": state.epoch, "history": state.history,
-                       "val": metrics.get("val")}
+                ck = {
+                    "config": cfg.to_dict(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "history": state.history,
+                    "rng": rngs,
+                    "callbacks": [cb.state_dict() for cb in callbacks],
+                }
+                rec = {**base_record, "epochs_done": state.epoch, "history": state.history, "val": metrics.get("val")}
                 _write(out, model, ck, rec, force=True)
             barrier()
             if rank == 0 and cfg.progress:
                 v = metrics.get("val")
-                print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
-                      f"train acc {metrics['train_acc']:.2%}"
-                      + (f"  val top-1 {v['top1']:.2%}" if v else "")
-                      + f"  {metrics['images_per_s']:.0f} img/s", flush=True)
+                print(
+                    f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
+                    f"train acc {metrics['train_acc']:.2%}"
+                    + (f"  val top-1 {v['top1']:.2%}" if v else "")
+                    + f"  {metrics['images_per_s']:.0f} img/s",
+                    flush=True,
+                )
             for cb in callbacks:
                 cb.on_epoch_end(epoch + 1, metrics)
         for cb in callbacks:
@@ -459,8 +518,9 @@ def fit(model: nn.Module, cfg: TrainConfig, output: Optional[str | os.PathLike] 
             torch.distributed.destroy_process_group()
 
 
-def resolve_model_for_training(model, *, pretrained: bool = False, checkpoint: Optional[str] = None,
-                               **arch: Any) -> nn.Module:
+def resolve_model_for_training(
+    model, *, pretrained: bool = False, checkpoint: str | None = None, **arch: Any
+) -> nn.Module:
     """A module from an artifact folder or a timm name (``arch``: timm kwargs such as
     ``num_classes``, ``img_size``, ``patch_size``, ``in_chans``, recorded in the artifact)."""
     from .artifact import is_artifact, load
@@ -472,7 +532,9 @@ def resolve_model_for_training(model, *, pretrained: bool = False, checkpoint: O
     arch = {k: v for k, v in arch.items() if v is not None}
     if is_artifact(s):
         if pretrained or arch:
-            raise VitCompressError(f"{s!r} is an artifact; --pretrained and architecture options apply to model names only")
+            raise VitCompressError(
+                f"{s!r} is an artifact; --pretrained and architecture options apply to model names only"
+            )
         net = load(s)
         if checkpoint:
             from .models import load_checkpoint
@@ -480,7 +542,11 @@ def resolve_model_for_training(model, *, pretrained: bool = False, checkpoint: O
             load_checkpoint(net, checkpoint)
         return net
     if os.path.isdir(s):
-        raise VitCompressError(f"folder {s!r} is not a vitcompress artifact (no vitcompress.json); pass an artifact folder or a timm model name")
+        raise VitCompressError(
+            f"folder {s!r} is not a vitcompress artifact (no vitcompress.json); pass an artifact folder or a timm model name"
+        )
     if os.sep in s or s.endswith((".pth", ".pt", ".safetensors")):
-        raise VitCompressError(f"{s!r} does not exist; pass an artifact folder or a timm model name (weights go in --checkpoint)")
+        raise VitCompressError(
+            f"{s!r} does not exist; pass an artifact folder or a timm model name (weights go in --checkpoint)"
+        )
     return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint, **arch)

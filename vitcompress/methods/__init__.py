@@ -7,6 +7,7 @@ core: groups (``groups.build_groups``), budget and alignment (``budget.select``)
 (``slicers.slice_model``, run by the pruner); what it adds is how elements are scored and how the
 weights are prepared (trained, scaled, folded) before slicing.
 """
+
 from __future__ import annotations
 
 from ..registry import Registry
@@ -15,15 +16,33 @@ from .base import Method, MethodOptions, MethodOutput, parse_option_pairs
 
 METHODS: Registry = Registry("method")
 
-METHODS.register("ihp")(Method(
-    "ihp", ihp.run, ihp.IHPOptions, ihp.KIND_SUPPORT,
-    "learnable q/k/v (+MLP, embedding) row scales with L1 sparse training; coupled groups; scales folded"))
-METHODS.register("gohsp")(Method(
-    "gohsp", gohsp.run, gohsp.GOHSPOptions, gohsp.KIND_SUPPORT,
-    "head graph + stationary distribution ranking, heterogeneous budgets, ADMM, hard prune"))
-METHODS.register("amap")(Method(
-    "amap", amap.run, amap.AMAPOptions, amap.KIND_SUPPORT,
-    "similarity-weighted channel indicator, even removal across heads, resource penalty, reweight"))
+METHODS.register("ihp")(
+    Method(
+        "ihp",
+        ihp.run,
+        ihp.IHPOptions,
+        ihp.KIND_SUPPORT,
+        "learnable q/k/v (+MLP, embedding) row scales with L1 sparse training; coupled groups; scales folded",
+    )
+)
+METHODS.register("gohsp")(
+    Method(
+        "gohsp",
+        gohsp.run,
+        gohsp.GOHSPOptions,
+        gohsp.KIND_SUPPORT,
+        "head graph + stationary distribution ranking, heterogeneous budgets, ADMM, hard prune",
+    )
+)
+METHODS.register("amap")(
+    Method(
+        "amap",
+        amap.run,
+        amap.AMAPOptions,
+        amap.KIND_SUPPORT,
+        "similarity-weighted channel indicator, even removal across heads, resource penalty, reweight",
+    )
+)
 
 ONESHOT = "oneshot"
 CHOICES = (ONESHOT, *METHODS.list())
@@ -34,5 +53,4 @@ def get(name: str) -> Method:
     return METHODS.get(name)
 
 
-__all__ = ["METHODS", "Method", "MethodOptions", "MethodOutput", "ONESHOT", "CHOICES", "get",
-           "parse_option_pairs"]
+__all__ = ["METHODS", "Method", "MethodOptions", "MethodOutput", "ONESHOT", "CHOICES", "get", "parse_option_pairs"]

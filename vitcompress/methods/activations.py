@@ -6,10 +6,11 @@ attention and MLP. ``head_outputs`` recomputes one attention's per-head contribu
 residual stream from such an input, for timm's ``Attention`` and ``PrunedAttention`` alike (same
 fused ``qkv`` layout: ``[q | k | v]``, head-major).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +78,8 @@ def head_outputs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     h, qk, v, scale = attention_dims(attn)
     q, k, vv = qkv_heads(attn, x)
     a = F.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
-    o = a @ vv                                             # [B, H, N, v]
-    w = attn.proj.weight.reshape(-1, h, v)                 # [D, H, v]: column h*v+d
+    o = a @ vv  # [B, H, N, v]
+    w = attn.proj.weight.reshape(-1, h, v)  # [D, H, v]: column h*v+d
     return torch.einsum("bhnv,dhv->hbnd", o, w)
 
 

@@ -4,7 +4,8 @@ Reading of the paper (see ``docs/methods.md``):
 
 - **Similarity weight** of a channel = 1 - its mean |cosine similarity| to the other channels of
   its set over calibration activations, the activations centred per channel (so the similarity is
-  the correlation and a constant offset, e.g. a bias, does not make channels look alike); the sets are the q/k dims of one head (q and k activations
+  the correlation and a constant offset, e.g. a bias, does not make channels look alike); the sets
+  are the q/k dims of one head (q and k activations
   together), the v dims of one head, the MLP neurons of one block (after the activation) and, for
   ``heads``, the heads of one block (their outputs). Weights are normalised to mean 1 per set kind
   and block.
@@ -26,17 +27,18 @@ Reading of the paper (see ``docs/methods.md``):
 Masks act on q rows (zeroing q dim d of a head removes the q.k term of that dim, exactly what
 removing the dim does), on v rows (a zero head outputs zero) and on ``fc1`` outputs (GELU(0) = 0).
 """
+
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 from torch import nn
 
 from ..budget import Budget, select
-from ..counting import ArchInfo, macs, params as count_params
+from ..counting import ArchInfo, macs
+from ..counting import params as count_params
 from ..data import calibration_loader
 from ..groups import build_groups
 from ..layers import attention_dims
@@ -53,12 +55,12 @@ KIND_SUPPORT = ("heads", "qk", "v", "mlp")
 class AMAPOptions(MethodOptions):
     """Hyperparameters of AMAP's indicator training."""
 
-    steps: int = 100            # optimisation steps on calibration batches
-    lr: float = 5e-2            # Adam learning rate of the indicators
-    reweight_lr: float = 1e-2   # Adam learning rate of the reweight scales
-    resource: float = 5.0       # weight of the resource penalty
-    threshold: float = 0.5      # a channel is kept where its effective score exceeds this
-    temperature: float = 0.1    # of the straight-through sigmoid
+    steps: int = 100  # optimisation steps on calibration batches
+    lr: float = 5e-2  # Adam learning rate of the indicators
+    reweight_lr: float = 1e-2  # Adam learning rate of the reweight scales
+    resource: float = 5.0  # weight of the resource penalty
+    threshold: float = 0.5  # a channel is kept where its effective score exceeds this
+    temperature: float = 0.1  # of the straight-through sigmoid
     train_weights: bool = False  # also train the model's weights
     weight_lr: float = 1e-4
 
@@ -89,7 +91,7 @@ def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int],
             for l, blk in enumerate(model.blocks):
                 x = attn_in[l]
                 if kinds & {"qk", "v"}:
-                    q, k, v = qkv_heads(blk.attn, x)                     # [B, H, N, d]
+                    q, k, v = qkv_heads(blk.attn, x)  # [B, H, N, d]
                     if "qk" in kinds:
                         acc(("qk", l), torch.cat([q, k], 2).transpose(0, 1).flatten(1, 2).to(torch.float64))
                     if "v" in kinds:
@@ -101,7 +103,7 @@ def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int],
     out = {}
     for key, (g, s, n) in stats.items():
         g, s = g.to(torch.float64).cpu(), s.to(torch.float64).cpu()
-        cov = g - s[..., :, None] * s[..., None, :] / n                # centred: correlation
+        cov = g - s[..., :, None] * s[..., None, :] / n  # centred: correlation
         w = redundancy_weight(cov)
         m = float(w.mean())
         out[key] = (w / m if m > 1e-12 else torch.ones_like(w)).to(torch.float32)
@@ -164,7 +166,7 @@ class Indicator(nn.Module):
     def mask(self, kind: str, l: int) -> torch.Tensor:
         """Binary in the forward pass, straight-through gradient to the indicator."""
         s = self.soft(kind, l)
-        return self.hard(kind, l) + (s - s.detach())   # exactly the binary mask in the forward pass
+        return self.hard(kind, l) + (s - s.detach())  # exactly the binary mask in the forward pass
 
     def hard_masks(self) -> dict[str, torch.Tensor]:
         return {f"{k}_{l}": self.hard(k, l) for l in range(len(self.dims)) for k in self.kinds}
@@ -212,12 +214,19 @@ class Cost:
         self.base = float(measure(spec))
         self.coef = []
         for l, b in enumerate(spec.blocks):
-            def less(**kw):
+
+            def less(l=l, b=b, **kw):
                 s = copy.deepcopy(spec)
                 s.blocks[l] = replace(b, **kw)
                 return self.base - measure(s)
-            self.coef.append((less(qk_dim=b.qk_dim - 1) / b.num_heads, less(v_dim=b.v_dim - 1) / b.num_heads,
-                              less(mlp_hidden=b.mlp_hidden - 1)))
+
+            self.coef.append(
+                (
+                    less(qk_dim=b.qk_dim - 1) / b.num_heads,
+                    less(v_dim=b.v_dim - 1) / b.num_heads,
+                    less(mlp_hidden=b.mlp_hidden - 1),
+                )
+            )
         self.full = [(b.num_heads * b.qk_dim, b.num_heads * b.v_dim, b.mlp_hidden) for b in spec.blocks]
 
     def __call__(self, counts: list[tuple]) -> torch.Tensor:
@@ -235,16 +244,27 @@ def kept_counts(ind: Indicator, soft: bool) -> list[tuple]:
     for l, (h, qk, v, m) in enumerate(ind.dims):
         head = get("heads", l) if "heads" in ind.kinds else torch.ones(h)
         head = head.to(torch.float64)
-        q = get("qk", l).to(torch.float64).sum(1) if "qk" in ind.kinds else torch.full((h,), float(qk), dtype=torch.float64)
-        vv = get("v", l).to(torch.float64).sum(1) if "v" in ind.kinds else torch.full((h,), float(v), dtype=torch.float64)
-        nm = get("mlp", l).to(torch.float64).sum() if "mlp" in ind.kinds else torch.tensor(float(m), dtype=torch.float64)
+        q = (
+            get("qk", l).to(torch.float64).sum(1)
+            if "qk" in ind.kinds
+            else torch.full((h,), float(qk), dtype=torch.float64)
+        )
+        vv = (
+            get("v", l).to(torch.float64).sum(1)
+            if "v" in ind.kinds
+            else torch.full((h,), float(v), dtype=torch.float64)
+        )
+        nm = (
+            get("mlp", l).to(torch.float64).sum() if "mlp" in ind.kinds else torch.tensor(float(m), dtype=torch.float64)
+        )
         out.append(((head * q.to(head.device)).sum(), (head * vv.to(head.device)).sum(), nm))
     return out
 
 
 # ----------------------------------------------------------------------------------------- run
-def train_indicator(model: nn.Module, loader, cfg, opts: AMAPOptions, *, progress: bool = False,
-                    weights: Optional[dict] = None) -> tuple[nn.Module, Indicator, dict]:
+def train_indicator(
+    model: nn.Module, loader, cfg, opts: AMAPOptions, *, progress: bool = False, weights: dict | None = None
+) -> tuple[nn.Module, Indicator, dict]:
     """A wrapped training copy of ``model`` with a trained ``Indicator``; returns (copy, indicator, log)."""
     kinds = tuple(cfg.granularity)
     weights = weights if weights is not None else similarity_weights(model, loader, kinds)
@@ -254,8 +274,10 @@ def train_indicator(model: nn.Module, loader, cfg, opts: AMAPOptions, *, progres
     ind.attach_to(train)
     cost = Cost(model, cfg.metric)
     target = (1 - cfg.reduction) * cost.base
-    groups = [{"params": list(ind.ind.parameters()), "lr": opts.lr},
-              {"params": list(ind.rew.parameters()), "lr": opts.reweight_lr}]
+    groups = [
+        {"params": list(ind.ind.parameters()), "lr": opts.lr},
+        {"params": list(ind.rew.parameters()), "lr": opts.reweight_lr},
+    ]
     if wparams:
         groups.append({"params": wparams, "lr": opts.weight_lr})
     optimizer = torch.optim.Adam(groups)
@@ -263,8 +285,17 @@ def train_indicator(model: nn.Module, loader, cfg, opts: AMAPOptions, *, progres
     def penalty():
         return opts.resource * (cost(kept_counts(ind, soft=True)) / target - 1) ** 2
 
-    log = optimise(train, loader, opts.steps, optimizer, penalty=penalty, labels=cfg.labels,
-                   reference=model, progress=progress, desc="amap indicator")
+    log = optimise(
+        train,
+        loader,
+        opts.steps,
+        optimizer,
+        penalty=penalty,
+        labels=cfg.labels,
+        reference=model,
+        progress=progress,
+        desc="amap indicator",
+    )
     with torch.no_grad():
         log["mask_reduction"] = float(1 - cost(kept_counts(ind, soft=False)) / cost.base)
     return train, ind, log
@@ -277,9 +308,11 @@ def run(model: nn.Module, cfg, opts: AMAPOptions, *, progress: bool = False) -> 
     train, ind, log = train_indicator(model, loader, cfg, opts, progress=progress)
     groups = build_groups(model, kinds)
     with torch.no_grad():
-        scores = [(ind.score(g.kind, g.layer).clamp_min(0) + ind.hard(g.kind, g.layer)).to(torch.float64).cpu()
-                  for g in groups]
-    ind.apply_masks = False          # fold the reweight only; the plan removes the channels
+        scores = [
+            (ind.score(g.kind, g.layer).clamp_min(0) + ind.hard(g.kind, g.layer)).to(torch.float64).cpu()
+            for g in groups
+        ]
+    ind.apply_masks = False  # fold the reweight only; the plan removes the channels
     folded = fold(train)
     for p in folded.parameters():
         p.requires_grad_(False)

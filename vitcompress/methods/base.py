@@ -6,11 +6,13 @@ is the method's own dataclass of hyperparameters. The method returns the model t
 model after its training stage, with any learned scales folded into the weights) and a ``Plan``
 chosen with the core's ``budget.select``; the pruner slices it with the core's ``slice_model``.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +35,7 @@ class MethodOptions:
         """Range checks; subclasses raise ``VitCompressError`` naming the option and the fix."""
 
     @classmethod
-    def from_dict(cls, values: Optional[Mapping[str, Any]], method: str = "") -> "MethodOptions":
+    def from_dict(cls, values: Mapping[str, Any] | None, method: str = "") -> MethodOptions:
         """Options from ``key -> value`` (values may be strings, as given on the command line)."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -42,7 +44,8 @@ class MethodOptions:
             if name not in fields:
                 raise VitCompressError(
                     f"unknown option {key!r} for method {method or cls.__name__}; "
-                    f"valid options: {', '.join(sorted(fields))}")
+                    f"valid options: {', '.join(sorted(fields))}"
+                )
             kwargs[name] = _convert(raw, fields[name], method)
         opts = cls(**kwargs)
         opts.validate()
@@ -66,8 +69,9 @@ def _convert(raw: Any, f: dataclasses.Field, method: str) -> Any:
         if kind == "float":
             return float(s)
     except ValueError:
-        raise VitCompressError(f"option {f.name}={raw!r} of method {method} is not a valid {kind}; "
-                               f"pass e.g. {f.name}={f.default}") from None
+        raise VitCompressError(
+            f"option {f.name}={raw!r} of method {method} is not a valid {kind}; pass e.g. {f.name}={f.default}"
+        ) from None
     return s
 
 
@@ -93,7 +97,7 @@ class MethodOutput:
     plan: Plan
     achieved: float
     extra: dict = field(default_factory=dict)
-    finish: Optional[Callable[[nn.Module], nn.Module]] = None
+    finish: Callable[[nn.Module], nn.Module] | None = None
 
 
 @dataclass
@@ -106,7 +110,7 @@ class Method:
     kinds: tuple[str, ...]
     summary: str
 
-    def parse_options(self, values: Optional[Union[Mapping[str, Any], MethodOptions]]) -> MethodOptions:
+    def parse_options(self, values: Mapping[str, Any] | MethodOptions | None) -> MethodOptions:
         if isinstance(values, MethodOptions):
             if not isinstance(values, self.options):
                 raise VitCompressError(f"method {self.name} takes {self.options.__name__}, got {type(values).__name__}")
@@ -119,7 +123,8 @@ class Method:
         if bad:
             raise VitCompressError(
                 f"method {self.name} cannot prune {', '.join(bad)}; use --granularity with a subset of "
-                f"{','.join(self.kinds)}")
+                f"{','.join(self.kinds)}"
+            )
 
 
 def parse_option_pairs(pairs) -> dict[str, str]:

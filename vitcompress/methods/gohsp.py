@@ -20,15 +20,16 @@ Reading of the paper (see ``docs/methods.md``):
 4. **ADMM.** Training steps on ``loss + rho/2 * ||W - Z + U||^2``; every ``steps_per_round`` steps
    ``Z = project_S(W + U)`` (keep, per block, the structures with the largest L2 norm: heads first,
    then q/k and v dims inside the kept heads, MLP neurons; all else zeroed), ``U += W - Z`` and
-   ``rho *= rho_growth`` (with ``U /= rho_growth``: U is the dual variable scaled by 1/rho). Z starts as W with everything outside the graph-ranked plan zeroed.
+   ``rho *= rho_growth`` (with ``U /= rho_growth``: U is the dual variable scaled by 1/rho). Z
+   starts as W with everything outside the graph-ranked plan zeroed.
 5. **Hard prune** to ``project_S(W)`` through the core's slicers, then optional fine-tuning with
    the project's training loop (``training.fit``), distilling from the unpruned input model.
 """
+
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -50,16 +51,16 @@ KIND_SUPPORT = ("heads", "qk", "v", "mlp", "embed")
 class GOHSPOptions(MethodOptions):
     """Hyperparameters of GOHSP's ranking, ADMM and fine-tuning stages."""
 
-    damping: float = 0.85         # probability of following an edge (PageRank damping)
-    power_iters: int = 1000       # maximum power iterations
-    tol: float = 1e-12            # stop when the L1 change of pi falls below this
-    norm_power: float = 1.0       # exponent of the head weight norm in the head score
-    rounds: int = 5               # ADMM rounds (Z/U updates)
-    steps_per_round: int = 10     # training steps between Z/U updates
-    lr: float = 3e-4              # Adam learning rate of the ADMM training steps
-    rho: float = 0.1              # initial ADMM penalty
-    rho_growth: float = 2.0       # rho multiplier after every round
-    finetune_steps: int = 0       # training steps on the hard-pruned model (0: none)
+    damping: float = 0.85  # probability of following an edge (PageRank damping)
+    power_iters: int = 1000  # maximum power iterations
+    tol: float = 1e-12  # stop when the L1 change of pi falls below this
+    norm_power: float = 1.0  # exponent of the head weight norm in the head score
+    rounds: int = 5  # ADMM rounds (Z/U updates)
+    steps_per_round: int = 10  # training steps between Z/U updates
+    lr: float = 3e-4  # Adam learning rate of the ADMM training steps
+    rho: float = 0.1  # initial ADMM penalty
+    rho_growth: float = 2.0  # rho multiplier after every round
+    finetune_steps: int = 0  # training steps on the hard-pruned model (0: none)
     finetune_lr: float = 1e-4
 
     def validate(self) -> None:
@@ -82,13 +83,15 @@ def head_similarity(model: nn.Module, loader) -> list[torch.Tensor]:
         for attn_in, _ in block_inputs(model, loader):
             prev = None
             for l, blk in enumerate(model.blocks):
-                o = head_outputs(blk.attn, attn_in[l]).flatten(1).float()      # [H, B*N*D]
+                o = head_outputs(blk.attn, attn_in[l]).flatten(1).float()  # [H, B*N*D]
                 sq[l] += (o * o).sum(1).to(torch.float64).cpu()
                 if prev is not None:
                     dots[l - 1] += (prev @ o.T).to(torch.float64).cpu()
                 prev = o
-    return [(dots[l] / (sq[l][:, None] * sq[l + 1][None, :]).clamp_min(1e-300).sqrt()).abs().clamp(0, 1)
-            for l in range(L - 1)]
+    return [
+        (dots[l] / (sq[l][:, None] * sq[l + 1][None, :]).clamp_min(1e-300).sqrt()).abs().clamp(0, 1)
+        for l in range(L - 1)
+    ]
 
 
 def head_graph(sims: list[torch.Tensor], heads: list[int]) -> torch.Tensor:
@@ -99,8 +102,8 @@ def head_graph(sims: list[torch.Tensor], heads: list[int]) -> torch.Tensor:
     a = torch.zeros(off[-1], off[-1], dtype=torch.float64)
     for l, s in enumerate(sims):
         w = (1 - s.to(torch.float64)).clamp_min(0)
-        a[off[l]:off[l + 1], off[l + 1]:off[l + 2]] = w
-        a[off[l + 1]:off[l + 2], off[l]:off[l + 1]] = w.T
+        a[off[l] : off[l + 1], off[l + 1] : off[l + 2]] = w
+        a[off[l + 1] : off[l + 2], off[l] : off[l + 1]] = w.T
     return a
 
 
@@ -130,15 +133,14 @@ def head_ranking(model: nn.Module, loader, opts: GOHSPOptions) -> dict:
     heads = [attention_dims(b.attn)[0] for b in model.blocks]
     sims = head_similarity(model, loader)
     pi = stationary(head_graph(sims, heads), opts.damping, opts.power_iters, opts.tol)
-    pi0 = stationary(head_graph([torch.zeros_like(s) for s in sims], heads), opts.damping,
-                     opts.power_iters, opts.tol)
+    pi0 = stationary(head_graph([torch.zeros_like(s) for s in sims], heads), opts.damping, opts.power_iters, opts.tol)
     rel = pi / pi0
     params = dict(model.named_parameters())
     norms = [reduce_group(g, torch.square, params).sqrt() for g in build_groups(model, ("heads",))]
     scores, o = [], 0
     for l, h in enumerate(heads):
         n = norms[l].cpu().to(torch.float64)
-        scores.append(rel[o:o + h] * (n / n.mean().clamp_min(1e-30)) ** opts.norm_power)
+        scores.append(rel[o : o + h] * (n / n.mean().clamp_min(1e-30)) ** opts.norm_power)
         o += h
     return {"pi": pi, "pi_0": pi0, "similarity": sims, "scores": scores}
 
@@ -173,7 +175,9 @@ def plan_like(model: nn.Module, shape: Plan, groups: list[Group], scores: list[t
     return plan
 
 
-def zero_outside(model: nn.Module, tensors: dict[str, torch.Tensor], groups: list[Group], plan: Plan) -> dict[str, torch.Tensor]:
+def zero_outside(
+    model: nn.Module, tensors: dict[str, torch.Tensor], groups: list[Group], plan: Plan
+) -> dict[str, torch.Tensor]:
     """Copies of ``tensors`` with every element of ``groups`` that ``plan`` removes set to zero."""
     out = {n: t.detach().clone() for n, t in tensors.items()}
     for g in groups:
@@ -192,7 +196,9 @@ def zero_outside(model: nn.Module, tensors: dict[str, torch.Tensor], groups: lis
     return out
 
 
-def project(model: nn.Module, tensors: dict[str, torch.Tensor], groups: list[Group], shape: Plan) -> tuple[dict[str, torch.Tensor], Plan]:
+def project(
+    model: nn.Module, tensors: dict[str, torch.Tensor], groups: list[Group], shape: Plan
+) -> tuple[dict[str, torch.Tensor], Plan]:
     """Projection onto the structured-sparse set of ``shape``'s counts: (projected tensors, plan)."""
     scores = [reduce_group(g, torch.square, tensors) for g in groups]
     plan = plan_like(model, shape, groups, scores)
@@ -207,8 +213,17 @@ def removed_share(model: nn.Module, tensors: dict[str, torch.Tensor], groups: li
     return max(tot - k, 0.0) ** 0.5 / max(tot, 1e-300) ** 0.5
 
 
-def admm(model: nn.Module, train: nn.Module, loader, groups: list[Group], shape: Plan, opts: GOHSPOptions,
-         *, labels: str = "auto", progress: bool = False) -> dict:
+def admm(
+    model: nn.Module,
+    train: nn.Module,
+    loader,
+    groups: list[Group],
+    shape: Plan,
+    opts: GOHSPOptions,
+    *,
+    labels: str = "auto",
+    progress: bool = False,
+) -> dict:
     """ADMM on ``train`` (a copy of ``model``, trained in place) towards ``shape``'s sparse set."""
     params = dict(train.named_parameters())
     names = sorted({m.param for g in groups for m in g.members})
@@ -230,21 +245,31 @@ def admm(model: nn.Module, train: nn.Module, loader, groups: list[Group], shape:
             z, plan = project(model, v, groups, shape)
             for n in names:
                 U[n] += W[n].detach() - z[n]
-                U[n] /= opts.rho_growth      # scaled dual u = y / rho: rescale when rho rises
+                U[n] /= opts.rho_growth  # scaled dual u = y / rho: rescale when rho rises
             state["Z"] = z
             state["rho"] *= opts.rho_growth
             state["plans"].append(plan)
 
     optimizer = torch.optim.Adam(list(train.parameters()), lr=opts.lr)
-    log = optimise(train, loader, opts.rounds * opts.steps_per_round, optimizer, penalty=penalty,
-                   after_step=after_step, labels=labels, reference=model, progress=progress,
-                   desc="gohsp admm")
+    log = optimise(
+        train,
+        loader,
+        opts.rounds * opts.steps_per_round,
+        optimizer,
+        penalty=penalty,
+        after_step=after_step,
+        labels=labels,
+        reference=model,
+        progress=progress,
+        desc="gohsp admm",
+    )
     return {"loss": log, "rho_final": state["rho"], "removed_share_before": share0, "Z": state["Z"], "U": U}
 
 
 # -------------------------------------------------------------------------------------------- run
-def finetune(pruned: nn.Module, teacher: nn.Module, cfg, opts: GOHSPOptions, *, progress: bool = False,
-             log: Optional[dict] = None) -> nn.Module:
+def finetune(
+    pruned: nn.Module, teacher: nn.Module, cfg, opts: GOHSPOptions, *, progress: bool = False, log: dict | None = None
+) -> nn.Module:
     """``opts.finetune_steps`` steps of the project's training loop on ``cfg.data``'s training split,
     distilling from ``teacher`` (the unpruned input model); returns the fine-tuned model."""
     from ..distill import DistillConfig
@@ -252,9 +277,18 @@ def finetune(pruned: nn.Module, teacher: nn.Module, cfg, opts: GOHSPOptions, *, 
 
     for p in pruned.parameters():
         p.requires_grad_(True)
-    tcfg = TrainConfig(data=cfg.data, epochs=1, max_steps_per_epoch=opts.finetune_steps, lr=opts.finetune_lr,
-                       min_lr=opts.finetune_lr, warmup_epochs=0.0, batch_size=cfg.batch_size, seed=cfg.seed,
-                       progress=progress, device=str(next(pruned.parameters()).device))
+    tcfg = TrainConfig(
+        data=cfg.data,
+        epochs=1,
+        max_steps_per_epoch=opts.finetune_steps,
+        lr=opts.finetune_lr,
+        min_lr=opts.finetune_lr,
+        warmup_epochs=0.0,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=progress,
+        device=str(next(pruned.parameters()).device),
+    )
     res = fit(pruned, tcfg, teacher=teacher, distill=DistillConfig())
     if log is not None:
         log["finetune"] = {"train_loss": res.history[-1]["train_loss"], "val": res.val}
@@ -293,13 +327,18 @@ def run(model: nn.Module, cfg, opts: GOHSPOptions, *, progress: bool = False) ->
     log["removed_share_after"] = removed_share(model, w, groups, plan)
     for p in train.parameters():
         p.requires_grad_(False)
-    extra = {"loss": log["loss"], "rho_final": log["rho_final"],
-             "removed_share": [log["removed_share_before"], log["removed_share_after"]],
-             "stationary": [round(float(x), 6) for x in ranking["pi"]],
-             "head_scores": [[round(float(x), 6) for x in s] for s in ranking["scores"]]}
+    extra = {
+        "loss": log["loss"],
+        "rho_final": log["rho_final"],
+        "removed_share": [log["removed_share_before"], log["removed_share_after"]],
+        "stationary": [round(float(x), 6) for x in ranking["pi"]],
+        "head_scores": [[round(float(x), 6) for x in s] for s in ranking["scores"]],
+    }
 
     finish = None
     if opts.finetune_steps > 0:
+
         def finish(pruned: nn.Module) -> nn.Module:
             return finetune(pruned, model, cfg, opts, progress=progress, log=extra)
+
     return MethodOutput(train.eval(), plan, achieved, extra, finish)

@@ -12,11 +12,12 @@ folded into the weights so that the sliced model is exact and dense.
 Embedding channels carry their scale on the output of every LayerNorm that reads the residual
 stream (each block's ``norm1``/``norm2`` and the final norm), which folds exactly into those norms.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -35,10 +36,10 @@ KIND_SUPPORT = ("heads", "qk", "v", "mlp", "embed")
 class IHPOptions(MethodOptions):
     """Hyperparameters of IHP's sparse-training stage."""
 
-    steps: int = 100            # optimisation steps on calibration batches
-    l1: float = 1e-3            # lambda of the L1 term on the scales (sum over all scales)
-    scale_lr: float = 1e-2      # Adam learning rate of the scales
-    lr: float = 1e-4            # Adam learning rate of the weights (when train_weights)
+    steps: int = 100  # optimisation steps on calibration batches
+    l1: float = 1e-3  # lambda of the L1 term on the scales (sum over all scales)
+    scale_lr: float = 1e-2  # Adam learning rate of the scales
+    lr: float = 1e-4  # Adam learning rate of the weights (when train_weights)
     train_weights: bool = True  # train the weights together with the scales
 
     def validate(self) -> None:
@@ -88,7 +89,7 @@ def group_scores(groups: list[Group], scales: dict[str, torch.Tensor]) -> list[t
             s = scales.get(m.param)
             if s is None or m.dim != 0 or m.index is None:
                 continue
-            vals = s.detach().abs().to(torch.float64).cpu()[m.index]      # [E, k]
+            vals = s.detach().abs().to(torch.float64).cpu()[m.index]  # [E, k]
             total += vals.mean(1)
             n += 1
         if n == 0:
@@ -137,8 +138,9 @@ def format_relationship_table(table: list[dict], element: int = 0) -> str:
     return "\n".join(lines)
 
 
-def sparse_train(model: nn.Module, loader, kinds, opts: IHPOptions, *, labels: str = "auto",
-                 progress: bool = False) -> tuple[nn.Module, dict[str, nn.Parameter], dict]:
+def sparse_train(
+    model: nn.Module, loader, kinds, opts: IHPOptions, *, labels: str = "auto", progress: bool = False
+) -> tuple[nn.Module, dict[str, nn.Parameter], dict]:
     """A training copy of ``model`` with scales attached and trained; returns (copy, scales, log)."""
     train = copy.deepcopy(model).eval()
     weights = frozen_except(train, opts.train_weights)
@@ -148,9 +150,17 @@ def sparse_train(model: nn.Module, loader, kinds, opts: IHPOptions, *, labels: s
     if weights:
         groups.append({"params": weights, "lr": opts.lr})
     optimizer = torch.optim.Adam(groups)
-    log = optimise(train, loader, opts.steps, optimizer,
-                   penalty=lambda: opts.l1 * sum(s.abs().sum() for s in unique),
-                   labels=labels, reference=model, progress=progress, desc="ihp sparse training")
+    log = optimise(
+        train,
+        loader,
+        opts.steps,
+        optimizer,
+        penalty=lambda: opts.l1 * sum(s.abs().sum() for s in unique),
+        labels=labels,
+        reference=model,
+        progress=progress,
+        desc="ihp sparse training",
+    )
     return train, scales, log
 
 
@@ -159,14 +169,15 @@ def run(model: nn.Module, cfg, opts: IHPOptions, *, progress: bool = False) -> M
     kinds = tuple(cfg.granularity)
     loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed)
     train, scales, log = sparse_train(model, loader, kinds, opts, labels=cfg.labels, progress=progress)
-    groups = build_groups(model, kinds)      # same layout and names as the folded copy
+    groups = build_groups(model, kinds)  # same layout and names as the folded copy
     scores = group_scores(groups, scales)
     folded = fold(train)
     for p in folded.parameters():
         p.requires_grad_(False)
     plan, achieved = select(folded, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
     all_s = torch.cat([s.detach().reshape(-1) for s in {id(s): s for s in scales.values()}.values()])
-    extra = {"loss": log, "scales": {"mean_abs": float(all_s.abs().mean()),
-                                     "below_0.5": float((all_s.abs() < 0.5).float().mean())}}
+    extra = {
+        "loss": log,
+        "scales": {"mean_abs": float(all_s.abs().mean()), "below_0.5": float((all_s.abs() < 0.5).float().mean())},
+    }
     return MethodOutput(folded.eval(), plan, achieved, extra)
-

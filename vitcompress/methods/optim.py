@@ -9,9 +9,10 @@ dataset has as many classes as the model's classifier, otherwise the predictions
 (the unpruned input model, frozen) are the targets. The model runs in eval mode (no dropout or
 drop-path), so a stage is reproducible for a seed.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,10 @@ def optimise(
     steps: int,
     optimizer: torch.optim.Optimizer,
     *,
-    penalty: Optional[Callable[[], torch.Tensor]] = None,
-    after_step: Optional[Callable[[int], None]] = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
     labels: str = "auto",
-    reference: Optional[nn.Module] = None,
+    reference: nn.Module | None = None,
     progress: bool = False,
     desc: str = "optimise",
 ) -> dict:

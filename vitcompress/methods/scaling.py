@@ -9,9 +9,10 @@ input scale multiplies columns; for a ``LayerNorm``, an output scale multiplies 
 the folded model computes exactly what the wrapped model computed, with the original parameter
 names, ready for the core's slicers.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ ScaleFn = Callable[[], torch.Tensor]
 class Scaled(nn.Module):
     """``module(x * in_scale()) * out_scale()``; either scale may be ``None``."""
 
-    def __init__(self, module: nn.Module, out_scale: Optional[ScaleFn] = None, in_scale: Optional[ScaleFn] = None):
+    def __init__(self, module: nn.Module, out_scale: ScaleFn | None = None, in_scale: ScaleFn | None = None):
         super().__init__()
         self.module = module
         # plain attributes, not submodules: the scales' owner registers and optimises them
@@ -72,8 +73,7 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def attach(model: nn.Module, path: str, out_scale: Optional[ScaleFn] = None,
-           in_scale: Optional[ScaleFn] = None) -> Scaled:
+def attach(model: nn.Module, path: str, out_scale: ScaleFn | None = None, in_scale: ScaleFn | None = None) -> Scaled:
     """Replace the module at ``path`` by a ``Scaled`` wrapper around it (in place)."""
     mod = get_module(model, path)
     if isinstance(mod, Scaled):

@@ -4,6 +4,7 @@ A scorer is a callable ``scorer(model, groups, *, loader, seed, progress) -> lis
 returning one score tensor of ``group.shape`` per group (higher = more important, >= 0).
 Scorers are registered in ``SCORERS``; ``vitcompress prune --importance NAME`` picks one.
 """
+
 from __future__ import annotations
 
 from ..registry import Registry

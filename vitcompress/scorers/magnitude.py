@@ -1,4 +1,5 @@
 """Magnitude scorers: the L1 or L2 norm of all parameter slices of each element."""
+
 from __future__ import annotations
 
 import torch

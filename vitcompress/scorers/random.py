@@ -1,4 +1,5 @@
 """Random scores: a baseline every other criterion must beat."""
+
 from __future__ import annotations
 
 import torch

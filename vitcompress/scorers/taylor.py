@@ -8,6 +8,7 @@ Labels: with ``labels='auto'`` the dataset's labels are used when the dataset ha
 classes as the model's classifier, otherwise the unpruned model's own predictions (argmax) serve as
 pseudo-labels, so any model can be scored on any images.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,8 +59,9 @@ def accumulate_grads(model: nn.Module, loader, labels: str = "auto", progress: b
     return grads
 
 
-def taylor(model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto",
-           progress: bool = False, **_) -> list[torch.Tensor]:
+def taylor(
+    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+) -> list[torch.Tensor]:
     """|sum of w * dL/dw| over each element's slices."""
     grads = accumulate_grads(model, loader, labels, progress)
     params = dict(model.named_parameters())

@@ -10,16 +10,27 @@ Public API::
 
 See docs/tokens.md for each reducer's exact rule.
 """
+
 from __future__ import annotations
 
 from ..registry import Registry
 
 REDUCERS: Registry = Registry("token reducer")
 
-from . import topk, evit, tome, etps  # noqa: E402,F401  (register the reducers)
+from . import etps, evit, tome, topk  # noqa: E402,F401  (register the reducers)
 from .apply import TokenBlocks, apply_tokens, remove_tokens, schedule_of, set_keep  # noqa: E402
 from .counting import token_counts, token_macs  # noqa: E402
 from .schedule import TokenSchedule, parse_schedule  # noqa: E402
 
-__all__ = ["REDUCERS", "TokenBlocks", "TokenSchedule", "apply_tokens", "parse_schedule", "remove_tokens",
-           "schedule_of", "set_keep", "token_counts", "token_macs"]
+__all__ = [
+    "REDUCERS",
+    "TokenBlocks",
+    "TokenSchedule",
+    "apply_tokens",
+    "parse_schedule",
+    "remove_tokens",
+    "schedule_of",
+    "set_keep",
+    "token_counts",
+    "token_macs",
+]

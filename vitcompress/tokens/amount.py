@@ -12,11 +12,12 @@ relative to the same model without token reduction, ``amount_for_reduction`` fin
 amount that removes a target share of MACs (the counts fall monotonically in the amount), and
 ``closest_amount`` the one whose reduction is nearest to it (comparisons at matched MACs).
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -53,7 +54,7 @@ def with_amount(schedule: TokenSchedule, amount: float) -> TokenSchedule:
     return s
 
 
-def _plain_macs(model: nn.Module, img_size: Optional[Sequence[int]]) -> tuple:
+def _plain_macs(model: nn.Module, img_size: Sequence[int] | None) -> tuple:
     from .counting import schedule_macs
 
     spec = spec_from_model(model)
@@ -64,7 +65,7 @@ def _plain_macs(model: nn.Module, img_size: Optional[Sequence[int]]) -> tuple:
     return spec, info, has_cls, schedule_macs(spec, info, None, has_cls)
 
 
-def macs_reduction(model: nn.Module, schedule: TokenSchedule, img_size: Optional[Sequence[int]] = None) -> float:
+def macs_reduction(model: nn.Module, schedule: TokenSchedule, img_size: Sequence[int] | None = None) -> float:
     """Share of ``model``'s MACs (widths as they are, no token reduction) that ``schedule`` removes."""
     from .counting import schedule_macs
 
@@ -79,8 +80,9 @@ def max_amount(schedule: TokenSchedule, model: nn.Module) -> float:
     return MAX_RATE
 
 
-def amount_for_reduction(model: nn.Module, schedule: TokenSchedule, target: float,
-                         img_size: Optional[Sequence[int]] = None) -> float:
+def amount_for_reduction(
+    model: nn.Module, schedule: TokenSchedule, target: float, img_size: Sequence[int] | None = None
+) -> float:
     """Smallest amount whose schedule removes at least ``target`` of the MACs (bisection).
 
     Raises a one-line error when even the largest amount falls short.
@@ -92,7 +94,8 @@ def amount_for_reduction(model: nn.Module, schedule: TokenSchedule, target: floa
     if best < target:
         raise VitCompressError(
             f"schedule {schedule.describe()} removes at most {best:.1%} of the MACs, short of the target "
-            f"{target:.1%}; reduce at more (or earlier) blocks or lower the target")
+            f"{target:.1%}; reduce at more (or earlier) blocks or lower the target"
+        )
     lo = 0.0
     if schedule.kind == "merge":
         lo_i, hi_i = 0, int(hi)
@@ -112,8 +115,9 @@ def amount_for_reduction(model: nn.Module, schedule: TokenSchedule, target: floa
     return min(MAX_RATE, math.ceil(hi * 1000 - 1e-9) / 1000)  # keep fractions are exact to 1/1000
 
 
-def closest_amount(model: nn.Module, schedule: TokenSchedule, target: float,
-                   img_size: Optional[Sequence[int]] = None) -> float:
+def closest_amount(
+    model: nn.Module, schedule: TokenSchedule, target: float, img_size: Sequence[int] | None = None
+) -> float:
     """The amount whose MACs reduction is closest to ``target`` (for comparisons at matched MACs)."""
     hi = amount_for_reduction(model, schedule, target, img_size)
     lo = max(0.0, hi - (1.0 if schedule.kind == "merge" else 0.001))

@@ -6,9 +6,8 @@ reducer runs ``attention -> reduce -> MLP``; blocks after a size-tracking reduce
 proportional attention add ``log(size)`` to their attention logits; all other blocks run timm's
 own forward. Reducers hold no parameters.
 """
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -22,14 +21,13 @@ from .schedule import TokenSchedule, parse_schedule
 class TokenBlocks(nn.Sequential):
     """The block stack with reducers between attention and MLP of the scheduled blocks."""
 
-    def __init__(self, blocks, reducers: list[Optional[Reducer]], prefix: int, has_cls: bool,
-                 prop_attn: bool):
+    def __init__(self, blocks, reducers: list[Reducer | None], prefix: int, has_cls: bool, prop_attn: bool):
         super().__init__(*blocks)
         self.reducers = list(reducers)  # plain list: parameter-free, not part of the state dict
         self.prefix = prefix
         self.has_cls = has_cls
         self.prop_attn = prop_attn
-        self.record: Optional[list] = None  # set to [] to record (tokens, sizes) after each block
+        self.record: list | None = None  # set to [] to record (tokens, sizes) after each block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = None
@@ -41,9 +39,15 @@ class TokenBlocks(nn.Sequential):
             else:
                 if red is not None and red.tracks_size and size is None:
                     size = x.new_ones(x.shape[0], x.shape[1], 1)
-                out, s, m = attend(blk.attn, blk.norm1(x), bias,
-                                   scores=red is not None and red.needs_scores, has_cls=self.has_cls,
-                                   prefix=self.prefix, metric=red is not None and red.needs_metric)
+                out, s, m = attend(
+                    blk.attn,
+                    blk.norm1(x),
+                    bias,
+                    scores=red is not None and red.needs_scores,
+                    has_cls=self.has_cls,
+                    prefix=self.prefix,
+                    metric=red is not None and red.needs_metric,
+                )
                 x = x + blk.drop_path1(blk.ls1(out))
                 if red is not None:
                     x, size = red(x, size, s, m)
@@ -59,12 +63,12 @@ class TokenBlocks(nn.Sequential):
         return f"token reduction: {what}, prefix={self.prefix}, prop_attn={self.prop_attn}"
 
 
-def build_reducers(schedule: TokenSchedule, depth: int, prefix: int) -> list[Optional[Reducer]]:
+def build_reducers(schedule: TokenSchedule, depth: int, prefix: int) -> list[Reducer | None]:
     """One reducer (or None) per block."""
     from . import REDUCERS
 
     cls = REDUCERS.get(schedule.method)
-    out: list[Optional[Reducer]] = []
+    out: list[Reducer | None] = []
     keeps, merges = schedule.block_keep(depth), schedule.block_merge(depth)
     for i in range(depth):
         if schedule.kind == "merge":
@@ -85,12 +89,12 @@ def check_model(model: nn.Module) -> None:
         bad = next(type(b).__name__ for b in blocks if type(b) is not Block)
         raise VitCompressError(
             f"token reduction needs global-attention timm ViT blocks, this model has {bad} "
-            "(windowed or otherwise restructured attention); use a vit_*/deit_* model")
+            "(windowed or otherwise restructured attention); use a vit_*/deit_* model"
+        )
     check_supported(model)
 
 
-def apply_tokens(model: nn.Module, schedule: Union[TokenSchedule, str], method: Optional[str] = None,
-                 **options) -> nn.Module:
+def apply_tokens(model: nn.Module, schedule: TokenSchedule | str, method: str | None = None, **options) -> nn.Module:
     """Insert reducers into ``model`` (in place) and return it.
 
     ``schedule`` is a ``TokenSchedule`` or a schedule string (``'0.7@3,6,9'``, ``'rate=0.06'``,
@@ -101,7 +105,9 @@ def apply_tokens(model: nn.Module, schedule: Union[TokenSchedule, str], method: 
     """
     if isinstance(schedule, str):
         if method is None:
-            raise VitCompressError("a schedule string needs a method; pass method='topk-vpa' (or topk, evit, tome, etps)")
+            raise VitCompressError(
+                "a schedule string needs a method; pass method='topk-vpa' (or topk, evit, tome, etps)"
+            )
         schedule = parse_schedule(schedule, method, options)
     elif options:
         schedule.options = {**schedule.options, **options}
@@ -140,7 +146,7 @@ def remove_tokens(model: nn.Module) -> nn.Module:
     return model
 
 
-def schedule_of(model: nn.Module) -> Optional[TokenSchedule]:
+def schedule_of(model: nn.Module) -> TokenSchedule | None:
     """The token schedule a model carries, or None."""
     return getattr(model, "vitcompress_tokens", None)
 

@@ -13,9 +13,8 @@ scale): both lay the fused ``qkv`` output out as ``[q | k | v]``, head-major.
 * ``metric`` is the keys averaged over heads (``[B, N, qk_dim]``), the similarity feature of
   token merging.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +23,16 @@ from torch import nn
 from ..layers import attention_dims
 
 
-def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-           scores: bool = False, has_cls: bool = True, prefix: int = 1, metric: bool = False):
+def attend(
+    attn: nn.Module,
+    x: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    scores: bool = False,
+    has_cls: bool = True,
+    prefix: int = 1,
+    metric: bool = False,
+):
     """Return ``(out [B, N, C], scores [B, N - prefix] or None, metric [B, N, qk] or None)``."""
     B, N, _ = x.shape
     h, qk, vd, scale = attention_dims(attn)
@@ -44,8 +51,9 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None
         s = p.mean(dim=(1, 2))[:, prefix:]
     else:
         if attn.fused_attn:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                                 dropout_p=attn.attn_drop.p if attn.training else 0.0)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=scale, dropout_p=attn.attn_drop.p if attn.training else 0.0
+            )
         else:
             logits = (q * scale) @ k.transpose(-2, -1)
             if mask is not None:

@@ -9,10 +9,10 @@ export, of the ``keep_rate`` input: ``Reducer.kept``), chosen per image.
 All selections are TopK + gather; merges are one-hot matrix products (no scatter with a
 reduction), so every reducer exports to ONNX with symbolic token counts and passes TensorRT.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -39,13 +39,13 @@ class Reducer(nn.Module):
 
     name = ""
     kinds: tuple[str, ...] = ("keep", "rate")
-    needs_scores = True      # class-token attention of the patch tokens
-    needs_metric = False     # keys averaged over heads
-    tracks_size = False      # carries token sizes
+    needs_scores = True  # class-token attention of the patch tokens
+    needs_metric = False  # keys averaged over heads
+    tracks_size = False  # carries token sizes
     default_prop_attn = False  # add log(size) to attention logits in later blocks
     max_keep_permille = 1000  # highest runtime keep rate, in 1/1000 (EViT: 999, it always fuses)
 
-    def __init__(self, prefix: int = 1, keep: Optional[float] = None, merge: int = 0, **options):
+    def __init__(self, prefix: int = 1, keep: float | None = None, merge: int = 0, **options):
         super().__init__()
         self.prefix = int(prefix)
         self.keep = keep
@@ -53,7 +53,7 @@ class Reducer(nn.Module):
         self.options = options
         #: keep rate as a tensor (``[1]`` float), set only while a runtime-keep graph is traced or run
         #: (``exporters.runtime_keep``); ``None``: the fixed ``keep``.
-        self.runtime_keep: Optional[torch.Tensor] = None
+        self.runtime_keep: torch.Tensor | None = None
 
     def kept(self, n, leave_one: bool = False):
         """Patch tokens kept out of ``n``: ``ceil(keep * n)`` (``schedule.keep_count``), or, with a
@@ -80,7 +80,7 @@ class Reducer(nn.Module):
         return heads * (n + self.prefix) * qk if (self.needs_scores and has_cls) else 0
 
     def split(self, x: torch.Tensor):
-        return x[:, : self.prefix], x[:, self.prefix:]
+        return x[:, : self.prefix], x[:, self.prefix :]
 
     def extra_repr(self) -> str:
         what = f"merge={self.merge}" if self.merge else f"keep={self.keep}"

@@ -6,10 +6,11 @@ A reducing block runs its attention on the ``t_in`` tokens that enter it and its
 and fusion). Element-wise work, softmax, TopK and gathers are not counted, as in
 ``vitcompress.counting`` and ``torch.utils.flop_counter``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from torch import nn
 
@@ -28,8 +29,9 @@ class BlockTokens:
     extra_macs: int = 0
 
 
-def block_tokens(spec: ViTSpec, info: ArchInfo, schedule: Optional[TokenSchedule],
-                 has_cls: bool = True) -> list[BlockTokens]:
+def block_tokens(
+    spec: ViTSpec, info: ArchInfo, schedule: TokenSchedule | None, has_cls: bool = True
+) -> list[BlockTokens]:
     """Per-block token counts (and reducer MACs) for a schedule at ``info``'s grid."""
     p = info.num_prefix_tokens
     n = info.num_patches
@@ -47,7 +49,7 @@ def block_tokens(spec: ViTSpec, info: ArchInfo, schedule: Optional[TokenSchedule
     return out
 
 
-def schedule_macs(spec: ViTSpec, info: ArchInfo, schedule: Optional[TokenSchedule], has_cls: bool = True) -> int:
+def schedule_macs(spec: ViTSpec, info: ArchInfo, schedule: TokenSchedule | None, has_cls: bool = True) -> int:
     """MACs per image of a (width-pruned) ViT running ``schedule``."""
     d = spec.embed_dim
     total = info.num_patches * d * info.in_chans * info.patch_area
@@ -60,22 +62,22 @@ def schedule_macs(spec: ViTSpec, info: ArchInfo, schedule: Optional[TokenSchedul
     return int(total)
 
 
-def _info(model: nn.Module, img_size: Optional[Sequence[int]]) -> ArchInfo:
+def _info(model: nn.Module, img_size: Sequence[int] | None) -> ArchInfo:
     info = ArchInfo.from_model(model)
     if img_size is not None:
         info = info.with_img_size(tuple(img_size), model.patch_embed.patch_size)
     return info
 
 
-def token_macs(model: nn.Module, schedule: Optional[TokenSchedule] = None,
-               img_size: Optional[Sequence[int]] = None) -> int:
+def token_macs(model: nn.Module, schedule: TokenSchedule | None = None, img_size: Sequence[int] | None = None) -> int:
     """Analytic MACs per image of ``model`` with ``schedule`` (default: the one it carries)."""
     schedule = schedule or schedule_of(model)
     return schedule_macs(spec_from_model(model), _info(model, img_size), schedule, model.cls_token is not None)
 
 
-def token_counts(model: nn.Module, schedule: Optional[TokenSchedule] = None,
-                 img_size: Optional[Sequence[int]] = None) -> list[int]:
+def token_counts(
+    model: nn.Module, schedule: TokenSchedule | None = None, img_size: Sequence[int] | None = None
+) -> list[int]:
     """Tokens entering each block (prefix included), then the count leaving the last block."""
     schedule = schedule or schedule_of(model)
     bts = block_tokens(spec_from_model(model), _info(model, img_size), schedule, model.cls_token is not None)

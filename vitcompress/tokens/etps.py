@@ -10,6 +10,7 @@ a host's own weight is ``exp(1)``. Weights are multiplied by token sizes, so a h
 The host assignment is a one-hot matrix product (``(n-K) K (C+2)`` MACs) and the similarity a
 ``(n-K) K qk`` product; both are counted.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ class ETPS(Reducer):
     def forward(self, x, size, scores, metric):
         px, xp = self.split(x)
         ps, sp = self.split(size)
-        mp = F.normalize(metric[:, self.prefix:], dim=-1)
+        mp = F.normalize(metric[:, self.prefix :], dim=-1)
         n = xp.shape[1]
         k = self.kept(n)
         order = scores.topk(n, dim=1).indices
@@ -51,6 +52,6 @@ class ETPS(Reducer):
         agg = one_hot(host, k, x.dtype).transpose(1, 2) @ torch.cat([w * xd, w, sd], dim=-1)  # [B, K, C+2]
         c = x.shape[-1]
         self_w = math.e * sk
-        xk = (self_w * xk + agg[..., :c]) / (self_w + agg[..., c:c + 1])
-        sk = sk + agg[..., c + 1:]
+        xk = (self_w * xk + agg[..., :c]) / (self_w + agg[..., c : c + 1])
+        sk = sk + agg[..., c + 1 :]
         return torch.cat([px, xk], dim=1), torch.cat([ps, sk], dim=1)

@@ -6,6 +6,7 @@ Of ``n`` patch tokens the ``K = min(ceil(keep * n), n - 1)`` most attended are k
 grows. The fused token counts as a patch token in later stages; its size is the sum of the sizes
 it absorbed. At keep 1.0 nothing is pruned and no fused token is added.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,7 @@ class EViT(Reducer):
             return torch.cat([px, gather_tokens(xp, idx)], 1), torch.cat([ps, gather_tokens(sp, idx)], 1)
         vals, order = scores.topk(n, dim=1)  # full ranking: kept first, then the inattentive
         keep_idx, drop_idx = order.split([k, n - k], dim=1)
-        a = vals.split([k, n - k], dim=1)[1].unsqueeze(-1)                # [B, n-K, 1]
+        a = vals.split([k, n - k], dim=1)[1].unsqueeze(-1)  # [B, n-K, 1]
         fused = (a * gather_tokens(xp, drop_idx)).sum(1, keepdim=True) / a.sum(1, keepdim=True).clamp_min(EPS)
         fsize = gather_tokens(sp, drop_idx).sum(1, keepdim=True)
         x = torch.cat([px, gather_tokens(xp, keep_idx), fused], dim=1)

@@ -24,33 +24,33 @@ The controller is a ``vitcompress.training.Callback``: it plugs into the one tra
 and is checkpointed with it (``state_dict``), so ``--resume`` continues the same trajectory. The
 mean loss it sees is already averaged over ranks, so every rank takes the same decisions.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from torch import nn
 
 from ..errors import VitCompressError
 from ..training import Callback, LoopState
-from .amount import amount_for_reduction, current_amount, macs_reduction, with_amount
+from .amount import amount_for_reduction, current_amount, macs_reduction
 
 
 @dataclass
 class GASConfig:
     """Hyperparameters of the rate controller (see the module docstring for the rule)."""
 
-    target: float                 # MACs reduction to move toward (share of the width-pruned model's MACs)
-    start: Optional[float] = None  # initial rate (default: the schedule's own)
-    interval: int = 20            # optimizer steps per decision
-    gain: float = 0.5             # rate change per unit of relative loss slope
-    min_step: float = 0.005       # smallest change of the rate per decision
-    max_step: float = 0.02        # largest change of the rate per decision
-    tolerance: float = 0.02       # relative rise of the smoothed loss still treated as noise
-    ema: float = 0.9              # smoothing of the per-step loss
-    patience: int = 2             # rising decisions in a row before the rate is lowered
+    target: float  # MACs reduction to move toward (share of the width-pruned model's MACs)
+    start: float | None = None  # initial rate (default: the schedule's own)
+    interval: int = 20  # optimizer steps per decision
+    gain: float = 0.5  # rate change per unit of relative loss slope
+    min_step: float = 0.005  # smallest change of the rate per decision
+    max_step: float = 0.02  # largest change of the rate per decision
+    tolerance: float = 0.02  # relative rise of the smoothed loss still treated as noise
+    ema: float = 0.9  # smoothing of the per-step loss
+    patience: int = 2  # rising decisions in a row before the rate is lowered
 
-    def validate(self) -> "GASConfig":
+    def validate(self) -> GASConfig:
         if not 0.0 < self.target < 1.0:
             raise VitCompressError(f"--gas-target {self.target} is outside (0, 1); use e.g. 0.3")
         if self.patience < 1:
@@ -91,18 +91,22 @@ class GASController(Callback):
         self.model = model
         sched = schedule_of(model)
         if sched is None:
-            raise VitCompressError("automatic rate adjustment needs a token-reduced model; apply a schedule "
-                                   "first (vitcompress tokens ... --method topk-vpa --schedule rate=0.02)")
+            raise VitCompressError(
+                "automatic rate adjustment needs a token-reduced model; apply a schedule "
+                "first (vitcompress tokens ... --method topk-vpa --schedule rate=0.02)"
+            )
         if sched.kind == "merge":
-            raise VitCompressError("automatic rate adjustment moves a pruning rate, and tome merges a fixed count; "
-                                   "use topk-vpa, etps, evit or topk with a rate= or KEEP@BLOCKS schedule")
+            raise VitCompressError(
+                "automatic rate adjustment moves a pruning rate, and tome merges a fixed count; "
+                "use topk-vpa, etps, evit or topk with a rate= or KEEP@BLOCKS schedule"
+            )
         self.ceiling = amount_for_reduction(model, sched, cfg.target)
         self.rate = current_amount(sched) if cfg.start is None else float(cfg.start)
         self.rate = min(self.rate, self.ceiling)
-        self.steps = 0                   # steps since the last decision
-        self.rises = 0                   # rising decisions in a row
-        self.smooth: Optional[float] = None  # the smoothed loss
-        self.prev: Optional[float] = None    # the smoothed loss at the last decision
+        self.steps = 0  # steps since the last decision
+        self.rises = 0  # rising decisions in a row
+        self.smooth: float | None = None  # the smoothed loss
+        self.prev: float | None = None  # the smoothed loss at the last decision
         self.trajectory: list[dict] = []
         self.log = {"config": cfg.to_dict(), "ceiling": self.ceiling, "trajectory": self.trajectory}
         self._apply()
@@ -132,8 +136,14 @@ class GASController(Callback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
-        return {"rate": self.rate, "steps": self.steps, "rises": self.rises, "smooth": self.smooth, "prev": self.prev,
-                "trajectory": list(self.trajectory)}
+        return {
+            "rate": self.rate,
+            "steps": self.steps,
+            "rises": self.rises,
+            "smooth": self.smooth,
+            "prev": self.prev,
+            "trajectory": list(self.trajectory),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.rate = float(state["rate"])
@@ -154,6 +164,12 @@ class GASController(Callback):
 
         set_keep(self.model, round(1.0 - self.rate, 6))
 
-    def _record(self, step: int, loss: Optional[float]) -> None:
-        self.trajectory.append({"step": int(step), "loss": loss, "rate": round(self.rate, 6),
-                                "macs_reduction": round(self.macs_reduction, 6)})
+    def _record(self, step: int, loss: float | None) -> None:
+        self.trajectory.append(
+            {
+                "step": int(step),
+                "loss": loss,
+                "rate": round(self.rate, 6),
+                "macs_reduction": round(self.macs_reduction, 6),
+            }
+        )

@@ -6,12 +6,12 @@ model's widths) or by the calibration search (``search``: the largest amount wit
 tolerance on held-out images). The result is recorded in the artifact (``tokens`` field and a
 history step), so load, export and bench apply it.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
 
 from torch import nn
 
@@ -29,10 +29,10 @@ class TokenResult:
 
     model: nn.Module
     schedule: TokenSchedule
-    macs_plain: int            # MACs per image of the same widths without token reduction
-    macs: int                  # MACs per image with the schedule
-    counts: list[int]          # tokens entering each block (prefix included), then leaving the last
-    search: Optional[SearchResult] = None
+    macs_plain: int  # MACs per image of the same widths without token reduction
+    macs: int  # MACs per image with the schedule
+    counts: list[int]  # tokens entering each block (prefix included), then leaving the last
+    search: SearchResult | None = None
 
     @property
     def reduction(self) -> float:
@@ -40,21 +40,36 @@ class TokenResult:
 
     def format(self) -> str:
         n = len(self.counts) - 1
-        rows = [f"token reduction: {self.schedule.describe()}",
-                f"{'block':>5s} {'tokens in':>9s} {'tokens out':>10s}", "-" * 26]
+        rows = [
+            f"token reduction: {self.schedule.describe()}",
+            f"{'block':>5s} {'tokens in':>9s} {'tokens out':>10s}",
+            "-" * 26,
+        ]
         for i in range(n):
             rows.append(f"{i:>5d} {self.counts[i]:>9d} {self.counts[i + 1]:>10d}")
-        rows.append(f"MACs per image: {self.macs / 1e9:.4f} G with token reduction, {self.macs_plain / 1e9:.4f} G "
-                    f"without ({self.reduction:.2%} removed; FLOPs = 2 x MACs)")
+        rows.append(
+            f"MACs per image: {self.macs / 1e9:.4f} G with token reduction, {self.macs_plain / 1e9:.4f} G "
+            f"without ({self.reduction:.2%} removed; FLOPs = 2 x MACs)"
+        )
         return "\n".join(rows)
 
 
-def reduce_tokens(model: Union[str, os.PathLike, nn.Module], method: str, schedule: Union[str, TokenSchedule], *,
-                  options: Optional[dict] = None, flops_reduction: Optional[float] = None,
-                  search: Optional[dict] = None, pretrained: bool = False, checkpoint: Optional[str] = None,
-                  num_classes: Optional[int] = None, img_size: Optional[int] = None,
-                  output: Optional[Union[str, os.PathLike]] = None, force: bool = False,
-                  progress: bool = False) -> TokenResult:
+def reduce_tokens(
+    model: str | os.PathLike | nn.Module,
+    method: str,
+    schedule: str | TokenSchedule,
+    *,
+    options: dict | None = None,
+    flops_reduction: float | None = None,
+    search: dict | None = None,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    output: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> TokenResult:
     """Apply token reduction to a model name, artifact folder or module (a copy for modules).
 
     ``schedule`` is a schedule string (``0.7@3,6,9``, ``rate=0.06``, ``merge=8``) or a
@@ -69,12 +84,13 @@ def reduce_tokens(model: Union[str, os.PathLike, nn.Module], method: str, schedu
     if flops_reduction is not None and search is not None:
         raise VitCompressError("--flops-reduction and --search both choose the amount; pass one of them")
     if output is not None and os.path.exists(output) and not force:
-        raise VitCompressError(f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path")
+        raise VitCompressError(
+            f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path"
+        )
     sched = parse_schedule(schedule, method, options) if isinstance(schedule, str) else copy.deepcopy(schedule)
     if isinstance(schedule, TokenSchedule) and options:
         sched.options = {**sched.options, **options}
-    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes,
-                        img_size=img_size)
+    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
     if isinstance(model, nn.Module):
         net = copy.deepcopy(net)
     remove_tokens(net)
@@ -90,12 +106,17 @@ def reduce_tokens(model: Union[str, os.PathLike, nn.Module], method: str, schedu
     apply_tokens(net, sched)
     res = TokenResult(net.eval(), sched, plain, token_macs(net), token_counts(net), found)
     meta = net.vitcompress_meta
-    meta.history = [*meta.history, {
-        "method": "tokens", "schedule": sched.to_dict(),
-        "target": {"metric": "macs", "reduction": flops_reduction} if flops_reduction is not None else None,
-        "search": found.to_dict() if found is not None else None,
-        "achieved": {"macs_reduction": res.reduction}, "macs_without_tokens": plain,
-    }]
+    meta.history = [
+        *meta.history,
+        {
+            "method": "tokens",
+            "schedule": sched.to_dict(),
+            "target": {"metric": "macs", "reduction": flops_reduction} if flops_reduction is not None else None,
+            "search": found.to_dict() if found is not None else None,
+            "achieved": {"macs_reduction": res.reduction},
+            "macs_without_tokens": plain,
+        },
+    ]
     if output is not None:
         save(net, output, force=force, meta=meta)
     return res

@@ -12,12 +12,12 @@ Three forms (``parse_schedule``):
 Token counts are integer functions of the incoming patch-token count ``n`` (``keep_count``,
 ``merge_count``) so they stay symbolic when the model is exported with dynamic image sizes.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Optional
 
 import torch
 
@@ -47,7 +47,7 @@ class TokenSchedule:
     spec: str = ""
 
     # ------------------------------------------------------------------ per-block view
-    def block_keep(self, depth: int) -> list[Optional[float]]:
+    def block_keep(self, depth: int) -> list[float | None]:
         """Keep fraction per block (None: the block does not reduce); ``keep``/``rate`` kinds."""
         if self.kind == "keep":
             return [self.keep.get(i) for i in range(depth)]
@@ -72,7 +72,8 @@ class TokenSchedule:
         if bad:
             raise VitCompressError(
                 f"token schedule {self.spec or self.kind!r} names block {bad[0]}, but the model has blocks "
-                f"0..{depth - 1}; use block indices below {depth}")
+                f"0..{depth - 1}; use block indices below {depth}"
+            )
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
@@ -81,7 +82,7 @@ class TokenSchedule:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TokenSchedule":
+    def from_dict(cls, d: dict) -> TokenSchedule:
         d = dict(d)
         d["keep"] = {int(k): float(v) for k, v in (d.get("keep") or {}).items()}
         return cls(**d)
@@ -94,22 +95,24 @@ def _num(text: str, what: str, spec: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise VitCompressError(f"token schedule {spec!r}: {what} {text!r} is not a number; "
-                               "use e.g. 0.7@3,6,9, rate=0.06 or merge=8") from None
+        raise VitCompressError(
+            f"token schedule {spec!r}: {what} {text!r} is not a number; use e.g. 0.7@3,6,9, rate=0.06 or merge=8"
+        ) from None
 
 
 def _blocks(text: str, spec: str) -> list[int]:
     try:
         out = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
-        raise VitCompressError(f"token schedule {spec!r}: block list {text!r} is not integers; "
-                               "use e.g. 0.7@3,6,9") from None
+        raise VitCompressError(
+            f"token schedule {spec!r}: block list {text!r} is not integers; use e.g. 0.7@3,6,9"
+        ) from None
     if not out:
         raise VitCompressError(f"token schedule {spec!r} names no blocks; use e.g. 0.7@3,6,9")
     return out
 
 
-def parse_schedule(spec: str, method: str, options: Optional[dict] = None) -> TokenSchedule:
+def parse_schedule(spec: str, method: str, options: dict | None = None) -> TokenSchedule:
     """Parse a schedule string for ``method`` (see the module docstring for the syntax)."""
     s = re.sub(r"\s+", "", str(spec))
     if not s:
@@ -127,7 +130,9 @@ def parse_schedule(spec: str, method: str, options: Optional[dict] = None) -> To
         else:
             m = _num(val, "merge count", spec)
             if m != int(m) or m < 0:
-                raise VitCompressError(f"token schedule {spec!r}: merge count must be a whole number >= 0; use e.g. merge=8")
+                raise VitCompressError(
+                    f"token schedule {spec!r}: merge count must be a whole number >= 0; use e.g. merge=8"
+                )
             st = _blocks(start, spec)[0] if start else 0
             sched = TokenSchedule(method, "merge", merge=int(m), start=st, options=options, spec=s)
         if st < 0:
@@ -136,13 +141,17 @@ def parse_schedule(spec: str, method: str, options: Optional[dict] = None) -> To
         keep: dict[int, float] = {}
         for group in s.split(";"):
             if "@" not in group:
-                raise VitCompressError(f"token schedule {spec!r}: {group!r} lacks '@BLOCKS'; "
-                                       "use KEEP@B1,B2 (e.g. 0.7@3,6,9), rate=R or merge=N")
+                raise VitCompressError(
+                    f"token schedule {spec!r}: {group!r} lacks '@BLOCKS'; "
+                    "use KEEP@B1,B2 (e.g. 0.7@3,6,9), rate=R or merge=N"
+                )
             val, _, blocks = group.partition("@")
             k = _num(val, "keep rate", spec)
             if not 0.0 < k <= 1.0:
-                raise VitCompressError(f"token schedule {spec!r}: keep rate {k} is outside (0, 1]; "
-                                       "use e.g. 0.7@3,6,9 (pruning rate = 1 - keep rate)")
+                raise VitCompressError(
+                    f"token schedule {spec!r}: keep rate {k} is outside (0, 1]; "
+                    "use e.g. 0.7@3,6,9 (pruning rate = 1 - keep rate)"
+                )
             for b in _blocks(blocks, spec):
                 if b < 0:
                     raise VitCompressError(f"token schedule {spec!r}: block {b} is negative; use indices >= 0")
@@ -153,8 +162,10 @@ def parse_schedule(spec: str, method: str, options: Optional[dict] = None) -> To
     cls = REDUCERS.get(method)
     if sched.kind not in cls.kinds:
         forms = {"keep": "KEEP@BLOCKS", "rate": "rate=R", "merge": "merge=N"}
-        raise VitCompressError(f"method {method!r} does not take a {forms[sched.kind]} schedule; "
-                               f"use {' or '.join(forms[k] for k in cls.kinds)}")
+        raise VitCompressError(
+            f"method {method!r} does not take a {forms[sched.kind]} schedule; "
+            f"use {' or '.join(forms[k] for k in cls.kinds)}"
+        )
     return sched
 
 

@@ -9,11 +9,11 @@ grid just above the last amount that passed. An amount passes when its score is 
 largest passing amount (accuracy is not strictly monotone in the rate, so the whole coarse grid up
 to ``max_amount`` is scanned rather than bisected), and the table of every amount tried.
 """
+
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn
@@ -25,29 +25,41 @@ from .schedule import TokenSchedule
 
 @dataclass
 class SearchResult:
-    schedule: TokenSchedule        # the chosen schedule
-    amount: float                  # its rate (or merges)
-    baseline_top1: float           # top-1 without token reduction
-    top1: float                    # top-1 at the chosen amount
-    macs_reduction: float          # MACs removed at the chosen amount
+    schedule: TokenSchedule  # the chosen schedule
+    amount: float  # its rate (or merges)
+    baseline_top1: float  # top-1 without token reduction
+    top1: float  # top-1 at the chosen amount
+    macs_reduction: float  # MACs removed at the chosen amount
     images: int
     tolerance: float
     table: list[dict] = field(default_factory=list)  # every amount tried
-    metric: str = "top1"           # what the tolerance applies to: top1 or agreement
+    metric: str = "top1"  # what the tolerance applies to: top1 or agreement
 
     def to_dict(self) -> dict:
-        return {"schedule": self.schedule.to_dict(), "amount": self.amount, "baseline_top1": self.baseline_top1,
-                "top1": self.top1, "macs_reduction": self.macs_reduction, "images": self.images,
-                "tolerance": self.tolerance, "metric": self.metric, "table": self.table}
+        return {
+            "schedule": self.schedule.to_dict(),
+            "amount": self.amount,
+            "baseline_top1": self.baseline_top1,
+            "top1": self.top1,
+            "macs_reduction": self.macs_reduction,
+            "images": self.images,
+            "tolerance": self.tolerance,
+            "metric": self.metric,
+            "table": self.table,
+        }
 
     def format(self) -> str:
         unit = "merges" if self.schedule.kind == "merge" else "rate"
         rows = [f"{unit:>7}  MACs removed   top-1  agreement    drop", "-" * 48]
         for r in self.table:
-            rows.append(f"{r['amount']:7.3g}  {r['macs_reduction']:11.1%}  {r['top1']:6.2%}  {r['agreement']:9.2%}  "
-                        f"{r['drop']:+6.2%}" + ("  <- chosen" if r["amount"] == self.amount else ""))
-        rows.append(f"chosen: {self.schedule.describe()} (top-1 {self.top1:.2%} vs {self.baseline_top1:.2%} "
-                    f"unreduced; {self.metric} drop within {self.tolerance:.2%} on {self.images} held-out images)")
+            rows.append(
+                f"{r['amount']:7.3g}  {r['macs_reduction']:11.1%}  {r['top1']:6.2%}  {r['agreement']:9.2%}  "
+                f"{r['drop']:+6.2%}" + ("  <- chosen" if r["amount"] == self.amount else "")
+            )
+        rows.append(
+            f"chosen: {self.schedule.describe()} (top-1 {self.top1:.2%} vs {self.baseline_top1:.2%} "
+            f"unreduced; {self.metric} drop within {self.tolerance:.2%} on {self.images} held-out images)"
+        )
         return "\n".join(rows)
 
 
@@ -71,12 +83,22 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Top-1 class of every image in ``x``, in batches of ``batch_size``."""
     from ..evaluate import logits_of
 
-    return torch.cat([logits_of(model(x[i:i + batch_size])).argmax(-1) for i in range(0, len(x), batch_size)])
+    return torch.cat([logits_of(model(x[i : i + batch_size])).argmax(-1) for i in range(0, len(x), batch_size)])
 
 
-def search_amount(model: nn.Module, schedule: TokenSchedule, *, data: str = "digits", images: int = 512,
-                  tolerance: float = 0.01, metric: str = "top1", coarse: Optional[float] = None,
-                  fine: Optional[float] = None, batch_size: int = 128, progress: bool = False) -> SearchResult:
+def search_amount(
+    model: nn.Module,
+    schedule: TokenSchedule,
+    *,
+    data: str = "digits",
+    images: int = 512,
+    tolerance: float = 0.01,
+    metric: str = "top1",
+    coarse: float | None = None,
+    fine: float | None = None,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> SearchResult:
     """Search the largest amount of ``schedule``'s kind within ``tolerance`` top-1 of the unreduced model.
 
     ``metric`` is ``top1`` (accuracy on the labels) or ``agreement`` (top-1 agreement with the
@@ -99,8 +121,9 @@ def search_amount(model: nn.Module, schedule: TokenSchedule, *, data: str = "dig
     x, y = held_out(net, data, images)
     check_classes(net, int(y.max()) + 1)
     ref = predict(net, x, batch_size)
-    score = {"top1": lambda p: float((p == y).float().mean()),
-             "agreement": lambda p: float((p == ref).float().mean())}[metric]
+    score = {"top1": lambda p: float((p == y).float().mean()), "agreement": lambda p: float((p == ref).float().mean())}[
+        metric
+    ]
     base = score(ref)
     top = max_amount(schedule, net)
     merge = schedule.kind == "merge"
@@ -114,10 +137,15 @@ def search_amount(model: nn.Module, schedule: TokenSchedule, *, data: str = "dig
             s = with_amount(schedule, amount)
             pred = predict(apply_tokens(net, s), x, batch_size)
             acc = score(pred)
-            table[amount] = {"amount": amount, "spec": s.spec, "macs_reduction": macs_reduction(net, s),
-                             "top1": float((pred == y).float().mean()),
-                             "agreement": float((pred == ref).float().mean()),
-                             "drop": acc - base, "passed": base - acc <= tolerance + 1e-12}
+            table[amount] = {
+                "amount": amount,
+                "spec": s.spec,
+                "macs_reduction": macs_reduction(net, s),
+                "top1": float((pred == y).float().mean()),
+                "agreement": float((pred == ref).float().mean()),
+                "drop": acc - base,
+                "passed": base - acc <= tolerance + 1e-12,
+            }
         return table[amount]
 
     grid = [0.0]
@@ -134,8 +162,17 @@ def search_amount(model: nn.Module, schedule: TokenSchedule, *, data: str = "dig
     best = max(a for a, r in table.items() if r["passed"])
     chosen = with_amount(schedule, best)
     rows = [table[a] for a in sorted(table)]
-    return SearchResult(chosen, best, float((ref == y).float().mean()), table[best]["top1"],
-                        table[best]["macs_reduction"], len(x), tolerance, rows, metric)
+    return SearchResult(
+        chosen,
+        best,
+        float((ref == y).float().mean()),
+        table[best]["top1"],
+        table[best]["macs_reduction"],
+        len(x),
+        tolerance,
+        rows,
+        metric,
+    )
 
 
 __all__ = ["SearchResult", "search_amount", "held_out", "predict"]

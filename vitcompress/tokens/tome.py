@@ -13,6 +13,7 @@ Export: set A is gathered with an index (``|A| = n - n // 2``), so the output co
 that the symbolic token count of later blocks does not double in length with every merging block.
 A runtime keep rate does not apply to ToMe (it merges a count, not a fraction).
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,18 +47,18 @@ class ToMe(Reducer):
         if isinstance(n, int) and n < 2:  # nothing left to match (eager only; exported counts stay symbolic)
             return x, size
         r = merge_count(n, self.merge)
-        na = n - n // 2                                        # |A| = ceil(n / 2)
-        even = torch.arange(na, device=x.device) * 2           # A: even positions
-        m = F.normalize(metric[:, self.prefix:], dim=-1)
+        na = n - n // 2  # |A| = ceil(n / 2)
+        even = torch.arange(na, device=x.device) * 2  # A: even positions
+        m = F.normalize(metric[:, self.prefix :], dim=-1)
         sim = m.index_select(1, even) @ m[:, 1::2].transpose(1, 2)  # [B, |A|, |B|] cosines
         # one column of -2 (below any cosine) keeps the max defined when |B| = 0 (n = 1, r = 0)
         sim = torch.cat([sim, sim.new_full((sim.shape[0], na, 1), -2.0)], dim=-1)
         node_max, node_idx = sim.max(dim=-1)
-        edge = node_max.topk(na, dim=1).indices                # A tokens, best matched first
+        edge = node_max.topk(na, dim=1).indices  # A tokens, best matched first
         src_idx, unm_idx = edge.split([r, na - r], dim=1)
-        dst_idx = node_idx.gather(1, src_idx)                  # [B, r]
+        dst_idx = node_idx.gather(1, src_idx)  # [B, r]
         xa, sa = xp.index_select(1, even), sp.index_select(1, even)
-        a = torch.cat([xa * sa, sa], dim=-1)                   # size-weighted, + size channel
+        a = torch.cat([xa * sa, sa], dim=-1)  # size-weighted, + size channel
         b = torch.cat([xp[:, 1::2] * sp[:, 1::2], sp[:, 1::2]], dim=-1)
         b = b + one_hot(dst_idx, n // 2, x.dtype).transpose(1, 2) @ gather_tokens(a, src_idx)
         merged = torch.cat([gather_tokens(a, unm_idx), b], dim=1)

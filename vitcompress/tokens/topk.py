@@ -11,6 +11,7 @@ patches it absorbed and the class token's attention mass is not renormalised ont
 were never attended. Sizes always sum to the original patch count. ``vpa=False`` is the
 ablation: plain Top-K (no sizes, no bias).
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,7 +59,7 @@ class TopKVPA(TopK):
         px, xp = self.split(x)
         ps, sp = self.split(size)
         vals, idx = self.select(scores, xp.shape[1])
-        kept = gather_tokens(sp, idx)                                    # [B, K, 1]
+        kept = gather_tokens(sp, idx)  # [B, K, 1]
         pruned = sp.sum(dim=1, keepdim=True) - kept.sum(dim=1, keepdim=True)  # [B, 1, 1]
         a = vals.unsqueeze(-1)
         kept = kept + pruned * a / a.sum(dim=1, keepdim=True).clamp_min(EPS)

@@ -4,13 +4,13 @@ Built-in splits are fixed: the first 80% of each class (in file order) is ``trai
 ``val``. Images are resized to the model's input size (bilinear), replicated to its input
 channels and normalised with its mean/std, so the same data serves any ViT.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .errors import VitCompressError
+from ..errors import VitCompressError
 
 BUILTIN = ("digits", "mnist10k")
 TRAIN_FRACTION = 0.8
@@ -34,7 +34,7 @@ class DataConfig:
     std: tuple[float, ...]
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> "DataConfig":
+    def from_model(cls, model: nn.Module) -> DataConfig:
         pe = model.patch_embed
         c = pe.proj.in_channels
         cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -102,13 +102,16 @@ def _image_folder(root: str, cfg: DataConfig, split: str, training: bool) -> Dat
 
     sub = os.path.join(root, split)
     path = sub if split in ("train", "val") and os.path.isdir(sub) else root
-    transform = create_transform(input_size=(cfg.in_chans, *cfg.img_size), is_training=training,
-                                 mean=cfg.mean, std=cfg.std)
+    transform = create_transform(
+        input_size=(cfg.in_chans, *cfg.img_size), is_training=training, mean=cfg.mean, std=cfg.std
+    )
     try:
         ds = ImageFolder(path, transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
-        raise VitCompressError(f"data folder {path!r} has no images in class sub-folders ({str(e)[:100]}); "
-                               "use an ImageFolder layout: DIR/<class>/<image>") from None
+        raise VitCompressError(
+            f"data folder {path!r} has no images in class sub-folders ({str(e)[:100]}); "
+            "use an ImageFolder layout: DIR/<class>/<image>"
+        ) from None
     ds.num_classes = len(ds.classes)
     return ds
 
@@ -124,8 +127,9 @@ def make_dataset(data: str, cfg: DataConfig, split: str = "train", training: boo
     raise VitCompressError(f"data {data!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor a folder")
 
 
-def calibration_loader(data: str, model: nn.Module, n_images: int = 64, batch_size: int = 32,
-                       seed: int = 0) -> DataLoader:
+def calibration_loader(
+    data: str, model: nn.Module, n_images: int = 64, batch_size: int = 32, seed: int = 0
+) -> DataLoader:
     """``n_images`` training images drawn with a fixed seed, for scoring."""
     if n_images < 1:
         raise VitCompressError(f"--calib-images must be at least 1, got {n_images}")
