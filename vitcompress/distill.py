@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import VitCompressError
+from .spec import spec_from_model
 
 KINDS = ("auto", "soft", "hard", "none")
 
@@ -70,8 +71,6 @@ def _embed_channels(model: nn.Module) -> list[int]:
 
 
 def _source_indices(model: nn.Module) -> list[int]:
-    from .spec import spec_from_model
-
     meta = getattr(model, "vitcompress_meta", None)
     if meta is not None and len(meta.spec.blocks) == len(model.blocks):
         return [b.source_index for b in meta.spec.blocks]

@@ -11,9 +11,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from .data import DataConfig
+from .datapipe import make_loader, num_classes_of, val_dataset
+from .distributed import dist_info
 from .errors import VitCompressError
 
 
@@ -134,12 +137,6 @@ def evaluate_data(
     limit: int | None = None,
 ) -> EvalResult:
     """Evaluate on a dataset by name (``digits``, ``mnist10k``) or ImageFolder folder."""
-    from torch.utils.data import Subset
-
-    from .data import DataConfig
-    from .datapipe import make_loader, num_classes_of, val_dataset
-    from .training import dist_info
-
     ds = val_dataset(data, DataConfig.from_model(model), split)
     if len(ds) == 0:
         raise VitCompressError(f"data {data!r} split {split!r} is empty; point --data at a folder with images")

@@ -23,9 +23,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
+from .counting import count
+from .data import calibration_loader
 from .distill import DistillConfig
+from .distributed import dist_info, init_distributed
 from .errors import VitCompressError
-from .training import TrainConfig, dist_info, fit, init_distributed
+from .evaluate import evaluate_data, logits_of
+from .io import atomic_file
+from .plan import compose, identity_plan
+from .pruner import prune, resolve_model
+from .slicers import slice_model
+from .training import TrainConfig, fit
 
 STAGES = ("teacher", "width_pruned", "width_distilled", "depth_pruned", "depth_distilled")
 TOLERANCE = 0.015  # the final reduction lands within 1.5 points of the target, as in ``prune``
@@ -85,8 +94,6 @@ class PipelineConfig:
 
 
 def _measure(model: nn.Module, metric: str) -> float:
-    from .counting import count
-
     c = count(model)
     return float(c.macs if metric == "macs" else c.params)
 
@@ -96,8 +103,6 @@ def block_importance(model: nn.Module, loader) -> torch.Tensor:
     """Loss change when each block is skipped: mean CE with block b replaced by the identity
     minus the full model's mean CE, over the calibration images (labels when the data has the
     model's classes, else the model's own predictions)."""
-    from .evaluate import logits_of
-
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -131,12 +136,6 @@ def depth_prune(
     """Remove whole blocks, the smallest loss change first (``block_importance``): ``depth_blocks``
     of them, or the number that brings the model closest to removing ``needed`` of the metric.
     Returns the sliced model with its artifact record (history entry ``depth-loss``)."""
-    from .artifact import ArtifactMeta, meta_of
-    from .counting import count
-    from .data import calibration_loader
-    from .plan import compose, identity_plan
-    from .slicers import slice_model
-
     prev = meta_of(model)
     before = count(model)
     loader = calibration_loader(cfg.train.data, model, cfg.calib_images, 32, cfg.train.seed)
@@ -232,19 +231,12 @@ def run_pipeline(
 
 
 def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) -> dict:
-    from .artifact import is_artifact, load, save
-    from .evaluate import evaluate_data
-    from .io import atomic_file
-    from .pruner import prune, resolve_model
-
     rank, _, _ = dist_info()
     teacher = resolve_model(model)
     teacher.eval()
     rows = []
 
     def row(stage: str, net: nn.Module) -> None:
-        from .counting import count
-
         c = count(net)
         r = evaluate_data(
             net,
@@ -399,8 +391,6 @@ def plot_summary(summary: dict, path: str | os.PathLike) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .io import atomic_file
 
     rows = summary["rows"]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .artifact import ArtifactMeta
 from .counting import ArchInfo, block_macs
 from .spec import build_model
+from .tokens.counting import block_tokens
 from .tokens.schedule import TokenSchedule
 
 
@@ -65,8 +66,6 @@ def format_info(meta: ArtifactMeta) -> str:
     per_block = [(tokens, tokens, 0)] * meta.spec.depth
     sched = None
     if meta.tokens:
-        from .tokens.counting import block_tokens
-
         sched = TokenSchedule.from_dict(meta.tokens)
         per_block = [
             (bt.t_in, bt.t_out, bt.extra_macs)

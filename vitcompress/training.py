@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -31,9 +32,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.optim import create_optimizer_v2
 from torch import nn
+from tqdm.auto import tqdm
 
+from .artifact import META, WEIGHTS, is_artifact, load, meta_of, save
+from .data import DataConfig
+from .datapipe import AugConfig, make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
+from .distill import TrainLoss
+from .distributed import barrier, dist_info, init_distributed
 from .errors import VitCompressError
+from .evaluate import check_classes, evaluate
+from .io import atomic_dir, recover_dir
+from .models import create_source_model, load_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -84,8 +95,6 @@ class TrainConfig:
             raise VitCompressError(f"mixup/cutmix need an even --batch-size, got {self.batch_size}")
 
     def aug(self):
-        from .datapipe import AugConfig
-
         return AugConfig(**{f.name: getattr(self, f.name) for f in fields(AugConfig)})
 
     def to_dict(self) -> dict:
@@ -127,35 +136,7 @@ class LoopState:
     history: list = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------------- distributed
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) of this process; (0, 1, 0) outside a process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return (torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    return 0, 1, 0
-
-
-def init_distributed() -> bool:
-    """Initialise the process group from torchrun's environment (NCCL on GPU, gloo on CPU).
-
-    Returns True when this call created the group (the caller should destroy it at the end).
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
-        return False
-    if torch.distributed.is_initialized():
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    torch.distributed.init_process_group(backend=backend)
-    return True
-
-
-def barrier() -> None:
-    if dist_info()[1] > 1:
-        torch.distributed.barrier()
-
-
+# ------------------------------------------------------------------------------------ devices
 def _pick_device(cfg: TrainConfig) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
@@ -220,8 +201,6 @@ def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> d
     """Check the output folder before any work; return the checkpoint to resume from (or None)."""
     out = Path(output)
     if resume:
-        from .io import recover_dir
-
         recover_dir(out)  # a run killed while swapping its output folder left it moved aside
         ck = out / CHECKPOINT
         if ck.is_file():
@@ -247,11 +226,6 @@ def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> d
 
 def _write(output: Path, model: nn.Module, ckpt: dict, record: dict, force: bool) -> None:
     """Atomically replace ``output`` with artifact + checkpoint + training record."""
-    import shutil
-
-    from .artifact import META, WEIGHTS, meta_of, save
-    from .io import atomic_dir
-
     meta = meta_of(model)
     meta.extra = {**meta.extra, "training": record}
     with atomic_dir(output, force=True) as tmp:
@@ -308,18 +282,8 @@ def fit(
     ``output/checkpoint.pt``. ``record`` is merged into the training record stored in the artifact.
     Returns the trained (unwrapped) model, the per-epoch history and the last validation metrics.
     """
-    from timm.optim import create_optimizer_v2
-    from tqdm.auto import tqdm
-
-    from .data import DataConfig
-    from .datapipe import make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
-    from .distill import TrainLoss
-    from .evaluate import check_classes, evaluate
-
     cfg.validate()
     if getattr(model, "vitcompress_meta", None) is None:
-        from .artifact import meta_of
-
         model.vitcompress_meta = meta_of(model)  # fails early for models it cannot record
     ckpt = prepare_output(output, resume=resume, force=force) if output is not None else None
     if ckpt is not None:
@@ -523,9 +487,6 @@ def resolve_model_for_training(
 ) -> nn.Module:
     """A module from an artifact folder or a timm name (``arch``: timm kwargs such as
     ``num_classes``, ``img_size``, ``patch_size``, ``in_chans``, recorded in the artifact)."""
-    from .artifact import is_artifact, load
-    from .models import create_source_model
-
     if isinstance(model, nn.Module):
         return model
     s = str(model)
@@ -537,8 +498,6 @@ def resolve_model_for_training(
             )
         net = load(s)
         if checkpoint:
-            from .models import load_checkpoint
-
             load_checkpoint(net, checkpoint)
         return net
     if os.path.isdir(s):
