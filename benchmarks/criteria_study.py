@@ -59,7 +59,7 @@ def evaluate(model, loader) -> float:
     """Top-1 accuracy (fraction) of ``model`` on ``loader``."""
     import torch
 
-    from vitcompress.methods.base import logits_of
+    from vitcompress.logits import logits_of
 
     model.eval()
     right = total = 0
@@ -75,7 +75,7 @@ def distill(student, teacher, loader, steps: int, lr: float, temperature: float,
     import torch
     import torch.nn.functional as F
 
-    from vitcompress.methods.base import logits_of
+    from vitcompress.logits import logits_of
 
     if steps <= 0:
         return student

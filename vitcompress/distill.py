@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import VitCompressError
+from .logits import logits_of
 from .spec import spec_from_model
 
 KINDS = ("auto", "soft", "hard", "none")
@@ -190,9 +191,7 @@ class TrainLoss(nn.Module):
             parts["ce"] = (cfg.ce if self.teacher is not None else 1.0) * self._ce(cls_out.float(), target)
         if self.teacher is not None:
             with torch.no_grad():
-                t = self.teacher(images)
-                t = (t[0] + t[1]) / 2 if isinstance(t, (tuple, list)) else t
-                t = t.float()
+                t = logits_of(self.teacher(images)).float()
             if self.kind == "soft" and cfg.kd > 0:
                 parts["kd"] = cfg.kd * kd_kl(logits.float(), t, cfg.temperature)
             elif self.kind == "hard" and cfg.kd > 0:

@@ -18,6 +18,7 @@ from .data import DataConfig
 from .datapipe import make_loader, num_classes_of, val_dataset
 from .distributed import dist_info
 from .errors import VitCompressError
+from .logits import logits_of
 
 
 @dataclass
@@ -38,13 +39,6 @@ class EvalResult:
         if self.agreement is not None:
             s += f"  agreement with teacher {self.agreement:.2%}"
         return s
-
-
-def logits_of(out) -> torch.Tensor:
-    """Logits of a model output (a distilled DeiT in training mode returns (cls, dist))."""
-    if isinstance(out, (tuple, list)):
-        return (out[0] + out[1]) / 2 if len(out) == 2 else out[0]
-    return out
 
 
 def check_classes(model: nn.Module, num_classes: int | None, what: str = "data") -> None:

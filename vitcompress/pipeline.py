@@ -29,8 +29,9 @@ from .data import calibration_loader
 from .distill import DistillConfig
 from .distributed import dist_info, init_distributed
 from .errors import VitCompressError
-from .evaluate import evaluate_data, logits_of
+from .evaluate import evaluate_data
 from .io import atomic_file
+from .logits import logits_of
 from .plan import compose, identity_plan
 from .pruner import prune, resolve_model
 from .slicers import slice_model

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import VitCompressError
@@ -138,8 +137,3 @@ def parse_option_pairs(pairs) -> dict[str, str]:
             raise VitCompressError(f"method option {p!r} has no key; pass e.g. --method-opt steps=50")
         out[k.strip()] = v.strip()
     return out
-
-
-def logits_of(out) -> torch.Tensor:
-    """Classifier logits from a timm forward output (distilled models may return a tuple)."""
-    return out[0] if isinstance(out, (tuple, list)) else out

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import VitCompressError
-from .base import logits_of
+from ..logits import logits_of
 
 
 def uses_true_labels(model: nn.Module, loader, labels: str = "auto") -> bool:

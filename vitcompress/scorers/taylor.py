@@ -18,10 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import VitCompressError
 from ..groups import Group, reduce_group
-
-
-def _logits(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
+from ..logits import logits_of
 
 
 def accumulate_grads(model: nn.Module, loader, labels: str = "auto", progress: bool = False) -> dict[str, torch.Tensor]:
@@ -43,7 +40,7 @@ def accumulate_grads(model: nn.Module, loader, labels: str = "auto", progress: b
         device = ref.device
         for x, y in tqdm(loader, desc="taylor scores", disable=not progress, leave=False):
             x = x.to(device=device, dtype=ref.dtype)
-            logits = _logits(model(x))
+            logits = logits_of(model(x))
             target = y.to(device) if use_true else logits.detach().argmax(-1)
             loss = F.cross_entropy(logits, target)
             model.zero_grad(set_to_none=True)

@@ -81,7 +81,7 @@ def held_out(model: nn.Module, data: str, images: int, split: str = "val") -> tu
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Top-1 class of every image in ``x``, in batches of ``batch_size``."""
-    from ..evaluate import logits_of
+    from ..logits import logits_of
 
     return torch.cat([logits_of(model(x[i : i + batch_size])).argmax(-1) for i in range(0, len(x), batch_size)])
 
