@@ -497,7 +497,7 @@ def finetune(artifact, output, teacher, teacher_checkpoint, gas_target, gas_inte
         t = resolve_model_for_training(teacher, checkpoint=teacher_checkpoint)
     callbacks, record = [], {"command": "finetune", "teacher": teacher}
     if gas_target is not None:
-        from vitcompress.tokens.gas import GASConfig, GASController
+        from vitcompress.callbacks.gas import GASConfig, GASController
 
         gas = GASController(net, GASConfig(gas_target, start=gas_start, interval=gas_interval, gain=gas_gain))
         callbacks.append(gas)
@@ -602,7 +602,7 @@ def pipeline(
     from click.core import ParameterSource
 
     from vitcompress.errors import VitCompressError
-    from vitcompress.pipeline import PipelineConfig, format_summary, run_pipeline
+    from vitcompress.recipe import PipelineConfig, format_summary, run_pipeline
 
     ctx = click.get_current_context()
     given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE  # noqa: E731
@@ -722,7 +722,7 @@ def tokens(
     force,
 ):
     """Apply dynamic token reduction to MODEL (a timm name or an artifact folder)."""
-    from vitcompress.tokens.reduce import reduce_tokens
+    from vitcompress.token_reduction import reduce_tokens
 
     res = reduce_tokens(
         model,

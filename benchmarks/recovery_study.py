@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from vitcompress.counting import count
     from vitcompress.distill import DistillConfig
     from vitcompress.evaluate import evaluate_data
-    from vitcompress.pipeline import PipelineConfig, run_pipeline
+    from vitcompress.recipe import PipelineConfig, run_pipeline
     from vitcompress.training import TrainConfig, fit
 
     out = Path(args.out)

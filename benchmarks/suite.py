@@ -62,8 +62,8 @@ BACKENDS = {"cpu": ["ort-cpu", "torch-cpu"], "cuda": ["torch-cuda", "ort-cuda", 
 
 def _with_tokens(model, tokens, source):
     """``model`` with the variant's token schedule; a third entry names the variant to match in MACs."""
+    from vitcompress.token_reduction import reduce_tokens
     from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
-    from vitcompress.tokens.reduce import reduce_tokens
     from vitcompress.tokens.schedule import parse_schedule
 
     method, spec = tokens[:2]

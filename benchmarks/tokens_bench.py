@@ -113,8 +113,8 @@ def gpu_variants(max_batch: int):
 
     from vitcompress.benchmarks.bench import load_variant
     from vitcompress.models import create_source_model
+    from vitcompress.token_reduction import reduce_tokens
     from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
-    from vitcompress.tokens.reduce import reduce_tokens
     from vitcompress.tokens.schedule import parse_schedule
 
     torch.manual_seed(0)

@@ -31,10 +31,10 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
     from tqdm.auto import tqdm
 
     from vitcompress.counting import ArchInfo
+    from vitcompress.token_search import held_out, predict
     from vitcompress.tokens.amount import macs_reduction
     from vitcompress.tokens.apply import apply_tokens, remove_tokens
     from vitcompress.tokens.schedule import parse_schedule
-    from vitcompress.tokens.search import held_out, predict
 
     net = remove_tokens(teacher).eval()
     x, y = held_out(net, data, images)
@@ -61,11 +61,11 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
 def gas_run(teacher_path: str, out: Path, args) -> dict:
     """Fine-tune topk-vpa with the GAS controller; returns the trajectory and the final numbers."""
     from vitcompress.artifact import load
+    from vitcompress.callbacks.gas import GASConfig, GASController
     from vitcompress.distill import DistillConfig
     from vitcompress.evaluate import evaluate_data
     from vitcompress.tokens.amount import macs_reduction
     from vitcompress.tokens.apply import apply_tokens, remove_tokens, schedule_of
-    from vitcompress.tokens.gas import GASConfig, GASController
     from vitcompress.training import TrainConfig, fit
 
     student = apply_tokens(load(teacher_path), f"rate={args.gas_start}@1", method="topk-vpa")
@@ -213,8 +213,8 @@ def main(argv=None) -> int:
 
     from vitcompress.artifact import is_artifact, load
     from vitcompress.evaluate import evaluate_data
+    from vitcompress.token_search import search_amount
     from vitcompress.tokens.schedule import parse_schedule
-    from vitcompress.tokens.search import search_amount
 
     if not is_artifact(args.teacher):
         raise SystemExit(f"error: {args.teacher!r} is not an artifact folder; build the teacher with `make teacher`")

@@ -9,7 +9,7 @@ from conftest import tiny
 
 from vitcompress.artifact import read_meta, save
 from vitcompress.cli import main
-from vitcompress.pipeline import STAGES, PipelineConfig, run_pipeline
+from vitcompress.recipe import STAGES, PipelineConfig, run_pipeline
 from vitcompress.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,7 @@ def test_block_importance_is_the_loss_change_when_a_block_is_skipped():
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from vitcompress.pipeline import block_importance
+    from vitcompress.recipe import block_importance
 
     model = tiny("vit")
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -7,14 +7,14 @@ import torch
 from conftest import Kill, tiny
 
 import vitcompress
+from vitcompress.callbacks.gas import GASConfig, GASController, gas_step
 from vitcompress.cli import main
 from vitcompress.errors import VitCompressError
 from vitcompress.models import create_source_model
+from vitcompress.token_reduction import reduce_tokens
+from vitcompress.token_search import search_amount
 from vitcompress.tokens import apply_tokens, parse_schedule, schedule_of, token_counts
 from vitcompress.tokens.amount import amount_for_reduction, macs_reduction, with_amount
-from vitcompress.tokens.gas import GASConfig, GASController, gas_step
-from vitcompress.tokens.reduce import reduce_tokens
-from vitcompress.tokens.search import search_amount
 from vitcompress.training import TrainConfig, fit
 
 ARCH = dict(img_size=16, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=2)

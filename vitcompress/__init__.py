@@ -34,8 +34,8 @@ _LAZY = {
     "fit": "training",
     "TrainConfig": "training",
     "evaluate_data": "evaluate",
-    "run_pipeline": "pipeline",
-    "PipelineConfig": "pipeline",
+    "run_pipeline": "recipe",
+    "PipelineConfig": "recipe",
     "METHODS": "methods",
 }
 

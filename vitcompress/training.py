@@ -26,7 +26,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .artifact import META, WEIGHTS, is_artifact, load, meta_of, save
+from .callbacks.base import Callback, LoopState
 from .data import DataConfig
 from .datapipe import AugConfig, make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
 from .distill import TrainLoss
@@ -104,36 +105,6 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-class Callback:
-    """Hooks into the loop (called on every rank). Override what you need."""
-
-    def on_train_begin(self, state: LoopState) -> None:
-        """Before the first step (after a resume, with the restored state)."""
-
-    def on_step(self, loss: float, step: int) -> None:
-        """After every optimizer step: the step's loss (mean over ranks) and the global step."""
-
-    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        """After each epoch's evaluation and checkpoint; ``metrics`` holds train/val numbers."""
-
-    def on_train_end(self, metrics: dict) -> None:
-        """After the last epoch."""
-
-    def state_dict(self) -> dict | None:
-        """State saved in every checkpoint (None: nothing to save)."""
-        return None
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what ``state_dict`` returned, when a run resumes."""
-
-
-@dataclass
-class LoopState:
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps completed
-    history: list = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------ devices

@@ -1,4 +1,4 @@
-"""Dynamic token reduction for ViTs: Top-K (+VPA), EViT, ToMe, eTPS; schedules; GAS; search.
+"""Dynamic token reduction for ViTs: the reducers Top-K (+VPA), EViT, ToMe, eTPS; schedules; counting.
 
 Public API::
 

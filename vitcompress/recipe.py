@@ -1,4 +1,6 @@
-"""Width-then-depth compression: prune width (taylor) -> distil -> prune depth -> distil.
+"""The width-then-depth compression recipe: prune width (taylor) -> distil -> prune depth -> distil.
+
+Run by ``vitcompress pipeline`` (``run_pipeline(teacher, PipelineConfig(...), output)``).
 
 The final target (remove ``reduction`` of MACs or params, relative to the teacher) is split
 between the two pruning stages: the depth stage removes ``depth_blocks`` whole blocks (by default

@@ -14,13 +14,13 @@ A raise of the rate makes the loss jump before training absorbs it; ``patience``
 gives the model one decision interval to recover before the controller backs off.
 
 then clamps ``r`` to ``[0, r_target]``, where ``r_target`` is the smallest rate whose schedule
-removes the target share of MACs (``amount.amount_for_reduction``). So the rate climbs toward the
+removes the target share of MACs (``tokens.amount.amount_for_reduction``). So the rate climbs toward the
 target while training absorbs each increase, faster when the loss falls fast, and backs off when
 a step hurts. ``min_step`` keeps it moving once the loss has flattened. The rate is applied to
 every reducing block of the schedule (``set_keep``), so the controller serves the keep/rate
 reducers (``topk``, ``topk-vpa``, ``evit``, ``etps``); ``tome``'s merge counts are not a rate.
 
-The controller is a ``vitcompress.training.Callback``: it plugs into the one training loop (``fit``)
+The controller is a training ``Callback``: it plugs into the one training loop (``fit``)
 and is checkpointed with it (``state_dict``), so ``--resume`` continues the same trajectory. The
 mean loss it sees is already averaged over ranks, so every rank takes the same decisions.
 """
@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from ..errors import VitCompressError
-from ..training import Callback, LoopState
-from .amount import amount_for_reduction, current_amount, macs_reduction
+from ..tokens.amount import amount_for_reduction, current_amount, macs_reduction
+from ..tokens.apply import schedule_of, set_keep
+from .base import Callback, LoopState
 
 
 @dataclass
@@ -85,8 +86,6 @@ class GASController(Callback):
     """Raises a model's token-pruning rate while the training loss falls, lowers it when it rises."""
 
     def __init__(self, model: nn.Module, cfg: GASConfig):
-        from .apply import schedule_of
-
         self.cfg = cfg.validate()
         self.model = model
         sched = schedule_of(model)
@@ -155,13 +154,9 @@ class GASController(Callback):
     # ------------------------------------------------------------------ helpers
     @property
     def macs_reduction(self) -> float:
-        from .apply import schedule_of
-
         return macs_reduction(self.model, schedule_of(self.model))
 
     def _apply(self) -> None:
-        from .apply import set_keep
-
         set_keep(self.model, round(1.0 - self.rate, 6))
 
     def _record(self, step: int, loss: float | None) -> None:

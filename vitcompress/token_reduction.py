@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import VitCompressError
-from .amount import amount_for_reduction, with_amount
-from .apply import apply_tokens, remove_tokens
-from .counting import token_counts, token_macs
-from .schedule import TokenSchedule, parse_schedule
-from .search import SearchResult, search_amount
+from .artifact import meta_of, save
+from .errors import VitCompressError
+from .pruner import resolve_model
+from .token_search import SearchResult, search_amount
+from .tokens.amount import amount_for_reduction, with_amount
+from .tokens.apply import apply_tokens, remove_tokens
+from .tokens.counting import token_counts, token_macs
+from .tokens.schedule import TokenSchedule, parse_schedule
 
 
 @dataclass
@@ -78,9 +80,6 @@ def reduce_tokens(
     (keys ``data``, ``images``, ``tolerance``) replaces it by the calibration search's choice.
     With ``output`` the artifact is written atomically (an existing folder needs ``force``).
     """
-    from ..artifact import meta_of, save
-    from ..pruner import resolve_model
-
     if flops_reduction is not None and search is not None:
         raise VitCompressError("--flops-reduction and --search both choose the amount; pass one of them")
     if output is not None and os.path.exists(output) and not force:

@@ -17,10 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..errors import VitCompressError
-from .amount import macs_reduction, max_amount, with_amount
-from .schedule import TokenSchedule
+from .data import DataConfig
+from .datapipe import val_dataset
+from .errors import VitCompressError
+from .evaluate import check_classes
+from .logits import logits_of
+from .tokens.amount import macs_reduction, max_amount, with_amount
+from .tokens.apply import apply_tokens, remove_tokens
+from .tokens.schedule import TokenSchedule
 
 
 @dataclass
@@ -65,9 +71,6 @@ class SearchResult:
 
 def held_out(model: nn.Module, data: str, images: int, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``images`` images of ``data``'s ``split`` in the model's geometry, as tensors."""
-    from ..data import DataConfig
-    from ..datapipe import val_dataset
-
     if images < 1:
         raise VitCompressError(f"--search-images must be at least 1, got {images}")
     ds = val_dataset(data, DataConfig.from_model(model), split)
@@ -81,8 +84,6 @@ def held_out(model: nn.Module, data: str, images: int, split: str = "val") -> tu
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Top-1 class of every image in ``x``, in batches of ``batch_size``."""
-    from ..logits import logits_of
-
     return torch.cat([logits_of(model(x[i : i + batch_size])).argmax(-1) for i in range(0, len(x), batch_size)])
 
 
@@ -108,11 +109,6 @@ def search_amount(
     builds its schedules from ``schedule``). ``coarse``/``fine`` are the grid steps (defaults: 0.05/0.01 for rates,
     max(1, n/16) and 1 merges for ``tome``).
     """
-    from tqdm.auto import tqdm
-
-    from ..evaluate import check_classes
-    from .apply import apply_tokens, remove_tokens
-
     if not 0.0 <= tolerance <= 1.0:
         raise VitCompressError(f"--tolerance {tolerance} is outside [0, 1]; use e.g. 0.01 for one point of top-1")
     if metric not in ("top1", "agreement"):
