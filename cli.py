@@ -726,8 +726,8 @@ def tokens(
 
     res = reduce_tokens(
         model,
-        method,
         schedule,
+        method,
         options=_token_options(no_vpa, prop_attn),
         flops_reduction=flops_reduction,
         search=dict(data=data, images=search_images, tolerance=tolerance, metric=search_metric) if search else None,

@@ -72,7 +72,7 @@ def _with_tokens(model, tokens, source):
         ref = VARIANTS[tokens[2]]["tokens"]
         target = macs_reduction(source, parse_schedule(ref[1], ref[0]))
         schedule = with_amount(schedule, closest_amount(source, schedule, target))
-    return reduce_tokens(model, method, schedule).model
+    return reduce_tokens(model, schedule).model
 
 
 def build_variants(names, importance: str = "l1", seed: int = 0, max_batch: int = 32, workdir=None):

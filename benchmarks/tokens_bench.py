@@ -119,10 +119,10 @@ def gpu_variants(max_batch: int):
 
     torch.manual_seed(0)
     source = create_source_model(VITL)
-    vpa = reduce_tokens(source, "topk-vpa", f"rate={RATE}@0").model
+    vpa = reduce_tokens(source, f"rate={RATE}@0", method="topk-vpa").model
     tome_s = parse_schedule("merge=1", "tome")
     merges = closest_amount(source, tome_s, macs_reduction(source, parse_schedule(f"rate={RATE}@0", "topk-vpa")))
-    tome = reduce_tokens(source, "tome", with_amount(tome_s, merges)).model
+    tome = reduce_tokens(source, with_amount(tome_s, merges)).model
     return [
         load_variant(source, "vitl-dense", max_batch=max_batch),
         load_variant(vpa, f"vitl-vpa{int(RATE * 100)}", max_batch=max_batch),

@@ -168,7 +168,9 @@ def test_search_picks_the_largest_rate_within_the_tolerance(trained, metric):
 
 # ------------------------------------------------------------------------------- API and CLI
 def test_reduce_tokens_with_a_macs_target_writes_an_artifact(tmp_path):
-    res = reduce_tokens(tiny("vit", img_size=48), "etps", "rate=0.1@1", flops_reduction=0.25, output=tmp_path / "a")
+    res = reduce_tokens(
+        tiny("vit", img_size=48), "rate=0.1@1", method="etps", flops_reduction=0.25, output=tmp_path / "a"
+    )
     assert 0.25 <= res.reduction < 0.27
     meta = vitcompress.read_meta(tmp_path / "a")
     assert meta.history[-1]["method"] == "tokens" and meta.tokens["rate"] == res.schedule.rate

@@ -58,8 +58,8 @@ class TokenResult:
 
 def reduce_tokens(
     model: str | os.PathLike | nn.Module,
-    method: str,
     schedule: str | TokenSchedule,
+    method: str | None = None,
     *,
     options: dict | None = None,
     flops_reduction: float | None = None,
@@ -74,8 +74,9 @@ def reduce_tokens(
 ) -> TokenResult:
     """Apply token reduction to a model name, artifact folder or module (a copy for modules).
 
-    ``schedule`` is a schedule string (``0.7@3,6,9``, ``rate=0.06``, ``merge=8``) or a
-    ``TokenSchedule``; ``options`` are reducer options (``{"vpa": False}``). ``flops_reduction``
+    ``schedule`` is a schedule string (``0.7@3,6,9``, ``rate=0.06``, ``merge=8``) for ``method``
+    (``topk``, ``topk-vpa``, ``evit``, ``tome``, ``etps``) or a ``TokenSchedule`` (which names its
+    method), as for ``apply_tokens``; ``options`` are reducer options (``{"vpa": False}``). ``flops_reduction``
     replaces the schedule's amount by the smallest one removing that share of MACs; ``search``
     (keys ``data``, ``images``, ``tolerance``) replaces it by the calibration search's choice.
     With ``output`` the artifact is written atomically (an existing folder needs ``force``).
@@ -86,9 +87,16 @@ def reduce_tokens(
         raise VitCompressError(
             f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path"
         )
-    sched = parse_schedule(schedule, method, options) if isinstance(schedule, str) else copy.deepcopy(schedule)
-    if isinstance(schedule, TokenSchedule) and options:
-        sched.options = {**sched.options, **options}
+    if isinstance(schedule, str):
+        if method is None:
+            raise VitCompressError(
+                "a schedule string needs a method; pass method='topk-vpa' (or topk, evit, tome, etps)"
+            )
+        sched = parse_schedule(schedule, method, options)
+    else:
+        sched = copy.deepcopy(schedule)
+        if options:
+            sched.options = {**sched.options, **options}
     net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
     if isinstance(model, nn.Module):
         net = copy.deepcopy(net)
