@@ -35,6 +35,7 @@ from .plan import LayerPlan, Plan
 from .spec import BlockSpec, ViTSpec, spec_from_model
 
 OVERSHOOT = 0.005
+TOLERANCE = 0.015  # the achieved reduction lands within 1.5 points of the target
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Budget:
     reduction: float
     round_to: int = 8
     uniform: bool = False
-    tolerance: float = 0.015
+    tolerance: float = TOLERANCE
 
 
 def step_down(current: int, original: int, n: int) -> int:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
+from .budget import TOLERANCE
 from .counting import count
 from .data import calibration_loader
 from .distill import DistillConfig
@@ -40,7 +41,6 @@ from .slicers import slice_model
 from .training import TrainConfig, fit
 
 STAGES = ("teacher", "width_pruned", "width_distilled", "depth_pruned", "depth_distilled")
-TOLERANCE = 0.015  # the final reduction lands within 1.5 points of the target, as in ``prune``
 
 
 @dataclass
