@@ -31,7 +31,7 @@ def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
     w, d = read_meta(out / "width_distilled"), read_meta(out / "depth_distilled")
     assert w.spec.depth == 4 and d.spec.depth < 4  # width stage keeps every block, depth stage removes some
     assert [b.source_index for b in d.spec.blocks] == d.plan.blocks  # block provenance kept for the mapping
-    assert [h["method"] for h in d.history][:2] == ["one-shot", "depth-loss"]  # (+ a width trim if blocks fell short)
+    assert [h["method"] for h in d.history][:2] == ["oneshot", "depth-loss"]  # (+ a width trim if blocks fell short)
     assert d.history[0]["config"]["granularity"] == ["heads", "mlp"] and d.history[1]["config"]["granularity"] == [
         "depth"
     ]

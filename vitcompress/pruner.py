@@ -242,7 +242,7 @@ def prune(
         history=[
             *prev.history,
             {
-                "method": "one-shot" if meth is None else meth.name,
+                "method": "oneshot" if meth is None else meth.name,
                 **({} if meth is None else {"method_options": opts.to_dict(), "method_log": out.extra}),
                 "config": cfg.to_dict(),
                 "target": {"metric": cfg.metric, "reduction": cfg.reduction},

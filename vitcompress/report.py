@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .artifact import ArtifactMeta
 from .counting import ArchInfo, block_macs
+from .methods import ONESHOT
 from .spec import build_model
 from .tokens.counting import block_tokens
 from .tokens.schedule import TokenSchedule
@@ -32,9 +33,15 @@ def format_totals(meta: ArtifactMeta) -> str:
     return "\n".join(lines)
 
 
+def _method(step: dict) -> str | None:
+    """The step's method; older artifacts spell the one-shot prune ``one-shot``."""
+    method = step.get("method", ONESHOT)
+    return ONESHOT if method == "one-shot" else method
+
+
 def _how(step: dict) -> str:
     """'taylor' for a one-shot step, 'ihp (steps=100, ...)' for a method step."""
-    if step.get("method", "one-shot") == "one-shot":
+    if _method(step) == ONESHOT:
         return step.get("config", {}).get("importance", "")
     opts = ", ".join(f"{k}={v}" for k, v in step.get("method_options", {}).items())
     return f"{step['method']} ({opts})"
@@ -97,7 +104,7 @@ def format_info(meta: ArtifactMeta) -> str:
         cfg = step.get("config", {})
         how = _how(step) if "config" in step else ""
         rows.append(
-            f"step: {step.get('method')} {how} "
+            f"step: {_method(step)} {how} "
             f"{','.join(cfg.get('granularity', []))} target {step['target']['reduction']:.1%} "
             f"{step['target']['metric']}"
         )
