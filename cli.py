@@ -10,6 +10,7 @@ if __name__ == "cli":  # linked into the package as vitcompress/cli.py: one file
     raise ImportError("import the command line as vitcompress.cli, not by its file name")
 
 import json
+import logging
 import sys
 
 import click
@@ -745,8 +746,19 @@ def tokens(
     click.echo(f"wrote {output}")
 
 
+class _EchoHandler(logging.Handler):
+    """The library's progress lines (``logging`` at INFO) printed as plain lines on stdout."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turn every user error into one line and exit code 2."""
+    log = logging.getLogger("vitcompress")
+    handler, level = _EchoHandler(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
         cli.main(args=argv, prog_name="vitcompress", standalone_mode=False)
     except VitCompressError as e:
@@ -758,6 +770,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()} (see `vitcompress {_cmd(argv)}--help`)", err=True)
         return 2
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
     return 0
 
 

@@ -18,6 +18,7 @@ stage writes an artifact under ``output/`` and the run ends with a summary table
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from .plan import compose, identity_plan
 from .pruner import prune, resolve_model
 from .slicers import slice_model
 from .training import TrainConfig, fit
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("teacher", "width_pruned", "width_distilled", "depth_pruned", "depth_distilled")
 
@@ -259,7 +262,7 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
             }
         )
         if rank == 0 and progress:
-            print(f"[{stage}] {c.macs / 1e6:.2f} M MACs  {c.params / 1e6:.3f} M params  top-1 {r.top1:.2%}", flush=True)
+            logger.info(f"[{stage}] {c.macs / 1e6:.2f} M MACs  {c.params / 1e6:.3f} M params  top-1 {r.top1:.2%}")
 
     row("teacher", teacher)
     base = _measure(teacher, cfg.metric)

@@ -20,6 +20,7 @@ Callbacks (``Callback``) see every step's loss and every epoch's metrics, on eve
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -34,18 +35,21 @@ import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .artifact import META, WEIGHTS, is_artifact, load, meta_of, save
 from .callbacks.base import Callback, LoopState
 from .data import DataConfig
 from .datapipe import AugConfig, make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
-from .distill import TrainLoss
+from .distill import DistillConfig, TrainLoss
 from .distributed import barrier, dist_info, init_distributed
 from .errors import VitCompressError
 from .evaluate import check_classes, evaluate
 from .io import atomic_dir, recover_dir
 from .models import create_source_model, load_checkpoint
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -234,13 +238,35 @@ class FitResult:
     output: Path | None
 
 
+@dataclass
+class _Run:
+    """What one training run works with, built once by ``_setup`` (``net`` is ``model`` or its DDP wrapper)."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    net: nn.Module
+    teacher: nn.Module | None
+    device: torch.device
+    dtype: torch.dtype | None
+    rank: int
+    world: int
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    steps: int  # optimizer steps per epoch
+    mixup: Any
+    crit: TrainLoss
+    optimizer: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+
 def fit(
     model: nn.Module,
     cfg: TrainConfig,
     output: str | os.PathLike | None = None,
     *,
     teacher: nn.Module | None = None,
-    distill=None,
+    distill: DistillConfig | None = None,
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
     force: bool = False,
@@ -260,65 +286,12 @@ def fit(
     if ckpt is not None:
         _check_resume_config(ckpt["config"], cfg)
     created_group = init_distributed()
-    rank, world, _ = dist_info()
-    device = _pick_device(cfg)
-    dtype = amp_dtype(cfg.amp, device)
     try:
-        dcfg = DataConfig.from_model(model)
-        train_ds = train_dataset(cfg.data, dcfg, cfg.aug())
-        val_ds = val_dataset(cfg.data, dcfg, "val")
-        if len(train_ds) == 0:
-            raise VitCompressError(f"data {cfg.data!r} has no training images; point --data at a folder with images")
-        n_cls = num_classes_of(train_ds)
-        check_classes(model, n_cls)
-        seed_everything(cfg.seed + rank)  # per-rank augmentation and dropout streams
-        per_rank = max(1, cfg.batch_size // world)
-        train_loader = make_loader(
-            train_ds,
-            per_rank,
-            train=True,
-            seed=cfg.seed,
-            rank=rank,
-            world=world,
-            workers=cfg.workers,
-            pin_memory=device.type == "cuda",
-        )
-        val_loader = (
-            make_loader(val_ds, per_rank * 2, train=False, rank=rank, world=world, workers=cfg.workers)
-            if len(val_ds)
-            else None
-        )
-        steps = len(train_loader)
-        if cfg.max_steps_per_epoch:
-            steps = min(steps, cfg.max_steps_per_epoch)
-        mixup = make_mixup(cfg.aug(), model.num_classes)
-
-        model.to(device)
-        if teacher is not None:
-            teacher.to(device)
-        crit = TrainLoss(model, teacher, distill, smoothing=0.0 if mixup else cfg.smoothing)
-        optimizer = create_optimizer_v2(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        state = LoopState()
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            state = LoopState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
-            rngs = ckpt["rng"]
-            if len(rngs) == world:
-                _set_rng_state(rngs[rank])
-            elif rank == 0:
-                print(
-                    f"note: checkpoint was written by {len(rngs)} processes, this run has {world}; "
-                    "random streams restart (the data order is unchanged)"
-                )
-        net = model
-        if world > 1:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
+        run = _setup(model, cfg, teacher, distill)
+        state = _restore(run, ckpt) if ckpt is not None else LoopState()
+        if run.world > 1:
+            run.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[run.device.index] if run.device.type == "cuda" else None
             )
         if ckpt is not None:
             for cb, cb_state in zip(callbacks, ckpt.get("callbacks") or []):
@@ -329,128 +302,240 @@ def fit(
         out = Path(output) if output is not None else None
         base_record = {
             "config": cfg.to_dict(),
-            "world_size": world,
+            "world_size": run.world,
             "distill": distill.to_dict() if distill is not None else None,
             **(record or {}),
         }
         val = state.history[-1].get("val") if state.history else None
-
         for epoch in range(state.epoch, cfg.epochs):
-            net.train()
-            if teacher is not None:
-                teacher.eval()
-            train_loader.sampler.set_epoch(epoch)
-            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
-            t0 = time.perf_counter()
-            bar = tqdm(
-                total=steps,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not (cfg.progress and rank == 0),
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for i, (x, y) in enumerate(train_loader):
-                if i >= steps:
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                target = y
-                if mixup is not None:
-                    x, target = mixup(x, y)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss, logits, _parts = crit(net(x), x, target)
-                loss_t = loss.detach().float().reshape(1)
-                if world > 1:
-                    torch.distributed.all_reduce(loss_t)
-                    loss_t /= world
-                loss_v = float(loss_t)
-                if not math.isfinite(loss_v):
-                    good = f"epoch {state.epoch}" if state.epoch else "none yet"
-                    raise VitCompressError(
-                        f"loss became {loss_v} at epoch {epoch + 1} step {i + 1}; stopped (last good checkpoint: "
-                        f"{good}); lower --lr, raise --warmup-epochs or use --amp bf16/off"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                sched.step()
-                state.step += 1
-                with torch.no_grad():
-                    sums[0] += loss_v * len(y)
-                    sums[1] += (logits.argmax(-1) == y).sum()
-                    sums[2] += len(y)
-                for cb in callbacks:
-                    cb.on_step(loss_v, state.step)
-                if bar.disable is False:
-                    el = time.perf_counter() - t0
-                    bar.set_postfix(
-                        loss=f"{sums[0].item() / sums[2].item():.4f}",
-                        acc=f"{sums[1].item() / sums[2].item():.3f}",
-                        img_s=f"{sums[2].item() * world / max(el, 1e-9):.0f}",
-                    )
-                    bar.update(1)
-            bar.close()
-            if world > 1:
-                torch.distributed.all_reduce(sums)
-            seconds = time.perf_counter() - t0
-            n = max(1.0, float(sums[2]))
-            metrics = {
-                "epoch": epoch + 1,
-                "train_loss": float(sums[0]) / n,
-                "train_acc": float(sums[1]) / n,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "images_per_s": float(sums[2]) / max(seconds, 1e-9),
-            }
+            metrics = _train_epoch(run, state, epoch, callbacks)
             last = epoch + 1 == cfg.epochs
-            if val_loader is not None and (last or (epoch + 1) % max(1, cfg.eval_every) == 0):
-                val = evaluate(model, val_loader, teacher=teacher, amp_dtype=dtype).to_dict()
+            if run.val_loader is not None and (last or (epoch + 1) % max(1, cfg.eval_every) == 0):
+                val = evaluate(model, run.val_loader, teacher=teacher, amp_dtype=run.dtype).to_dict()
                 metrics["val"] = val
             state.epoch, state.history = epoch + 1, [*state.history, metrics]
-            rngs = [_rng_state()]
-            if world > 1:
-                rngs = [None] * world
-                torch.distributed.all_gather_object(rngs, _rng_state())
-            if out is not None and rank == 0:
-                ck = {
-                    "config": cfg.to_dict(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": state.epoch,
-                    "step": state.step,
-                    "history": state.history,
-                    "rng": rngs,
-                    "callbacks": [cb.state_dict() for cb in callbacks],
-                }
+            rngs = _gather_rng_states(run)  # every rank takes part
+            if out is not None and run.rank == 0:
                 rec = {**base_record, "epochs_done": state.epoch, "history": state.history, "val": metrics.get("val")}
-                _write(out, model, ck, rec, force=True)
+                _write(out, model, _checkpoint(run, state, callbacks, rngs), rec, force=True)
             barrier()
-            if rank == 0 and cfg.progress:
-                v = metrics.get("val")
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
-                    f"train acc {metrics['train_acc']:.2%}"
-                    + (f"  val top-1 {v['top1']:.2%}" if v else "")
-                    + f"  {metrics['images_per_s']:.0f} img/s",
-                    flush=True,
-                )
+            if run.rank == 0 and cfg.progress:
+                _log_epoch(cfg, metrics)
             for cb in callbacks:
                 cb.on_epoch_end(epoch + 1, metrics)
         for cb in callbacks:
             cb.on_train_end(state.history[-1] if state.history else {})
-        crit.close()
-        if crit.kind == "hard":
-            model.set_distilled_training(False)
-        model.eval()
+        _finish(run)
         return FitResult(model, state.history, val, out)
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
+
+
+def _setup(model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None, distill: DistillConfig | None) -> _Run:
+    """Data, loaders, device, loss, optimizer, schedule and grad scaler of a run (seeds this rank's streams)."""
+    rank, world, _ = dist_info()
+    device = _pick_device(cfg)
+    dtype = amp_dtype(cfg.amp, device)
+    dcfg = DataConfig.from_model(model)
+    train_ds = train_dataset(cfg.data, dcfg, cfg.aug())
+    val_ds = val_dataset(cfg.data, dcfg, "val")
+    if len(train_ds) == 0:
+        raise VitCompressError(f"data {cfg.data!r} has no training images; point --data at a folder with images")
+    check_classes(model, num_classes_of(train_ds))
+    seed_everything(cfg.seed + rank)  # per-rank augmentation and dropout streams
+    per_rank = max(1, cfg.batch_size // world)
+    train_loader = make_loader(
+        train_ds,
+        per_rank,
+        train=True,
+        seed=cfg.seed,
+        rank=rank,
+        world=world,
+        workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+    )
+    val_loader = (
+        make_loader(val_ds, per_rank * 2, train=False, rank=rank, world=world, workers=cfg.workers)
+        if len(val_ds)
+        else None
+    )
+    steps = len(train_loader)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    mixup = make_mixup(cfg.aug(), model.num_classes)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    crit = TrainLoss(model, teacher, distill, smoothing=0.0 if mixup else cfg.smoothing)
+    optimizer = create_optimizer_v2(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return _Run(
+        cfg=cfg,
+        model=model,
+        net=model,
+        teacher=teacher,
+        device=device,
+        dtype=dtype,
+        rank=rank,
+        world=world,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        steps=steps,
+        mixup=mixup,
+        crit=crit,
+        optimizer=optimizer,
+        sched=sched,
+        scaler=scaler,
+    )
+
+
+def _restore(run: _Run, ckpt: dict) -> LoopState:
+    """Load the model, optimizer, schedule, grad scaler and this rank's RNG states from a checkpoint."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.sched.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    rngs = ckpt["rng"]
+    if len(rngs) == run.world:
+        _set_rng_state(rngs[run.rank])
+    elif run.rank == 0:
+        logger.warning(
+            "note: checkpoint was written by %d processes, this run has %d; random streams restart "
+            "(the data order is unchanged)",
+            len(rngs),
+            run.world,
+        )
+    return LoopState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
+
+
+def _train_epoch(run: _Run, state: LoopState, epoch: int, callbacks: Sequence[Callback]) -> dict:
+    """One epoch of optimizer steps; returns its train metrics (summed over ranks)."""
+    cfg = run.cfg
+    run.net.train()
+    if run.teacher is not None:
+        run.teacher.eval()
+    run.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss*n, correct, n
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=run.steps,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (cfg.progress and run.rank == 0),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for i, (x, y) in enumerate(run.train_loader):
+        if i >= run.steps:
+            break
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        loss_v, logits = _train_step(run, x, y)
+        if not math.isfinite(loss_v):
+            good = f"epoch {state.epoch}" if state.epoch else "none yet"
+            raise VitCompressError(
+                f"loss became {loss_v} at epoch {epoch + 1} step {i + 1}; stopped (last good checkpoint: "
+                f"{good}); lower --lr, raise --warmup-epochs or use --amp bf16/off"
+            )
+        state.step += 1
+        with torch.no_grad():
+            sums[0] += loss_v * len(y)
+            sums[1] += (logits.argmax(-1) == y).sum()
+            sums[2] += len(y)
+        for cb in callbacks:
+            cb.on_step(loss_v, state.step)
+        if bar.disable is False:
+            el = time.perf_counter() - t0
+            bar.set_postfix(
+                loss=f"{sums[0].item() / sums[2].item():.4f}",
+                acc=f"{sums[1].item() / sums[2].item():.3f}",
+                img_s=f"{sums[2].item() * run.world / max(el, 1e-9):.0f}",
+            )
+            bar.update(1)
+    bar.close()
+    if run.world > 1:
+        torch.distributed.all_reduce(sums)
+    seconds = time.perf_counter() - t0
+    n = max(1.0, float(sums[2]))
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(sums[0]) / n,
+        "train_acc": float(sums[1]) / n,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": seconds,
+        "images_per_s": float(sums[2]) / max(seconds, 1e-9),
+    }
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Forward, loss, backward and one optimizer step; returns the loss (mean over ranks) and the logits.
+
+    A non-finite loss is returned before any update, so the weights stay those of the last good step.
+    """
+    target = y
+    if run.mixup is not None:
+        x, target = run.mixup(x, y)
+    with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
+        loss, logits, _parts = run.crit(run.net(x), x, target)
+    loss_t = loss.detach().float().reshape(1)
+    if run.world > 1:
+        torch.distributed.all_reduce(loss_t)
+        loss_t /= run.world
+    loss_v = float(loss_t)
+    if not math.isfinite(loss_v):
+        return loss_v, logits
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.clip_grad:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.sched.step()
+    return loss_v, logits
+
+
+def _gather_rng_states(run: _Run) -> list:
+    """The RNG states of every rank, in rank order (a collective call under torchrun)."""
+    if run.world == 1:
+        return [_rng_state()]
+    rngs: list = [None] * run.world
+    torch.distributed.all_gather_object(rngs, _rng_state())
+    return rngs
+
+
+def _checkpoint(run: _Run, state: LoopState, callbacks: Sequence[Callback], rngs: list) -> dict:
+    """Everything a resumed run needs."""
+    return {
+        "config": run.cfg.to_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "history": state.history,
+        "rng": rngs,
+        "callbacks": [cb.state_dict() for cb in callbacks],
+    }
+
+
+def _log_epoch(cfg: TrainConfig, metrics: dict) -> None:
+    v = metrics.get("val")
+    logger.info(
+        f"epoch {metrics['epoch']}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
+        f"train acc {metrics['train_acc']:.2%}"
+        + (f"  val top-1 {v['top1']:.2%}" if v else "")
+        + f"  {metrics['images_per_s']:.0f} img/s"
+    )
+
+
+def _finish(run: _Run) -> None:
+    """Remove the loss's hooks, leave distilled-training mode and put the model in eval mode."""
+    run.crit.close()
+    if run.crit.kind == "hard":
+        run.model.set_distilled_training(False)
+    run.model.eval()
 
 
 def resolve_model_for_training(
