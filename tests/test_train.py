@@ -301,7 +301,7 @@ def test_image_folder_training_with_randaugment_mixup_cutmix_and_erasing(tmp_pat
     res = fit(m, c, tmp_path / "out")
     assert res.history[0]["epoch"] == 1 and res.val["images"] == 18
     assert read_meta(tmp_path / "out").extra["training"]["config"]["auto_augment"] == "rand-m9-mstd0.5"
-    with pytest.raises(VitCompressError, match="even --batch-size"):
+    with pytest.raises(VitCompressError, match="even batch_size"):
         fit(m, TrainConfig(data=str(tmp_path / "imgs"), batch_size=3, mixup=0.2), tmp_path / "odd")
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .config import setting
 from .data import BUILTIN, DataConfig, make_dataset
 from .errors import VitCompressError
 
@@ -30,14 +31,14 @@ from .errors import VitCompressError
 class AugConfig:
     """Augmentation options (timm names). ``None``/0 switches an option off."""
 
-    shift: int = 2  # built-in datasets: random shift in pixels
-    auto_augment: str | None = None  # ImageFolder: e.g. 'rand-m9-mstd0.5'
-    hflip: float = 0.5  # ImageFolder only
-    color_jitter: float = 0.4  # ImageFolder only
-    re_prob: float = 0.0  # random erasing probability (ImageFolder only)
-    mixup: float = 0.0  # mixup alpha (0 = off)
-    cutmix: float = 0.0  # cutmix alpha (0 = off)
-    smoothing: float = 0.1  # label smoothing
+    shift: int = setting(2, "Built-in datasets: random shift in pixels.")
+    auto_augment: str | None = setting(None, "ImageFolder: timm auto-augment, e.g. rand-m9-mstd0.5.")
+    hflip: float = setting(0.5, "ImageFolder: horizontal flip probability.")
+    color_jitter: float = setting(0.4, "ImageFolder: colour jitter (0 = off).")
+    re_prob: float = setting(0.0, "ImageFolder: random erasing probability.")
+    mixup: float = setting(0.0, "Mixup alpha (0 = off).")
+    cutmix: float = setting(0.0, "CutMix alpha (0 = off).")
+    smoothing: float = setting(0.1, "Label smoothing.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,7 +169,7 @@ def make_loader(
 ) -> DataLoader:
     """A loader over ``ds`` with an ``EpochSampler`` (call ``loader.sampler.set_epoch(e)``)."""
     if batch_size < 1:
-        raise VitCompressError(f"--batch-size must be at least 1, got {batch_size}")
+        raise VitCompressError(f"batch_size must be at least 1, got {batch_size}", params=["batch_size"])
     sampler = EpochSampler(len(ds), rank, world, shuffle=train, seed=seed, pad=train)
     return DataLoader(
         ds,

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import setting
 from .errors import VitCompressError
 from .logits import logits_of
 from .spec import spec_from_model
@@ -34,19 +35,21 @@ KINDS = ("auto", "soft", "hard", "none")
 class DistillConfig:
     """Loss weights and temperature (defaults are the documented ``finetune`` defaults)."""
 
-    kind: str = "auto"  # auto: hard for models with a distillation token, otherwise soft
-    ce: float = 1.0  # weight of the label cross-entropy
-    kd: float = 1.0  # weight of the logit distillation term
-    temperature: float = 2.0
-    hidden: float = 0.0  # weight of the hidden-state MSE (0 = off)
+    kind: str = setting(
+        "auto", "soft (KL on logits), hard (DeiT dist token), auto (hard if the model has a dist token) or none."
+    )
+    ce: float = setting(1.0, "Weight of the label cross-entropy.")
+    kd: float = setting(1.0, "Weight of the logit distillation term.")
+    temperature: float = setting(2.0, "Softmax temperature of the logit distillation term.")
+    hidden: float = setting(0.0, "Weight of the hidden-state MSE (matched blocks, kept channels; 0 = off).")
 
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise VitCompressError(f"unknown distillation kind {self.kind!r}; use one of {', '.join(KINDS)}")
         if self.temperature <= 0:
-            raise VitCompressError(f"--temperature must be positive, got {self.temperature}")
+            raise VitCompressError(f"temperature must be positive, got {self.temperature}", params=["temperature"])
         if min(self.ce, self.kd, self.hidden) < 0:
-            raise VitCompressError("loss weights (--ce-weight, --kd-weight, --hidden-weight) must be >= 0")
+            raise VitCompressError("loss weights (ce, kd, hidden) must be >= 0", params=["ce", "kd", "hidden"])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,7 +152,8 @@ class TrainLoss(nn.Module):
                 kind = "hard" if has_dist_token(student) else "soft"
             if kind == "hard" and not has_dist_token(student):
                 raise VitCompressError(
-                    "hard distillation needs a model with a distillation token (deit_*_distilled_*); use --distill soft"
+                    "hard distillation needs a model with a distillation token (deit_*_distilled_*); use kind=soft",
+                    params=["kind"],
                 )
             self.kind = kind
             teacher.eval()
@@ -159,12 +163,14 @@ class TrainLoss(nn.Module):
                 if any(getattr(m, "vitcompress_tokens", None) is not None for m in (student, teacher)):
                     raise VitCompressError(
                         "hidden-state distillation compares all tokens, and token reduction "
-                        "changes their number; set --hidden-weight 0 for token-reduced models"
+                        "changes their number; set hidden=0 for token-reduced models",
+                        params=["hidden"],
                     )
                 self.pairs = layer_mapping(student, teacher)
                 if not self.pairs:
                     raise VitCompressError(
-                        "no student block descends from a teacher block; set --hidden-weight 0 or pass the source teacher"
+                        "no student block descends from a teacher block; set hidden=0 or pass the source teacher",
+                        params=["hidden"],
                     )
                 s_ch, t_ch = channel_mapping(student, teacher)
                 self.register_buffer("s_ch", s_ch, persistent=False)

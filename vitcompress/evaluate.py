@@ -47,7 +47,8 @@ def check_classes(model: nn.Module, num_classes: int | None, what: str = "data")
     if num_classes is not None and mc is not None and num_classes > mc:
         raise VitCompressError(
             f"the {what} has {num_classes} classes but the model's classifier has {mc}; "
-            f"use a model with num_classes={num_classes} (--num-classes {num_classes})"
+            f"use a model with num_classes={num_classes}",
+            params=["num_classes"],
         )
 
 
@@ -133,7 +134,9 @@ def evaluate_data(
     """Evaluate on a dataset by name (``digits``, ``mnist10k``) or ImageFolder folder."""
     ds = val_dataset(data, DataConfig.from_model(model), split)
     if len(ds) == 0:
-        raise VitCompressError(f"data {data!r} split {split!r} is empty; point --data at a folder with images")
+        raise VitCompressError(
+            f"data {data!r} split {split!r} is empty; point data at a folder with images", params=["data"]
+        )
     check_classes(model, num_classes_of(ds))
     if limit:
         ds = Subset(ds, list(range(min(limit, len(ds)))))

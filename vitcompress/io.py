@@ -35,7 +35,8 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not force:
         raise VitCompressError(
-            f"output {str(path)!r} already exists; pass --force to overwrite it or choose another path"
+            f"output {str(path)!r} already exists; pass force=True to overwrite it or choose another path",
+            params=["force"],
         )
     if path.exists() and not path.is_dir():
         raise VitCompressError(f"output {str(path)!r} is a file, not a folder; choose another path")
@@ -93,7 +94,9 @@ def atomic_file(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success it is renamed onto ``path``."""
     path = Path(path)
     if path.exists() and not force:
-        raise VitCompressError(f"output {str(path)!r} already exists; pass --force to overwrite it")
+        raise VitCompressError(
+            f"output {str(path)!r} already exists; pass force=True to overwrite it", params=["force"]
+        )
     check_writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)

@@ -18,6 +18,7 @@ from torch import nn
 
 from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
 from .budget import Budget, select
+from .config import setting
 from .counting import count
 from .data import calibration_loader
 from .errors import VitCompressError
@@ -34,17 +35,17 @@ DEFAULT_GRANULARITY = ("heads", "qk", "v", "mlp")
 class PruneConfig:
     """Serialisable settings of one pruning step (stored in the artifact's history)."""
 
-    flops_reduction: float | None = None
-    params_reduction: float | None = None
-    importance: str = "taylor"
-    granularity: tuple[str, ...] = DEFAULT_GRANULARITY
-    uniform: bool = False
-    round_to: int = 8
-    data: str = "digits"
-    calib_images: int = 64
-    batch_size: int = 32
-    seed: int = 0
-    labels: str = "auto"
+    flops_reduction: float | None = setting(None, "Fraction of MACs to remove, 0 < R < 1.")
+    params_reduction: float | None = setting(None, "Fraction of parameters to remove, 0 < R < 1.")
+    importance: str = setting("taylor", "Scorer: taylor, l1, l2, random.")
+    granularity: tuple[str, ...] = setting(DEFAULT_GRANULARITY, "Comma list of heads, qk, v, mlp, embed, depth.")
+    uniform: bool = setting(False, "Remove the same fraction in every layer instead of ranking globally.")
+    round_to: int = setting(8, "Keep pruned widths multiples of N (1 = off).")
+    data: str = setting("digits", "digits, mnist10k or an ImageFolder directory.")
+    calib_images: int = setting(64, "Calibration images for scoring.")
+    batch_size: int = setting(32, "Calibration batch size.")
+    seed: int = setting(0, "Seed of the calibration sample (and of the random scorer).")
+    labels: str = setting("auto", "Scoring labels: auto, true or pseudo (the model's own predictions).")
 
     def validate(self) -> None:
         given = [r for r in (self.flops_reduction, self.params_reduction) if r is not None]

@@ -28,6 +28,7 @@ from torch import nn
 
 from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
 from .budget import TOLERANCE
+from .config import merge_config, setting
 from .counting import count
 from .data import calibration_loader
 from .distill import DistillConfig
@@ -48,16 +49,16 @@ STAGES = ("teacher", "width_pruned", "width_distilled", "depth_pruned", "depth_d
 
 @dataclass
 class PipelineConfig:
-    """The whole pipeline (serialisable; ``vitcompress pipeline --config FILE.json`` reads it)."""
+    """The whole recipe (serialisable; ``load_config(PipelineConfig, "pipe.json")`` reads a JSON or YAML file)."""
 
-    flops_reduction: float | None = None
-    params_reduction: float | None = None
-    importance: str = "taylor"
-    width_granularity: tuple = ("heads", "mlp")
-    round_to: int = 8
-    depth_share: float = 0.3
-    depth_blocks: int | None = None
-    calib_images: int = 256
+    flops_reduction: float | None = setting(None, "Final fraction of MACs to remove.")
+    params_reduction: float | None = setting(None, "Final fraction of params to remove.")
+    importance: str = setting("taylor", "Scorer of the width stages: taylor, l1, l2, random.")
+    width_granularity: tuple[str, ...] = setting(("heads", "mlp"), "Structures the width stages prune (comma list).")
+    round_to: int = setting(8, "Keep pruned widths multiples of N (1 = off).")
+    depth_share: float = setting(0.3, "Share of the reduction (log space) taken by depth.")
+    depth_blocks: int | None = setting(None, "Blocks the depth stage removes (instead of the depth share).")
+    calib_images: int = setting(256, "Calibration images for scoring and block importance.")
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -65,10 +66,11 @@ class PipelineConfig:
         given = [r for r in (self.flops_reduction, self.params_reduction) if r is not None]
         if len(given) != 1 or not 0 < given[0] < 1:
             raise VitCompressError(
-                "give exactly one final budget: --flops-reduction R or --params-reduction R (0 < R < 1)"
+                "give exactly one final budget: flops_reduction=R or params_reduction=R (0 < R < 1)",
+                params=["flops_reduction", "params_reduction"],
             )
         if not 0 <= self.depth_share < 1:
-            raise VitCompressError(f"--depth-share must be in [0, 1), got {self.depth_share}")
+            raise VitCompressError(f"depth_share must be in [0, 1), got {self.depth_share}", params=["depth_share"])
         self.train.validate()
         self.distill.validate()
 
@@ -87,16 +89,8 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineConfig:
-        d = dict(d)
-        train = TrainConfig.from_dict(d.pop("train", {}))
-        distill = DistillConfig(**d.pop("distill", {}))
-        known = {f for f in cls.__dataclass_fields__}
-        bad = [k for k in d if k not in known]
-        if bad:
-            raise VitCompressError(f"unknown pipeline config key {bad[0]!r}; known: {', '.join(sorted(known))}")
-        if "width_granularity" in d:
-            d["width_granularity"] = tuple(d["width_granularity"])
-        return cls(train=train, distill=distill, **d)
+        """The defaults with ``d``'s settings (type-checked; unknown keys are one-line errors)."""
+        return merge_config(cls(), d, "pipeline")
 
 
 def _measure(model: nn.Module, metric: str) -> float:
@@ -163,7 +157,8 @@ def depth_prune(
     if cfg.depth_blocks is not None:
         if not 1 <= cfg.depth_blocks < len(model.blocks):
             raise VitCompressError(
-                f"--depth-blocks must be between 1 and {len(model.blocks) - 1}, got {cfg.depth_blocks}"
+                f"depth_blocks must be between 1 and {len(model.blocks) - 1}, got {cfg.depth_blocks}",
+                params=["depth_blocks"],
             )
         n = cfg.depth_blocks
     else:  # closest to the need without overshooting it (a shortfall is trimmed in width afterwards)
@@ -225,8 +220,9 @@ def run_pipeline(
     out = Path(output)
     if out.exists() and not (force or resume):
         raise VitCompressError(
-            f"output {str(out)!r} already exists; pass --resume to continue it, "
-            "--force to overwrite it, or choose another path"
+            f"output {str(out)!r} already exists; pass resume=True to continue it, "
+            "force=True to overwrite it, or choose another path",
+            params=["resume", "force"],
         )
     created_group = init_distributed()
     try:
@@ -278,7 +274,8 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
     if not 0 < width_r < 1:
         raise VitCompressError(
             f"the depth stage alone reaches the target (width reduction {width_r:.1%}); "
-            "lower --depth-share or --depth-blocks"
+            "lower depth_share or depth_blocks",
+            params=["depth_share", "depth_blocks"],
         )
     budget = {"flops_reduction": width_r} if cfg.metric == "macs" else {"params_reduction": width_r}
 

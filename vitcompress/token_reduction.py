@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 from torch import nn
 
 from .artifact import meta_of, save
 from .errors import VitCompressError
 from .pruner import resolve_model
-from .token_search import SearchResult, search_amount
+from .token_search import SearchConfig, SearchResult, search_amount
 from .tokens.amount import amount_for_reduction, with_amount
 from .tokens.apply import apply_tokens, remove_tokens
 from .tokens.counting import token_counts, token_macs
@@ -63,7 +63,7 @@ def reduce_tokens(
     *,
     options: dict | None = None,
     flops_reduction: float | None = None,
-    search: dict | None = None,
+    search: SearchConfig | dict | None = None,
     pretrained: bool = False,
     checkpoint: str | None = None,
     num_classes: int | None = None,
@@ -78,14 +78,17 @@ def reduce_tokens(
     (``topk``, ``topk-vpa``, ``evit``, ``tome``, ``etps``) or a ``TokenSchedule`` (which names its
     method), as for ``apply_tokens``; ``options`` are reducer options (``{"vpa": False}``). ``flops_reduction``
     replaces the schedule's amount by the smallest one removing that share of MACs; ``search``
-    (keys ``data``, ``images``, ``tolerance``) replaces it by the calibration search's choice.
+    (a ``SearchConfig``, or a dict of its keys) replaces it by the calibration search's choice.
     With ``output`` the artifact is written atomically (an existing folder needs ``force``).
     """
     if flops_reduction is not None and search is not None:
-        raise VitCompressError("--flops-reduction and --search both choose the amount; pass one of them")
+        raise VitCompressError(
+            "flops_reduction and search both choose the amount; pass one of them", params=["flops_reduction", "search"]
+        )
     if output is not None and os.path.exists(output) and not force:
         raise VitCompressError(
-            f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path"
+            f"output {str(output)!r} already exists; pass force=True to overwrite it or choose another path",
+            params=["force"],
         )
     if isinstance(schedule, str):
         if method is None:
@@ -107,7 +110,7 @@ def reduce_tokens(
     if flops_reduction is not None:
         sched = with_amount(sched, amount_for_reduction(net, sched, flops_reduction))
     elif search is not None:
-        found = search_amount(net, sched, progress=progress, **search)
+        found = search_amount(net, sched, progress=progress, **(asdict(search) if is_dataclass(search) else search))
         sched = found.schedule
     plain = token_macs(net)
     apply_tokens(net, sched)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import setting
 from .data import DataConfig
 from .datapipe import val_dataset
 from .errors import VitCompressError
@@ -27,6 +28,20 @@ from .logits import logits_of
 from .tokens.amount import macs_reduction, max_amount, with_amount
 from .tokens.apply import apply_tokens, remove_tokens
 from .tokens.schedule import TokenSchedule
+
+
+@dataclass
+class SearchConfig:
+    """What the search measures on which images (the keyword arguments of ``search_amount``)."""
+
+    data: str = setting("digits", "Calibration search: digits, mnist10k or an ImageFolder directory (val split).")
+    images: int = setting(512, "Calibration search: held-out images.")
+    tolerance: float = setting(0.01, "Calibration search: allowed top-1 drop (0.01 = 1 point).")
+    metric: str = setting(
+        "top1",
+        "Calibration search: top1 on the labels, or agreement with the unreduced model's predictions.",
+        choices=("top1", "agreement"),
+    )
 
 
 @dataclass
@@ -72,10 +87,12 @@ class SearchResult:
 def held_out(model: nn.Module, data: str, images: int, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``images`` images of ``data``'s ``split`` in the model's geometry, as tensors."""
     if images < 1:
-        raise VitCompressError(f"--search-images must be at least 1, got {images}")
+        raise VitCompressError(f"images must be at least 1, got {images}", params=["images"])
     ds = val_dataset(data, DataConfig.from_model(model), split)
     if len(ds) == 0:
-        raise VitCompressError(f"data {data!r} split {split!r} is empty; point --data at a folder with images")
+        raise VitCompressError(
+            f"data {data!r} split {split!r} is empty; point data at a folder with images", params=["data"]
+        )
     n = min(images, len(ds))
     xs, ys = zip(*(ds[i] for i in range(n)))
     return torch.stack(xs), torch.as_tensor(ys)
@@ -91,10 +108,10 @@ def search_amount(
     model: nn.Module,
     schedule: TokenSchedule,
     *,
-    data: str = "digits",
-    images: int = 512,
-    tolerance: float = 0.01,
-    metric: str = "top1",
+    data: str = SearchConfig.data,
+    images: int = SearchConfig.images,
+    tolerance: float = SearchConfig.tolerance,
+    metric: str = SearchConfig.metric,
     coarse: float | None = None,
     fine: float | None = None,
     batch_size: int = 128,
@@ -110,7 +127,10 @@ def search_amount(
     max(1, n/16) and 1 merges for ``tome``).
     """
     if not 0.0 <= tolerance <= 1.0:
-        raise VitCompressError(f"--tolerance {tolerance} is outside [0, 1]; use e.g. 0.01 for one point of top-1")
+        raise VitCompressError(
+            f"tolerance={tolerance} is outside [0, 1]; use e.g. tolerance=0.01 for one point of top-1",
+            params=["tolerance"],
+        )
     if metric not in ("top1", "agreement"):
         raise VitCompressError(f"unknown search metric {metric!r}; use top1 or agreement")
     net = remove_tokens(copy.deepcopy(model)).eval()
@@ -171,4 +191,4 @@ def search_amount(
     )
 
 
-__all__ = ["SearchResult", "search_amount", "held_out", "predict"]
+__all__ = ["SearchConfig", "SearchResult", "search_amount", "held_out", "predict"]

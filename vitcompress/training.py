@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .artifact import META, WEIGHTS, is_artifact, load, meta_of, save
 from .callbacks.base import Callback, LoopState
+from .config import setting
 from .data import DataConfig
 from .datapipe import AugConfig, make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
 from .distill import DistillConfig, TrainLoss
@@ -57,49 +58,61 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 _RESUME_FREE = ("workers", "progress", "device")
 
 
+def _aug(name: str) -> Any:
+    """A field with the default and help of ``AugConfig.<name>``."""
+    f = AugConfig.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (stored in the checkpoint and the artifact)."""
 
-    data: str = "mnist10k"
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    optimizer: str = "adamw"
-    clip_grad: float | None = 1.0
-    seed: int = 0
-    amp: str = "auto"
-    workers: int = 0
-    device: str | None = None
-    progress: bool = True
-    eval_every: int = 1
-    # augmentation (see datapipe.AugConfig)
-    shift: int = 2
-    auto_augment: str | None = None
-    hflip: float = 0.5
-    color_jitter: float = 0.4
-    re_prob: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    smoothing: float = 0.1
-    max_steps_per_epoch: int | None = None  # truncate epochs (quick runs, tests)
+    data: str = setting("mnist10k", "digits, mnist10k or an ImageFolder directory (DIR/train, DIR/val).")
+    epochs: int = setting(10, "Training epochs.")
+    batch_size: int = setting(64, "Global batch size (split over torchrun ranks).")
+    lr: float = setting(1e-3, "Peak learning rate (AdamW, warmup then cosine).")
+    min_lr: float = setting(1e-5, "Learning rate at the end of the cosine decay.")
+    weight_decay: float = setting(0.05, "AdamW weight decay.")
+    warmup_epochs: float = setting(1.0, "Epochs of linear warmup (fractions allowed).")
+    optimizer: str = setting("adamw", "timm optimizer name (timm.optim.create_optimizer_v2).")
+    clip_grad: float | None = setting(1.0, "Gradient norm clip (0 = off).")
+    seed: int = setting(0, "Random seed: data order, augmentation, dropout (and a new model's initial weights).")
+    amp: str = setting("auto", "auto, bf16, fp16 or off (GPU only; CPU runs fp32).")
+    workers: int = setting(0, "Data loader processes.")
+    device: str | None = setting(None, "cpu, cuda, cuda:1 (default: the local GPU if any).")
+    progress: bool = setting(True, "Progress bars and per-epoch lines (logging, rank 0).")
+    eval_every: int = setting(1, "Evaluate every N epochs (and after the last).")
+    # augmentation: defaults and help are datapipe.AugConfig's
+    shift: int = _aug("shift")
+    auto_augment: str | None = _aug("auto_augment")
+    hflip: float = _aug("hflip")
+    color_jitter: float = _aug("color_jitter")
+    re_prob: float = _aug("re_prob")
+    mixup: float = _aug("mixup")
+    cutmix: float = _aug("cutmix")
+    smoothing: float = _aug("smoothing")
+    max_steps_per_epoch: int | None = setting(None, "Truncate every epoch (quick runs).")
+
+    def __post_init__(self) -> None:
+        if self.clip_grad == 0:
+            self.clip_grad = None  # 0 switches clipping off
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise VitCompressError(f"--epochs must be at least 1, got {self.epochs}")
+            raise VitCompressError(f"epochs must be at least 1, got {self.epochs}", params=["epochs"])
         if self.batch_size < 1:
-            raise VitCompressError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise VitCompressError(f"batch_size must be at least 1, got {self.batch_size}", params=["batch_size"])
         if not self.lr > 0:
-            raise VitCompressError(f"--lr must be positive, got {self.lr}")
+            raise VitCompressError(f"lr must be positive, got {self.lr}", params=["lr"])
         if self.amp not in AMP_MODES:
-            raise VitCompressError(f"unknown --amp {self.amp!r}; use one of {', '.join(AMP_MODES)}")
+            raise VitCompressError(f"unknown amp {self.amp!r}; use one of {', '.join(AMP_MODES)}", params=["amp"])
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
-            raise VitCompressError(f"mixup/cutmix need an even --batch-size, got {self.batch_size}")
+            raise VitCompressError(
+                f"mixup/cutmix need an even batch_size, got {self.batch_size}", params=["batch_size"]
+            )
 
-    def aug(self):
+    def aug(self) -> AugConfig:
         return AugConfig(**{f.name: getattr(self, f.name) for f in fields(AugConfig)})
 
     def to_dict(self) -> dict:
@@ -121,7 +134,7 @@ def _pick_device(cfg: TrainConfig) -> torch.device:
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` on this device (None: full precision)."""
+    """The autocast dtype for ``amp`` on this device (None: full precision)."""
     if mode == "off" or device.type != "cuda":
         if mode in ("bf16", "fp16") and device.type != "cuda":
             return None  # AMP is a GPU feature here; CPU runs in fp32
@@ -184,17 +197,20 @@ def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> d
             except Exception as e:
                 raise VitCompressError(
                     f"checkpoint {str(ck)!r} is unreadable ({type(e).__name__}); "
-                    "drop --resume and pass --force to start again"
+                    "drop resume=True and pass force=True to start again",
+                    params=["resume", "force"],
                 ) from None
         if out.exists():
             raise VitCompressError(
-                f"{str(out)!r} has no {CHECKPOINT} to resume from; drop --resume and pass --force to start again"
+                f"{str(out)!r} has no {CHECKPOINT} to resume from; drop resume=True and pass force=True to start again",
+                params=["resume", "force"],
             )
         return None  # killed before the first epoch finished: start from scratch
     if out.exists() and not force:
         raise VitCompressError(
-            f"output {str(out)!r} already exists; pass --resume to continue it, "
-            "--force to overwrite it, or choose another path"
+            f"output {str(out)!r} already exists; pass resume=True to continue it, "
+            "force=True to overwrite it, or choose another path",
+            params=["resume", "force"],
         )
     return None
 
@@ -225,7 +241,8 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
         k = diff[0]
         raise VitCompressError(
             f"the checkpoint was trained with {k}={saved[k]!r}, not {now[k]!r}; "
-            "pass the same options to --resume or start a new run"
+            "pass the same options to resume=True or start a new run",
+            params=["resume"],
         )
 
 
@@ -341,7 +358,9 @@ def _setup(model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None, distil
     train_ds = train_dataset(cfg.data, dcfg, cfg.aug())
     val_ds = val_dataset(cfg.data, dcfg, "val")
     if len(train_ds) == 0:
-        raise VitCompressError(f"data {cfg.data!r} has no training images; point --data at a folder with images")
+        raise VitCompressError(
+            f"data {cfg.data!r} has no training images; point data at a folder with images", params=["data"]
+        )
     check_classes(model, num_classes_of(train_ds))
     seed_everything(cfg.seed + rank)  # per-rank augmentation and dropout streams
     per_rank = max(1, cfg.batch_size // world)
@@ -435,7 +454,8 @@ def _train_epoch(run: _Run, state: LoopState, epoch: int, callbacks: Sequence[Ca
             good = f"epoch {state.epoch}" if state.epoch else "none yet"
             raise VitCompressError(
                 f"loss became {loss_v} at epoch {epoch + 1} step {i + 1}; stopped (last good checkpoint: "
-                f"{good}); lower --lr, raise --warmup-epochs or use --amp bf16/off"
+                f"{good}); lower lr, raise warmup_epochs or use amp=bf16 or amp=off",
+                params=["lr", "warmup_epochs", "amp"],
             )
         state.step += 1
         with torch.no_grad():

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from ..config import setting
 from ..errors import VitCompressError
 from ..tokens.amount import amount_for_reduction, current_amount, macs_reduction
 from ..tokens.apply import schedule_of, set_keep
@@ -41,29 +42,31 @@ from .base import Callback, LoopState
 class GASConfig:
     """Hyperparameters of the rate controller (see the module docstring for the rule)."""
 
-    target: float  # MACs reduction to move toward (share of the width-pruned model's MACs)
-    start: float | None = None  # initial rate (default: the schedule's own)
-    interval: int = 20  # optimizer steps per decision
-    gain: float = 0.5  # rate change per unit of relative loss slope
-    min_step: float = 0.005  # smallest change of the rate per decision
-    max_step: float = 0.02  # largest change of the rate per decision
-    tolerance: float = 0.02  # relative rise of the smoothed loss still treated as noise
-    ema: float = 0.9  # smoothing of the per-step loss
-    patience: int = 2  # rising decisions in a row before the rate is lowered
+    target: float = setting(
+        help="Token-reduced model: adjust its pruning rate while training, toward this MACs reduction (GAS)."
+    )
+    start: float | None = setting(None, "GAS: initial pruning rate (default: the schedule's own).")
+    interval: int = setting(20, "GAS: optimizer steps per rate decision.")
+    gain: float = setting(0.5, "GAS: rate change per unit of relative loss slope.")
+    min_step: float = setting(0.005, "GAS: smallest change of the rate per decision.")
+    max_step: float = setting(0.02, "GAS: largest change of the rate per decision.")
+    tolerance: float = setting(0.02, "GAS: relative rise of the smoothed loss still treated as noise.")
+    ema: float = setting(0.9, "GAS: smoothing of the per-step loss.")
+    patience: int = setting(2, "GAS: rising decisions in a row before the rate is lowered.")
 
     def validate(self) -> GASConfig:
         if not 0.0 < self.target < 1.0:
-            raise VitCompressError(f"--gas-target {self.target} is outside (0, 1); use e.g. 0.3")
+            raise VitCompressError(f"GAS target={self.target} is outside (0, 1); use e.g. 0.3", params=["target"])
         if self.patience < 1:
-            raise VitCompressError(f"GAS patience must be at least 1, got {self.patience}")
+            raise VitCompressError(f"GAS patience must be at least 1, got {self.patience}", params=["patience"])
         if self.interval < 1:
-            raise VitCompressError(f"GAS interval must be at least 1 step, got {self.interval}")
+            raise VitCompressError(f"GAS interval must be at least 1 step, got {self.interval}", params=["interval"])
         if not 0.0 <= self.ema < 1.0:
-            raise VitCompressError(f"GAS ema must be in [0, 1), got {self.ema}")
+            raise VitCompressError(f"GAS ema must be in [0, 1), got {self.ema}", params=["ema"])
         if not 0.0 <= self.min_step <= self.max_step:
-            raise VitCompressError("GAS steps need 0 <= min_step <= max_step")
+            raise VitCompressError("GAS steps need 0 <= min_step <= max_step", params=["min_step", "max_step"])
         if self.start is not None and not 0.0 <= self.start < 1.0:
-            raise VitCompressError(f"GAS start rate {self.start} is outside [0, 1)")
+            raise VitCompressError(f"GAS start rate {self.start} is outside [0, 1)", params=["start"])
         return self
 
     def to_dict(self) -> dict:
@@ -91,8 +94,8 @@ class GASController(Callback):
         sched = schedule_of(model)
         if sched is None:
             raise VitCompressError(
-                "automatic rate adjustment needs a token-reduced model; apply a schedule "
-                "first (vitcompress tokens ... --method topk-vpa --schedule rate=0.02)"
+                "automatic rate adjustment needs a token-reduced model; apply a schedule first "
+                "(apply_tokens(model, 'rate=0.02', method='topk-vpa'), or vitcompress tokens for an artifact)"
             )
         if sched.kind == "merge":
             raise VitCompressError(

@@ -132,7 +132,7 @@ def calibration_loader(
 ) -> DataLoader:
     """``n_images`` training images drawn with a fixed seed, for scoring."""
     if n_images < 1:
-        raise VitCompressError(f"--calib-images must be at least 1, got {n_images}")
+        raise VitCompressError(f"calib_images must be at least 1, got {n_images}", params=["calib_images"])
     ds = make_dataset(data, DataConfig.from_model(model), "train")
     if len(ds) == 0:
         raise VitCompressError(f"data {data!r} is empty; point it at a folder with images")

@@ -1,0 +1,82 @@
+"""``vitcompress prune``, ``info`` and ``models``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import click
+
+import vitcompress
+from vitcompress.artifact import read_meta
+from vitcompress.config import merge_config
+from vitcompress.methods import ONESHOT, parse_option_pairs
+from vitcompress.models import list_models
+from vitcompress.plots import plot_widths
+from vitcompress.pruner import PruneConfig
+from vitcompress.report import format_info, format_prune_summary
+
+from .options import config_options, given
+
+
+@click.command("prune")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write.")
+@config_options(PruneConfig, exclude=("labels",))
+@click.option("--pretrained", is_flag=True, help="Load hub weights for a model name.")
+@click.option("--checkpoint", type=click.Path(), help="Load weights from a .safetensors/.pth file.")
+@click.option("--num-classes", type=int, help="Classifier size when creating a model by name.")
+@click.option("--img-size", type=int, help="Input size when creating a model by name.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+@click.option(
+    "--method",
+    default=ONESHOT,
+    show_default=True,
+    help=f"{ONESHOT} (score with --importance and cut), ihp, gohsp or amap (docs/methods.md).",
+)
+@click.option(
+    "--method-opt",
+    "method_opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A hyperparameter of --method, e.g. steps=50 (repeatable).",
+)
+def prune(model, output, pretrained, checkpoint, num_classes, img_size, force, method, method_opts, **kw):
+    """Prune MODEL (a timm name or an artifact folder) to a MACs or params budget."""
+    cfg = merge_config(PruneConfig(), given(PruneConfig, kw, exclude=("labels",)), "prune")
+    result = vitcompress.prune(
+        model,
+        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)},
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        img_size=img_size,
+        method=method,
+        method_options=parse_option_pairs(method_opts),
+        output=output,
+        force=force,
+        progress=True,
+    )
+    click.echo(format_prune_summary(result.meta))
+    click.echo(f"wrote {output}")
+
+
+@click.command("info")
+@click.argument("artifact")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifact's JSON record.")
+@click.option("--plot", type=click.Path(), help="Also write a PNG of the kept share per block.")
+def info(artifact, as_json, plot):
+    """Per-block table (heads, q/k dim, v dim, MLP width) and totals of an artifact."""
+    meta = read_meta(artifact)
+    click.echo(json.dumps(meta.to_dict(), indent=1) if as_json else format_info(meta))
+    if plot:
+        plot_widths(meta, plot)
+        click.echo(f"wrote {plot}")
+
+
+@click.command("models")
+@click.argument("pattern", default="*")
+def models(pattern):
+    """List supported timm model names matching a glob PATTERN."""
+    for name in list_models(pattern):
+        click.echo(name)

@@ -1,0 +1,145 @@
+"""Settings dataclasses from files and dictionaries: merged field by field, with type checks.
+
+``merge_config(cfg, values)`` returns a copy of the dataclass ``cfg`` with ``values`` (a mapping,
+nested mappings for nested dataclasses such as ``PipelineConfig.train``) written over its fields;
+``load_config(PipelineConfig, "pipe.yaml")`` does the same from a JSON or YAML file over the
+defaults. Every problem is one ``VitCompressError`` line that names the key: an unknown key (with
+the known ones), a value of the wrong type, a file that cannot be read.
+
+Types follow the field annotations: ``int``, ``float`` (an integer is accepted), ``bool``, ``str``,
+``tuple[str, ...]`` (a list, or a comma-separated string), ``X | None`` and nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import VitCompressError
+
+T = TypeVar("T")
+
+
+def read_config_file(path: str | os.PathLike, what: str = "") -> dict:
+    """The mapping in a JSON file, or a YAML file (``.yaml``/``.yml``)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+        data = yaml.safe_load(text) if p.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise VitCompressError(
+            f"cannot read {_label(what)} {str(path)!r}: {reason}; pass a JSON or YAML file"
+        ) from None
+    if not isinstance(data, dict):
+        raise VitCompressError(
+            f"{_label(what)} {str(path)!r} holds a {type(data).__name__}, not a mapping of keys to values; "
+            "write it as an object of settings"
+        )
+    return data
+
+
+def load_config(cls: type[T], path: str | os.PathLike, what: str = "") -> T:
+    """The dataclass ``cls`` with its defaults, overridden by the settings in a JSON or YAML file."""
+    return merge_config(cls(), read_config_file(path, what), what)
+
+
+def merge_config(cfg: T, values: Mapping[str, Any], what: str = "", _prefix: str = "") -> T:
+    """A copy of the dataclass ``cfg`` with ``values`` written over its fields (type-checked, recursively)."""
+    hints = typing.get_type_hints(type(cfg))
+    known = {f.name: f for f in dataclasses.fields(cfg) if f.init}  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{_prefix}{key}"
+        if key not in known:
+            raise VitCompressError(f"unknown {_label(what)} key {name!r}; known: {', '.join(sorted(known))}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type):
+            if not isinstance(value, Mapping):
+                raise VitCompressError(
+                    f"{_label(what)} key {name!r} must be a mapping of its own settings, got {value!r}"
+                )
+            changes[key] = merge_config(current, value, what, f"{name}.")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{_label(what)} key {name!r}")
+            choices = known[key].metadata.get("choices")
+            if choices and changes[key] not in choices:
+                raise VitCompressError(
+                    f"{_label(what)} key {name!r} must be one of {', '.join(choices)}, got {value!r}"
+                )
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+def _label(what: str) -> str:
+    return f"{what} config" if what else "config"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the annotated type (a list becomes a tuple, an int a float), or a one-line error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _coerce(value, rest[0], where)
+        for a in rest:
+            try:
+                return _coerce(value, a, where)
+            except VitCompressError:
+                pass
+        raise VitCompressError(f"{where} must be one of {', '.join(_name(a) for a in rest)}, got {value!r}")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple or hint is tuple:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)):
+            item = args[0] if args else Any
+            return tuple(_coerce(v, item, where) for v in items)
+    elif origin is list or hint is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif origin is dict or hint is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+    else:
+        return value
+    raise VitCompressError(f"{where} must be {_name(hint)}, got {value!r}")
+
+
+def _name(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) is tuple or hint is tuple:
+        return "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, **kw: Any) -> Any:
+    """A dataclass field with its help text kept beside it (``metadata["help"]``, shown by the command
+    line), and optionally the values it accepts (``metadata["choices"]``, checked by ``merge_config``)."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata, **kw)
