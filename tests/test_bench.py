@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 import vitcompress
 from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
@@ -33,7 +33,13 @@ def pair(tmp_path_factory):
     )
 
 
-@pytest.mark.parametrize("backend", ["torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "ort-trt", "trt"])
+ONNX = pytest.mark.export  # these backends run an exported ONNX graph: `make test-slow`
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["torch-cpu", "torch-cuda", *(pytest.param(b, marks=ONNX) for b in ("ort-cpu", "ort-cuda", "ort-trt", "trt"))],
+)
 def test_runner_matches_pytorch(pair, backend):
     cls = get_runner(backend)
     reason = cls.unavailable("fp32")
@@ -124,6 +130,7 @@ def test_cli_bad_arguments(tmp_path, capsys, args, needle):
     assert not (tmp_path / "r").exists()
 
 
+@ONNX
 def test_cli_end_to_end(pair, tmp_path, capsys):
     a, b = tmp_path / "dense", tmp_path / "pruned"
     vitcompress.save(pair[0].model, a)
@@ -176,6 +183,7 @@ def test_cli_path_that_is_not_an_artifact(tmp_path, monkeypatch, capsys, arg, ne
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "w.pth"]  # no report written
 
 
+@ONNX
 def test_temporary_work_folders_are_deleted(tmp_path, monkeypatch):
     """ONNX exports of variants without a work folder go to a vitcompress-bench-* temp folder that is
     deleted when the run ends; a caller's explicit work folder is kept."""

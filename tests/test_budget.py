@@ -1,7 +1,7 @@
 """Budgets are met within 1.5 points, widths are aligned, nothing is emptied, bad budgets fail."""
 
 import pytest
-from conftest import tiny
+from helpers import tiny
 
 from vitcompress.budget import Budget, select, step_down
 from vitcompress.counting import count

@@ -1,7 +1,7 @@
 """Analytic MACs and params against torch.utils.flop_counter and the real parameter count."""
 
 import pytest
-from conftest import tiny
+from helpers import tiny
 
 from vitcompress.counting import count, measured_macs
 from vitcompress.models import create_source_model

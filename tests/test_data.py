@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 from vitcompress.data import DataConfig, calibration_loader, load_builtin, make_dataset, split_indices
 from vitcompress.errors import VitCompressError

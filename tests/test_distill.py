@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny
+from helpers import tiny
 
 from vitcompress.distill import DistillConfig, TrainLoss, channel_mapping, kd_kl, layer_mapping
 from vitcompress.errors import VitCompressError

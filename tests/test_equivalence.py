@@ -5,10 +5,9 @@ import random
 
 import pytest
 import torch
-from conftest import tiny
+from helpers import random_plan, tiny
 
 from vitcompress.counting import count, measured_macs
-from vitcompress.plan import identity_plan
 from vitcompress.reference import mask_model
 from vitcompress.slicers import slice_model
 
@@ -23,27 +22,6 @@ COMBOS = [
     ("qk", "v"),
     ("heads", "qk", "v", "mlp", "embed", "depth"),
 ]
-
-
-def random_plan(model, rng: random.Random, kinds):
-    """Remove a random subset of each requested kind (odd widths on purpose)."""
-    plan = identity_plan(model)
-    if "embed" in kinds:
-        plan.embed = sorted(rng.sample(plan.embed, 37))
-    if "depth" in kinds:
-        plan.blocks = sorted(rng.sample(plan.blocks, len(plan.blocks) - 2))
-    for b in plan.blocks:
-        lp = plan.layers[b]
-        if "heads" in kinds:
-            keep = sorted(rng.sample(range(len(lp.heads)), 2 + b % 2))  # heads differ per layer
-            lp.heads, lp.qk, lp.v = [lp.heads[i] for i in keep], [lp.qk[i] for i in keep], [lp.v[i] for i in keep]
-        if "qk" in kinds:
-            lp.qk = [sorted(rng.sample(range(16), 5)) for _ in lp.heads]
-        if "v" in kinds:
-            lp.v = [sorted(rng.sample(range(16), 7)) for _ in lp.heads]
-        if "mlp" in kinds:
-            lp.mlp = sorted(rng.sample(lp.mlp, 37))
-    return plan
 
 
 @pytest.mark.parametrize("kinds", COMBOS, ids=["+".join(c) for c in COMBOS])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny
+from helpers import tiny
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitcompress.artifact import save

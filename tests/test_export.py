@@ -13,13 +13,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 from vitcompress.exporters import export_onnx, parse_profile, read_onnx_metadata
 from vitcompress.exporters.parity import ort_session
 from vitcompress.plan import identity_plan
 from vitcompress.slicers import slice_model
 from vitcompress.spec import spec_from_model
+
+pytestmark = pytest.mark.export  # ONNX export: `make test-slow`
 
 BATCH = (1, 3, 8)
 IMG = (16, 32, 48)

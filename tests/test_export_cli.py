@@ -8,11 +8,13 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import tiny
+from helpers import tiny
 
 import vitcompress
 from vitcompress.cli import main
 from vitcompress.exporters import tensorrt_available
+
+pytestmark = pytest.mark.export  # ONNX export: `make test-slow`
 
 
 def run(capsys, *args):

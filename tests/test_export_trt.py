@@ -83,8 +83,9 @@ def test_dynamic_topk_k_is_evaluated_at_the_largest_profile_shape():
     assert [i.node for i in big.errors] == ["topk_dyn"] and "4200" in big.errors[0].message
 
 
+@pytest.mark.export
 def test_exported_vit_is_clean(tmp_path):
-    from conftest import tiny
+    from helpers import tiny
 
     from vitcompress.exporters import export_onnx
 
@@ -177,10 +178,11 @@ def test_parity_inputs_take_channels_and_static_sizes_from_the_input_shape():
             parity_inputs(shape, sizes)
 
 
+@pytest.mark.export
 def test_engine_parity_of_a_one_channel_model(tmp_path, monkeypatch):
     """``engine_parity`` end to end on CPU for an in_chans=1 model (as the mnist10k teacher), with
     ONNX Runtime standing in for the TensorRT engine."""
-    from conftest import tiny
+    from helpers import tiny
 
     from vitcompress.exporters import export_onnx, trt_runner
     from vitcompress.exporters.parity import ort_session
@@ -216,9 +218,10 @@ needs_trt = pytest.mark.skipif(
 
 
 @needs_trt
+@pytest.mark.export
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_build_and_run_matches_onnxruntime(precision, tmp_path):
-    from conftest import tiny
+    from helpers import tiny
 
     from vitcompress.exporters.pipeline import export
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 import vitcompress
 from vitcompress.cli import main
@@ -165,7 +165,7 @@ def test_criteria_study_smoke_writes_table_and_plot(tmp_path):
 def test_methods_on_an_already_pruned_model_with_odd_widths(method):
     import random
 
-    from test_equivalence import random_plan
+    from helpers import random_plan
 
     from vitcompress.reference import mask_model
     from vitcompress.slicers import slice_model

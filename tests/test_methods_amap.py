@@ -5,8 +5,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny
-from test_equivalence import random_plan
+from helpers import random_plan, tiny
 
 from vitcompress.counting import count
 from vitcompress.data import calibration_loader

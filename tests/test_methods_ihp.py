@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 from vitcompress.budget import Budget, select
 from vitcompress.data import calibration_loader

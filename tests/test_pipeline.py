@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 from vitcompress.artifact import read_meta, save
 from vitcompress.cli import main

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 import vitcompress
 from vitcompress.artifact import read_meta

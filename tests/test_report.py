@@ -2,7 +2,7 @@
 
 import copy
 
-from conftest import tiny
+from helpers import tiny
 
 import vitcompress
 from vitcompress.report import format_info, format_prune_summary

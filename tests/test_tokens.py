@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 import vitcompress
 from vitcompress.counting import count, measured_macs

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 
 import vitcompress
 from vitcompress.errors import VitCompressError
@@ -18,6 +18,8 @@ from vitcompress.exporters.parity import ort_session
 from vitcompress.exporters.runtime_keep import KEEP_INPUT
 from vitcompress.exporters.trt_check import input_max_shapes, input_max_values, token_bound
 from vitcompress.tokens import apply_tokens, set_keep
+
+pytestmark = pytest.mark.export  # ONNX export: `make test-slow`
 
 BATCH = (1, 3, 8)
 IMG = (16, 32, 48)  # patch 8: 4, 16 and 36 patch tokens; parity runs at 32 and 16

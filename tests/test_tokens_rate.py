@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import Kill, tiny
+from helpers import Kill, tiny
 
 import vitcompress
 from vitcompress.callbacks.gas import GASConfig, GASController, gas_step

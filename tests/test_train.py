@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import Kill
+from helpers import Kill
 
 from vitcompress.artifact import load, read_meta
 from vitcompress.cli import main
