@@ -1,12 +1,16 @@
 # Two commands on a fresh clone:
 #   make demo   installs into .venv, prunes DeiT-S by 46.2% MACs on real digits, prints its table,
 #               exports it to ONNX (dynamic batch and image size) and checks it against PyTorch
-#   make test   installs into .venv and runs the test suite
+#   make test   installs into .venv and runs the fast test suite (under 3 minutes on 2 CPU cores)
+# and for contributors (CONTRIBUTING.md):
+#   make test-slow  the ONNX-export and DeiT-S/B cases (markers export, slow)
+#   make lint       ruff (lint + format), the import-layer contract (import-linter), the type check (mypy)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -q --durations=15
 
-.PHONY: install demo test teacher recovery clean
+.PHONY: install demo test test-slow test-all lint teacher recovery clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,7 +28,19 @@ demo: $(STAMP)
 	$(VENV)/bin/vitcompress export runs/deit_s_46 -o runs/deit_s_46.onnx --batch 1:8:32 --dynamic-size --img-size 160:224:288
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST) -m "not slow and not export"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m "slow or export"
+
+test-all: $(STAMP)
+	$(PYTEST)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The mnist10k reference teacher (98.80% val top-1, about 10 minutes on one CPU core) and the recovery study.
 teacher: $(STAMP)

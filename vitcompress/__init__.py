@@ -12,8 +12,21 @@ Public API (imported lazily so that ``import vitcompress`` stays light)::
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .errors import VitCompressError
+
+if TYPE_CHECKING:  # the names of _LAZY, for type checkers and editors; at run time they load on first use
+    from .artifact import ArtifactMeta, load, read_meta, save
+    from .counting import Counts, count
+    from .evaluate import evaluate_data
+    from .methods import METHODS
+    from .models import create_source_model, list_models
+    from .plan import Plan
+    from .pruner import PruneConfig, PruneResult, prune
+    from .recipe import PipelineConfig, run_pipeline
+    from .slicers import slice_model
+    from .training import TrainConfig, fit
 
 __version__ = "0.1.0"
 

@@ -203,6 +203,7 @@ class TrainLoss(nn.Module):
             elif self.kind == "hard" and cfg.kd > 0:
                 parts["kd"] = cfg.kd * F.cross_entropy(dist_out.float(), t.argmax(-1))
             if self.pairs:
+                assert self._s_cap is not None and self._t_cap is not None  # set with the pairs
                 terms = []
                 for i, j in self.pairs:
                     s_h = self._s_cap.out.pop(i).float().index_select(-1, self.s_ch)

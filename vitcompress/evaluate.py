@@ -69,7 +69,7 @@ def evaluate(
     the same numbers; give each rank a disjoint shard of the data.
     """
     ref = next(model.parameters())
-    device = torch.device(device) if device is not None else ref.device
+    dev = torch.device(device) if device is not None else ref.device
     was = model.training
     model.eval()
     if teacher is not None:
@@ -79,11 +79,11 @@ def evaluate(
                 "pass a teacher trained on the same classes"
             )
         teacher.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # n, top1, top5, loss, agree
+    sums = torch.zeros(5, dtype=torch.float64, device=dev)  # n, top1, top5, loss, agree
     try:
         for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = logits_of(model(x)).float()
                 t_logits = logits_of(teacher(x)).float() if teacher is not None else None
             if int(y.max()) >= logits.shape[-1]:

@@ -98,10 +98,10 @@ def atomic_file(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
             f"output {str(path)!r} already exists; pass force=True to overwrite it", params=["force"]
         )
     check_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are ordinary files
-    tmp = Path(tmp)
+    os.chmod(name, 0o644)  # mkstemp makes 0600 files; outputs are ordinary files
+    tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, path)

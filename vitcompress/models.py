@@ -208,7 +208,8 @@ def _not_a_state_dict(state) -> str | None:
 
 def _unreadable_reason(e: BaseException) -> str:
     """A short reason for a checkpoint that torch.load / safetensors could not read."""
-    chain, c = [], e
+    chain: list[BaseException] = []
+    c: BaseException | None = e
     while c is not None and c not in chain:
         chain.append(c)
         c = c.__cause__ or c.__context__

@@ -69,7 +69,10 @@ class PruneConfig:
 
     @property
     def reduction(self) -> float:
-        return self.flops_reduction if self.flops_reduction is not None else self.params_reduction
+        r = self.flops_reduction if self.flops_reduction is not None else self.params_reduction
+        if r is None:
+            raise VitCompressError("give exactly one budget: --flops-reduction R or --params-reduction R (0 < R < 1)")
+        return r
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -244,7 +247,11 @@ def prune(
             *prev.history,
             {
                 "method": "oneshot" if meth is None else meth.name,
-                **({} if meth is None else {"method_options": opts.to_dict(), "method_log": out.extra}),
+                **(
+                    {}
+                    if meth is None or opts is None or out is None
+                    else {"method_options": opts.to_dict(), "method_log": out.extra}
+                ),
                 "config": cfg.to_dict(),
                 "target": {"metric": cfg.metric, "reduction": cfg.reduction},
                 "achieved": {

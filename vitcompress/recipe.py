@@ -80,7 +80,13 @@ class PipelineConfig:
 
     @property
     def reduction(self) -> float:
-        return self.flops_reduction if self.flops_reduction is not None else self.params_reduction
+        r = self.flops_reduction if self.flops_reduction is not None else self.params_reduction
+        if r is None:
+            raise VitCompressError(
+                "give exactly one final budget: flops_reduction=R or params_reduction=R (0 < R < 1)",
+                params=["flops_reduction", "params_reduction"],
+            )
+        return r
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -336,13 +342,14 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
         if short > TOLERANCE / 3:  # whole blocks fell short: trim the widths to the target
             d = prune(
                 d,
+                flops_reduction=short if cfg.metric == "macs" else None,
+                params_reduction=short if cfg.metric == "params" else None,
                 importance=cfg.importance,
                 granularity=cfg.width_granularity,
                 round_to=cfg.round_to,
                 data=cfg.train.data,
                 calib_images=cfg.calib_images,
                 seed=cfg.train.seed,
-                **{f"{'flops' if cfg.metric == 'macs' else 'params'}_reduction": short},
             ).model
         if rank == 0:
             save(d, p, force=True, meta=d.vitcompress_meta)

@@ -26,7 +26,7 @@ def format_totals(meta: ArtifactMeta) -> str:
     ]
     for key, fmt in (("macs", _g), ("flops", _g), ("params", _m)):
         a, b = src.get(key), now.get(key)
-        if a:
+        if a and b is not None:
             lines.append(
                 f"{key.upper() if key != 'params' else 'params':10s}{fmt(a):>14s}{fmt(b):>14s}{1 - b / a:>10.1%}"
             )

@@ -435,7 +435,7 @@ def _train_epoch(run: _Run, state: LoopState, epoch: int, callbacks: Sequence[Ca
     run.net.train()
     if run.teacher is not None:
         run.teacher.eval()
-    run.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    run.train_loader.sampler.set_epoch(epoch)
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss*n, correct, n
     t0 = time.perf_counter()
     bar = tqdm(

@@ -157,7 +157,8 @@ class GASController(Callback):
     # ------------------------------------------------------------------ helpers
     @property
     def macs_reduction(self) -> float:
-        return macs_reduction(self.model, schedule_of(self.model))
+        sched = schedule_of(self.model)
+        return 0.0 if sched is None else macs_reduction(self.model, sched)
 
     def _apply(self) -> None:
         set_keep(self.model, round(1.0 - self.rate, 6))
