@@ -3,10 +3,13 @@
 For every MACs reduction (default 30%, 46.2%, 60%, 75%), every criterion (``random``, ``l1``
 (magnitude), ``taylor``: one-shot; ``ihp``, ``gohsp``, ``amap``: methods) and two granularities
 (``heads``: whole heads + MLP neurons; ``intra``: heads + q/k dims + v dims + MLP neurons), the
-teacher is pruned, its top-1 on the ``mnist10k`` validation split is measured right after pruning,
-then after the same short distillation budget for every run (``--distill-steps`` Adam steps of
-KL(teacher || student) at temperature ``--temperature`` plus cross-entropy on the labels, batch
-``--batch-size``, learning rate ``--lr``).
+teacher is pruned, its top-1 on the ``mnist10k`` validation split is measured right after pruning
+(``vitcompress.evaluate.evaluate``), then after the same short distillation budget for every run:
+the library's training loop (``vitcompress.training.fit``) for about ``--distill-steps`` AdamW
+steps (no weight decay, cosine from ``--lr`` to 0 without warmup, no gradient clipping, no
+augmentation or label smoothing) on the loss ``0.5 * T^2 * KL(teacher || student) + 0.5 * CE`` at
+temperature ``--temperature`` (``DistillConfig(kind="soft", ce=0.5, kd=0.5)``), batch
+``--batch-size``.
 
 Writes (atomically) into ``--out``: ``criteria_study.json`` (every run, with the exact command),
 ``criteria_study.csv``, ``criteria_study.md`` (tables) and ``criteria_study.png`` (top-1 against
@@ -26,91 +29,75 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import io
 import json
+import math
 import sys
 import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+import vitcompress
+from vitcompress.artifact import is_artifact
+from vitcompress.counting import count
+from vitcompress.data import DataConfig, make_dataset
+from vitcompress.distill import DistillConfig
+from vitcompress.errors import VitCompressError
+from vitcompress.evaluate import evaluate
+from vitcompress.io import atomic_file
+from vitcompress.training import TrainConfig, fit
 
 ONESHOT = ("random", "l1", "taylor")
 METHODS = ("ihp", "gohsp", "amap")
 GRANULARITY = {"heads": ("heads", "mlp"), "intra": ("heads", "qk", "v", "mlp")}
 
 
-def _loaders(model, batch_size: int, eval_images: int | None, seed: int):
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from vitcompress.data import DataConfig, make_dataset
-
-    cfg = DataConfig.from_model(model)
-    train = make_dataset("mnist10k", cfg, "train")
-    val = make_dataset("mnist10k", cfg, "val")
+def _val_loader(model, eval_images: int | None, seed: int) -> DataLoader:
+    """The ``mnist10k`` validation split (or a fixed random subset of ``eval_images``) in the model's geometry."""
+    val = make_dataset("mnist10k", DataConfig.from_model(model), "val")
     if eval_images and eval_images < len(val):
         idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[:eval_images]
         val = Subset(val, sorted(idx.tolist()))
-    g = torch.Generator().manual_seed(seed)
-    return (
-        DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, drop_last=True),
-        DataLoader(val, batch_size=256, shuffle=False),
-    )
+    return DataLoader(val, batch_size=256, shuffle=False)
 
 
-def evaluate(model, loader) -> float:
+def top1(model, loader) -> float:
     """Top-1 accuracy (fraction) of ``model`` on ``loader``."""
-    import torch
-
-    from vitcompress.logits import logits_of
-
-    model.eval()
-    right = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            right += int((logits_of(model(x)).argmax(-1) == y).sum())
-            total += len(y)
-    return right / max(total, 1)
+    return evaluate(model, loader).top1
 
 
-def distill(student, teacher, loader, steps: int, lr: float, temperature: float, alpha: float = 0.5):
-    """``steps`` Adam steps of alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE (in place)."""
-    import torch
-    import torch.nn.functional as F
-
-    from vitcompress.logits import logits_of
-
+def distill(student, teacher, args, alpha: float = 0.5):
+    """About ``args.distill_steps`` steps of the library's training loop on
+    alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE (in place; see the module docstring)."""
+    steps = args.distill_steps
     if steps <= 0:
         return student
+    per_epoch = len(make_dataset("mnist10k", DataConfig.from_model(student), "train")) // args.batch_size
+    epochs = max(1, math.ceil(steps / per_epoch))
+    cfg = TrainConfig(
+        data="mnist10k",
+        epochs=epochs,
+        max_steps_per_epoch=math.ceil(steps / epochs),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=0.0,
+        weight_decay=0.0,
+        warmup_epochs=0.0,
+        clip_grad=None,
+        shift=0,
+        smoothing=0.0,
+        seed=args.seed,
+        progress=False,
+        eval_every=0,  # the study evaluates on its own validation subset
+    )
     for p in student.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    teacher.eval()
-    student.train()
-    step = 0
-    while step < steps:
-        for x, y in loader:
-            with torch.no_grad():
-                t = logits_of(teacher(x))
-            s = logits_of(student(x))
-            kd = (
-                F.kl_div(
-                    F.log_softmax(s / temperature, -1),
-                    F.log_softmax(t / temperature, -1),
-                    log_target=True,
-                    reduction="batchmean",
-                )
-                * temperature**2
-            )
-            loss = alpha * kd + (1 - alpha) * F.cross_entropy(s, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-    for p in student.parameters():
-        p.requires_grad_(False)
-    return student.eval()
+    loss = DistillConfig(kind="soft", ce=1 - alpha, kd=alpha, temperature=args.temperature)
+    return fit(student, cfg, teacher=teacher, distill=loss).model
 
 
 def _method_options(pairs: list[str]) -> dict[str, dict]:
@@ -125,13 +112,8 @@ def _method_options(pairs: list[str]) -> dict[str, dict]:
     return out
 
 
-def run_one(teacher, criterion: str, granularity: str, reduction: float, args, loaders, options) -> dict:
+def run_one(teacher, criterion: str, granularity: str, reduction: float, args, val_loader, options) -> dict:
     """Prune, evaluate, distil, evaluate: one row of the study."""
-    import vitcompress
-    from vitcompress.counting import count
-    from vitcompress.errors import VitCompressError
-
-    train_loader, val_loader = loaders
     row = {"criterion": criterion, "granularity": granularity, "target": reduction}
     kw = dict(
         flops_reduction=reduction,
@@ -154,13 +136,11 @@ def run_one(teacher, criterion: str, granularity: str, reduction: float, args, l
         return row
     row["prune_seconds"] = round(time.perf_counter() - t0, 2)
     c = count(res.model)
-    row.update(
-        achieved=round(res.achieved, 4), macs=c.macs, params=c.params, top1_pruned=evaluate(res.model, val_loader)
-    )
+    row.update(achieved=round(res.achieved, 4), macs=c.macs, params=c.params, top1_pruned=top1(res.model, val_loader))
     t0 = time.perf_counter()
-    student = distill(res.model, teacher, train_loader, args.distill_steps, args.lr, args.temperature)
+    student = distill(res.model, teacher, args)
     row["distill_seconds"] = round(time.perf_counter() - t0, 2)
-    row["top1_distilled"] = evaluate(student, val_loader)
+    row["top1_distilled"] = top1(student, val_loader)
     return row
 
 
@@ -183,8 +163,6 @@ def _plot(rows: list[dict], path, teacher_top1: float, criteria) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from vitcompress.io import atomic_file
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, key, title in zip(axes, ("top1_pruned", "top1_distilled"), ("right after pruning", "after distillation")):
@@ -212,8 +190,6 @@ def _plot(rows: list[dict], path, teacher_top1: float, criteria) -> None:
 def write_results(out, record: dict, args, reductions, criteria, granularities, done: bool = True) -> None:
     """Write the json/csv/md/png results (atomically; called after every run, so a stopped study
     keeps what it measured)."""
-    from vitcompress.io import atomic_file
-
     rows = record["runs"]
     record["complete"] = done
     with atomic_file(out / "criteria_study.json") as tmp:
@@ -264,17 +240,10 @@ def write_results(out, record: dict, args, reductions, criteria, granularities, 
 
 
 def _sha256(artifact: str) -> str:
-    import hashlib
-    from pathlib import Path
-
     return hashlib.sha256(Path(artifact, "model.safetensors").read_bytes()).hexdigest()
 
 
 def _smoke_teacher():
-    import torch
-
-    import vitcompress
-
     torch.manual_seed(0)
     return vitcompress.create_source_model(
         "deit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=10
@@ -308,13 +277,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--smoke", action="store_true", help="tiny random teacher, tiny budgets: wiring check only")
     args = ap.parse_args(argv)
-
-    import torch
-    from tqdm.auto import tqdm
-
-    import vitcompress
-    from vitcompress.artifact import is_artifact
-
     if args.threads:
         torch.set_num_threads(args.threads)
     options = _method_options(args.method_opt)
@@ -346,12 +308,9 @@ def main(argv=None) -> int:
         teacher = vitcompress.load(args.teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    loaders = _loaders(teacher, args.batch_size, args.eval_images, args.seed)
-    teacher_top1 = evaluate(teacher, loaders[1])
+    val_loader = _val_loader(teacher, args.eval_images, args.seed)
+    teacher_top1 = top1(teacher, val_loader)
     print(f"teacher top-1 {100 * teacher_top1:.2f}%")
-
-    from pathlib import Path
-
     out = Path(args.out)
     record = {
         "command": "python -m vitcompress.benchmarks.criteria_study "
@@ -365,7 +324,7 @@ def main(argv=None) -> int:
     }
     todo = [(r, g, c) for r in reductions for g in granularities for c in criteria]
     for red, g, c in tqdm(todo, desc="criteria study"):
-        row = run_one(teacher, c, g, red, args, loaders, options)
+        row = run_one(teacher, c, g, red, args, val_loader, options)
         record["runs"].append(row)
         msg = row.get("error") or (
             f"achieved {row['achieved']:.1%}  pruned {100 * row['top1_pruned']:.2f}%  "

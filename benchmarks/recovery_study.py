@@ -23,6 +23,14 @@ import math
 import time
 from pathlib import Path
 
+import vitcompress
+from vitcompress.artifact import load
+from vitcompress.counting import count
+from vitcompress.distill import DistillConfig
+from vitcompress.evaluate import evaluate_data
+from vitcompress.recipe import PipelineConfig, run_pipeline
+from vitcompress.training import TrainConfig, fit
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,14 +44,6 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="mnist10k")
     ap.add_argument("--skip-pipeline", action="store_true")
     args = ap.parse_args(argv)
-
-    import vitcompress
-    from vitcompress.artifact import load
-    from vitcompress.counting import count
-    from vitcompress.distill import DistillConfig
-    from vitcompress.evaluate import evaluate_data
-    from vitcompress.recipe import PipelineConfig, run_pipeline
-    from vitcompress.training import TrainConfig, fit
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

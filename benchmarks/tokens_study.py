@@ -19,8 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from vitcompress.artifact import is_artifact, load
+from vitcompress.callbacks import GASConfig, GASController
+from vitcompress.counting import ArchInfo
+from vitcompress.distill import DistillConfig
+from vitcompress.evaluate import evaluate_data
+from vitcompress.token_search import held_out, predict, search_amount
+from vitcompress.tokens.amount import macs_reduction
+from vitcompress.tokens.apply import apply_tokens, remove_tokens, schedule_of
+from vitcompress.tokens.schedule import parse_schedule
+from vitcompress.training import TrainConfig, fit
 
 REDUCERS = ["topk", "topk-vpa", "evit", "etps", "tome"]
 RATES = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35]
@@ -28,14 +42,6 @@ RATES = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35]
 
 def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]:
     """Top-1 and MACs removed for every reducer over the grid (held-out ``val`` images)."""
-    from tqdm.auto import tqdm
-
-    from vitcompress.counting import ArchInfo
-    from vitcompress.token_search import held_out, predict
-    from vitcompress.tokens.amount import macs_reduction
-    from vitcompress.tokens.apply import apply_tokens, remove_tokens
-    from vitcompress.tokens.schedule import parse_schedule
-
     net = remove_tokens(teacher).eval()
     x, y = held_out(net, data, images)
     n = ArchInfo.from_model(net).num_patches
@@ -60,14 +66,6 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
 
 def gas_run(teacher_path: str, out: Path, args) -> dict:
     """Fine-tune topk-vpa with the GAS controller; returns the trajectory and the final numbers."""
-    from vitcompress.artifact import load
-    from vitcompress.callbacks.gas import GASConfig, GASController
-    from vitcompress.distill import DistillConfig
-    from vitcompress.evaluate import evaluate_data
-    from vitcompress.tokens.amount import macs_reduction
-    from vitcompress.tokens.apply import apply_tokens, remove_tokens, schedule_of
-    from vitcompress.training import TrainConfig, fit
-
     student = apply_tokens(load(teacher_path), f"rate={args.gas_start}@1", method="topk-vpa")
     teacher = remove_tokens(load(teacher_path))
     gas = GASController(student, GASConfig(args.gas_target, interval=args.gas_interval))
@@ -193,8 +191,6 @@ def to_markdown(rec: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import sys
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="runs/teacher_mnist10k")
     ap.add_argument("--out", default="runs/tokens_study")
@@ -210,11 +206,6 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--skip-gas", action="store_true")
     args = ap.parse_args(argv)
-
-    from vitcompress.artifact import is_artifact, load
-    from vitcompress.evaluate import evaluate_data
-    from vitcompress.token_search import search_amount
-    from vitcompress.tokens.schedule import parse_schedule
 
     if not is_artifact(args.teacher):
         raise SystemExit(f"error: {args.teacher!r} is not an artifact folder; build the teacher with `make teacher`")

@@ -82,7 +82,7 @@ class TrainConfig:
     workers: int = setting(0, "Data loader processes.")
     device: str | None = setting(None, "cpu, cuda, cuda:1 (default: the local GPU if any).")
     progress: bool = setting(True, "Progress bars and per-epoch lines (logging, rank 0).")
-    eval_every: int = setting(1, "Evaluate every N epochs (and after the last).")
+    eval_every: int = setting(1, "Evaluate every N epochs and after the last (0 = never).")
     # augmentation: defaults and help are datapipe.AugConfig's
     shift: int = _aug("shift")
     auto_augment: str | None = _aug("auto_augment")
@@ -327,7 +327,7 @@ def fit(
         for epoch in range(state.epoch, cfg.epochs):
             metrics = _train_epoch(run, state, epoch, callbacks)
             last = epoch + 1 == cfg.epochs
-            if run.val_loader is not None and (last or (epoch + 1) % max(1, cfg.eval_every) == 0):
+            if run.val_loader is not None and cfg.eval_every > 0 and (last or (epoch + 1) % cfg.eval_every == 0):
                 val = evaluate(model, run.val_loader, teacher=teacher, amp_dtype=run.dtype).to_dict()
                 metrics["val"] = val
             state.epoch, state.history = epoch + 1, [*state.history, metrics]
