@@ -96,6 +96,13 @@ def test_loss_decreases_and_artifact_holds_the_trained_weights(tmp_path):
     assert meta.source.kwargs["patch_size"] == 4
 
 
+def test_eval_every_sets_which_epochs_are_evaluated():
+    res = fit(small(), cfg(epochs=3, eval_every=2, max_steps_per_epoch=2))
+    assert ["val" in h for h in res.history] == [False, True, True]  # epoch 2, and the last
+    res = fit(small(), cfg(epochs=2, eval_every=0, max_steps_per_epoch=2))
+    assert res.val is None and not any("val" in h for h in res.history)
+
+
 def test_resume_after_a_mid_epoch_kill_reproduces_the_uninterrupted_run(tmp_path):
     # augmentation (shift), mixup (numpy RNG) and dropout (torch RNG) all have to line up
     c = dict(epochs=3, mixup=0.4, shift=2)
