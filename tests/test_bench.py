@@ -81,6 +81,7 @@ def test_ratio_arithmetic():
     assert s["median_ms"] == pytest.approx(2.5) and s["throughput"] == pytest.approx(3200.0) and s["n"] == 4
 
 
+@ONNX
 def test_report_files_and_skipped_backend(pair, tmp_path):
     cfg = BenchConfig(backends=["ort-cpu", "torch-cpu", "torch-cuda", "trt"], batches=[1, 2], threads=1, **FAST)
     result = run_bench(list(pair), cfg, progress=False)

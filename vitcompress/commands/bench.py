@@ -1,0 +1,67 @@
+"""``vitcompress bench``: latency and throughput of models on several backends, and the report.
+
+The options' defaults are ``BenchConfig``'s fields; their help texts are here (``BenchConfig``
+carries no help metadata).
+"""
+
+from __future__ import annotations
+
+import click
+
+from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
+from vitcompress.benchmarks.report import to_markdown, write_report
+from vitcompress.errors import VitCompressError
+
+from .options import csv
+
+_BENCH = BenchConfig()
+
+
+def _ints(value: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in csv(value)]
+    except ValueError:
+        raise VitCompressError(f"{what} must be comma-separated integers, got {value!r}; pass e.g. 1,8,32") from None
+
+
+@click.command("bench")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--baseline", help="Artifact folder or timm model name to compare against (default: the first MODEL).")
+@click.option(
+    "--backend",
+    default=",".join(_BENCH.backends),
+    show_default=True,
+    help="Comma list of torch-cpu, ort-cpu, torch-cuda, ort-cuda, ort-trt, trt.",
+)
+@click.option(
+    "--batch", default=",".join(map(str, _BENCH.batches)), show_default=True, help="Comma list of batch sizes."
+)
+@click.option("--precision", default=_BENCH.precision, show_default=True, help="fp32, fp16 or bf16.")
+@click.option("--mode", default=_BENCH.mode, show_default=True, help="torch runners: eager, compile or graph (CUDA).")
+@click.option("--warmup", type=int, default=_BENCH.warmup, show_default=True, help="Untimed passes per variant.")
+@click.option("--iters", type=int, default=_BENCH.iters, show_default=True, help="Timed passes per variant per round.")
+@click.option("--rounds", type=int, default=_BENCH.rounds, show_default=True, help="Interleaved rounds (A,B,A,B...).")
+@click.option(
+    "--threads", type=int, help="CPU threads (torch.set_num_threads / ORT intra-op); default: all usable cores."
+)
+@click.option("--report", "report_dir", type=click.Path(), help="Write report.md, report.json, report.png here.")
+def bench(models, baseline, backend, batch, precision, mode, warmup, iters, rounds, threads, report_dir):
+    """Measure latency/throughput of MODELS (artifact folders or timm names) and report FLOPs-vs-latency."""
+    cfg = BenchConfig(
+        backends=csv(backend),
+        batches=_ints(batch, "--batch"),
+        precision=precision,
+        mode=mode,
+        warmup=warmup,
+        iters=iters,
+        rounds=rounds,
+        threads=threads,
+    ).validate()
+    args = list(models) + ([baseline] if baseline and baseline not in models else [])
+    variants = [load_variant(m, max_batch=max(cfg.batches)) for m in args]
+    base = variants[args.index(baseline)].name if baseline else None
+    result = run_bench(variants, cfg, baseline=base, progress=True)
+    click.echo(to_markdown(result))
+    if report_dir:
+        paths = write_report(result, report_dir)
+        click.echo(f"report: {paths['md']} {paths['json']} {paths['png']}")

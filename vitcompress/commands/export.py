@@ -1,0 +1,106 @@
+"""``vitcompress export``: ONNX with dynamic axes, parity check, optional TensorRT engine.
+
+The options' defaults are ``export``'s keyword arguments; their help texts are here (the export
+stage has no settings dataclass).
+"""
+
+from __future__ import annotations
+
+import click
+
+from vitcompress.exporters.pipeline import export
+
+from .options import default_of
+
+
+def _profile(value) -> str:
+    """A profile default ``(1, 8, 32)`` as the command line writes it, ``1:8:32``."""
+    return ":".join(str(v) for v in value)
+
+
+@click.command("export")
+@click.argument("artifact")
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
+@click.option(
+    "--batch",
+    default=_profile(default_of(export, "batch")),
+    show_default=True,
+    help="Batch profile MIN:OPT:MAX (the axis is always dynamic).",
+)
+@click.option(
+    "--dynamic-size", is_flag=True, help="Dynamic image height/width (position embeddings resampled in the graph)."
+)
+@click.option(
+    "--img-size", help="Image side profile MIN:OPT:MAX, multiples of the patch (default 0.5x:1x:1.5x native)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default=default_of(export, "precision"),
+    show_default=True,
+)
+@click.option("--opset", type=int, default=default_of(export, "opset"), show_default=True, help="ONNX opset.")
+@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check.")
+@click.option(
+    "--tolerance", type=float, help="Relative error limit of the parity check (default 1e-4 fp32, 1e-2 fp16)."
+)
+@click.option("--trt", is_flag=True, help="Check the graph for TensorRT and build an engine.")
+@click.option("--engine", type=click.Path(), help="Engine file (default OUTPUT with .engine).")
+@click.option(
+    "--workspace",
+    type=float,
+    default=default_of(export, "workspace_gib"),
+    show_default=True,
+    help="TensorRT workspace limit in GiB.",
+)
+@click.option("--timing-cache", type=click.Path(), help="TensorRT timing cache file (read and updated).")
+@click.option(
+    "--opt-level",
+    type=int,
+    default=default_of(export, "opt_level"),
+    show_default=True,
+    help="TensorRT builder optimisation level 0..5.",
+)
+@click.option(
+    "--runtime-keep",
+    is_flag=True,
+    help="Token-reduced models (topk, topk-vpa, evit, etps): add the input keep_rate [1] float32 that sets "
+    "every reducing block's keep rate at run time (docs/export.md).",
+)
+def export_cmd(
+    artifact,
+    output,
+    batch,
+    dynamic_size,
+    img_size,
+    precision,
+    opset,
+    no_check,
+    tolerance,
+    trt,
+    engine,
+    workspace,
+    timing_cache,
+    opt_level,
+    runtime_keep,
+):
+    """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine."""
+    export(
+        artifact,
+        output,
+        batch=batch,
+        dynamic_size=dynamic_size,
+        img_size=img_size,
+        precision=precision,
+        opset=opset,
+        check=not no_check,
+        tolerance=tolerance,
+        trt=trt,
+        engine=engine,
+        workspace_gib=workspace,
+        timing_cache=timing_cache,
+        opt_level=opt_level,
+        progress=True,
+        runtime_keep=runtime_keep,
+        echo=click.echo,
+    )
