@@ -99,8 +99,8 @@ def test_existing_output_is_refused_and_force_overwrites(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temp folders left behind
 
 
-def test_taylor_score_is_first_order_loss_change():
-    """|sum w*dL/dw| over an MLP neuron equals |dL/d(alpha)| when the neuron is scaled by alpha."""
+def test_taylor_sum_score_is_first_order_loss_change():
+    """taylor-sum: |sum w*dL/dw| over an MLP neuron equals |dL/d(alpha)| when the neuron is scaled by alpha."""
     from vitcompress.data import calibration_loader
     from vitcompress.groups import build_groups
     from vitcompress.scorers import SCORERS
@@ -108,7 +108,7 @@ def test_taylor_score_is_first_order_loss_change():
     model = tiny("vit").double()
     loader = calibration_loader("digits", model, n_images=8, batch_size=8)
     (group,) = [g for g in build_groups(model, ["mlp"]) if g.layer == 1]
-    score = SCORERS.get("taylor")(model, [group], loader=loader, labels="true")[0]
+    score = SCORERS.get("taylor-sum")(model, [group], loader=loader, labels="true")[0]
     x, y = next(iter(loader))
     x = x.double()
     fc1, fc2, j = model.blocks[1].mlp.fc1, model.blocks[1].mlp.fc2, 5

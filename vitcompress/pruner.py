@@ -25,7 +25,7 @@ from .errors import VitCompressError
 from .groups import build_groups, parse_kinds
 from .models import create_source_model
 from .plan import compose
-from .scorers import SCORERS, needs_data
+from .scorers import SCORERS, labels_used, needs_data
 from .slicers import slice_model
 
 DEFAULT_GRANULARITY = ("heads", "qk", "v", "mlp")
@@ -237,6 +237,10 @@ def prune(
         times["finish"] = time.perf_counter() - t0
 
     after = count(pruned)
+    if meth is None:  # which targets the scorer used (None: a data-free scorer)
+        how: dict = {"labels_used": labels_used(cfg.importance, net, loader, cfg.labels)}
+    else:
+        how = {} if opts is None or out is None else {"method_options": opts.to_dict(), "method_log": out.extra}
     meta = ArtifactMeta(
         source=prev.source,
         spec=pruned.vitcompress_spec,
@@ -247,11 +251,7 @@ def prune(
             *prev.history,
             {
                 "method": "oneshot" if meth is None else meth.name,
-                **(
-                    {}
-                    if meth is None or opts is None or out is None
-                    else {"method_options": opts.to_dict(), "method_log": out.extra}
-                ),
+                **how,
                 "config": cfg.to_dict(),
                 "target": {"metric": cfg.metric, "reduction": cfg.reduction},
                 "achieved": {

@@ -40,9 +40,11 @@ def _method(step: dict) -> str | None:
 
 
 def _how(step: dict) -> str:
-    """'taylor' for a one-shot step, 'ihp (steps=100, ...)' for a method step."""
+    """'taylor (true labels)' for a one-shot step, 'ihp (steps=100, ...)' for a method step."""
     if _method(step) == ONESHOT:
-        return step.get("config", {}).get("importance", "")
+        name = step.get("config", {}).get("importance", "")
+        used = step.get("labels_used")
+        return f"{name} ({used} labels)" if used else name
     opts = ", ".join(f"{k}={v}" for k, v in step.get("method_options", {}).items())
     return f"{step['method']} ({opts})"
 

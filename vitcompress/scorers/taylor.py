@@ -1,68 +1,66 @@
-"""First-order Taylor importance: the loss change predicted for removing an element.
+"""First-order Taylor importance on the parameters: how much the loss moves when an element goes.
 
-Removing an element sets its parameters w to zero; to first order the loss changes by
-``-sum(w * dL/dw)`` over the element's slices. The score is ``|sum(w * g)|`` where ``g`` is the
-gradient of the mean cross-entropy accumulated over all calibration batches.
+Removing an element sets its parameter slices ``S`` to zero. With ``g_b`` the gradient of the mean
+cross-entropy of calibration batch ``b`` (``gradients.batch_gradients``; true labels or the model's
+own predictions), the three weight formulations differ in where the absolute value (or square) is
+taken:
 
-Labels: with ``labels='auto'`` the dataset's labels are used when the dataset has exactly as many
-classes as the model's classifier, otherwise the unpruned model's own predictions (argmax) serve as
-pseudo-labels, so any model can be scored on any images.
+- ``taylor-sum``: ``|sum_S w * G|`` with ``G = sum_b g_b``: the first-order loss change of scaling
+  the whole element by a gate, on all calibration images at once. Positive and negative
+  contributions (parameters, batches) cancel.
+- ``taylor-abs``: ``sum_S sum_b |w * g_b|``: each parameter's first-order contribution, per batch,
+  in absolute value, then summed over the element.
+- ``taylor-sq``: ``sum_S sum_b (w * g_b)^2``: the same with squares (Molchanov et al. 2019, "Taylor
+  FO on weights").
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..errors import VitCompressError
 from ..groups import Group, reduce_group
-from ..logits import logits_of
+from .gradients import batch_gradients, member_params
 
 
-def accumulate_grads(model: nn.Module, loader, labels: str = "auto", progress: bool = False) -> dict[str, torch.Tensor]:
-    """Sum over batches of d(mean CE)/dw for every parameter (model left unchanged, eval mode)."""
-    if loader is None:
-        raise VitCompressError("the taylor scorer needs calibration data; pass --data digits|mnist10k|DIR")
-    n_cls = getattr(loader.dataset, "num_classes", None)
-    use_true = labels == "true" or (labels == "auto" and n_cls == model.num_classes)
-    was_training = model.training
-    model.eval()
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _accumulate(model: nn.Module, groups: list[Group], loader, labels, progress, fn, desc) -> dict[str, torch.Tensor]:
+    """``sum_b fn(w * g_b)`` per parameter (the parameters the groups read), in float64."""
+    names = member_params(groups)
     params = dict(model.named_parameters())
-    req = {n: p.requires_grad for n, p in params.items()}
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    try:
-        for p in params.values():
-            p.requires_grad_(True)
-            p.grad = None
-        ref = next(model.parameters())
-        device = ref.device
-        for x, y in tqdm(loader, desc="taylor scores", disable=not progress, leave=False):
-            x = x.to(device=device, dtype=ref.dtype)
-            logits = logits_of(model(x))
-            target = y.to(device) if use_true else logits.detach().argmax(-1)
-            loss = F.cross_entropy(logits, target)
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            for n, p in params.items():
-                if p.grad is not None:
-                    grads[n] += p.grad
-    finally:
-        for n, p in params.items():
-            p.grad = None
-            p.requires_grad_(req[n])
-        model.train(was_training)
-    return grads
+    acc = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
+    for grads in batch_gradients(model, loader, names, labels, progress, desc):
+        for n in names:
+            acc[n] += fn(params[n].detach().to(torch.float64) * grads[n].to(torch.float64))
+    return acc
 
 
-def taylor(
+def taylor_sum(
     model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
 ) -> list[torch.Tensor]:
-    """|sum of w * dL/dw| over each element's slices."""
-    grads = accumulate_grads(model, loader, labels, progress)
-    params = dict(model.named_parameters())
-    return [reduce_group(g, torch.mul, params, grads).abs() for g in groups]
+    """|sum over the element's slices of w * G|, G = dL/dw summed over all calibration batches."""
+    acc = _accumulate(model, groups, loader, labels, progress, _identity, "taylor-sum scores")  # w * G
+    return [reduce_group(g, _identity, acc).abs() for g in groups]
 
 
-taylor.needs_data = True
+def taylor_abs(
+    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+) -> list[torch.Tensor]:
+    """sum over the element's slices of sum over batches of |w * dL_b/dw|."""
+    acc = _accumulate(model, groups, loader, labels, progress, torch.abs, "taylor-abs scores")
+    return [reduce_group(g, _identity, acc) for g in groups]
+
+
+def taylor_sq(
+    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+) -> list[torch.Tensor]:
+    """sum over the element's slices of sum over batches of (w * dL_b/dw)^2."""
+    acc = _accumulate(model, groups, loader, labels, progress, torch.square, "taylor-sq scores")
+    return [reduce_group(g, _identity, acc) for g in groups]
+
+
+for _f in (taylor_sum, taylor_abs, taylor_sq):
+    _f.needs_data = True
