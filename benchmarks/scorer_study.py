@@ -18,7 +18,8 @@ default by the rule below) and ``scorer_study.png``.
 
 The default rule: the scorer with the highest mean fine-tuned top-1 at ``--pick-at`` (46.2%);
 scorers within ``--noise`` points of it tie, and ties go to the higher mean one-shot top-1 (again
-within noise), then to the cheaper scorer (scoring seconds).
+within noise), then to the cheaper scorer (data-free before one gradient pass), then to the higher
+mean one-shot top-1.
 
 Run (one thread per process on a shared CPU)::
 
@@ -119,8 +120,17 @@ def run_one(teacher, criterion: str, reduction: float, seed: int, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------ summaries
+def _cost(criterion: str) -> int:
+    """Passes over the calibration images: 0 for data-free scorers, 1 for gradient scorers, 2 for methods."""
+    from vitcompress.scorers import SCORERS, needs_data
+
+    if criterion in METHODS or criterion not in SCORERS:
+        return 2
+    return int(needs_data(criterion))
+
+
 def summarise(rows: list[dict]) -> dict:
-    """``(criterion, target) -> {n, achieved, pruned/finetuned: (mean, min, max), score_seconds}``."""
+    """``(criterion, target) -> {n, achieved, pruned/finetuned: (mean, min, max), score_seconds, cost, ...}``."""
     out: dict = {}
     for r in rows:
         if "top1_finetuned" in r:
@@ -138,7 +148,8 @@ def summarise(rows: list[dict]) -> dict:
             "pruned": stat("top1_pruned"),
             "finetuned": stat("top1_finetuned"),
             "score_seconds": sum(r["score_seconds"] for r in rs) / len(rs),
-            "labels": sorted({str(r.get("labels_used")) for r in rs}),
+            "cost": _cost(key[0]),
+            "labels": sorted({r.get("labels_used") or "-" for r in rs}),
             "kept": {k: sum(r["kept"][k] for r in rs) / len(rs) for k in rs[0]["kept"]},
         }
     return summ
@@ -159,9 +170,13 @@ def pick_default(summ: dict, target: float, candidates, noise: float) -> tuple[s
         tied = [c for c in tied if summ[(c, target)]["pruned"][0] >= best_os - noise]
         why.append(f"best mean one-shot top-1 among them: {best_os:.2f}%; within {noise} points: {', '.join(tied)}")
     if len(tied) > 1:
-        tied.sort(key=lambda c: summ[(c, target)]["score_seconds"])
-        cheapest = summ[(tied[0], target)]["score_seconds"]
-        why.append(f"cheapest of them to score: {tied[0]} ({cheapest:.2f} s)")
+        cheapest = min(summ[(c, target)]["cost"] for c in tied)
+        tied = [c for c in tied if summ[(c, target)]["cost"] == cheapest]
+        what = "no calibration data" if cheapest == 0 else "one gradient pass over the calibration images"
+        why.append(f"cheapest of them to score ({what}): {', '.join(tied)}")
+    if len(tied) > 1:
+        tied.sort(key=lambda c: -summ[(c, target)]["pruned"][0])
+        why.append(f"same cost: the highest mean one-shot top-1 of them, {tied[0]}")
     return tied[0], why
 
 
@@ -176,7 +191,7 @@ def markdown(record: dict, summ: dict, reductions, criteria, done: bool) -> str:
         f"Teacher: `{record['teacher']}`, {100 * record['teacher_top1']:.2f}% mnist10k val top-1 "
         f"({record['teacher_macs'] / 1e6:.2f} M MACs).",
         "",
-        f"Command: `{record['command']}`",
+        f"Command: `{record['command']}`" + "".join(f"; resumed with `{c}`" for c in record.get("resumed_with", [])),
         "",
         f"Each cell: mean top-1 (%) over calibration seeds {s['seeds']} (min-max); {s['calib_images']} calibration "
         f"images; fine-tune: {s['epochs']} epochs, lr {s['lr']}, batch {s['batch_size']}, plain (labels, no teacher).",
@@ -215,7 +230,10 @@ def markdown(record: dict, summ: dict, reductions, criteria, done: bool) -> str:
 
 
 def plot(summ: dict, path, teacher_top1: float, criteria) -> None:
-    """Mean top-1 against MACs reduction (min-max bars), one-shot and after fine-tuning."""
+    """Mean top-1 against MACs reduction (min-max bars), one-shot and after fine-tuning.
+
+    The y range of each panel spans the non-random criteria; ``random`` points below it are
+    listed in the panel instead of squeezing the others."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,31 +241,39 @@ def plot(summ: dict, path, teacher_top1: float, criteria) -> None:
 
     from vitcompress.io import atomic_file
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, title in zip(axes, ("pruned", "finetuned"), ("one-shot (right after pruning)", "after fine-tuning")):
+        floor = min((v[key][1] for (c, _), v in summ.items() if c != "random"), default=0.0)
+        floor = min(floor, 100 * teacher_top1) - 1.0
+        off = []
         for i, c in enumerate(criteria):
             pts = sorted((v["achieved"] * 100, *v[key]) for (cc, _), v in summ.items() if cc == c)
             if not pts:
                 continue
             x, m, lo, hi = zip(*pts)
-            err = [[a - b for a, b in zip(m, lo)], [b - a for a, b in zip(m, hi)]]
-            style = "s" if c in METHODS else "o"
+            err = [[max(a - b, 0.0) for a, b in zip(m, lo)], [max(b - a, 0.0) for a, b in zip(m, hi)]]
+            method = c in METHODS
             ax.errorbar(
                 x,
                 m,
                 yerr=err,
-                marker=style,
-                ls="--" if c in METHODS else "-",
-                color=f"C{i % 10}",
-                label=c,
+                marker="s" if method else "o",
+                ms=7 if method else 5,
+                ls="none" if method else "-",
+                color=f"C{i}" if i < 10 else "k",
+                label=c + (" (method)" if method else ""),
                 capsize=3,
                 lw=1.2,
             )
+            off += [f"{c} {v:.1f}% at -{a:.0f}%" for a, v in zip(x, m) if v < floor]
         ax.axhline(100 * teacher_top1, color="k", lw=0.8, ls=":", label="teacher")
+        ax.set_ylim(floor, 100 * teacher_top1 + 0.1 * (100 * teacher_top1 - floor) + 0.1)
+        if off:
+            ax.text(0.02, 0.02, "below the axis: " + ", ".join(off), transform=ax.transAxes, fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("MACs removed (%)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mnist10k val top-1 (%)")
+    axes[0].set_ylabel("mnist10k val top-1 (%), mean over seeds, bars: min-max")
     axes[1].legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
     with atomic_file(path) as tmp:
@@ -375,10 +401,14 @@ def main(argv=None) -> int:
         prev = json.loads(old.read_text())
         if prev.get("teacher_sha256") == record["teacher_sha256"]:
             record["runs"] = [r for r in prev["runs"] if "error" not in r]
+            record["resumed_with"] = prev.get("resumed_with", [])
+            record["command"], resumed_by = prev["command"], record["command"]
     done = {(r["criterion"], r["target"], r["seed"]) for r in record["runs"]}
     todo = [(red, c, s) for red in reductions for s in seeds for c in scorers]
     todo += [(red, m, s) for red in method_reductions for s in seeds for m in methods]
     todo = [t for t in todo if (t[1], t[0], t[2]) not in done]
+    if "resumed_with" in record and todo:  # a resume that only rewrites the tables is not recorded
+        record["resumed_with"].append(resumed_by)
     criteria = scorers + methods
     all_reductions = sorted(set(reductions) | set(method_reductions))
     for red, c, s in tqdm(todo, desc="scorer study"):

@@ -28,13 +28,14 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 
 def _accumulate(model: nn.Module, groups: list[Group], loader, labels, progress, fn, desc) -> dict[str, torch.Tensor]:
-    """``sum_b fn(w * g_b)`` per parameter (the parameters the groups read), in float64."""
+    """``sum_b fn(w * g_b)`` per parameter (the parameters the groups read), in at least float32."""
     names = member_params(groups)
     params = dict(model.named_parameters())
-    acc = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
+    acc = {n: torch.zeros_like(params[n], dtype=torch.promote_types(params[n].dtype, torch.float32)) for n in names}
     for grads in batch_gradients(model, loader, names, labels, progress, desc):
         for n in names:
-            acc[n] += fn(params[n].detach().to(torch.float64) * grads[n].to(torch.float64))
+            w = params[n].detach().to(acc[n].dtype)
+            acc[n] += fn(w * grads[n].to(acc[n].dtype))
     return acc
 
 
