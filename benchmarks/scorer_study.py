@@ -34,25 +34,35 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import vitcompress
+from vitcompress.artifact import is_artifact
+from vitcompress.counting import count
+from vitcompress.errors import VitCompressError
+from vitcompress.evaluate import evaluate_data
+from vitcompress.io import atomic_file
+from vitcompress.scorers import ALIASES, SCORERS, needs_data
+from vitcompress.spec import spec_from_model
+from vitcompress.training import TrainConfig, fit
 
 METHODS = ("ihp", "gohsp", "amap")
 
 
 def default_scorers() -> list[str]:
     """Every registered scorer formula (aliases such as ``taylor`` and ``magnitude`` left out)."""
-    from vitcompress.scorers import ALIASES, SCORERS
-
     return [n for n in SCORERS.list() if n not in ALIASES]
 
 
 def kept_shares(model, teacher) -> dict:
     """Share of the teacher's heads, q/k dims, v dims and MLP neurons the pruned model keeps."""
-    from vitcompress.spec import spec_from_model
-
     a, b = spec_from_model(teacher), spec_from_model(model)
     tot = {
         "heads": sum(x.num_heads for x in a.blocks),
@@ -71,12 +81,6 @@ def kept_shares(model, teacher) -> dict:
 
 def run_one(teacher, criterion: str, reduction: float, seed: int, args) -> dict:
     """Prune, evaluate, fine-tune, evaluate: one run of the study."""
-    import vitcompress
-    from vitcompress.counting import count
-    from vitcompress.errors import VitCompressError
-    from vitcompress.evaluate import evaluate_data
-    from vitcompress.training import TrainConfig, fit
-
     row = {"criterion": criterion, "target": reduction, "seed": seed}
     kw = dict(flops_reduction=reduction, data=args.data, calib_images=args.calib_images, seed=seed)
     if criterion in METHODS:
@@ -122,8 +126,6 @@ def run_one(teacher, criterion: str, reduction: float, seed: int, args) -> dict:
 # ------------------------------------------------------------------------------------ summaries
 def _cost(criterion: str) -> int:
     """Passes over the calibration images: 0 for data-free scorers, 1 for gradient scorers, 2 for methods."""
-    from vitcompress.scorers import SCORERS, needs_data
-
     if criterion in METHODS or criterion not in SCORERS:
         return 2
     return int(needs_data(criterion))
@@ -239,8 +241,6 @@ def plot(summ: dict, path, teacher_top1: float, criteria) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vitcompress.io import atomic_file
-
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, title in zip(axes, ("pruned", "finetuned"), ("one-shot (right after pruning)", "after fine-tuning")):
         floor = min((v[key][1] for (c, _), v in summ.items() if c != "random"), default=0.0)
@@ -283,8 +283,6 @@ def plot(summ: dict, path, teacher_top1: float, criteria) -> None:
 
 def write_results(out: Path, record: dict, reductions, criteria, done: bool) -> None:
     """Write json/md/png atomically."""
-    from vitcompress.io import atomic_file
-
     record["complete"] = done
     with atomic_file(out / "scorer_study.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -295,10 +293,6 @@ def write_results(out: Path, record: dict, reductions, criteria, done: bool) -> 
 
 
 def _smoke_teacher():
-    import torch
-
-    import vitcompress
-
     torch.manual_seed(0)
     return vitcompress.create_source_model(
         "vit_tiny_patch16_224",
@@ -341,15 +335,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--smoke", action="store_true", help="tiny random teacher, tiny budgets: wiring check only")
     args = ap.parse_args(argv)
-
-    import torch
-    from tqdm.auto import tqdm
-
-    import vitcompress
-    from vitcompress.artifact import is_artifact
-    from vitcompress.counting import count
-    from vitcompress.evaluate import evaluate_data
-    from vitcompress.scorers import SCORERS
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -426,8 +411,6 @@ def main(argv=None) -> int:
 
 
 def _sha256(artifact: str) -> str:
-    import hashlib
-
     return hashlib.sha256(Path(artifact, "model.safetensors").read_bytes()).hexdigest()
 
 

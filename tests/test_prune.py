@@ -19,7 +19,9 @@ def same(a, b, atol=1e-5):
         torch.testing.assert_close(a(X), b(X), atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("importance", ["taylor", "l1", "l2", "random"])
+@pytest.mark.parametrize(
+    "importance", ["taylor", "taylor-sum", "taylor-sq", "taylor-act", "fisher", "l1", "l2", "random"]
+)
 def test_prune_matches_masked_original(importance):
     model = tiny("deit_distilled")
     res = vitcompress.prune(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny
+from helpers import tiny
 from torch.utils.data import DataLoader, TensorDataset
 
 import vitcompress

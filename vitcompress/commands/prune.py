@@ -18,7 +18,6 @@ from vitcompress.report import format_info, format_prune_summary
 
 from .options import config_options, given
 
-
 # why the default scorer is the default: docs/methods.md, scorer study (tests check it against the record)
 SCORER_TABLE = """\b
 Why taylor-abs is the default scorer: mean mnist10k val top-1 (%) over 3 calibration seeds of the

@@ -21,12 +21,9 @@ from tqdm.auto import tqdm
 
 from ..errors import VitCompressError
 from ..groups import Group
+from ..logits import logits_of
 
 LABEL_MODES = ("auto", "true", "pseudo")
-
-
-def _logits(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def label_source(model: nn.Module, loader, labels: str = "auto") -> str:
@@ -72,7 +69,7 @@ def batch_gradients(
         ref = next(iter(wanted.values())) if wanted else next(model.parameters())
         for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
             x = x.to(device=ref.device, dtype=ref.dtype)
-            logits = _logits(model(x))
+            logits = logits_of(model(x))
             target = y.to(ref.device) if use_true else logits.detach().argmax(-1)
             loss = F.cross_entropy(logits, target)
             for p in wanted.values():
