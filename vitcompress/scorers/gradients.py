@@ -17,11 +17,11 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import VitCompressError
 from ..groups import Group
 from ..logits import logits_of
+from ..progress import tqdm
 
 LABEL_MODES = ("auto", "true", "pseudo")
 
