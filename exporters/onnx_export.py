@@ -5,25 +5,29 @@ Exporter: ``torch.onnx.export(..., dynamo=True)``. Every axis declared dynamic s
 the graph: the token count is computed from the runtime image shape with integer arithmetic, and
 with ``dynamic_size`` the position embeddings are resampled inside the graph (timm's
 ``dynamic_img_size=True`` path, which exports as a ``Resize`` whose output size is computed from the
-input shape). PyTorch's scaled-dot-product attention is decomposed by the exporter into
-``MatMul -> Softmax -> MatMul`` at the default opset, the pattern TensorRT fuses, so attention
-modules are exported as they are.
+input shape; ``antialias=False`` drops its antialiasing for TensorRT, ``exporters.resampling``).
+PyTorch's scaled-dot-product attention is decomposed by the exporter into ``MatMul -> Softmax ->
+MatMul`` at the default opset, the pattern TensorRT fuses, so attention modules are exported as
+they are.
 
-With ``runtime_keep`` the graph takes a second input ``keep_rate`` (``[1]`` float32) that sets
+With ``runtime_keep`` the graph takes a second input ``keep_permille`` (``[1]`` int64) that sets
 the keep rate of every token-reducing block at run time (``exporters.runtime_keep``).
 
 Default opset: ``DEFAULT_OPSET`` (20): the first opset with a ``Gelu`` operator, parsed by
 TensorRT 10 and 11 and run by ONNX Runtime. Opset 23 would turn attention into the ``Attention``
 operator, which TensorRT parses only since 10.14.
+
+``export_onnx`` runs five named steps: ``_prepare`` (load, dynamic-size twin, example input),
+``_trace`` (the exporter), ``_finish_graph`` (clean-up, axis names, metadata), ``_check`` (parity
+in ONNX Runtime) and the atomic install (``onnx_files``).
 """
 
 from __future__ import annotations
 
 import copy
-import glob
+import dataclasses
 import json
 import os
-import secrets
 import shutil
 import tempfile
 import time
@@ -31,11 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
+from torch.export import Dim
 
+import vitcompress
+from vitcompress.counting import count
 from vitcompress.errors import VitCompressError
+from vitcompress.progress import tqdm
 
+from . import onnx_files
+from . import runtime_keep as rk
+from .cleanup import cleanup, node_count
+from .outputs import created_dirs
+from .parity import ParityReport, check_parity
+from .precision import EXPORT_PRECISIONS, check_precision
 from .profiles import (
     Profile,
     ProfileLike,
@@ -46,14 +61,73 @@ from .profiles import (
     parity_img_sizes,
     parse_profile,
 )
+from .resampling import Resampled, drop_antialias
+from .resampling import describe as describe_resampling
+from .source import load_source, patch_and_size, with_dynamic_size
 
 DEFAULT_OPSET = 20
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
-PRECISIONS = ("fp32", "fp16")
 #: Above this many bytes of weights, tensors go to a ``<file>.<hex>.data`` side file (protobuf limit 2 GiB).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 META_PREFIX = "vitcompress."
+STEPS = ("load", "export", "cleanup", "save", "parity")
+
+
+@dataclass
+class ExportConfig:
+    """What ``export_onnx`` writes and checks (recorded in the file's ``vitcompress.export`` metadata)."""
+
+    batch: ProfileLike = field(
+        default="1:8:32", metadata={"help": "Batch profile MIN:OPT:MAX (the axis is always dynamic)."}
+    )
+    dynamic_size: bool = field(
+        default=False,
+        metadata={"help": "Dynamic image height/width (position embeddings resampled in the graph)."},
+    )
+    img_size: ProfileLike = field(
+        default=None,
+        metadata={"help": "Image side profile MIN:OPT:MAX, multiples of the patch (default 0.5x:1x:1.5x native)."},
+    )
+    precision: str = field(default="fp32", metadata={"help": "fp32 or fp16 (weights and activations)."})
+    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset, 17..23."})
+    check: bool = field(
+        default=True, metadata={"help": "Compare the file with PyTorch in ONNX Runtime (CPU) before writing it."}
+    )
+    tolerance: float | None = field(
+        default=None,
+        metadata={"help": "Relative error limit of the parity check (default 1e-4 fp32, 1e-2 fp16)."},
+    )
+    external_data: bool | None = field(
+        default=None,
+        metadata={"help": "Weights in a side file <output>.<hex>.data (default: above ~1.8 GB of weights)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the parity check's random images."})
+    runtime_keep: bool = field(
+        default=False,
+        metadata={
+            "help": "Token-reduced models (topk, topk-vpa, evit, etps): add the input keep_permille [1] int64 "
+            "that sets every reducing block's keep rate at run time (docs/export.md)."
+        },
+    )
+    antialias: bool = field(
+        default=True,
+        metadata={
+            "help": "Dynamic size: antialiased position-embedding resampling when the image is smaller than the "
+            "model's (timm's; TensorRT cannot parse it, --trt turns it off)."
+        },
+    )
+
+    def validate(self) -> tuple[Profile, Profile | None]:
+        """Check the values; returns the parsed batch and image-side profiles."""
+        check_precision(self.precision, EXPORT_PRECISIONS)
+        if not 17 <= int(self.opset) <= 23:
+            raise VitCompressError(f"opset {self.opset} is outside 17..23; use the default {DEFAULT_OPSET}")
+        batch = parse_profile(self.batch, "batch")
+        img = parse_profile(self.img_size, "img-size") if self.img_size is not None else None
+        if img is not None and not self.dynamic_size and img.min != img.max:
+            raise VitCompressError("an --img-size range needs --dynamic-size; add --dynamic-size or pass one size")
+        return batch, img
 
 
 @dataclass
@@ -61,7 +135,7 @@ class ExportResult:
     """What ``export_onnx`` wrote and measured."""
 
     path: Path
-    parity: Any | None  # ParityReport, None with check=False
+    parity: ParityReport | None  # None with check=False
     nodes_before: int
     nodes_after: int
     metadata: dict
@@ -71,7 +145,9 @@ class ExportResult:
     img_size: Profile | None = None
     dynamic_size: bool = False
     input_name: str = INPUT_NAME
-    runtime_keep: bool = False  # the graph has the second input ``keep_rate``
+    runtime_keep: bool = False  # the graph has the second input ``keep_permille``
+    antialias: bool = True  # the position-embedding resampling (dynamic size only)
+    keeps: list[float] | None = None  # keep rates the parity check ran (runtime keep)
     external_data: Path | None = None
     size_bytes: int = 0
     seconds: float = 0.0
@@ -87,6 +163,8 @@ class ExportResult:
             "dynamic_size": self.dynamic_size,
             "input_name": self.input_name,
             "runtime_keep": self.runtime_keep,
+            "antialias": self.antialias,
+            "keeps": self.keeps,
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
             "external_data": str(self.external_data) if self.external_data else None,
@@ -97,115 +175,88 @@ class ExportResult:
         }
 
 
-# ------------------------------------------------------------------------------- model preparation
-def _load_source(model_or_path: str | os.PathLike | nn.Module):
-    """(fp32 eval copy of the model, its ArtifactMeta, label of the source)."""
-    from vitcompress.artifact import load, meta_of
+@dataclass
+class _Prepared:
+    """The model side of one export: what is traced, what it is checked against, at which shapes."""
 
-    if isinstance(model_or_path, nn.Module):
-        model = copy.deepcopy(model_or_path).float().eval()
-        meta = getattr(model_or_path, "vitcompress_meta", None)
-        if meta is None:
-            meta = meta_of(copy.deepcopy(model))
-        else:
-            meta = copy.deepcopy(meta)
-        return model, meta, "<module>"
-    model = load(model_or_path)
-    meta = model.vitcompress_meta
-    if meta.tokens:
-        from vitcompress.tokens import TokenSchedule, apply_tokens, schedule_of
+    model: nn.Module  # fp32 eval copy (dynamic-size twin with ``dynamic_size``)
+    meta: Any  # ArtifactMeta
+    label: str
+    patch: int
+    native: int
+    in_chans: int
+    batch: Profile
+    img: Profile | None
+    references: dict  # keep rate (None: no keep input) -> what the graph computes, in fp32 PyTorch
+    traced: nn.Module  # what the exporter traces (fp16 copy, runtime-keep wrapper)
+    example: tuple  # its example inputs
 
-        if schedule_of(model) is None:
-            apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
-    return model.float().eval(), meta, str(model_or_path)
-
-
-def _with_dynamic_size(model: nn.Module, meta) -> nn.Module:
-    """The same weights in a timm model built with ``dynamic_img_size=True`` (pos-embed resampling
-    in ``forward``, patch embedding without a fixed input size)."""
-    from vitcompress.models import SourceModel
-    from vitcompress.spec import build_model, spec_from_model
-
-    if getattr(model, "dynamic_img_size", False):
-        return model
-    sched = None
-    plain = model
-    try:
-        from vitcompress.tokens import remove_tokens, schedule_of
-
-        sched = schedule_of(model)
-        if sched is not None:
-            plain = remove_tokens(copy.deepcopy(model))
-    except ImportError:  # pragma: no cover
-        pass
-    src = meta.source
-    dyn = build_model(
-        SourceModel(src.name, {**src.kwargs, "dynamic_img_size": True}), spec_from_model(plain), device="cpu"
-    )
-    dyn.load_state_dict(plain.state_dict(), strict=True)
-    for attr in ("pretrained_cfg", "default_cfg", "vitcompress_meta"):
-        if hasattr(plain, attr):
-            setattr(dyn, attr, getattr(plain, attr))
-    if sched is not None:
-        from vitcompress.tokens import apply_tokens
-
-        apply_tokens(dyn, copy.deepcopy(sched))
-    return dyn.float().eval()
+    def parity_shapes(self) -> list[tuple[int, int]]:
+        side = self.img.opt if self.img else self.native
+        shapes = [(b, side) for b in parity_batches(self.batch)]
+        return shapes + [(self.batch.min, s) for s in parity_img_sizes(self.img)[1:]]
 
 
-def _patch_and_size(model: nn.Module) -> tuple[int, int, int]:
-    pe = model.patch_embed
-    patch = int(pe.patch_size[0])
-    size = pe.img_size[0] if pe.img_size is not None else None
-    if size is None:
-        size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1]
-    return patch, int(size), int(pe.proj.in_channels)
+# ------------------------------------------------------------------------------------------ steps
+def _prepare(source, cfg: ExportConfig, batch: Profile, img: Profile | None) -> _Prepared:
+    """Load the model, build its dynamic-size twin where asked, and make the example input."""
+    model, meta, label = load_source(source)
+    if cfg.runtime_keep:
+        rk.check_runtime_keep(model)
+    patch, native, in_chans = patch_and_size(model)
+    if cfg.dynamic_size:
+        img = img or default_img_profile(native, patch)
+        check_img_profile(img, patch)
+        model = with_dynamic_size(model, meta)
+    elif img is not None and img.opt != native:
+        raise VitCompressError(f"--img-size {img} differs from the model's input size {native}; add --dynamic-size")
+    else:
+        img = None
+    traced = copy.deepcopy(model).half() if cfg.precision == "fp16" else model
+    side = img.opt if img else native
+    b = example_batch(batch, avoid=(side, native, in_chans))
+    dtype = torch.float16 if cfg.precision == "fp16" else torch.float32
+    example: tuple = (torch.randn(b, in_chans, side, side, dtype=dtype),)
+    references = {None: model}
+    if cfg.runtime_keep:
+        keeps = rk.parity_keeps(model)
+        references = {k: rk.with_keep(model, k) for k in keeps}
+        traced, example = rk.RuntimeKeep(traced), example + (rk.keep_tensor(keeps[0]),)
+    if cfg.dynamic_size and not cfg.antialias:  # the graph resamples as ``resample_plain`` does
+        references = {k: Resampled(m) for k, m in references.items()}
+    return _Prepared(model, meta, label, patch, native, in_chans, batch, img, references, traced, example)
 
 
-# ------------------------------------------------------------------------------------ graph export
-def _export_graph(
-    model: nn.Module, example: torch.Tensor, dynamic_size: bool, opset: int, keep: torch.Tensor | None = None
-):
-    """``torch.onnx.export`` (dynamo) of ``model(example)``, or of ``model(example, keep)`` for a
-    runtime-keep wrapper (``keep_rate`` has the static shape ``[1]``)."""
-    from torch.export import Dim
-
-    from .runtime_keep import KEEP_INPUT
-
+def _trace(prep: _Prepared, cfg: ExportConfig) -> onnx.ModelProto:
+    """``torch.onnx.export`` (dynamo) of the traced module; dynamic axes checked to be symbolic; the
+    position-embedding ``Resize`` without antialiasing where asked (``resampling.drop_antialias``)."""
     axes = {0: Dim.DYNAMIC}
-    if dynamic_size:
+    if cfg.dynamic_size:
         axes.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
-    args, names, shapes = (example,), [INPUT_NAME], (axes,)
-    if keep is not None:
-        args, names, shapes = (example, keep), [INPUT_NAME, KEEP_INPUT], (axes, None)
+    names, shapes = [INPUT_NAME], [axes]
+    if cfg.runtime_keep:
+        names, shapes = names + [rk.KEEP_INPUT], shapes + [None]
     try:
         prog = torch.onnx.export(
-            model,
-            args,
+            prep.traced,
+            prep.example,
             dynamo=True,
             input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=shapes,
-            opset_version=opset,
+            dynamic_shapes=tuple(shapes),
+            opset_version=int(cfg.opset),
             verbose=False,
         )
     except Exception as e:
         raise VitCompressError(
-            f"the ONNX exporter failed at opset {opset} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"the ONNX exporter failed at opset {cfg.opset} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             f"try the default --opset {DEFAULT_OPSET}"
         ) from None
-    return prog.model_proto
-
-
-def _name_dims(proto, dynamic_size: bool) -> None:
-    """Give the dynamic axes readable names (batch, height, width) in inputs and outputs."""
-    inp = proto.graph.input[0].type.tensor_type.shape.dim
-    names = {0: "batch", 2: "height", 3: "width"}
-    mapping = {inp[i].dim_param: n for i, n in names.items() if inp[i].dim_param}
-    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
-        for d in vi.type.tensor_type.shape.dim:
-            if d.dim_param in mapping:
-                d.dim_param = mapping[d.dim_param]
+    proto = prog.model_proto
+    _check_symbolic(proto, cfg.dynamic_size)
+    if cfg.dynamic_size and not cfg.antialias:
+        drop_antialias(proto)
+    return proto
 
 
 def _check_symbolic(proto, dynamic_size: bool) -> None:
@@ -220,26 +271,23 @@ def _check_symbolic(proto, dynamic_size: bool) -> None:
         )
 
 
-def _metadata(
-    meta,
-    model: nn.Module,
-    precision: str,
-    batch: Profile,
-    img: Profile | None,
-    dynamic_size: bool,
-    opset: int,
-    source_label: str,
-    runtime_keep: bool = False,
-    patch: int | None = None,
-) -> dict[str, str]:
-    import vitcompress
-    from vitcompress.counting import count
+def _name_dims(proto) -> None:
+    """Give the dynamic axes readable names (batch, height, width) in inputs and outputs."""
+    inp = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {0: "batch", 2: "height", 3: "width"}
+    mapping = {inp[i].dim_param: n for i, n in names.items() if inp[i].dim_param}
+    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in mapping:
+                d.dim_param = mapping[d.dim_param]
 
-    from .runtime_keep import metadata as runtime_keep_meta
 
+def _metadata(prep: _Prepared, cfg: ExportConfig) -> dict[str, str]:
+    """The ``vitcompress.*`` metadata entries (JSON strings)."""
+    meta = prep.meta
     macs = (meta.counts or {}).get("macs")
     if macs is None:
-        macs = count(model).macs
+        macs = count(prep.model).macs
     data = {
         "source": meta.source.to_dict(),
         "spec": meta.spec.to_dict(),
@@ -249,286 +297,173 @@ def _metadata(
         "counts_source": meta.counts_source,
         "plan": meta.plan.to_dict() if meta.plan is not None else None,
         "export": {
-            "precision": precision,
-            "opset": opset,
-            "dynamic_size": dynamic_size,
-            "batch": batch.to_dict(),
-            "img_size": img.to_dict() if img else None,
+            "precision": cfg.precision,
+            "opset": int(cfg.opset),
+            "dynamic_size": cfg.dynamic_size,
+            "batch": prep.batch.to_dict(),
+            "img_size": prep.img.to_dict() if prep.img else None,
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
-            "artifact": source_label,
-            "patch_size": patch,
-            "runtime_keep": runtime_keep_meta() if runtime_keep else None,
+            "artifact": prep.label,
+            "patch_size": prep.patch,
+            "pos_embed_resampling": describe_resampling(cfg.antialias) if cfg.dynamic_size else None,
+            "runtime_keep": rk.metadata(prep.model) if cfg.runtime_keep else None,
             "vitcompress_version": vitcompress.__version__,
         },
     }
     return {META_PREFIX + k: json.dumps(v) for k, v in data.items()}
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> dict:
-    """The ``vitcompress.*`` metadata of an exported file, JSON-decoded (without loading weights)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {
-        p.key[len(META_PREFIX) :]: json.loads(p.value) for p in proto.metadata_props if p.key.startswith(META_PREFIX)
-    }
-
-
-def _weight_bytes(proto) -> int:
-    return sum(len(t.raw_data) for t in proto.graph.initializer)
+def _finish_graph(proto, prep: _Prepared, cfg: ExportConfig) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Clean-up (onnx-graphsurgeon), axis names and metadata; returns the graph and its metadata."""
+    proto = cleanup(proto)
+    _name_dims(proto)
+    md = _metadata(prep, cfg)
+    for k, v in md.items():
+        proto.metadata_props.add(key=k, value=v)
+    return proto, md
 
 
-def _save(proto, path: Path, data_name: str | None) -> None:
-    """Write ``proto`` to ``path``; with ``data_name``, every tensor above 1 KiB goes to the side
-    file ``data_name`` next to it (the ``location`` the file refers to)."""
-    import onnx
-
-    if data_name:
-        onnx.save_model(
-            proto,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=1024,
+def _check(path: Path, prep: _Prepared, cfg: ExportConfig) -> ParityReport:
+    """The parity check of the written file; raises ``VitCompressError`` above the tolerance."""
+    report = check_parity(
+        str(path),
+        prep.references,
+        prep.parity_shapes(),
+        precision=cfg.precision,
+        tolerance=cfg.tolerance,
+        seed=cfg.seed,
+        in_chans=prep.in_chans,
+    )
+    if not report.ok:
+        worst = max(report.cases, key=lambda c: c.max_rel)
+        at_keep = f", keep {worst.keep}" if worst.keep is not None else ""
+        raise VitCompressError(
+            f"parity check failed: max relative error {worst.max_rel:.3e} at batch {worst.batch}, "
+            f"image {worst.img_size}{at_keep} exceeds {report.tolerance:.0e} ({cfg.precision}); "
+            "nothing was written, report the model to the maintainers or relax --tolerance"
         )
-    else:
-        onnx.save_model(proto, str(path))
+    return report
 
 
-def _data_name(output: Path) -> str:
-    """A side-file name no earlier export used: ``<output>.<8 hex digits>.data``."""
-    while True:
-        name = f"{output.name}.{secrets.token_hex(4)}.data"
-        if not os.path.lexists(output.parent / name):
-            return name
+class _Steps:
+    """Times the steps; a progress bar (terminals only) once the inputs are validated."""
 
+    def __init__(self, progress: bool):
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+        self.bar = None
+        self.t = time.perf_counter()
 
-def _external_locations(path: Path) -> set[str]:
-    """The external-data files an existing ONNX file refers to (empty where it is unreadable)."""
-    import onnx
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.t, 3)
+        self.t = now
+        if self.bar is None:  # disable=None: shown on terminals only, so logs and captured output stay clean
+            self.bar = tqdm(total=len(STEPS), desc="export", disable=None if self.progress else True, leave=False)
+        self.bar.set_postfix_str(name)
+        self.bar.update(1)
 
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return set()
-    out: set[str] = set()
-
-    def tensors(graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for a in node.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                yield from a.tensors
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    yield from tensors(g)
-
-    for t in tensors(proto.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            out.update(e.value for e in t.external_data if e.key == "location")
-    return out
-
-
-def _install(tmp_path: Path, data_name: str | None, output: Path) -> None:
-    """Move a checked file (and its side file) from the temporary folder onto ``output``.
-
-    The side file has a name no other file uses (``_data_name``) and is moved first: until the
-    ``.onnx`` rename, the old file still refers to its own, untouched side file; the ``.onnx``
-    rename switches to the new pair in one step. Then the side files the old file referred to are
-    deleted (only ``<output>.*data`` siblings). A crash at any point leaves a consistent pair,
-    at worst plus one unreferenced side file."""
-    # the old file is parsed (without its weights) only where side files of its name exist
-    siblings = list(output.parent.glob(glob.escape(output.name) + ".*data"))
-    old = _external_locations(output) if siblings and output.is_file() else set()
-    moved = None
-    try:
-        if data_name:
-            moved = output.parent / data_name
-            os.replace(tmp_path.parent / data_name, moved)
-        os.replace(tmp_path, output)
-    except BaseException:
-        if moved is not None:
-            moved.unlink(missing_ok=True)
-        raise
-    for loc in old - {data_name}:
-        if Path(loc).name == loc and loc.startswith(output.name + ".") and loc.endswith(".data"):
-            (output.parent / loc).unlink(missing_ok=True)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ------------------------------------------------------------------------------------------ export
 def export_onnx(
     model_or_artifact_path: str | os.PathLike | nn.Module,
     output: str | os.PathLike,
+    config: ExportConfig | None = None,
     *,
-    batch: ProfileLike = (1, 8, 32),
-    dynamic_size: bool = False,
-    img_size: ProfileLike = None,
-    precision: str = "fp32",
-    opset: int = DEFAULT_OPSET,
-    check: bool = True,
-    tolerance: float | None = None,
-    external_data: bool | None = None,
-    seed: int = 0,
     progress: bool = False,
-    runtime_keep: bool = False,
+    **options,
 ) -> ExportResult:
     """Export an artifact folder or a timm ViT module to ONNX, clean it, check it, write it.
 
-    ``batch`` is a MIN:OPT:MAX profile (the batch axis is always dynamic); with ``dynamic_size``
-    height and width are dynamic too and ``img_size`` (MIN:OPT:MAX image side, multiples of the
-    patch size; default half to 1.5x the native side) sets the checked sizes. ``precision`` fp32 or
-    fp16 (weights and activations). The parity check (``check``) runs ONNX Runtime on CPU against
-    PyTorch at three distinct batch sizes (MIN, OPT and MAX capped at 16, padded where they
-    coincide: ``profiles.parity_batches``) and, with ``dynamic_size``, a second image size; above
-    the tolerance (``tolerance`` or ``parity.TOLERANCE``) it raises ``VitCompressError`` and writes
-    nothing (folders it created for ``output`` are removed again). ``external_data`` (default:
-    automatic above ~1.8 GB of weights) stores the weights in a side file
+    ``config`` (``ExportConfig``) with any of its fields overridden by keyword (``batch=(1, 8, 32)``,
+    ``dynamic_size=True``, ...). ``batch`` is a MIN:OPT:MAX profile (the batch axis is always dynamic);
+    with ``dynamic_size`` height and width are dynamic too and ``img_size`` (MIN:OPT:MAX image side,
+    multiples of the patch size; default half to 1.5x the native side) sets the checked sizes.
+    ``precision`` fp32 or fp16 (weights and activations). The parity check (``check``) runs ONNX
+    Runtime on CPU against PyTorch at three distinct batch sizes (MIN, OPT and MAX capped at 16,
+    padded where they coincide: ``profiles.parity_batches``) and, with ``dynamic_size``, a second image
+    size; above the tolerance (``tolerance`` or ``precision.TOLERANCE``) it raises ``VitCompressError``
+    and writes nothing (folders it created for ``output`` are removed again). ``external_data``
+    (default: automatic above ~1.8 GB of weights) stores the weights in a side file
     ``<output>.<8 hex digits>.data`` named inside the ONNX file (``ExportResult.external_data``).
-    The written file is replaced atomically, side file included (``_install``).
+    The written file is replaced atomically, side file included (``onnx_files.install``).
+
+    ``antialias=False`` (dynamic size) resamples the position embeddings the way TensorRT parses
+    (``exporters.resampling``); the parity reference then resamples the same way.
 
     ``runtime_keep`` (keep/rate schedules of topk, topk-vpa, evit, etps) adds the input
-    ``keep_rate`` (``[1]`` float32): every reducing block keeps ``ceil(keep_rate * n)`` of its ``n``
-    patch tokens, keep_rate rounded to 1/1000 (``exporters.runtime_keep``). Parity then runs every
-    shape at two keep rates: the schedule's own and 0.5 (0.8 when the own is 0.5).
+    ``keep_permille`` (``[1]`` int64): every reducing block keeps ``ceil(a * n / 1000)`` of its ``n``
+    patch tokens (``exporters.runtime_keep``). Parity then runs every shape at two keep rates: the
+    schedule's own and 0.5 (0.8 when the own is 0.5).
     """
-    from tqdm.auto import tqdm
-
-    from .cleanup import cleanup, node_count
-    from .outputs import created_dirs
-    from .parity import check_parity
-
     t_start = time.perf_counter()
-    if precision not in PRECISIONS:
-        raise VitCompressError(f"precision {precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
-    if not 17 <= int(opset) <= 23:
-        raise VitCompressError(f"opset {opset} is outside 17..23; use the default {DEFAULT_OPSET}")
-    batch_p = parse_profile(batch, "batch")
-    img_p = parse_profile(img_size, "img-size") if img_size is not None else None
-    if img_p is not None and not dynamic_size and img_p.min != img_p.max:
-        raise VitCompressError("an --img-size range needs --dynamic-size; add --dynamic-size or pass one size")
+    cfg = dataclasses.replace(config or ExportConfig(), **options)
+    batch, img = cfg.validate()
     output = Path(output)
     if output.is_dir():
         raise VitCompressError(f"output {str(output)!r} is a folder; pass a file path such as {output / 'model.onnx'}")
-
-    timings: dict[str, float] = {}
-    steps = None
-
-    def step(name: str, t0: float) -> float:
-        nonlocal steps
-        t1 = time.perf_counter()
-        timings[name] = round(t1 - t0, 3)
-        if steps is None:  # the bar starts once the inputs are validated and the model is loaded
-            # disable=None: shown on terminals only, so logs and captured output stay clean
-            steps = tqdm(total=5, desc="export", disable=None if progress else True, leave=False)
-        steps.set_postfix_str(name)
-        steps.update(1)
-        return t1
-
-    t = time.perf_counter()
-    model, meta, label = _load_source(model_or_artifact_path)
-    if runtime_keep:
-        from .runtime_keep import check_runtime_keep
-
-        check_runtime_keep(model)
-    patch, native, in_chans = _patch_and_size(model)
-    if dynamic_size:
-        img_p = img_p or default_img_profile(native, patch)
-        check_img_profile(img_p, patch)
-        model = _with_dynamic_size(model, meta)
-    else:
-        if img_p is not None and img_p.opt != native:
-            raise VitCompressError(
-                f"--img-size {img_p} differs from the model's input size {native}; add --dynamic-size"
-            )
-        img_p = None
+    steps = _Steps(progress)
     # after the input is known good: creates missing parent folders, and removes them again (where
     # still empty) if anything below fails, so a failed export leaves no folders behind either
     with created_dirs(output.parent):
-        reference = model
-        export_model = copy.deepcopy(model).half() if precision == "fp16" else model
-        side = img_p.opt if img_p else native
-        b = example_batch(batch_p, avoid=(side, native, in_chans))
-        example = torch.randn(b, in_chans, side, side, dtype=torch.float16 if precision == "fp16" else torch.float32)
-        keep = keeps = None
-        if runtime_keep:
-            from .runtime_keep import RuntimeKeep, keep_tensor, parity_keeps
-
-            keeps = parity_keeps(model)
-            export_model, keep = RuntimeKeep(export_model), keep_tensor(keeps[0])
-        t = step("load", t)
-
-        try:
-            proto = _export_graph(export_model, example, dynamic_size, int(opset), keep)
-            _check_symbolic(proto, dynamic_size)
-        except BaseException:
-            steps.close()
-            raise
-        nodes_before = node_count(proto)
-        t = step("export", t)
-
-        proto = cleanup(proto)
-        _name_dims(proto, dynamic_size)
-        nodes_after = node_count(proto)
-        md = _metadata(meta, model, precision, batch_p, img_p, dynamic_size, int(opset), label, runtime_keep, patch)
-        for k, v in md.items():
-            proto.metadata_props.add(key=k, value=v)
-        external = _weight_bytes(proto) > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
-        data_name = _data_name(output) if external else None
-        t = step("cleanup", t)
-
+        prep = _prepare(model_or_artifact_path, cfg, batch, img)
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-        report = None
         try:
+            steps.done("load")
+            proto = _trace(prep, cfg)
+            nodes_before = node_count(proto)
+            steps.done("export")
+            proto, md = _finish_graph(proto, prep, cfg)
+            nodes_after = node_count(proto)
+            external = (
+                onnx_files.weight_bytes(proto) > EXTERNAL_DATA_BYTES
+                if cfg.external_data is None
+                else bool(cfg.external_data)
+            )
+            side_name = onnx_files.data_name(output) if external else None
+            steps.done("cleanup")
             tmp_path = tmpdir / output.name
-            _save(proto, tmp_path, data_name)
+            onnx_files.save(proto, tmp_path, side_name)
             del proto
-            t = step("save", t)
-            if check:
-                shapes = [(bb, img_p.opt if img_p else native) for bb in parity_batches(batch_p)]
-                for s in parity_img_sizes(img_p)[1:]:
-                    shapes.append((batch_p.min, s))
-                report = check_parity(
-                    str(tmp_path),
-                    reference,
-                    shapes,
-                    precision=precision,
-                    tolerance=tolerance,
-                    seed=seed,
-                    in_chans=in_chans,
-                    keeps=keeps,
-                )
-                if not report.ok:
-                    worst = max(report.cases, key=lambda c: c.max_rel)
-                    at_keep = f", keep_rate {worst.keep}" if worst.keep is not None else ""
-                    raise VitCompressError(
-                        f"parity check failed: max relative error {worst.max_rel:.3e} at batch {worst.batch}, "
-                        f"image {worst.img_size}{at_keep} exceeds {report.tolerance:.0e} ({precision}); "
-                        "nothing was written, report the model to the maintainers or relax --tolerance"
-                    )
-            t = step("parity", t)
-            _install(tmp_path, data_name, output)
+            steps.done("save")
+            report = _check(tmp_path, prep, cfg) if cfg.check else None
+            steps.done("parity")
+            onnx_files.install(tmp_path, side_name, output)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
             steps.close()
-        data_path = output.parent / data_name if data_name else None
-        size = output.stat().st_size + (data_path.stat().st_size if data_path else 0)
-        return ExportResult(
-            path=output,
-            parity=report,
-            nodes_before=nodes_before,
-            nodes_after=nodes_after,
-            metadata={k[len(META_PREFIX) :]: json.loads(v) for k, v in md.items()},
-            precision=precision,
-            opset=int(opset),
-            batch=batch_p,
-            img_size=img_p,
-            dynamic_size=dynamic_size,
-            input_name=INPUT_NAME,
-            runtime_keep=bool(runtime_keep),
-            external_data=data_path,
-            size_bytes=size,
-            seconds=round(time.perf_counter() - t_start, 3),
-            timings=timings,
-        )
+    data_path = output.parent / side_name if side_name else None
+    size = output.stat().st_size + (data_path.stat().st_size if data_path else 0)
+    return ExportResult(
+        path=output,
+        parity=report,
+        nodes_before=nodes_before,
+        nodes_after=nodes_after,
+        metadata={k[len(META_PREFIX) :]: json.loads(v) for k, v in md.items()},
+        precision=cfg.precision,
+        opset=int(cfg.opset),
+        batch=batch,
+        img_size=prep.img,
+        dynamic_size=cfg.dynamic_size,
+        input_name=INPUT_NAME,
+        runtime_keep=bool(cfg.runtime_keep),
+        antialias=bool(cfg.antialias),
+        keeps=[k for k in prep.references if k is not None] or None,
+        external_data=data_path,
+        size_bytes=size,
+        seconds=round(time.perf_counter() - t_start, 3),
+        timings=steps.timings,
+    )
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict:
+    """The ``vitcompress.*`` metadata of an exported file, JSON-decoded (without loading weights)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {
+        p.key[len(META_PREFIX) :]: json.loads(p.value) for p in proto.metadata_props if p.key.startswith(META_PREFIX)
+    }

@@ -1,30 +1,26 @@
 """Numerical parity of an exported ONNX file against the PyTorch model, in ONNX Runtime on CPU.
 
-Error measures, per checked shape, over all outputs elements:
+Error measures and tolerances: ``exporters.precision`` (``max_rel = max |onnx - torch| / max |torch|``
+per checked shape, limit ``TOLERANCE[precision]``). An fp16 graph runs in ONNX Runtime with fp16
+inputs and is compared with the fp32 PyTorch model fed the same fp16-rounded inputs, so the
+tolerance covers fp16 arithmetic in every layer.
 
-* ``max_abs``: ``max |onnx - torch|``
-* ``max_rel``: ``max_abs / max |torch|`` (the error relative to the output's scale; elementwise
-  relative errors are meaningless for logits near zero).
-
-Tolerances on ``max_rel`` (``TOLERANCE``): fp32 ``1e-4``; fp16 ``1e-2``. An fp16 graph runs in
-ONNX Runtime with fp16 inputs and is compared with the fp32 PyTorch model fed the same
-fp16-rounded inputs, so the tolerance covers fp16 arithmetic in every layer.
-
-A runtime-keep graph (second input ``keep_rate``, ``exporters.runtime_keep``) is checked at every
-shape for each given keep rate, against a copy of the model with that keep rate set on every
-reducer (``tokens.set_keep``).
+A runtime-keep graph (second input ``keep_permille``, ``exporters.runtime_keep``) is checked at every
+shape for each keep rate, against a copy of the model with that keep rate set on every reducer
+(``tokens.set_keep``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+from .precision import TOLERANCE, relative_error
+from .runtime_keep import feeds
 
 
 @dataclass
@@ -36,7 +32,7 @@ class ParityCase:
     max_abs: float
     max_rel: float
     ok: bool
-    keep: float | None = None  # the keep_rate fed to a runtime-keep graph
+    keep: float | None = None  # the keep rate fed to a runtime-keep graph
 
 
 @dataclass
@@ -46,6 +42,7 @@ class ParityReport:
     precision: str
     tolerance: float
     cases: list[ParityCase] = field(default_factory=list)
+    title: str = "ONNX Runtime CPU vs PyTorch"
 
     @property
     def ok(self) -> bool:
@@ -59,8 +56,16 @@ class ParityReport:
     def max_rel(self) -> float:
         return max((c.max_rel for c in self.cases), default=0.0)
 
+    def add(self, batch: int, img_size: int, out, ref, keep: float | None = None) -> ParityCase:
+        """Compare one output with its reference and record the case."""
+        err, rel = relative_error(out, ref)
+        case = ParityCase(batch, img_size, err, rel, bool(rel <= self.tolerance), keep)
+        self.cases.append(case)
+        return case
+
     def to_dict(self) -> dict:
         return {
+            "title": self.title,
             "precision": self.precision,
             "tolerance": self.tolerance,
             "ok": self.ok,
@@ -71,7 +76,7 @@ class ParityReport:
 
     def format(self) -> str:
         """A small table: one line per shape plus the verdict."""
-        lines = [f"parity (ONNX Runtime CPU vs PyTorch, {self.precision}, tolerance rel {self.tolerance:.0e}):"]
+        lines = [f"parity ({self.title}, {self.precision}, tolerance rel {self.tolerance:.0e}):"]
         for c in self.cases:
             keep = f"  keep {c.keep:.3f}" if c.keep is not None else ""
             lines.append(
@@ -95,25 +100,23 @@ def ort_session(path: str, threads: int | None = None):
 
 def check_parity(
     onnx_path: str,
-    reference: nn.Module,
+    reference: nn.Module | Mapping[float | None, nn.Module],
     shapes: Sequence[tuple[int, int]],
     *,
     precision: str = "fp32",
     tolerance: float | None = None,
     seed: int = 0,
     in_chans: int = 3,
-    keeps: Sequence[float] | None = None,
 ) -> ParityReport:
     """Run ``onnx_path`` and the fp32 ``reference`` on fresh random images of each (batch, side).
 
-    ``keeps``: for a runtime-keep graph, the keep rates to feed as its ``keep_rate`` input; every
-    shape is checked at each of them against ``reference`` with that keep rate set."""
-    from .runtime_keep import feeds, with_keep
-
+    ``reference``: the PyTorch model, or for a runtime-keep graph a mapping keep rate -> the model
+    with that keep rate set (``runtime_keep.with_keep``); every shape is checked at each keep rate,
+    fed as the graph's ``keep_permille`` input."""
     tol = TOLERANCE[precision] if tolerance is None else float(tolerance)
     sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
-    refs = {None: reference} if keeps is None else {float(k): with_keep(reference, float(k)) for k in keeps}
+    refs = dict(reference) if isinstance(reference, Mapping) else {None: reference}
     gen = torch.Generator().manual_seed(seed)
     report = ParityReport(precision, tol)
     for batch, side in shapes:
@@ -124,11 +127,5 @@ def check_parity(
             with torch.inference_mode():
                 ref = model(x.float()).float().numpy()
             out = np.asarray(sess.run(None, {name: x.numpy(), **feeds(keep)})[0], dtype=np.float32)
-            if out.shape != ref.shape:
-                report.cases.append(ParityCase(batch, side, float("inf"), float("inf"), False, keep))
-                continue
-            err = float(np.abs(out - ref).max())
-            rel = err / max(float(np.abs(ref).max()), 1e-12)
-            ok = bool(np.isfinite(out).all()) and rel <= tol
-            report.cases.append(ParityCase(batch, side, err, rel, ok, keep))
+            report.add(batch, side, out, ref, keep)
     return report

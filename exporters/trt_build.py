@@ -1,11 +1,19 @@
 """TensorRT engine building from an exported ONNX file, with a JSON sidecar.
 
 TensorRT 10: a weakly typed network; fp16 is the ``BuilderFlag.FP16`` flag (fed the fp32 or fp16
-ONNX). TensorRT 11 removed the precision flags: networks are strongly typed, so an fp16 engine is
-built from the fp16 ONNX (``export --precision fp16``) and the tensor types of the file decide.
-One optimisation profile covers ``batch`` MIN:OPT:MAX and, for a dynamic-size export,
-``img_size`` MIN:OPT:MAX. The timing cache file is read if present and written back after the
+ONNX). TensorRT 11 removed the precision flags and ``EXPLICIT_BATCH``, and every network is strongly
+typed (``STRONGLY_TYPED`` is deprecated and not passed): an fp16 engine is built from the fp16 ONNX
+(``export --precision fp16``) and the tensor types of the file decide.
+
+One optimisation profile covers ``batch`` MIN:OPT:MAX and, for a dynamic-size export, ``img_size``
+MIN:OPT:MAX (``set_shape``); a runtime-keep export's ``keep_permille`` is a shape-tensor input whose
+values the profile bounds (``set_shape_input``, ``keep_permille`` MIN:OPT:MAX, default 1, the
+schedule's own rate, 1000). The timing cache file is read if present and written back after the
 build, so repeated builds on the same GPU skip most kernel timing.
+
+The sidecar (``<engine>.json``) records what the engine needs at load time: the TensorRT version and
+the GPU's compute capability (an engine only loads under the same TensorRT on the same GPU
+architecture; ``trt_runner.TrtEngine`` compares both first), the profile, the precision.
 """
 
 from __future__ import annotations
@@ -13,23 +21,30 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vitcompress.errors import VitCompressError
+import onnx
+import torch
 
+from vitcompress.errors import VitCompressError
+from vitcompress.io import atomic_file
+
+from .precision import EXPORT_PRECISIONS, check_precision
 from .profiles import Profile, ProfileLike, parse_profile
+from .runtime_keep import KEEP_INPUT
 
 INSTALL_HINT = (
     "TensorRT is not installed; install it with `pip install 'vitcompress[gpu]'` on a machine "
     "with an NVIDIA GPU (the ONNX file was written)"
 )
+_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
 
 
 def tensorrt_available() -> bool:
     """True when the ``tensorrt`` package imports and has a builder."""
     try:
-        import tensorrt as trt  # noqa: F401
+        import tensorrt as trt
     except Exception:
         return False
     return hasattr(trt, "Builder")
@@ -43,6 +58,8 @@ def require_tensorrt():
         raise VitCompressError(INSTALL_HINT) from None
     if not hasattr(trt, "Builder"):
         raise VitCompressError(INSTALL_HINT)
+    if trt_major(trt.__version__) < 10:
+        raise VitCompressError(f"TensorRT {trt.__version__} is older than 10; install tensorrt>=10")
     return trt
 
 
@@ -54,16 +71,38 @@ def trt_major(version: str) -> int:
         raise VitCompressError(f"cannot read the TensorRT version {version!r}; reinstall TensorRT") from None
 
 
+def compute_capability(device: torch.device | str | None = None) -> str | None:
+    """``"9.0"`` for an H100 (the CUDA device's compute capability); None without CUDA."""
+    device = torch.device(device or "cuda")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{major}.{minor}"
+
+
+def gpu_name(device: torch.device | str | None = None) -> str:
+    device = torch.device(device or "cuda")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "none (host memory)"
+    return torch.cuda.get_device_name(device)
+
+
 @dataclass
 class BuildConfig:
     """Engine build settings (serialised into the sidecar)."""
 
-    batch: Profile
-    img_size: Profile | None = None
-    precision: str = "fp32"
-    workspace_gib: float = 4.0
-    opt_level: int = 3
-    timing_cache: str | None = None
+    batch: Profile = field(metadata={"help": "Batch profile MIN:OPT:MAX of the engine."})
+    img_size: Profile | None = field(
+        default=None, metadata={"help": "Image side profile MIN:OPT:MAX (dynamic-size exports)."}
+    )
+    precision: str = field(default="fp32", metadata={"help": "fp32 or fp16."})
+    workspace_gib: float = field(default=4.0, metadata={"help": "TensorRT workspace limit in GiB."})
+    opt_level: int = field(default=3, metadata={"help": "TensorRT builder optimisation level 0..5."})
+    timing_cache: str | None = field(default=None, metadata={"help": "TensorRT timing cache file (read and updated)."})
+    keep_permille: Profile | None = field(
+        default=None,
+        metadata={"help": "Runtime-keep exports: keep_permille MIN:OPT:MAX (default 1:<schedule's rate>:1000)."},
+    )
 
     @classmethod
     def make(
@@ -74,27 +113,32 @@ class BuildConfig:
         workspace_gib: float = 4.0,
         opt_level: int = 3,
         timing_cache: str | None = None,
+        keep_permille: ProfileLike = None,
     ) -> BuildConfig:
         """Validate and build a config from CLI-style values."""
-        if precision not in ("fp32", "fp16"):
-            raise VitCompressError(f"precision {precision!r} is not supported; use fp32 or fp16")
+        check_precision(precision, EXPORT_PRECISIONS)
         if not workspace_gib > 0:
             raise VitCompressError(f"--workspace {workspace_gib} must be > 0 GiB")
         if not 0 <= int(opt_level) <= 5:
             raise VitCompressError(f"builder optimisation level {opt_level} is outside 0..5")
+        keep = parse_profile(keep_permille, "keep-permille") if keep_permille is not None else None
+        if keep is not None and keep.max > 1000:
+            raise VitCompressError(f"--keep-permille {keep} goes above 1000 (a keep rate of 1)")
         return cls(
             parse_profile(batch, "batch"),
             parse_profile(img_size, "img-size") if img_size is not None else None,
             precision,
             float(workspace_gib),
             int(opt_level),
-            timing_cache,
+            str(timing_cache) if timing_cache else None,
+            keep,
         )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["batch"] = self.batch.to_dict()
         d["img_size"] = self.img_size.to_dict() if self.img_size else None
+        d["keep_permille"] = self.keep_permille.to_dict() if self.keep_permille else None
         return d
 
 
@@ -136,9 +180,14 @@ def sidecar(
     shapes: tuple,
     source: str | None = None,
     strongly_typed: bool = False,
+    compute_capability: str | None = None,
+    keep: Profile | None = None,
 ) -> dict:
     """The JSON record written next to an engine."""
     mn, opt, mx = shapes
+    profile = {"min": list(mn), "opt": list(opt), "max": list(mx)}
+    if keep is not None:
+        profile[KEEP_INPUT] = keep.to_dict()
     return {
         "format": "vitcompress-trt-engine",
         "engine": Path(engine_path).name,
@@ -147,10 +196,11 @@ def sidecar(
         "tensorrt_version": trt_version,
         "strongly_typed": strongly_typed,
         "gpu": gpu,
+        "compute_capability": compute_capability,
         "host": platform.node(),
         "precision": cfg.precision,
         "input": input_name,
-        "profile": {"min": list(mn), "opt": list(opt), "max": list(mx)},
+        "profile": profile,
         "build": cfg.to_dict(),
     }
 
@@ -177,37 +227,63 @@ def read_sidecar(engine_path: str | Path) -> dict:
         ) from None
 
 
-def _gpu_name() -> str:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown"
-    except Exception:  # pragma: no cover
-        return "unknown"
-
-
-def _onnx_input(onnx_path) -> tuple[str, list, int]:
-    import onnx
-
+def onnx_inputs(onnx_path) -> list[tuple[str, list, int]]:
+    """(name, shape with None on dynamic axes, ONNX element type) of every graph input."""
     m = onnx.load(str(onnx_path), load_external_data=False)
-    inp = m.graph.input[0]
-    tt = inp.type.tensor_type
-    return inp.name, [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim], tt.elem_type
+    inits = {t.name for t in m.graph.initializer}
+    out = []
+    for inp in m.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        out.append((inp.name, [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim], tt.elem_type))
+    return out
+
+
+def _keep_profile(onnx_path, cfg: BuildConfig) -> Profile:
+    """``keep_permille`` MIN:OPT:MAX: the config's, else the one the export recorded in its metadata."""
+    if cfg.keep_permille is not None:
+        return cfg.keep_permille
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    md = {p.key: p.value for p in m.metadata_props}
+    try:
+        keep = json.loads(md["vitcompress.export"])["runtime_keep"]["profile"]
+        return Profile(int(keep["min"]), int(keep["opt"]), int(keep["max"]))
+    except (KeyError, TypeError, ValueError):
+        return Profile(1, 1000, 1000)
+
+
+def _parse(trt, builder, logger, onnx_path):
+    """The network of ``onnx_path`` (TensorRT's ONNX parser); parser errors become one line."""
+    # no creation flags: TensorRT 10 builds a weakly typed network (EXPLICIT_BATCH is ignored there),
+    # TensorRT 11 a strongly typed one (its STRONGLY_TYPED flag is deprecated: always on)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = []
+        for i in range(min(parser.num_errors, 3)):
+            e = parser.get_error(i)
+            errs.append(f"node {e.node_name()!r} ({e.node_operator()}): {e.desc()}")
+        raise VitCompressError(
+            f"TensorRT cannot parse {str(onnx_path)!r}: {'; '.join(errs)[:300]}; "
+            "run `vitcompress export --trt`, whose check names what TensorRT refuses, and report it"
+        )
+    return network, parser
 
 
 def build_engine(
     onnx_path: str | os.PathLike, engine_path: str | os.PathLike, cfg: BuildConfig, source: str | None = None
 ) -> dict:
     """Parse ``onnx_path``, build a serialised engine with one optimisation profile, write it and its
-    sidecar (``<engine>.json``) atomically. Returns the sidecar dict. Needs ``tensorrt`` and a GPU."""
-    from vitcompress.io import atomic_file
-
+    sidecar (``<engine>.json``) atomically. Returns the sidecar dict. Needs ``tensorrt`` (and a GPU)."""
     trt = require_tensorrt()
     major = trt_major(trt.__version__)
-    name, shape, elem = _onnx_input(onnx_path)
+    inputs = onnx_inputs(onnx_path)
+    name, shape, elem = inputs[0]
     shapes = profile_shapes(shape, cfg)
-    strongly_typed = major >= 11 or not hasattr(trt.BuilderFlag, "FP16")
-    if strongly_typed and cfg.precision == "fp16" and elem != 10:  # 10 = FLOAT16
+    keep = _keep_profile(onnx_path, cfg) if any(i[0] == KEEP_INPUT for i in inputs) else None
+    strongly_typed = major >= 11
+    if strongly_typed and cfg.precision == "fp16" and elem != _FLOAT16:
         raise VitCompressError(
             f"TensorRT {trt.__version__} builds strongly typed networks: an fp16 engine needs an fp16 ONNX; "
             "export with --precision fp16"
@@ -215,18 +291,7 @@ def build_engine(
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    if major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
-        raise VitCompressError(
-            f"TensorRT cannot parse {str(onnx_path)!r}: {errs[:300]}; run the export without --trt and report it"
-        )
+    network, _parser = _parse(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
     config.builder_optimization_level = cfg.opt_level
@@ -236,9 +301,13 @@ def build_engine(
     if cfg.timing_cache and Path(cfg.timing_cache).is_file():
         cache_bytes = Path(cfg.timing_cache).read_bytes()
     cache = config.create_timing_cache(cache_bytes)
+    if cache is None:  # a cache file from another TensorRT version: start a fresh one
+        cache = config.create_timing_cache(b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     profile = builder.create_optimization_profile()
-    profile.set_shape(name, *shapes)
+    profile.set_shape(name, shapes[0], shapes[1], shapes[2])
+    if keep is not None:
+        profile.set_shape_input(KEEP_INPUT, [keep.min], [keep.opt], [keep.max])
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -251,11 +320,13 @@ def build_engine(
         onnx_path,
         cfg,
         trt_version=trt.__version__,
-        gpu=_gpu_name(),
+        gpu=gpu_name(),
         input_name=name,
         shapes=shapes,
         source=source,
         strongly_typed=strongly_typed,
+        compute_capability=compute_capability(),
+        keep=keep,
     )
     with atomic_file(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))

@@ -6,21 +6,34 @@ Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, b
   ``docs/operators.md`` for TensorRT 10.x) and operators of non-standard domains (plugins);
 * ``TopK`` with ``K`` above ``TOPK_MAX_K`` (3840) at the largest profile shape, or ``sorted=0``
   (TensorRT's TopK always sorts and is limited to K <= 3840);
+* ``TopK`` whose ``K`` is computed from a floating-point tensor: TensorRT takes ``K`` only from an
+  INT32/INT64 shape tensor (shapes, integer constants and integer inputs), so a ``K`` derived from a
+  float input (a float keep rate) cannot build;
+* ``Resize`` with ``antialias=1`` (onnx-tensorrt: "Antialiasing is not supported currently"), a
+  ``keep_aspect_ratio_policy`` other than ``stretch`` or a coordinate transformation mode TensorRT
+  lacks;
 * ``ScatterElements`` / ``ScatterND`` with a ``reduction`` (not native; needs a plugin);
 * 64-bit floats (``DOUBLE`` tensors or casts): TensorRT has no FP64;
 * ``Attention`` (opset 23): parsed only since TensorRT 10.14 (warning).
 
 ``K`` that is not a constant is evaluated by ONNX Runtime's symbolic shape inference on a copy of
-the graph whose input is fixed to the largest profile shape (and a runtime ``keep_rate`` input to
-1, its largest value); where it cannot be evaluated it is bounded by the length of the TopK axis
+the graph whose input is fixed to the largest profile shape (and a runtime ``keep_permille`` input to
+1000, its largest value); where it cannot be evaluated it is bounded by the length of the TopK axis
 at that shape, and where that is unknown too a warning says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .runtime_keep import KEEP_INPUT
 
 TOPK_MAX_K = 3840
 
@@ -100,8 +113,6 @@ def _walk(graph):
 
 
 def _attr(node, name, default=None):
-    import onnx
-
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -119,10 +130,6 @@ def _max_shape_model(
     If it cannot start, ONNX's own shape inference (no values). ``input_values`` turns inputs into
     constants of the given values (a runtime keep rate at its largest value, so ``K`` evaluates
     to its largest value)."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for inp in m.graph.input:
@@ -172,8 +179,6 @@ def _as_int(value) -> int | None:
 
 
 def _constants(model) -> dict:
-    from onnx import numpy_helper
-
     vals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].type == 4:  # TENSOR
@@ -192,6 +197,101 @@ def _dims(model) -> dict[str, list]:
     return out
 
 
+_FLOATS = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+#: ``coordinate_transformation_mode`` values TensorRT's Resize implements.
+_RESIZE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
+
+
+def _types(model) -> dict[str, int]:
+    """Element type of every tensor whose type is known (inputs, value infos, outputs, constants)."""
+    out = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if vi.type.tensor_type.elem_type:
+            out[vi.name] = vi.type.tensor_type.elem_type
+    for t in model.graph.initializer:
+        out[t.name] = t.data_type
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == 4:  # TENSOR
+            out[n.output[0]] = n.attribute[0].t.data_type
+        elif n.op_type == "Cast":
+            out[n.output[0]] = int(_attr(n, "to"))
+    return out
+
+
+def _float_sources(name: str, producers: dict, types: dict[str, int]) -> list[str]:
+    """The tensors that ``name`` is computed from (itself included) whose type is floating point,
+    nearest first: graph inputs, initializers or intermediate values."""
+    found, seen, todo = [], set(), [name]
+    while todo:
+        t = todo.pop(0)
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        if types.get(t) in _FLOATS:
+            found.append(t)
+            continue
+        node = producers.get(t)
+        if node is not None and node.op_type != "Shape":  # a Shape's output never depends on values
+            todo.extend(node.input)
+    return found
+
+
+def _check_topk(node, consts, values, dims, max_k, producers, types) -> list[tuple[str, str]]:
+    """(message, severity) of a TopK: sortedness, K from a float tensor, K above 3840."""
+    out = []
+    if _attr(node, "sorted", 1) == 0:
+        out.append(("sorted=0 is not supported (TensorRT's TopK always sorts)", "error"))
+    k_name = node.input[1] if len(node.input) > 1 else ""
+    floats = _float_sources(k_name, producers, types) if k_name and k_name not in consts else []
+    if floats:
+        out.append(
+            (
+                f"K is computed from the floating-point tensor {floats[0]!r}; TensorRT takes K only from an "
+                "INT32/INT64 shape tensor (feed such a value as an integer input, e.g. a keep rate in 1/1000)",
+                "error",
+            )
+        )
+    k = None
+    if k_name in consts:
+        k, src = int(consts[k_name].reshape(-1)[0]), "K"
+    elif k_name and _as_int(values.get(k_name)) is not None:
+        k, src = _as_int(values[k_name]), "K (computed from the input shape)"
+    else:
+        shape = dims.get(node.input[0])
+        axis = int(_attr(node, "axis", -1))
+        if shape and shape[axis] is not None:
+            k, src = int(shape[axis]), "K (bounded by the axis length)"
+        elif max_k is not None:
+            k, src = int(max_k), "K (bounded by the token count)"
+    if k is None:
+        out.append((f"cannot bound K at the largest profile shape; TensorRT needs K <= {TOPK_MAX_K}", "warning"))
+    elif k > TOPK_MAX_K:
+        out.append((f"{src} = {k} exceeds TensorRT's limit {TOPK_MAX_K} at the largest profile shape", "error"))
+    return out
+
+
+def _check_resize(node) -> list[tuple[str, str]]:
+    """(message, severity) of a Resize: the attributes TensorRT's parser refuses."""
+    out = []
+    if int(_attr(node, "antialias", 0)) != 0:
+        out.append(
+            (
+                'antialias=1 is not supported by TensorRT\'s parser ("Antialiasing is not supported currently"); '
+                "export with --trt (or antialias=False), which resamples without it",
+                "error",
+            )
+        )
+    policy = _attr(node, "keep_aspect_ratio_policy", b"stretch")
+    policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+    if policy != "stretch":
+        out.append((f"keep_aspect_ratio_policy={policy!r} is not supported (only 'stretch')", "error"))
+    mode = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode not in _RESIZE_MODES:
+        out.append((f"coordinate_transformation_mode={mode!r} is not supported by TensorRT", "error"))
+    return out
+
+
 def check_tensorrt(
     model_or_path,
     max_input_shapes: dict[str, Sequence[int]] | None = None,
@@ -203,13 +303,11 @@ def check_tensorrt(
     ``max_input_shapes`` maps input names to their largest profile shape (used to bound TopK's
     K); without it the graph's static input dims are used where known. ``input_values`` maps
     inputs that feed shape arithmetic to the values that make it largest (a runtime-keep graph:
-    ``{"keep_rate": [1.0]}``, see ``input_max_values``); they are treated as constants.
+    ``{"keep_permille": [1000]}``, see ``input_max_values``); they are treated as constants.
     ``max_k`` is a bound on every ``K`` that the caller knows (``token_bound``: no token count of a
     token-reduced ViT exceeds its patch count plus one per block); it bounds a ``K`` whose value and
     axis length shape inference cannot evaluate (``K`` after a data-dependent token count).
     """
-    import onnx
-
     model = (
         model_or_path
         if isinstance(model_or_path, onnx.ModelProto)
@@ -218,62 +316,32 @@ def check_tensorrt(
     inferred, values = _max_shape_model(model, max_input_shapes or {}, input_values)
     consts = _constants(inferred)
     dims = _dims(inferred)
+    types = _types(inferred)
+    producers = {o: n for n in _walk(inferred.graph) for o in n.output}
     report = CompatReport()
     for i, node in enumerate(_walk(inferred.graph)):
         report.nodes += 1
         name = node.name or f"#{i}"
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
-            report.issues.append(
-                CompatIssue(name, op, f"custom-domain operator ({node.domain}) needs a TensorRT plugin")
-            )
-            continue
-        if op not in TRT_SUPPORTED_OPS:
-            report.issues.append(CompatIssue(name, op, "operator is not supported by TensorRT's ONNX parser"))
-            continue
-        if op == "TopK":
-            if _attr(node, "sorted", 1) == 0:
-                report.issues.append(CompatIssue(name, op, "sorted=0 is not supported (TensorRT's TopK always sorts)"))
-            k = None
-            if len(node.input) > 1 and node.input[1] in consts:
-                k, src = int(consts[node.input[1]].reshape(-1)[0]), "K"
-            elif len(node.input) > 1 and _as_int(values.get(node.input[1])) is not None:
-                k, src = _as_int(values[node.input[1]]), "K (computed from the input shape)"
-            else:
-                shape = dims.get(node.input[0])
-                axis = int(_attr(node, "axis", -1))
-                if shape and shape[axis] is not None:
-                    k, src = int(shape[axis]), "K (bounded by the axis length)"
-                elif max_k is not None:
-                    k, src = int(max_k), "K (bounded by the token count)"
-            if k is None:
-                report.issues.append(
-                    CompatIssue(
-                        name,
-                        op,
-                        f"cannot bound K at the largest profile shape; TensorRT needs K <= {TOPK_MAX_K}",
-                        "warning",
-                    )
-                )
-            elif k > TOPK_MAX_K:
-                report.issues.append(
-                    CompatIssue(
-                        name, op, f"{src} = {k} exceeds TensorRT's limit {TOPK_MAX_K} at the largest profile shape"
-                    )
-                )
+            found = [(f"custom-domain operator ({node.domain}) needs a TensorRT plugin", "error")]
+        elif op not in TRT_SUPPORTED_OPS:
+            found = [("operator is not supported by TensorRT's ONNX parser", "error")]
+        elif op == "TopK":
+            found = _check_topk(node, consts, values, dims, max_k, producers, types)
+        elif op == "Resize":
+            found = _check_resize(node)
         elif op in ("ScatterElements", "ScatterND"):
             red = _attr(node, "reduction", b"none")
             red = red.decode() if isinstance(red, bytes) else str(red)
-            if red != "none":
-                report.issues.append(
-                    CompatIssue(name, op, f"reduction={red!r} is not native to TensorRT (plugin path)")
-                )
+            found = [(f"reduction={red!r} is not native to TensorRT (plugin path)", "error")] if red != "none" else []
         elif op == "Cast" and _attr(node, "to") == _DOUBLE:
-            report.issues.append(CompatIssue(name, op, "cast to float64: TensorRT has no FP64"))
+            found = [("cast to float64: TensorRT has no FP64", "error")]
         elif op == "Attention":
-            report.issues.append(
-                CompatIssue(name, op, "the Attention operator is parsed only by TensorRT >= 10.14", "warning")
-            )
+            found = [("the Attention operator is parsed only by TensorRT >= 10.14", "warning")]
+        else:
+            found = []
+        report.issues.extend(CompatIssue(name, op, msg, sev) for msg, sev in found)
     for t in model.graph.initializer:
         if t.data_type == _DOUBLE:
             report.issues.append(CompatIssue(t.name, "initializer", "float64 weights: TensorRT has no FP64"))
@@ -282,8 +350,6 @@ def check_tensorrt(
 
 def input_max_shapes(path: str | os.PathLike, batch_max: int, img_max: int | None) -> dict:
     """Largest profile shape of the image input (the first input) of an exported file."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     inp = model.graph.input[0]
     shape = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
@@ -297,10 +363,6 @@ def token_bound(path: str | os.PathLike, max_input_shapes: dict) -> int | None:
     """For a token-reduced vitcompress export: patch tokens at the largest profile image plus one per
     block (EViT's fused token), a bound on every token count and so on every TopK ``K``; else None.
     Read from the file's ``vitcompress.*`` metadata (patch size, blocks, token schedule)."""
-    import json
-
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     md = {p.key: p.value for p in model.metadata_props}
     try:
@@ -317,11 +379,7 @@ def token_bound(path: str | os.PathLike, max_input_shapes: dict) -> int | None:
 
 
 def input_max_values(path: str | os.PathLike) -> dict:
-    """Values of the non-image inputs that make every token count largest: ``keep_rate = 1`` for a
-    runtime-keep export (``exporters.runtime_keep``); empty for other files."""
-    import onnx
-
-    from .runtime_keep import KEEP_INPUT
-
+    """Values of the non-image inputs that make every token count largest: ``keep_permille = 1000``
+    for a runtime-keep export (``exporters.runtime_keep``); empty for other files."""
     model = onnx.load(str(path), load_external_data=False)
-    return {KEEP_INPUT: [1.0]} if any(i.name == KEEP_INPUT for i in model.graph.input) else {}
+    return {KEEP_INPUT: [1000]} if any(i.name == KEEP_INPUT for i in model.graph.input) else {}

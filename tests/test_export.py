@@ -109,7 +109,7 @@ def test_static_size_fp16_export(tmp_path):
 
 def test_dynamic_size_fp16_export(tmp_path):
     from vitcompress.artifact import meta_of
-    from vitcompress.exporters.onnx_export import _with_dynamic_size
+    from vitcompress.exporters.source import with_dynamic_size as _with_dynamic_size
 
     model = _pruned("qkv")
     res = export_onnx(model, tmp_path / "hd.onnx", batch=BATCH, dynamic_size=True, img_size=IMG, precision="fp16")

@@ -177,7 +177,7 @@ def test_engine_is_moved_into_place_only_after_its_parity_passed(passes, artifac
 
     checked = []
 
-    def fake_parity(engine_path, onnx_path, sizes, precision="fp32"):
+    def fake_parity(engine_path, onnx_path, sizes, precision="fp32", keeps=None):
         engine_path = Path(engine_path)
         checked.append((engine_path, engine_path.read_bytes(), sidecar_path(engine_path).is_file(), sizes))
         rep = ParityReport("TensorRT fp32 vs ONNX Runtime", 1e-3)

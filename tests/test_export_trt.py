@@ -180,27 +180,19 @@ def test_parity_inputs_take_channels_and_static_sizes_from_the_input_shape():
 
 @pytest.mark.export
 def test_engine_parity_of_a_one_channel_model(tmp_path, monkeypatch):
-    """``engine_parity`` end to end on CPU for an in_chans=1 model (as the mnist10k teacher), with
-    ONNX Runtime standing in for the TensorRT engine."""
+    """``engine_parity`` end to end for an in_chans=1 model (as the mnist10k teacher): an engine built
+    by the TensorRT stand-in, which runs the graph in ONNX Runtime from the buffers it is given."""
     from helpers import tiny
+    from stand_ins import use_tensorrt_stand_in
 
-    from vitcompress.exporters import export_onnx, trt_runner
-    from vitcompress.exporters.parity import ort_session
+    from vitcompress.exporters import BuildConfig, build_engine, export_onnx, trt_runner
 
+    trt = use_tensorrt_stand_in(monkeypatch)
     res = export_onnx(tiny("vit", in_chans=1), tmp_path / "c1.onnx", batch=(1, 2, 4), check=False)
-    seen = []
-
-    class OrtAsEngine:  # the engine under test: the same graph, so the parity must pass
-        def __init__(self, engine_path):
-            self.sess = ort_session(str(engine_path))
-
-        def __call__(self, x):
-            seen.append(tuple(x.shape))
-            return self.sess.run(None, {"pixel_values": x.numpy()})[0]
-
-    monkeypatch.setattr(trt_runner, "TrtRunner", OrtAsEngine)
-    rep = trt_runner.engine_parity(res.path, res.path, [(1, 32), (2, 32), (4, None)])
-    assert seen == [(1, 1, 32, 32), (2, 1, 32, 32), (4, 1, 32, 32)]
+    build_engine(res.path, tmp_path / "c1.engine", BuildConfig.make("1:2:4"))
+    rep = trt_runner.engine_parity(tmp_path / "c1.engine", res.path, [(1, 32), (2, 32), (4, None)])
+    shapes = [c[1][1] for c in trt.CALLS if c[0] == "IExecutionContext.set_input_shape"]
+    assert shapes == [(1, 1, 32, 32), (2, 1, 32, 32), (4, 1, 32, 32)]
     assert rep.ok and [c.batch for c in rep.cases] == [1, 2, 4] and rep.max_rel == 0.0
 
 
@@ -223,7 +215,7 @@ needs_trt = pytest.mark.skipif(
 def test_engine_build_and_run_matches_onnxruntime(precision, tmp_path):
     from helpers import tiny
 
-    from vitcompress.exporters.pipeline import export
+    from vitcompress.exporters.export import export
 
     run = export(
         tiny("vit"),

@@ -13,9 +13,9 @@ from helpers import tiny
 import vitcompress
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters import check_tensorrt, export_onnx, read_onnx_metadata
-from vitcompress.exporters.onnx_export import _with_dynamic_size
 from vitcompress.exporters.parity import ort_session
-from vitcompress.exporters.runtime_keep import KEEP_INPUT
+from vitcompress.exporters.runtime_keep import KEEP_INPUT, permille
+from vitcompress.exporters.source import with_dynamic_size as _with_dynamic_size
 from vitcompress.exporters.trt_check import input_max_shapes, input_max_values, token_bound
 from vitcompress.tokens import apply_tokens, set_keep
 
@@ -37,7 +37,7 @@ def _ort(path, x, keep=None):
     sess = ort_session(str(path))
     feeds = {sess.get_inputs()[0].name: x.numpy()}
     if keep is not None:
-        feeds[KEEP_INPUT] = np.array([keep], dtype=np.float32)
+        feeds[KEEP_INPUT] = np.array([round(keep * 1000)], dtype=np.int64)
     return sess.run(None, feeds)[0]
 
 
@@ -78,7 +78,8 @@ CASES = {
 def test_reducer_exports_with_symbolic_token_counts(case, tmp_path):
     kind, method, spec, options, blocks = CASES[case]
     model = apply_tokens(_model(kind), spec, method=method, **options)
-    res = export_onnx(model, tmp_path / "m.onnx", batch=BATCH, dynamic_size=True, img_size=IMG)
+    # resampled the way TensorRT parses (``--trt`` exports): same result at and above the native size
+    res = export_onnx(model, tmp_path / "m.onnx", batch=BATCH, dynamic_size=True, img_size=IMG, antialias=False)
     # parity at three batch sizes and two image sizes
     assert res.parity.ok and res.parity.max_rel < 1e-4
     assert {(c.batch, c.img_size) for c in res.parity.cases} == {(1, 32), (3, 32), (8, 32), (1, 16)}
@@ -110,6 +111,7 @@ def runtime_export(tmp_path_factory):
         dynamic_size=True,
         img_size=IMG,
         runtime_keep=True,
+        antialias=False,
     )
     return model, res
 
@@ -130,7 +132,7 @@ def test_runtime_keep_graph_matches_set_keep_at_each_rate(runtime_export):
     }
     assert inputs == {
         "pixel_values": (["batch", 3, "height", "width"], onnx.TensorProto.FLOAT),
-        KEEP_INPUT: ([1], onnx.TensorProto.FLOAT),
+        KEEP_INPUT: ([1], onnx.TensorProto.INT64),
     }
     assert res.metadata["export"]["runtime_keep"]["input"] == KEEP_INPUT
     # rates and an image size the export never saw; 1.0 keeps everything
@@ -140,9 +142,11 @@ def test_runtime_keep_graph_matches_set_keep_at_each_rate(runtime_export):
         assert err < 1e-4, keep
         outs.append(out)
     assert np.abs(outs[0] - outs[2]).max() > 1e-3  # the input really changes the computation
-    # a rate between multiples of 1/1000 is rounded like a static schedule's
+    # per-mille values out of range are clipped to [1, 1000] like a static schedule's rates
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    assert np.array_equal(_ort(res.path, x, 0.6004), _ort(res.path, x, 0.6))
+    assert np.array_equal(_ort(res.path, x, 5.0), _ort(res.path, x, 1.0))
+    assert np.array_equal(_ort(res.path, x, -1.0), _ort(res.path, x, 0.001))
+    assert permille(0.6004) == 600 and permille(0.7) == 700 and permille(0.0001) == 1
 
 
 def test_runtime_keep_topk_k_comes_from_the_input(runtime_export):
@@ -159,6 +163,24 @@ def test_runtime_keep_topk_k_comes_from_the_input(runtime_export):
 
     topk = [n for n in proto.graph.node if n.op_type == "TopK"]
     assert len(topk) == 2 and all(KEEP_INPUT in ancestors(n.input[1], set()) for n in topk)
+    # K is integer arithmetic all the way from the input (TensorRT: K must be an INT32/INT64 shape
+    # tensor): no floating-point tensor between K and the inputs, shapes, constants it is computed from
+    typed = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(typed.graph.input) + list(typed.graph.value_info)}
+    types.update({t.name: t.data_type for t in typed.graph.initializer})
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    todo, seen, k_sources = [n.input[1] for n in topk], set(), set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        k_sources.add(t)
+        node = producer.get(t)
+        if node is not None and node.op_type != "Shape":  # a shape is an integer whatever the values
+            todo.extend(i for i in node.input if i)
+    assert KEEP_INPUT in k_sources and types[KEEP_INPUT] == onnx.TensorProto.INT64
+    assert not {t for t in k_sources if types.get(t) in floats}
     # TensorRT check: K <= tokens <= 3840; with a token bound above 3840 the data-dependent K is flagged
     rep = _trt_report(res.path)
     assert rep.ok and not rep.issues, rep.format()
@@ -167,13 +189,15 @@ def test_runtime_keep_topk_k_comes_from_the_input(runtime_export):
 
 
 def test_runtime_keep_evit_replaces_every_blocks_rate(tmp_path):
-    # two different keep rates in the schedule: keep_rate replaces both (as set_keep does)
+    # two different keep rates in the schedule: keep_permille replaces both (as set_keep does)
     model = apply_tokens(_model("deit_distilled"), "0.9@1;0.6@2", method="evit")
-    res = export_onnx(model, tmp_path / "e.onnx", batch=BATCH, dynamic_size=True, img_size=IMG, runtime_keep=True)
+    res = export_onnx(
+        model, tmp_path / "e.onnx", batch=BATCH, dynamic_size=True, img_size=IMG, runtime_keep=True, antialias=False
+    )
     assert res.parity.ok and {c.keep for c in res.parity.cases} == {0.9, 0.5}
     err, _ = _unseen_error(res.path, model, 0.4)
     assert err < 1e-4
-    # evit always fuses in this graph: keep_rate 1.0 runs as 0.999
+    # evit always fuses in this graph: keep_permille 1000 runs as 999
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     assert np.array_equal(_ort(res.path, x, 1.0), _ort(res.path, x, 0.999))
     rep = _trt_report(res.path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from vitcompress.exporters.pipeline import export
+from vitcompress.exporters.export import export
 
 from .options import default_of
 
@@ -64,8 +64,12 @@ def _profile(value) -> str:
 @click.option(
     "--runtime-keep",
     is_flag=True,
-    help="Token-reduced models (topk, topk-vpa, evit, etps): add the input keep_rate [1] float32 that sets "
+    help="Token-reduced models (topk, topk-vpa, evit, etps): add the input keep_permille [1] int64 that sets "
     "every reducing block's keep rate at run time (docs/export.md).",
+)
+@click.option(
+    "--keep-permille",
+    help="--runtime-keep with --trt: engine profile MIN:OPT:MAX of keep_permille (default 1:<schedule's rate>:1000).",
 )
 def export_cmd(
     artifact,
@@ -83,6 +87,7 @@ def export_cmd(
     timing_cache,
     opt_level,
     runtime_keep,
+    keep_permille,
 ):
     """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine."""
     export(
@@ -100,6 +105,7 @@ def export_cmd(
         workspace_gib=workspace,
         timing_cache=timing_cache,
         opt_level=opt_level,
+        keep_permille=keep_permille,
         progress=True,
         runtime_keep=runtime_keep,
         echo=click.echo,

@@ -51,8 +51,8 @@ class Reducer(nn.Module):
         self.keep = keep
         self.merge = int(merge)
         self.options = options
-        #: keep rate as a tensor (``[1]`` float), set only while a runtime-keep graph is traced or run
-        #: (``exporters.runtime_keep``); ``None``: the fixed ``keep``.
+        #: keep rate in 1/1000 as an integer tensor (``[1]`` int64), set only while a runtime-keep graph
+        #: is traced or run (``exporters.runtime_keep``); ``None``: the fixed ``keep``.
         self.runtime_keep: torch.Tensor | None = None
 
     def kept(self, n, leave_one: bool = False):

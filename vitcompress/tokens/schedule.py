@@ -183,19 +183,23 @@ def keep_count(n, keep: float):
     return (a * n + c - 1) // c
 
 
-def runtime_keep_count(n, keep_rate: torch.Tensor, max_permille: int = _DENOM, leave_one: bool = False):
-    """``keep_count`` with the keep rate a tensor (the ``keep_rate`` input of a runtime-keep export).
+def runtime_keep_count(n, keep_permille: torch.Tensor, max_permille: int = _DENOM, leave_one: bool = False):
+    """``keep_count`` with the keep rate an integer tensor of per-mille (the ``keep_permille`` input of
+    a runtime-keep export).
 
-    ``K = ceil(a * n / 1000)`` with ``a = round(1000 * keep_rate)`` clipped to ``[1, max_permille]``,
-    computed with tensor ops and returned as a size: while ``torch.export`` traces, a fresh
-    (unbacked) symbol bounded by ``1 <= K <= n``, so ONNX gets a ``TopK`` whose ``K`` is computed
-    from the input. Equal to ``keep_count(n, keep_rate)`` for rates in ``[0.001, max_permille/1000]``.
-    ``leave_one``: at most ``n - 1`` (a reducer that must always prune a token, ``evit``)."""
-    a = torch.round(keep_rate.reshape(-1)[0].float() * _DENOM).clamp(1, max_permille).to(torch.int64)
-    k = torch.div(a * n + (_DENOM - 1), _DENOM, rounding_mode="floor")
+    ``K = ceil(a * n / 1000)`` with ``a = keep_permille`` clipped to ``[1, max_permille]``. ``a`` is
+    read with ``.item()`` and ``K`` computed in integer size arithmetic: while ``torch.export``
+    traces, ``a`` is a fresh (unbacked) symbol bounded by ``1 <= a <= max_permille`` and ``K`` an
+    integer expression of it and the token count, which ONNX gets as integer ``Mul``/``Add``/``Div``
+    feeding the ``TopK`` (in a TensorRT engine ``K`` is then a shape tensor; tensor division would
+    export through floating point). Equal to ``keep_count(n, a / 1000)``. ``leave_one``: at most
+    ``n - 1`` (a reducer that must always prune a token, ``evit``)."""
+    a = keep_permille.reshape(-1)[0].to(torch.int64).clamp(1, max_permille).item()
+    torch._check(a >= 1)
+    torch._check(a <= max_permille)
+    k = (a * n + (_DENOM - 1)) // _DENOM
     if leave_one:
-        k = k.clamp(max=n - 1)
-    k = k.item()
+        k = sym_min(k, n - 1)
     torch._check(k >= (0 if leave_one else 1))
     torch._check(k <= (n - 1 if leave_one else n))
     return k

@@ -1,4 +1,12 @@
-"""``vitcompress export``: ONNX export, then (``trt=True``) the TensorRT check, engine and engine parity."""
+"""``vitcompress export``: the export stage's order of steps.
+
+1. ONNX export, clean-up and parity (``onnx_export.export_onnx``); with ``trt`` the position
+   embeddings of a dynamic-size export are resampled the way TensorRT parses (``resampling``);
+2. with ``trt``: the TensorRT compatibility check (``trt_check``), on CPU, before TensorRT is imported;
+3. the engine build (``trt_build.build_engine``) into a temporary folder next to the target;
+4. the engine parity check against ONNX Runtime (``trt_runner.engine_parity``), where TensorRT runs;
+5. the engine and its sidecar moved into place.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +19,13 @@ from pathlib import Path
 
 from vitcompress.errors import VitCompressError
 
+from . import trt_build, trt_check, trt_runner
 from .onnx_export import DEFAULT_OPSET, ExportResult, export_onnx
 from .outputs import created_dirs
+from .parity import ParityReport
 from .profiles import ProfileLike, parity_batches, parity_img_sizes
-from .trt_build import sidecar_path
+from .trt_build import BuildConfig, sidecar_path
+from .trt_check import CompatReport
 
 
 @dataclass
@@ -22,10 +33,10 @@ class ExportRun:
     """Everything one ``export`` produced."""
 
     onnx: ExportResult
-    compat: object | None = None  # CompatReport
+    compat: CompatReport | None = None
     engine: Path | None = None
     sidecar: dict | None = None
-    engine_parity: object | None = None  # ParityReport
+    engine_parity: ParityReport | None = None
 
 
 def export(
@@ -44,24 +55,29 @@ def export(
     workspace_gib: float = 4.0,
     timing_cache: str | None = None,
     opt_level: int = 3,
+    keep_permille: ProfileLike = None,
     progress: bool = False,
     runtime_keep: bool = False,
     echo: Callable[[str], None] = print,
 ) -> ExportRun:
     """Export ``artifact`` to ``output``; with ``trt``, check the graph for TensorRT, build the engine
-    (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime where CUDA is present.
+    (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime.
 
     The ONNX file is written before anything TensorRT-related runs, so it exists even when the
-    check fails or TensorRT is missing (both raise ``VitCompressError``). ``runtime_keep`` exports
-    the ``keep_rate`` input (``exporters.runtime_keep``); with ``trt`` such a graph is checked, but
-    no engine is built (its ``keep_rate`` would be a shape-tensor input, not supported yet).
+    check fails or TensorRT is missing (both raise ``VitCompressError``). With ``trt`` a dynamic-size
+    export resamples its position embeddings without antialiasing (``exporters.resampling``: the
+    same result at the native size and above, documented difference below). A ``runtime_keep``
+    graph's ``keep_permille`` input becomes a shape-tensor input of the engine, ranging over
+    ``keep_permille`` MIN:OPT:MAX (default 1, the schedule's own rate, 1000).
 
     The engine and its sidecar are built in a temporary folder next to ``engine`` and moved into
-    place only after the engine parity check passed (it runs where CUDA is present); a failed build
-    or parity check leaves neither file, nor a folder created for them."""
-    from .trt_build import BuildConfig
-
-    cfg = BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache) if trt else None
+    place only after the engine parity check passed; a failed build or parity check leaves neither
+    file, nor a folder created for them."""
+    cfg = (
+        BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache, keep_permille)
+        if trt
+        else None
+    )
     res = export_onnx(
         artifact,
         output,
@@ -74,6 +90,7 @@ def export(
         tolerance=tolerance,
         progress=progress,
         runtime_keep=runtime_keep,
+        antialias=not trt,
     )
     echo(f"nodes: {res.nodes_before} exported -> {res.nodes_after} after clean-up")
     if res.parity is not None:
@@ -86,10 +103,7 @@ def export(
     run = ExportRun(res)
     if not trt:
         return run
-    from .trt_check import check_tensorrt, input_max_shapes, input_max_values, token_bound
-
-    shapes = input_max_shapes(res.path, res.batch.max, res.img_size.max if res.img_size else None)
-    run.compat = check_tensorrt(res.path, shapes, input_max_values(res.path), token_bound(res.path, shapes))
+    run.compat = _compat(res)
     echo(run.compat.format())
     if not run.compat.ok:
         first = run.compat.errors[0]
@@ -98,15 +112,7 @@ def export(
             f"({len(run.compat.errors)} problem(s) listed above); no engine was built, the ONNX file {str(res.path)!r} "
             "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass"
         )
-    if res.runtime_keep:
-        raise VitCompressError(
-            "building a TensorRT engine from a --runtime-keep graph is not supported yet (its keep_rate input "
-            "would be a shape-tensor input of the engine); the ONNX file was written and checked, build the "
-            "engine from an export without --runtime-keep"
-        )
-    from .trt_build import build_engine, require_tensorrt
-
-    require_tensorrt()
+    trt_build.require_tensorrt()
     if res.img_size is not None:
         cfg.img_size = res.img_size
     run.engine = Path(engine) if engine else Path(str(res.path.with_suffix("")) + ".engine")
@@ -122,7 +128,7 @@ def export(
             # built under its own name in a temporary folder next to the target (so the sidecar names
             # it correctly), checked there, and moved into place only when the parity check passed
             staged = tmpdir / run.engine.name
-            run.sidecar = build_engine(res.path, staged, cfg, source=source)
+            run.sidecar = trt_build.build_engine(res.path, staged, cfg, source=source)
             run.engine_parity = _engine_parity(staged, res, run.sidecar, precision, echo)
             _install_engine(staged, run.engine)
         finally:
@@ -134,21 +140,23 @@ def export(
     return run
 
 
+def _compat(res: ExportResult) -> CompatReport:
+    """The TensorRT check of the written file at its largest profile shape (and keep rate)."""
+    shapes = trt_check.input_max_shapes(res.path, res.batch.max, res.img_size.max if res.img_size else None)
+    return trt_check.check_tensorrt(
+        res.path, shapes, trt_check.input_max_values(res.path), trt_check.token_bound(res.path, shapes)
+    )
+
+
 def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: str, echo: Callable[[str], None]):
-    """Engine vs ONNX Runtime where CUDA is present (else None): three distinct batch sizes inside
-    the engine's batch profile where it has them (``parity_batches(within=True)``) at the OPT
-    image side, and, for a dynamic-size export, the second image side of the ONNX parity check.
-    Raises ``VitCompressError`` when the engine differs."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    from .trt_runner import engine_parity
-
+    """Engine vs ONNX Runtime: three distinct batch sizes inside the engine's batch profile where it
+    has them (``parity_batches(within=True)``) at the OPT image side, for a dynamic-size export the
+    second image side of the ONNX parity check, and for a runtime-keep engine the keep rates of the
+    ONNX parity check. Raises ``VitCompressError`` when the engine differs."""
     side = res.img_size.opt if res.img_size else side_info["profile"]["opt"][2]
     sizes = [(b, side) for b in parity_batches(res.batch, within=True)]
     sizes += [(res.batch.min, s) for s in parity_img_sizes(res.img_size)[1:]]
-    report = engine_parity(staged, res.path, sizes, precision=precision)
+    report = trt_runner.engine_parity(staged, res.path, sizes, precision=precision, keeps=res.keeps)
     echo(report.format())
     if not report.ok:
         fix = "rebuild with --precision fp32 or report it" if precision == "fp16" else "report it with the table above"

@@ -1,0 +1,59 @@
+"""The model an export works on: an fp32 eval copy of an artifact or module, and its dynamic-size twin."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from torch import nn
+
+from vitcompress.artifact import load, meta_of
+from vitcompress.models import SourceModel
+from vitcompress.spec import build_model, spec_from_model
+from vitcompress.tokens import TokenSchedule, apply_tokens, remove_tokens, schedule_of
+
+
+def load_source(model_or_path: str | os.PathLike | nn.Module):
+    """(fp32 eval copy of the model, its ArtifactMeta, label of the source). A module is copied,
+    never changed; an artifact folder is loaded with its token schedule."""
+    if isinstance(model_or_path, nn.Module):
+        model = copy.deepcopy(model_or_path).float().eval()
+        meta = getattr(model_or_path, "vitcompress_meta", None)
+        meta = meta_of(copy.deepcopy(model)) if meta is None else copy.deepcopy(meta)
+        return model, meta, "<module>"
+    model = load(model_or_path)
+    meta = model.vitcompress_meta
+    if meta.tokens and schedule_of(model) is None:
+        apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
+    return model.float().eval(), meta, str(model_or_path)
+
+
+def with_dynamic_size(model: nn.Module, meta) -> nn.Module:
+    """The same weights in a timm model built with ``dynamic_img_size=True`` (position embeddings
+    resampled in ``forward``, patch embedding without a fixed input size); its token schedule, if
+    any, applied again."""
+    if getattr(model, "dynamic_img_size", False):
+        return model
+    sched = schedule_of(model)
+    plain = remove_tokens(copy.deepcopy(model)) if sched is not None else model
+    src = meta.source
+    dyn = build_model(
+        SourceModel(src.name, {**src.kwargs, "dynamic_img_size": True}), spec_from_model(plain), device="cpu"
+    )
+    dyn.load_state_dict(plain.state_dict(), strict=True)
+    for attr in ("pretrained_cfg", "default_cfg", "vitcompress_meta"):
+        if hasattr(plain, attr):
+            setattr(dyn, attr, getattr(plain, attr))
+    if sched is not None:
+        apply_tokens(dyn, copy.deepcopy(sched))
+    return dyn.float().eval()
+
+
+def patch_and_size(model: nn.Module) -> tuple[int, int, int]:
+    """(patch size, native image side, input channels) of a timm ViT."""
+    pe = model.patch_embed
+    patch = int(pe.patch_size[0])
+    size = pe.img_size[0] if pe.img_size is not None else None
+    if size is None:
+        size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1]
+    return patch, int(size), int(pe.proj.in_channels)
