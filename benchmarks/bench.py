@@ -16,11 +16,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+from torch import nn
+
+import vitcompress
+from vitcompress.artifact import is_artifact
 from vitcompress.errors import VitCompressError
+from vitcompress.exporters.precision import PRECISIONS, check_precision
+from vitcompress.progress import tqdm
+from vitcompress.pruner import model_path_problem
 
 from . import env as envmod
+from .backends import backend_names, get_runner
 from .report import ratios
-from .runners import PRECISIONS, Variant, backend_names, get_runner
+from .runner_torch import MODES
+from .runners import Variant
 from .timing import measure, paired_ratio, summarize
 
 
@@ -28,15 +38,21 @@ from .timing import measure, paired_ratio, summarize
 class BenchConfig:
     """What to measure and how (serialised into the report)."""
 
-    backends: list = field(default_factory=lambda: ["ort-cpu", "torch-cpu"])
-    batches: list = field(default_factory=lambda: [1, 8])
-    precision: str = "fp32"
-    mode: str = "eager"
-    warmup: int = 5
-    iters: int = 10
-    rounds: int = 5
-    threads: int | None = None
-    check: bool = True
+    backends: list = field(
+        default_factory=lambda: ["ort-cpu", "torch-cpu"],
+        metadata={"help": "Comma list of torch-cpu, ort-cpu, torch-cuda, ort-cuda, ort-trt, trt."},
+    )
+    batches: list = field(default_factory=lambda: [1, 8], metadata={"help": "Comma list of batch sizes."})
+    precision: str = field(default="fp32", metadata={"help": "fp32, fp16 or bf16."})
+    mode: str = field(default="eager", metadata={"help": "torch runners: eager, compile or graph (CUDA)."})
+    warmup: int = field(default=5, metadata={"help": "Untimed passes per variant."})
+    iters: int = field(default=10, metadata={"help": "Timed passes per variant per round."})
+    rounds: int = field(default=5, metadata={"help": "Interleaved rounds (A,B,A,B...)."})
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "CPU threads (torch.set_num_threads / ORT intra-op); default: all usable cores."},
+    )
+    check: bool = field(default=True, metadata={"help": "Check that every output is finite."})
 
     def validate(self) -> BenchConfig:
         known = backend_names()
@@ -46,8 +62,9 @@ class BenchConfig:
             raise VitCompressError(f"no backend given; pass --backend with some of {', '.join(known)}")
         if not self.batches or any(int(b) < 1 for b in self.batches):
             raise VitCompressError(f"batch sizes must be integers >= 1, got {self.batches}; pass e.g. --batch 1,8,32")
-        if self.precision not in PRECISIONS:
-            raise VitCompressError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision, PRECISIONS)
+        if self.mode not in MODES:
+            raise VitCompressError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         for name, v in (("warmup", self.warmup), ("iters", self.iters), ("rounds", self.rounds)):
             if v < (0 if name == "warmup" else 1):
                 raise VitCompressError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
@@ -58,12 +75,6 @@ class BenchConfig:
 
 def load_variant(arg, name: str | None = None, workdir=None, max_batch: int = 32) -> Variant:
     """A ``Variant`` from an artifact folder, a timm model name or an ``nn.Module``."""
-    import torch.nn as nn
-
-    import vitcompress
-    from vitcompress.artifact import is_artifact
-    from vitcompress.pruner import model_path_problem
-
     if isinstance(arg, nn.Module):
         model, label = arg, name or type(arg).__name__
     elif is_artifact(arg):
@@ -93,9 +104,10 @@ def load_variant(arg, name: str | None = None, workdir=None, max_batch: int = 32
 def run_bench(
     variants: Sequence[Variant], cfg: BenchConfig, baseline: str | None = None, progress: bool = False
 ) -> dict:
-    """Measure every variant on every backend and batch; returns the report dict (see ``report``)."""
-    import numpy as np
+    """Measure every variant on every backend and batch; returns the report dict (see ``report``).
 
+    All variants of one (backend, batch) are activated together and timed in interleaved rounds; they
+    get the same input (``Variant.example`` of the baseline's shape, made once per batch)."""
     cfg.validate()
     if not variants:
         raise VitCompressError("no model to benchmark; pass at least one artifact folder or timm model name")
@@ -124,8 +136,6 @@ def run_bench(
             "measurements": [],
         }
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(
                 total=len(cfg.backends) * len(cfg.batches) * cfg.rounds * len(variants), desc="bench", unit="run"
             )
@@ -139,9 +149,13 @@ def run_bench(
                 continue
             for batch in cfg.batches:
                 runners = {}
+                inputs = {}  # one input per image shape, shared by the variants (a batch of 256 is large)
                 try:
                     for v in variants:
-                        r = cls(v, batch, cfg.precision, cfg.threads, cfg.mode)
+                        key = (v.in_chans, *v.img_size)
+                        if key not in inputs:
+                            inputs[key] = v.example(batch)
+                        r = cls(v, batch, cfg.precision, cfg.threads, cfg.mode, x=inputs[key])
                         r.activate()
                         runners[v.name] = r
                     if bar:

@@ -6,6 +6,8 @@ import os
 import platform
 from importlib import metadata
 
+import torch
+
 
 def _version(pkg: str):
     try:
@@ -28,8 +30,6 @@ def cpu_model() -> str:
 
 def capture(threads: int, precision: str) -> dict:
     """A JSON-serialisable description of the machine and software the numbers were measured on."""
-    import torch
-
     gpu = None
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
@@ -37,6 +37,7 @@ def capture(threads: int, precision: str) -> dict:
             "name": p.name,
             "memory_gib": round(p.total_memory / 2**30, 1),
             "cuda": torch.version.cuda,
+            "compute_capability": f"{p.major}.{p.minor}",
             "driver_visible_devices": torch.cuda.device_count(),
         }
     try:
@@ -53,6 +54,7 @@ def capture(threads: int, precision: str) -> dict:
         "precision": precision,
         "gpu": gpu,
         "python": platform.python_version(),
+        "torch_version": torch.__version__,
         "platform": platform.platform(),
         "versions": {
             p: _version(p)

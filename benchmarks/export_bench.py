@@ -19,14 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+import vitcompress
+from vitcompress.counting import count
+from vitcompress.exporters import export_onnx
+
 MODELS = ("deit_base_patch16_224", "vit_large_patch16_224")
 
 
 def _model(name: str, pruned: bool):
-    import torch
-
-    import vitcompress
-
     torch.manual_seed(0)
     model = vitcompress.create_source_model(name)
     if not pruned:
@@ -36,9 +38,6 @@ def _model(name: str, pruned: bool):
 
 def measure(name: str, pruned: bool, check: bool, workdir: Path) -> dict:
     """Export one model; return times, node counts, size and parity."""
-    from vitcompress.counting import count
-    from vitcompress.exporters import export_onnx
-
     model = _model(name, pruned)
     macs = count(model).macs
     out = workdir / f"{name}{'_pruned' if pruned else ''}.onnx"

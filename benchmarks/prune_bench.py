@@ -17,12 +17,17 @@ import subprocess
 import sys
 import time
 
+import torch
+
+import vitcompress
+from vitcompress.budget import Budget, select
+from vitcompress.groups import build_groups
+from vitcompress.io import atomic_file
+from vitcompress.scorers import SCORERS
+from vitcompress.slicers import slice_model
+
 
 def _prune_deit_b(calib: int) -> dict:
-    import torch
-
-    import vitcompress
-
     torch.manual_seed(0)
     model = vitcompress.create_source_model("deit_base_patch16_224")
     t0 = time.perf_counter()
@@ -44,14 +49,6 @@ def _prune_deit_b(calib: int) -> dict:
 
 
 def _slice_vit_l() -> dict:
-    import torch
-
-    import vitcompress
-    from vitcompress.budget import Budget, select
-    from vitcompress.groups import build_groups
-    from vitcompress.scorers import SCORERS
-    from vitcompress.slicers import slice_model
-
     torch.manual_seed(0)
     model = vitcompress.create_source_model("vit_large_patch16_224")
     kinds = ("heads", "qk", "v", "mlp", "embed")
@@ -86,8 +83,6 @@ def main(argv=None) -> None:
     if args.child:
         _child(args.child, args.calib_images)
         return
-    import torch
-
     results = []
     for task in ("prune", "slice"):
         proc = subprocess.run(
@@ -116,8 +111,6 @@ def main(argv=None) -> None:
             extra = f"  phases {', '.join(f'{k} {v:.1f} s' for k, v in r['phases'].items())}"
         print(f"{r['task']}: {r['seconds']:.2f} s total, peak RSS {r['peak_rss_mib']:.0f} MiB{extra}")
     if args.json:
-        from vitcompress.io import atomic_file
-
         with atomic_file(args.json) as tmp:
             tmp.write_text(json.dumps(results, indent=1))
 

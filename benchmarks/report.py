@@ -87,6 +87,15 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def matplotlib_available() -> bool:
+    """True where matplotlib imports (a GPU image may lack it: the JSON is written, the PNG later)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot(result: dict, path: Path) -> None:
     """MACs ratio (x) against latency ratio (y) per backend/batch, with the ideal y = x line."""
     import matplotlib
@@ -125,7 +134,8 @@ def plot(result: dict, path: Path) -> None:
 
 
 def write_report(result: dict, out_dir) -> dict:
-    """Write ``report.md``, ``report.json`` (every raw sample) and ``report.png`` into ``out_dir``."""
+    """Write ``report.md``, ``report.json`` (every raw sample) and ``report.png`` into ``out_dir``
+    (the PNG only where matplotlib is installed: ``paths["png"]`` is then None)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
@@ -133,5 +143,8 @@ def write_report(result: dict, out_dir) -> dict:
         Path(tmp).write_text(json.dumps(result, indent=1))
     with atomic_file(paths["md"]) as tmp:
         Path(tmp).write_text(to_markdown(result))
-    plot(result, paths["png"])
+    if matplotlib_available():
+        plot(result, paths["png"])
+    else:
+        paths["png"] = None
     return paths

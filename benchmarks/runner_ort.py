@@ -5,15 +5,18 @@ array and ``intra_op_num_threads`` is fixed to the recorded thread count (``inte
 sequential execution). On the GPU the input and output live on the device as ``OrtValue``s bound
 with ``io_binding`` (``bind_ortvalue_input`` / ``bind_output`` on 'cuda'), so no host copy is
 timed; ``run_with_iobinding`` returns after the device work, so a monotonic clock times it.
-The TensorRT EP gets one optimisation profile (min 1, opt = max = the measured batch) and an
-engine cache next to the ONNX file, so engine building stays in activation.
+The TensorRT EP gets what the ``trt`` runner's engine gets (like for like): one optimisation
+profile with MIN 1, OPT = MAX = the measured batch, the same workspace limit and builder optimisation
+level, and one timing cache for the run (the work folder); its engine cache sits next to the ONNX
+file, so engine building stays in activation.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from .runners import RUNNERS, Runner
+from .runners import RUNNERS, TRT_OPT_LEVEL, TRT_WORKSPACE_GIB, Runner
 
 
 def _providers() -> list:
@@ -116,12 +119,14 @@ class OrtTRT(OrtRunner):
             "trt_profile_opt_shapes": shape(self.batch),
             "trt_profile_max_shapes": shape(self.batch),
             "trt_fp16_enable": self.precision == "fp16",
+            "trt_max_workspace_size": int(TRT_WORKSPACE_GIB * (1 << 30)),
+            "trt_builder_optimization_level": TRT_OPT_LEVEL,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(self.variant.timing_cache().parent),
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(self.onnx_path.parent / "trt-cache"),
         }
         return [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
 
     def sess_input_name(self) -> str:
-        import onnx
-
         return onnx.load(str(self.onnx_path), load_external_data=False).graph.input[0].name

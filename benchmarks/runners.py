@@ -1,16 +1,20 @@
-"""Benchmark runners: one per backend, each an activate / infer / deactivate context manager.
+"""Benchmark runners: the base class, the variant under test and the backend registry.
 
 A runner is built for one variant, one batch size and one precision::
 
-    with RUNNERS.get("ort-cpu")(variant, batch=8, precision="fp32", threads=2) as r:
+    with get_runner("ort-cpu")(variant, batch=8, precision="fp32", threads=2) as r:
         r.infer()          # one forward pass on the input already on the device
         y = r.output()     # last output as a float32 numpy array (for parity checks)
 
 ``activate`` (``__enter__``) does everything that must stay out of the timing: session / engine
 creation, moving weights and the input to the device, ``torch.compile`` or CUDA-graph capture.
-``infer`` runs one forward pass; ``timer`` says how it must be timed ("cuda" = CUDA events on the
-current torch stream, "wall" = monotonic clock around a synchronous call). ``unavailable``
+``infer`` runs one forward pass; ``timer`` says how it must be timed ("cuda" = CUDA events recorded
+on the runner's own ``stream``, "wall" = monotonic clock around a synchronous call). ``unavailable``
 returns the reason a backend cannot run here (None when it can), so a run reports it as skipped.
+
+The backends register themselves in ``RUNNERS`` from their own modules (``runner_torch``,
+``runner_ort``, ``runner_trt``); ``benchmarks.backends`` imports them all and is where backends are
+looked up, so this module never imports a runner.
 """
 
 from __future__ import annotations
@@ -24,12 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from vitcompress.errors import VitCompressError
+from vitcompress.exporters import BuildConfig, build_engine, export_onnx
+from vitcompress.exporters.precision import PRECISIONS, check_precision
 from vitcompress.registry import Registry
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 RUNNERS: Registry = Registry("backend")
+#: Name of the TensorRT timing cache all engines of one run share (in the run's work folder).
+TIMING_CACHE = "trt-timing.cache"
+#: Builder settings that ``trt`` engines and the ``ort-trt`` execution provider share.
+TRT_WORKSPACE_GIB = 4.0
+TRT_OPT_LEVEL = 3
 
 
 @dataclass
@@ -47,36 +58,47 @@ class Variant:
     workdir: Path | None = None
     _files: dict = field(default_factory=dict, repr=False)
 
-    def _dir(self) -> Path:
+    def _root(self) -> Path:
         if self.workdir is None:
             # a temporary folder the variant makes itself is deleted with the variant (or at exit)
             self.workdir = Path(tempfile.mkdtemp(prefix="vitcompress-bench-"))
             weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
-        d = Path(self.workdir) / self.name
+        return Path(self.workdir)
+
+    def _dir(self) -> Path:
+        d = self._root() / self.name
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def timing_cache(self) -> Path:
+        """The run's TensorRT timing cache file (shared by every variant in the work folder)."""
+        return self._root() / TIMING_CACHE
 
     def onnx(self, precision: str = "fp32") -> Path:
         """Dynamic-batch ONNX export of the model (``vitcompress.exporters.export_onnx``), cached."""
         key = ("onnx", precision)
         if key not in self._files:
-            from vitcompress.exporters import export_onnx
-
             path = self._dir() / f"model-{precision}.onnx"
             b = max(1, self.max_batch)
             export_onnx(self.model, path, batch=(1, min(8, b), b), precision=precision, check=False)
             self._files[key] = path
         return self._files[key]
 
-    def engine(self, precision: str = "fp32") -> Path:
-        """TensorRT engine built from the ONNX export (``vitcompress.exporters.build_engine``), cached."""
-        key = ("engine", precision)
+    def engine(self, precision: str = "fp32", batch: int = 1) -> Path:
+        """TensorRT engine for one measured batch: built from ``onnx(precision)`` with the profile
+        MIN 1, OPT = MAX = ``batch`` (as the ``ort-trt`` runner's execution provider is configured),
+        the run's timing cache and the shared workspace/optimisation-level settings; cached."""
+        key = ("engine", precision, batch)
         if key not in self._files:
-            from vitcompress.exporters import BuildConfig, build_engine
-
-            path = self._dir() / f"model-{precision}.engine"
-            b = max(1, self.max_batch)
-            build_engine(self.onnx(precision), path, BuildConfig.make(batch=(1, min(8, b), b), precision=precision))
+            path = self._dir() / f"model-{precision}-b{batch}.engine"
+            cfg = BuildConfig.make(
+                batch=(1, batch, batch),
+                precision=precision,
+                workspace_gib=TRT_WORKSPACE_GIB,
+                opt_level=TRT_OPT_LEVEL,
+                timing_cache=str(self.timing_cache()),
+            )
+            build_engine(self.onnx(precision), path, cfg)
             self._files[key] = path
         return self._files[key]
 
@@ -92,6 +114,8 @@ class Runner:
     backend = "?"
     device = "cpu"
     timer = "wall"
+    #: the stream the runner enqueues its work on (CUDA runners), where "cuda" timing records events
+    stream = None
 
     def __init__(
         self,
@@ -104,8 +128,7 @@ class Runner:
     ):
         if batch < 1:
             raise VitCompressError(f"batch must be >= 1, got {batch}; pass e.g. --batch 1,8")
-        if precision not in PRECISIONS:
-            raise VitCompressError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        check_precision(precision, PRECISIONS)
         self.variant, self.batch, self.precision, self.mode = variant, batch, precision, mode
         self.threads = threads or os.cpu_count() or 1
         self.x = variant.example(batch) if x is None else np.ascontiguousarray(x, dtype=np.float32)
@@ -128,9 +151,9 @@ class Runner:
         pass
 
     def synchronize(self) -> None:
-        if self.device == "cuda":
-            import torch
-
+        if self.stream is not None:
+            self.stream.synchronize()
+        elif self.device == "cuda":
             torch.cuda.synchronize()
 
     def __enter__(self) -> Runner:
@@ -139,16 +162,3 @@ class Runner:
 
     def __exit__(self, *exc) -> None:
         self.deactivate()
-
-
-def backend_names() -> list:
-    """Registered backend names (runner modules are imported to register themselves)."""
-    from . import runner_ort, runner_torch, runner_trt  # noqa: F401
-
-    return RUNNERS.list()
-
-
-def get_runner(name: str):
-    """The runner class for a backend name; unknown names raise a one-line ``VitCompressError``."""
-    backend_names()
-    return RUNNERS.get(name)

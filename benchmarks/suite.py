@@ -2,7 +2,7 @@
 
     python -m vitcompress.benchmarks.suite --scale ci   --report bench-report        # CPU, minutes
     python -m vitcompress.benchmarks.suite --scale full --report bench-report        # CPU, longer
-    python -m vitcompress.benchmarks.suite --device cuda --scale full --report bench-report-gpu
+    python -m vitcompress.benchmarks.suite --device cuda --scale full --precision fp16 --mode graph --report DIR
 
 Variants (``vitcompress.prune`` on a randomly initialised ``deit_small_patch16_224``; latency does not
 depend on weight values, and ``importance="l1"`` keeps the build fast and data-free):
@@ -20,7 +20,8 @@ depend on weight values, and ``importance="l1"`` keeps the build fast and data-f
 ``--scale ci`` keeps dense, p46, p46-r1, depth25, vpa70 and tome-m70 at batch 8 with few
 iterations; ``full`` keeps all variants with the batch sweep 1, 8, 32. ``--device cpu`` uses
 ort-cpu and torch-cpu; ``--device cuda`` uses torch-cuda, ort-cuda, ort-trt and trt (each skipped
-with the reason where its library or the GPU is missing).
+with the reason where its library or the GPU is missing). ``--mode`` (eager, compile, graph) applies
+to the torch runners; the other backends are skipped with the reason in another mode.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+import torch
+
+import vitcompress
+from vitcompress.errors import VitCompressError
+from vitcompress.progress import tqdm
+from vitcompress.token_reduction import reduce_tokens
+from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
+from vitcompress.tokens.schedule import parse_schedule
+
+from .bench import BenchConfig, load_variant, run_bench
+from .report import to_markdown, write_report
 
 SOURCE = "deit_small_patch16_224"
 # name -> how to build it: ``prune`` kwargs for vitcompress.prune (None = dense) and ``tokens``
@@ -62,10 +75,6 @@ BACKENDS = {"cpu": ["ort-cpu", "torch-cpu"], "cuda": ["torch-cuda", "ort-cuda", 
 
 def _with_tokens(model, tokens, source):
     """``model`` with the variant's token schedule; a third entry names the variant to match in MACs."""
-    from vitcompress.token_reduction import reduce_tokens
-    from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
-    from vitcompress.tokens.schedule import parse_schedule
-
     method, spec = tokens[:2]
     schedule = parse_schedule(spec, method)
     if len(tokens) > 2:
@@ -77,12 +86,6 @@ def _with_tokens(model, tokens, source):
 
 def build_variants(names, importance: str = "l1", seed: int = 0, max_batch: int = 32, workdir=None):
     """Build the named suite variants (dense source, ``vitcompress.prune`` and ``reduce_tokens`` results)."""
-    import torch
-    from tqdm import tqdm
-
-    import vitcompress
-    from vitcompress.benchmarks.bench import load_variant
-
     torch.manual_seed(seed)
     source = vitcompress.create_source_model(SOURCE)
     out = []
@@ -107,16 +110,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", help="Override the batch sizes (comma-separated).")
     p.add_argument("--variants", help=f"Override the variants (comma-separated from {', '.join(VARIANTS)}).")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--mode", default="eager", help="torch runners: eager, compile or graph (CUDA-graph replay).")
     p.add_argument("--iters", type=int)
     p.add_argument("--rounds", type=int)
     p.add_argument("--threads", type=int, help="CPU threads (default: all usable cores).")
     p.add_argument("--importance", default="l1", help="Scorer used to build the variants (l1 or random: data-free).")
     p.add_argument("--report", default="bench-report", help="Report directory (report.md/json/png).")
     a = p.parse_args(argv)
-
-    from vitcompress.benchmarks.bench import BenchConfig, run_bench
-    from vitcompress.benchmarks.report import to_markdown, write_report
-    from vitcompress.errors import VitCompressError
 
     s = dict(SCALES[a.scale])
     try:
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
             backends=a.backend.split(",") if a.backend else BACKENDS[a.device],
             batches=[int(b) for b in a.batch.split(",")] if a.batch else s["batches"],
             precision=a.precision,
+            mode=a.mode,
             warmup=s["warmup"],
             iters=a.iters or s["iters"],
             rounds=a.rounds or s["rounds"],
@@ -141,6 +142,7 @@ def main(argv=None) -> int:
             "scale": a.scale,
             "device": a.device,
             "importance": a.importance,
+            "mode": a.mode,
             "variants": {n: VARIANTS[n] for n in names},
             "command": " ".join(sys.argv),
             "seconds": round(time.time() - t0, 1),
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(to_markdown(result))
-    print(f"report: {paths['md']} {paths['json']} {paths['png']}")
+    print(f"report: {paths['md']} {paths['json']} {paths['png'] or '(no PNG: matplotlib is missing)'}")
     return 0
 
 

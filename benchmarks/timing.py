@@ -5,8 +5,11 @@ device). Each variant then gets ``warmup`` untimed passes. Timing runs in ``roun
 round the variants take turns (A, B, C, A, B, C, ...), each running ``iters`` timed passes, so all
 variants see the same machine state and ratios come from paired rounds.
 
-One timed pass: CUDA runners record a CUDA event before and after ``infer`` on the current
-stream and wait for the end event (device time only); CPU and synchronous runners read
+One timed pass: CUDA runners record a CUDA event before and after ``infer`` on the runner's own
+stream and wait for the end event. The start event is enqueued before ``infer`` launches anything,
+so the time between the two events includes the host's launch work whenever the device waits for it
+(kernel launch overhead, Python dispatch of an eager model), and excludes host-device copies (the
+input is already on the device, the output stays there). CPU and synchronous runners read
 ``time.perf_counter_ns`` (monotonic) around ``infer``.
 """
 
@@ -17,17 +20,16 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 
 def time_pass(runner) -> float:
     """Milliseconds of one forward pass of an activated runner."""
     if runner.timer == "cuda":
-        import torch
-
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(runner.stream)
         runner.infer()
-        end.record()
+        end.record(runner.stream)
         end.synchronize()
         return float(start.elapsed_time(end))
     t0 = time.perf_counter_ns()

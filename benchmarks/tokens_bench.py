@@ -1,9 +1,12 @@
 """Token-reduction benchmark: ViT-L at the 6% per-layer rate (analytic, and timed on a GPU), DeiT-S on CPU.
 
     python -m vitcompress.benchmarks.tokens_bench                      # ViT-L MACs table (seconds, any machine)
-    python -m vitcompress.benchmarks.tokens_bench --cpu --report DIR   # + DeiT-S topk-vpa 0.9/0.7/0.5@3,6,9 on ort-cpu, batch 8
+    python -m vitcompress.benchmarks.tokens_bench --cpu --report DIR   # + DeiT-S topk-vpa 0.9/0.7/0.5@3,6,9 on ort-cpu
     python -m vitcompress.benchmarks.tokens_bench --gpu --report DIR   # + ViT-L dense / topk-vpa rate=0.06 / tome
-                                                                       #   at matched MACs, fp16, batch 64, torch-cuda, ort-cuda
+                                                                       #   at matched MACs, fp16, torch-cuda, ort-cuda
+
+``--batch`` (comma list) sets the batch sizes of the timed parts (default 8 on the CPU, 64 on the
+GPU) and ``--mode`` (eager, compile, graph) the torch runners' mode (default eager).
 
 The published reference for ViT-L/16 at 224 px with Top-K + VPA at a 6% per-layer pruning rate is
 -50.44% FLOPs and -46.8% GPU latency (``docs/tokens.md`` explains the gap in the analytic count).
@@ -14,8 +17,24 @@ variant (reported, not asserted).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+import torch
+
+from vitcompress.counting import ArchInfo, macs
+from vitcompress.errors import VitCompressError
+from vitcompress.models import create_source_model
+from vitcompress.spec import spec_from_model
+from vitcompress.token_reduction import reduce_tokens
+from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
+from vitcompress.tokens.counting import block_tokens
+from vitcompress.tokens.schedule import parse_schedule
+
+from . import suite
+from .bench import BenchConfig, load_variant, run_bench
+from .report import to_markdown, write_report
 
 PAPER_FLOPS = -0.5044
 PAPER_LATENCY = -0.468
@@ -37,15 +56,6 @@ def _floor_counts(n: int, prefix: int, depth: int, rate: float, start: int) -> l
 
 def vitl_table() -> list[dict]:
     """Analytic MACs of ViT-L/16 with the 6% rate (and the readings around it) and tome at matched MACs."""
-    import torch
-
-    from vitcompress.counting import ArchInfo, macs
-    from vitcompress.models import create_source_model
-    from vitcompress.spec import spec_from_model
-    from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
-    from vitcompress.tokens.counting import block_tokens
-    from vitcompress.tokens.schedule import parse_schedule
-
     with torch.device("meta"):
         model = create_source_model(VITL)
     spec, info = spec_from_model(model), ArchInfo.from_model(model)
@@ -109,14 +119,6 @@ def format_vitl(rows: list[dict]) -> str:
 
 def gpu_variants(max_batch: int):
     """ViT-L dense, topk-vpa rate=0.06@0 and tome at matched MACs, as bench ``Variant``s."""
-    import torch
-
-    from vitcompress.benchmarks.bench import load_variant
-    from vitcompress.models import create_source_model
-    from vitcompress.token_reduction import reduce_tokens
-    from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
-    from vitcompress.tokens.schedule import parse_schedule
-
     torch.manual_seed(0)
     source = create_source_model(VITL)
     vpa = reduce_tokens(source, f"rate={RATE}@0", method="topk-vpa").model
@@ -130,25 +132,29 @@ def gpu_variants(max_batch: int):
     ]
 
 
+def _batches(text: str | None, default: int) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",")] if text else [default]
+    except ValueError:
+        raise VitCompressError(f"--batch must be comma-separated integers, got {text!r}; pass e.g. 1,64") from None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpu", action="store_true", help="Also time the DeiT-S token variants on ort-cpu (batch 8).")
-    p.add_argument(
-        "--gpu", action="store_true", help="Also time ViT-L dense / topk-vpa / tome on the GPU (fp16, batch 64)."
-    )
+    p.add_argument("--cpu", action="store_true", help="Also time the DeiT-S token variants on ort-cpu.")
+    p.add_argument("--gpu", action="store_true", help="Also time ViT-L dense / topk-vpa / tome on the GPU (fp16).")
     p.add_argument("--report", default="runs/tokens-bench", help="Report directory for the timed parts.")
+    p.add_argument("--batch", help="Batch sizes of the timed parts, comma-separated (default: 8 CPU, 64 GPU).")
+    p.add_argument("--mode", default="eager", help="torch runners: eager, compile or graph (CUDA-graph replay).")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--rounds", type=int, default=6)
     a = p.parse_args(argv)
 
-    from vitcompress.errors import VitCompressError
-
     print(format_vitl(vitl_table()))
     try:
         if a.cpu:
-            from vitcompress.benchmarks import suite
-
             out = Path(a.report) / "deit_s_cpu"
+            batches = _batches(a.batch, 8)
             rc = suite.main(
                 [
                     "--variants",
@@ -156,7 +162,9 @@ def main(argv=None) -> int:
                     "--backend",
                     "ort-cpu",
                     "--batch",
-                    "8",
+                    ",".join(map(str, batches)),
+                    "--mode",
+                    a.mode,
                     "--iters",
                     str(a.iters),
                     "--rounds",
@@ -167,28 +175,27 @@ def main(argv=None) -> int:
             )
             if rc:
                 return rc
-            import json
-
             rep = json.loads((out / "report.json").read_text())
-            print(
-                f"\ntarget: efficiency >= {EFFICIENCY_TARGET} for topk-vpa at keep 0.9/0.7/0.5@3,6,9 (ort-cpu, batch 8)"
-            )
+            print(f"\ntarget: efficiency >= {EFFICIENCY_TARGET} for topk-vpa at keep 0.9/0.7/0.5@3,6,9 (ort-cpu)")
             for row in rep["measurements"]:
                 if row["variant"].startswith("vpa"):
                     eff = row.get("efficiency")
                     ok = eff is not None and eff >= EFFICIENCY_TARGET
                     print(
-                        f"  {row['variant']}: MACs ratio {row['macs_ratio']:.3f}, latency ratio "
+                        f"  {row['variant']} batch {row['batch']}: MACs ratio {row['macs_ratio']:.3f}, latency ratio "
                         f"{row['latency_ratio']:.3f}, efficiency {eff:.2f} {'met' if ok else 'MISSED'}"
                     )
         if a.gpu:
-            from vitcompress.benchmarks.bench import BenchConfig, run_bench
-            from vitcompress.benchmarks.report import to_markdown, write_report
-
+            batches = _batches(a.batch, 64)
             cfg = BenchConfig(
-                backends=["torch-cuda", "ort-cuda"], batches=[64], precision="fp16", iters=a.iters, rounds=a.rounds
+                backends=["torch-cuda", "ort-cuda"],
+                batches=batches,
+                precision="fp16",
+                mode=a.mode,
+                iters=a.iters,
+                rounds=a.rounds,
             ).validate()
-            result = run_bench(gpu_variants(64), cfg, progress=True)
+            result = run_bench(gpu_variants(max(batches)), cfg, progress=True)
             result["suite"] = {
                 "source": VITL,
                 "command": " ".join(sys.argv),

@@ -13,13 +13,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from vitcompress.io import check_writable_dir
+
 
 def make_dirs(folder: str | os.PathLike) -> list[Path]:
     """Create ``folder`` and its missing parents and check that it is writable
     (``check_writable_dir``, which raises ``VitCompressError``); return the folders this call
     created, outermost first. Where the check fails, those folders are removed again."""
-    from vitcompress.io import check_writable_dir
-
     folder = Path(folder)
     missing = []
     p = folder
