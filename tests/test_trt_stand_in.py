@@ -283,3 +283,35 @@ def test_cli_runtime_keep_engine(tmp_path, monkeypatch, capsys):
     side = read_sidecar(tmp_path / "e.engine")
     assert side["profile"][KEEP_INPUT] == {"min": 300, "opt": 600, "max": 900}
     assert "keep 0.600" in stdout and "keep 0.500" in stdout and "TensorRT engine vs ONNX Runtime" in stdout
+
+
+def test_stand_in_refuses_what_the_bindings_refuse(trt, onnx_file, tmp_path):
+    """The stand-in is strict where TensorRT is: argument types, call order, build requirements."""
+    build_engine(onnx_file, tmp_path / "m.engine", BuildConfig.make("1:2:4", "16:32:48"))
+    engine = TrtEngine(tmp_path / "m.engine")
+    ctx = engine.engine.create_execution_context()
+    for call in (
+        lambda: ctx.set_tensor_address("pixel_values", 1.5),
+        lambda: ctx.execute_async_v3("stream"),
+        lambda: ctx.set_input_shape("pixel_values", "2x3x32x32"),
+        lambda: trt.Runtime(trt.Logger()).deserialize_cuda_engine("engine"),
+    ):
+        with pytest.raises(TypeError, match="incompatible function arguments"):
+            call()
+    # enqueueing before the shapes and addresses are set fails, with TensorRT's log line
+    assert ctx.execute_async_v3(engine.stream_handle) is False
+    assert "address not set" in engine.logger.messages[-1][1]
+    # on the default stream it runs, with TensorRT's warning
+    x = torch.zeros(2, 3, 32, 32)
+    assert ctx.set_input_shape("pixel_values", (2, 3, 32, 32))
+    out = torch.empty(2, 10)
+    ctx.set_tensor_address("pixel_values", x.data_ptr())
+    ctx.set_tensor_address("logits", out.data_ptr())
+    assert ctx.execute_async_v3(0) and "default stream" in engine.logger.messages[-1][1]
+    # a dynamic input without an optimisation profile does not build
+    logger = trt.Logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(onnx_file))
+    assert builder.build_serialized_network(network, builder.create_builder_config()) is None
+    assert "no optimization profile" in logger.messages[-1][1]
