@@ -67,9 +67,9 @@ def external_locations(path: Path) -> set[str]:
 def install(tmp_path: Path, side_name: str | None, output: Path) -> None:
     """Move a checked file (and its side file) from the temporary folder onto ``output``.
 
-    The side file ``side_name`` has a name no other file uses (``data_name``) and is moved first: until the
-    ``.onnx`` rename, the old file still refers to its own, untouched side file; the ``.onnx``
-    rename switches to the new pair in one step. Then the side files the old file referred to are
+    The side file ``side_name`` has a name no other file uses (``data_name``) and is moved first:
+    until the ``.onnx`` rename, the old file still refers to its own, untouched side file; the
+    ``.onnx`` rename switches to the new pair in one step. Then the side files the old file referred to are
     deleted (only ``<output>.*data`` siblings). A crash at any point leaves a consistent pair,
     at worst plus one unreferenced side file."""
     # the old file is parsed (without its weights) only where side files of its name exist

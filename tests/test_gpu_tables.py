@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vitcompress.benchmarks import gpu_tables
+from vitcompress.benchmarks import gpu_report, gpu_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = ("click", "tqdm", "sklearn", "matplotlib", "onnx_graphsurgeon")
@@ -60,13 +60,13 @@ def test_tiny_run_from_the_checkout_root_without_optional_packages(tmp_path):
     folder = out / "cpu"
     assert sorted(p.name for p in folder.iterdir()) == ["gpu_tables.json", "gpu_tables.md", "profile.txt"]
     result = json.loads((folder / "gpu_tables.json").read_text())
-    measured = {r["variant"]: r for r in gpu_tables.rows(result)}
+    measured = {r["variant"]: r for r in gpu_report.rows(result)}
     assert set(measured) == {"dense", "p46", "p46-r1", "vpa70", "tome-m70", "vpa-r6"}
     assert all(len(r["samples_ms"]) == 2 and all(len(s) == 2 for s in r["samples_ms"]) for r in measured.values())
     assert 0.5 < measured["p46"]["macs_ratio"] < 0.56 and measured["dense"]["macs_ratio"] == 1.0
     assert measured["vpa70"]["macs_ratio"] < 1 and measured["tome-m70"]["macs_ratio"] < 1
     md = (folder / "gpu_tables.md").read_text()
-    assert md == gpu_tables.to_markdown(result) and "## tiny, eager" in md and "| p46-r1 | 1 |" in md
+    assert md == gpu_report.to_markdown(result) and "## tiny, eager" in md and "| p46-r1 | 1 |" in md
     profile = (folder / "profile.txt").read_text()
     assert "## tiny p46 batch 1" in profile and "## tiny dense batch 1" in profile and "aten::" in profile
     # the PNG later, where matplotlib is
@@ -134,7 +134,7 @@ def test_targets_and_report_of_a_gpu_shaped_result(tmp_path):
         {"model": "ViT-L", "mode": "graph", "batch": 1, "bench": {"measurements": [_row("p46", 1, 0.538, 0.7)]}},
     ]
     result = {"groups": groups}
-    found = {(t["variant"], t["batch"]): (round(t["value"], 3), t["met"]) for t in gpu_tables.targets(result)}
+    found = {(t["variant"], t["batch"]): (round(t["value"], 3), t["met"]) for t in gpu_report.targets(result)}
     # p46 at 64: (1 - 0.60) / (1 - 0.538) = 0.866 < 0.90; at 256: 0.93; vpa-r6 cuts 48% (met) and 45% (missed)
     assert found == {
         ("p46", 64): (0.866, False),
@@ -143,7 +143,7 @@ def test_targets_and_report_of_a_gpu_shaped_result(tmp_path):
         ("vpa-r6", 256): (0.45, False),
     }
     result.update(
-        targets=gpu_tables.targets(result),
+        targets=gpu_report.targets(result),
         env={
             "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0", "cuda": "13.0"},
             "cpu": "x",
@@ -157,14 +157,14 @@ def test_targets_and_report_of_a_gpu_shaped_result(tmp_path):
         seconds=100.0,
         skipped=[],
     )
-    md = gpu_tables.to_markdown(result)
+    md = gpu_report.to_markdown(result)
     assert "ViT-L batch 64: 0.866 MISSED" in md and "ViT-L batch 256: 0.931 met" in md
     assert "- ViT-L, graph, batch 64: aligned 0.600, unaligned 0.700" in md
     assert "- ViT-L p46: eager 9.000, graph 7.000 (0.78x)" in md
     assert "CUDA events on each runner's own stream (launch overhead included, host copies excluded)" in md
     assert gpu_tables.profiles_wanted(result, "auto") == [("ViT-L", "p46", 64), ("ViT-L", "vpa-r6", 256)]
     assert gpu_tables.profiles_wanted(result, "ViT-L/vpa-r6") == [("ViT-L", "vpa-r6", 256)]
-    assert gpu_tables.slug("NVIDIA H200") == "nvidia-h200"
+    assert gpu_report.slug("NVIDIA H200") == "nvidia-h200"
     pytest.importorskip("matplotlib")
-    gpu_tables.plot(result, tmp_path / "t.png")
+    gpu_report.plot(result, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
