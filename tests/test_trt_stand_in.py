@@ -94,8 +94,9 @@ def test_fp16_builder_flag_on_10_and_strong_typing_on_11(trt, onnx_file, tmp_pat
     assert not [c for c in trt.CALLS if c[0] == "IBuilderConfig.set_flag" and trt.MAJOR >= 11]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_export_trt_end_to_end(trt, precision, tmp_path):
+@pytest.mark.parametrize("version, precision", [("10.16.1", "fp32"), ("11.1.0", "fp16")])
+def test_export_trt_end_to_end(version, precision, tmp_path, monkeypatch):
+    trt = use_tensorrt_stand_in(monkeypatch, version)
     run = export(
         tiny("vit"),
         tmp_path / "m.onnx",
@@ -108,6 +109,8 @@ def test_export_trt_end_to_end(trt, precision, tmp_path):
         echo=lambda s: None,
     )
     assert run.engine.is_file() and sidecar_path(run.engine).is_file() and (tmp_path / "cache").is_file()
+    assert run.sidecar["tensorrt_version"] == trt.__version__ and run.sidecar["precision"] == precision
+    assert run.sidecar["strongly_typed"] is (trt.MAJOR >= 11)
     assert run.compat.ok and not run.compat.issues
     # the graph TensorRT parsed resamples without antialiasing (the parser refuses antialias=1)
     resize = [n for n in onnx.load(str(run.onnx.path)).graph.node if n.op_type == "Resize"]
