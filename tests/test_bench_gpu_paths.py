@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 from stand_ins import use_tensorrt_stand_in
 
 import vitcompress
@@ -132,6 +132,7 @@ def test_compile_mode_with_inductor_matches_eager(one_thread):
         assert relative_error(r.output(), ref)[1] < 1e-4
 
 
+@pytest.mark.export
 def test_trt_and_ort_trt_are_built_like_for_like(monkeypatch, tmp_path, one_thread):
     trt = use_tensorrt_stand_in(monkeypatch)
     work = tmp_path / "work"
@@ -166,6 +167,7 @@ def test_trt_and_ort_trt_are_built_like_for_like(monkeypatch, tmp_path, one_thre
     assert opts["trt_timing_cache_enable"] and opts["trt_timing_cache_path"] == str(work)
 
 
+@pytest.mark.export
 def test_trt_runner_matches_pytorch_through_the_stand_in(monkeypatch, one_thread):
     use_tensorrt_stand_in(monkeypatch, "11.1.0")
     from vitcompress.benchmarks.backends import get_runner

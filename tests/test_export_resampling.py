@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 from timm.layers import resample_abs_pos_embed
 from timm.models import deit, vision_transformer
 
@@ -20,6 +20,8 @@ from vitcompress.exporters.resampling import Resampled, cubic_matrix, plain_resa
 from vitcompress.exporters.source import with_dynamic_size
 
 IMG = (16, 32, 48)  # patch 8: grids of 2, 4 (native) and 6
+
+pytestmark = pytest.mark.export  # ONNX export: `make test-slow`
 
 
 def test_plain_resampling_equals_antialiased_when_enlarging_only():

@@ -36,6 +36,7 @@ def _run(tmp_path, *args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # a subprocess that imports the whole stack: `make test-slow`
 def test_tiny_run_from_the_checkout_root_without_optional_packages(tmp_path):
     probe = _run(
         tmp_path,

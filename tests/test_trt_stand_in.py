@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 from onnx import TensorProto, helper, numpy_helper
 from stand_ins import TRT_VERSIONS, use_tensorrt_stand_in
 
@@ -22,6 +22,8 @@ from vitcompress.exporters.export import export
 from vitcompress.exporters.runtime_keep import KEEP_INPUT
 from vitcompress.exporters.trt_build import read_sidecar, sidecar_path
 from vitcompress.tokens import apply_tokens
+
+pytestmark = pytest.mark.export  # every case exports or builds from an ONNX file: `make test-slow`
 
 
 @pytest.fixture(params=TRT_VERSIONS)
