@@ -64,4 +64,4 @@ def bench(models, baseline, backend, batch, precision, mode, warmup, iters, roun
     click.echo(to_markdown(result))
     if report_dir:
         paths = write_report(result, report_dir)
-        click.echo(f"report: {paths['md']} {paths['json']} {paths['png']}")
+        click.echo(f"report: {paths['md']} {paths['json']} {paths['png'] or '(no PNG: matplotlib is missing)'}")
