@@ -23,8 +23,9 @@ import vitcompress
 from vitcompress.artifact import is_artifact
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters.precision import PRECISIONS, check_precision
+from vitcompress.families import family_of
 from vitcompress.progress import tqdm
-from vitcompress.pruner import model_path_problem
+from vitcompress.resolve import resolve_model
 
 from . import env as envmod
 from .backends import backend_names, get_runner
@@ -75,20 +76,17 @@ class BenchConfig:
 
 def load_variant(arg, name: str | None = None, workdir=None, max_batch: int = 32) -> Variant:
     """A ``Variant`` from an artifact folder, a timm model name or an ``nn.Module``."""
-    if isinstance(arg, nn.Module):
-        model, label = arg, name or type(arg).__name__
-    elif is_artifact(arg):
-        model, label = vitcompress.load(arg), name or Path(arg).name
+    model = resolve_model(arg)
+    if name:
+        label = name
+    elif isinstance(arg, nn.Module):
+        label = type(arg).__name__
     else:
-        problem = model_path_problem(str(arg))
-        if problem:  # a path that is not an artifact: never looked up as a timm name
-            raise VitCompressError(f"{problem}; pass an artifact folder or a timm model name")
-        model, label = vitcompress.create_source_model(str(arg)), name or str(arg)
+        label = Path(arg).name if is_artifact(arg) else str(arg)
     model.eval()
     c = vitcompress.count(model)
-    pe = model.patch_embed
-    img = tuple(pe.img_size) if getattr(pe, "img_size", None) else (224, 224)
-    in_chans = pe.proj.in_channels
+    in_chans, h, w = family_of(model).input_size(model)
+    img = (h, w)
     return Variant(
         label,
         model,

@@ -21,7 +21,7 @@ import torch
 
 import vitcompress
 from vitcompress.budget import Budget, select
-from vitcompress.groups import build_groups
+from vitcompress.families import build_groups
 from vitcompress.io import atomic_file
 from vitcompress.scorers import SCORERS
 from vitcompress.slicers import slice_model

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 
-from vitcompress.counting import ArchInfo, macs
 from vitcompress.errors import VitCompressError
+from vitcompress.families import BlockTokens, family_of
 from vitcompress.models import create_source_model
-from vitcompress.spec import spec_from_model
 from vitcompress.token_reduction import reduce_tokens
 from vitcompress.tokens.amount import closest_amount, macs_reduction, with_amount
 from vitcompress.tokens.counting import block_tokens
@@ -58,13 +57,14 @@ def vitl_table() -> list[dict]:
     """Analytic MACs of ViT-L/16 with the 6% rate (and the readings around it) and tome at matched MACs."""
     with torch.device("meta"):
         model = create_source_model(VITL)
-    spec, info = spec_from_model(model), ArchInfo.from_model(model)
-    dense = macs(spec, info)
+    fam = family_of(model)
+    spec, info = fam.spec(model), fam.arch_info(model)
+    dense = fam.macs(spec, info)
     rows = [{"variant": "dense", "rule": "-", "macs": dense, "reduction": 0.0, "last_tokens": info.num_patches}]
     for start in (0, 1):
         s = parse_schedule(f"rate={RATE}@{start}", "topk-vpa")
         red = macs_reduction(model, s)
-        bt = block_tokens(spec, info, s)
+        bt = block_tokens(spec, fam.token_layout(info), s)
         rows.append(
             {
                 "variant": f"topk-vpa rate={RATE}@{start}",
@@ -76,7 +76,7 @@ def vitl_table() -> list[dict]:
         )
     for start in (0, 1):
         toks = _floor_counts(info.num_patches, info.num_prefix_tokens, spec.depth, RATE, start)
-        m = macs(spec, info, toks)
+        m = fam.macs(spec, info, [BlockTokens(t, t) for t in toks])
         rows.append(
             {
                 "variant": f"rate={RATE}@{start}, floor",
@@ -97,7 +97,7 @@ def vitl_table() -> list[dict]:
             "rule": "matched to rate=0.06@0",
             "macs": round(dense * (1 - red)),
             "reduction": red,
-            "last_tokens": block_tokens(spec, info, tm)[-1].t_out - 1,
+            "last_tokens": block_tokens(spec, fam.token_layout(info), tm)[-1].t_out - 1,
         }
     )
     return rows

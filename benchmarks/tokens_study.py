@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 
 from vitcompress.artifact import is_artifact, load
 from vitcompress.callbacks import GASConfig, GASController
-from vitcompress.counting import ArchInfo
 from vitcompress.distill import DistillConfig
 from vitcompress.evaluate import evaluate_data
 from vitcompress.token_search import held_out, predict, search_amount
 from vitcompress.tokens.amount import macs_reduction
 from vitcompress.tokens.apply import apply_tokens, remove_tokens, schedule_of
+from vitcompress.tokens.counting import patch_tokens
 from vitcompress.tokens.schedule import parse_schedule
 from vitcompress.training import TrainConfig, fit
 
@@ -44,7 +44,7 @@ def curves(teacher, data: str, images: int, rates, progress: bool) -> list[dict]
     """Top-1 and MACs removed for every reducer over the grid (held-out ``val`` images)."""
     net = remove_tokens(teacher).eval()
     x, y = held_out(net, data, images)
-    n = ArchInfo.from_model(net).num_patches
+    n = patch_tokens(net)
     merges = sorted({int(round(r * n / 2)) for r in rates})  # comparable range of token counts
     jobs = [(m, f"rate={r}@1") for m in REDUCERS if m != "tome" for r in rates]
     jobs += [("tome", f"merge={k}@1") for k in merges]

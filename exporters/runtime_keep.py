@@ -12,7 +12,7 @@ of the ``n`` patch tokens entering it: the input *replaces* the keep rate of eve
 the schedule still decides *which* blocks reduce. ``rate=R`` schedules keep ``a / 1000`` in every
 block from their start block. EViT always appends its fused token in such a graph (rates are capped
 at 0.999; at 1.0 a static EViT would not fuse). ToMe merges a count of pairs, not a fraction, and is
-refused. Static schedules round their keep rates to 1/1000 too (``tokens.schedule.keep_fraction``),
+refused. Static schedules round their keep rates to 1/1000 too (``tokens.arithmetic.keep_fraction``),
 so the graph fed ``a`` equals the PyTorch model after ``set_keep(model, a / 1000)`` exactly.
 
 Why an integer: TensorRT takes a ``TopK``'s ``K`` only from an INT32/INT64 *shape tensor*, a value
@@ -22,7 +22,7 @@ of the engine: its range goes into the optimisation profile (``IOptimizationProf
 ``keep_profile``) and its value is bound on the host at run time (``exporters.trt_runner``).
 
 How: the reducers compute ``K`` from the tensor with ``.item()`` and ``torch._check(1 <= K <= n)``
-(``tokens.schedule.runtime_keep_count``); ``torch.export`` turns ``K`` into an unbacked symbol and
+(``tokens.arithmetic.runtime_keep_count``); ``torch.export`` turns ``K`` into an unbacked symbol and
 the ONNX ``TopK`` takes its ``K`` from a computation on the ``keep_permille`` input. Later token
 counts are those symbols, so the graph stays exact at every image size of a dynamic-size export.
 """
@@ -37,7 +37,7 @@ from torch import nn
 
 from vitcompress.errors import VitCompressError
 from vitcompress.tokens import schedule_of, set_keep
-from vitcompress.tokens.schedule import keep_fraction
+from vitcompress.tokens.arithmetic import keep_fraction
 
 from .profiles import Profile
 

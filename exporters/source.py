@@ -8,8 +8,8 @@ import os
 from torch import nn
 
 from vitcompress.artifact import load, meta_of
-from vitcompress.models import SourceModel
-from vitcompress.spec import build_model, spec_from_model
+from vitcompress.families import build_model, family_of, spec_from_model
+from vitcompress.spec import SourceModel
 from vitcompress.tokens import TokenSchedule, apply_tokens, remove_tokens, schedule_of
 
 
@@ -18,9 +18,7 @@ def load_source(model_or_path: str | os.PathLike | nn.Module):
     never changed; an artifact folder is loaded with its token schedule."""
     if isinstance(model_or_path, nn.Module):
         model = copy.deepcopy(model_or_path).float().eval()
-        meta = getattr(model_or_path, "vitcompress_meta", None)
-        meta = meta_of(copy.deepcopy(model)) if meta is None else copy.deepcopy(meta)
-        return model, meta, "<module>"
+        return model, copy.deepcopy(meta_of(model)), "<module>"
     model = load(model_or_path)
     meta = model.vitcompress_meta
     if meta.tokens and schedule_of(model) is None:
@@ -50,10 +48,7 @@ def with_dynamic_size(model: nn.Module, meta) -> nn.Module:
 
 
 def patch_and_size(model: nn.Module) -> tuple[int, int, int]:
-    """(patch size, native image side, input channels) of a timm ViT."""
-    pe = model.patch_embed
-    patch = int(pe.patch_size[0])
-    size = pe.img_size[0] if pe.img_size is not None else None
-    if size is None:
-        size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1]
-    return patch, int(size), int(pe.proj.in_channels)
+    """(image-side multiple, native image side, input channels) of the model, from its family."""
+    fam = family_of(model)
+    in_chans, size, _ = fam.input_size(model)
+    return fam.image_stride(model), size, in_chans

@@ -11,8 +11,8 @@ import random
 import torch
 
 from vitcompress.callbacks import Callback
+from vitcompress.families import identity_plan
 from vitcompress.models import create_source_model
-from vitcompress.plan import identity_plan
 
 # name, kwargs: small variants of each supported family (width 64, 4 blocks, 32 px, patch 8)
 TINY = {

@@ -6,7 +6,7 @@ from helpers import tiny
 from vitcompress.budget import Budget, select, step_down
 from vitcompress.counting import count
 from vitcompress.errors import VitCompressError
-from vitcompress.groups import build_groups
+from vitcompress.families import build_groups
 from vitcompress.scorers import SCORERS
 from vitcompress.slicers import slice_model
 

@@ -9,7 +9,7 @@ from helpers import tiny
 
 from vitcompress.distill import DistillConfig, TrainLoss, channel_mapping, kd_kl, layer_mapping
 from vitcompress.errors import VitCompressError
-from vitcompress.plan import identity_plan
+from vitcompress.families import identity_plan
 from vitcompress.slicers import slice_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

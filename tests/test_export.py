@@ -17,9 +17,8 @@ from helpers import tiny
 
 from vitcompress.exporters import export_onnx, parse_profile, read_onnx_metadata
 from vitcompress.exporters.parity import ort_session
-from vitcompress.plan import identity_plan
+from vitcompress.families import identity_plan, spec_from_model
 from vitcompress.slicers import slice_model
-from vitcompress.spec import spec_from_model
 
 pytestmark = pytest.mark.export  # ONNX export: `make test-slow`
 

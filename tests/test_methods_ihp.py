@@ -6,7 +6,7 @@ from helpers import tiny
 
 from vitcompress.budget import Budget, select
 from vitcompress.data import calibration_loader
-from vitcompress.groups import build_groups
+from vitcompress.families import build_groups
 from vitcompress.methods import ihp
 from vitcompress.methods.scaling import Scaled, fold
 from vitcompress.pruner import PruneConfig

@@ -16,7 +16,7 @@ def test_supported_families_create():
         "deit3_small_patch16_224",
     ):
         m = create_source_model(name, img_size=32, depth=1)
-        assert m.vitcompress_source.name == name
+        assert m.vitcompress_meta.source.name == name
 
 
 def test_list_models_filters_to_supported_families():

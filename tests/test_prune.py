@@ -104,7 +104,7 @@ def test_existing_output_is_refused_and_force_overwrites(tmp_path):
 def test_taylor_sum_score_is_first_order_loss_change():
     """taylor-sum: |sum w*dL/dw| over an MLP neuron equals |dL/d(alpha)| when the neuron is scaled by alpha."""
     from vitcompress.data import calibration_loader
-    from vitcompress.groups import build_groups
+    from vitcompress.families import build_groups
     from vitcompress.scorers import SCORERS
 
     model = tiny("vit").double()
@@ -132,7 +132,7 @@ def test_taylor_sum_score_is_first_order_loss_change():
 
 
 def _taylor_scores(model, loader, labels):
-    from vitcompress.groups import build_groups
+    from vitcompress.families import build_groups
     from vitcompress.scorers import SCORERS
 
     groups = build_groups(model, ["heads", "mlp", "embed"])

@@ -9,7 +9,15 @@ from helpers import tiny
 import vitcompress
 from vitcompress.counting import count, measured_macs
 from vitcompress.errors import VitCompressError
-from vitcompress.tokens import REDUCERS, apply_tokens, parse_schedule, remove_tokens, token_counts, token_macs
+from vitcompress.tokens import (
+    REDUCERS,
+    apply_tokens,
+    parse_schedule,
+    remove_tokens,
+    schedule_of,
+    token_counts,
+    token_macs,
+)
 
 # (method, schedule): every reducer, each schedule form
 CASES = [
@@ -155,7 +163,7 @@ def test_artifact_round_trip_keeps_the_schedule(tmp_path):
 def test_pruning_a_token_reduced_model_keeps_its_schedule():
     model = apply_tokens(_model(), "0.7@1,2", method="topk-vpa")
     res = vitcompress.prune(model, flops_reduction=0.3, importance="l1", round_to=1)
-    assert res.model.vitcompress_tokens.spec == "0.7@1,2"
+    assert schedule_of(res.model).spec == "0.7@1,2"
     assert token_counts(res.model) == token_counts(model)
     assert res.meta.tokens["method"] == "topk-vpa"
     with pytest.raises(VitCompressError, match="prune depth first"):

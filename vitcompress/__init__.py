@@ -6,7 +6,8 @@ Public API (imported lazily so that ``import vitcompress`` stays light)::
     vitcompress.load(path) -> nn.Module          # rebuild a pruned model from its artifact
     vitcompress.save(model, path)                # write an artifact (atomically)
     vitcompress.count(model) -> Counts           # analytic MACs / params
-    vitcompress.create_source_model(name, ...)   # an unpruned timm ViT
+    vitcompress.create_source_model(name, ...)   # an unpruned model of a supported family
+    vitcompress.family_of(model) -> Family       # the adapter the core handles the model through
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ _LAZY = {
     "run_pipeline": "recipe",
     "PipelineConfig": "recipe",
     "METHODS": "methods",
+    "FAMILIES": "families",
+    "family_of": "families",
+    "resolve_model": "resolve",
 }
 
 

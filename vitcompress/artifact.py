@@ -1,85 +1,96 @@
 """The artifact that flows prune -> export -> bench: ``model.safetensors`` + ``vitcompress.json``.
 
-The JSON holds the source model (timm name and kwargs), the per-block spec that rebuilds the module
-tree, the plan (kept indices in the source model's numbering), the pruning history, MACs and
-params before and after, and (for token reduction) the token schedule.
+The JSON (``meta.ArtifactMeta``) holds the source model (timm name and kwargs), the spec that
+rebuilds the module tree, the plan (kept indices in the source model's numbering), the pruning
+history, MACs and params before and after, and (for token reduction) the token schedule.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .counting import count
+from .counting import Counts, count
 from .errors import VitCompressError
+from .families import build_model, family_of
 from .io import atomic_dir
-from .models import SourceModel, infer_source
-from .plan import Plan, identity_plan
-from .spec import ViTSpec, build_model, spec_from_model
+from .meta import FORMAT_VERSION, ArtifactMeta, attach, attached
+from .models import infer_source
+from .tokens.apply import apply_tokens, schedule_of
+from .tokens.schedule import TokenSchedule
 
-FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "vitcompress.json"
 
-
-@dataclass
-class ArtifactMeta:
-    """Everything in ``vitcompress.json``."""
-
-    source: SourceModel
-    spec: ViTSpec
-    plan: Plan
-    counts_source: dict = field(default_factory=dict)
-    counts: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    tokens: dict | None = None
-    extra: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict:
-        return {
-            "format": "vitcompress",
-            "format_version": self.format_version,
-            "source": self.source.to_dict(),
-            "spec": self.spec.to_dict(),
-            "plan": self.plan.to_dict(),
-            "counts_source": self.counts_source,
-            "counts": self.counts,
-            "history": self.history,
-            "tokens": self.tokens,
-            "extra": self.extra,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ArtifactMeta:
-        return cls(
-            source=SourceModel.from_dict(d["source"]),
-            spec=ViTSpec.from_dict(d["spec"]),
-            plan=Plan.from_dict(d["plan"]),
-            counts_source=d.get("counts_source", {}),
-            counts=d.get("counts", {}),
-            history=list(d.get("history", [])),
-            tokens=d.get("tokens"),
-            extra=dict(d.get("extra", {})),
-            format_version=int(d["format_version"]),
-        )
+__all__ = [
+    "FORMAT_VERSION",
+    "META",
+    "WEIGHTS",
+    "ArtifactMeta",
+    "history_record",
+    "is_artifact",
+    "load",
+    "meta_of",
+    "read_meta",
+    "record_step",
+    "save",
+]
 
 
 def meta_of(model: nn.Module) -> ArtifactMeta:
-    """The model's artifact metadata; for a model vitcompress did not prune, a fresh record."""
-    meta = getattr(model, "vitcompress_meta", None)
-    spec = spec_from_model(model)
+    """The model's artifact record with its spec, counts and token schedule read off the model; for
+    a model vitcompress did not create or prune, a fresh record (which the model then carries)."""
+    meta = attached(model)
     if meta is None:
-        source = infer_source(model)
-        c = count(model).to_dict()
-        meta = ArtifactMeta(source=source, spec=spec, plan=identity_plan(model), counts_source=c)
-    meta.spec = spec
+        meta = ArtifactMeta(source=infer_source(model))
+        attach(model, meta)
+    return refresh(model, meta)
+
+
+def refresh(model: nn.Module, meta: ArtifactMeta) -> ArtifactMeta:
+    """Fill ``meta``'s derived fields from ``model`` (in place): spec, counts, token schedule, and
+    the plan and source counts of a model nothing was removed from yet."""
+    fam = family_of(model)
+    if meta.plan is None:
+        meta.plan = fam.identity_plan(model)
+    if not meta.counts_source:
+        meta.counts_source = count(model, with_schedule=False).to_dict()
+    meta.spec = fam.spec(model)
     meta.counts = count(model).to_dict()
+    sched = schedule_of(model)
+    meta.tokens = sched.to_dict() if sched is not None else None
+    return meta
+
+
+def history_record(
+    method: str, config: dict, target: tuple[str, float], before: Counts, after: Counts, **details
+) -> dict:
+    """One entry of an artifact's history: what a step did (``method``, its ``config`` and
+    method-specific ``details``), what it aimed at (``target = (metric, reduction)``) and what it
+    achieved (MACs and params before and after)."""
+    return {
+        "method": method,
+        **details,
+        "config": config,
+        "target": {"metric": target[0], "reduction": target[1]},
+        "achieved": {
+            "macs_reduction": 1 - after.macs / before.macs,
+            "params_reduction": 1 - after.params / before.params,
+        },
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+    }
+
+
+def record_step(model: nn.Module, record: dict) -> ArtifactMeta:
+    """Append a history entry to ``model``'s record (see ``history_record``); returns the record."""
+    meta = meta_of(model)
+    meta.history.append(record)
     return meta
 
 
@@ -88,12 +99,11 @@ def is_artifact(path: str | os.PathLike) -> bool:
 
 
 def save(model: nn.Module, path: str | os.PathLike, force: bool = False, meta: ArtifactMeta | None = None) -> Path:
-    """Write ``model`` as an artifact folder (atomically). Returns the folder."""
-    from safetensors.torch import save_file
+    """Write ``model`` as an artifact folder (atomically). Returns the folder.
 
-    meta = meta or meta_of(model)
-    meta.spec = spec_from_model(model)
-    meta.counts = count(model).to_dict()
+    ``meta`` (default: the record the model carries) supplies the source, plan, history and extras;
+    spec, counts and token schedule are always the model's own."""
+    meta = meta_of(model) if meta is None else refresh(model, meta)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(path, force=force) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -132,8 +142,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     """Rebuild the model of an artifact folder from its spec and load its weights (eval mode).
 
     A token schedule recorded in the artifact is applied again (``vitcompress.tokens``)."""
-    from safetensors.torch import load_file
-
     meta = read_meta(path)
     wpath = Path(path, WEIGHTS)
     if not wpath.is_file():
@@ -148,9 +156,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         raise VitCompressError(
             f"artifact {str(path)!r} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:160]}); re-create it"
         ) from None
-    model.vitcompress_meta = meta
+    attach(model, meta)
     if meta.tokens:
-        from .tokens import TokenSchedule, apply_tokens
-
         apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
     return model.eval()

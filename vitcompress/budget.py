@@ -1,4 +1,4 @@
-"""Choosing what to keep under a MACs or parameter budget, with width alignment.
+"""Choosing what to keep under a cost budget (MACs, params or any ``cost(spec)``), with aligned widths.
 
 The unit of removal is the smallest change that keeps every constraint:
 
@@ -7,8 +7,15 @@ The unit of removal is the smallest change that keeps every constraint:
   own least important dims), enough to bring the per-head width down to the next multiple of
   ``round_to`` (at least ``round_to`` dims, or one with ``round_to=1``, stay);
 - ``mlp``: the least important neurons of a layer down to the next multiple of ``round_to``;
-- ``embed``: the least important residual channels down to the next multiple of ``round_to``;
-- ``depth``: one block (at least one block stays).
+- ``embed``: the least important residual channels of a stage down to the next multiple of
+  ``round_to``;
+- ``depth``: one block (the family says which blocks may go: at least one stays; in a multi-stage
+  family at least one per stage).
+
+``Budget.allowed`` replaces the multiples of ``round_to`` by any set of allowed widths per (kind,
+layer) (for example the widths where latency actually changes on a backend); ``Budget.cost``
+replaces the family's MACs or params by any ``cost(spec) -> float`` (for example a latency
+predictor). How a spec changes when a unit goes is the family's (``Family.shrink``).
 
 Each unit's importance is the mean score of its elements divided by the mean score of all elements
 of its kind ("normalised per group kind"), so kinds with different score scales compete fairly.
@@ -22,31 +29,42 @@ within ``tolerance`` (1.5 points) of the target, otherwise the budget is reporte
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .counting import ArchInfo, macs, params
 from .errors import VitCompressError
-from .groups import Group
-from .layers import attention_dims
+from .families import Family, family_of
+from .groups import LAYER_KINDS, Group
 from .plan import LayerPlan, Plan
-from .spec import BlockSpec, ViTSpec, spec_from_model
+from .spec import Spec
 
 OVERSHOOT = 0.005
 TOLERANCE = 0.015  # the achieved reduction lands within 1.5 points of the target
 
+#: ``allowed(kind, layer, original) -> widths``: the element counts a (kind, layer) may shrink to
+#: (None: the default rule for that kind)
+AllowedWidths = Callable[[str, "int | None", int], "Collection[int] | None"]
+
 
 @dataclass
 class Budget:
-    """Target: remove ``reduction`` (0 < R < 1) of ``metric`` ('macs' or 'params')."""
+    """Target: remove ``reduction`` (0 < R < 1) of ``metric``.
+
+    ``metric`` is 'macs' or 'params' (counted by the model's family) unless ``cost`` is given, then
+    it only names what ``cost`` measures (e.g. 'latency'). ``allowed`` restricts the widths (see the
+    module docstring); without it, widths are multiples of ``round_to``.
+    """
 
     metric: str
     reduction: float
     round_to: int = 8
     uniform: bool = False
     tolerance: float = TOLERANCE
+    cost: Callable[[Spec], float] | None = None
+    allowed: AllowedWidths | None = None
 
 
 def step_down(current: int, original: int, n: int) -> int:
@@ -56,24 +74,43 @@ def step_down(current: int, original: int, n: int) -> int:
     return s if current - s >= max(floor, 1) else 0
 
 
-class _State:
-    """Kept elements, each list ordered from least to most important (next to remove first)."""
+def step(budget: Budget, kind: str, layer: int | None, current: int, original: int) -> int:
+    """Elements the next unit of (kind, layer) removes (0: it cannot shrink further)."""
+    widths = budget.allowed(kind, layer, original) if budget.allowed is not None else None
+    if widths is not None:
+        lower = [w for w in widths if 1 <= w < current]
+        return current - max(lower) if lower else 0
+    if kind == "heads":
+        return 1 if current > 1 else 0
+    return step_down(current, original, max(1, int(budget.round_to)))
 
-    def __init__(self, model: nn.Module, groups: list[Group], scores: list[torch.Tensor]):
-        self.spec0 = spec_from_model(model)
-        self.embed = list(range(model.embed_dim))
-        self.blocks = list(range(len(model.blocks)))
+
+class _State:
+    """Kept elements, each list ordered from least to most important (next to remove first), and
+    the spec they make."""
+
+    def __init__(self, fam: Family, model: nn.Module, groups: list[Group], scores: list[torch.Tensor]):
+        self.fam = fam
+        self.spec = fam.spec(model)
+        full = fam.identity_plan(model)
+        self.embeds = [list(e) for e in full.embeds]
+        self.blocks = list(full.blocks)
         self.heads: dict[int, list[int]] = {}
         self.qk: dict[int, dict[int, list[int]]] = {}
         self.v: dict[int, dict[int, list[int]]] = {}
         self.mlp: dict[int, list[int]] = {}
+        self.orig: dict[tuple, int] = {("depth", None): len(full.blocks)}
+        for s, e in enumerate(full.embeds):
+            self.orig[("embed", s)] = len(e)
+        for b, lp in full.layers.items():
+            self.heads[b] = list(lp.heads)
+            self.qk[b] = {h: list(d) for h, d in zip(lp.heads, lp.qk)}
+            self.v[b] = {h: list(d) for h, d in zip(lp.heads, lp.v)}
+            self.mlp[b] = list(lp.mlp)
+            self.orig.update(
+                {("heads", b): len(lp.heads), ("qk", b): len(lp.qk[0]), ("v", b): len(lp.v[0]), ("mlp", b): len(lp.mlp)}
+            )
         self.score: dict[tuple, torch.Tensor] = {}
-        for i, blk in enumerate(model.blocks):
-            h, qk, v, _ = attention_dims(blk.attn)
-            self.heads[i] = list(range(h))
-            self.qk[i] = {j: list(range(qk)) for j in range(h)}
-            self.v[i] = {j: list(range(v)) for j in range(h)}
-            self.mlp[i] = list(range(blk.mlp.fc1.out_features))
         by_kind: dict[str, list[torch.Tensor]] = {}
         for g, s in zip(groups, scores):
             s = s.detach().to(torch.float64).cpu()
@@ -91,26 +128,14 @@ class _State:
             elif kind == "mlp":
                 self.mlp[layer] = sorted(self.mlp[layer], key=lambda j: float(s[j]))
             elif kind == "embed":
-                self.embed = sorted(self.embed, key=lambda j: float(s[j]))
+                st = layer or 0
+                self.embeds[st] = sorted(self.embeds[st], key=lambda j: float(s[j]))
             elif kind == "depth":
                 self.blocks = sorted(self.blocks, key=lambda j: float(s[j]))
 
-    def spec(self) -> ViTSpec:
-        blocks = []
-        for b in sorted(self.blocks):
-            bs0 = self.spec0.blocks[b]
-            h0 = self.heads[b][0]
-            blocks.append(
-                BlockSpec(
-                    bs0.source_index,
-                    len(self.heads[b]),
-                    len(self.qk[b][h0]),
-                    len(self.v[b][h0]),
-                    len(self.mlp[b]),
-                    bs0.scale,
-                )
-            )
-        return ViTSpec(len(self.embed), blocks)
+    def position(self, block: int) -> int:
+        """Index of kept ``block`` in the current spec."""
+        return sorted(self.blocks).index(block)
 
     def plan(self) -> Plan:
         layers = {}
@@ -122,32 +147,33 @@ class _State:
                 [sorted(self.v[b][h]) for h in heads],
                 sorted(self.mlp[b]),
             )
-        return Plan(sorted(self.embed), sorted(self.blocks), layers)
+        embeds = [sorted(e) for e in self.embeds]
+        return Plan(embeds[0], sorted(self.blocks), layers, embeds[1:])
 
 
-def _unit(state: _State, kind: str, layer: int | None, n: int):
-    """(normalised importance, removed fraction after, size, apply-function) of the next unit,
-    or None when the (kind, layer) cannot shrink further."""
-    s0 = state.spec0
+def _unit(state: _State, budget: Budget, kind: str, layer: int | None):
+    """(normalised importance, removed fraction after, size, apply-function, shrink arguments) of
+    the next unit of (kind, layer), or None when it cannot shrink further."""
+    if kind in LAYER_KINDS and layer not in state.blocks:
+        return None
+    orig = state.orig[(kind, layer if kind != "embed" else layer or 0)]
     if kind == "heads":
-        if layer not in state.blocks or len(state.heads[layer]) <= 1:
+        cur = len(state.heads[layer])
+        k = step(budget, kind, layer, cur, orig)
+        if not k:
             return None
-        j = state.heads[layer][0]
-        imp = float(state.score[(kind, layer)][j]) / state.norm[kind]
-        frac = 1 - (len(state.heads[layer]) - 1) / s0.blocks[layer].num_heads
+        sc = state.score[(kind, layer)]
+        imp = sum(float(sc[j]) for j in state.heads[layer][:k]) / k / state.norm[kind]
 
         def apply():
-            state.heads[layer].pop(0)
+            del state.heads[layer][:k]
 
-        return imp, frac, 1, apply
+        return imp, 1 - (cur - k) / orig, k, apply, (kind, state.position(layer), k)
     if kind in ("qk", "v"):
-        if layer not in state.blocks:
-            return None
         table = state.qk if kind == "qk" else state.v
         heads = state.heads[layer]
         cur = len(table[layer][heads[0]])
-        orig = s0.blocks[layer].qk_dim if kind == "qk" else s0.blocks[layer].v_dim
-        k = step_down(cur, orig, n)
+        k = step(budget, kind, layer, cur, orig)
         if not k:
             return None
         sc = state.score[(kind, layer)]
@@ -158,12 +184,10 @@ def _unit(state: _State, kind: str, layer: int | None, n: int):
             for h in table[layer]:
                 del table[layer][h][:k]
 
-        return imp, 1 - (cur - k) / orig, k, apply
+        return imp, 1 - (cur - k) / orig, k, apply, (kind, state.position(layer), k)
     if kind == "mlp":
-        if layer not in state.blocks:
-            return None
         cur = len(state.mlp[layer])
-        k = step_down(cur, s0.blocks[layer].mlp_hidden, n)
+        k = step(budget, kind, layer, cur, orig)
         if not k:
             return None
         sc = state.score[(kind, layer)]
@@ -172,41 +196,43 @@ def _unit(state: _State, kind: str, layer: int | None, n: int):
         def apply():
             del state.mlp[layer][:k]
 
-        return imp, 1 - (cur - k) / s0.blocks[layer].mlp_hidden, k, apply
+        return imp, 1 - (cur - k) / orig, k, apply, (kind, state.position(layer), k)
     if kind == "embed":
-        cur = len(state.embed)
-        k = step_down(cur, s0.embed_dim, n)
+        st = layer or 0
+        kept = state.embeds[st]
+        cur = len(kept)
+        k = step(budget, kind, layer, cur, orig)
         if not k:
             return None
-        sc = state.score[(kind, None)]
-        imp = sum(float(sc[j]) for j in state.embed[:k]) / k / state.norm[kind]
+        sc = state.score[(kind, layer)]
+        imp = sum(float(sc[j]) for j in kept[:k]) / k / state.norm[kind]
 
         def apply():
-            del state.embed[:k]
+            del kept[:k]
 
-        return imp, 1 - (cur - k) / s0.embed_dim, k, apply
+        return imp, 1 - (cur - k) / orig, k, apply, (kind, st, k)
     if kind == "depth":
-        if len(state.blocks) <= 1:
+        j = next((b for b in state.blocks if state.fam.can_remove_block(state.spec, state.position(b))), None)
+        if j is None:
             return None
-        j = state.blocks[0]
         imp = float(state.score[(kind, None)][j]) / state.norm[kind]
 
         def apply():
-            state.blocks.pop(0)
+            state.blocks.remove(j)
 
-        return imp, 1 - (len(state.blocks) - 1) / s0.depth, 1, apply
+        return imp, 1 - (len(state.blocks) - 1) / orig, 1, apply, (kind, state.position(j), 1)
     raise ValueError(kind)
 
 
 def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], budget: Budget) -> tuple[Plan, float]:
-    """Choose a plan that removes ``budget.reduction`` of the metric; returns (plan, achieved)."""
-    if budget.metric not in ("macs", "params"):
+    """Choose a plan that removes ``budget.reduction`` of the cost; returns (plan, achieved)."""
+    fam = family_of(model)
+    if budget.cost is None and budget.metric not in ("macs", "params"):
         raise ValueError(budget.metric)
-    info = ArchInfo.from_model(model)
-    measure = (lambda sp: macs(sp, info)) if budget.metric == "macs" else (lambda sp: params(sp, info))
-    state = _State(model, groups, scores)
-    base = measure(state.spec0)
-    target, n = budget.reduction, max(1, int(budget.round_to))
+    measure = budget.cost or fam.cost(model, budget.metric)
+    state = _State(fam, model, groups, scores)
+    base = measure(state.spec)
+    target = budget.reduction
     keys = [(g.kind, g.layer) for g in groups]
     version = {k: 0 for k in keys}
     heap: list = []
@@ -214,7 +240,7 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
 
     def push(key):
         nonlocal counter
-        u = _unit(state, *key, n)
+        u = _unit(state, budget, *key)
         if u is None:
             return
         imp, frac = u[0], u[1]
@@ -229,15 +255,18 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
         _, _, key, ver = heapq.heappop(heap)
         if ver != version[key]:
             continue
-        u = _unit(state, *key, n)
+        u = _unit(state, budget, *key)
         if u is None:
             continue
         kind, layer = key
-        after = 1 - measure(_spec_after(state, kind, layer, u[2])) / base
+        cand = state.spec.copy()
+        fam.shrink(cand, *u[4])
+        after = 1 - measure(cand) / base
         if after > target + OVERSHOOT:
             version[key] += 1  # this (kind, layer) is done: its units are too large now
             continue
         u[3]()
+        state.spec = cand
         achieved = after
         version[key] += 1
         push(key)
@@ -248,10 +277,11 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
                     push(dep)
         if kind == "depth":
             for dep in version:
-                if dep[1] is not None and dep[1] not in state.blocks:
+                if dep[0] in LAYER_KINDS and dep[1] not in state.blocks:
                     version[dep] += 1
     if abs(achieved - target) > budget.tolerance:
         kinds = ",".join(sorted({g.kind for g in groups}))
+        n = max(1, int(budget.round_to))
         raise VitCompressError(
             f"budget unreachable: removing {target:.1%} of {budget.metric} with granularity {kinds} "
             f"and round-to {n} gets to {achieved:.1%} at best (tolerance {budget.tolerance:.1%}); "
@@ -260,25 +290,3 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
     plan = state.plan()
     plan.validate()
     return plan, achieved
-
-
-def _spec_after(state: _State, kind: str, layer: int | None, k: int) -> ViTSpec:
-    """The spec the state would have after removing a unit of ``k`` elements."""
-    spec = state.spec()
-    if kind == "embed":
-        spec.embed_dim -= k
-        return spec
-    if kind == "depth":
-        spec.blocks = [b for b in spec.blocks if b.source_index != state.spec0.blocks[state.blocks[0]].source_index]
-        return spec
-    pos = sorted(state.blocks).index(layer)
-    b = spec.blocks[pos]
-    if kind == "heads":
-        b.num_heads -= 1
-    elif kind == "qk":
-        b.qk_dim -= k
-    elif kind == "v":
-        b.v_dim -= k
-    else:
-        b.mlp_hidden -= k
-    return spec

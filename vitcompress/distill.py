@@ -25,8 +25,10 @@ from torch import nn
 
 from .config import setting
 from .errors import VitCompressError
+from .families import spec_from_model
 from .logits import logits_of
-from .spec import spec_from_model
+from .meta import attached
+from .tokens.apply import schedule_of
 
 KINDS = ("auto", "soft", "hard", "none")
 
@@ -68,16 +70,13 @@ def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> t
 
 
 def _embed_channels(model: nn.Module) -> list[int]:
-    meta = getattr(model, "vitcompress_meta", None)
-    if meta is not None and len(meta.plan.embed) == model.embed_dim:
+    meta = attached(model)
+    if meta is not None and meta.plan is not None and len(meta.plan.embed) == model.embed_dim:
         return list(meta.plan.embed)
     return list(range(model.embed_dim))
 
 
 def _source_indices(model: nn.Module) -> list[int]:
-    meta = getattr(model, "vitcompress_meta", None)
-    if meta is not None and len(meta.spec.blocks) == len(model.blocks):
-        return [b.source_index for b in meta.spec.blocks]
     return [b.source_index for b in spec_from_model(model).blocks]
 
 
@@ -160,7 +159,7 @@ class TrainLoss(nn.Module):
             for p in teacher.parameters():
                 p.requires_grad_(False)
             if self.cfg.hidden > 0:
-                if any(getattr(m, "vitcompress_tokens", None) is not None for m in (student, teacher)):
+                if any(schedule_of(m) is not None for m in (student, teacher)):
                     raise VitCompressError(
                         "hidden-state distillation compares all tokens, and token reduction "
                         "changes their number; set hidden=0 for token-reduced models",

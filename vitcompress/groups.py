@@ -1,13 +1,16 @@
-"""What is coupled to what: the dependency groups of a ViT.
+"""What is coupled to what: the dependency groups of a model, and the kinds they come in.
 
 A ``Group`` lists, for every *element* it contains (a head, a q/k dim of a head, an MLP neuron, a
 residual channel, a block), the slices of every parameter that belong to that element and must be
 removed together. Scorers reduce parameter (and gradient) values over these slices to one score
 per element; ``reference.mask_model`` zeroes them to build the exact reference a sliced model must
-match. The slicers in ``slicers.py`` cut tensors from the same layout independently, so the tests
-comparing the two check both.
+match. Each model family (``vitcompress.families``) builds its groups (``Family.groups``) and
+cuts tensors in its slicers from the same layout independently, so the tests comparing the two
+check both.
 
-Kinds and their coupling (H heads, qk/v per-head widths, M MLP width, D embedding width):
+Kinds and their coupling in a plain ViT (H heads, qk/v per-head widths, M MLP width, D embedding
+width); other families couple more tensors into the same kinds (a hybrid's stem projection, a
+Swin stage's patch merging):
 
 - ``heads``  (H,)     q, k and v rows of the head in ``qkv`` (+ bias), its columns of ``proj``
 - ``qk``     (H, qk)  q row and k row of that dim of that head (q and k must shrink together)
@@ -17,6 +20,11 @@ Kinds and their coupling (H heads, qk/v per-head widths, M MLP width, D embeddin
                       prefix tokens, all norms, qkv/fc1 inputs, proj/fc2 outputs, layer scales,
                       final norm, classifier input columns
 - ``depth``  (L,)     every parameter of the block (removal leaves the residual identity)
+
+``Group.layer`` is the block index for the per-block kinds, the stage index for ``embed`` (``None``
+for a model with one residual stream) and ``None`` for ``depth`` (its elements are the blocks).
+An element may own several rows of a tensor (``Member.index`` is ``[elements, k]``): a gated MLP's
+neuron owns two ``fc1`` rows, a Swin patch merging's input owns four columns per channel.
 """
 
 from __future__ import annotations
@@ -25,11 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from .errors import VitCompressError
-from .layers import attention_dims
-from .slicers import _STEM_AXES
 
 KINDS = ("heads", "qk", "v", "mlp", "embed", "depth")
 LAYER_KINDS = ("heads", "qk", "v", "mlp")
@@ -64,7 +69,10 @@ class Group:
         return n
 
     def describe(self) -> str:
-        where = f"block {self.layer}" if self.layer is not None else "model"
+        if self.layer is None:
+            where = "model"
+        else:
+            where = f"{'stage' if self.kind == 'embed' else 'block'} {self.layer}"
         return f"{self.kind} @ {where}: {self.shape} -> " + ", ".join(
             f"{m.param}[{'all' if m.dim is None else f'dim {m.dim}'}]" for m in self.members
         )
@@ -78,106 +86,6 @@ def parse_kinds(granularity: Iterable[str]) -> tuple[str, ...]:
     if not kinds:
         raise VitCompressError(f"no granularity given; choose from {','.join(KINDS)}")
     return kinds
-
-
-def _ar(*shape: int) -> torch.Tensor:
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.arange(n).reshape(*shape)
-
-
-def layer_groups(model: nn.Module, layer: int, kinds: Iterable[str]) -> list[Group]:
-    blk = model.blocks[layer]
-    h, qk, v, _ = attention_dims(blk.attn)
-    m = blk.mlp.fc1.out_features
-    p = f"blocks.{layer}."
-    has_qkv_bias = blk.attn.qkv.bias is not None
-    out = []
-
-    def qkv_members(index: torch.Tensor) -> list[Member]:
-        mem = [Member(p + "attn.qkv.weight", 0, index)]
-        if has_qkv_bias:
-            mem.append(Member(p + "attn.qkv.bias", 0, index))
-        return mem
-
-    heads = torch.arange(h)[:, None]
-    q_rows = heads * qk + torch.arange(qk)  # [H, qk]
-    k_rows = h * qk + q_rows
-    v_rows = 2 * h * qk + heads * v + torch.arange(v)  # [H, v]
-    v_cols = heads * v + torch.arange(v)
-    for kind in kinds:
-        if kind == "heads":
-            g = Group("heads", layer, (h,), qkv_members(torch.cat([q_rows, k_rows, v_rows], 1)))
-            g.members.append(Member(p + "attn.proj.weight", 1, v_cols))
-        elif kind == "qk":
-            g = Group("qk", layer, (h, qk), qkv_members(torch.stack([q_rows, k_rows], -1).reshape(h * qk, 2)))
-        elif kind == "v":
-            g = Group("v", layer, (h, v), qkv_members(v_rows.reshape(-1, 1)))
-            g.members.append(Member(p + "attn.proj.weight", 1, v_cols.reshape(-1, 1)))
-        elif kind == "mlp":
-            idx = _ar(m, 1)
-            g = Group("mlp", layer, (m,), [Member(p + "mlp.fc1.weight", 0, idx)])
-            if blk.mlp.fc1.bias is not None:
-                g.members.append(Member(p + "mlp.fc1.bias", 0, idx))
-            g.members.append(Member(p + "mlp.fc2.weight", 1, idx))
-        else:
-            continue
-        out.append(g)
-    return out
-
-
-# block parameters that run along the residual stream, and their axis
-_BLOCK_EMBED_AXES = {
-    "norm1.weight": 0,
-    "norm1.bias": 0,
-    "attn.qkv.weight": 1,
-    "attn.proj.weight": 0,
-    "attn.proj.bias": 0,
-    "ls1.gamma": 0,
-    "norm2.weight": 0,
-    "norm2.bias": 0,
-    "mlp.fc1.weight": 1,
-    "mlp.fc2.weight": 0,
-    "mlp.fc2.bias": 0,
-    "ls2.gamma": 0,
-}
-
-
-def embed_group(model: nn.Module) -> Group:
-    d = model.embed_dim
-    idx = _ar(d, 1)
-    g = Group("embed", None, (d,))
-    for name, _ in model.named_parameters():
-        if name.startswith("blocks."):
-            rel = name.split(".", 2)[2]
-            axis = _BLOCK_EMBED_AXES.get(rel)
-        else:
-            axis = _STEM_AXES.get(name)
-        if axis is not None:
-            g.members.append(Member(name, axis, idx))
-    return g
-
-
-def depth_group(model: nn.Module) -> Group:
-    g = Group("depth", None, (len(model.blocks),))
-    for name, _ in model.named_parameters():
-        if name.startswith("blocks."):
-            g.members.append(Member(name, None, element=int(name.split(".")[1])))
-    return g
-
-
-def build_groups(model: nn.Module, kinds: Iterable[str]) -> list[Group]:
-    """All groups of the requested kinds, layer groups in block order."""
-    kinds = tuple(kinds)
-    groups: list[Group] = []
-    for layer in range(len(model.blocks)):
-        groups.extend(layer_groups(model, layer, [k for k in LAYER_KINDS if k in kinds]))
-    if "embed" in kinds:
-        groups.append(embed_group(model))
-    if "depth" in kinds:
-        groups.append(depth_group(model))
-    return groups
 
 
 def reduce_group(group: Group, fn: Callable[..., torch.Tensor], *tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -200,3 +108,44 @@ def reduce_group(group: Group, fn: Callable[..., torch.Tensor], *tensors: dict[s
         val = fn(*sl).to(torch.float64).sum(1)
         out = val if out is None else out + val
     return out.reshape(group.shape)
+
+
+def keep_mask(plan, group: Group) -> torch.Tensor:
+    """Boolean tensor of ``group.shape``: True where ``plan`` keeps the element."""
+    keep = torch.zeros(group.shape, dtype=torch.bool)
+    if group.kind == "embed":
+        keep[plan.embeds[group.layer or 0]] = True
+    elif group.kind == "depth":
+        keep[plan.blocks] = True
+    elif group.layer not in plan.blocks:
+        pass  # block removed: nothing of it is kept
+    else:
+        lp = plan.layers[group.layer]
+        if group.kind == "heads":
+            keep[lp.heads] = True
+        elif group.kind == "mlp":
+            keep[lp.mlp] = True
+        else:
+            dims = lp.qk if group.kind == "qk" else lp.v
+            for h, ds in zip(lp.heads, dims):
+                keep[h, ds] = True
+    return keep
+
+
+def zero_removed(tensors: dict[str, torch.Tensor], groups: Iterable[Group], plan) -> None:
+    """Set, in place, every slice of ``tensors`` that belongs to an element ``plan`` removes to zero
+    (members whose tensor is not in ``tensors`` are skipped)."""
+    with torch.no_grad():
+        for g in groups:
+            drop = ~keep_mask(plan, g).reshape(-1)
+            if not drop.any():
+                continue
+            for m in g.members:
+                t = tensors.get(m.param)
+                if t is None:
+                    continue
+                if m.dim is None:
+                    if drop[m.element]:
+                        t.zero_()
+                    continue
+                t.index_fill_(m.dim, m.index[drop].reshape(-1).to(t.device), 0.0)

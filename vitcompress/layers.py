@@ -1,9 +1,13 @@
-"""Attention whose heads, query/key width and value width are its own.
+"""Layers of pruned models and their references: attention with its own widths, kept-channel norm.
 
 timm's ``Attention`` derives everything from ``dim // num_heads``; after pruning, a layer can have
 any number of heads, a q/k width per head different from its v width, and must keep the softmax
 scale of the unpruned model. ``PrunedAttention`` stores all of these explicitly and keeps timm's
 parameter names (``qkv``, ``proj``, ``q_norm``, ``k_norm``) so state dicts stay familiar.
+``qkv_heads`` and ``head_outputs`` read any attention with timm's fused ``qkv`` layout per head.
+
+``KeptChannelLayerNorm`` is the exact reference of a LayerNorm whose residual channels are pruned:
+it normalises over the kept channels only (see ``vitcompress.reference``).
 """
 
 from __future__ import annotations
@@ -132,3 +136,44 @@ def attention_dims(attn: nn.Module) -> tuple[int, int, int, float]:
     if isinstance(attn, PrunedAttention):
         return attn.num_heads, attn.qk_dim, attn.v_dim, attn.scale
     return attn.num_heads, attn.head_dim, attn.head_dim, float(attn.scale)
+
+
+def qkv_heads(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k [B, H, N, qk] (after q/k norms) and v [B, H, N, v] of a fused-``qkv`` attention for ``x``."""
+    h, qk, v, _ = attention_dims(attn)
+    B, N, _ = x.shape
+    q, k, vv = attn.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
+    q = q.reshape(B, N, h, qk).transpose(1, 2)
+    k = k.reshape(B, N, h, qk).transpose(1, 2)
+    vv = vv.reshape(B, N, h, v).transpose(1, 2)
+    return attn.q_norm(q), attn.k_norm(k), vv
+
+
+def head_outputs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Each head's contribution to the attention output (before the proj bias): [H, B, N, D].
+
+    Summing over heads and adding ``proj.bias`` gives the attention's output.
+    """
+    h, qk, v, scale = attention_dims(attn)
+    q, k, vv = qkv_heads(attn, x)
+    a = F.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    o = a @ vv  # [B, H, N, v]
+    w = attn.proj.weight.reshape(-1, h, v)  # [D, H, v]: column h*v+d
+    return torch.einsum("bhnv,dhv->hbnd", o, w)
+
+
+class KeptChannelLayerNorm(nn.Module):
+    """LayerNorm over a subset of channels; the other channels are output as zero."""
+
+    def __init__(self, norm: nn.LayerNorm, kept: list[int]):
+        super().__init__()
+        self.norm = norm
+        self.register_buffer("kept", torch.as_tensor(kept, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = x.index_select(-1, self.kept)
+        w = self.norm.weight.index_select(0, self.kept) if self.norm.weight is not None else None
+        b = self.norm.bias.index_select(0, self.kept) if self.norm.bias is not None else None
+        y = F.layer_norm(xs, (len(self.kept),), w, b, self.norm.eps)
+        out = torch.zeros_like(x)
+        return out.index_copy(-1, self.kept, y)

@@ -1,127 +1,57 @@
-"""Source models: create a timm Vision Transformer by name and check that vitcompress can prune it."""
+"""Source models: create a model of a supported family by name, load checkpoints, tell its source."""
 
 from __future__ import annotations
 
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import timm
 import torch
-from timm.layers import Mlp
-from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
 from .errors import VitCompressError
-from .layers import PrunedAttention
+from .families import Family, family_for_name, family_of, supported
+from .families import list_models as family_models
+from .families.vit import entry_module
+from .meta import ArtifactMeta, attach, attached
 from .registry import suggest
+from .spec import SourceModel
 
-SUPPORTED_FAMILIES = (
-    "timm VisionTransformer models: vit_* (ViT-Ti/S/B/L/H, register-token variants), "
-    "deit_* and deit3_* (DeiT, distilled DeiT)"
-)
-_SUPPORTED_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
-
-# timm keyword arguments that describe an architecture and are safe to store in an artifact.
-_ARCH_KEYS = (
-    "img_size",
-    "patch_size",
-    "in_chans",
-    "num_classes",
-    "global_pool",
-    "class_token",
-    "reg_tokens",
-    "no_embed_class",
-    "qkv_bias",
-    "init_values",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "pre_norm",
-    "fc_norm",
-    "dynamic_img_size",
-)
-
-
-@dataclass
-class SourceModel:
-    """How to rebuild the unpruned model: a timm model name and the keyword arguments it was
-    created with (JSON-serialisable; never includes weights)."""
-
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kwargs": dict(self.kwargs)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SourceModel:
-        return cls(name=d["name"], kwargs=dict(d.get("kwargs", {})))
+__all__ = [
+    "SourceModel",
+    "check_model_name",
+    "check_supported",
+    "create_source_model",
+    "infer_source",
+    "list_models",
+    "load_checkpoint",
+]
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """timm model names of the supported families that match a glob pattern."""
-    names = []
-    for name in timm.list_models(pattern):
-        try:
-            module = timm.models.model_entrypoint(name).__module__
-        except Exception:  # pragma: no cover - timm registry inconsistencies
-            continue
-        if module in _SUPPORTED_MODULES and fnmatch.fnmatch(name, pattern):
-            names.append(name)
-    return names
+    """timm model names of the supported families that match a glob pattern, sorted
+    (``families.list_models`` lists them per family)."""
+    return sorted(n for names in family_models(pattern).values() for n in names if fnmatch.fnmatch(n, pattern))
 
 
 def check_model_name(name: str) -> None:
-    """Raise a one-line error for a name timm does not know, with close names."""
+    """Raise a one-line error for a name timm does not know (with close names) or no family owns."""
     if not timm.is_model(name):
         raise VitCompressError(
             f"unknown model {name!r}{suggest(name, timm.list_models())}; list models with `vitcompress models 'deit*'`"
         )
-    module = timm.models.model_entrypoint(name).__module__
-    if module not in _SUPPORTED_MODULES:
+    if family_for_name(name) is None:
+        module = entry_module(name)
         raise VitCompressError(
-            f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); supported: {SUPPORTED_FAMILIES}"
+            f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); supported: {supported()}"
         )
 
 
-def check_supported(model: nn.Module, name: str = "") -> None:
-    """Raise a one-line error unless the module tree is one vitcompress can slice exactly."""
-    label = name or type(model).__name__
-    problems = []
-    if not isinstance(model, VisionTransformer):
-        problems.append(f"{type(model).__name__} is not a VisionTransformer")
-    else:
-        if getattr(model, "attn_pool", None) is not None:
-            problems.append(f"attention pooling (global_pool={model.global_pool!r})")
-        if model.global_pool not in ("token", "avg", ""):
-            problems.append(f"global_pool={model.global_pool!r}")
-        if model.pos_embed is None:
-            problems.append("no position embedding")
-        for i, blk in enumerate(model.blocks):
-            if type(blk) is not Block:
-                problems.append(f"block {i} is {type(blk).__name__}")
-                break
-            if not isinstance(blk.attn, (Attention, PrunedAttention)) or getattr(blk.attn, "gate", None) is not None:
-                problems.append(f"block {i} attention is {type(blk.attn).__name__}")
-                break
-            if not isinstance(blk.attn.norm if hasattr(blk.attn, "norm") else nn.Identity(), nn.Identity):
-                problems.append("attention output norm (scale_attn_norm)")
-                break
-            if type(blk.mlp) is not Mlp or not isinstance(blk.mlp.norm, nn.Identity):
-                problems.append(f"block {i} MLP is {type(blk.mlp).__name__}")
-                break
-            for norm in (blk.norm1, blk.norm2):
-                if not isinstance(norm, nn.LayerNorm):
-                    problems.append(f"block {i} uses {type(norm).__name__} instead of LayerNorm")
-                    break
-    if problems:
-        raise VitCompressError(
-            f"unsupported architecture {label}: {'; '.join(problems)}; supported: {SUPPORTED_FAMILIES}"
-        )
+def check_supported(model: nn.Module, name: str = "") -> Family:
+    """The family of ``model``; a one-line error unless its family can slice it exactly."""
+    return family_of(model, name)
 
 
 def create_source_model(
@@ -131,16 +61,18 @@ def create_source_model(
     checkpoint: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Create an unpruned timm ViT by name, optionally with hub weights or a local checkpoint.
+    """Create an unpruned model of a supported family by name, optionally with hub weights or a
+    local checkpoint.
 
-    ``kwargs`` are passed to ``timm.create_model`` (for example ``num_classes``, ``img_size``,
-    ``patch_size``) and recorded in the model's ``vitcompress_source`` attribute so that an
-    artifact can rebuild the same architecture.
+    ``kwargs`` are creation options (for a timm model ``num_classes``, ``img_size``,
+    ``patch_size``, ...), recorded as the model's source (``model.vitcompress_meta.source``) so that
+    an artifact can rebuild the same architecture.
     """
     check_model_name(name)
+    fam = family_for_name(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        model = fam.create(name, pretrained=pretrained, **kwargs)
     except VitCompressError:
         raise
     except TypeError as e:
@@ -152,10 +84,10 @@ def create_source_model(
                 "use --checkpoint FILE on machines without hub access"
             ) from None
         raise VitCompressError(f"cannot create {name!r}: {e}") from None
-    check_supported(model, name)
+    family_of(model, name)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    model.vitcompress_source = SourceModel(name, kwargs)
+    attach(model, ArtifactMeta(source=SourceModel(name, kwargs)))
     return model.eval()
 
 
@@ -228,21 +160,14 @@ def _unreadable_reason(e: BaseException) -> str:
 
 
 def infer_source(model: nn.Module) -> SourceModel:
-    """Best-effort SourceModel for a timm ViT that vitcompress did not create itself."""
-    src = getattr(model, "vitcompress_source", None)
-    if src is not None:
-        return src
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = cfg.get("architecture")
-    if not name:
+    """How to rebuild ``model``: its recorded source, or (for a model vitcompress did not create)
+    what its family can tell from the module."""
+    meta = attached(model)
+    if meta is not None:
+        return meta.source
+    src = family_of(model).source_of(model)
+    if src is None:
         raise VitCompressError(
             "cannot tell which timm model this is; create it with vitcompress.create_source_model(name)"
         )
-    pe = model.patch_embed
-    kwargs = {
-        "img_size": list(pe.img_size),
-        "patch_size": list(pe.patch_size),
-        "in_chans": pe.proj.in_channels,
-        "num_classes": model.num_classes,
-    }
-    return SourceModel(name, kwargs)
+    return src

@@ -3,15 +3,17 @@
 A plan is the output of the budget step and the input of the slicers. In an artifact it is stored
 in the *source* model's numbering; ``compose`` maps a plan made on an already pruned model back to
 that numbering, so iterative pruning keeps one consistent record.
+
+``embed`` holds the kept channels of the (first) residual stream; a family with several stages
+keeps the channels of stages 1, 2, ... in ``stage_embeds`` (``Plan.embeds`` lists all of them). The
+JSON of a single-stream plan is unchanged: ``stage_embeds`` is written only when not empty.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
-
-from .layers import attention_dims
+from .spec import Spec
 
 
 @dataclass
@@ -43,13 +45,29 @@ class Plan:
     embed: list[int]
     blocks: list[int]
     layers: dict[int, LayerPlan] = field(default_factory=dict)
+    stage_embeds: list[list[int]] = field(default_factory=list)
+
+    @property
+    def embeds(self) -> list[list[int]]:
+        """Kept channels of every residual stream, stage by stage."""
+        return [self.embed, *self.stage_embeds]
+
+    def set_embed(self, stage: int, kept: list[int]) -> None:
+        """Replace the kept channels of ``stage``."""
+        if stage == 0:
+            self.embed = kept
+        else:
+            self.stage_embeds[stage - 1] = kept
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "embed": self.embed,
             "blocks": self.blocks,
             "layers": {str(k): v.to_dict() for k, v in sorted(self.layers.items())},
         }
+        if self.stage_embeds:
+            d["stage_embeds"] = self.stage_embeds
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
@@ -57,12 +75,13 @@ class Plan:
             [int(i) for i in d["embed"]],
             [int(i) for i in d["blocks"]],
             {int(k): LayerPlan.from_dict(v) for k, v in d["layers"].items()},
+            [[int(i) for i in s] for s in d.get("stage_embeds", [])],
         )
 
     def validate(self) -> None:
         """Structural sanity: nothing empty, per-head widths equal within a layer."""
-        if not self.embed or not self.blocks:
-            raise ValueError("a plan must keep at least one embedding channel and one block")
+        if not all(self.embeds) or not self.blocks:
+            raise ValueError("a plan must keep at least one embedding channel per stage and one block")
         for b in self.blocks:
             lp = self.layers[b]
             if not lp.heads or not lp.mlp:
@@ -73,18 +92,19 @@ class Plan:
                 raise ValueError(f"block {b}: every head must keep the same, non-zero number of dims")
 
 
-def identity_plan(model: nn.Module) -> Plan:
-    """The plan that keeps everything of ``model``."""
-    layers = {}
-    for i, blk in enumerate(model.blocks):
-        h, qk, v, _ = attention_dims(blk.attn)
-        layers[i] = LayerPlan(
-            list(range(h)),
-            [list(range(qk)) for _ in range(h)],
-            [list(range(v)) for _ in range(h)],
-            list(range(blk.mlp.fc1.out_features)),
+def full_plan(spec: Spec) -> Plan:
+    """The plan that keeps every element of a model with this spec (block ``i`` is numbered ``i``)."""
+    layers = {
+        i: LayerPlan(
+            list(range(b.num_heads)),
+            [list(range(b.qk_dim)) for _ in range(b.num_heads)],
+            [list(range(b.v_dim)) for _ in range(b.num_heads)],
+            list(range(b.mlp_hidden)),
         )
-    return Plan(list(range(model.embed_dim)), list(range(len(model.blocks))), layers)
+        for i, b in enumerate(spec.blocks)
+    }
+    dims = [list(range(d)) for d in spec.stage_dims]
+    return Plan(dims[0], list(range(spec.depth)), layers, dims[1:])
 
 
 def compose(outer: Plan, inner: Plan) -> Plan:
@@ -102,4 +122,5 @@ def compose(outer: Plan, inner: Plan) -> Plan:
             v=[[o.v[h][d] for d in n.v[hi]] for hi, h in enumerate(n.heads)],
             mlp=[o.mlp[m] for m in n.mlp],
         )
-    return Plan([outer.embed[c] for c in inner.embed], blocks, layers)
+    embeds = [[o[c] for c in i] for o, i in zip(outer.embeds, inner.embeds)]
+    return Plan(embeds[0], blocks, layers, embeds[1:])

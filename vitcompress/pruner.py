@@ -1,32 +1,47 @@
 """One-shot structured pruning: score groups, choose under a budget, slice, record.
 
-``prune`` is the library entry point behind ``vitcompress prune``. It validates everything cheap
-first (so bad input fails before minutes of scoring), then:
-model -> groups (groups.py) -> scores (scorers/) -> plan (budget.py) -> dense model (slicers.py)
--> artifact record with the plan composed back to the source numbering (artifact.py).
+``prune`` is the library entry point behind ``vitcompress prune``. It runs named steps:
+
+1. ``check_request`` - validate everything cheap first (budget, granularity, scorer, method and
+   its options, the output path), so bad input fails before minutes of scoring;
+2. ``load_for_pruning`` - resolve the model (``resolve.resolve_model``) and set its token
+   schedule aside (widths are chosen on the plain model);
+3. ``choose_plan`` - groups (the family's) -> scores (``scorers/``) -> plan (``budget.py``), or a
+   registered method (``methods/``) that trains/scores and selects with the same budget;
+4. ``slice_model`` - the dense model (``slicers.py``), then the method's finishing step;
+5. ``record`` - the history entry (``artifact.history_record``), the schedule applied again, and
+   the artifact written atomically.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from torch import nn
 
-from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
+from .artifact import ArtifactMeta, history_record, meta_of, record_step, save
 from .budget import Budget, select
 from .config import setting
-from .counting import count
+from .counting import Counts, count
 from .data import calibration_loader
 from .errors import VitCompressError
-from .groups import build_groups, parse_kinds
-from .models import create_source_model
-from .plan import compose
+from .families import family_of
+from .groups import parse_kinds
+from .methods import METHODS, ONESHOT, Method, MethodOptions, MethodOutput
+from .plan import Plan
+from .resolve import resolve_model
 from .scorers import SCORERS, labels_used, needs_data
 from .slicers import slice_model
+from .tokens.apply import apply_tokens, remove_tokens, schedule_of
+from .tokens.schedule import TokenSchedule
+
+__all__ = ["DEFAULT_GRANULARITY", "Choice", "PruneConfig", "PruneResult", "prune"]
 
 DEFAULT_GRANULARITY = ("heads", "qk", "v", "mlp")
 
@@ -78,10 +93,26 @@ class PruneConfig:
             raise VitCompressError("give exactly one budget: --flops-reduction R or --params-reduction R (0 < R < 1)")
         return r
 
+    def budget(self) -> Budget:
+        """The budget this step selects under."""
+        return Budget(self.metric, self.reduction, self.round_to, self.uniform)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["granularity"] = list(self.granularity)
         return d
+
+    @classmethod
+    def from_options(cls, config: PruneConfig | None = None, **options: Any) -> PruneConfig:
+        """``config`` (default: the defaults) with ``options`` (field names) replacing its fields;
+        a one-line error for a name that is not a field."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(options) - names)
+        if bad:
+            raise VitCompressError(f"unknown prune option {bad[0]!r}; known: {', '.join(sorted(names))}")
+        if "granularity" in options:
+            options["granularity"] = tuple(options["granularity"])
+        return dataclasses.replace(config, **options) if config is not None else cls(**options)
 
 
 @dataclass
@@ -92,99 +123,32 @@ class PruneResult:
     seconds: dict = field(default_factory=dict)
 
 
-def model_path_problem(s: str) -> str | None:
-    """Why ``s``, given where a model is expected, is a path but not an artifact folder (None when it
-    is an artifact or does not look like a path, i.e. may be a timm model name)."""
-    if is_artifact(s):
-        return None
-    if os.path.isdir(s):
-        return f"folder {s!r} is not a vitcompress artifact (no vitcompress.json)"
-    if os.path.exists(s):
-        return f"{s!r} is a file, not a vitcompress artifact folder"
-    if "/" in s or os.sep in s or s.endswith((".pth", ".pt", ".safetensors", ".onnx", ".engine")):
-        return f"{s!r} does not exist"
-    return None
+@dataclass
+class Choice:
+    """What ``choose_plan`` decided: the model to slice, the plan, the achieved reduction, the
+    method's output (None for one-shot pruning) and how the elements were chosen (for the history:
+    the scorer's targets, or the method's options and log)."""
+
+    model: nn.Module
+    plan: Plan
+    achieved: float
+    out: MethodOutput | None = None
+    details: dict = field(default_factory=dict)
 
 
-def resolve_model(
-    model: str | os.PathLike | nn.Module,
-    *,
-    pretrained: bool = False,
-    checkpoint: str | None = None,
-    num_classes: int | None = None,
-    img_size: int | None = None,
-) -> nn.Module:
-    """An ``nn.Module`` from a module, an artifact folder or a timm model name."""
-    if isinstance(model, nn.Module):
-        return model
-    s = str(model)
-    if is_artifact(s):
-        if pretrained or checkpoint or num_classes or img_size:
-            raise VitCompressError(
-                f"{s!r} is an artifact; --pretrained/--checkpoint/--num-classes/--img-size apply to model names only"
-            )
-        return load(s)
-    problem = model_path_problem(s)
-    if problem:
-        raise VitCompressError(f"{problem}; pass an artifact folder or a timm model name (weights go in --checkpoint)")
-    return create_source_model(
-        s, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
-    )
-
-
-def prune(
-    model: str | os.PathLike | nn.Module,
-    *,
-    flops_reduction: float | None = None,
-    params_reduction: float | None = None,
-    importance: str = "taylor-abs",
-    granularity: Sequence[str] = DEFAULT_GRANULARITY,
-    uniform: bool = False,
-    round_to: int = 8,
-    data: str = "digits",
-    calib_images: int = 64,
-    batch_size: int = 32,
-    seed: int = 0,
-    labels: str = "auto",
-    method: str = "oneshot",
-    method_options: Mapping | None = None,
-    pretrained: bool = False,
-    checkpoint: str | None = None,
-    num_classes: int | None = None,
-    img_size: int | None = None,
-    output: str | os.PathLike | None = None,
-    force: bool = False,
-    progress: bool = False,
-) -> PruneResult:
-    """Prune a ViT to remove ``flops_reduction`` of its MACs (or ``params_reduction`` of its params).
-
-    ``model`` is a timm model name, an artifact folder or a module. The reduction is relative to
-    that input model. Returns the pruned dense model and its artifact record; with ``output`` the
-    artifact is also written (atomically; an existing folder needs ``force``).
-
-    ``method`` picks how elements are chosen: ``oneshot`` (score with ``importance``, select, slice)
-    or a registered method (``ihp``, ``gohsp``, ``amap``; see ``vitcompress.methods``) with its
-    hyperparameters in ``method_options`` (a dict, or the method's options dataclass).
-    """
-    cfg = PruneConfig(
-        flops_reduction,
-        params_reduction,
-        importance,
-        tuple(granularity),
-        uniform,
-        round_to,
-        data,
-        calib_images,
-        batch_size,
-        seed,
-        labels,
-    )
+def check_request(
+    cfg: PruneConfig,
+    method: str,
+    method_options: Mapping | MethodOptions | None,
+    output: str | os.PathLike | None,
+    force: bool,
+) -> tuple[Method | None, MethodOptions | None]:
+    """Validate the config, the method and its options, and the output path; returns the method
+    and its parsed options (None, None for one-shot pruning)."""
     cfg.validate()
-    meth = opts = out = None
-    if method != "oneshot":
-        from .methods import get as get_method
-
-        meth = get_method(method)
+    meth = opts = None
+    if method != ONESHOT:
+        meth = METHODS.get(method)
         meth.check_kinds(cfg.granularity)
         opts = meth.parse_options(method_options)
     elif method_options:
@@ -193,90 +157,133 @@ def prune(
         raise VitCompressError(
             f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path"
         )
-    times = {}
-    t0 = time.perf_counter()
-    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
-    sched = getattr(net, "vitcompress_tokens", None)
+    return meth, opts
+
+
+def load_for_pruning(
+    model, cfg: PruneConfig, meth: Method | None = None, **source: Any
+) -> tuple[nn.Module, TokenSchedule | None]:
+    """The model to prune without its token schedule (a copy when it had one), and the schedule."""
+    net = resolve_model(model, **source)
+    fam = family_of(net)
+    fam.check_kinds(net, cfg.granularity)
+    if meth is not None and meth.name not in fam.methods:
+        raise VitCompressError(
+            f"method {meth.name} does not run on the {fam.name} family; use one of {', '.join(fam.methods)} or {ONESHOT}"
+        )
+    sched = schedule_of(net)
     if sched is not None:  # widths are chosen on the plain model; the schedule is applied again after slicing
         if "depth" in cfg.granularity:
             raise VitCompressError(
                 "this model carries a token schedule, and depth pruning renumbers its blocks; "
                 "prune depth first, then apply token reduction (vitcompress tokens)"
             )
-        from .tokens import remove_tokens
-
         net = remove_tokens(copy.deepcopy(net))
-    if "qk" in cfg.granularity and any(not isinstance(b.attn.q_norm, nn.Identity) for b in net.blocks):
-        raise VitCompressError(
-            "this model normalises q and k per head (qk_norm), so q/k dims cannot be pruned exactly; drop qk from --granularity"
-        )
-    prev = meta_of(net)
-    before = count(net)
-    loader = None
-    if meth is None and needs_data(cfg.importance):
-        loader = calibration_loader(cfg.data, net, cfg.calib_images, cfg.batch_size, cfg.seed)
-    times["load"] = time.perf_counter() - t0
+    return net, sched
 
+
+def choose_plan(
+    net: nn.Module,
+    cfg: PruneConfig,
+    meth: Method | None,
+    opts: MethodOptions | None,
+    *,
+    progress: bool = False,
+    times: dict | None = None,
+) -> Choice:
+    """Score and select (one-shot), or run the method; ``times`` receives the stages' seconds."""
+    times = {} if times is None else times
     t0 = time.perf_counter()
-    if meth is None:
-        groups = build_groups(net, cfg.granularity)
-        scores = SCORERS.get(cfg.importance)(
-            net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels, progress=progress
-        )
-        times["score"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        plan, achieved = select(net, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
-        times["select"] = time.perf_counter() - t0
-    else:  # the method trains/scores, folds its scales into a copy and selects with the core budget
+    if meth is not None:  # the method trains/scores, folds its scales into a copy and selects with the core budget
         out = meth.run(net, cfg, opts, progress=progress)
-        plan, achieved = out.plan, out.achieved
         times["method"] = time.perf_counter() - t0
+        details = {} if opts is None else {"method_options": opts.to_dict(), "method_log": out.extra}
+        return Choice(out.model, out.plan, out.achieved, out, details)
+    loader = None
+    if needs_data(cfg.importance):
+        loader = calibration_loader(cfg.data, net, cfg.calib_images, cfg.batch_size, cfg.seed)
+    times["load"] = times.get("load", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()
-    pruned = slice_model(net if out is None else out.model, plan)
-    times["slice"] = time.perf_counter() - t0
-    if out is not None and out.finish is not None:
-        t0 = time.perf_counter()
-        pruned = out.finish(pruned)
-        times["finish"] = time.perf_counter() - t0
-
-    after = count(pruned)
-    if meth is None:  # which targets the scorer used (None: a data-free scorer)
-        how: dict = {"labels_used": labels_used(cfg.importance, net, loader, cfg.labels)}
-    else:
-        how = {} if opts is None or out is None else {"method_options": opts.to_dict(), "method_log": out.extra}
-    meta = ArtifactMeta(
-        source=prev.source,
-        spec=pruned.vitcompress_spec,
-        plan=compose(prev.plan, plan),
-        counts_source=prev.counts_source or before.to_dict(),
-        counts=after.to_dict(),
-        history=[
-            *prev.history,
-            {
-                "method": "oneshot" if meth is None else meth.name,
-                **how,
-                "config": cfg.to_dict(),
-                "target": {"metric": cfg.metric, "reduction": cfg.reduction},
-                "achieved": {
-                    "macs_reduction": 1 - after.macs / before.macs,
-                    "params_reduction": 1 - after.params / before.params,
-                },
-                "before": before.to_dict(),
-                "after": after.to_dict(),
-            },
-        ],
-        tokens=prev.tokens,
-        extra=dict(prev.extra),
+    groups = family_of(net).groups(net, cfg.granularity)
+    scores = SCORERS.get(cfg.importance)(
+        net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels, progress=progress
     )
-    pruned.vitcompress_meta = meta
-    pruned.vitcompress_source = prev.source
-    if sched is not None:
-        from .tokens import apply_tokens
+    times["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plan, achieved = select(net, groups, scores, cfg.budget())
+    times["select"] = time.perf_counter() - t0
+    # which targets the scorer used (None: a data-free scorer)
+    return Choice(net, plan, achieved, details={"labels_used": labels_used(cfg.importance, net, loader, cfg.labels)})
 
+
+def record(
+    pruned: nn.Module,
+    cfg: PruneConfig,
+    choice: Choice,
+    meth: Method | None,
+    before: Counts,
+) -> ArtifactMeta:
+    """Append this step's history entry to the pruned model's record; returns the record."""
+    rec = history_record(
+        ONESHOT if meth is None else meth.name,
+        cfg.to_dict(),
+        (cfg.metric, cfg.reduction),
+        before,
+        count(pruned),
+        **choice.details,
+    )
+    return record_step(pruned, rec)
+
+
+def prune(
+    model: str | os.PathLike | nn.Module,
+    config: PruneConfig | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = False,
+    method: str = ONESHOT,
+    method_options: Mapping | MethodOptions | None = None,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    **options: Any,
+) -> PruneResult:
+    """Prune a model to remove ``flops_reduction`` of its MACs (or ``params_reduction`` of its params).
+
+    ``model`` is a model name, an artifact folder or a module (``pretrained``, ``checkpoint``,
+    ``num_classes``, ``img_size`` apply to names). The settings are a ``PruneConfig`` and/or its
+    fields as keywords (``flops_reduction=0.462, importance='taylor', granularity=('heads', 'mlp')``,
+    which replace the config's); ``method`` picks how elements are chosen: ``oneshot`` (score with ``importance``, select, slice)
+    or a registered method (``ihp``, ``gohsp``, ``amap``; see ``vitcompress.methods``) with its
+    hyperparameters in ``method_options`` (a dict, or the method's options dataclass). The reduction
+    is relative to the input model. Returns the pruned dense model and its artifact record; with
+    ``output`` the artifact is also written (atomically; an existing folder needs ``force``).
+    """
+    cfg = PruneConfig.from_options(config, **options)
+    meth, opts = check_request(cfg, method, method_options, output, force)
+    times: dict = {}
+    t0 = time.perf_counter()
+    net, sched = load_for_pruning(
+        model, cfg, meth, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
+    )
+    before = count(net)
+    times["load"] = time.perf_counter() - t0
+    choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times)
+    t0 = time.perf_counter()
+    pruned = slice_model(choice.model, choice.plan)
+    times["slice"] = time.perf_counter() - t0
+    if choice.out is not None and choice.out.finish is not None:
+        t0 = time.perf_counter()
+        pruned = choice.out.finish(pruned)
+        times["finish"] = time.perf_counter() - t0
+    record(pruned, cfg, choice, meth, before)
+    if sched is not None:
         apply_tokens(pruned, copy.deepcopy(sched))
+    meta = meta_of(pruned)
     if output is not None:
         t0 = time.perf_counter()
-        save(pruned, output, force=force, meta=meta)
+        save(pruned, output, force=force)
         times["save"] = time.perf_counter() - t0
-    return PruneResult(pruned.eval(), meta, achieved, times)
+    return PruneResult(pruned.eval(), meta, achieved=choice.achieved, seconds=times)

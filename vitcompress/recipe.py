@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifact import ArtifactMeta, is_artifact, load, meta_of, save
+from .artifact import history_record, is_artifact, load, record_step, save
 from .budget import TOLERANCE
 from .config import merge_config, setting
 from .counting import count
@@ -35,10 +35,11 @@ from .distill import DistillConfig
 from .distributed import dist_info, init_distributed
 from .errors import VitCompressError
 from .evaluate import evaluate_data
+from .families import identity_plan
 from .io import atomic_file
 from .logits import logits_of
-from .plan import compose, identity_plan
-from .pruner import prune, resolve_model
+from .pruner import prune
+from .resolve import resolve_model
 from .slicers import slice_model
 from .training import TrainConfig, fit
 
@@ -142,7 +143,6 @@ def depth_prune(
     """Remove whole blocks, the smallest loss change first (``block_importance``): ``depth_blocks``
     of them, or the number that brings the model closest to removing ``needed`` of the metric.
     Returns the sliced model with its artifact record (history entry ``depth-loss``)."""
-    prev = meta_of(model)
     before = count(model)
     loader = calibration_loader(cfg.train.data, model, cfg.calib_images, 32, cfg.train.seed)
     imp = block_importance(model, loader)
@@ -172,41 +172,23 @@ def depth_prune(
         n = min(fit_, key=lambda o: (abs(o[1] - needed), abs(o[0] - n_planned)))[0]
     plan = plan_without(n)
     pruned = slice_model(model, plan)
-    after = count(pruned)
-    meta = ArtifactMeta(
-        source=prev.source,
-        spec=pruned.vitcompress_spec,
-        plan=compose(prev.plan, plan),
-        counts_source=prev.counts_source or before.to_dict(),
-        counts=after.to_dict(),
-        history=[
-            *prev.history,
-            {
-                "method": "depth-loss",
-                "config": {
-                    "granularity": ["depth"],
-                    "importance": "loss change when skipped",
-                    "data": cfg.train.data,
-                    "calib_images": cfg.calib_images,
-                    "seed": cfg.train.seed,
-                },
-                "block_importance": [round(float(v), 6) for v in imp],
-                "removed_blocks": sorted(order[:n]),
-                "target": {"metric": cfg.metric, "reduction": needed},
-                "achieved": {
-                    "macs_reduction": 1 - after.macs / before.macs,
-                    "params_reduction": 1 - after.params / before.params,
-                },
-                "before": before.to_dict(),
-                "after": after.to_dict(),
-            },
-        ],
-        tokens=prev.tokens,
-        extra=dict(prev.extra),
+    config = {
+        "granularity": ["depth"],
+        "importance": "loss change when skipped",
+        "data": cfg.train.data,
+        "calib_images": cfg.calib_images,
+        "seed": cfg.train.seed,
+    }
+    rec = history_record(
+        "depth-loss",
+        config,
+        (cfg.metric, needed),
+        before,
+        count(pruned),
+        block_importance=[round(float(v), 6) for v in imp],
+        removed_blocks=sorted(order[:n]),
     )
-    meta.extra.pop("training", None)
-    pruned.vitcompress_meta = meta
-    pruned.vitcompress_source = prev.source
+    record_step(pruned, rec).extra.pop("training", None)
     return pruned.eval()
 
 

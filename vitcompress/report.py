@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from .artifact import ArtifactMeta
-from .counting import ArchInfo, block_macs
+from .families import BlockTokens, build_model, family_for_source
 from .methods import ONESHOT
-from .spec import build_model
 from .tokens.counting import block_tokens
 from .tokens.schedule import TokenSchedule
 
@@ -68,18 +67,18 @@ def format_prune_summary(meta: ArtifactMeta) -> str:
 
 def format_info(meta: ArtifactMeta) -> str:
     """Per-block table (heads, q/k dim, v dim, MLP width, tokens, MACs) and totals of an artifact."""
+    fam = family_for_source(meta.source)
     model = build_model(meta.source, meta.spec)  # meta device: shapes only
-    info = ArchInfo.from_model(model)
-    tokens = info.num_patches + info.num_prefix_tokens
+    info = fam.arch_info(model)
+    layout = fam.token_layout(info)
+    tokens = layout[0] + layout[1]
     d = meta.spec.embed_dim
-    per_block = [(tokens, tokens, 0)] * meta.spec.depth
+    per_block = [BlockTokens(tokens, tokens)] * meta.spec.depth
     sched = None
     if meta.tokens:
         sched = TokenSchedule.from_dict(meta.tokens)
-        per_block = [
-            (bt.t_in, bt.t_out, bt.extra_macs)
-            for bt in block_tokens(meta.spec, info, sched, model.cls_token is not None)
-        ]
+        per_block = block_tokens(meta.spec, layout, sched)
+    block_macs = fam.block_macs(meta.spec, info, per_block)
     head = (
         f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} {'tokens':>9s} {'MACs':>10s}"
     )
@@ -89,9 +88,9 @@ def format_info(meta: ArtifactMeta) -> str:
         head,
         "-" * len(head),
     ]
-    for i, (b, (t_in, t_out, extra)) in enumerate(zip(meta.spec.blocks, per_block)):
+    for i, (b, bt, mac) in enumerate(zip(meta.spec.blocks, per_block, block_macs)):
         h, qk, v, m = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
-        mac = block_macs(d, h, qk, v, 0, t_in) + 2 * t_out * d * m + extra
+        t_in, t_out = bt.t_in, bt.t_out
         tok = f"{t_in}" if t_in == t_out else f"{t_in}>{t_out}"
         rows.append(f"{i:>5d} {b.source_index:>4d} {h:>5d} {qk:>6d} {v:>5d} {m:>6d} {tok:>9s} {mac / 1e6:>8.1f} M")
     rows.append("")

@@ -17,7 +17,7 @@ from torch import nn
 
 from .artifact import meta_of, save
 from .errors import VitCompressError
-from .pruner import resolve_model
+from .resolve import resolve_model
 from .token_search import SearchConfig, SearchResult, search_amount
 from .tokens.amount import amount_for_reduction, with_amount
 from .tokens.apply import apply_tokens, remove_tokens
@@ -104,8 +104,7 @@ def reduce_tokens(
     if isinstance(model, nn.Module):
         net = copy.deepcopy(net)
     remove_tokens(net)
-    if getattr(net, "vitcompress_meta", None) is None:
-        net.vitcompress_meta = meta_of(net)
+    meta_of(net)  # the model's record (a fresh one for a model vitcompress did not create)
     found = None
     if flops_reduction is not None:
         sched = with_amount(sched, amount_for_reduction(net, sched, flops_reduction))

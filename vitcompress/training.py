@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .artifact import META, WEIGHTS, is_artifact, load, meta_of, save
+from .artifact import META, WEIGHTS, meta_of, save
 from .callbacks.base import Callback, LoopState
 from .config import setting
 from .data import DataConfig
@@ -48,7 +48,6 @@ from .distributed import barrier, dist_info, init_distributed
 from .errors import VitCompressError
 from .evaluate import check_classes, evaluate
 from .io import atomic_dir, recover_dir
-from .models import create_source_model, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -556,32 +555,3 @@ def _finish(run: _Run) -> None:
     if run.crit.kind == "hard":
         run.model.set_distilled_training(False)
     run.model.eval()
-
-
-def resolve_model_for_training(
-    model, *, pretrained: bool = False, checkpoint: str | None = None, **arch: Any
-) -> nn.Module:
-    """A module from an artifact folder or a timm name (``arch``: timm kwargs such as
-    ``num_classes``, ``img_size``, ``patch_size``, ``in_chans``, recorded in the artifact)."""
-    if isinstance(model, nn.Module):
-        return model
-    s = str(model)
-    arch = {k: v for k, v in arch.items() if v is not None}
-    if is_artifact(s):
-        if pretrained or arch:
-            raise VitCompressError(
-                f"{s!r} is an artifact; --pretrained and architecture options apply to model names only"
-            )
-        net = load(s)
-        if checkpoint:
-            load_checkpoint(net, checkpoint)
-        return net
-    if os.path.isdir(s):
-        raise VitCompressError(
-            f"folder {s!r} is not a vitcompress artifact (no vitcompress.json); pass an artifact folder or a timm model name"
-        )
-    if os.sep in s or s.endswith((".pth", ".pt", ".safetensors")):
-        raise VitCompressError(
-            f"{s!r} does not exist; pass an artifact folder or a timm model name (weights go in --checkpoint)"
-        )
-    return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint, **arch)

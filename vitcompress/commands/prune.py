@@ -10,8 +10,8 @@ import click
 import vitcompress
 from vitcompress.artifact import read_meta
 from vitcompress.config import merge_config
+from vitcompress.families import FAMILIES, list_models
 from vitcompress.methods import ONESHOT, parse_option_pairs
-from vitcompress.models import list_models
 from vitcompress.plots import plot_widths
 from vitcompress.pruner import PruneConfig
 from vitcompress.report import format_info, format_prune_summary
@@ -86,6 +86,8 @@ def info(artifact, as_json, plot):
 @click.command("models")
 @click.argument("pattern", default="*")
 def models(pattern):
-    """List supported timm model names matching a glob PATTERN."""
-    for name in list_models(pattern):
-        click.echo(name)
+    """List supported model names matching a glob PATTERN, per model family."""
+    for family, names in list_models(pattern).items():
+        click.echo(f"# {family}: {FAMILIES.get(family).title}")
+        for name in names:
+            click.echo(name)

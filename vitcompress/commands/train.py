@@ -13,7 +13,8 @@ from vitcompress.datapipe import check_data
 from vitcompress.distill import DistillConfig
 from vitcompress.evaluate import evaluate_data
 from vitcompress.recipe import PipelineConfig, format_summary, run_pipeline
-from vitcompress.training import FitResult, TrainConfig, fit, resolve_model_for_training, seed_everything
+from vitcompress.resolve import resolve_model
+from vitcompress.training import FitResult, TrainConfig, fit, seed_everything
 
 from .options import config_options, default_of, given
 
@@ -78,7 +79,7 @@ def train(model, output, pretrained, checkpoint, **kw):
     cfg = train_config(kw)
     cfg.validate()
     seed_everything(cfg.seed)  # the initial weights of a model built by name follow --seed too
-    net = resolve_model_for_training(model, pretrained=pretrained, checkpoint=checkpoint, **arch)
+    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, **arch)
     res = fit(net, cfg, output, resume=kw["resume"], force=kw["force"], record={"command": "train"})
     _print_fit(res, output)
 
@@ -102,10 +103,10 @@ def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
     cfg.validate()
     dcfg = distill_config(kw)
     dcfg.validate()
-    net = resolve_model_for_training(artifact)
+    net = resolve_model(artifact)
     t = None
     if teacher is not None and dcfg.kind != "none":
-        t = resolve_model_for_training(teacher, checkpoint=teacher_checkpoint)
+        t = resolve_model(teacher, checkpoint=teacher_checkpoint)
     callbacks, record = [], {"command": "finetune", "teacher": teacher}
     gas = None
     if gas_values.get("target") is not None:
@@ -147,8 +148,8 @@ def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
 def eval_cmd(artifact, data, split, teacher, batch_size, workers, device, limit, as_json):
     """Top-1, top-5 and loss of ARTIFACT (an artifact folder or a timm name) on --data."""
     check_data(data)
-    net = resolve_model_for_training(artifact)
-    t = resolve_model_for_training(teacher) if teacher else None
+    net = resolve_model(artifact)
+    t = resolve_model(teacher) if teacher else None
     res = evaluate_data(
         net,
         data,

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import VitCompressError
+from ..families import family_of
 
 BUILTIN = ("digits", "mnist10k")
 TRAIN_FRACTION = 0.8
@@ -35,14 +36,13 @@ class DataConfig:
 
     @classmethod
     def from_model(cls, model: nn.Module) -> DataConfig:
-        pe = model.patch_embed
-        c = pe.proj.in_channels
+        c, h, w = family_of(model).input_size(model)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
         if len(mean) != c:
             mean, std = (float(np.mean(mean)),) * c, (float(np.mean(std)),) * c
-        return cls(tuple(pe.img_size), c, mean, std)
+        return cls((h, w), c, mean, std)
 
 
 @lru_cache(maxsize=4)

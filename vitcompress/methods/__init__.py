@@ -3,8 +3,8 @@
 Each method is registered in ``METHODS`` as a ``Method`` (runner, options dataclass, supported
 granularities). ``vitcompress.prune(..., method=NAME, method_options={...})`` and
 ``vitcompress prune --method NAME --method-opt KEY=VALUE`` dispatch here. Every method reuses the
-core: groups (``groups.build_groups``), budget and alignment (``budget.select``) and slicing
-(``slicers.slice_model``, run by the pruner); what it adds is how elements are scored and how the
+core through the model's family: groups (``Family.groups``), the blocks' modules (``Family.parts``),
+budget and alignment (``budget.select``) and slicing (``slicers.slice_model``, run by the pruner); what it adds is how elements are scored and how the
 weights are prepared (trained, scaled, folded) before slicing.
 """
 

@@ -1,10 +1,11 @@
 """Calibration activations the methods read: attention/MLP inputs per block, per-head outputs.
 
-``block_inputs`` runs the model with each block's ``attn`` and ``mlp`` temporarily replaced by a
-recording wrapper (restored afterwards) and yields, per batch, the normalised input of every
-attention and MLP. ``head_outputs`` recomputes one attention's per-head contributions to the
-residual stream from such an input, for timm's ``Attention`` and ``PrunedAttention`` alike (same
-fused ``qkv`` layout: ``[q | k | v]``, head-major).
+``block_inputs`` runs the model with each block's attention and MLP (the family's ``parts``)
+temporarily replaced by a recording wrapper (restored afterwards) and yields, per batch, the
+normalised input of every attention and MLP. ``head_outputs`` recomputes one attention's per-head
+contributions to the residual stream from such an input (for the fused ``qkv`` layout of timm's
+``Attention`` and ``PrunedAttention``: ``[q | k | v]``, head-major; a family with another layout
+overrides ``Family.head_outputs``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..layers import attention_dims
+from ..families import family_of
+from ..families.base import replace_module
+from ..layers import head_outputs, qkv_heads
+
+__all__ = ["block_inputs", "cosine_from_gram", "head_outputs", "qkv_heads", "redundancy_weight"]
 
 
 class _Tap(nn.Module):
@@ -32,17 +36,19 @@ class _Tap(nn.Module):
 
 @contextlib.contextmanager
 def _tapped(model: nn.Module):
-    attn_in = [[] for _ in model.blocks]
-    mlp_in = [[] for _ in model.blocks]
-    saved = [(b.attn, b.mlp) for b in model.blocks]
+    parts = family_of(model).parts(model)
+    attn_in = [[] for _ in parts]
+    mlp_in = [[] for _ in parts]
+    saved = [(model.get_submodule(p.attn), model.get_submodule(p.mlp)) for p in parts]
     try:
-        for i, b in enumerate(model.blocks):
-            b.attn = _Tap(b.attn, attn_in[i])
-            b.mlp = _Tap(b.mlp, mlp_in[i])
+        for p, (a, m), ai, mi in zip(parts, saved, attn_in, mlp_in):
+            replace_module(model, p.attn, _Tap(a, ai))
+            replace_module(model, p.mlp, _Tap(m, mi))
         yield attn_in, mlp_in
     finally:
-        for b, (a, m) in zip(model.blocks, saved):
-            b.attn, b.mlp = a, m
+        for p, (a, m) in zip(parts, saved):
+            replace_module(model, p.attn, a)
+            replace_module(model, p.mlp, m)
 
 
 def block_inputs(model: nn.Module, loader) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
@@ -57,30 +63,6 @@ def block_inputs(model: nn.Module, loader) -> Iterator[tuple[list[torch.Tensor],
             yield [a[0] for a in attn_in], [m[0] for m in mlp_in]
     finally:
         model.train(was)
-
-
-def qkv_heads(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k [B, H, N, qk] (after q/k norms) and v [B, H, N, v] of an attention for input ``x``."""
-    h, qk, v, _ = attention_dims(attn)
-    B, N, _ = x.shape
-    q, k, vv = attn.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
-    q = q.reshape(B, N, h, qk).transpose(1, 2)
-    k = k.reshape(B, N, h, qk).transpose(1, 2)
-    vv = vv.reshape(B, N, h, v).transpose(1, 2)
-    return attn.q_norm(q), attn.k_norm(k), vv
-
-
-def head_outputs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Each head's contribution to the attention output (before the proj bias): [H, B, N, D].
-
-    Summing over heads and adding ``proj.bias`` gives the attention's output.
-    """
-    h, qk, v, scale = attention_dims(attn)
-    q, k, vv = qkv_heads(attn, x)
-    a = F.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
-    o = a @ vv  # [B, H, N, v]
-    w = attn.proj.weight.reshape(-1, h, v)  # [D, H, v]: column h*v+d
-    return torch.einsum("bhnv,dhv->hbnd", o, w)
 
 
 def cosine_from_gram(g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -37,13 +37,9 @@ import torch
 from torch import nn
 
 from ..budget import Budget, select
-from ..counting import ArchInfo, macs
-from ..counting import params as count_params
 from ..data import calibration_loader
-from ..groups import build_groups
-from ..layers import attention_dims
-from ..spec import spec_from_model
-from .activations import block_inputs, head_outputs, qkv_heads, redundancy_weight
+from ..families import build_groups, family_of
+from .activations import block_inputs, redundancy_weight
 from .base import MethodOptions, MethodOutput, check_positive
 from .optim import frozen_except, optimise
 from .scaling import attach, fold
@@ -73,6 +69,10 @@ class AMAPOptions(MethodOptions):
 def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int], torch.Tensor]:
     """``{(kind, block): weight}`` with weight of the group's shape (see the module docstring)."""
     kinds = set(kinds)
+    fam = family_of(model)
+    parts = fam.parts(model)
+    attns = [model.get_submodule(p.attn) for p in parts]
+    fc1s = [(model.get_submodule(p.fc1), model.get_submodule(p.act)) for p in parts]
     stats: dict[tuple[str, int], list] = {}
 
     def acc(key, a):
@@ -88,18 +88,19 @@ def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int],
 
     with torch.no_grad():
         for attn_in, mlp_in in block_inputs(model, loader):
-            for l, blk in enumerate(model.blocks):
+            for l, attn in enumerate(attns):
                 x = attn_in[l]
                 if kinds & {"qk", "v"}:
-                    q, k, v = qkv_heads(blk.attn, x)  # [B, H, N, d]
+                    q, k, v = fam.qkv_heads(attn, x)  # [B, H, N, d]
                     if "qk" in kinds:
                         acc(("qk", l), torch.cat([q, k], 2).transpose(0, 1).flatten(1, 2).to(torch.float64))
                     if "v" in kinds:
                         acc(("v", l), v.transpose(0, 1).flatten(1, 2).to(torch.float64))
                 if "heads" in kinds:
-                    acc(("heads", l), head_outputs(blk.attn, x).flatten(1).T.to(torch.float64))
+                    acc(("heads", l), fam.head_outputs(attn, x).flatten(1).T.to(torch.float64))
                 if "mlp" in kinds:
-                    acc(("mlp", l), blk.mlp.act(blk.mlp.fc1(mlp_in[l])).flatten(0, 1).to(torch.float32))
+                    fc1, act = fc1s[l]
+                    acc(("mlp", l), act(fc1(mlp_in[l])).flatten(0, 1).to(torch.float32))
     out = {}
     for key, (g, s, n) in stats.items():
         g, s = g.to(torch.float64).cpu(), s.to(torch.float64).cpu()
@@ -137,9 +138,9 @@ class Indicator(nn.Module):
         self.rew = nn.ParameterDict()
         self.dims = []
         dev = next(model.parameters()).device
-        for l, blk in enumerate(model.blocks):
-            h, qk, v, _ = attention_dims(blk.attn)
-            m = blk.mlp.fc1.out_features
+        self.parts = family_of(model).parts(model)
+        for l, b in enumerate(family_of(model).spec(model).blocks):
+            h, qk, v, m = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
             self.dims.append((h, qk, v, m))
             shapes = {"heads": (h,), "qk": (h, qk), "v": (h, v), "mlp": (m,)}
             for kind in self.kinds:
@@ -195,12 +196,12 @@ class Indicator(nn.Module):
 
     def attach_to(self, model: nn.Module) -> None:
         """Wrap ``model``'s qkv / fc1 / fc2 (in place) with this indicator's gates."""
-        for l in range(len(model.blocks)):
+        for l, p in enumerate(self.parts):
             if set(self.kinds) & {"heads", "qk", "v"}:
-                attach(model, f"blocks.{l}.attn.qkv", out_scale=lambda l=l: self.qkv_gate(l))
+                attach(model, p.qkv, out_scale=lambda l=l: self.qkv_gate(l))
             if "mlp" in self.kinds:
-                attach(model, f"blocks.{l}.mlp.fc1", out_scale=lambda l=l: self.fc1_gate(l))
-                attach(model, f"blocks.{l}.mlp.fc2", in_scale=lambda l=l: self.fc2_gate(l))
+                attach(model, p.fc1, out_scale=lambda l=l: self.fc1_gate(l))
+                attach(model, p.fc2, in_scale=lambda l=l: self.fc2_gate(l))
 
 
 # ------------------------------------------------------------------------------------ resource
@@ -208,15 +209,15 @@ class Cost:
     """MACs (or params) of the model as an affine function of the kept counts per block."""
 
     def __init__(self, model: nn.Module, metric: str = "macs"):
-        info = ArchInfo.from_model(model)
-        measure = (lambda sp: macs(sp, info)) if metric == "macs" else (lambda sp: count_params(sp, info))
-        spec = spec_from_model(model)
+        fam = family_of(model)
+        measure = fam.cost(model, metric)
+        spec = fam.spec(model)
         self.base = float(measure(spec))
         self.coef = []
         for l, b in enumerate(spec.blocks):
 
             def less(l=l, b=b, **kw):
-                s = copy.deepcopy(spec)
+                s = spec.copy()
                 s.blocks[l] = replace(b, **kw)
                 return self.base - measure(s)
 

@@ -36,11 +36,13 @@ from torch import nn
 
 from ..budget import Budget, select
 from ..data import calibration_loader
-from ..groups import Group, build_groups, reduce_group
-from ..layers import attention_dims
+from ..distill import DistillConfig
+from ..errors import VitCompressError
+from ..families import build_groups, family_of
+from ..groups import Group, reduce_group, zero_removed
 from ..plan import LayerPlan, Plan
-from ..reference import keep_masks
-from .activations import block_inputs, head_outputs
+from ..training import TrainConfig, fit
+from .activations import block_inputs
 from .base import MethodOptions, MethodOutput, check_positive
 from .optim import optimise
 
@@ -64,8 +66,6 @@ class GOHSPOptions(MethodOptions):
     finetune_lr: float = 1e-4
 
     def validate(self) -> None:
-        from ..errors import VitCompressError
-
         if not 0 < self.damping < 1:
             raise VitCompressError(f"method option damping must be in (0, 1), got {self.damping}")
         check_positive(self, "power_iters", "steps_per_round", "rho_growth", "lr", "finetune_lr")
@@ -75,15 +75,17 @@ class GOHSPOptions(MethodOptions):
 # ------------------------------------------------------------------------------------ graph ranking
 def head_similarity(model: nn.Module, loader) -> list[torch.Tensor]:
     """``|cos|`` between the outputs of the heads of block l and block l+1: one [H_l, H_l+1] per l."""
-    L = len(model.blocks)
-    heads = [attention_dims(b.attn)[0] for b in model.blocks]
+    fam = family_of(model)
+    attns = [model.get_submodule(p.attn) for p in fam.parts(model)]
+    L = len(attns)
+    heads = [b.num_heads for b in fam.spec(model).blocks]
     dots = [torch.zeros(heads[l], heads[l + 1], dtype=torch.float64) for l in range(L - 1)]
     sq = [torch.zeros(h, dtype=torch.float64) for h in heads]
     with torch.no_grad():
         for attn_in, _ in block_inputs(model, loader):
             prev = None
-            for l, blk in enumerate(model.blocks):
-                o = head_outputs(blk.attn, attn_in[l]).flatten(1).float()  # [H, B*N*D]
+            for l, attn in enumerate(attns):
+                o = fam.head_outputs(attn, attn_in[l]).flatten(1).float()  # [H, B*N*D]
                 sq[l] += (o * o).sum(1).to(torch.float64).cpu()
                 if prev is not None:
                     dots[l - 1] += (prev @ o.T).to(torch.float64).cpu()
@@ -130,7 +132,7 @@ def stationary(adj: torch.Tensor, damping: float = 0.85, iters: int = 1000, tol:
 
 def head_ranking(model: nn.Module, loader, opts: GOHSPOptions) -> dict:
     """``{'pi', 'pi_0', 'scores': [per-block head scores]}`` (see the module docstring)."""
-    heads = [attention_dims(b.attn)[0] for b in model.blocks]
+    heads = [b.num_heads for b in family_of(model).spec(model).blocks]
     sims = head_similarity(model, loader)
     pi = stationary(head_graph(sims, heads), opts.damping, opts.power_iters, opts.tol)
     pi0 = stationary(head_graph([torch.zeros_like(s) for s in sims], heads), opts.damping, opts.power_iters, opts.tol)
@@ -146,11 +148,6 @@ def head_ranking(model: nn.Module, loader, opts: GOHSPOptions) -> dict:
 
 
 # ---------------------------------------------------------------------------- structured projection
-def _full_dims(model: nn.Module, layer: int) -> tuple[int, int, int, int]:
-    h, qk, v, _ = attention_dims(model.blocks[layer].attn)
-    return h, qk, v, model.blocks[layer].mlp.fc1.out_features
-
-
 def _top(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(torch.topk(scores.to(torch.float64), k).indices.tolist())
 
@@ -160,17 +157,21 @@ def plan_like(model: nn.Module, shape: Plan, groups: list[Group], scores: list[t
     neurons) keeping, for each pruned kind, the elements with the highest ``scores``: heads first,
     then q/k and v dims inside the kept heads."""
     by = {(g.kind, g.layer): s for g, s in zip(groups, scores)}
-    embed = _top(by[("embed", None)], len(shape.embed)) if ("embed", None) in by else list(shape.embed)
+    embeds = [
+        _top(by[("embed", g)], len(kept)) if ("embed", g) in by else list(kept)
+        for g, kept in zip([None] if len(shape.embeds) == 1 else range(len(shape.embeds)), shape.embeds)
+    ]
+    spec = family_of(model).spec(model)
     layers = {}
     for b in shape.blocks:
         lp = shape.layers[b]
-        _, qk_full, v_full, m_full = _full_dims(model, b)
+        qk_full, v_full, m_full = spec.blocks[b].qk_dim, spec.blocks[b].v_dim, spec.blocks[b].mlp_hidden
         heads = _top(by[("heads", b)], len(lp.heads)) if ("heads", b) in by else list(lp.heads)
         qk = [_top(by[("qk", b)][h], len(lp.qk[0])) if ("qk", b) in by else list(range(qk_full)) for h in heads]
         v = [_top(by[("v", b)][h], len(lp.v[0])) if ("v", b) in by else list(range(v_full)) for h in heads]
         mlp = _top(by[("mlp", b)], len(lp.mlp)) if ("mlp", b) in by else list(range(m_full))
         layers[b] = LayerPlan(heads, qk, v, mlp)
-    plan = Plan(embed, list(shape.blocks), layers)
+    plan = Plan(embeds[0], list(shape.blocks), layers, embeds[1:])
     plan.validate()
     return plan
 
@@ -180,19 +181,7 @@ def zero_outside(
 ) -> dict[str, torch.Tensor]:
     """Copies of ``tensors`` with every element of ``groups`` that ``plan`` removes set to zero."""
     out = {n: t.detach().clone() for n, t in tensors.items()}
-    for g in groups:
-        drop = ~keep_masks(model, plan, g).reshape(-1)
-        if not drop.any():
-            continue
-        for m in g.members:
-            if m.param not in out:
-                continue
-            t = out[m.param]
-            if m.dim is None:
-                if drop[m.element]:
-                    t.zero_()
-                continue
-            t.index_fill_(m.dim, m.index[drop].reshape(-1).to(t.device), 0.0)
+    zero_removed(out, groups, plan)
     return out
 
 
@@ -272,9 +261,6 @@ def finetune(
 ) -> nn.Module:
     """``opts.finetune_steps`` steps of the project's training loop on ``cfg.data``'s training split,
     distilling from ``teacher`` (the unpruned input model); returns the fine-tuned model."""
-    from ..distill import DistillConfig
-    from ..training import TrainConfig, fit
-
     for p in pruned.parameters():
         p.requires_grad_(True)
     tcfg = TrainConfig(

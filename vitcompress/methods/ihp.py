@@ -24,7 +24,8 @@ from torch import nn
 
 from ..budget import Budget, select
 from ..data import calibration_loader
-from ..groups import KINDS, Group, build_groups
+from ..families import build_groups, family_of
+from ..groups import KINDS, Group
 from .base import MethodOptions, MethodOutput, check_positive
 from .optim import frozen_except, optimise
 from .scaling import attach, fold, residual_norm_paths
@@ -51,11 +52,11 @@ def _scaled_paths(model: nn.Module, kinds: Iterable[str]) -> dict[str, str]:
     """Module path -> the parameter (``path.weight``) whose rows carry a scale."""
     kinds = set(kinds)
     paths = []
-    for i in range(len(model.blocks)):
+    for p in family_of(model).parts(model):
         if kinds & {"heads", "qk", "v"}:
-            paths.append(f"blocks.{i}.attn.qkv")
+            paths.append(p.qkv)
         if "mlp" in kinds:
-            paths.append(f"blocks.{i}.mlp.fc1")
+            paths.append(p.fc1)
     if "embed" in kinds:
         paths += residual_norm_paths(model)
     return {p: f"{p}.weight" for p in paths}

@@ -17,6 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..families import family_of
+from ..families.base import replace_module
+
 ScaleFn = Callable[[], torch.Tensor]
 
 
@@ -67,12 +70,6 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     return model.get_submodule(path)
 
 
-def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, new)
-
-
 def attach(model: nn.Module, path: str, out_scale: ScaleFn | None = None, in_scale: ScaleFn | None = None) -> Scaled:
     """Replace the module at ``path`` by a ``Scaled`` wrapper around it (in place)."""
     mod = get_module(model, path)
@@ -92,14 +89,6 @@ def fold(model: nn.Module) -> nn.Module:
 
 
 def residual_norm_paths(model: nn.Module) -> list[str]:
-    """LayerNorms that *read* the residual stream: every block's norm1/norm2 and the final norm
-    (``norm`` or ``fc_norm``). A scale on their output is a gate on each embedding channel."""
-    d = model.embed_dim
-    paths = []
-    for i in range(len(model.blocks)):
-        paths += [f"blocks.{i}.norm1", f"blocks.{i}.norm2"]
-    for name in ("norm", "fc_norm"):
-        m = getattr(model, name, None)
-        if isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (d,):
-            paths.append(name)
-    return paths
+    """Norms that *read* the residual stream (``Family.residual_norm_paths``: in a ViT every
+    block's norm1/norm2 and the final norm). A scale on their output is a gate on each channel."""
+    return family_of(model).residual_norm_paths(model)

@@ -13,14 +13,10 @@ See docs/tokens.md for each reducer's exact rule.
 
 from __future__ import annotations
 
-from ..registry import Registry
-
-REDUCERS: Registry = Registry("token reducer")
-
-from . import etps, evit, tome, topk  # noqa: E402,F401  (register the reducers)
-from .apply import TokenBlocks, apply_tokens, remove_tokens, schedule_of, set_keep  # noqa: E402
-from .counting import token_counts, token_macs  # noqa: E402
-from .schedule import TokenSchedule, parse_schedule  # noqa: E402
+from .apply import TokenBlocks, apply_tokens, remove_tokens, schedule_of, set_keep
+from .counting import token_counts, token_macs
+from .registry import REDUCERS
+from .schedule import TokenSchedule, parse_schedule
 
 __all__ = [
     "REDUCERS",

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..counting import ArchInfo
 from ..errors import VitCompressError
-from ..spec import spec_from_model
+from .counting import macs_with, patch_tokens
 from .schedule import TokenSchedule
 
 MAX_RATE = 0.999  # a keep fraction of 0.001: every reducer still keeps ceil(0.001 n) >= 1 token
@@ -54,29 +53,15 @@ def with_amount(schedule: TokenSchedule, amount: float) -> TokenSchedule:
     return s
 
 
-def _plain_macs(model: nn.Module, img_size: Sequence[int] | None) -> tuple:
-    from .counting import schedule_macs
-
-    spec = spec_from_model(model)
-    info = ArchInfo.from_model(model)
-    if img_size is not None:
-        info = info.with_img_size(tuple(img_size), model.patch_embed.patch_size)
-    has_cls = model.cls_token is not None
-    return spec, info, has_cls, schedule_macs(spec, info, None, has_cls)
-
-
 def macs_reduction(model: nn.Module, schedule: TokenSchedule, img_size: Sequence[int] | None = None) -> float:
     """Share of ``model``'s MACs (widths as they are, no token reduction) that ``schedule`` removes."""
-    from .counting import schedule_macs
-
-    spec, info, has_cls, plain = _plain_macs(model, img_size)
-    return 1.0 - schedule_macs(spec, info, schedule, has_cls) / plain
+    return 1.0 - macs_with(model, schedule, img_size) / macs_with(model, None, img_size)
 
 
 def max_amount(schedule: TokenSchedule, model: nn.Module) -> float:
     """The largest meaningful amount: rate 0.999, or half the patch tokens as merges."""
     if schedule.kind == "merge":
-        return float(ArchInfo.from_model(model).num_patches // 2)
+        return float(patch_tokens(model) // 2)
     return MAX_RATE
 
 

@@ -1,29 +1,44 @@
-"""Insert token reducers into a timm ViT according to a ``TokenSchedule``.
+"""Insert token reducers into a ViT according to a ``TokenSchedule``.
 
 ``model.blocks`` (an ``nn.Sequential`` of timm ``Block``) becomes a ``TokenBlocks`` holding the
 same blocks at the same indices, so parameter names and state dicts are unchanged. A block with a
 reducer runs ``attention -> reduce -> MLP``; blocks after a size-tracking reducer with
 proportional attention add ``log(size)`` to their attention logits; all other blocks run timm's
-own forward. Reducers hold no parameters.
+own forward. Reducers hold no parameters. The ``TokenBlocks`` holds the schedule
+(``schedule_of``): the one place a model's token schedule is kept (an artifact's ``tokens`` field
+is written from it). Token reduction applies to the families that declare it
+(``Family.token_reduction``: the plain and the hybrid ViT).
 """
 
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..errors import VitCompressError
+from ..families import family_of
 from .attention import attend
 from .base import Reducer
+from .registry import REDUCERS
 from .schedule import TokenSchedule, parse_schedule
 
 
 class TokenBlocks(nn.Sequential):
     """The block stack with reducers between attention and MLP of the scheduled blocks."""
 
-    def __init__(self, blocks, reducers: list[Reducer | None], prefix: int, has_cls: bool, prop_attn: bool):
+    def __init__(
+        self,
+        blocks,
+        reducers: list[Reducer | None],
+        prefix: int,
+        has_cls: bool,
+        prop_attn: bool,
+        schedule: TokenSchedule | None = None,
+    ):
         super().__init__(*blocks)
         self.reducers = list(reducers)  # plain list: parameter-free, not part of the state dict
+        self.schedule = schedule
         self.prefix = prefix
         self.has_cls = has_cls
         self.prop_attn = prop_attn
@@ -65,8 +80,6 @@ class TokenBlocks(nn.Sequential):
 
 def build_reducers(schedule: TokenSchedule, depth: int, prefix: int) -> list[Reducer | None]:
     """One reducer (or None) per block."""
-    from . import REDUCERS
-
     cls = REDUCERS.get(schedule.method)
     out: list[Reducer | None] = []
     keeps, merges = schedule.block_keep(depth), schedule.block_merge(depth)
@@ -79,11 +92,8 @@ def build_reducers(schedule: TokenSchedule, depth: int, prefix: int) -> list[Red
 
 
 def check_model(model: nn.Module) -> None:
-    """One-line error unless ``model`` is a ViT whose blocks the reducers can serve."""
-    from timm.models.vision_transformer import Block
-
-    from ..models import check_supported
-
+    """One-line error unless ``model`` is of a family the reducers serve (global-attention timm
+    ViT blocks)."""
     blocks = getattr(model, "blocks", None)
     if blocks is not None and any(type(b) is not Block for b in blocks):
         bad = next(type(b).__name__ for b in blocks if type(b) is not Block)
@@ -91,7 +101,11 @@ def check_model(model: nn.Module) -> None:
             f"token reduction needs global-attention timm ViT blocks, this model has {bad} "
             "(windowed or otherwise restructured attention); use a vit_*/deit_* model"
         )
-    check_supported(model)
+    fam = family_of(model)
+    if not fam.token_reduction:
+        raise VitCompressError(
+            f"token reduction does not apply to the {fam.name} family ({fam.title}); use a vit_*/deit_* model"
+        )
 
 
 def apply_tokens(model: nn.Module, schedule: TokenSchedule | str, method: str | None = None, **options) -> nn.Module:
@@ -100,8 +114,7 @@ def apply_tokens(model: nn.Module, schedule: TokenSchedule | str, method: str | 
     ``schedule`` is a ``TokenSchedule`` or a schedule string (``'0.7@3,6,9'``, ``'rate=0.06'``,
     ``'merge=8'``) for ``method`` (``topk``, ``topk-vpa``, ``evit``, ``tome``, ``etps``); ``options``
     are reducer options (``vpa=False``, ``prop_attn=...``). A previous schedule is replaced. The
-    schedule is recorded in ``model.vitcompress_tokens`` and in the artifact metadata, so
-    ``vitcompress.save``/``load`` keep it.
+    schedule is kept with the reducers (``schedule_of``), so ``vitcompress.save``/``load`` keep it.
     """
     if isinstance(schedule, str):
         if method is None:
@@ -115,22 +128,11 @@ def apply_tokens(model: nn.Module, schedule: TokenSchedule | str, method: str | 
     check_model(model)
     depth = len(model.blocks)
     schedule.validate(depth)
-    if getattr(model, "vitcompress_meta", None) is None:
-        from ..artifact import meta_of
-
-        try:
-            model.vitcompress_meta = meta_of(model)
-        except VitCompressError:
-            pass  # a model vitcompress cannot record still runs; it just cannot be saved
     prefix = int(model.num_prefix_tokens)
     reducers = build_reducers(schedule, depth, prefix)
     first = next((r for r in reducers if r is not None), None)
     prop = bool(first is not None and first.tracks_size and first.prop_attn)
-    model.blocks = TokenBlocks(list(model.blocks), reducers, prefix, model.cls_token is not None, prop)
-    model.vitcompress_tokens = schedule
-    meta = getattr(model, "vitcompress_meta", None)
-    if meta is not None:
-        meta.tokens = schedule.to_dict()
+    model.blocks = TokenBlocks(list(model.blocks), reducers, prefix, model.cls_token is not None, prop, schedule)
     return model
 
 
@@ -138,17 +140,13 @@ def remove_tokens(model: nn.Module) -> nn.Module:
     """Undo ``apply_tokens``: plain timm blocks again (same parameters)."""
     if isinstance(getattr(model, "blocks", None), TokenBlocks):
         model.blocks = nn.Sequential(*list(model.blocks))
-    if hasattr(model, "vitcompress_tokens"):
-        del model.vitcompress_tokens
-    meta = getattr(model, "vitcompress_meta", None)
-    if meta is not None:
-        meta.tokens = None
     return model
 
 
 def schedule_of(model: nn.Module) -> TokenSchedule | None:
     """The token schedule a model carries, or None."""
-    return getattr(model, "vitcompress_tokens", None)
+    blocks = getattr(model, "blocks", None)
+    return blocks.schedule if isinstance(blocks, TokenBlocks) else None
 
 
 def set_keep(model: nn.Module, keep: float) -> None:
@@ -165,6 +163,3 @@ def set_keep(model: nn.Module, keep: float) -> None:
         sched.rate = 1.0 - keep
     else:
         sched.keep = {b: keep for b in sched.keep}
-    meta = getattr(model, "vitcompress_meta", None)
-    if meta is not None:
-        meta.tokens = sched.to_dict()

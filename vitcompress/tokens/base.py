@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from .schedule import keep_count, runtime_keep_count, sym_min
+from .arithmetic import keep_count, runtime_keep_count, sym_min
 
 EPS = 1e-6
 

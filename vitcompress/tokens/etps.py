@@ -18,12 +18,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import REDUCERS
+from .arithmetic import keep_count
 from .base import Reducer, gather_tokens, one_hot
-from .schedule import keep_count
 
 
-@REDUCERS.register("etps")
 class ETPS(Reducer):
     name = "etps"
     needs_metric = True

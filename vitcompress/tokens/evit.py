@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from . import REDUCERS
+from .arithmetic import keep_count, sym_min
 from .base import EPS, Reducer, gather_tokens
-from .schedule import keep_count, sym_min
 
 
-@REDUCERS.register("evit")
 class EViT(Reducer):
     name = "evit"
     tracks_size = True

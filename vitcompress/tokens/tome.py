@@ -19,12 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import REDUCERS
+from .arithmetic import merge_count
 from .base import Reducer, ceil_div, fresh_count, gather_tokens, one_hot
-from .schedule import merge_count
 
 
-@REDUCERS.register("tome")
 class ToMe(Reducer):
     name = "tome"
     kinds = ("merge",)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from . import REDUCERS
+from .arithmetic import keep_count
 from .base import EPS, Reducer, gather_tokens
-from .schedule import keep_count
 
 
-@REDUCERS.register("topk")
 class TopK(Reducer):
     name = "topk"
 
@@ -41,7 +39,6 @@ class TopK(Reducer):
         return x, size
 
 
-@REDUCERS.register("topk-vpa")
 class TopKVPA(TopK):
     name = "topk-vpa"
 

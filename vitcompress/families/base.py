@@ -1,0 +1,266 @@
+"""The family adapter: everything the pruning core needs to know about one kind of model.
+
+The core (budget, scorers, seed methods, artifacts, counting, export, bench) never looks inside a
+model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for:
+
+- **recognition**: ``owns_name`` (timm names), ``recognises`` (a module), ``problems`` (what of a
+  recognised module cannot be sliced exactly; each becomes part of a one-line refusal);
+- **the source**: ``create`` (unpruned model from a name), ``source_of`` (how to rebuild a module
+  vitcompress did not create), ``input_size``;
+- **structure**: ``spec`` (widths read off the modules), ``build`` (an empty model of a spec),
+  ``groups`` (coupled slices per kind), ``slice_state`` (the cut tensors of a plan),
+  ``reference_norms`` (the kept-channel norms of the masked reference), ``shrink`` and
+  ``can_remove_block`` (how a spec changes when the budget removes a unit);
+- **cost**: ``arch_info`` (width-independent constants), ``block_macs``, ``macs`` and ``params``
+  (analytic, equal to ``torch.utils.flop_counter`` and the real parameter count), ``token_layout``
+  where token reduction applies;
+- **what the methods read**: ``parts`` (per block, in order: the attention, its fused ``qkv`` and
+  ``proj``, the MLP's ``fc1``/activation/``fc2``, as module paths), ``residual_norm_paths``,
+  ``qkv_heads`` and ``head_outputs`` (per-head activations).
+
+The defaults below fit any family whose blocks hold a timm-layout attention (fused ``qkv`` with
+``[q | k | v]`` rows, head-major, and a ``proj``) and a two-layer MLP; a family overrides what
+differs. ``kinds`` lists the granularities it supports, ``token_reduction`` whether the token
+reducers apply, ``methods`` which seed methods run on it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import VitCompressError
+from ..groups import KINDS, Group
+from ..layers import KeptChannelLayerNorm, head_outputs, qkv_heads
+from ..plan import Plan, full_plan
+from ..spec import SourceModel, Spec
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """Module paths of one transformer block (relative to the model), for the seed methods.
+
+    ``attn`` and ``mlp`` take the normalised residual tokens ``[B, N, D]`` as their first input;
+    ``qkv`` is the fused q/k/v projection (rows ``[q | k | v]``, head-major), ``proj`` the attention
+    output projection, ``fc1``/``act``/``fc2`` the MLP's layers (``fc1`` rows and ``fc2`` columns
+    are the hidden neurons), ``norm1``/``norm2`` the norms that read the residual stream.
+    """
+
+    path: str
+    attn: str
+    qkv: str
+    proj: str
+    mlp: str
+    fc1: str
+    act: str
+    fc2: str
+    norm1: str
+    norm2: str
+
+
+@dataclass
+class BlockTokens:
+    """Tokens entering (``t_in``) and leaving (``t_out``) one block, prefix included, and the MACs a
+    token reducer adds inside it (``extra_macs``)."""
+
+    t_in: int
+    t_out: int
+    extra_macs: int = 0
+
+
+def take(t: torch.Tensor, dim: int, indices) -> torch.Tensor:
+    """Rows/columns ``indices`` of ``t`` along ``dim``, as a new contiguous tensor."""
+    idx = torch.as_tensor(list(indices), dtype=torch.long, device=t.device)
+    return t.detach().index_select(dim, idx).contiguous()
+
+
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at ``path`` (dotted, relative to ``model``) in place of what is there."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, new)
+
+
+def module_paths(model: nn.Module, cls: type | tuple[type, ...]) -> list[str]:
+    """Paths of the submodules of ``model`` that are instances of ``cls``, in module order."""
+    return [n for n, m in model.named_modules() if n and isinstance(m, cls)]
+
+
+class Family:
+    """Base class of a model family; see the module docstring for the contract."""
+
+    name: str = ""
+    #: one line naming the models of the family (used in refusals and ``vitcompress models``)
+    title: str = ""
+    kinds: tuple[str, ...] = KINDS
+    token_reduction: bool = False
+    methods: tuple[str, ...] = ("ihp", "gohsp", "amap")
+
+    # ------------------------------------------------------------------ recognition and source
+    def owns_name(self, name: str) -> bool:
+        """Whether the timm model ``name`` belongs to this family (by its entry point, cheaply)."""
+        raise NotImplementedError
+
+    def list_models(self, pattern: str = "*") -> list[str]:
+        """timm names of this family that match a glob pattern."""
+        return [n for n in timm.list_models(pattern) if self.owns_name(n)]
+
+    def recognises(self, model: nn.Module) -> bool:
+        """Whether ``model`` is of this family (its top-level type and stem, not its details)."""
+        raise NotImplementedError
+
+    def problems(self, model: nn.Module) -> list[str]:
+        """What of a recognised ``model`` cannot be pruned exactly (empty: supported)."""
+        return []
+
+    def check_kinds(self, model: nn.Module, kinds: Iterable[str]) -> None:
+        """A one-line error for a granularity this family (or this model) cannot prune exactly."""
+        bad = [k for k in kinds if k not in self.kinds]
+        if bad:
+            raise VitCompressError(
+                f"the {self.name} family cannot prune {', '.join(bad)}; use --granularity with a subset of "
+                f"{','.join(self.kinds)}"
+            )
+
+    def create(self, name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        """The unpruned model ``name`` (``kwargs`` are creation options such as ``num_classes``)."""
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+    def source_of(self, model: nn.Module) -> SourceModel | None:
+        """How to rebuild a module vitcompress did not create (None when it cannot tell)."""
+        return None
+
+    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the model was built for."""
+        raise NotImplementedError
+
+    def image_stride(self, model: nn.Module) -> int:
+        """Image sides must be multiples of this (a ViT's patch size; a hybrid's stem stride times
+        its projection's patch)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------- structure
+    def spec(self, model: nn.Module) -> Spec:
+        """The model's widths, read off its modules."""
+        raise NotImplementedError
+
+    def build(self, source: SourceModel, spec: Spec, device: str | torch.device = "meta") -> nn.Module:
+        """An uninitialised model of ``source``'s architecture with ``spec``'s widths (on ``device``).
+        Load weights with ``load_state_dict(state, assign=True)``."""
+        raise NotImplementedError
+
+    def groups(self, model: nn.Module, kinds: Iterable[str]) -> list[Group]:
+        """The coupling groups of the requested kinds (per-block groups in block order, then
+        ``embed`` per stage, then ``depth``)."""
+        raise NotImplementedError
+
+    def identity_plan(self, model: nn.Module) -> Plan:
+        """The plan that keeps everything of ``model``."""
+        return full_plan(self.spec(model))
+
+    def spec_after(self, spec: Spec, plan: Plan) -> Spec:
+        """The spec of a model with ``spec`` cut by ``plan`` (plan in that model's numbering)."""
+        blocks = []
+        for b in plan.blocks:
+            lp, new = plan.layers[b], copy.copy(spec.blocks[b])
+            new.num_heads, new.qk_dim, new.v_dim, new.mlp_hidden = (
+                len(lp.heads),
+                len(lp.qk[0]),
+                len(lp.v[0]),
+                len(lp.mlp),
+            )
+            blocks.append(new)
+        return Spec([len(e) for e in plan.embeds], blocks)
+
+    def slice_state(self, model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
+        """The state dict of the model cut by ``plan`` (names as in ``build(source, spec_after)``)."""
+        raise NotImplementedError
+
+    def reference_norms(self, model: nn.Module, plan: Plan) -> dict[str, nn.Module]:
+        """Replacements (path -> module) for the norms of the masked reference that must normalise
+        over kept residual channels only. Default: every ``LayerNorm`` as wide as a stage's
+        residual stream whose channels the plan prunes (single-stream families)."""
+        spec = self.spec(model)
+        if len(spec.stage_dims) != 1 or len(plan.embed) == spec.embed_dim:
+            return {}
+        d = spec.embed_dim
+        return {
+            n: KeptChannelLayerNorm(m, plan.embed)
+            for n, m in model.named_modules()
+            if isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (d,)
+        }
+
+    def shrink(self, spec: Spec, kind: str, index: int, k: int) -> None:
+        """Change ``spec`` in place as if ``k`` elements of ``kind`` were removed: ``index`` is the
+        block's position in ``spec`` for per-block kinds and ``depth``, the stage for ``embed``."""
+        if kind == "embed":
+            spec.stage_dims[index] -= k
+        elif kind == "depth":
+            del spec.blocks[index]
+        else:
+            b = spec.blocks[index]
+            field = {"heads": "num_heads", "qk": "qk_dim", "v": "v_dim", "mlp": "mlp_hidden"}[kind]
+            setattr(b, field, getattr(b, field) - k)
+
+    def can_remove_block(self, spec: Spec, index: int) -> bool:
+        """Whether the block at position ``index`` of ``spec`` may be removed (at least one stays)."""
+        return len(spec.blocks) > 1
+
+    # --------------------------------------------------------------------------------- cost
+    def arch_info(self, model: nn.Module, img_size: Sequence[int] | None = None) -> Any:
+        """Everything about the model's cost that does not depend on the pruned widths, at its own
+        image size or at ``img_size``."""
+        raise NotImplementedError
+
+    def block_macs(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
+        """MACs per image of each block (``tokens[i]``: what enters and leaves block i)."""
+        raise NotImplementedError
+
+    def macs(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> int:
+        """MACs per image of a model with ``spec`` (every token in every block by default)."""
+        raise NotImplementedError
+
+    def params(self, spec: Spec, info: Any) -> int:
+        """Exact parameter count of a model with ``spec``."""
+        raise NotImplementedError
+
+    def token_layout(self, info: Any) -> tuple[int, int, bool]:
+        """(patch tokens, prefix tokens, whether a class token leads them) entering the first block
+        (families with token reduction)."""
+        raise NotImplementedError
+
+    def cost(self, model: nn.Module, metric: str = "macs") -> Callable[[Spec], float]:
+        """``spec -> cost`` for ``metric`` ('macs' or 'params') at the model's image size."""
+        info = self.arch_info(model)
+        if metric == "macs":
+            return lambda sp: self.macs(sp, info)
+        if metric == "params":
+            return lambda sp: self.params(sp, info)
+        raise ValueError(f"unknown metric {metric!r}")
+
+    # ---------------------------------------------------------------------- for the methods
+    def parts(self, model: nn.Module) -> list[BlockParts]:
+        """Module paths of every block, in order."""
+        raise NotImplementedError
+
+    def residual_norm_paths(self, model: nn.Module) -> list[str]:
+        """Norms that *read* a residual stream (a scale on their output gates each channel):
+        every block's two norms and the final norm(s)."""
+        raise NotImplementedError
+
+    def qkv_heads(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k [B, H, N, qk] and v [B, H, N, v] of attention ``attn`` on its input ``x``."""
+        return qkv_heads(attn, x)
+
+    def head_outputs(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Each head's contribution to the attention output (before the proj bias): [H, B, N, D]."""
+        return head_outputs(attn, x)
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}: {self.title}>"
