@@ -228,3 +228,28 @@ def test_cli_prunes_a_hybrid_by_name(tmp_path, capsys):
     assert meta.source.name == "vit_tiny_r_s16_p8_224"
     assert abs(meta.history[-1]["achieved"]["macs_reduction"] - 0.2) <= 0.015
     assert family_of(vitcompress.load(tmp_path / "a")).name == "hybrid"
+
+
+@pytest.mark.parametrize(
+    "method,options,granularity",
+    [
+        ("ihp", {"steps": 3}, ("heads", "qk", "v", "mlp", "embed")),
+        ("gohsp", {"rounds": 2, "steps_per_round": 2}, ("heads", "qk", "v", "mlp")),
+        ("amap", {"steps": 3}, ("heads", "qk", "v", "mlp")),
+    ],
+)
+def test_seed_methods_run_on_a_hybrid(method, options, granularity):
+    from vitcompress.methods import METHODS
+    from vitcompress.pruner import PruneConfig
+
+    model = tiny_hybrid()
+    cfg = PruneConfig(flops_reduction=0.3, granularity=granularity, round_to=4, calib_images=8, batch_size=8)
+    cfg.validate()
+    m = METHODS.get(method)
+    out = m.run(model, cfg, m.parse_options(options))
+    assert abs(out.achieved - 0.3) <= 0.015
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            slice_model(out.model, out.plan)(x), mask_model(out.model, out.plan)(x), atol=1e-5, rtol=0
+        )

@@ -37,16 +37,16 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def check_model_name(name: str) -> None:
-    """Raise a one-line error for a name timm does not know (with close names) or no family owns."""
+    """Raise a one-line error for a name no family owns: unknown (with close names) or of an
+    unsupported architecture."""
+    if family_for_name(name) is not None:
+        return
     if not timm.is_model(name):
         raise VitCompressError(
             f"unknown model {name!r}{suggest(name, timm.list_models())}; list models with `vitcompress models 'deit*'`"
         )
-    if family_for_name(name) is None:
-        module = entry_module(name)
-        raise VitCompressError(
-            f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); supported: {supported()}"
-        )
+    module = entry_module(name)
+    raise VitCompressError(f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); supported: {supported()}")
 
 
 def check_supported(model: nn.Module, name: str = "") -> Family:

@@ -38,6 +38,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (a one-line error when it is not registered)."""
+        self.get(name)
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

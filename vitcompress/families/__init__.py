@@ -39,6 +39,14 @@ def register(family: Family, before: str | None = None) -> Family:
     return family
 
 
+def unregister(name: str) -> Family:
+    """Remove the family ``name`` from ``FAMILIES`` (returns it)."""
+    family = FAMILIES.get(name)
+    FAMILIES.remove(name)
+    _ORDER.remove(name)
+    return family
+
+
 register(ViTFamily())
 register(HybridViTFamily(), before="vit")
 
@@ -137,4 +145,5 @@ __all__ = [
     "register",
     "spec_from_model",
     "supported",
+    "unregister",
 ]

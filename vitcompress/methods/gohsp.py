@@ -5,7 +5,8 @@ Reading of the paper (see ``docs/methods.md``):
 1. **Head graph.** Nodes are all attention heads. Head i of block l and head j of block l+1 are
    joined by an undirected edge of weight ``1 - |cos(o_i, o_j)|``, where ``o`` is a head's
    contribution to the residual stream on the calibration images (its attention output through
-   its ``proj`` columns). A random walk follows edges in proportion to their weights (rows
+   its ``proj`` columns); blocks whose outputs differ in shape (different stages) are not joined.
+   A random walk follows edges in proportion to their weights (rows
    normalised) and, with probability ``1 - damping``, jumps to a uniformly random head (PageRank);
    power iteration gives its stationary distribution ``pi``. A head whose output repeats a head of
    a neighbouring block has a near-zero edge to it, collects less stationary mass and ranks low.
@@ -73,13 +74,15 @@ class GOHSPOptions(MethodOptions):
 
 
 # ------------------------------------------------------------------------------------ graph ranking
-def head_similarity(model: nn.Module, loader) -> list[torch.Tensor]:
-    """``|cos|`` between the outputs of the heads of block l and block l+1: one [H_l, H_l+1] per l."""
+def head_similarity(model: nn.Module, loader) -> list[torch.Tensor | None]:
+    """``|cos|`` between the outputs of the heads of block l and block l+1: one [H_l, H_l+1] per l;
+    None where the two blocks' outputs differ in shape (consecutive blocks of different stages of a
+    multi-stage family), which are not joined in the graph."""
     fam = family_of(model)
     attns = [model.get_submodule(p.attn) for p in fam.parts(model)]
     L = len(attns)
     heads = [b.num_heads for b in fam.spec(model).blocks]
-    dots = [torch.zeros(heads[l], heads[l + 1], dtype=torch.float64) for l in range(L - 1)]
+    dots: list[torch.Tensor | None] = [torch.zeros(heads[l], heads[l + 1], dtype=torch.float64) for l in range(L - 1)]
     sq = [torch.zeros(h, dtype=torch.float64) for h in heads]
     with torch.no_grad():
         for attn_in, _ in block_inputs(model, loader):
@@ -87,22 +90,30 @@ def head_similarity(model: nn.Module, loader) -> list[torch.Tensor]:
             for l, attn in enumerate(attns):
                 o = fam.head_outputs(attn, attn_in[l]).flatten(1).float()  # [H, B*N*D]
                 sq[l] += (o * o).sum(1).to(torch.float64).cpu()
-                if prev is not None:
-                    dots[l - 1] += (prev @ o.T).to(torch.float64).cpu()
+                if prev is not None and dots[l - 1] is not None:
+                    if prev.shape[1] == o.shape[1]:
+                        dots[l - 1] += (prev @ o.T).to(torch.float64).cpu()
+                    else:
+                        dots[l - 1] = None
                 prev = o
     return [
-        (dots[l] / (sq[l][:, None] * sq[l + 1][None, :]).clamp_min(1e-300).sqrt()).abs().clamp(0, 1)
+        None
+        if dots[l] is None
+        else (dots[l] / (sq[l][:, None] * sq[l + 1][None, :]).clamp_min(1e-300).sqrt()).abs().clamp(0, 1)
         for l in range(L - 1)
     ]
 
 
-def head_graph(sims: list[torch.Tensor], heads: list[int]) -> torch.Tensor:
-    """Symmetric adjacency over all heads (block-major): edge l,i -- l+1,j of weight 1 - sims[l][i, j]."""
+def head_graph(sims: list[torch.Tensor | None], heads: list[int]) -> torch.Tensor:
+    """Symmetric adjacency over all heads (block-major): edge l,i -- l+1,j of weight 1 - sims[l][i, j]
+    (no edges where ``sims[l]`` is None)."""
     off = [0]
     for h in heads:
         off.append(off[-1] + h)
     a = torch.zeros(off[-1], off[-1], dtype=torch.float64)
     for l, s in enumerate(sims):
+        if s is None:
+            continue
         w = (1 - s.to(torch.float64)).clamp_min(0)
         a[off[l] : off[l + 1], off[l + 1] : off[l + 2]] = w
         a[off[l + 1] : off[l + 2], off[l] : off[l + 1]] = w.T
@@ -135,7 +146,8 @@ def head_ranking(model: nn.Module, loader, opts: GOHSPOptions) -> dict:
     heads = [b.num_heads for b in family_of(model).spec(model).blocks]
     sims = head_similarity(model, loader)
     pi = stationary(head_graph(sims, heads), opts.damping, opts.power_iters, opts.tol)
-    pi0 = stationary(head_graph([torch.zeros_like(s) for s in sims], heads), opts.damping, opts.power_iters, opts.tol)
+    flat = [None if s is None else torch.zeros_like(s) for s in sims]
+    pi0 = stationary(head_graph(flat, heads), opts.damping, opts.power_iters, opts.tol)
     rel = pi / pi0
     params = dict(model.named_parameters())
     norms = [reduce_group(g, torch.square, params).sqrt() for g in build_groups(model, ("heads",))]
