@@ -421,7 +421,9 @@ def test_two_stage_budget_prunes_per_stage_and_keeps_a_block_in_each(tmp_path):
         assert torch.equal(loaded(X8), res.model(X8))
         torch.testing.assert_close(loaded(X8), mask_model(model, res.meta.plan)(X8), atol=1e-5, rtol=0)
     # pruning again composes the plans back to the source numbering, stage by stage
-    again = vitcompress.prune(loaded, flops_reduction=0.2, importance="l1", granularity=("embed", "heads", "mlp"), round_to=1)
+    again = vitcompress.prune(
+        loaded, flops_reduction=0.2, importance="l1", granularity=("embed", "heads", "mlp"), round_to=1
+    )
     with torch.no_grad():
         torch.testing.assert_close(again.model(X8), mask_model(model, again.meta.plan)(X8), atol=1e-5, rtol=0)
 

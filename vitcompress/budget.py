@@ -39,7 +39,7 @@ from .errors import VitCompressError
 from .families import Family, family_of
 from .groups import LAYER_KINDS, Group
 from .plan import LayerPlan, Plan
-from .spec import Spec
+from .spec import Spec, copy_block
 
 OVERSHOOT = 0.005
 TOLERANCE = 0.015  # the achieved reduction lands within 1.5 points of the target
@@ -259,7 +259,10 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
         if u is None:
             continue
         kind, layer = key
-        cand = state.spec.copy()
+        cand = Spec(list(state.spec.stage_dims), list(state.spec.blocks))  # blocks shared with the current spec
+        if kind in LAYER_KINDS:
+            i = u[4][1]
+            cand.blocks[i] = copy_block(cand.blocks[i])  # the one shrink may change
         fam.shrink(cand, *u[4])
         after = 1 - measure(cand) / base
         if after > target + OVERSHOOT:

@@ -82,6 +82,13 @@ class BlockSpec:
         )
 
 
+def copy_block(b: BlockSpec) -> BlockSpec:
+    """A shallow copy of a block spec (of any ``BlockSpec`` subclass), cheaply."""
+    new = object.__new__(type(b))
+    new.__dict__.update(b.__dict__)
+    return new
+
+
 @dataclass
 class Spec:
     """Residual width of every stage plus one ``BlockSpec`` per kept block, in order."""
@@ -112,7 +119,7 @@ class Spec:
 
     def copy(self) -> Spec:
         """An independent copy (block ``extra`` dicts are shared: they are never changed in place)."""
-        return Spec(list(self.stage_dims), [copy.copy(b) for b in self.blocks])
+        return Spec(list(self.stage_dims), [copy_block(b) for b in self.blocks])
 
     def to_dict(self) -> dict:
         widths = {"embed_dim": self.embed_dim} if len(self.stage_dims) == 1 else {"stage_dims": list(self.stage_dims)}

@@ -198,7 +198,11 @@ class Family:
 
     def shrink(self, spec: Spec, kind: str, index: int, k: int) -> None:
         """Change ``spec`` in place as if ``k`` elements of ``kind`` were removed: ``index`` is the
-        block's position in ``spec`` for per-block kinds and ``depth``, the stage for ``embed``."""
+        block's position in ``spec`` for per-block kinds and ``depth``, the stage for ``embed``.
+
+        The budget calls it on a candidate whose lists are its own and whose block objects are
+        shared with the current spec, except the block at ``index`` for per-block kinds (a private
+        copy): change that block and the lists, and replace (never edit) any other block."""
         if kind == "embed":
             spec.stage_dims[index] -= k
         elif kind == "depth":

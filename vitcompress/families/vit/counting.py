@@ -123,16 +123,12 @@ def block_macs(d: int, h: int, qk: int, v: int, m: int, tokens: int, tokens_out:
     )
 
 
-def all_tokens(spec: Spec, info: ArchInfo) -> list[BlockTokens]:
-    """Every block on every token (no token reduction)."""
-    n = info.num_patches + info.num_prefix_tokens
-    return [BlockTokens(n, n) for _ in spec.blocks]
-
-
 def per_block(spec: Spec, info: ArchInfo, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
     """MACs per image of each block (reducer products included)."""
     d = spec.embed_dim
-    tokens = all_tokens(spec, info) if tokens is None else tokens
+    if tokens is None:
+        t = info.num_patches + info.num_prefix_tokens
+        return [block_macs(d, b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden, t) for b in spec.blocks]
     return [
         block_macs(d, b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden, bt.t_in, bt.t_out) + bt.extra_macs
         for b, bt in zip(spec.blocks, tokens)
