@@ -8,8 +8,8 @@ import os
 from torch import nn
 
 from vitcompress.artifact import load, meta_of
-from vitcompress.families import build_model, family_of, spec_from_model
-from vitcompress.spec import SourceModel
+from vitcompress.errors import VitCompressError
+from vitcompress.families import build_model, family_for_source, family_of, spec_from_model
 from vitcompress.tokens import TokenSchedule, apply_tokens, remove_tokens, schedule_of
 
 
@@ -27,17 +27,17 @@ def load_source(model_or_path: str | os.PathLike | nn.Module):
 
 
 def with_dynamic_size(model: nn.Module, meta) -> nn.Module:
-    """The same weights in a timm model built with ``dynamic_img_size=True`` (position embeddings
-    resampled in ``forward``, patch embedding without a fixed input size); its token schedule, if
-    any, applied again."""
+    """The same weights in the model built to take any image size (``Family.dynamic_size_source``:
+    for a timm ViT ``dynamic_img_size=True``, position embeddings resampled in ``forward``, a patch
+    embedding without a fixed input size); its token schedule, if any, applied again."""
     if getattr(model, "dynamic_img_size", False):
         return model
     sched = schedule_of(model)
     plain = remove_tokens(copy.deepcopy(model)) if sched is not None else model
-    src = meta.source
-    dyn = build_model(
-        SourceModel(src.name, {**src.kwargs, "dynamic_img_size": True}), spec_from_model(plain), device="cpu"
-    )
+    src = family_for_source(meta.source).dynamic_size_source(meta.source)
+    if src is None:
+        raise VitCompressError(f"{meta.source.name} cannot take other image sizes; export without --dynamic-size")
+    dyn = build_model(src, spec_from_model(plain), device="cpu")
     dyn.load_state_dict(plain.state_dict(), strict=True)
     for attr in ("pretrained_cfg", "default_cfg", "vitcompress_meta"):
         if hasattr(plain, attr):

@@ -3,10 +3,12 @@
 The core (budget, scorers, seed methods, artifacts, counting, export, bench) never looks inside a
 model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for:
 
-- **recognition**: ``owns_name`` (timm names), ``recognises`` (a module), ``problems`` (what of a
-  recognised module cannot be sliced exactly; each becomes part of a one-line refusal);
+- **recognition**: ``owns_name`` (model names), ``list_models``, ``recognises`` (a module),
+  ``problems`` (what of a recognised module cannot be sliced exactly; each becomes part of a
+  one-line refusal), ``check_kinds`` (granularities this model cannot prune exactly);
 - **the source**: ``create`` (unpruned model from a name), ``source_of`` (how to rebuild a module
-  vitcompress did not create), ``input_size``;
+  vitcompress did not create), ``input_size`` and ``image_stride`` (input geometry),
+  ``dynamic_size_source`` (the same model taking any image size, for exports);
 - **structure**: ``spec`` (widths read off the modules), ``build`` (an empty model of a spec),
   ``groups`` (coupled slices per kind), ``slice_state`` (the cut tensors of a plan),
   ``reference_norms`` (the kept-channel norms of the masked reference), ``shrink`` and
@@ -87,11 +89,6 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def module_paths(model: nn.Module, cls: type | tuple[type, ...]) -> list[str]:
-    """Paths of the submodules of ``model`` that are instances of ``cls``, in module order."""
-    return [n for n, m in model.named_modules() if n and isinstance(m, cls)]
-
-
 class Family:
     """Base class of a model family; see the module docstring for the contract."""
 
@@ -104,11 +101,12 @@ class Family:
 
     # ------------------------------------------------------------------ recognition and source
     def owns_name(self, name: str) -> bool:
-        """Whether the timm model ``name`` belongs to this family (by its entry point, cheaply)."""
+        """Whether the model ``name`` belongs to this family (for timm names: by the module of its
+        entry point, cheaply)."""
         raise NotImplementedError
 
     def list_models(self, pattern: str = "*") -> list[str]:
-        """timm names of this family that match a glob pattern."""
+        """Names of this family that match a glob pattern (default: the timm names it owns)."""
         return [n for n in timm.list_models(pattern) if self.owns_name(n)]
 
     def recognises(self, model: nn.Module) -> bool:
@@ -134,6 +132,11 @@ class Family:
 
     def source_of(self, model: nn.Module) -> SourceModel | None:
         """How to rebuild a module vitcompress did not create (None when it cannot tell)."""
+        return None
+
+    def dynamic_size_source(self, source: SourceModel) -> SourceModel | None:
+        """``source`` built to accept any image size (a multiple of ``image_stride``), for exports
+        with a dynamic image size; None when the family's models cannot."""
         return None
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:

@@ -111,6 +111,11 @@ class ViTFamily(Family):
             size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-2:]
         return int(pe.proj.in_channels), int(size[0]), int(size[1])
 
+    def dynamic_size_source(self, source: SourceModel) -> SourceModel:
+        """timm's ``dynamic_img_size``: position embeddings resampled in ``forward``, a patch
+        embedding without a fixed input size."""
+        return SourceModel(source.name, {**source.kwargs, "dynamic_img_size": True})
+
     def image_stride(self, model: nn.Module) -> int:
         return int(model.patch_embed.patch_size[0])
 
