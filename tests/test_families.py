@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny
+from helpers import tiny
 from timm.layers import Mlp
 from torch import nn
 

@@ -174,7 +174,7 @@ def test_token_reducers_run_and_are_counted_on_a_hybrid(method, schedule):
 
 @pytest.mark.usefixtures("one_thread")
 def test_gas_trains_a_hybrid(tmp_path):
-    from vitcompress.tokens.gas import GASConfig, GASController
+    from vitcompress.callbacks import GASConfig, GASController
     from vitcompress.training import TrainConfig, fit
 
     model = apply_tokens(tiny_hybrid(in_chans=1), "rate=0.05@0", method="topk-vpa")
@@ -189,6 +189,7 @@ def test_gas_trains_a_hybrid(tmp_path):
     assert family_of(loaded).name == "hybrid" and count(loaded).macs == measured_macs(loaded)
 
 
+@pytest.mark.export
 def test_onnx_export_with_dynamic_batch_and_size_matches_pytorch(tmp_path):
     from vitcompress.exporters import export_onnx
 

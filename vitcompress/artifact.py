@@ -147,7 +147,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     if not wpath.is_file():
         raise VitCompressError(f"artifact {str(path)!r} is missing {WEIGHTS}; re-create it")
     try:
-        model = build_model(meta.source, meta.spec)
+        model = build_model(meta.source, meta.require_spec())
         state = load_file(str(wpath), device=str(device))
         model.load_state_dict(state, strict=True, assign=True)
     except VitCompressError:

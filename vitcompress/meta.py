@@ -40,6 +40,13 @@ class ArtifactMeta:
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    def require_spec(self) -> Spec:
+        """The spec (always present in a written artifact; a fresh model's record gets it from
+        ``artifact.meta_of``)."""
+        if self.spec is None:
+            raise ValueError("this record has no spec yet; build it with artifact.meta_of(model)")
+        return self.spec
+
     def to_dict(self) -> dict:
         if self.spec is None or self.plan is None:
             raise ValueError("an artifact record needs its spec and plan; build it with artifact.meta_of(model)")

@@ -36,11 +36,12 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for names in family_models(pattern).values() for n in names if fnmatch.fnmatch(n, pattern))
 
 
-def check_model_name(name: str) -> None:
-    """Raise a one-line error for a name no family owns: unknown (with close names) or of an
-    unsupported architecture."""
-    if family_for_name(name) is not None:
-        return
+def check_model_name(name: str) -> Family:
+    """The family that owns ``name``; a one-line error for a name no family owns: unknown (with
+    close names) or of an unsupported architecture."""
+    fam = family_for_name(name)
+    if fam is not None:
+        return fam
     if not timm.is_model(name):
         raise VitCompressError(
             f"unknown model {name!r}{suggest(name, timm.list_models())}; list models with `vitcompress models 'deit*'`"
@@ -68,8 +69,7 @@ def create_source_model(
     ``patch_size``, ...), recorded as the model's source (``model.vitcompress_meta.source``) so that
     an artifact can rebuild the same architecture.
     """
-    check_model_name(name)
-    fam = family_for_name(name)
+    fam = check_model_name(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         model = fam.create(name, pretrained=pretrained, **kwargs)

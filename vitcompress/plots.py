@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-import timm
 import torch
 
 from .artifact import ArtifactMeta
+from .families import family_for_source
 from .io import atomic_file
 
 
@@ -18,17 +18,15 @@ def plot_widths(meta: ArtifactMeta, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fam = family_for_source(meta.source)
     with torch.device("meta"):  # the unpruned source model's shapes, no weights
-        orig = timm.create_model(meta.source.name, pretrained=False, **meta.source.kwargs)
-    h0, hd = orig.blocks[0].attn.num_heads, orig.blocks[0].attn.head_dim
-    m0 = orig.blocks[0].mlp.fc1.out_features
-    kept = {b.source_index: b for b in meta.spec.blocks}
-    xs = list(range(len(orig.blocks)))
+        full = fam.spec(fam.create(meta.source.name, **meta.source.kwargs))
+    spec = meta.require_spec()
+    kept = {b.source_index: b for b in spec.blocks}
+    xs = list(range(full.depth))
     series = {
-        "heads": [kept[i].num_heads / h0 if i in kept else 0 for i in xs],
-        "q/k dim": [kept[i].qk_dim / hd if i in kept else 0 for i in xs],
-        "v dim": [kept[i].v_dim / hd if i in kept else 0 for i in xs],
-        "MLP": [kept[i].mlp_hidden / m0 if i in kept else 0 for i in xs],
+        name: [getattr(kept[i], attr) / getattr(full.blocks[i], attr) if i in kept else 0 for i in xs]
+        for name, attr in (("heads", "num_heads"), ("q/k dim", "qk_dim"), ("v dim", "v_dim"), ("MLP", "mlp_hidden"))
     }
     fig, ax = plt.subplots(figsize=(max(6, len(xs) * 0.6), 3.5))
     w = 0.2
@@ -39,7 +37,7 @@ def plot_widths(meta: ArtifactMeta, path: str | os.PathLike) -> None:
     ax.set_ylabel("kept share")
     ax.set_ylim(0, 1.3)
     red = 1 - meta.counts["macs"] / meta.counts_source["macs"]
-    ax.set_title(f"{meta.source.name}: embed {meta.spec.embed_dim}/{orig.embed_dim}, MACs -{red:.1%}")
+    ax.set_title(f"{meta.source.name}: embed {spec.embed_dim}/{full.embed_dim}, MACs -{red:.1%}")
     ax.legend(ncol=4, fontsize=8, loc="upper right")
     fig.tight_layout()
     with atomic_file(path) as tmp:

@@ -68,27 +68,28 @@ def format_prune_summary(meta: ArtifactMeta) -> str:
 def format_info(meta: ArtifactMeta) -> str:
     """Per-block table (heads, q/k dim, v dim, MLP width, tokens, MACs) and totals of an artifact."""
     fam = family_for_source(meta.source)
-    model = build_model(meta.source, meta.spec)  # meta device: shapes only
+    spec = meta.require_spec()
+    model = build_model(meta.source, spec)  # meta device: shapes only
     info = fam.arch_info(model)
     layout = fam.token_layout(info)
     tokens = layout[0] + layout[1]
-    d = meta.spec.embed_dim
-    per_block = [BlockTokens(tokens, tokens)] * meta.spec.depth
+    d = spec.embed_dim
+    per_block = [BlockTokens(tokens, tokens)] * spec.depth
     sched = None
     if meta.tokens:
         sched = TokenSchedule.from_dict(meta.tokens)
-        per_block = block_tokens(meta.spec, layout, sched)
-    block_macs = fam.block_macs(meta.spec, info, per_block)
+        per_block = block_tokens(spec, layout, sched)
+    block_macs = fam.block_macs(spec, info, per_block)
     head = (
         f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} {'tokens':>9s} {'MACs':>10s}"
     )
     rows = [
-        f"{meta.source.name}  embed dim {d}  depth {meta.spec.depth}  tokens {tokens}"
+        f"{meta.source.name}  embed dim {d}  depth {spec.depth}  tokens {tokens}"
         + (f"  token reduction {sched.describe()}" if sched else ""),
         head,
         "-" * len(head),
     ]
-    for i, (b, bt, mac) in enumerate(zip(meta.spec.blocks, per_block, block_macs)):
+    for i, (b, bt, mac) in enumerate(zip(spec.blocks, per_block, block_macs)):
         h, qk, v, m = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
         t_in, t_out = bt.t_in, bt.t_out
         tok = f"{t_in}" if t_in == t_out else f"{t_in}>{t_out}"
