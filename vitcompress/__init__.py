@@ -21,11 +21,13 @@ if TYPE_CHECKING:  # the names of _LAZY, for type checkers and editors; at run t
     from .artifact import ArtifactMeta, load, read_meta, save
     from .counting import Counts, count
     from .evaluate import evaluate_data
+    from .families import FAMILIES, family_of
     from .methods import METHODS
     from .models import create_source_model, list_models
     from .plan import Plan
     from .pruner import PruneConfig, PruneResult, prune
     from .recipe import PipelineConfig, run_pipeline
+    from .resolve import resolve_model
     from .slicers import slice_model
     from .training import TrainConfig, fit
 
