@@ -48,9 +48,9 @@ from vitcompress.artifact import is_artifact
 from vitcompress.counting import count
 from vitcompress.errors import VitCompressError
 from vitcompress.evaluate import evaluate_data
+from vitcompress.families import spec_from_model
 from vitcompress.io import atomic_file
 from vitcompress.scorers import ALIASES, SCORERS, needs_data
-from vitcompress.spec import spec_from_model
 from vitcompress.training import TrainConfig, fit
 
 METHODS = ("ihp", "gohsp", "amap")

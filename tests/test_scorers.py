@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import vitcompress
 from vitcompress.data import calibration_loader
-from vitcompress.groups import build_groups
+from vitcompress.families import build_groups
 from vitcompress.report import format_prune_summary
 from vitcompress.scorers import ALIASES, SCORERS, label_source
 
