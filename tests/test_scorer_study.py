@@ -75,7 +75,7 @@ def test_the_default_scorer_is_the_one_the_committed_study_picked():
     pick, _ = scorer_study.pick_default(summ, s["pick_at"], candidates, s["noise"])
     default = PruneConfig().importance
     assert default == pick
-    assert prune.__kwdefaults__["importance"] == default
+    assert "importance" not in (prune.__kwdefaults__ or {})  # prune's settings default to PruneConfig's
     assert ALIASES["taylor"] == default  # the name users type for Taylor is the measured best formula
     assert SCORERS.get(default).needs_data
     # the targets on the reference teacher at -46.2% MACs (mean over the seeds)

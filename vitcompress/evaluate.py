@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from .data import DataConfig
 from .datapipe import make_loader, num_classes_of, val_dataset
 from .distributed import dist_info
 from .errors import VitCompressError
 from .logits import logits_of
+from .progress import tqdm
 
 
 @dataclass

@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - exercised by the GPU-tables test, whic
             self.iterable = iterable
             self.total = total
             self.n = 0
+            self.disable = True
 
         def __iter__(self):
             yield from self.iterable if self.iterable is not None else ()

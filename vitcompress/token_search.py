@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import setting
 from .data import DataConfig
@@ -25,6 +24,7 @@ from .datapipe import val_dataset
 from .errors import VitCompressError
 from .evaluate import check_classes
 from .logits import logits_of
+from .progress import tqdm
 from .tokens.amount import macs_reduction, max_amount, with_amount
 from .tokens.apply import apply_tokens, remove_tokens
 from .tokens.schedule import TokenSchedule

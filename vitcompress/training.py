@@ -36,7 +36,6 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .artifact import META, WEIGHTS, meta_of, save
 from .callbacks.base import Callback, LoopState
@@ -48,6 +47,7 @@ from .distributed import barrier, dist_info, init_distributed
 from .errors import VitCompressError
 from .evaluate import check_classes, evaluate
 from .io import atomic_dir, recover_dir
+from .progress import tqdm
 
 logger = logging.getLogger(__name__)
 

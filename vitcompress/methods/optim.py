@@ -17,10 +17,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import VitCompressError
 from ..logits import logits_of
+from ..progress import tqdm
 
 
 def uses_true_labels(model: nn.Module, loader, labels: str = "auto") -> bool:
