@@ -94,6 +94,8 @@ def format_info(meta: ArtifactMeta) -> str:
         t_in, t_out = bt.t_in, bt.t_out
         tok = f"{t_in}" if t_in == t_out else f"{t_in}>{t_out}"
         rows.append(f"{i:>5d} {b.source_index:>4d} {h:>5d} {qk:>6d} {v:>5d} {m:>6d} {tok:>9s} {mac / 1e6:>8.1f} M")
+    if fam.cost_note:
+        rows.append(f"MACs: {fam.cost_note}")
     rows.append("")
     rows.append(format_totals(meta))
     for step in meta.history:

@@ -1,9 +1,9 @@
 """Model families: the adapters through which the pruning core handles each kind of model.
 
 ``FAMILIES`` lists them in the order models are matched (a more specific family before the one it
-refines: the hybrid ViT before the plain ViT). ``family_of(model)`` finds the family of a module
-and refuses, in one line, a module no family supports exactly; ``family_for_name(name)`` does the
-same for a timm model name. A new family is a ``Family`` subclass (see ``families/base.py`` and
+refines: the hybrid ViT and the FLatten ViT before the plain ViT). ``family_of(model)`` finds the
+family of a module and refuses, in one line, a module no family supports exactly;
+``family_for_name(name)`` does the same for a model name. A new family is a ``Family`` subclass (see ``families/base.py`` and
 the worked example in ``docs/pruning.md``) registered with ``FAMILIES.register(name)``.
 
 The helpers below are the model-facing entry points the core uses::
@@ -25,6 +25,8 @@ from ..plan import Plan
 from ..registry import Registry
 from ..spec import SourceModel, Spec
 from .base import BlockParts, BlockTokens, Family
+from .cct import CCTFamily
+from .flatten import FLattenFamily
 from .hybrid import HybridViTFamily
 from .vit import ViTFamily
 
@@ -49,6 +51,8 @@ def unregister(name: str) -> Family:
 
 register(ViTFamily())
 register(HybridViTFamily(), before="vit")
+register(FLattenFamily(), before="vit")
+register(CCTFamily())
 
 
 def families() -> list[Family]:
@@ -130,6 +134,8 @@ __all__ = [
     "FAMILIES",
     "BlockParts",
     "BlockTokens",
+    "CCTFamily",
+    "FLattenFamily",
     "Family",
     "HybridViTFamily",
     "ViTFamily",

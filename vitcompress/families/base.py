@@ -15,10 +15,12 @@ model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for:
   ``can_remove_block`` (how a spec changes when the budget removes a unit);
 - **cost**: ``arch_info`` (width-independent constants), ``block_macs``, ``macs`` and ``params``
   (analytic, equal to ``torch.utils.flop_counter`` and the real parameter count), ``token_layout``
-  where token reduction applies;
+  where token reduction applies, ``cost_note`` (one line on how attention is counted, where it
+  differs from softmax attention's quadratic cost; shown by ``vitcompress info``);
 - **what the methods read**: ``parts`` (per block, in order: the attention, its fused ``qkv`` and
   ``proj``, the MLP's ``fc1``/activation/``fc2``, as module paths), ``residual_norm_paths``,
-  ``qkv_heads`` and ``head_outputs`` (per-head activations).
+  ``qkv_heads`` and ``head_outputs`` (per-head activations), ``attention_difference`` (per q/k
+  channel, how much removing it changes the attention: AMAP's indicator starts from it).
 
 The defaults below fit any family whose blocks hold a timm-layout attention (fused ``qkv`` with
 ``[q | k | v]`` rows, head-major, and a ``proj``) and a two-layer MLP; a family overrides what
@@ -98,6 +100,8 @@ class Family:
     kinds: tuple[str, ...] = KINDS
     token_reduction: bool = False
     methods: tuple[str, ...] = ("ihp", "gohsp", "amap")
+    #: one line on how attention MACs are counted where it is not softmax attention's (``info``)
+    cost_note: str = ""
 
     # ------------------------------------------------------------------ recognition and source
     def owns_name(self, name: str) -> bool:
@@ -268,6 +272,12 @@ class Family:
     def head_outputs(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Each head's contribution to the attention output (before the proj bias): [H, B, N, D]."""
         return head_outputs(attn, x)
+
+    def attention_difference(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """Per q/k channel of attention ``attn`` on its input ``x``: how much removing the channel
+        (from q and k) changes each head's attention output, [H, qk] summed over the batch; None
+        where it is not measured (softmax attention: AMAP's indicators then start at 1)."""
+        return None
 
     def __repr__(self) -> str:
         return f"<family {self.name}: {self.title}>"
