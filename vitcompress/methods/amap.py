@@ -10,7 +10,11 @@ Reading of the paper (see ``docs/methods.md``):
   ``heads``, the heads of one block (their outputs). Weights are normalised to mean 1 per set kind
   and block.
 - **Indicator.** Each channel has a learnable indicator ``a`` (initialised to 1); its effective
-  score is ``e = a * weight``. In every block the number of q/k (and v) dims kept per head is the
+  score is ``e = a * weight``. For linear attention (a family whose ``attention_difference``
+  measures it, e.g. FLatten) the q/k indicators start from the attention difference instead: per
+  block, how much each head's attention output changes on the calibration images when the channel
+  is removed, divided by the block's mean change (so they average 1, as the default) and capped
+  at 2. In every block the number of q/k (and v) dims kept per head is the
   mean over heads of the count with ``e > threshold``, and *every* head keeps its top dims by ``e``
   - the same number in each head, so heads never mismatch. Heads and MLP neurons are kept where
   ``e > threshold`` (at least one). The forward pass uses this binary mask; gradients reach ``a``
@@ -68,12 +72,20 @@ class AMAPOptions(MethodOptions):
 # --------------------------------------------------------------------------------- similarity
 def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int], torch.Tensor]:
     """``{(kind, block): weight}`` with weight of the group's shape (see the module docstring)."""
+    return calibration_statistics(model, loader, kinds)[0]
+
+
+def calibration_statistics(model: nn.Module, loader, kinds) -> tuple[dict, dict]:
+    """One pass over the calibration images: the similarity weights (``similarity_weights``) and
+    the indicators' initial values where the family measures an attention difference
+    (``{("qk", block): [H, qk]}``; empty for softmax attention)."""
     kinds = set(kinds)
     fam = family_of(model)
     parts = fam.parts(model)
     attns = [model.get_submodule(p.attn) for p in parts]
     fc1s = [(model.get_submodule(p.fc1), model.get_submodule(p.act)) for p in parts]
     stats: dict[tuple[str, int], list] = {}
+    change: dict[int, torch.Tensor] = {}
 
     def acc(key, a):
         """a: [..., samples, C]; accumulate the Gram matrix, the sum and the count."""
@@ -94,6 +106,10 @@ def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int],
                     q, k, v = fam.qkv_heads(attn, x)  # [B, H, N, d]
                     if "qk" in kinds:
                         acc(("qk", l), torch.cat([q, k], 2).transpose(0, 1).flatten(1, 2).to(torch.float64))
+                        diff = fam.attention_difference(attn, x)
+                        if diff is not None:
+                            diff = diff.to(torch.float64).cpu()
+                            change[l] = change[l] + diff if l in change else diff
                     if "v" in kinds:
                         acc(("v", l), v.transpose(0, 1).flatten(1, 2).to(torch.float64))
                 if "heads" in kinds:
@@ -108,7 +124,13 @@ def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int],
         w = redundancy_weight(cov)
         m = float(w.mean())
         out[key] = (w / m if m > 1e-12 else torch.ones_like(w)).to(torch.float32)
-    return out
+    init = {}
+    for l, c in change.items():
+        m = float(c.mean())
+        init[("qk", l)] = (
+            (c / m).clamp(max=2.0).to(torch.float32) if m > 1e-12 else torch.ones_like(c, dtype=torch.float32)
+        )
+    return out, init
 
 
 # ---------------------------------------------------------------------------------- indicator
@@ -129,8 +151,11 @@ def _above(e: torch.Tensor, threshold: float) -> torch.Tensor:
 class Indicator(nn.Module):
     """AMAP's learnable indicators, similarity weights, masks and reweight scales for one model."""
 
-    def __init__(self, model: nn.Module, kinds, weights: dict, threshold: float, temperature: float):
+    def __init__(
+        self, model: nn.Module, kinds, weights: dict, threshold: float, temperature: float, init: dict | None = None
+    ):
         super().__init__()
+        init = init or {}
         self.kinds = tuple(k for k in ("heads", "qk", "v", "mlp") if k in kinds)
         self.threshold, self.temperature = threshold, temperature
         self.apply_masks = True
@@ -144,7 +169,9 @@ class Indicator(nn.Module):
             self.dims.append((h, qk, v, m))
             shapes = {"heads": (h,), "qk": (h, qk), "v": (h, v), "mlp": (m,)}
             for kind in self.kinds:
-                self.ind[f"{kind}_{l}"] = nn.Parameter(torch.ones(shapes[kind], device=dev))
+                start = init.get((kind, l))
+                start = torch.ones(shapes[kind]) if start is None else start.reshape(shapes[kind])
+                self.ind[f"{kind}_{l}"] = nn.Parameter(start.to(device=dev, dtype=torch.float32).clone())
                 self.register_buffer(f"w_{kind}_{l}", weights[(kind, l)].to(dev).reshape(shapes[kind]))
             if "qk" in self.kinds:
                 self.rew[f"q_{l}"] = nn.Parameter(torch.ones(h, qk, device=dev))
@@ -268,10 +295,12 @@ def train_indicator(
 ) -> tuple[nn.Module, Indicator, dict]:
     """A wrapped training copy of ``model`` with a trained ``Indicator``; returns (copy, indicator, log)."""
     kinds = tuple(cfg.granularity)
-    weights = weights if weights is not None else similarity_weights(model, loader, kinds)
+    init: dict = {}
+    if weights is None:
+        weights, init = calibration_statistics(model, loader, kinds)
     train = copy.deepcopy(model).eval()
     wparams = frozen_except(train, opts.train_weights)
-    ind = Indicator(model, kinds, weights, opts.threshold, opts.temperature)
+    ind = Indicator(model, kinds, weights, opts.threshold, opts.temperature, init)
     ind.attach_to(train)
     cost = Cost(model, cfg.metric)
     target = (1 - cfg.reduction) * cost.base
@@ -299,6 +328,7 @@ def train_indicator(
     )
     with torch.no_grad():
         log["mask_reduction"] = float(1 - cost(kept_counts(ind, soft=False)) / cost.base)
+    log["difference_init_blocks"] = sorted(l for _, l in init)
     return train, ind, log
 
 
@@ -319,4 +349,6 @@ def run(model: nn.Module, cfg, opts: AMAPOptions, *, progress: bool = False) -> 
         p.requires_grad_(False)
     plan, achieved = select(folded, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
     extra = {"loss": log["task_loss"], "penalty": log["penalty"], "mask_reduction": log["mask_reduction"]}
+    if log["difference_init_blocks"]:
+        extra["difference_init_blocks"] = log["difference_init_blocks"]
     return MethodOutput(folded.eval(), plan, achieved, extra)

@@ -38,7 +38,8 @@ from ...meta import source_indices
 from ...plan import Plan
 from ...spec import BlockSpec, SourceModel, Spec
 from ..base import BlockParts, BlockTokens, Family, take
-from . import counting, model as cct_model
+from . import counting
+from . import model as cct_model
 
 BLOCKS = "classifier.blocks"
 # encoder-layer parameters on the residual stream, and their axis
@@ -217,7 +218,9 @@ class CCTFamily(Family):
         out = []
         for kind in kinds:
             if kind == "heads":
-                g = Group("heads", layer, (h,), rows(torch.cat([q_rows, k_rows, v_rows], 1)) + [Member(proj, 1, v_cols)])
+                g = Group(
+                    "heads", layer, (h,), rows(torch.cat([q_rows, k_rows, v_rows], 1)) + [Member(proj, 1, v_cols)]
+                )
             elif kind == "qk":
                 g = Group("qk", layer, (h, qk), rows(torch.stack([q_rows, k_rows], -1).reshape(h * qk, 2)))
             elif kind == "v":
@@ -228,7 +231,11 @@ class CCTFamily(Family):
                     "mlp",
                     layer,
                     (len(m),),
-                    [Member(p + "linear1.weight", 0, m), Member(p + "linear1.bias", 0, m), Member(p + "linear2.weight", 1, m)],
+                    [
+                        Member(p + "linear1.weight", 0, m),
+                        Member(p + "linear1.bias", 0, m),
+                        Member(p + "linear2.weight", 1, m),
+                    ],
                 )
             out.append(g)
         return out
@@ -245,7 +252,11 @@ class CCTFamily(Family):
             blk, lp = model.classifier.blocks[old_i], plan.layers[old_i]
             h, qk, v, _ = attention_dims(blk.self_attn)
             q = [hd * qk + d for hd, dims in zip(lp.heads, lp.qk) for d in dims]
-            rows = q + [h * qk + r for r in q] + [2 * h * qk + hd * v + d for hd, dims in zip(lp.heads, lp.v) for d in dims]
+            rows = (
+                q
+                + [h * qk + r for r in q]
+                + [2 * h * qk + hd * v + d for hd, dims in zip(lp.heads, lp.v) for d in dims]
+            )
             cols = [hd * v + d for hd, dims in zip(lp.heads, lp.v) for d in dims]
             t = {n: take(blk.get_parameter(n), a, embed) for n, a in BLOCK_EMBED_AXES.items()}
             t["self_attn.qkv.weight"] = take(t["self_attn.qkv.weight"], 0, rows)

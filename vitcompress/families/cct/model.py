@@ -27,7 +27,15 @@ from ...errors import VitCompressError
 EXTRA = "pip install 'vitcompress[cct]'"
 
 # layers -> (width, heads, MLP ratio), as in the paper and vit-pytorch's cct_* functions
-SIZES = {2: (128, 2, 1), 4: (128, 2, 1), 6: (256, 4, 2), 7: (256, 4, 2), 8: (256, 4, 2), 14: (384, 6, 3), 16: (384, 6, 3)}
+SIZES = {
+    2: (128, 2, 1),
+    4: (128, 2, 1),
+    6: (256, 4, 2),
+    7: (256, 4, 2),
+    8: (256, 4, 2),
+    14: (384, 6, 3),
+    16: (384, 6, 3),
+}
 NAME = re.compile(r"cct_(\d+)_(\d+)x(\d+)_(\d+)(_sine)?")
 # the named configurations of the paper (CIFAR: 32 px, ImageNet: 224 and 384 px)
 MODELS = [
@@ -137,10 +145,12 @@ def cct_arguments(name: str, **kwargs: Any) -> dict[str, Any]:
 
 def adapt(model: nn.Module, img_size) -> nn.Module:
     """Record the image size (``model.img_size``: the tokenizer's output length, and so the position
-    embedding, depends on it) and give every encoder layer its activation as a module
+    embedding, depends on it) and the classifier's size (``model.num_classes``, as timm models
+    have it), and give every encoder layer its activation as a module
     (``nn.GELU()`` for ``F.gelu``: the same function); returns ``model``."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     model.img_size = (int(h), int(w))
+    model.num_classes = int(model.classifier.fc.out_features)
     for blk in model.classifier.blocks:
         if not isinstance(blk.activation, nn.Module):
             if getattr(blk.activation, "__name__", "") != "gelu":
