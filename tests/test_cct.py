@@ -251,3 +251,23 @@ def test_unsupported_uses_are_one_line_refusals():
     with pytest.raises(VitCompressError, match="not created by vitcompress") as e:
         family_of(foreign)
     assert "\n" not in str(e.value)
+
+
+def test_hidden_state_distillation_reads_the_cct_layers():
+    """The hidden-state loss finds a family's blocks through its adapter (CCT keeps them under
+    ``classifier.blocks``): zero against itself, positive for a pruned student."""
+    from vitcompress.distill import DistillConfig, TrainLoss
+
+    teacher = tiny_cct()
+    plan = random_plan(teacher, random.Random(0), ("mlp", "embed", "depth"))
+    student = slice_model(teacher, plan)
+    cfg = DistillConfig(kind="soft", ce=0.0, kd=0.0, hidden=1.0)
+    y = torch.zeros(2, dtype=torch.long)
+    copy = tiny_cct()
+    same = TrainLoss(copy, teacher, cfg)
+    _, _, parts = same(copy(X), X, y)
+    assert abs(parts["hidden"]) < 1e-6
+    crit = TrainLoss(student, teacher, cfg)
+    assert crit.pairs == [(i, b) for i, b in enumerate(plan.blocks)]
+    _, _, parts = crit(student(X), X, y)
+    assert parts["hidden"] > 1e-4

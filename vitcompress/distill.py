@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import setting
 from .errors import VitCompressError
-from .families import spec_from_model
+from .families import family_of, spec_from_model
 from .logits import logits_of
 from .meta import attached
 from .tokens.apply import schedule_of
@@ -71,9 +71,10 @@ def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> t
 
 def _embed_channels(model: nn.Module) -> list[int]:
     meta = attached(model)
-    if meta is not None and meta.plan is not None and len(meta.plan.embed) == model.embed_dim:
+    width = spec_from_model(model).embed_dim
+    if meta is not None and meta.plan is not None and len(meta.plan.embed) == width:
         return list(meta.plan.embed)
-    return list(range(model.embed_dim))
+    return list(range(width))
 
 
 def _source_indices(model: nn.Module) -> list[int]:
@@ -104,7 +105,8 @@ class _Capture:
 
     def __init__(self, model: nn.Module, indices: list[int]):
         self.out: dict[int, torch.Tensor] = {}
-        self.handles = [model.blocks[i].register_forward_hook(self._hook(i)) for i in indices]
+        parts = family_of(model).parts(model)
+        self.handles = [model.get_submodule(parts[i].path).register_forward_hook(self._hook(i)) for i in indices]
 
     def _hook(self, i):
         def fn(_m, _inp, out):
