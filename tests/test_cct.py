@@ -243,6 +243,14 @@ def test_bad_creation_options_are_one_line_refusals(kwargs, needle):
     assert "\n" not in str(e.value)
 
 
+def test_unknown_cct_names_suggest_the_listed_ones():
+    from vitcompress.models import check_model_name
+
+    with pytest.raises(VitCompressError, match=r"unknown model 'cct_5_3x1_32' \(did you mean cct_7_3x1_32") as e:
+        check_model_name("cct_5_3x1_32")  # CCT-5 is no configuration of the paper
+    assert "\n" not in str(e.value)
+
+
 def test_unsupported_uses_are_one_line_refusals():
     with pytest.raises(VitCompressError, match="token reduction does not apply to the cct family") as e:
         apply_tokens(tiny_cct(depth=1), "0.5@0", method="topk")

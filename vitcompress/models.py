@@ -44,7 +44,8 @@ def check_model_name(name: str) -> Family:
         return fam
     if not timm.is_model(name):
         raise VitCompressError(
-            f"unknown model {name!r}{suggest(name, timm.list_models())}; list models with `vitcompress models 'deit*'`"
+            f"unknown model {name!r}{suggest(name, sorted(set(timm.list_models()) | set(list_models())))}; "
+            "list models with `vitcompress models 'deit*'`"
         )
     module = entry_module(name)
     raise VitCompressError(f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); supported: {supported()}")
