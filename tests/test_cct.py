@@ -109,6 +109,21 @@ def test_sliced_equals_masked_reference_for_random_combinations(seed):
     assert c.macs == measured_macs(sliced) and c.params == sum(p.numel() for p in sliced.parameters())
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_cct_14_7x2_slices_exactly(seed):
+    """CCT-14/7x2 (two 7x7 convolutions, MLP ratio 3) at 64 px: 16 tokens."""
+    rng = random.Random(100 + seed)
+    model = tiny_cct("cct_14_7x2_224", seed=seed, img_size=64)
+    assert len(model.tokenizer.conv_layers) == 2 and model.classifier.blocks[0].linear1.out_features == 3 * 64
+    plan = random_plan(model, rng, KINDS)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    sliced = slice_model(model, plan)
+    with torch.no_grad():
+        torch.testing.assert_close(sliced(x), mask_model(model, plan)(x), atol=1e-5, rtol=0)
+    c = count(sliced)
+    assert c.macs == measured_macs(sliced) and c.params == sum(p.numel() for p in sliced.parameters())
+
+
 def test_removing_a_layer_skips_it_norm_included():
     """A layer's norm1 normalises the stream itself, so the reference for depth pruning skips the
     layer; the sliced model is the original run without it."""
@@ -127,7 +142,13 @@ def test_removing_a_layer_skips_it_norm_included():
 
 @pytest.mark.parametrize(
     "name,overrides",
-    [(NAME, {}), ("cct_7_3x2_32_sine", {}), ("cct_7_7x2_224", {"img_size": 64}), (NAME, {"in_chans": 1})],
+    [
+        (NAME, {}),
+        ("cct_7_3x2_32_sine", {}),
+        ("cct_7_7x2_224", {"img_size": 64}),
+        ("cct_14_7x2_224", {"img_size": 64}),
+        (NAME, {"in_chans": 1}),
+    ],
 )
 def test_counts_equal_the_flop_counter_and_numel(name, overrides):
     model = tiny_cct(name, **overrides)
