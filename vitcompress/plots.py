@@ -37,7 +37,8 @@ def plot_widths(meta: ArtifactMeta, path: str | os.PathLike) -> None:
     ax.set_ylabel("kept share")
     ax.set_ylim(0, 1.3)
     red = 1 - meta.counts["macs"] / meta.counts_source["macs"]
-    ax.set_title(f"{meta.source.name}: embed {spec.embed_dim}/{full.embed_dim}, MACs -{red:.1%}")
+    dims, full_dims = (",".join(str(d) for d in sp.stage_dims) for sp in (spec, full))
+    ax.set_title(f"{meta.source.name}: embed {dims}/{full_dims}, MACs -{red:.1%}")
     ax.legend(ncol=4, fontsize=8, loc="upper right")
     fig.tight_layout()
     with atomic_file(path) as tmp:

@@ -71,28 +71,30 @@ def format_info(meta: ArtifactMeta) -> str:
     spec = meta.require_spec()
     model = build_model(meta.source, spec)  # meta device: shapes only
     info = fam.arch_info(model)
-    layout = fam.token_layout(info)
-    tokens = layout[0] + layout[1]
-    d = spec.embed_dim
-    per_block = [BlockTokens(tokens, tokens)] * spec.depth
     sched = None
-    if meta.tokens:
-        sched = TokenSchedule.from_dict(meta.tokens)
-        per_block = block_tokens(spec, layout, sched)
+    if fam.token_reduction:
+        layout = fam.token_layout(info)
+        tokens = layout[0] + layout[1]
+        per_block: list[BlockTokens] | None = [BlockTokens(tokens, tokens)] * spec.depth
+        if meta.tokens:
+            sched = TokenSchedule.from_dict(meta.tokens)
+            per_block = block_tokens(spec, layout, sched)
+        title = f"{meta.source.name}  embed dim {spec.embed_dim}  depth {spec.depth}  tokens {tokens}"
+    else:  # a family without token reduction (several stages): the blocks see every token of their stage
+        per_block = None
+        dims = ",".join(str(d) for d in spec.stage_dims)
+        title = f"{meta.source.name}  {'embed dim' if len(spec.stage_dims) == 1 else 'stage dims'} {dims}  depth {spec.depth}"
     block_macs = fam.block_macs(spec, info, per_block)
     head = (
         f"{'block':>5s} {'src':>4s} {'heads':>5s} {'qk dim':>6s} {'v dim':>5s} {'MLP':>6s} {'tokens':>9s} {'MACs':>10s}"
     )
-    rows = [
-        f"{meta.source.name}  embed dim {d}  depth {spec.depth}  tokens {tokens}"
-        + (f"  token reduction {sched.describe()}" if sched else ""),
-        head,
-        "-" * len(head),
-    ]
-    for i, (b, bt, mac) in enumerate(zip(spec.blocks, per_block, block_macs)):
+    rows = [title + (f"  token reduction {sched.describe()}" if sched else ""), head, "-" * len(head)]
+    for i, (b, mac) in enumerate(zip(spec.blocks, block_macs)):
         h, qk, v, m = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
-        t_in, t_out = bt.t_in, bt.t_out
-        tok = f"{t_in}" if t_in == t_out else f"{t_in}>{t_out}"
+        tok = "-"
+        if per_block is not None:
+            t_in, t_out = per_block[i].t_in, per_block[i].t_out
+            tok = f"{t_in}" if t_in == t_out else f"{t_in}>{t_out}"
         rows.append(f"{i:>5d} {b.source_index:>4d} {h:>5d} {qk:>6d} {v:>5d} {m:>6d} {tok:>9s} {mac / 1e6:>8.1f} M")
     if fam.cost_note:
         rows.append(f"MACs: {fam.cost_note}")

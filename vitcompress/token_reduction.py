@@ -20,7 +20,7 @@ from .errors import VitCompressError
 from .resolve import resolve_model
 from .token_search import SearchConfig, SearchResult, search_amount
 from .tokens.amount import amount_for_reduction, with_amount
-from .tokens.apply import apply_tokens, remove_tokens
+from .tokens.apply import apply_tokens, check_model, remove_tokens
 from .tokens.counting import token_counts, token_macs
 from .tokens.schedule import TokenSchedule, parse_schedule
 
@@ -101,6 +101,7 @@ def reduce_tokens(
         if options:
             sched.options = {**sched.options, **options}
     net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
+    check_model(net)  # a family without token reduction is refused before anything is counted or searched
     if isinstance(model, nn.Module):
         net = copy.deepcopy(net)
     remove_tokens(net)

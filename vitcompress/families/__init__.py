@@ -28,6 +28,7 @@ from .base import BlockParts, BlockTokens, Family
 from .cct import CCTFamily
 from .flatten import FLattenFamily
 from .hybrid import HybridViTFamily
+from .swin import SwinFamily
 from .vit import ViTFamily
 
 FAMILIES: Registry = Registry("model family")
@@ -53,6 +54,7 @@ register(ViTFamily())
 register(HybridViTFamily(), before="vit")
 register(FLattenFamily(), before="vit")
 register(CCTFamily())
+register(SwinFamily())
 
 
 def families() -> list[Family]:
@@ -138,6 +140,7 @@ __all__ = [
     "FLattenFamily",
     "Family",
     "HybridViTFamily",
+    "SwinFamily",
     "ViTFamily",
     "build_groups",
     "build_model",
