@@ -352,3 +352,56 @@ def test_swin_t_counts_and_prunes_exactly():
     with torch.no_grad():
         torch.testing.assert_close(res.model(x), mask_model(model, res.meta.plan)(x), atol=1e-4, rtol=0)
     assert count(res.model).macs == measured_macs(res.model)
+
+
+SWIN_TRAIN = [
+    "train",
+    NAME,
+    "--img-size",
+    "32",
+    "--patch-size",
+    "2",
+    "--in-chans",
+    "1",
+    "--num-classes",
+    "10",
+    "--embed-dim",
+    "8",
+    "--model-opt",
+    "depths=[1,2]",
+    "--model-opt",
+    "num_heads=[2,2]",
+    "--model-opt",
+    "window_size=4",
+    "--global-pool",
+    "avg",
+    "--data",
+    "digits",
+    "--epochs",
+    "1",
+    "--max-steps-per-epoch",
+    "2",
+    "--quiet",
+]
+
+
+def test_cli_trains_a_swin_with_creation_options_and_refuses_bad_ones(tmp_path, capsys):
+    from vitcompress.cli import main
+
+    assert main([*SWIN_TRAIN, "-o", str(tmp_path / "t")]) == 0, capsys.readouterr().err
+    meta = vitcompress.read_meta(tmp_path / "t")
+    assert meta.source.kwargs["depths"] == [1, 2] and meta.source.kwargs["window_size"] == 4
+    spec = spec_from_model(vitcompress.load(tmp_path / "t"))
+    assert spec.stage_dims == [8, 16] and [b.stage for b in spec.blocks] == [0, 1, 1]
+    assert [b.extra["shift"] for b in spec.blocks] == [[0, 0], [0, 0], [2, 2]]
+    capsys.readouterr()
+    bad = {
+        "depths": "model option 'depths' is not KEY=VALUE",
+        "embed_dim=16": "model option embed_dim is given twice",
+        "mlp_speed=2": "cannot create",
+    }
+    for opt, needle in bad.items():
+        assert main([*SWIN_TRAIN, "--model-opt", opt, "-o", str(tmp_path / "b")]) == 2, opt
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and needle in err and "\n" not in err, (opt, err)
+    assert not (tmp_path / "b").exists()

@@ -11,6 +11,7 @@ from vitcompress.callbacks import GASConfig, GASController
 from vitcompress.config import load_config, merge_config
 from vitcompress.datapipe import check_data
 from vitcompress.distill import DistillConfig
+from vitcompress.errors import VitCompressError
 from vitcompress.evaluate import evaluate_data
 from vitcompress.recipe import PipelineConfig, format_summary, run_pipeline
 from vitcompress.resolve import resolve_model
@@ -46,6 +47,20 @@ def distill_config(kw: dict, base: DistillConfig | None = None) -> DistillConfig
     return merge_config(base or DistillConfig(), given(DistillConfig, kw), "distill")
 
 
+def model_options(pairs) -> dict:
+    """``['depths=[2,2]', 'window_size=7', 'norm=x']`` -> ``{'depths': [2, 2], 'window_size': 7, 'norm': 'x'}``."""
+    out = {}
+    for pair in pairs or ():
+        key, eq, raw = pair.partition("=")
+        if not eq or not key.strip():
+            raise VitCompressError(f"model option {pair!r} is not KEY=VALUE; pass e.g. --model-opt depths=[2,2]")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
 def _print_fit(res: FitResult, output) -> None:
     if res.val:
         click.echo(f"val top-1 {res.val['top1']:.2%}  top-5 {res.val['top5']:.2%}  loss {res.val['loss']:.4f}")
@@ -71,11 +86,23 @@ def _print_fit(res: FitResult, output) -> None:
     type=click.Choice(["token", "avg"]),
     help="Classifier input: class token or mean of patch tokens (model names only).",
 )
+@click.option(
+    "--model-opt",
+    "model_opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Another creation option of a model name, e.g. depths=[2,2] or window_size=7 for a Swin "
+    "(the value is read as JSON, else as a string; repeatable).",
+)
 @train_options
-def train(model, output, pretrained, checkpoint, **kw):
+def train(model, output, pretrained, checkpoint, model_opts, **kw):
     """Train MODEL (a timm name or an artifact folder) on --data; runs under torchrun too."""
     arch = {k: kw.pop(k) for k in ("num_classes", "img_size", "patch_size", "in_chans", "embed_dim", "depth")}
     arch.update(num_heads=kw.pop("num_heads"), global_pool=kw.pop("global_pool"))
+    for key, value in model_options(model_opts).items():
+        if arch.get(key) is not None:
+            raise VitCompressError(f"model option {key} is given twice (--model-opt and its own flag); give it once")
+        arch[key] = value
     cfg = train_config(kw)
     cfg.validate()
     seed_everything(cfg.seed)  # the initial weights of a model built by name follow --seed too
