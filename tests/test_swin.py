@@ -339,6 +339,30 @@ def test_onnx_export_with_dynamic_batch_matches_pytorch(tmp_path, dynamic_size):
             assert abs(got - want).max() < 1e-4
 
 
+@pytest.mark.export
+def test_cli_exports_a_pruned_swin_with_parity_and_its_stage_widths(tmp_path, capsys):
+    import onnxruntime as ort
+
+    from vitcompress.cli import main
+    from vitcompress.exporters import read_onnx_metadata
+
+    vitcompress.save(tiny_swin(depths=(2, 1)), tmp_path / "src")
+    prune = ["prune", str(tmp_path / "src"), "--flops-reduction", "0.3", "--importance", "l1", "--round-to", "2"]
+    assert main([*prune, "--granularity", "heads,v,mlp,embed,depth", "-o", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "a"), "-o", str(tmp_path / "a.onnx"), "--batch", "1:2:3"]) == 0
+    out = capsys.readouterr().out
+    assert "passed: max rel" in out and "batch   3  image   32" in out
+    meta = vitcompress.read_meta(tmp_path / "a")
+    assert read_onnx_metadata(tmp_path / "a.onnx")["spec"] == meta.require_spec().to_dict()
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"))
+    x = image(batch=5)  # a batch outside the checked profile
+    with torch.no_grad():
+        want = vitcompress.load(tmp_path / "a")(x).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - want).max() < 1e-4
+
+
 @pytest.mark.slow
 def test_swin_t_counts_and_prunes_exactly():
     torch.manual_seed(0)
