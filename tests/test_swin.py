@@ -205,6 +205,23 @@ def test_prune_reaches_the_budget_and_reloads(tmp_path, granularity):
         assert all(w % 2 == 0 for w in spec.stage_dims) and spec.stage_dims != [16, 32]
 
 
+def test_a_swin_created_by_timm_prunes_and_reloads_from_its_recorded_source(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    kwargs = dict(img_size=32, patch_size=2, window_size=4, depths=(2, 2), embed_dim=16, num_heads=(2, 4))
+    model = timm.create_model(NAME, in_chans=1, num_classes=10, mlp_ratio=2.0, **kwargs).eval()
+    res = vitcompress.prune(
+        model, flops_reduction=0.3, importance="l1", granularity=KINDS, round_to=2, output=tmp_path / "a"
+    )
+    assert vitcompress.read_meta(tmp_path / "a").source.kwargs["img_size"] == [32, 32]
+    loaded = vitcompress.load(tmp_path / "a")
+    x = image()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), res.model(x))
+        torch.testing.assert_close(loaded(x), mask_model(model, res.meta.plan)(x), atol=1e-5, rtol=0)
+
+
 def test_depth_budget_keeps_a_block_in_every_stage():
     model = tiny_swin()  # stage 0 blocks have the smallest weights: l1 would remove both
     groups = build_groups(model, ("depth",))
