@@ -310,9 +310,10 @@ def test_cli_prunes_a_swin_shows_its_stages_and_refuses_in_one_error_line(tmp_pa
     meta = vitcompress.read_meta(tmp_path / "a")
     assert meta.source.name == NAME and abs(meta.history[-1]["achieved"]["macs_reduction"] - 0.3) <= 0.015
     capsys.readouterr()
-    assert main(["info", str(tmp_path / "a")]) == 0
+    assert main(["info", str(tmp_path / "a"), "--plot", str(tmp_path / "w.png")]) == 0
     dims = ",".join(str(d) for d in meta.require_spec().stage_dims)
     assert f"{NAME}  stage dims {dims}  depth 4" in capsys.readouterr().out
+    assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     refusals = {
         "swin v2": ["prune", "swinv2_tiny_window8_256", "--flops-reduction", "0.3", "-o", str(tmp_path / "b")],
         "gohsp": [*args, "--method", "gohsp", "-o", str(tmp_path / "c")],
@@ -446,3 +447,21 @@ def test_cli_trains_a_swin_with_creation_options_and_refuses_bad_ones(tmp_path, 
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, (opt, err)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ihp", "amap"])
+def test_ihp_and_amap_run_on_swin_t(method):
+    torch.manual_seed(0)
+    model = create_source_model(NAME).eval()
+    granularity = ("heads", "qk", "v", "mlp", "embed") if method == "ihp" else ("heads", "qk", "v", "mlp")
+    cfg = PruneConfig(flops_reduction=0.3, granularity=granularity, calib_images=4, batch_size=2)
+    cfg.validate()
+    m = METHODS.get(method)
+    out = m.run(model, cfg, m.parse_options({"steps": 1}))
+    assert abs(out.achieved - 0.3) <= 0.015
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        sliced = slice_model(out.model, out.plan)
+        torch.testing.assert_close(sliced(x), mask_model(out.model, out.plan)(x), atol=1e-4, rtol=0)
+    assert count(sliced).macs == measured_macs(sliced)
