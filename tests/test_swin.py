@@ -312,7 +312,8 @@ def test_cli_prunes_a_swin_shows_its_stages_and_refuses_in_one_error_line(tmp_pa
     capsys.readouterr()
     assert main(["info", str(tmp_path / "a"), "--plot", str(tmp_path / "w.png")]) == 0
     dims = ",".join(str(d) for d in meta.require_spec().stage_dims)
-    assert f"{NAME}  stage dims {dims}  depth 4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{NAME}  stage dims {dims}  depth 4" in out and "MACs: windowed attention" in out
     assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     refusals = {
         "swin v2": ["prune", "swinv2_tiny_window8_256", "--flops-reduction", "0.3", "-o", str(tmp_path / "b")],

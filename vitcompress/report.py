@@ -72,15 +72,18 @@ def format_info(meta: ArtifactMeta) -> str:
     model = build_model(meta.source, spec)  # meta device: shapes only
     info = fam.arch_info(model)
     sched = None
-    if fam.token_reduction:
-        layout = fam.token_layout(info)
+    try:
+        layout: tuple[int, int, bool] | None = fam.token_layout(info)
+    except NotImplementedError:  # no single token count (a Swin: each stage has its own grid)
+        layout = None
+    if layout is not None:
         tokens = layout[0] + layout[1]
         per_block: list[BlockTokens] | None = [BlockTokens(tokens, tokens)] * spec.depth
         if meta.tokens:
             sched = TokenSchedule.from_dict(meta.tokens)
             per_block = block_tokens(spec, layout, sched)
         title = f"{meta.source.name}  embed dim {spec.embed_dim}  depth {spec.depth}  tokens {tokens}"
-    else:  # a family without token reduction (several stages): the blocks see every token of their stage
+    else:
         per_block = None
         dims = ",".join(str(d) for d in spec.stage_dims)
         title = f"{meta.source.name}  {'embed dim' if len(spec.stage_dims) == 1 else 'stage dims'} {dims}  depth {spec.depth}"

@@ -66,6 +66,10 @@ class SwinFamily(Family):
     name = "swin"
     title = "timm Swin Transformer v1: swin_* (Swin-T/S/B/L, Swin-S3)"
     methods = ("ihp", "amap")
+    cost_note = (
+        "windowed attention: per block and head T*N*(qk+v) on the T tokens of the stage's grid padded to whole "
+        "windows of N tokens; each patch merging adds its reduction (4*C_prev*C per merged token)"
+    )
     name_modules: tuple[str, ...] = ("timm.models.swin_transformer",)
 
     # ------------------------------------------------------------------ recognition and source
