@@ -30,7 +30,7 @@ def test_list_models_filters_to_supported_families():
     [
         ("vit_base_patch16_siglip_224", {"depth": 1, "img_size": 32}, "attention pooling"),
         ("test_vit4", {}, "RmsNorm"),
-        ("swin_tiny_patch4_window7_224", {}, "unsupported architecture"),
+        ("swinv2_tiny_window8_256", {}, "unsupported architecture"),
         ("convnext_tiny", {}, "unsupported architecture"),
     ],
 )
