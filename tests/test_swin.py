@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from timm.layers import GluMlp
+from timm.layers import Attention, GluMlp, RmsNorm
 
 import vitcompress
 from vitcompress.budget import Budget, select
@@ -281,11 +281,33 @@ def _glu_block():
     return model
 
 
+def _changed(change):
+    def build():
+        model = tiny_swin()
+        change(model)
+        return model
+
+    return build
+
+
 @pytest.mark.parametrize(
     "build,needle",
     [
         (lambda: tiny_swin(global_pool="catavgmax"), r"global_pool='catavgmax'"),
         (_glu_block, "stage 1 block 0 MLP is GluMlp"),
+        (
+            _changed(lambda m: setattr(m.layers[0].blocks[1], "norm2", RmsNorm(16))),
+            "stage 0 block 1 uses RmsNorm instead of LayerNorm",
+        ),
+        (
+            _changed(lambda m: setattr(m.layers[1].blocks[0], "attn", Attention(32, num_heads=4))),
+            "stage 1 block 0 attention is Attention",
+        ),
+        (
+            _changed(lambda m: setattr(m.layers[1].downsample, "reduction", torch.nn.Linear(64, 32))),
+            "stage 1 downsamples with PatchMerging",
+        ),
+        (_changed(lambda m: setattr(m, "norm", RmsNorm(32))), "final norm RmsNorm"),
     ],
 )
 def test_unsupported_swin_variants_are_one_line_refusals(build, needle):
