@@ -32,6 +32,8 @@ COMMANDS = {
     "finetune": ("train", "finetune"),
     "eval": ("train", "eval_cmd"),
     "pipeline": ("train", "pipeline"),
+    "profile": ("latency", "profile"),
+    "compress": ("latency", "compress_cmd"),
 }
 
 

@@ -15,7 +15,9 @@ The unit of removal is the smallest change that keeps every constraint:
 ``Budget.allowed`` replaces the multiples of ``round_to`` by any set of allowed widths per (kind,
 layer) (for example the widths where latency actually changes on a backend); ``Budget.cost``
 replaces the family's MACs or params by any ``cost(spec) -> float`` (for example a latency
-predictor). How a spec changes when a unit goes is the family's (``Family.shrink``).
+predictor); ``Budget.order`` replaces the ranking key of a unit (its normalised importance) by any
+``order(importance, spec, spec_without_the_unit) -> float`` (for example importance per latency
+saved). How a spec changes when a unit goes is the family's (``Family.shrink``).
 
 Each unit's importance is the mean score of its elements divided by the mean score of all elements
 of its kind ("normalised per group kind"), so kinds with different score scales compete fairly.
@@ -47,6 +49,9 @@ TOLERANCE = 0.015  # the achieved reduction lands within 1.5 points of the targe
 #: ``allowed(kind, layer, original) -> widths``: the element counts a (kind, layer) may shrink to
 #: (None: the default rule for that kind)
 AllowedWidths = Callable[[str, "int | None", int], "Collection[int] | None"]
+#: ``order(importance, spec, candidate) -> key``: the ranking key of the unit that turns ``spec`` into
+#: ``candidate`` (smallest removed first; default: the normalised importance alone)
+UnitOrder = Callable[[float, Spec, Spec], float]
 
 
 @dataclass
@@ -55,7 +60,9 @@ class Budget:
 
     ``metric`` is 'macs' or 'params' (counted by the model's family) unless ``cost`` is given, then
     it only names what ``cost`` measures (e.g. 'latency'). ``allowed`` restricts the widths (see the
-    module docstring); without it, widths are multiples of ``round_to``.
+    module docstring); without it, widths are multiples of ``round_to``. ``order`` ranks the units
+    (see the module docstring); a unit's key is computed when it is queued and again when it comes
+    up, and a key that grew meanwhile puts the unit back in the queue.
     """
 
     metric: str
@@ -65,6 +72,7 @@ class Budget:
     tolerance: float = TOLERANCE
     cost: Callable[[Spec], float] | None = None
     allowed: AllowedWidths | None = None
+    order: UnitOrder | None = None
 
 
 def step_down(current: int, original: int, n: int) -> int:
@@ -238,32 +246,43 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
     heap: list = []
     counter = 0
 
-    def push(key):
+    def candidate(kind, u) -> Spec:
+        cand = Spec(list(state.spec.stage_dims), list(state.spec.blocks))  # blocks shared with the current spec
+        if kind in LAYER_KINDS:
+            i = u[4][1]
+            cand.blocks[i] = copy_block(cand.blocks[i])  # the one shrink may change
+        fam.shrink(cand, *u[4])
+        return cand
+
+    def rank(key, u, cand=None) -> tuple:
+        imp = u[0] if budget.order is None else budget.order(u[0], state.spec, cand or candidate(key[0], u))
+        return (u[1], imp) if budget.uniform else (imp,)
+
+    def push(key, u=None, cand=None):
         nonlocal counter
-        u = _unit(state, budget, *key)
+        u = u or _unit(state, budget, *key)
         if u is None:
             return
-        imp, frac = u[0], u[1]
-        order = (frac, imp) if budget.uniform else (imp,)
-        heapq.heappush(heap, (order, counter, key, version[key]))
+        heapq.heappush(heap, (rank(key, u, cand), counter, key, version[key]))
         counter += 1
 
     for k in keys:
         push(k)
     achieved = 0.0
     while heap and achieved < target:
-        _, _, key, ver = heapq.heappop(heap)
+        ranked, _, key, ver = heapq.heappop(heap)
         if ver != version[key]:
             continue
         u = _unit(state, budget, *key)
         if u is None:
             continue
         kind, layer = key
-        cand = Spec(list(state.spec.stage_dims), list(state.spec.blocks))  # blocks shared with the current spec
-        if kind in LAYER_KINDS:
-            i = u[4][1]
-            cand.blocks[i] = copy_block(cand.blocks[i])  # the one shrink may change
-        fam.shrink(cand, *u[4])
+        cand = candidate(kind, u)
+        if budget.order is not None:  # the key may have grown since it was queued (the spec changed)
+            fresh = rank(key, u, cand)
+            if fresh > ranked and heap and fresh > heap[0][0]:
+                push(key, u, cand)
+                continue
         after = 1 - measure(cand) / base
         if after > target + OVERSHOOT:
             version[key] += 1  # this (kind, layer) is done: its units are too large now

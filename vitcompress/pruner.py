@@ -3,11 +3,12 @@
 ``prune`` is the library entry point behind ``vitcompress prune``. It runs named steps:
 
 1. ``check_request`` - validate everything cheap first (budget, granularity, scorer, method and
-   its options, the output path), so bad input fails before minutes of scoring;
+   its options, the latency table, the output path), so bad input fails before minutes of scoring;
 2. ``load_for_pruning`` - resolve the model (``resolve.resolve_model``) and set its token
    schedule aside (widths are chosen on the plain model);
 3. ``choose_plan`` - groups (the family's) -> scores (``scorers/``) -> plan (``budget.py``), or a
-   registered method (``methods/``) that trains/scores and selects with the same budget;
+   registered method (``methods/``) that trains/scores and selects with the same budget; a latency
+   target selects on the predicted latency of a measured table (``latency.py``);
 4. ``slice_model`` - the dense model (``slicers.py``), then the method's finishing step;
 5. ``record`` - the history entry (``artifact.history_record``), the schedule applied again, and
    the artifact written atomically.
@@ -33,6 +34,8 @@ from .data import calibration_loader
 from .errors import VitCompressError
 from .families import family_of
 from .groups import parse_kinds
+from .latency import LatencyTable, latency_budget
+from .latency import summary as table_summary
 from .methods import METHODS, ONESHOT, Method, MethodOptions, MethodOutput
 from .plan import Plan
 from .resolve import resolve_model
@@ -52,6 +55,14 @@ class PruneConfig:
 
     flops_reduction: float | None = setting(None, "Fraction of MACs to remove, 0 < R < 1.")
     params_reduction: float | None = setting(None, "Fraction of parameters to remove, 0 < R < 1.")
+    latency_reduction: float | None = setting(
+        None,
+        "Fraction of the latency on a backend to remove, 0 < R < 1, predicted by --latency-table "
+        "(or, on the command line, by a table measured now with --backend).",
+    )
+    latency_table: str | None = setting(
+        None, "Latency table of this model (written by vitcompress profile) for --latency-reduction."
+    )
     importance: str = setting(
         "taylor-abs",
         "Scorer: taylor-abs (= taylor), taylor-act, taylor-sq, fisher, taylor-sum, l1 (= magnitude), l2, random. "
@@ -67,9 +78,12 @@ class PruneConfig:
     labels: str = setting("auto", "Scoring labels: auto, true or pseudo (the model's own predictions).")
 
     def validate(self) -> None:
-        given = [r for r in (self.flops_reduction, self.params_reduction) if r is not None]
+        given = [r for r in (self.flops_reduction, self.params_reduction, self.latency_reduction) if r is not None]
         if len(given) != 1:
-            raise VitCompressError("give exactly one budget: --flops-reduction R or --params-reduction R (0 < R < 1)")
+            raise VitCompressError(
+                "give exactly one budget: flops_reduction, params_reduction or latency_reduction (0 < R < 1)",
+                params=["flops_reduction", "params_reduction", "latency_reduction"],
+            )
         r = given[0]
         if not 0 < r < 1:
             raise VitCompressError(f"reduction {r} is outside (0, 1); pass the fraction to remove, e.g. 0.462")
@@ -84,18 +98,37 @@ class PruneConfig:
 
     @property
     def metric(self) -> str:
+        if self.latency_reduction is not None:
+            return "latency"
         return "macs" if self.flops_reduction is not None else "params"
 
     @property
     def reduction(self) -> float:
-        r = self.flops_reduction if self.flops_reduction is not None else self.params_reduction
+        r = next(
+            (r for r in (self.flops_reduction, self.params_reduction, self.latency_reduction) if r is not None), None
+        )
         if r is None:
-            raise VitCompressError("give exactly one budget: --flops-reduction R or --params-reduction R (0 < R < 1)")
+            raise VitCompressError(
+                "give exactly one budget: flops_reduction, params_reduction or latency_reduction (0 < R < 1)",
+                params=["flops_reduction", "params_reduction", "latency_reduction"],
+            )
         return r
 
-    def budget(self) -> Budget:
-        """The budget this step selects under."""
-        return Budget(self.metric, self.reduction, self.round_to, self.uniform)
+    def budget(
+        self,
+        model: nn.Module | None = None,
+        table: LatencyTable | None = None,
+        schedule: TokenSchedule | None = None,
+    ) -> Budget:
+        """The budget this step selects under (a latency budget needs the model, its table and the
+        token schedule it runs)."""
+        if self.metric != "latency":
+            return Budget(self.metric, self.reduction, self.round_to, self.uniform)
+        if model is None or table is None:
+            raise VitCompressError("a latency budget needs the model and its latency table", params=["latency_table"])
+        return latency_budget(
+            model, table, self.reduction, uniform=self.uniform, schedule=schedule, kinds=self.granularity
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -142,10 +175,31 @@ def check_request(
     method_options: Mapping | MethodOptions | None,
     output: str | os.PathLike | None,
     force: bool,
-) -> tuple[Method | None, MethodOptions | None]:
-    """Validate the config, the method and its options, and the output path; returns the method
-    and its parsed options (None, None for one-shot pruning)."""
+    table: LatencyTable | None = None,
+) -> tuple[Method | None, MethodOptions | None, LatencyTable | None]:
+    """Validate the config, the method and its options, the latency table and the output path;
+    returns the method and its parsed options (None, None for one-shot pruning) and the latency
+    table of a latency budget (``table``, else read from ``cfg.latency_table``)."""
     cfg.validate()
+    if cfg.metric == "latency":
+        if method != ONESHOT:
+            raise VitCompressError(
+                f"a latency budget selects with the one-shot method; drop --method {method} or use --flops-reduction",
+                params=["latency_reduction"],
+            )
+        if table is None:
+            if cfg.latency_table is None:
+                raise VitCompressError(
+                    "latency_reduction needs a latency table: pass latency_table=TABLE (vitcompress profile MODEL "
+                    "--backend B -o TABLE writes one), or on the command line --backend B to measure one now",
+                    params=["latency_table"],
+                )
+            table = LatencyTable.load(cfg.latency_table)
+    elif cfg.latency_table is not None or table is not None:
+        raise VitCompressError(
+            "a latency table is used with latency_reduction only; drop it or pass latency_reduction",
+            params=["latency_table", "latency_reduction"],
+        )
     meth = opts = None
     if method != ONESHOT:
         meth = METHODS.get(method)
@@ -157,7 +211,7 @@ def check_request(
         raise VitCompressError(
             f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path"
         )
-    return meth, opts
+    return meth, opts, table
 
 
 def load_for_pruning(
@@ -190,8 +244,10 @@ def choose_plan(
     *,
     progress: bool = False,
     times: dict | None = None,
+    budget: Budget | None = None,
 ) -> Choice:
-    """Score and select (one-shot), or run the method; ``times`` receives the stages' seconds."""
+    """Score and select (one-shot) under ``budget`` (default ``cfg.budget()``), or run the method;
+    ``times`` receives the stages' seconds."""
     times = {} if times is None else times
     t0 = time.perf_counter()
     if meth is not None:  # the method trains/scores, folds its scales into a copy and selects with the core budget
@@ -210,7 +266,7 @@ def choose_plan(
     )
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plan, achieved = select(net, groups, scores, cfg.budget())
+    plan, achieved = select(net, groups, scores, budget or cfg.budget())
     times["select"] = time.perf_counter() - t0
     # which targets the scorer used (None: a data-free scorer)
     return Choice(net, plan, achieved, details={"labels_used": labels_used(cfg.importance, net, loader, cfg.labels)})
@@ -248,29 +304,37 @@ def prune(
     checkpoint: str | None = None,
     num_classes: int | None = None,
     img_size: int | None = None,
+    table: LatencyTable | None = None,
     **options: Any,
 ) -> PruneResult:
-    """Prune a model to remove ``flops_reduction`` of its MACs (or ``params_reduction`` of its params).
+    """Prune a model to remove ``flops_reduction`` of its MACs (``params_reduction`` of its params,
+    ``latency_reduction`` of its latency predicted by a latency table).
 
     ``model`` is a model name, an artifact folder or a module (``pretrained``, ``checkpoint``,
     ``num_classes``, ``img_size`` apply to names). The settings are a ``PruneConfig`` and/or its
     fields as keywords (``flops_reduction=0.462, importance='taylor', granularity=('heads', 'mlp')``,
     which replace the config's); ``method`` picks how elements are chosen: ``oneshot`` (score with ``importance``, select, slice)
     or a registered method (``ihp``, ``gohsp``, ``amap``; see ``vitcompress.methods``) with its
-    hyperparameters in ``method_options`` (a dict, or the method's options dataclass). The reduction
-    is relative to the input model. Returns the pruned dense model and its artifact record; with
-    ``output`` the artifact is also written (atomically; an existing folder needs ``force``).
+    hyperparameters in ``method_options`` (a dict, or the method's options dataclass). A latency
+    budget reads its table from ``latency_table`` (a path) or ``table`` (a ``LatencyTable``, e.g.
+    one just measured), selects one shot on the predicted latency (``vitcompress.latency``), and
+    records the table and the predicted milliseconds in the history. The reduction is relative to
+    the input model. Returns the pruned dense model and its artifact record; with ``output`` the
+    artifact is also written (atomically; an existing folder needs ``force``).
     """
     cfg = PruneConfig.from_options(config, **options)
-    meth, opts = check_request(cfg, method, method_options, output, force)
+    meth, opts, table = check_request(cfg, method, method_options, output, force, table)
     times: dict = {}
     t0 = time.perf_counter()
     net, sched = load_for_pruning(
         model, cfg, meth, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
     )
     before = count(net)
+    budget = None
+    if table is not None:  # widths are chosen on the plain model, their latency on the schedule it runs
+        budget = cfg.budget(net, table, sched)
     times["load"] = time.perf_counter() - t0
-    choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times)
+    choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times, budget=budget)
     t0 = time.perf_counter()
     pruned = slice_model(choice.model, choice.plan)
     times["slice"] = time.perf_counter() - t0
@@ -278,6 +342,15 @@ def prune(
         t0 = time.perf_counter()
         pruned = choice.out.finish(pruned)
         times["finish"] = time.perf_counter() - t0
+    if budget is not None and table is not None and budget.cost is not None:
+        ms0, ms1 = budget.cost(family_of(net).spec(net)), budget.cost(family_of(pruned).spec(pruned))
+        choice.details["latency"] = {
+            "table": cfg.latency_table,
+            **table_summary(table),
+            "predicted_ms_before": ms0,
+            "predicted_ms_after": ms1,
+            "predicted_reduction": 1 - ms1 / ms0,
+        }
     record(pruned, cfg, choice, meth, before)
     if sched is not None:
         apply_tokens(pruned, copy.deepcopy(sched))

@@ -53,16 +53,23 @@ def format_prune_summary(meta: ArtifactMeta) -> str:
     step = meta.history[-1]
     t, a = step["target"], step["achieved"]
     cfg = step["config"]
-    got = a["macs_reduction"] if t["metric"] == "macs" else a["params_reduction"]
-    return "\n".join(
-        [
-            f"pruned {meta.source.name} with {_how(step)} on {','.join(cfg['granularity'])} "
-            f"({'uniform' if cfg['uniform'] else 'global'} ranking, round-to {cfg['round_to']})",
-            f"target: remove {t['reduction']:.1%} of {t['metric']}; achieved {got:.2%} "
-            f"({(got - t['reduction']) * 100:+.2f} points, tolerance 1.5)",
-            format_totals(meta),
-        ]
-    )
+    lat = step.get("latency")
+    if t["metric"] == "latency" and lat:
+        got = lat["predicted_reduction"]
+        what = f"predicted latency on {lat['backend']} (batch {lat['batch']}, {lat['precision']})"
+        widths = "widths at the measured steps " + ", ".join(f"{k} {v}" for k, v in lat["steps"].items())
+        ms = f"predicted {lat['predicted_ms_before']:.2f} -> {lat['predicted_ms_after']:.2f} ms per batch"
+    else:
+        got = a["macs_reduction"] if t["metric"] == "macs" else a["params_reduction"]
+        what, widths, ms = t["metric"], f"round-to {cfg['round_to']}", ""
+    lines = [
+        f"pruned {meta.source.name} with {_how(step)} on {','.join(cfg['granularity'])} "
+        f"({'uniform' if cfg['uniform'] else 'global'} ranking, {widths})",
+        f"target: remove {t['reduction']:.1%} of {what}; achieved {got:.2%} "
+        f"({(got - t['reduction']) * 100:+.2f} points, tolerance 1.5)" + (f"; {ms}" if ms else ""),
+        format_totals(meta),
+    ]
+    return "\n".join(lines)
 
 
 def format_info(meta: ArtifactMeta) -> str:

@@ -9,7 +9,9 @@ import click
 
 import vitcompress
 from vitcompress.artifact import read_meta
+from vitcompress.benchmarks.latency_prune import prune_to_latency
 from vitcompress.config import merge_config
+from vitcompress.errors import VitCompressError
 from vitcompress.families import FAMILIES, list_models
 from vitcompress.methods import ONESHOT, parse_option_pairs
 from vitcompress.plots import plot_widths
@@ -50,9 +52,52 @@ reference teacher (98.80%) at -46.2% MACs, one shot / after a 2-epoch fine-tune 
     metavar="KEY=VALUE",
     help="A hyperparameter of --method, e.g. steps=50 (repeatable).",
 )
-def prune(model, output, pretrained, checkpoint, num_classes, img_size, force, method, method_opts, **kw):
-    """Prune MODEL (a timm name or an artifact folder) to a MACs or params budget."""
+@click.option("--backend", help="With --latency-reduction: measure the latency table now, on this backend.")
+@click.option("--latency-batch", type=int, default=8, show_default=True, help="Batch size of --backend's table.")
+@click.option("--latency-precision", default="fp32", show_default=True, help="Precision of --backend's table.")
+def prune(
+    model,
+    output,
+    pretrained,
+    checkpoint,
+    num_classes,
+    img_size,
+    force,
+    method,
+    method_opts,
+    backend,
+    latency_batch,
+    latency_precision,
+    **kw,
+):
+    """Prune MODEL (a timm name or an artifact folder) to a MACs, params or latency budget."""
     cfg = merge_config(PruneConfig(), given(PruneConfig, kw, exclude=("labels",)), "prune")
+    if cfg.latency_reduction is not None:
+        if method != ONESHOT or method_opts:
+            raise VitCompressError("--latency-reduction selects with the one-shot method; drop --method")
+        res = prune_to_latency(
+            model,
+            cfg,
+            backend=backend,
+            latency_batch=latency_batch,
+            latency_precision=latency_precision,
+            pretrained=pretrained,
+            checkpoint=checkpoint,
+            num_classes=num_classes,
+            img_size=img_size,
+            output=output,
+            force=force,
+            progress=True,
+        )
+        click.echo(format_prune_summary(res.result.meta))
+        if res.check is not None:
+            click.echo(res.check.format())
+            if res.check.warning():
+                click.echo(f"warning: {res.check.warning()}")
+        click.echo(f"wrote {output}" + (f" (latency table {res.table_path})" if res.table_path else ""))
+        return
+    if backend is not None:
+        raise VitCompressError("--backend measures a latency table for --latency-reduction; add --latency-reduction R")
     result = vitcompress.prune(
         model,
         **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)},

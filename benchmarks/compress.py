@@ -1,0 +1,406 @@
+"""``vitcompress compress``: one command from a model to a deployable, measured, smaller model.
+
+    compress("runs/teacher", CompressConfig(latency_reduction=0.4, backend="ort-cpu"), "runs/c40")
+
+Stages, each written to its own folder under the output, atomically, and skipped by ``resume``
+once complete:
+
+1. ``profile/latency_table.json``: the model's latency table on the backend (``latency_profile``;
+   or the given ``latency_table``, copied in);
+2. ``search/search.json`` and ``pruned/``: the joint search over depth, token schedule and widths
+   for the latency target (``compress_search``) and the one-shot pruned winner (an artifact);
+3. ``distilled/``: the recovery loop (``training.fit`` with distillation from the teacher; the
+   teacher is the input model unless ``teacher`` is given); a killed run resumes from the last
+   epoch's checkpoint;
+4. ``export/model.onnx``: the ONNX export with its parity check (``exporters.export``; with
+   ``trt`` also ``export/model.engine``, built and checked against ONNX Runtime);
+5. ``bench/``: the dense, pruned and distilled models measured together on the backend
+   (``bench.run_bench``: ``report.md``, ``report.json``, ``report.png``);
+6. ``report.md`` / ``report.json``: per stage, validation top-1, MACs, predicted and measured
+   latency, the search's candidates and the time each stage took.
+
+``compress.json`` holds the settings; ``resume`` refuses different ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vitcompress.artifact import is_artifact, load, save
+from vitcompress.config import setting
+from vitcompress.counting import count
+from vitcompress.datapipe import check_data
+from vitcompress.distill import DistillConfig
+from vitcompress.errors import VitCompressError
+from vitcompress.evaluate import evaluate_data
+from vitcompress.exporters.export import export
+from vitcompress.groups import parse_kinds
+from vitcompress.io import atomic_file
+from vitcompress.latency import LatencyTable
+from vitcompress.resolve import resolve_model
+from vitcompress.scorers import SCORERS
+from vitcompress.tokens.registry import REDUCERS
+from vitcompress.training import TrainConfig, fit
+
+from .bench import BenchConfig, load_variant, run_bench
+from .compress_search import Candidate, SearchSpace, search
+from .latency_profile import ProfileConfig, profile_latency
+from .report import to_markdown, write_report
+
+logger = logging.getLogger("vitcompress.compress")
+
+TABLE = Path("profile") / "latency_table.json"
+SEARCH = Path("search") / "search.json"
+PRUNED, DISTILLED = Path("pruned"), Path("distilled")
+ONNX = Path("export") / "model.onnx"
+BENCH = Path("bench") / "report.json"
+SETTINGS = "compress.json"
+
+
+@dataclass
+class CompressConfig:
+    """The whole ``compress`` run (``train``/``distill``: the recovery stage's settings)."""
+
+    latency_reduction: float | None = setting(None, "Fraction of the latency on --backend to remove, 0 < R < 1.")
+    backend: str = setting("ort-cpu", "Backend the latency is profiled, predicted and measured on.")
+    latency_batch: int = setting(8, "Batch size of the latency target.")
+    latency_precision: str = setting("fp32", "Precision of the latency target and the export: fp32 or fp16.")
+    latency_table: str | None = setting(
+        None, "A latency table of the model (vitcompress profile) instead of profiling."
+    )
+    importance: str = setting("taylor-abs", "Scorer of the width prune (see vitcompress prune).")
+    granularity: tuple[str, ...] = setting(("heads", "qk", "v", "mlp"), "Widths the search prunes (comma list).")
+    calib_images: int = setting(128, "Calibration images for block importance and width scores.")
+    search_images: int = setting(256, "Training images the search compares candidates on (KL to the teacher).")
+    max_depth_drop: int | None = setting(
+        None, "Most blocks the search removes (default: as many as the target allows)."
+    )
+    token_method: str = setting("topk-vpa", "Token reducer the search tries, or none.")
+    token_keeps: tuple[str, ...] = setting(
+        ("0.9", "0.8", "0.7"), "Keep rates the search tries (at a quarter, half and three quarters of the depth)."
+    )
+    trt: bool = setting(False, "Also build a TensorRT engine from the ONNX export (needs TensorRT and a GPU).")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def validate(self) -> None:
+        r = self.latency_reduction
+        if r is None or not 0 < r < 1:
+            raise VitCompressError(
+                f"latency_reduction must be in (0, 1), got {r}; pass the share of latency to remove, e.g. 0.4",
+                params=["latency_reduction"],
+            )
+        self.granularity = parse_kinds(self.granularity)
+        if "depth" in self.granularity:
+            raise VitCompressError(
+                "compress chooses depth itself (whole blocks, by their loss when skipped); drop depth from granularity",
+                params=["granularity"],
+            )
+        SCORERS.get(self.importance)
+        if self.token_method != "none":
+            REDUCERS.get(self.token_method)
+            if self.token_method == "tome":
+                raise VitCompressError("the search tries keep-rate reducers (topk, topk-vpa, evit, etps), not tome")
+        try:
+            keeps = [float(k) for k in self.token_keeps]
+        except ValueError:
+            raise VitCompressError(f"token_keeps must be numbers in (0, 1), got {self.token_keeps}") from None
+        if any(not 0 < k < 1 for k in keeps):
+            raise VitCompressError(f"token_keeps must be in (0, 1), got {self.token_keeps}", params=["token_keeps"])
+        if self.latency_precision not in ("fp32", "fp16"):
+            raise VitCompressError(
+                f"latency_precision is fp32 or fp16 (the export's precisions), got {self.latency_precision!r}",
+                params=["latency_precision"],
+            )
+        if self.calib_images < 1 or self.search_images < 1:
+            raise VitCompressError("calib_images and search_images must be at least 1")
+        self.train.validate()
+        self.distill.validate()
+
+    def profile_config(self) -> ProfileConfig:
+        return ProfileConfig(backend=self.backend, batch=self.latency_batch, precision=self.latency_precision)
+
+    def space(self) -> SearchSpace:
+        return SearchSpace(
+            reduction=float(self.latency_reduction or 0.0),
+            importance=self.importance,
+            granularity=tuple(self.granularity),
+            data=self.train.data,
+            calib_images=self.calib_images,
+            search_images=self.search_images,
+            seed=self.train.seed,
+            max_depth_drop=self.max_depth_drop,
+            token_method=None if self.token_method == "none" else self.token_method,
+            token_keeps=[float(k) for k in self.token_keeps],
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["granularity"] = list(self.granularity)
+        d["token_keeps"] = list(self.token_keeps)
+        return d
+
+
+@dataclass
+class CompressResult:
+    """What a run produced: the distilled model, the output folder and the report."""
+
+    model: nn.Module
+    output: Path
+    report: dict
+
+
+def _json(path: Path, data: Any) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _settings(out: Path, cfg: CompressConfig, model, teacher, resume: bool) -> None:
+    """Write the run's settings, or on resume check that they are the same."""
+    mine = {"model": str(model) if not isinstance(model, nn.Module) else None, "teacher": teacher, **cfg.to_dict()}
+    path = out / SETTINGS
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        if diff:
+            raise VitCompressError(
+                f"resume with the settings of the run in {str(out)!r}: {diff[0]} differs; "
+                "drop resume=True and pass force=True to start again",
+                params=["resume", "force"],
+            )
+    _json(path, mine)
+
+
+def compress(
+    model: str | os.PathLike | nn.Module,
+    config: CompressConfig | None = None,
+    output: str | os.PathLike = "compressed",
+    *,
+    teacher: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    callbacks: Sequence = (),
+    **options: Any,
+) -> CompressResult:
+    """Profile, search, prune, distil, export and bench ``model`` for a latency target (module docstring).
+
+    ``config`` and/or its top-level fields as keywords; ``callbacks`` go to the training loop."""
+    cfg = config if config is not None else CompressConfig()
+    for k, v in options.items():
+        if not hasattr(cfg, k):
+            raise VitCompressError(f"unknown compress option {k!r}")
+        setattr(cfg, k, v)
+    cfg.validate()
+    out = Path(output)
+    if out.exists() and not (force or resume):
+        raise VitCompressError(
+            f"output {str(out)!r} already exists; pass resume=True to continue it, force=True to start again, "
+            "or choose another path",
+            params=["resume", "force"],
+        )
+    check_data(cfg.train.data)
+    if cfg.latency_table is not None:
+        LatencyTable.load(cfg.latency_table)  # a bad file fails before anything is written
+    dense = resolve_model(model).eval()
+    teach = resolve_model(teacher).eval() if teacher is not None else dense
+    if out.exists() and force and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _settings(out, cfg, model, teacher, resume)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, done: bool) -> bool:
+        logger.info(f"[{name}] {'done, skipped' if done else 'running'}")
+        return done
+
+    t0 = time.perf_counter()
+    if not stage("profile", resume and (out / TABLE).is_file()):
+        if cfg.latency_table is not None:
+            table = LatencyTable.load(cfg.latency_table)
+            table.check(dense)
+        else:
+            table = profile_latency(dense, cfg.profile_config(), progress=progress)
+        table.save(out / TABLE)
+    table = LatencyTable.load(out / TABLE)
+    table.check(dense)
+    seconds["profile"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if not stage("search", resume and (out / SEARCH).is_file() and is_artifact(out / PRUNED)):
+        best, rows = search(dense, teach, table, cfg.space(), progress=progress)
+        assert best.model is not None
+        save(best.model, out / PRUNED, force=True)
+        _json(out / SEARCH, {"chosen": rows.index(best), "candidates": [c.to_dict() for c in rows]})
+    found = json.loads((out / SEARCH).read_text())
+    pruned = load(out / PRUNED)
+    seconds["search"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    p = out / DISTILLED
+    done = is_artifact(p) and load(p).vitcompress_meta.extra.get("training", {}).get("epochs_done") == cfg.train.epochs
+    if not stage("distil", resume and done):
+        student = load(out / PRUNED)
+        fit(
+            student,
+            cfg.train,
+            p,
+            teacher=teach,
+            distill=cfg.distill,
+            resume=resume and p.exists(),
+            force=True,
+            record={"stage": "compress", "teacher": teacher},
+            callbacks=callbacks,
+        )
+    distilled = load(p)
+    seconds["distil"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    b = cfg.latency_batch
+    export_info = None
+    if not stage(
+        "export", resume and (out / ONNX).is_file() and (not cfg.trt or (out / ONNX).with_suffix(".engine").is_file())
+    ):
+        run = export(
+            p,
+            out / ONNX,
+            batch=(1, b, max(b, 32)),
+            precision=cfg.latency_precision,
+            trt=cfg.trt,
+            progress=progress,
+            echo=logger.info,
+        )
+        export_info = {
+            "onnx": str(run.onnx.path),
+            "size_bytes": run.onnx.size_bytes,
+            "parity_max_rel": run.onnx.parity.max_rel if run.onnx.parity is not None else None,
+            "engine": str(run.engine) if run.engine else None,
+        }
+        _json(out / "export" / "export.json", export_info)
+    export_info = json.loads((out / "export" / "export.json").read_text())
+    seconds["export"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if not stage("bench", resume and (out / BENCH).is_file()):
+        bcfg = BenchConfig(
+            backends=[table.backend],
+            batches=[table.batch],
+            precision=table.precision,
+            mode=table.mode,
+            threads=table.threads,
+        )
+        variants = [
+            load_variant(dense, name="dense", max_batch=b),
+            load_variant(pruned, name="pruned", max_batch=b),
+            load_variant(distilled, name="distilled", max_batch=b),
+        ]
+        result = run_bench(variants, bcfg, baseline="dense", progress=progress)
+        write_report(result, out / "bench")
+    bench = json.loads((out / BENCH).read_text())
+    seconds["bench"] = time.perf_counter() - t0
+
+    report = _report(cfg, dense, teach, pruned, distilled, table, found, bench, export_info, seconds, model)
+    _json(out / "report.json", report)
+    with atomic_file(out / "report.md") as tmp:
+        tmp.write_text(format_report(report, bench) + "\n")
+    logger.info(f"wrote {out / 'report.md'}")
+    return CompressResult(distilled, out, report)
+
+
+def _report(cfg, dense, teacher, pruned, distilled, table, found, bench, export_info, seconds, model) -> dict:
+    """Per stage: validation top-1, MACs, predicted and measured latency; the search; the timings."""
+    measured = {m["variant"]: m for m in bench["measurements"]}
+    rows = []
+    base_pred = table.model_ms(dense)
+    base_macs = count(dense).macs
+    for name, net in (("dense", dense), ("pruned", pruned), ("distilled", distilled)):
+        ev = evaluate_data(net, cfg.train.data, teacher=None if net is teacher else teacher)
+        pred = table.model_ms(net)
+        m = measured.get(name, {})
+        rows.append(
+            {
+                "stage": name,
+                "top1": ev.top1,
+                "agreement": ev.agreement,
+                "macs": count(net).macs,
+                "macs_cut": 1 - count(net).macs / base_macs,
+                "predicted_ms": pred,
+                "predicted_cut": 1 - pred / base_pred,
+                "measured_ms": m.get("median_ms"),
+                "measured_cut": 1 - m["latency_ratio"] if m else None,
+            }
+        )
+    chosen = Candidate(**{k: v for k, v in found["candidates"][found["chosen"]].items()})
+    return {
+        "model": str(model) if not isinstance(model, nn.Module) else type(model).__name__,
+        "target": cfg.latency_reduction,
+        "backend": table.backend,
+        "batch": table.batch,
+        "precision": table.precision,
+        "threads": table.threads,
+        "table": table.describe(),
+        "steps": table.steps,
+        "rows": rows,
+        "chosen": chosen.describe(),
+        "candidates": found["candidates"],
+        "export": export_info,
+        "seconds": seconds,
+        "config": cfg.to_dict(),
+    }
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def format_report(report: dict, bench: dict | None = None) -> str:
+    """The run's report as Markdown."""
+    lines = [
+        f"# compress: {report['model']}, {report['target']:.1%} latency cut on {report['backend']} "
+        f"(batch {report['batch']}, {report['precision']}, {report['threads']} threads)",
+        "",
+        "| stage | val top-1 | MACs (G) | MACs cut | predicted ms | predicted cut | measured ms | measured cut |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        ms = "-" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}"
+        lines.append(
+            f"| {r['stage']} | {r['top1']:.2%} | {r['macs'] / 1e9:.4f} | {_pct(r['macs_cut'])} | "
+            f"{r['predicted_ms']:.2f} | {_pct(r['predicted_cut'])} | {ms} | {_pct(r['measured_cut'])} |"
+        )
+    ex = report.get("export") or {}
+    lines += [
+        "",
+        f"Latency table: {report['table']}; steps {report['steps']}.",
+        f"Chosen by the search: {report['chosen']}.",
+        f"Export: {ex.get('onnx')} ({(ex.get('size_bytes') or 0) / 1e6:.1f} MB, parity max rel "
+        f"{ex.get('parity_max_rel') or 0:.1e})"
+        + (f", TensorRT engine {ex['engine']}" if ex.get("engine") else "")
+        + ".",
+        "",
+        "## Search",
+        "",
+        "| blocks removed | tokens | width cut | predicted cut | MACs (G) | KL to teacher | agreement | status |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in report["candidates"]:
+        kl = "-" if c["kl"] is None else f"{c['kl']:.4f}"
+        ag = "-" if c["agreement"] is None else f"{c['agreement']:.1%}"
+        lines.append(
+            f"| {c['blocks_removed'] or '-'} | {c['tokens'] or '-'} | {c['width_cut']:.1%} | {_pct(c['predicted_cut'])} | "
+            f"{c['macs'] / 1e9:.4f} | {kl} | {ag} | {c['status']} |"
+        )
+    lines += ["", "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + "."]
+    if bench is not None:
+        lines += ["", "## Bench", "", to_markdown(bench)]
+    return "\n".join(lines)

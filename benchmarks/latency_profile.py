@@ -1,0 +1,321 @@
+"""``vitcompress profile``: measure a model's latency table on a backend (``vitcompress.latency``).
+
+    table = profile_latency("deit_small_patch16_224", ProfileConfig(backend="ort-cpu", batch=8))
+    table.save("deit_s.ort-cpu.b8.json")
+
+Every figure comes from the bench stage's runners and timing method (``benchmarks.timing.measure``:
+warm-up passes, then interleaved rounds of timed passes, the median per probe), on the probes of
+``latency_probes``, in groups measured together:
+
+1. **step sweeps**: q/k width and v width (attention probes, every other width at its full value),
+   MLP width and embedding width (MLP probes), each over ``sweep`` consecutive widths ending at the
+   full width; ``latency.detect_step`` reads each kind's step off its sweep;
+2. **grids**: attention probes over heads x q/k x v for every (embedding, tokens) pair of the grid,
+   MLP probes over MLP width x tokens for every embedding width; q/k, v, MLP and embedding grid
+   points are multiples of the detected steps;
+3. **the rest**: the model without blocks at every embedding width of the grid, and the dense model
+   itself (its measured latency calibrates the predicted milliseconds, ``LatencyTable.scale``).
+
+Every group of sublayer probes also times an empty call; its median (the backend's per-call
+overhead) is subtracted from the group's sublayer figures, which makes the table additive.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from vitcompress.config import setting
+from vitcompress.errors import VitCompressError
+from vitcompress.exporters.precision import PRECISIONS, check_precision
+from vitcompress.families import family_of
+from vitcompress.latency import (
+    ATTN_AXES,
+    MLP_AXES,
+    LatencyTable,
+    check_family,
+    detect_step,
+    source_of,
+    stair_widths,
+)
+from vitcompress.progress import tqdm
+from vitcompress.resolve import resolve_model
+from vitcompress.tokens.apply import remove_tokens, schedule_of
+
+from . import env as envmod
+from .backends import backend_names, get_runner
+from .bench import load_variant
+from .latency_probes import attn_probe, empty_variant, mlp_probe, model_variant, rest_model, sublayer_variant
+from .runner_torch import MODES
+from .runners import Variant
+from .timing import measure
+
+SWEPT = ("qk", "v", "mlp", "embed")
+
+
+@dataclass
+class ProfileConfig:
+    """Where and how a latency table is measured, and how fine its grid is."""
+
+    backend: str = setting("ort-cpu", "Backend: torch-cpu, ort-cpu, torch-cuda, ort-cuda, ort-trt or trt.")
+    batch: int = setting(8, "Batch size the latencies are measured at.")
+    precision: str = setting("fp32", "fp32, fp16 or bf16 (as the backend supports).")
+    mode: str = setting("eager", "torch backends: eager, compile or graph (CUDA graphs).")
+    threads: int | None = setting(None, "CPU threads (default: all usable cores).")
+    warmup: int = setting(2, "Untimed passes per probe.")
+    iters: int = setting(3, "Timed passes per probe per round.")
+    rounds: int = setting(3, "Interleaved rounds per group of probes.")
+    sweep: int = setting(64, "Consecutive widths per step sweep (q/k, v, MLP, embedding).")
+    heads_points: int = setting(3, "Grid points over the number of heads.")
+    dim_points: int = setting(3, "Grid points over the q/k width and over the v width.")
+    mlp_points: int = setting(5, "Grid points over the MLP width.")
+    embed_points: int = setting(3, "Grid points over the embedding width.")
+    token_points: int = setting(3, "Grid points over the tokens a block sees.")
+    min_embed: float = setting(0.5, "Smallest embedding width on the grid, as a share of the full width.")
+    min_tokens: float = setting(0.3, "Fewest tokens on the grid, as a share of the full count.")
+    calibrate: bool = setting(True, "Also measure the dense model (scales the predicted milliseconds).")
+
+    def validate(self) -> ProfileConfig:
+        if self.backend not in backend_names():
+            get_runner(self.backend)  # one-line error with the known names
+        check_precision(self.precision, PRECISIONS)
+        if self.mode not in MODES:
+            raise VitCompressError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}", params=["mode"])
+        reason = get_runner(self.backend).unavailable(self.precision, self.mode)
+        if reason:
+            raise VitCompressError(
+                f"backend {self.backend} cannot measure here ({reason}); choose another --backend or --precision",
+                params=["backend", "precision"],
+            )
+        for name in ("batch", "iters", "rounds", "heads_points", "dim_points", "mlp_points", "embed_points"):
+            if getattr(self, name) < 1:
+                raise VitCompressError(f"{name} must be at least 1, got {getattr(self, name)}", params=[name])
+        if self.token_points < 1 or self.warmup < 0 or self.sweep < 1:
+            raise VitCompressError("token_points and sweep must be at least 1, warmup at least 0")
+        for name in ("min_embed", "min_tokens"):
+            if not 0 < getattr(self, name) <= 1:
+                raise VitCompressError(f"{name} must be in (0, 1], got {getattr(self, name)}", params=[name])
+        if self.threads is None:
+            self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self
+
+    @classmethod
+    def from_options(cls, config: ProfileConfig | None = None, **options: Any) -> ProfileConfig:
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(options) - names)
+        if bad:
+            raise VitCompressError(f"unknown profile option {bad[0]!r}; known: {', '.join(sorted(names))}")
+        base = copy.copy(config) if config is not None else cls()
+        for k, v in options.items():
+            setattr(base, k, v)
+        return base
+
+
+class _Session:
+    """The measuring side of a profile: one backend, batch, precision; groups of variants timed together."""
+
+    def __init__(self, cfg: ProfileConfig, workdir: Path | None, bar):
+        self.cfg, self.cls, self.workdir, self.bar = cfg, get_runner(cfg.backend), workdir, bar
+        self.overheads: list[float] = []
+
+    def time(self, variants: list[Variant], empty: Variant | None = None) -> dict[str, float]:
+        """Median milliseconds per variant (minus the group's empty call when ``empty`` is given)."""
+        cfg = self.cfg
+        group = variants + ([empty] if empty is not None else [])
+        runners, inputs = {}, {}
+        try:
+            for v in group:
+                v.workdir = self.workdir
+                v.max_batch = max(v.max_batch, cfg.batch)
+                key = (v.in_chans, *v.img_size)
+                if key not in inputs:
+                    inputs[key] = v.example(cfg.batch)
+                r = self.cls(v, cfg.batch, cfg.precision, cfg.threads, cfg.mode, x=inputs[key])
+                r.activate()
+                runners[v.name] = r
+            samples = measure(runners, cfg.warmup, cfg.iters, cfg.rounds)
+        finally:
+            for r in runners.values():
+                r.deactivate()
+            for v in group:
+                v.model = None  # the probe's weights are not needed any more
+        med = {n: float(np.median([s for rnd in rounds for s in rnd])) for n, rounds in samples.items()}
+        if empty is not None:
+            eps = med.pop(empty.name)
+            self.overheads.append(eps)
+            med = {n: max(0.0, ms - eps) for n, ms in med.items()}
+        if self.bar is not None:
+            self.bar.update(len(variants))
+        return med
+
+
+def full_widths(model: nn.Module) -> dict[str, int]:
+    """The profiled model's widths: embedding, widest block's heads, q/k, v and MLP, tokens, depth."""
+    fam = family_of(model)
+    spec = fam.spec(model)
+    n, p, _ = fam.token_layout(fam.arch_info(model))
+    return {
+        "embed": spec.embed_dim,
+        "heads": max(b.num_heads for b in spec.blocks),
+        "qk": max(b.qk_dim for b in spec.blocks),
+        "v": max(b.v_dim for b in spec.blocks),
+        "mlp": max(b.mlp_hidden for b in spec.blocks),
+        "tokens": n + p,
+        "prefix": p,
+        "depth": spec.depth,
+    }
+
+
+def _window(full: int, size: int, low: int = 1) -> list[int]:
+    return list(range(max(low, full - size + 1), full + 1))
+
+
+def profile_latency(
+    model: str | os.PathLike | nn.Module,
+    config: ProfileConfig | None = None,
+    *,
+    progress: bool = False,
+    workdir: str | os.PathLike | None = None,
+    **options: Any,
+) -> LatencyTable:
+    """Measure the latency table of ``model`` (a name, an artifact folder or a module) on a backend.
+
+    ``config`` and/or its fields as keywords (``backend="ort-cpu", batch=8``) say where and how;
+    graphs and engines go to ``workdir`` (default: a temporary folder per probe, deleted with it)."""
+    cfg = ProfileConfig.from_options(config, **options).validate()
+    net = resolve_model(model)
+    fam = family_of(net)
+    check_family(fam)
+    if schedule_of(net) is not None:  # the table is of the widths; token counts are its own axis
+        net = remove_tokens(copy.deepcopy(net))
+    net.eval()
+    full = full_widths(net)
+    spec = fam.spec(net)
+    block = net.get_submodule(fam.parts(net)[0].path)
+    scale = spec.blocks[0].scale
+    source = source_of(net)
+    in_chans, h_img, w_img = fam.input_size(net)
+    t0 = time.perf_counter()
+    mb = cfg.batch
+    work = Path(workdir) if workdir is not None else None
+    D, T, H, QK, V, M = (full[k] for k in ("embed", "tokens", "heads", "qk", "v", "mlp"))
+
+    sweeps = {
+        "qk": _window(QK, cfg.sweep),
+        "v": _window(V, cfg.sweep),
+        "mlp": _window(M, cfg.sweep),
+        "embed": _window(D, cfg.sweep, low=max(1, H)),
+    }
+    heads_grid = sorted({int(round(x)) for x in np.linspace(1, H, min(H, cfg.heads_points))})
+    tokens_grid = sorted(
+        {
+            int(round(x))
+            for x in np.linspace(max(full["prefix"] + 1, math.ceil(cfg.min_tokens * T)), T, cfg.token_points)
+        }
+        | {T}
+    )
+    n_probes = sum(len(w) for w in sweeps.values())  # the grids are added once the steps are known
+    bar = tqdm(total=n_probes, desc=f"profile {cfg.backend} b{cfg.batch}", unit="probe") if progress else None
+    sess = _Session(cfg, work, bar)
+    try:
+
+        def attn_v(d, t, h, qk, v):
+            p = attn_probe(block, d, h, qk, v, t, scale, seed=qk * 7 + v)
+            return sublayer_variant(f"attn-d{d}-t{t}-h{h}-qk{qk}-v{v}", p, mb)
+
+        def mlp_v(d, t, m):
+            return sublayer_variant(f"mlp-d{d}-t{t}-m{m}", mlp_probe(block, d, m, t, seed=m), mb)
+
+        # 1. step sweeps
+        found: dict[str, dict] = {}
+        for kind, widths in sweeps.items():
+            if kind == "qk":
+                vs = [attn_v(D, T, H, w, V) for w in widths]
+            elif kind == "v":
+                vs = [attn_v(D, T, H, QK, w) for w in widths]
+            elif kind == "mlp":
+                vs = [mlp_v(D, T, w) for w in widths]
+            else:
+                vs = [mlp_v(w, T, M) for w in widths]
+            names = [v.name for v in vs]
+            med = sess.time(vs, empty_variant(T, vs[0].img_size[1], mb))
+            ms = [med[n] for n in names]
+            step, rss = detect_step(widths, ms)
+            found[kind] = {"widths": widths, "ms": ms, "rss": {str(k): v for k, v in rss.items()}, "step": step}
+        steps = {k: int(found[k]["step"]) for k in SWEPT}
+        steps["heads"] = 1
+
+        # 2. grids
+        grid = {
+            "embed": stair_widths(D, steps["embed"], cfg.embed_points, low=math.ceil(cfg.min_embed * D)),
+            "tokens": tokens_grid,
+            "heads": heads_grid,
+            "qk": stair_widths(QK, steps["qk"], cfg.dim_points),
+            "v": stair_widths(V, steps["v"], cfg.dim_points),
+            "mlp": stair_widths(M, steps["mlp"], cfg.mlp_points),
+        }
+        attn = np.zeros(tuple(len(grid[a]) for a in ATTN_AXES))
+        mlp = np.zeros(tuple(len(grid[a]) for a in MLP_AXES))
+        if bar is not None:
+            bar.total = n_probes + attn.size + mlp.size + len(grid["embed"]) + int(cfg.calibrate)
+            bar.refresh()
+        for i, d in enumerate(grid["embed"]):
+            for j, t in enumerate(grid["tokens"]):
+                cells = [
+                    (k, a, b, attn_v(d, t, h, qk, v))
+                    for k, h in enumerate(grid["heads"])
+                    for a, qk in enumerate(grid["qk"])
+                    for b, v in enumerate(grid["v"])
+                ]
+                med = sess.time([c[3] for c in cells], empty_variant(t, d, mb))
+                for k, a, b, var in cells:
+                    attn[i, j, k, a, b] = med[var.name]
+            cells2 = [(j, a, mlp_v(d, t, m)) for j, t in enumerate(grid["tokens"]) for a, m in enumerate(grid["mlp"])]
+            med = sess.time([c[2] for c in cells2], empty_variant(T, d, mb))
+            for j, a, var in cells2:
+                mlp[i, j, a] = med[var.name]
+
+        # 3. the model without blocks (and the dense model, measured together)
+        rests = [
+            model_variant(f"rest-d{d}", rest_model(source, d), in_chans, (h_img, w_img), mb) for d in grid["embed"]
+        ]
+        group: list[Variant] = list(rests)
+        if cfg.calibrate:
+            group.append(load_variant(net, name="dense", max_batch=mb))
+        med = sess.time(group)
+        rest = [med[v.name] for v in rests]
+    finally:
+        if bar is not None:
+            bar.close()
+    from_env = envmod.capture(cfg.threads or 1, cfg.precision)
+    table = LatencyTable(
+        backend=cfg.backend,
+        batch=cfg.batch,
+        precision=cfg.precision,
+        mode=cfg.mode,
+        threads=int(cfg.threads or 1),
+        source=source.to_dict(),
+        family=fam.name,
+        full=full,
+        steps=steps,
+        grid=grid,
+        attn_ms=attn.tolist(),
+        mlp_ms=mlp.tolist(),
+        rest_ms=rest,
+        overhead_ms=float(np.median(sess.overheads)) if sess.overheads else 0.0,
+        sweeps=found,
+        timing={"warmup": cfg.warmup, "iters": cfg.iters, "rounds": cfg.rounds},
+        env=from_env,
+    )
+    if cfg.calibrate:
+        table.dense = {"measured_ms": med["dense"], "predicted_ms": table.raw(spec)}
+    table.seconds = time.perf_counter() - t0
+    return table

@@ -1,0 +1,65 @@
+"""``vitcompress profile`` (a model's latency table on a backend) and ``compress`` (profile, search,
+prune, distil, export and bench for a latency target)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import click
+
+from vitcompress.benchmarks.compress import CompressConfig, compress
+from vitcompress.benchmarks.latency_profile import ProfileConfig, profile_latency
+from vitcompress.benchmarks.latency_report import format_table, plot_table
+from vitcompress.config import merge_config
+from vitcompress.errors import VitCompressError
+
+from .options import config_options, given
+from .train import distill_config, distill_options, train_config, train_options
+
+
+@click.command("profile")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Latency table (JSON) to write.")
+@config_options(ProfileConfig)
+@click.option("--plot", type=click.Path(), help="Also write a PNG of the step sweeps.")
+@click.option("--force", is_flag=True, help="Overwrite an existing table.")
+def profile(model, output, plot, force, **kw):
+    """Measure MODEL's latency table on a backend: per-structure latency over a width grid."""
+    cfg = merge_config(ProfileConfig(), given(ProfileConfig, kw), "profile")
+    if os.path.exists(output) and not force:
+        raise VitCompressError(f"output {output!r} already exists; pass force=True to overwrite it", params=["force"])
+    table = profile_latency(model, cfg, progress=True)
+    table.save(output)
+    click.echo(format_table(table))
+    click.echo(f"wrote {output} in {table.seconds:.0f} s")
+    if plot:
+        plot_table(table, plot)
+        click.echo(f"wrote {plot}")
+
+
+@click.command("compress")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for the stages and report.md.")
+@click.option("--teacher", default=None, help="Teacher to distil from (default: MODEL itself).")
+@config_options(CompressConfig)
+@distill_options
+@train_options
+def compress_cmd(model, output, teacher, **kw):
+    """Compress MODEL to a latency target: profile, search depth/tokens/widths, prune, distil, export, bench."""
+    top = given(CompressConfig, kw)
+    cfg = dataclasses.replace(
+        merge_config(CompressConfig(), top, "compress"),
+        train=train_config(kw),
+        distill=distill_config(kw),
+    )
+    res = compress(
+        model,
+        cfg,
+        output,
+        teacher=teacher,
+        resume=kw["resume"],
+        force=kw["force"],
+        progress=cfg.train.progress,
+    )
+    click.echo((res.output / "report.md").read_text())
