@@ -32,6 +32,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from timm.layers import LayerScale, Mlp
+from timm.layers.activations import GELU, GELUTanh
 from torch import nn
 from torch.export import Dim
 
@@ -180,13 +181,20 @@ def _attention(g: _Graph, x: str, attn: PrunedAttention, t: int) -> str:
     return g.linear(g.one("Reshape", [o, g.shape([-1, t, h * v])]), attn.proj)
 
 
+def _gelu_approximation(act: nn.Module) -> str | None:
+    """ONNX ``Gelu``'s ``approximate`` for a GELU module (torch's or timm's), None for another activation."""
+    if isinstance(act, nn.GELU):
+        return act.approximate
+    return {GELU: "none", GELUTanh: "tanh"}.get(type(act))
+
+
 def _mlp(g: _Graph, x: str, mlp: Mlp) -> str:
-    act = mlp.act
-    if not isinstance(act, nn.GELU) or not isinstance(mlp.norm, nn.Identity):
+    approximate = _gelu_approximation(mlp.act)
+    if approximate is None or not isinstance(mlp.norm, nn.Identity):
         raise VitCompressError(
-            f"ONNX latency probes reproduce GELU MLPs, not {type(act).__name__}; profile on a torch backend"
+            f"ONNX latency probes reproduce GELU MLPs, not {type(mlp.act).__name__}; profile on a torch backend"
         )
-    y = g.one("Gelu", [g.linear(x, mlp.fc1)], approximate=act.approximate)
+    y = g.one("Gelu", [g.linear(x, mlp.fc1)], approximate=approximate)
     return g.linear(y, mlp.fc2)
 
 

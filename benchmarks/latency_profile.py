@@ -17,7 +17,9 @@ warm-up passes, then interleaved rounds of timed passes, the median per probe), 
    itself (its measured latency calibrates the predicted milliseconds, ``LatencyTable.scale``).
 
 Every group of sublayer probes also times an empty call; its median (the backend's per-call
-overhead) is subtracted from the group's sublayer figures, which makes the table additive.
+overhead) is subtracted from the group's sublayer figures, which makes the table additive. The
+sublayer grids are then made monotone (``latency.monotone``: no sublayer gets faster as a width or
+the token count grows; a measurement saying so is noise); the figures as measured stay in ``as_measured``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from vitcompress.latency import (
     LatencyTable,
     check_family,
     detect_step,
+    full_widths,
+    monotone,
     source_of,
     stair_widths,
 )
@@ -155,23 +159,6 @@ class _Session:
         if self.bar is not None:
             self.bar.update(len(variants))
         return med
-
-
-def full_widths(model: nn.Module) -> dict[str, int]:
-    """The profiled model's widths: embedding, widest block's heads, q/k, v and MLP, tokens, depth."""
-    fam = family_of(model)
-    spec = fam.spec(model)
-    n, p, _ = fam.token_layout(fam.arch_info(model))
-    return {
-        "embed": spec.embed_dim,
-        "heads": max(b.num_heads for b in spec.blocks),
-        "qk": max(b.qk_dim for b in spec.blocks),
-        "v": max(b.v_dim for b in spec.blocks),
-        "mlp": max(b.mlp_hidden for b in spec.blocks),
-        "tokens": n + p,
-        "prefix": p,
-        "depth": spec.depth,
-    }
 
 
 def _window(full: int, size: int, low: int = 1) -> list[int]:
@@ -307,8 +294,9 @@ def profile_latency(
         full=full,
         steps=steps,
         grid=grid,
-        attn_ms=attn.tolist(),
-        mlp_ms=mlp.tolist(),
+        attn_ms=monotone(attn).tolist(),
+        mlp_ms=monotone(mlp).tolist(),
+        as_measured={"attn_ms": attn.tolist(), "mlp_ms": mlp.tolist()},
         rest_ms=rest,
         overhead_ms=float(np.median(sess.overheads)) if sess.overheads else 0.0,
         sweeps=found,
@@ -316,6 +304,6 @@ def profile_latency(
         env=from_env,
     )
     if cfg.calibrate:
-        table.dense = {"measured_ms": med["dense"], "predicted_ms": table.raw(spec)}
+        table.dense = {"measured_ms": med["dense"], "predicted_ms": table.unscaled(spec)}
     table.seconds = time.perf_counter() - t0
     return table

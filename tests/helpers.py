@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny randomly initialised ViTs, a random pruning plan, a crashing callback.
+"""Shared test helpers: tiny randomly initialised ViTs, a random pruning plan, a crashing callback,
+latency tables with known entries.
 
 Imported by the tests as ``from helpers import tiny`` (pytest puts ``tests/`` on ``sys.path``);
 ``conftest.py`` holds only fixtures.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 
 from vitcompress.callbacks import Callback
-from vitcompress.families import identity_plan
+from vitcompress.families import family_of, identity_plan
+from vitcompress.latency import ATTN_AXES, MLP_AXES, LatencyTable, full_widths, source_of, stair_widths
 from vitcompress.models import create_source_model
 
 # name, kwargs: small variants of each supported family (width 64, 4 blocks, 32 px, patch 8)
@@ -89,3 +92,47 @@ class Kill(Callback):
     def on_step(self, loss, step):
         if step == self.at:
             raise KeyboardInterrupt
+
+
+def attn_work(d, t, h, qk, v):
+    """Multiply-accumulates of one attention sublayer (the synthetic tables' cost model)."""
+    return t * d * h * (2 * qk + v) + h * t * t * (qk + v) + t * h * v * d
+
+
+def synthetic_table(model, *, head_ms=0.0, steps=None, ns_per_mac=1.0, rest_ms=0.05, batch=4, backend="torch-cpu"):
+    """A ``LatencyTable`` of ``model`` whose entries are known: ``ns_per_mac`` x batch x the sublayer's
+    MACs, plus ``head_ms`` per attention head; ``steps`` (kind -> step) place the grid points."""
+    full = full_widths(model)
+    steps = {"qk": 1, "v": 1, "mlp": 1, "embed": 1, "heads": 1, **(steps or {})}
+    grid = {
+        "embed": stair_widths(full["embed"], steps["embed"], 2, low=full["embed"] // 2),
+        "tokens": sorted({max(full["prefix"] + 1, full["tokens"] // 3), (2 * full["tokens"]) // 3, full["tokens"]}),
+        "heads": [1, full["heads"]],
+        "qk": stair_widths(full["qk"], steps["qk"], 3),
+        "v": stair_widths(full["v"], steps["v"], 3),
+        "mlp": stair_widths(full["mlp"], steps["mlp"], 3),
+    }
+    scale = ns_per_mac * batch * 1e-6
+    attn = np.zeros([len(grid[a]) for a in ATTN_AXES])
+    for idx in np.ndindex(attn.shape):
+        d, t, h, qk, v = (grid[a][i] for a, i in zip(ATTN_AXES, idx))
+        attn[idx] = scale * attn_work(d, t, h, qk, v) + head_ms * h
+    mlp = np.zeros([len(grid[a]) for a in MLP_AXES])
+    for idx in np.ndindex(mlp.shape):
+        d, t, m = (grid[a][i] for a, i in zip(MLP_AXES, idx))
+        mlp[idx] = scale * 2 * t * d * m
+    return LatencyTable(
+        backend=backend,
+        batch=batch,
+        precision="fp32",
+        mode="eager",
+        threads=1,
+        source=source_of(model).to_dict(),
+        family=family_of(model).name,
+        full=full,
+        steps=steps,
+        grid=grid,
+        attn_ms=attn.tolist(),
+        mlp_ms=mlp.tolist(),
+        rest_ms=[rest_ms] * len(grid["embed"]),
+    )

@@ -88,6 +88,23 @@ def source_of(model: nn.Module) -> SourceModel:
     return meta.source if meta is not None else infer_source(model)
 
 
+def full_widths(model: nn.Module) -> dict[str, int]:
+    """The profiled model's widths: embedding, widest block's heads, q/k, v and MLP, tokens, depth."""
+    fam = family_of(model)
+    spec = fam.spec(model)
+    n, p, _ = fam.token_layout(fam.arch_info(model))
+    return {
+        "embed": spec.embed_dim,
+        "heads": max(b.num_heads for b in spec.blocks),
+        "qk": max(b.qk_dim for b in spec.blocks),
+        "v": max(b.v_dim for b in spec.blocks),
+        "mlp": max(b.mlp_hidden for b in spec.blocks),
+        "tokens": n + p,
+        "prefix": p,
+        "depth": spec.depth,
+    }
+
+
 def snap(w: float, step: int, top: int) -> int:
     """The top of ``w``'s stair: the next multiple of ``step`` at or above ``w`` (at most ``top``)."""
     w = int(math.ceil(w - 1e-9))
@@ -126,6 +143,29 @@ def detect_step(
         rss[int(p)] = float(((a @ coef - y) ** 2).sum())
     best = min(rss, key=lambda p: (rss[p], p))
     return best, rss
+
+
+def isotonic(y: Sequence[float]) -> np.ndarray:
+    """The non-decreasing sequence closest to ``y`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [sum, count] of each pooled run
+    for v in y:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    return np.concatenate([np.full(int(c), s / c) for s, c in blocks])
+
+
+def monotone(values: np.ndarray, passes: int = 3) -> np.ndarray:
+    """``values`` made non-decreasing along every axis (isotonic fits along each axis in turn): a
+    sublayer never gets faster when a width or the token count grows, so a measurement that says
+    otherwise is noise. Values that are monotone already are returned unchanged."""
+    out = np.asarray(values, dtype=np.float64).copy()
+    for _ in range(passes):
+        for axis in range(out.ndim):
+            out = np.apply_along_axis(isotonic, axis, out)
+    return out
 
 
 def interpolate(values: np.ndarray, axes: Sequence[np.ndarray], point: Sequence[float]) -> float:
@@ -170,6 +210,7 @@ class LatencyTable:
     overhead_ms: float = 0.0
     sweeps: dict = field(default_factory=dict)
     dense: dict = field(default_factory=dict)
+    as_measured: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -266,7 +307,7 @@ class LatencyTable:
     def _block_ms(self, d: int, t_in: int, t_out: int, h: int, qk: int, v: int, m: int) -> float:
         return self.attn(d, t_in, h, qk, v) + self.mlp(d, t_out, m)
 
-    def raw(self, spec: Spec, tokens: Sequence[BlockTokens] | None = None) -> float:
+    def unscaled(self, spec: Spec, tokens: Sequence[BlockTokens] | None = None) -> float:
         """Predicted latency (ms) of a model with ``spec`` before the dense-model scaling."""
         d = spec.embed_dim
         t = int(self.full["tokens"])
@@ -284,7 +325,7 @@ class LatencyTable:
 
     def predict(self, spec: Spec, tokens: Sequence[BlockTokens] | None = None) -> float:
         """Predicted latency (ms per batch) of a model with ``spec`` on ``tokens`` per block."""
-        return self.raw(spec, tokens) * self.scale
+        return self.unscaled(spec, tokens) * self.scale
 
     # ---------------------------------------------------------------- models and budgets
     def check(self, model: nn.Module) -> Family:

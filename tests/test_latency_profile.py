@@ -1,0 +1,262 @@
+"""Measuring latency tables: the probes reproduce the model's sublayers (PyTorch and ONNX), a profile
+on the bench runners, the profile and latency-prune commands."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import random_plan, synthetic_table, tiny
+
+import vitcompress
+from vitcompress.benchmarks.latency_probes import (
+    EmptyProbe,
+    attn_probe,
+    empty_graph,
+    mlp_probe,
+    rest_model,
+    sublayer_graph,
+)
+from vitcompress.benchmarks.latency_profile import profile_latency
+from vitcompress.benchmarks.latency_prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
+from vitcompress.cli import main
+from vitcompress.errors import VitCompressError
+from vitcompress.exporters import export_onnx
+from vitcompress.families import family_of
+from vitcompress.latency import LatencyTable, source_of
+from vitcompress.slicers import slice_model
+
+# small grids and one pass per probe: these tests check structure, not speed
+QUICK = dict(sweep=8, iters=2, rounds=1, warmup=1, heads_points=2, dim_points=2, mlp_points=2, embed_points=2,
+             token_points=2, batch=2, threads=1)  # fmt: skip
+
+
+def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize(
+    "kind, overrides",
+    [
+        ("vit", {}),
+        ("layerscale_noqkvbias", {}),
+        ("reg_gap", {}),
+        ("vit", {"qk_norm": True}),
+        ("vit", {"act_layer": "gelu_tanh"}),
+    ],
+)
+def test_probe_graphs_compute_what_the_probe_modules_compute(kind, overrides):
+    block = tiny(kind, **overrides).blocks[0]
+    x = np.random.default_rng(0).standard_normal((3, 1, 17, 48)).astype(np.float32)
+    for probe in (attn_probe(block, 48, 3, 5, 7, 17, 0.25), mlp_probe(block, 48, 37, 17)):
+        graph = sublayer_graph(probe)
+        onnx.checker.check_model(graph)
+        with torch.no_grad():
+            want = probe(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(ort_run(graph, x), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(ort_run(empty_graph(17, 48), x), EmptyProbe()(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("kind", ["vit", "layerscale_noqkvbias", "deit_distilled"])
+def test_probes_are_the_sublayers_of_a_pruned_block(kind):
+    """Loaded with a pruned block's weights, the two probes are exactly that block."""
+    import random
+
+    model = tiny(kind)
+    pruned = slice_model(model, random_plan(model, random.Random(1), ["heads", "qk", "v", "mlp"]))
+    block = pruned.blocks[1]
+    a, m = block.attn, block.mlp
+    t = 17 if kind != "deit_distilled" else 18
+    attn = attn_probe(model.blocks[0], 64, a.num_heads, a.qk_dim, a.v_dim, t, a.scale)
+    mlp = mlp_probe(model.blocks[0], 64, m.fc1.out_features, t)
+    attn.load_state_dict({**_prefixed(block.norm1, "norm"), **_prefixed(a, "body"), **_prefixed(block.ls1, "ls")})
+    mlp.load_state_dict({**_prefixed(block.norm2, "norm"), **_prefixed(m, "body"), **_prefixed(block.ls2, "ls")})
+    x = torch.randn(2, t, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(attn(x[:, None])[:, None]), block(x), atol=1e-6, rtol=0)
+
+
+def _prefixed(module, prefix):
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def test_the_model_without_blocks_is_the_rest_of_the_model():
+    model = tiny("vit")
+    rest = rest_model(source_of(model), 64)
+    assert len(rest.blocks) == 0 and family_of(rest).name == "vit"
+    rest.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")})
+    with torch.no_grad():
+        torch.testing.assert_close(rest(X := torch.randn(2, 3, 32, 32)), model.forward_head(model.norm(
+            model._pos_embed(model.patch_embed(X)))))  # fmt: skip
+
+
+@pytest.mark.export
+def test_probe_graphs_have_the_ops_of_an_exported_pruned_block(tmp_path):
+    model = vitcompress.prune(tiny("vit"), flops_reduction=0.3, importance="l1", round_to=4).model
+    export_onnx(model, tmp_path / "m.onnx", batch=(1, 2, 4), check=False)
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    probes = Counter()
+    for blk in model.blocks:
+        a = blk.attn
+        for probe in (attn_probe(blk, 64, a.num_heads, a.qk_dim, a.v_dim, 17, a.scale), mlp_probe(blk, 64, 8, 17)):
+            probes.update(n.op_type for n in sublayer_graph(probe).graph.node)
+    for op in ("MatMul", "Softmax", "Gelu", "Split"):
+        assert ops[op] == probes[op], op
+    assert ops["LayerNormalization"] == probes["LayerNormalization"] + 1  # + the final norm
+    assert ops["Transpose"] == probes["Transpose"] + 1  # + the patch embedding's
+
+
+def _check_table(table: LatencyTable, model):
+    f = table.full
+    assert (f["embed"], f["heads"], f["qk"], f["v"], f["mlp"], f["tokens"]) == (64, 4, 16, 16, 256, 17)
+    for kind in ("qk", "v", "mlp", "embed"):
+        step = table.steps[kind]
+        assert step in (1, 2, 4)  # at most half the 8-wide sweep
+        assert table.sweeps[kind]["widths"] == list(range(f[kind] - 7, f[kind] + 1))
+        grid = table.grid[kind]
+        assert grid[-1] == f[kind] and all(w % step == 0 for w in grid[:-1])
+    arrays = [np.asarray(table.attn_ms), np.asarray(table.mlp_ms), np.asarray(table.rest_ms)]
+    assert all(np.isfinite(a).all() and (a >= 0).all() for a in arrays)
+    assert table.dense["measured_ms"] > 0 and table.scale > 0
+    assert table.predict(family_of(model).spec(model)) == pytest.approx(table.dense["measured_ms"])
+    assert table.env["threads"] == 1 and table.seconds > 0
+
+
+def test_profile_on_torch_cpu_builds_a_consistent_table(one_thread):
+    model = tiny("vit")
+    table = profile_latency(model, backend="torch-cpu", **QUICK)
+    _check_table(table, model)
+    assert table.backend == "torch-cpu" and table.batch == 2
+
+
+@pytest.mark.export
+def test_profile_on_onnx_runtime_builds_a_consistent_table(tmp_path):
+    model = tiny("vit")
+    table = profile_latency(model, backend="ort-cpu", workdir=tmp_path, **QUICK)
+    _check_table(table, model)
+    assert any(p.suffix == ".onnx" for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"backend": "tpu"}, "unknown backend"),
+        ({"backend": "torch-cuda"}, "cannot measure here"),
+        ({"batch": 0}, "batch must be at least 1"),
+        ({"min_tokens": 0.0}, "min_tokens must be in"),
+        ({"precision": "int8"}, "precision"),
+        ({"colour": 1}, "unknown profile option"),
+    ],
+)
+def test_profile_refuses_bad_settings(options, message):
+    if options.get("backend") == "torch-cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(VitCompressError, match=message):
+        profile_latency(tiny("vit"), **options)
+
+
+def test_latency_check_says_when_the_measured_cut_misses_the_target():
+    def check(measured):
+        return LatencyCheck(0.4, "ort-cpu", 8, (10.0, 6.0), (12.0, 12.0 * (1 - measured)), measured, (100, 60))
+
+    assert check(0.4 + MEASURED_TOLERANCE - 1e-6).warning() is None
+    miss = check(0.35)
+    assert not miss.ok and "5.0 points from the target 40.0%" in miss.warning()
+    text = miss.format()
+    assert "predicted" in text and "measured" in text and "40.0%" in text and "35.0%" in text
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    return vitcompress.save(tiny("vit"), tmp_path / "art")
+
+
+def test_profile_command_writes_the_table_and_refuses_to_overwrite(artifact, tmp_path, capsys, one_thread):
+    quick = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]
+    out, png = tmp_path / "t.json", tmp_path / "t.png"
+    code, stdout, err = run(capsys, "profile", artifact, "--backend", "torch-cpu", *quick, "-o", out, "--plot", png)
+    assert code == 0, err
+    assert "steps (widths where latency changes)" in stdout and "dense model: measured" in stdout
+    assert LatencyTable.load(out).backend == "torch-cpu" and png.stat().st_size > 0
+    code, _, err = run(capsys, "profile", artifact, "--backend", "torch-cpu", "-o", out)
+    assert code == 2 and err.startswith("error: ") and "--force" in err
+
+
+def test_prune_command_to_a_latency_table(artifact, tmp_path, capsys):
+    table = synthetic_table(vitcompress.load(artifact)).save(tmp_path / "t.json")
+    out = tmp_path / "p"
+    code, stdout, err = run(
+        capsys,
+        "prune",
+        artifact,
+        "--latency-reduction",
+        "0.3",
+        "--latency-table",
+        table,
+        "--importance",
+        "l1",
+        "-o",
+        out,
+    )
+    assert code == 0, err
+    assert "of predicted latency on torch-cpu" in stdout
+    assert "predicted vs measured" in stdout and "cut" in stdout
+    check = json.loads((out / "latency.json").read_text())
+    assert check["target"] == 0.3 and abs(check["predicted_cut"] - 0.3) <= 0.015
+    assert 0 < check["measured_ms"][1] and check["env"]["threads"] >= 1
+    assert not (out / "latency_table.json").exists()  # the table came from a file
+
+
+def test_prune_command_profiles_on_the_fly(artifact, tmp_path, capsys, monkeypatch):
+    """--backend measures the table with the command's backend, batch and precision (a synthetic
+    table stands in for the measurement here: the profile itself is tested above) and writes it
+    into the artifact."""
+    asked = {}
+
+    def measured(net, cfg, progress):
+        asked.update(backend=cfg.backend, batch=cfg.batch, precision=cfg.precision)
+        return synthetic_table(net, batch=cfg.batch)
+
+    monkeypatch.setattr("vitcompress.benchmarks.latency_prune.profile_latency", measured)
+    out = tmp_path / "p"
+    code, stdout, err = run(
+        capsys, "prune", artifact, "--latency-reduction", "0.25", "--backend", "torch-cpu", "--latency-batch", "2",
+        "--importance", "l1", "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert asked == {"backend": "torch-cpu", "batch": 2, "precision": "fp32"}
+    assert (out / "latency_table.json").is_file() and f"latency table {out / 'latency_table.json'}" in stdout
+    assert LatencyTable.load(out / "latency_table.json").batch == 2
+    assert json.loads((out / "latency.json").read_text())["batch"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--flops-reduction", "0.3", "--backend", "torch-cpu"], "add --latency-reduction"),
+        (["--latency-reduction", "0.3"], "--latency-table"),
+        (["--latency-reduction", "0.3", "--backend", "torch-cpu", "--method", "ihp"], "one-shot"),
+        (["--latency-reduction", "1.5", "--backend", "torch-cpu"], "outside (0, 1)"),
+    ],
+)
+def test_prune_command_latency_refusals(artifact, tmp_path, capsys, args, message):
+    code, _, err = run(capsys, "prune", artifact, *args, "-o", tmp_path / "p")
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "p").exists()
+
+
+def test_prune_to_latency_needs_one_table_source(tmp_path):
+    with pytest.raises(VitCompressError, match="give one latency table"):
+        prune_to_latency(tiny("vit"), latency_reduction=0.3)
+    with pytest.raises(VitCompressError, match="give one latency table"):
+        prune_to_latency(tiny("vit"), latency_reduction=0.3, backend="torch-cpu", table=synthetic_table(tiny("vit")))
