@@ -128,7 +128,14 @@ class CompressConfig:
         self.distill.validate()
 
     def profile_config(self) -> ProfileConfig:
-        return ProfileConfig(backend=self.backend, batch=self.latency_batch, precision=self.latency_precision)
+        """The profile of the model: on the target backend, batch and precision, with the search's
+        token reducer."""
+        return ProfileConfig(
+            backend=self.backend,
+            batch=self.latency_batch,
+            precision=self.latency_precision,
+            token_method=None if self.token_method == "none" else self.token_method,
+        )
 
     def space(self) -> SearchSpace:
         return SearchSpace(
@@ -234,6 +241,11 @@ def compress(
         table.save(out / TABLE)
     table = LatencyTable.load(out / TABLE)
     table.check(dense)
+    if cfg.token_method != "none" and cfg.token_method not in table.reducers:
+        logger.info(
+            f"warning: the latency table has no measurement of {cfg.token_method}'s own time; token schedules are "
+            f"predicted without it (profile with --token-method {cfg.token_method})"
+        )
     seconds["profile"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

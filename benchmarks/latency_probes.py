@@ -9,6 +9,9 @@
   embedding, final norm, pooling and classifier, exported like a model.
 - ``EmptyProbe``: a call that does nothing but return a slice of its input: the backend's
   per-call overhead, subtracted from the sublayer figures.
+- ``TokenProbe``: one block that reduces tokens with a given reducer (its own time is the probe's
+  minus the attention and MLP sublayers it runs), or that block followed by one that adds the
+  proportional-attention bias; exported like a model.
 
 Torch backends run the probe modules. ONNX backends run graphs built here op for op in the pattern
 the exporter produces for a block (``sublayer_graph``: ``LayerNormalization``, ``MatMul`` + ``Add``,
@@ -41,7 +44,8 @@ from vitcompress.exporters import DEFAULT_OPSET
 from vitcompress.exporters.cleanup import cleanup
 from vitcompress.families import family_for_source
 from vitcompress.layers import PrunedAttention
-from vitcompress.spec import SourceModel, Spec
+from vitcompress.spec import BlockSpec, SourceModel, Spec
+from vitcompress.tokens.apply import apply_tokens
 
 from .runners import Variant
 
@@ -112,6 +116,31 @@ def mlp_probe(block: nn.Module, d: int, hidden: int, tokens: int, seed: int = 0)
     mlp = Mlp(d, hidden, bias=(old.fc1.bias is not None, old.fc2.bias is not None))
     mlp.act = copy.deepcopy(old.act)
     return _randomise(SublayerProbe(_norm(block.norm2, d), mlp, _ls(block.ls2, d), tokens), seed)
+
+
+class TokenProbe(nn.Module):
+    """Blocks with a token reducer (a ``TokenBlocks``) on ``tokens`` tokens: ``x [B, 1, T, D] -> [B, T', D]``."""
+
+    def __init__(self, blocks: nn.Module, tokens: int):
+        super().__init__()
+        self.blocks, self.tokens = blocks, int(tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x.flatten(1, 2))
+
+
+def token_probe(
+    source: SourceModel, block: BlockSpec, d: int, n_blocks: int, method: str, keep: float, tokens: int, seed: int = 0
+) -> TokenProbe:
+    """``n_blocks`` blocks of widths ``block`` whose first reduces with ``method`` keeping ``keep``
+    of the patch tokens (the blocks of a model of ``source``, random weights)."""
+    torch.manual_seed(seed)
+    blocks = [copy.copy(block) for _ in range(n_blocks)]
+    for i, b in enumerate(blocks):
+        b.source_index = i
+    model = family_for_source(source).build(source, Spec([d], blocks), device="cpu")
+    apply_tokens(model, f"{keep:g}@0", method=method)
+    return TokenProbe(model.blocks, tokens).eval()
 
 
 def rest_model(source: SourceModel, d: int, seed: int = 0) -> nn.Module:
@@ -296,6 +325,21 @@ def empty_variant(tokens: int, d: int, max_batch: int, name: str = "empty") -> P
         in_chans=1,
         max_batch=max_batch,
         graph=lambda precision: empty_graph(tokens, d, precision),
+    )
+
+
+def token_variant(name: str, probe: TokenProbe, d: int, max_batch: int) -> ProbeVariant:
+    """A token probe as a variant, traced on first use (its reducers are ordinary exported graphs)."""
+    example = torch.randn(2, 1, probe.tokens, d)
+    return ProbeVariant(
+        name,
+        probe,
+        0,
+        0,
+        img_size=(probe.tokens, d),
+        in_chans=1,
+        max_batch=max_batch,
+        graph=lambda precision: traced_graph(probe, example, precision),
     )
 
 

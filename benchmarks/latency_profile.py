@@ -13,7 +13,10 @@ warm-up passes, then interleaved rounds of timed passes, the median per probe), 
 2. **grids**: attention probes over heads x q/k x v for every (embedding, tokens) pair of the grid,
    MLP probes over MLP width x tokens for every embedding width; q/k, v, MLP and embedding grid
    points are multiples of the detected steps;
-3. **the rest**: the model without blocks at every embedding width of the grid, and the dense model
+3. **token reducers** (with ``token_method``): per token count of the grid, a block that reduces
+   with that reducer, and for a reducer with proportional attention that block followed by a plain
+   one, timed with the plain sublayers they run (the differences are the reducer's own time);
+4. **the rest**: the model without blocks at every embedding width of the grid, and the dense model
    itself (its measured latency calibrates the predicted milliseconds, ``LatencyTable.scale``).
 
 Every group of sublayer probes also times an empty call; its median (the backend's per-call
@@ -52,12 +55,23 @@ from vitcompress.latency import (
 )
 from vitcompress.progress import tqdm
 from vitcompress.resolve import resolve_model
-from vitcompress.tokens.apply import remove_tokens, schedule_of
+from vitcompress.tokens.apply import build_reducers, remove_tokens, schedule_of
+from vitcompress.tokens.registry import REDUCERS
+from vitcompress.tokens.schedule import parse_schedule
 
 from . import env as envmod
 from .backends import backend_names, get_runner
 from .bench import load_variant
-from .latency_probes import attn_probe, empty_variant, mlp_probe, model_variant, rest_model, sublayer_variant
+from .latency_probes import (
+    attn_probe,
+    empty_variant,
+    mlp_probe,
+    model_variant,
+    rest_model,
+    sublayer_variant,
+    token_probe,
+    token_variant,
+)
 from .runner_torch import MODES
 from .runners import Variant
 from .timing import measure
@@ -86,6 +100,10 @@ class ProfileConfig:
     min_embed: float = setting(0.5, "Smallest embedding width on the grid, as a share of the full width.")
     min_tokens: float = setting(0.3, "Fewest tokens on the grid, as a share of the full count.")
     calibrate: bool = setting(True, "Also measure the dense model (scales the predicted milliseconds).")
+    token_method: str | None = setting(
+        None, "Also measure this token reducer's own time (topk, topk-vpa, evit, etps), for token schedules."
+    )
+    token_keep: float = setting(0.7, "Keep rate of the token reducer probes.")
 
     def validate(self) -> ProfileConfig:
         if self.backend not in backend_names():
@@ -107,6 +125,15 @@ class ProfileConfig:
         for name in ("min_embed", "min_tokens"):
             if not 0 < getattr(self, name) <= 1:
                 raise VitCompressError(f"{name} must be in (0, 1], got {getattr(self, name)}", params=[name])
+        if self.token_method is not None:
+            if self.token_method not in REDUCERS.list() or "keep" not in REDUCERS.get(self.token_method).kinds:
+                raise VitCompressError(
+                    f"token_method {self.token_method!r}: reducer probes cover the keep-rate reducers "
+                    f"({', '.join(n for n in REDUCERS.list() if 'keep' in REDUCERS.get(n).kinds)})",
+                    params=["token_method"],
+                )
+            if not 0 < self.token_keep < 1:
+                raise VitCompressError(f"token_keep must be in (0, 1), got {self.token_keep}", params=["token_keep"])
         if self.threads is None:
             self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return self
@@ -163,6 +190,37 @@ class _Session:
 
 def _window(full: int, size: int, low: int = 1) -> list[int]:
     return list(range(max(low, full - size + 1), full + 1))
+
+
+def _reducer_probes(sess: _Session, cfg: ProfileConfig, source, block, full, tokens_grid, attn_v, mlp_v) -> dict:
+    """The reducer's own time: per token count ``t`` of the grid, a reducing block (and, for a reducer
+    with proportional attention, that block followed by a plain one) timed with the plain
+    sublayers it runs; the differences are the reducer's time."""
+    method, keep = cfg.token_method or "", cfg.token_keep
+    D, H, QK, V, M, p = (full[k] for k in ("embed", "heads", "qk", "v", "mlp", "prefix"))
+    wide = copy.copy(block)
+    wide.num_heads, wide.qk_dim, wide.v_dim, wide.mlp_hidden = H, QK, V, M
+    red = build_reducers(parse_schedule(f"{keep:g}@0", method), 1, p)[0]
+    chained = bool(red is not None and red.tracks_size and red.prop_attn)
+    out: dict = {"keep": keep, "tokens": [], "reduce_ms": [], "tokens_after": [], "after_ms": []}
+    for t in tokens_grid:
+        if t < p + 2:
+            continue
+        t_out = p + int(red.out_count(t - p)) if red is not None else t
+        one = token_variant(f"reduce-{method}-t{t}", token_probe(source, wide, D, 1, method, keep, t), D, cfg.batch)
+        plain = [attn_v(D, t, H, QK, V), mlp_v(D, t_out, M), attn_v(D, t_out, H, QK, V)]
+        group = [one, *plain]
+        if chained:
+            two = token_probe(source, wide, D, 2, method, keep, t)
+            group.append(token_variant(f"chain-{method}-t{t}", two, D, cfg.batch))
+        med = sess.time(group, empty_variant(t, D, cfg.batch))
+        a_in, m_out, a_out = (med[v.name] for v in plain)
+        reduce_ms = med[one.name] - a_in - m_out
+        out["tokens"].append(t)
+        out["reduce_ms"].append(reduce_ms)
+        out["tokens_after"].append(t_out)
+        out["after_ms"].append(med[group[-1].name] - med[one.name] - a_out - m_out if chained else 0.0)
+    return out
 
 
 def profile_latency(
@@ -252,7 +310,8 @@ def profile_latency(
         attn = np.zeros(tuple(len(grid[a]) for a in ATTN_AXES))
         mlp = np.zeros(tuple(len(grid[a]) for a in MLP_AXES))
         if bar is not None:
-            bar.total = n_probes + attn.size + mlp.size + len(grid["embed"]) + int(cfg.calibrate)
+            n_tokens = 6 * len(tokens_grid) if cfg.token_method else 0
+            bar.total = n_probes + attn.size + mlp.size + len(grid["embed"]) + int(cfg.calibrate) + n_tokens
             bar.refresh()
         for i, d in enumerate(grid["embed"]):
             for j, t in enumerate(grid["tokens"]):
@@ -270,7 +329,14 @@ def profile_latency(
             for j, a, var in cells2:
                 mlp[i, j, a] = med[var.name]
 
-        # 3. the model without blocks (and the dense model, measured together)
+        # 3. the token reducer's own time
+        reducers = {}
+        if cfg.token_method is not None:
+            reducers[cfg.token_method] = _reducer_probes(
+                sess, cfg, source, spec.blocks[0], full, tokens_grid, attn_v, mlp_v
+            )
+
+        # 4. the model without blocks (and the dense model, measured together)
         rests = [
             model_variant(f"rest-d{d}", rest_model(source, d), in_chans, (h_img, w_img), mb) for d in grid["embed"]
         ]
@@ -299,6 +365,7 @@ def profile_latency(
         as_measured={"attn_ms": attn.tolist(), "mlp_ms": mlp.tolist()},
         rest_ms=rest,
         overhead_ms=float(np.median(sess.overheads)) if sess.overheads else 0.0,
+        reducers=reducers,
         sweeps=found,
         timing={"warmup": cfg.warmup, "iters": cfg.iters, "rounds": cfg.rounds},
         env=from_env,

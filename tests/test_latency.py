@@ -22,11 +22,12 @@ from vitcompress.latency import (
     monotone,
     snap,
     stair_widths,
+    token_roles,
 )
 from vitcompress.reference import mask_model
 from vitcompress.report import format_prune_summary
 from vitcompress.scorers import SCORERS
-from vitcompress.tokens.apply import apply_tokens
+from vitcompress.tokens.apply import apply_tokens, schedule_of
 from vitcompress.tokens.counting import block_tokens
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -121,6 +122,31 @@ def test_token_schedule_enters_the_prediction():
     expect = table.rest(64) + sum(table.attn(64, bt.t_in, 4, 16, 16) + table.mlp(64, bt.t_out, 256) for bt in counts)
     assert ms == pytest.approx(expect)
     assert ms < plain
+
+
+def test_reducer_time_is_added_where_the_schedule_reduces_and_biases():
+    model = tiny("vit")
+    plain = synthetic_table(model)
+    table = LatencyTable.from_dict(plain.to_dict())
+    table.reducers = {
+        "topk-vpa": {
+            "keep": 0.7,
+            "tokens": [6, 17],
+            "reduce_ms": [0.1, 0.2],
+            "tokens_after": [5, 13],
+            "after_ms": [0.01, 0.03],
+        }
+    }
+    vpa = apply_tokens(tiny("vit"), "0.5@1,2", method="topk-vpa")
+    topk = apply_tokens(tiny("vit"), "0.5@1,2", method="topk")
+    assert token_roles(schedule_of(vpa), 4, 1) == ["", "reduce", "reduce+after", "after"]
+    assert token_roles(schedule_of(topk), 4, 1) == ["", "reduce", "reduce", ""]
+    # tokens entering the blocks: 17, 17, 9, 5
+    reduce = 0.2 + (0.1 + (9 - 6) / (17 - 6) * 0.1)
+    after = (0.01 + (9 - 5) / (13 - 5) * 0.02) + 0.01
+    assert table.model_ms(vpa) - plain.model_ms(vpa) == pytest.approx(reduce + after)
+    assert table.model_ms(topk) == pytest.approx(plain.model_ms(topk))  # topk was not profiled
+    assert table.model_ms(model) == pytest.approx(plain.model_ms(model))
 
 
 def test_table_file_round_trip_and_refusals(tmp_path):

@@ -2,6 +2,7 @@
 on the bench runners, the profile and latency-prune commands."""
 
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -19,6 +20,7 @@ from vitcompress.benchmarks.latency_probes import (
     mlp_probe,
     rest_model,
     sublayer_graph,
+    token_probe,
 )
 from vitcompress.benchmarks.latency_profile import profile_latency
 from vitcompress.benchmarks.latency_prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
@@ -28,6 +30,7 @@ from vitcompress.exporters import export_onnx
 from vitcompress.families import family_of
 from vitcompress.latency import LatencyTable, source_of
 from vitcompress.slicers import slice_model
+from vitcompress.tokens.apply import apply_tokens
 
 # small grids and one pass per probe: these tests check structure, not speed
 QUICK = dict(sweep=8, iters=2, rounds=1, warmup=1, heads_points=2, dim_points=2, mlp_points=2, embed_points=2,
@@ -128,9 +131,32 @@ def _check_table(table: LatencyTable, model):
 
 def test_profile_on_torch_cpu_builds_a_consistent_table(one_thread):
     model = tiny("vit")
-    table = profile_latency(model, backend="torch-cpu", **QUICK)
+    table = profile_latency(model, backend="torch-cpu", token_method="topk-vpa", **QUICK)
     _check_table(table, model)
     assert table.backend == "torch-cpu" and table.batch == 2
+    red = table.reducers["topk-vpa"]
+    assert red["tokens"] == table.grid["tokens"] and red["tokens_after"] == [
+        1 + math.ceil(0.7 * (t - 1)) for t in red["tokens"]
+    ]
+    assert len(red["reduce_ms"]) == len(red["after_ms"]) == len(red["tokens"])
+    assert all(math.isfinite(v) for v in red["reduce_ms"] + red["after_ms"])
+
+
+def test_token_probe_is_the_models_reducing_block():
+    """Two blocks of a model reducing with topk-vpa at block 0 (the second adds the proportional-
+    attention bias) equal the token probe loaded with their weights."""
+    model = tiny("vit")
+    reduced = apply_tokens(tiny("vit"), "0.7@0", method="topk-vpa")
+    tb = reduced.blocks
+    ref = type(tb)(list(tb)[:2], tb.reducers[:2], tb.prefix, tb.has_cls, tb.prop_attn)
+    probe = token_probe(source_of(model), family_of(model).spec(model).blocks[0], 64, 2, "topk-vpa", 0.7, 17)
+    assert probe.blocks.prop_attn and probe.blocks.reducers[0] is not None and probe.blocks.reducers[1] is None
+    probe.blocks.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        got = probe(x[:, None])
+        torch.testing.assert_close(got, ref(x))
+    assert got.shape == (2, 1 + math.ceil(0.7 * 16), 64)
 
 
 @pytest.mark.export

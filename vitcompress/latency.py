@@ -15,7 +15,9 @@ probe) is subtracted from the sublayer figures, so that a model's latency is **a
     latency(spec) = rest(embed) + sum over blocks [attn(embed, t_in, heads, qk, v) + mlp(embed, t_out, mlp)]
 
 with ``t_in``/``t_out`` the tokens entering the block and leaving its token reducer (the model's
-token schedule; every token without one). Between grid points the table is interpolated
+token schedule; every token without one), plus the token reducers' own time where the table
+measured the schedule's reducer (``reducers``: the selection in a reducing block, the
+proportional-attention bias in the blocks after it). Between grid points the table is interpolated
 multilinearly (outside it, extrapolated linearly from the last two points).
 
 **Steps.** Kernels work in tiles, so latency as a function of a width is a staircase: constant up
@@ -57,7 +59,7 @@ from .io import atomic_file
 from .meta import attached
 from .models import infer_source
 from .spec import SourceModel, Spec
-from .tokens.apply import schedule_of
+from .tokens.apply import build_reducers, schedule_of
 from .tokens.counting import block_tokens
 from .tokens.schedule import TokenSchedule
 
@@ -187,7 +189,9 @@ def interpolate(values: np.ndarray, axes: Sequence[np.ndarray], point: Sequence[
 class LatencyTable:
     """Measured latency of one model's structures on one backend (see the module docstring).
 
-    ``full`` holds the profiled model's widths (``embed``, ``heads``, ``qk``, ``v``, ``mlp``,
+    ``reducers`` holds, per token reducer that was profiled, its own time in a reducing block
+    (``reduce_ms`` over ``tokens`` entering it) and in a later block that adds the proportional-
+    attention bias (``after_ms`` over ``tokens_after``). ``full`` holds the profiled model's widths (``embed``, ``heads``, ``qk``, ``v``, ``mlp``,
     ``tokens`` entering the first block, ``depth``); ``grid`` the widths each axis was measured at;
     ``steps`` the detected step per width kind; ``sweeps`` the fine windows the steps came from
     (widths, milliseconds, residual per candidate step); ``dense`` the whole dense model measured and
@@ -208,6 +212,7 @@ class LatencyTable:
     mlp_ms: list
     rest_ms: list
     overhead_ms: float = 0.0
+    reducers: dict = field(default_factory=dict)
     sweeps: dict = field(default_factory=dict)
     dense: dict = field(default_factory=dict)
     as_measured: dict = field(default_factory=dict)
@@ -307,14 +312,40 @@ class LatencyTable:
     def _block_ms(self, d: int, t_in: int, t_out: int, h: int, qk: int, v: int, m: int) -> float:
         return self.attn(d, t_in, h, qk, v) + self.mlp(d, t_out, m)
 
-    def unscaled(self, spec: Spec, tokens: Sequence[BlockTokens] | None = None) -> float:
-        """Predicted latency (ms) of a model with ``spec`` before the dense-model scaling."""
+    def reducer_ms(self, schedule: TokenSchedule, tokens: Sequence[BlockTokens]) -> list[float]:
+        """The token reducers' own time per block (ms): ``reduce_ms`` at the tokens entering a reducing
+        block, ``after_ms`` at those entering a later block that adds the proportional-attention
+        bias; zeros when the table has no measurement of the schedule's reducer."""
+        probe = self.reducers.get(schedule.method)
+        roles = token_roles(schedule, len(tokens), int(self.full.get("prefix", 1)))
+        if probe is None:
+            return [0.0] * len(tokens)
+        out = []
+        for role, bt in zip(roles, tokens):
+            ms = 0.0
+            if "reduce" in role:
+                ms += interpolate(np.asarray(probe["reduce_ms"]), [np.asarray(probe["tokens"], float)], (bt.t_in,))
+            if "after" in role:
+                ms += interpolate(np.asarray(probe["after_ms"]), [np.asarray(probe["tokens_after"], float)], (bt.t_in,))
+            out.append(max(0.0, ms))
+        return out
+
+    def unscaled(
+        self,
+        spec: Spec,
+        tokens: Sequence[BlockTokens] | None = None,
+        schedule: TokenSchedule | None = None,
+    ) -> float:
+        """Predicted latency (ms) of a model with ``spec`` on ``tokens`` per block (its ``schedule``'s
+        counts; every token by default) before the dense-model scaling."""
         d = spec.embed_dim
         t = int(self.full["tokens"])
         total = self.rest(d)
         for i, b in enumerate(spec.blocks):
             t_in, t_out = (tokens[i].t_in, tokens[i].t_out) if tokens is not None else (t, t)
             total += self._block(d, int(t_in), int(t_out), b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden)
+        if schedule is not None and tokens is not None:
+            total += sum(self.reducer_ms(schedule, tokens))
         return total
 
     @property
@@ -323,9 +354,15 @@ class LatencyTable:
         meas, pred = self.dense.get("measured_ms"), self.dense.get("predicted_ms")
         return float(meas) / float(pred) if meas and pred else 1.0
 
-    def predict(self, spec: Spec, tokens: Sequence[BlockTokens] | None = None) -> float:
-        """Predicted latency (ms per batch) of a model with ``spec`` on ``tokens`` per block."""
-        return self.unscaled(spec, tokens) * self.scale
+    def predict(
+        self,
+        spec: Spec,
+        tokens: Sequence[BlockTokens] | None = None,
+        schedule: TokenSchedule | None = None,
+    ) -> float:
+        """Predicted latency (ms per batch) of a model with ``spec`` on ``tokens`` per block (with the
+        reducers' own time where ``schedule`` is given and the table measured its reducer)."""
+        return self.unscaled(spec, tokens, schedule) * self.scale
 
     # ---------------------------------------------------------------- models and budgets
     def check(self, model: nn.Module) -> Family:
@@ -369,7 +406,7 @@ class LatencyTable:
         sched = schedule if schedule is not None else schedule_of(model)
         if sched is None:
             return lambda sp: self.predict(sp)
-        return lambda sp: self.predict(sp, block_tokens(sp, layout, sched))
+        return lambda sp: self.predict(sp, block_tokens(sp, layout, sched), sched)
 
     def model_ms(self, model: nn.Module, schedule: TokenSchedule | None = None) -> float:
         """Predicted latency (ms per batch) of ``model`` (with its token schedule)."""
@@ -403,6 +440,21 @@ class LatencyTable:
             return importance * max(saved_m, 1e-12) / saved_l
 
         return key
+
+
+def token_roles(schedule: TokenSchedule, depth: int, prefix: int) -> list[str]:
+    """Per block, what the schedule's reducers add to it: ``"reduce"`` (it reduces), ``"after"``
+    (it adds the proportional-attention bias of an earlier size-tracking reducer), both, or ``""``."""
+    reducers = build_reducers(schedule, depth, prefix)
+    first = next((i for i, r in enumerate(reducers) if r is not None), None)
+    prop = first is not None and reducers[first].tracks_size and reducers[first].prop_attn
+    roles = []
+    for i, r in enumerate(reducers):
+        role = "reduce" if r is not None else ""
+        if prop and first is not None and i > first:
+            role += "+after" if role else "after"
+        roles.append(role)
+    return roles
 
 
 def latency_budget(
