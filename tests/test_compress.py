@@ -1,0 +1,158 @@
+"""compress: the joint search, the stages end to end, resume after a kill, the command and its refusals."""
+
+import json
+
+import pytest
+import torch
+from helpers import Kill, synthetic_table, tiny
+
+import vitcompress
+from vitcompress.artifact import is_artifact, load
+from vitcompress.benchmarks.compress import CompressConfig, compress
+from vitcompress.benchmarks.compress_search import SearchSpace, kl_to_teacher, search, token_blocks
+from vitcompress.budget import TOLERANCE
+from vitcompress.cli import main
+from vitcompress.data import calibration_loader
+from vitcompress.errors import VitCompressError
+from vitcompress.recipe import block_importance
+from vitcompress.training import TrainConfig
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A tiny ViT artifact (10 classes) and a latency table of it with a reducer measurement."""
+    model = tiny("vit")
+    art = vitcompress.save(model, tmp_path / "art")
+    table = synthetic_table(model, head_ms=0.01)
+    table.reducers = {
+        "topk-vpa": {
+            "keep": 0.7,
+            "tokens": [6, 17],
+            "reduce_ms": [0.01, 0.02],
+            "tokens_after": [5, 13],
+            "after_ms": [0.0, 0.001],
+        }
+    }
+    return art, table.save(tmp_path / "table.json")
+
+
+def config(table, **train):
+    return CompressConfig(
+        latency_reduction=0.35,
+        latency_table=str(table),
+        calib_images=16,
+        search_images=32,
+        token_keeps=("0.7",),
+        train=TrainConfig(
+            **{"data": "digits", "epochs": 2, "max_steps_per_epoch": 3, "batch_size": 16, "progress": False, **train}
+        ),
+    )
+
+
+def test_token_blocks_sit_at_quarters_of_the_depth():
+    assert token_blocks(12) == [3, 6, 9]
+    assert token_blocks(6) == [2, 3, 4]
+    assert token_blocks(2) == [1]
+
+
+def test_search_meets_the_target_with_every_mix_and_keeps_the_closest_to_the_teacher(setup):
+    art, table_path = setup
+    dense = load(art)
+    table = vitcompress.latency.LatencyTable.load(table_path)
+    best, rows = search(
+        dense, dense, table, SearchSpace(0.35, data="digits", calib_images=16, search_images=32, token_keeps=[0.7])
+    )
+    ok = [c for c in rows if c.status == "ok"]
+    assert len(ok) >= 3 and best in ok
+    for c in ok:
+        assert abs(c.predicted_cut - 0.35) <= TOLERANCE + 1e-9, c
+        assert c.kl is not None and c.kl >= 0 and 0 <= c.agreement <= 1
+    assert best.kl == min(c.kl for c in ok) and best.model is not None
+    assert all(c.model is None for c in rows if c is not best)
+    assert table.model_ms(best.model) == pytest.approx(best.predicted_ms)
+    assert {c.tokens for c in ok} >= {None, "0.7@1,2,3"}
+    order = torch.argsort(block_importance(dense, calibration_loader("digits", dense, 16, 32, 0)), stable=True).tolist()
+    for c in rows:
+        assert c.blocks_removed == sorted(order[: len(c.blocks_removed)])  # least important blocks first
+    assert rows[-1].status.startswith(f"{len(rows[-1].blocks_removed)} blocks alone remove")
+    x = next(iter(calibration_loader("digits", dense, 8, 8, 3)))[0]
+    assert kl_to_teacher(dense, dense, [x]) == (pytest.approx(0.0, abs=1e-7), 1.0)
+
+
+@pytest.mark.export
+def test_compress_resumes_after_a_kill_in_training_and_skips_the_finished_stages(setup, tmp_path, one_thread):
+    art, table = setup
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        compress(art, config(table), cut, callbacks=[Kill(at_step=4)], progress=False)  # epoch 2 of 2
+    assert (cut / "profile" / "latency_table.json").is_file() and (cut / "search" / "search.json").is_file()
+    assert is_artifact(cut / "pruned") and (cut / "distilled" / "checkpoint.pt").is_file()
+    assert load(cut / "distilled").vitcompress_meta.extra["training"]["epochs_done"] == 1
+    assert not (cut / "export").exists() and not (cut / "report.md").exists()
+    finished = [
+        cut / "profile" / "latency_table.json",
+        cut / "search" / "search.json",
+        cut / "pruned" / "model.safetensors",
+    ]
+    stamps = [p.stat().st_mtime_ns for p in finished]
+
+    resumed = compress(art, config(table), cut, resume=True, progress=False)
+    assert [p.stat().st_mtime_ns for p in finished] == stamps  # not redone
+    assert load(cut / "distilled").vitcompress_meta.extra["training"]["epochs_done"] == 2
+    full = compress(art, config(table), tmp_path / "full", progress=False)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+
+    report = json.loads((cut / "report.json").read_text())
+    assert [r["stage"] for r in report["rows"]] == ["dense", "pruned", "distilled"]
+    pruned = report["rows"][1]
+    assert abs(pruned["predicted_cut"] - 0.35) <= TOLERANCE and pruned["measured_ms"] > 0
+    assert pruned["macs"] < report["rows"][0]["macs"] and 0 <= pruned["top1"] <= 1
+    assert (cut / "export" / "model.onnx").is_file() and (cut / "bench" / "report.md").is_file()
+    md = (cut / "report.md").read_text()
+    assert "| distilled |" in md and "## Search" in md and "Chosen by the search" in md
+
+    with pytest.raises(VitCompressError, match="token_keeps differs"):
+        compress(art, config(table), cut, resume=True, token_keeps=("0.8",))
+    with pytest.raises(VitCompressError, match="already exists"):
+        compress(art, config(table), cut)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"latency_reduction": None}, "latency_reduction must be in"),
+        ({"latency_reduction": 1.2}, "latency_reduction must be in"),
+        ({"granularity": ("heads", "depth")}, "chooses depth itself"),
+        ({"token_method": "tome"}, "not tome"),
+        ({"token_keeps": ("1.5",)}, "token_keeps must be in"),
+        ({"latency_precision": "bf16"}, "fp32 or fp16"),
+        ({"latency_table": "missing.json"}, "does not exist"),
+    ],
+)
+def test_compress_refuses_bad_settings_before_writing(setup, tmp_path, options, message, monkeypatch):
+    art, table = setup
+    monkeypatch.chdir(tmp_path)
+    cfg = config(table)
+    for k, v in options.items():
+        setattr(cfg, k, v)
+    with pytest.raises(VitCompressError, match=message):
+        compress(art, cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.export
+def test_compress_command(setup, tmp_path, capsys, one_thread):
+    art, table = setup
+    out = tmp_path / "c"
+    args = ["compress", art, "--latency-reduction", "0.35", "--latency-table", table, "--data", "digits", "--epochs", "1",
+            "--max-steps-per-epoch", "2", "--batch-size", "16", "--calib-images", "16", "--search-images", "32",
+            "--token-keeps", "0.7", "--quiet", "-o", out]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    stdout = capsys.readouterr().out
+    assert "# compress:" in stdout and "| pruned |" in stdout and "measured cut" in stdout
+    assert main([str(a) for a in args] + ["--resume"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("done, skipped") == 5  # profile, search, distil, export, bench
+    code = main([str(a) for a in args])
+    assert code == 2 and "--resume" in capsys.readouterr().err
