@@ -1,6 +1,7 @@
 # Two commands on a fresh clone:
 #   make demo   installs into .venv, prunes DeiT-S by 46.2% MACs on real digits, prints its table,
-#               exports it to ONNX (dynamic batch and image size) and checks it against PyTorch
+#               exports it to ONNX (dynamic batch and image size) and checks it against PyTorch, then
+#               times dense and pruned together on ONNX Runtime (CPU, batch 8): latency ratio, efficiency
 #   make test   installs into .venv and runs the fast test suite (under 3 minutes on 2 CPU cores)
 # and for contributors (CONTRIBUTING.md):
 #   make test-slow  the ONNX-export and DeiT-S/B cases (markers export, slow)
@@ -26,6 +27,8 @@ demo: $(STAMP)
 		--data digits --calib-images 32 -o runs/deit_s_46 --force
 	$(VENV)/bin/vitcompress info runs/deit_s_46
 	$(VENV)/bin/vitcompress export runs/deit_s_46 -o runs/deit_s_46.onnx --batch 1:8:32 --dynamic-size --img-size 160:224:288
+	$(VENV)/bin/vitcompress bench runs/deit_s_46 --baseline deit_small_patch16_224 --backend ort-cpu --batch 8 \
+		--warmup 2 --iters 5 --rounds 3 --report runs/deit_s_46_bench
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow and not export"

@@ -216,6 +216,9 @@ def test_profile_command_writes_the_table_and_refuses_to_overwrite(artifact, tmp
     assert LatencyTable.load(out).backend == "torch-cpu" and png.stat().st_size > 0
     code, _, err = run(capsys, "profile", artifact, "--backend", "torch-cpu", "-o", out)
     assert code == 2 and err.startswith("error: ") and "--force" in err
+    code, stdout, err = run(capsys, "profile", artifact, "--backend", "torch-cpu", *quick, "--no-calibrate", "--force", "-o", out)  # fmt: skip
+    assert code == 0, err
+    assert "dense model: measured" not in stdout and LatencyTable.load(out).dense == {}
 
 
 def test_prune_command_to_a_latency_table(artifact, tmp_path, capsys):

@@ -66,6 +66,8 @@ def _option(f: dataclasses.Field, hint: Any, flag: str, dest: str, help: str | N
         origin = typing.get_origin(hint)
     text = help if help is not None else f.metadata.get("help", "")
     if hint is bool:
+        if default is True and "/" not in flag:  # a setting that is on by default needs a way to turn it off
+            flag = f"{flag}/--no-{flag.removeprefix('--')}"
         return click.option(flag, dest, is_flag=True, default=bool(default), help=text)
     if origin is tuple or hint is tuple:  # a comma list on the command line
         shown = ",".join(map(str, default)) if default is not None else None
