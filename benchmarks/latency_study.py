@@ -52,6 +52,7 @@ from vitcompress.distill import DistillConfig
 from vitcompress.evaluate import evaluate_data
 from vitcompress.io import atomic_file
 from vitcompress.latency import LatencyTable
+from vitcompress.resolve import resolve_model
 from vitcompress.training import TrainConfig, fit
 
 from .bench import BenchConfig, load_variant, run_bench
@@ -122,7 +123,7 @@ def _row(name, model, dense, table, measured) -> dict:
 def deit(args, out: Path) -> dict:
     """The DeiT-S part (module docstring)."""
     torch.manual_seed(0)
-    dense = vitcompress.create_source_model(args.model).eval()
+    dense = resolve_model(args.model).eval()
     tag = f"{args.backend}.b{args.batch}.{args.precision}" + (f".{args.mode}" if args.mode != "eager" else "")
     table = _table(dense, Path(args.table) if args.table else out / f"deit_s.{tag}.json", args)
     common = dict(importance="taylor", data="digits", calib_images=args.calib_images, seed=0)
@@ -204,6 +205,7 @@ def mnist(args, out: Path) -> dict:
             importance="taylor",
             calib_images=args.calib_images,
             token_method=args.token_method,
+            token_keeps=tuple(args.token_keeps.split(",")),
             train=copy.deepcopy(train),
             distill=copy.deepcopy(distill),
         )
@@ -338,7 +340,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calib-images", type=int, default=32)
-    ap.add_argument("--model", default="deit_small_patch16_224", help="deit: the model.")
+    ap.add_argument("--model", default="deit_small_patch16_224", help="deit: the model (timm name or artifact).")
     ap.add_argument("--macs-reduction", type=float, default=0.462, help="deit: the MACs-targeted plan's cut.")
     ap.add_argument("--latency-reduction", type=float, default=0.424, help="deit: the latency-targeted plan's cut.")
     ap.add_argument("--teacher", default="runs/teacher_mnist10k", help="mnist: the teacher artifact (make teacher).")
@@ -346,6 +348,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reductions", type=lambda s: [float(x) for x in s.split(",")], default=[0.4, 0.6])
     ap.add_argument("--epochs", type=int, default=4, help="mnist: distillation epochs (both pipelines).")
     ap.add_argument("--token-method", default="topk-vpa", help="mnist: the token reducer compress tries.")
+    ap.add_argument("--token-keeps", default="0.9,0.8,0.7", help="mnist: the keep rates compress tries.")
     ap.add_argument("--bisect", type=int, default=7, help="mnist: bisection steps of the MACs-targeted cut.")
     args = ap.parse_args(argv)
 
