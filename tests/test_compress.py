@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from helpers import Kill, synthetic_table, tiny
+from stand_ins import use_tensorrt_stand_in
 
 import vitcompress
 from vitcompress.artifact import is_artifact, load
@@ -14,6 +15,7 @@ from vitcompress.budget import TOLERANCE
 from vitcompress.cli import main
 from vitcompress.data import calibration_loader
 from vitcompress.errors import VitCompressError
+from vitcompress.exporters.trt_build import read_sidecar
 from vitcompress.recipe import block_importance
 from vitcompress.training import TrainConfig
 
@@ -116,6 +118,23 @@ def test_compress_resumes_after_a_kill_in_training_and_skips_the_finished_stages
         compress(art, config(table), cut, resume=True, token_keeps=("0.8",))
     with pytest.raises(VitCompressError, match="already exists"):
         compress(art, config(table), cut)
+
+
+@pytest.mark.export
+def test_compress_with_trt_builds_and_checks_an_engine_and_resume_keeps_it(setup, tmp_path, monkeypatch, one_thread):
+    trt = use_tensorrt_stand_in(monkeypatch, "10.16.1")
+    art, table = setup
+    cfg = config(table, epochs=1)
+    cfg.trt = True
+    out = tmp_path / "t"
+    res = compress(art, cfg, out, progress=False)
+    engine = out / "export" / "model.engine"
+    assert engine.is_file() and read_sidecar(engine)["tensorrt_version"] == trt.__version__
+    assert res.report["export"]["engine"] == str(engine)
+    assert f"TensorRT engine {engine}" in (out / "report.md").read_text()
+    stamp = engine.stat().st_mtime_ns
+    compress(art, cfg, out, resume=True, progress=False)
+    assert engine.stat().st_mtime_ns == stamp  # the export stage is complete: skipped
 
 
 @pytest.mark.parametrize(
