@@ -44,6 +44,17 @@ def test_detect_step_recovers_the_staircase(step):
     assert max(rss) <= w.size // 2  # a candidate needs two whole stairs in the window
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_detect_step_keeps_step_one_on_a_line_plus_noise(seed):
+    """Some step always fits noise a little better than the line; it must not be taken for a staircase."""
+    rng = np.random.default_rng(seed)
+    w = np.arange(321, 385)
+    ms = 180 + 0.3 * w + rng.normal(0, 15, w.size)  # noise larger than the trend over a stair
+    found, rss = detect_step(w, ms)
+    assert found == 1
+    assert min(rss.values()) > 0.8 * rss[1]  # the candidates' fits differ by noise only
+
+
 def test_interpolate_is_exact_on_multilinear_functions_and_extrapolates_linearly():
     axes = [np.array([1.0, 3.0, 7.0]), np.array([2.0, 4.0])]
     f = lambda a, b: 1.5 + 2 * a - b + 0.25 * a * b  # noqa: E731

@@ -71,6 +71,8 @@ FAMILIES = ("vit", "hybrid")
 WIDTH_KINDS = ("qk", "v", "mlp", "embed")
 #: steps ``detect_step`` chooses from
 STEP_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+#: the share of the straight line's residual a step above 1 must explain to be kept
+STEP_GAIN = 0.15
 ATTN_AXES = ("embed", "tokens", "heads", "qk", "v")
 MLP_AXES = ("embed", "tokens", "mlp")
 
@@ -130,7 +132,10 @@ def detect_step(
     """The step ``p`` whose staircase ``ms ~ a + b * ceil(w / p) * p`` fits the measurements best
     (least squares), and every candidate's residual sum of squares.
 
-    Candidates need at least two whole stairs inside the window (``p <= len(widths) / 2``)."""
+    Candidates need at least two whole stairs inside the window (``p <= len(widths) / 2``). A step
+    above 1 is kept only when it leaves at most ``1 - STEP_GAIN`` of the straight line's residual
+    (step 1): on a sweep that is a line plus noise, some step always fits the noise a little better,
+    and a wrong step would forbid widths that cost less."""
     w = np.asarray(widths, dtype=np.float64)
     y = np.asarray(ms, dtype=np.float64)
     if w.size < 4:
@@ -143,7 +148,9 @@ def detect_step(
         a = np.stack([np.ones_like(x), x], 1)
         coef, *_ = np.linalg.lstsq(a, y, rcond=None)
         rss[int(p)] = float(((a @ coef - y) ** 2).sum())
-    best = min(rss, key=lambda p: (rss[p], p))
+    line = rss[1]
+    steps = [p for p in rss if p == 1 or rss[p] <= (1 - STEP_GAIN) * line]
+    best = min(steps, key=lambda p: (rss[p], p))
     return best, rss
 
 
