@@ -4,7 +4,7 @@
     table.save("deit_s.ort-cpu.b8.json")
 
 Every figure comes from the bench stage's runners and timing method (``benchmarks.timing.measure``:
-warm-up passes, then interleaved rounds of timed passes, the median per probe), on the probes of
+warm-up passes, then interleaved rounds of timed passes), on the probes of
 ``latency_probes``, in groups measured together:
 
 1. **step sweeps**: q/k width and v width (attention probes, every other width at its full value),
@@ -19,7 +19,12 @@ warm-up passes, then interleaved rounds of timed passes, the median per probe), 
 4. **the rest**: the model without blocks at every embedding width of the grid, and the dense model
    itself (its measured latency calibrates the predicted milliseconds, ``LatencyTable.scale``).
 
-Every group of sublayer probes also times an empty call; its median (the backend's per-call
+Each probe's figure is the minimum of its timed passes (``statistic``, or the median): on a shared
+CPU the median of a call that takes several milliseconds includes time the scheduler gave to other
+processes, while a call of a tenth of a millisecond is rarely interrupted, so medians make the parts
+of a model look cheaper than the whole; the minimum is each call's uncontended time.
+
+Every group of sublayer probes also times an empty call; its figure (the backend's per-call
 overhead) is subtracted from the group's sublayer figures, which makes the table additive. The
 sublayer grids are then made monotone (``latency.monotone``: no sublayer gets faster as a width or
 the token count grows; a measurement saying so is noise); the figures as measured stay in ``as_measured``.
@@ -77,6 +82,7 @@ from .runners import Variant
 from .timing import measure
 
 SWEPT = ("qk", "v", "mlp", "embed")
+STATISTICS = {"min": np.min, "median": np.median}
 
 
 @dataclass
@@ -91,6 +97,7 @@ class ProfileConfig:
     warmup: int = setting(2, "Untimed passes per probe.")
     iters: int = setting(3, "Timed passes per probe per round.")
     rounds: int = setting(3, "Interleaved rounds per group of probes.")
+    statistic: str = setting("min", "Figure per probe over its timed passes: min (uncontended time) or median.")
     sweep: int = setting(64, "Consecutive widths per step sweep (q/k, v, MLP, embedding).")
     heads_points: int = setting(3, "Grid points over the number of heads.")
     dim_points: int = setting(3, "Grid points over the q/k width and over the v width.")
@@ -120,6 +127,10 @@ class ProfileConfig:
         for name in ("batch", "iters", "rounds", "heads_points", "dim_points", "mlp_points", "embed_points"):
             if getattr(self, name) < 1:
                 raise VitCompressError(f"{name} must be at least 1, got {getattr(self, name)}", params=[name])
+        if self.statistic not in STATISTICS:
+            raise VitCompressError(
+                f"statistic is {' or '.join(STATISTICS)}, got {self.statistic!r}", params=["statistic"]
+            )
         if self.token_points < 1 or self.warmup < 0 or self.sweep < 1:
             raise VitCompressError("token_points and sweep must be at least 1, warmup at least 0")
         for name in ("min_embed", "min_tokens"):
@@ -158,7 +169,8 @@ class _Session:
         self.overheads: list[float] = []
 
     def time(self, variants: list[Variant], empty: Variant | None = None) -> dict[str, float]:
-        """Median milliseconds per variant (minus the group's empty call when ``empty`` is given)."""
+        """Milliseconds per variant, the ``statistic`` of its passes (minus the group's empty call when
+        ``empty`` is given)."""
         cfg = self.cfg
         group = variants + ([empty] if empty is not None else [])
         runners, inputs = {}, {}
@@ -178,7 +190,8 @@ class _Session:
                 r.deactivate()
             for v in group:
                 v.model = None  # the probe's weights are not needed any more
-        med = {n: float(np.median([s for rnd in rounds for s in rnd])) for n, rounds in samples.items()}
+        stat = STATISTICS[cfg.statistic]
+        med = {n: float(stat([s for rnd in rounds for s in rnd])) for n, rounds in samples.items()}
         if empty is not None:
             eps = med.pop(empty.name)
             self.overheads.append(eps)
@@ -367,7 +380,7 @@ def profile_latency(
         overhead_ms=float(np.median(sess.overheads)) if sess.overheads else 0.0,
         reducers=reducers,
         sweeps=found,
-        timing={"warmup": cfg.warmup, "iters": cfg.iters, "rounds": cfg.rounds},
+        timing={"warmup": cfg.warmup, "iters": cfg.iters, "rounds": cfg.rounds, "statistic": cfg.statistic},
         env=from_env,
     )
     if cfg.calibrate:

@@ -17,12 +17,14 @@ from vitcompress.benchmarks.latency_probes import (
     EmptyProbe,
     attn_probe,
     empty_graph,
+    empty_variant,
     mlp_probe,
     rest_model,
     sublayer_graph,
+    sublayer_variant,
     token_probe,
 )
-from vitcompress.benchmarks.latency_profile import profile_latency
+from vitcompress.benchmarks.latency_profile import ProfileConfig, _Session, profile_latency
 from vitcompress.benchmarks.latency_prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
 from vitcompress.cli import main
 from vitcompress.errors import VitCompressError
@@ -167,6 +169,19 @@ def test_profile_on_onnx_runtime_builds_a_consistent_table(tmp_path):
     assert any(p.suffix == ".onnx" for p in tmp_path.rglob("*"))
 
 
+@pytest.mark.parametrize("statistic, expected", [("min", 1.0 - 0.25), ("median", 5.0 - 0.5)])
+def test_a_probe_figure_is_the_statistic_of_its_passes_minus_the_empty_calls(statistic, expected, monkeypatch):
+    """The minimum by default: on a shared CPU the median of a long call includes other processes' time."""
+    passes = {"probe": [[9.0, 1.0], [5.0, 7.0, 3.0]], "empty": [[0.5, 0.25], [2.0]]}
+    monkeypatch.setattr(
+        "vitcompress.benchmarks.latency_profile.measure", lambda runners, *a, **k: {n: passes[n] for n in runners}
+    )
+    cfg = ProfileConfig(backend="torch-cpu", batch=2, threads=1, statistic=statistic).validate()
+    probe = sublayer_variant("probe", attn_probe(tiny("vit").blocks[0], 64, 2, 8, 8, 17, 0.35), 2)
+    assert _Session(cfg, None, None).time([probe], empty_variant(17, 64, 2)) == {"probe": pytest.approx(expected)}
+    assert ProfileConfig().statistic == "min"
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -176,6 +191,7 @@ def test_profile_on_onnx_runtime_builds_a_consistent_table(tmp_path):
         ({"min_tokens": 0.0}, "min_tokens must be in"),
         ({"precision": "int8"}, "precision"),
         ({"colour": 1}, "unknown profile option"),
+        ({"statistic": "mean"}, "statistic is min or median"),
     ],
 )
 def test_profile_refuses_bad_settings(options, message):

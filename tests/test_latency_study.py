@@ -33,7 +33,8 @@ def test_both_parts_record_their_plans_and_the_plot(tmp_path, capsys, one_thread
     assert rows["dense"]["macs_cut"] == 0 and rows["dense"]["measured_cut"] == 0
     assert abs(rows["macs-targeted"]["macs_cut"] - 0.3) <= TOLERANCE
     assert abs(rows["latency-targeted"]["predicted_cut"] - 0.3) <= TOLERANCE
-    assert all(r["measured_ms"] > 0 for r in rec["rows"]) and rec["env"]["threads"] == 1
+    assert all(r["measured_ms"] >= r["min_ms"] > 0 for r in rec["rows"]) and rec["env"]["threads"] == 1
+    assert rows["dense"]["measured_cut_min"] == 0
 
     args = ["mnist", "--teacher", teacher, "--data", "digits", "--reductions", "0.35", "--epochs", "1",
             "--bisect", "5", "--token-keeps", "0.7", *common]  # fmt: skip
