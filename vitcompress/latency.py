@@ -154,7 +154,7 @@ def detect_step(
     return best, rss
 
 
-def isotonic(y: Sequence[float]) -> np.ndarray:
+def isotonic(y: Sequence[float] | np.ndarray) -> np.ndarray:
     """The non-decreasing sequence closest to ``y`` in least squares (pool adjacent violators)."""
     blocks: list[list[float]] = []  # [sum, count] of each pooled run
     for v in y:
@@ -454,7 +454,8 @@ def token_roles(schedule: TokenSchedule, depth: int, prefix: int) -> list[str]:
     (it adds the proportional-attention bias of an earlier size-tracking reducer), both, or ``""``."""
     reducers = build_reducers(schedule, depth, prefix)
     first = next((i for i, r in enumerate(reducers) if r is not None), None)
-    prop = first is not None and reducers[first].tracks_size and reducers[first].prop_attn
+    head = reducers[first] if first is not None else None
+    prop = head is not None and head.tracks_size and head.prop_attn
     roles = []
     for i, r in enumerate(reducers):
         role = "reduce" if r is not None else ""
