@@ -1,5 +1,7 @@
 """Budgets are met within 1.5 points, widths are aligned, nothing is emptied, bad budgets fail."""
 
+import re
+
 import pytest
 from helpers import tiny
 
@@ -86,10 +88,42 @@ def test_heads_may_differ_between_layers_and_qk_from_v():
 
 def test_unreachable_budget_is_an_error():
     model = tiny("vit", depth=4)
-    with pytest.raises(VitCompressError, match="budget unreachable"):
+    with pytest.raises(VitCompressError, match="budget unreachable.*can remove at most"):
         run(model, ("depth",), r=0.9)
-    with pytest.raises(VitCompressError, match="budget unreachable"):
+    with pytest.raises(VitCompressError, match="budget unreachable.*can remove at most"):
         run(model, ("heads",), r=0.95)
+
+
+def test_coarse_units_are_found_after_fine_ones_used_the_budget():
+    """Greedy removal of v dims (cheap, unimportant) leaves no room for a block; depth alone reaches
+    the target, so the selection must find a plan within the tolerance."""
+    model = tiny("vit", depth=3, embed_dim=192, num_heads=3)
+    _, depth_only, _ = run(model, ("depth",), r=0.32)
+    assert abs(depth_only - 0.32) <= 0.015
+    plan, achieved, pruned = run(model, ("v", "depth"), r=0.32)
+    assert abs(achieved - 0.32) <= 0.015
+    assert 1 - count(pruned).macs / count(model).macs == pytest.approx(achieved, abs=1e-12)
+
+
+def test_a_unit_overshooting_within_the_tolerance_is_taken():
+    """Embedding units of 8 channels move the MACs in steps of 12%: 24.05% is within the tolerance
+    of a 23% target, although the unit overshoots by more than half a point."""
+    model = tiny("vit", depth=2)
+    plan, achieved, pruned = run(model, ("embed",), r=0.23)
+    assert achieved == pytest.approx(0.2405, abs=1e-4) and len(plan.embed) == 48
+    assert 1 - count(pruned).macs / count(model).macs == pytest.approx(achieved, abs=1e-12)
+
+
+def test_unreachable_budget_names_the_nearest_reachable_reductions():
+    model = tiny("vit", depth=3)
+    with pytest.raises(VitCompressError, match="budget unreachable") as e:
+        run(model, ("embed",), r=0.30)
+    msg = str(e.value)
+    below, above = (float(x) / 100 for x in re.findall(r"can remove ([\d.]+)% or ([\d.]+)%", msg)[0])
+    assert below < 0.30 - 0.015 and above > 0.30 + 0.015
+    for reachable in (below, above):  # both are real plans: asking for them succeeds
+        _, achieved, _ = run(model, ("embed",), r=reachable)
+        assert achieved == pytest.approx(reachable, abs=5e-4)
 
 
 def test_scores_are_normalised_per_kind(monkeypatch):

@@ -25,12 +25,16 @@ Global mode removes the least important unit anywhere, repeatedly; uniform mode 
 (kind, layer) whose removed fraction would stay smallest, so every layer loses the same share
 (counts differ by at most one unit). A unit that would overshoot the target by more than half a
 percentage point is skipped; selection stops once the target is met. The achieved reduction must be
-within ``tolerance`` (1.5 points) of the target, otherwise the budget is reported as unreachable.
+within ``tolerance`` (1.5 points) of the target. When the greedy pass misses it, ``select`` looks
+for a plan within the tolerance (units overshooting by up to the tolerance; the kinds' subsets
+first, then every kind) and otherwise reports the budget as unreachable with the nearest reductions
+it found below and above the target.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -232,83 +236,143 @@ def _unit(state: _State, budget: Budget, kind: str, layer: int | None):
     raise ValueError(kind)
 
 
+class _Pass:
+    """One greedy selection on its own ``_State``: repeatedly remove the next unit (least important,
+    or in uniform mode the (kind, layer) with the smallest removed share) of the allowed keys."""
+
+    def __init__(self, fam: Family, model: nn.Module, groups, scores, budget: Budget, measure, base: float):
+        self.fam, self.budget, self.measure, self.base = fam, budget, measure, base
+        self.state = _State(fam, model, groups, scores)
+        self.keys = [(g.kind, g.layer) for g in groups]
+        self.achieved = 0.0
+        self.blocked = False  # a unit was refused because it overshot the limit
+
+    def run(self, kinds: Collection[str], target: float, limit: float) -> float:
+        """Remove units of ``kinds`` until ``target`` is reached or no unit fits under
+        ``target + limit``; returns the reduction achieved so far."""
+        state, budget = self.state, self.budget
+        keys = [k for k in self.keys if k[0] in kinds]
+        version = {k: 0 for k in keys}
+        heap: list = []
+        counter = 0
+
+        def candidate(kind, u) -> Spec:
+            cand = Spec(list(state.spec.stage_dims), list(state.spec.blocks))  # blocks shared with the current spec
+            if kind in LAYER_KINDS:
+                i = u[4][1]
+                cand.blocks[i] = copy_block(cand.blocks[i])  # the one shrink may change
+            self.fam.shrink(cand, *u[4])
+            return cand
+
+        def rank(key, u, cand=None) -> tuple:
+            imp = u[0] if budget.order is None else budget.order(u[0], state.spec, cand or candidate(key[0], u))
+            return (u[1], imp) if budget.uniform else (imp,)
+
+        def push(key, u=None, cand=None):
+            nonlocal counter
+            u = u or _unit(state, budget, *key)
+            if u is None:
+                return
+            heapq.heappush(heap, (rank(key, u, cand), counter, key, version[key]))
+            counter += 1
+
+        for k in keys:
+            push(k)
+        while heap and self.achieved < target:
+            ranked, _, key, ver = heapq.heappop(heap)
+            if ver != version[key]:
+                continue
+            u = _unit(state, budget, *key)
+            if u is None:
+                continue
+            kind, layer = key
+            cand = candidate(kind, u)
+            if budget.order is not None:  # the key may have grown since it was queued (the spec changed)
+                fresh = rank(key, u, cand)
+                if fresh > ranked and heap and fresh > heap[0][0]:
+                    push(key, u, cand)
+                    continue
+            after = 1 - self.measure(cand) / self.base
+            if after > target + limit:
+                version[key] += 1  # this (kind, layer) is done: its units are too large now
+                self.blocked = True
+                continue
+            u[3]()
+            state.spec = cand
+            self.achieved = after
+            version[key] += 1
+            push(key)
+            if kind == "heads":  # per-head dim units of this layer now span fewer heads
+                for dep in (("qk", layer), ("v", layer)):
+                    if dep in version:
+                        version[dep] += 1
+                        push(dep)
+            if kind == "depth":
+                for dep in version:
+                    if dep[0] in LAYER_KINDS and dep[1] not in state.blocks:
+                        version[dep] += 1
+        return self.achieved
+
+
+def _subsets(kinds: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Non-empty proper subsets of ``kinds``, the largest first."""
+    return [s for r in range(len(kinds) - 1, 0, -1) for s in itertools.combinations(kinds, r)]
+
+
 def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], budget: Budget) -> tuple[Plan, float]:
-    """Choose a plan that removes ``budget.reduction`` of the cost; returns (plan, achieved)."""
+    """Choose a plan that removes ``budget.reduction`` of the cost; returns (plan, achieved).
+
+    The greedy pass (module docstring) decides whenever it lands within the tolerance. Otherwise a
+    plan within the tolerance is looked for in this order: the same pass continued with units that
+    overshoot by up to the tolerance; then, for each subset of the kinds (the largest first), the
+    pass restricted to the subset first and continued with every kind (coarse units such as blocks
+    or embedding channels can fit only before finer units have used the budget up). When none
+    lands within the tolerance, the error names the nearest reductions found below and above the
+    target (only the one below when nothing more can be removed)."""
     fam = family_of(model)
     if budget.cost is None and budget.metric not in ("macs", "params"):
         raise ValueError(budget.metric)
     measure = budget.cost or fam.cost(model, budget.metric)
-    state = _State(fam, model, groups, scores)
-    base = measure(state.spec)
-    target = budget.reduction
-    keys = [(g.kind, g.layer) for g in groups]
-    version = {k: 0 for k in keys}
-    heap: list = []
-    counter = 0
+    target, tol = budget.reduction, budget.tolerance
+    kinds = tuple(dict.fromkeys(g.kind for g in groups))
+    base = measure(fam.spec(model))
 
-    def candidate(kind, u) -> Spec:
-        cand = Spec(list(state.spec.stage_dims), list(state.spec.blocks))  # blocks shared with the current spec
-        if kind in LAYER_KINDS:
-            i = u[4][1]
-            cand.blocks[i] = copy_block(cand.blocks[i])  # the one shrink may change
-        fam.shrink(cand, *u[4])
-        return cand
+    def new_pass() -> _Pass:
+        return _Pass(fam, model, groups, scores, budget, measure, base)
 
-    def rank(key, u, cand=None) -> tuple:
-        imp = u[0] if budget.order is None else budget.order(u[0], state.spec, cand or candidate(key[0], u))
-        return (u[1], imp) if budget.uniform else (imp,)
+    def within(p: _Pass) -> bool:
+        return abs(p.achieved - target) <= tol
 
-    def push(key, u=None, cand=None):
-        nonlocal counter
-        u = u or _unit(state, budget, *key)
-        if u is None:
-            return
-        heapq.heappush(heap, (rank(key, u, cand), counter, key, version[key]))
-        counter += 1
-
-    for k in keys:
-        push(k)
-    achieved = 0.0
-    while heap and achieved < target:
-        ranked, _, key, ver = heapq.heappop(heap)
-        if ver != version[key]:
-            continue
-        u = _unit(state, budget, *key)
-        if u is None:
-            continue
-        kind, layer = key
-        cand = candidate(kind, u)
-        if budget.order is not None:  # the key may have grown since it was queued (the spec changed)
-            fresh = rank(key, u, cand)
-            if fresh > ranked and heap and fresh > heap[0][0]:
-                push(key, u, cand)
-                continue
-        after = 1 - measure(cand) / base
-        if after > target + OVERSHOOT:
-            version[key] += 1  # this (kind, layer) is done: its units are too large now
-            continue
-        u[3]()
-        state.spec = cand
-        achieved = after
-        version[key] += 1
-        push(key)
-        if kind == "heads":  # per-head dim units of this layer now span fewer heads
-            for dep in (("qk", layer), ("v", layer)):
-                if dep in version:
-                    version[dep] += 1
-                    push(dep)
-        if kind == "depth":
-            for dep in version:
-                if dep[0] in LAYER_KINDS and dep[1] not in state.blocks:
-                    version[dep] += 1
-    if abs(achieved - target) > budget.tolerance:
-        kinds = ",".join(sorted({g.kind for g in groups}))
+    first = new_pass()
+    first.run(kinds, target, OVERSHOOT)
+    found = [first]
+    if not within(first) and first.achieved < target and first.blocked:
+        first.run(kinds, target, tol)
+        if not within(first):
+            for subset in _subsets(kinds):
+                p = new_pass()
+                p.run(subset, target, OVERSHOOT)
+                p.run(kinds, target, OVERSHOOT)
+                p.run(kinds, target, tol)
+                found.append(p)
+                if within(p):
+                    break
+    best = next((p for p in found if within(p)), None)
+    if best is None:
+        below = max((p.achieved for p in found if p.achieved < target), default=0.0)
+        above = None
+        if first.blocked:  # the smallest step past the target
+            over = new_pass()
+            over.run(kinds, target, OVERSHOOT)
+            over.run(kinds, target, float("inf"))
+            above = over.achieved if over.achieved > target else None
         n = max(1, int(budget.round_to))
+        reach = f"can remove {below:.1%} or {above:.1%}" if above is not None else f"can remove at most {below:.1%}"
         raise VitCompressError(
-            f"budget unreachable: removing {target:.1%} of {budget.metric} with granularity {kinds} "
-            f"and round-to {n} gets to {achieved:.1%} at best (tolerance {budget.tolerance:.1%}); "
+            f"budget unreachable: removing {target:.1%} of {budget.metric} with granularity {','.join(sorted(kinds))} "
+            f"and round-to {n} {reach} (tolerance {tol:.1%}); "
             "add granularities (e.g. mlp,heads), lower the reduction or use a smaller --round-to"
         )
-    plan = state.plan()
+    plan = best.state.plan()
     plan.validate()
-    return plan, achieved
+    return plan, best.achieved
