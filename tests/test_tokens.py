@@ -170,6 +170,22 @@ def test_pruning_a_token_reduced_model_keeps_its_schedule():
         vitcompress.prune(model, flops_reduction=0.3, importance="l1", granularity=["depth"])
 
 
+@pytest.mark.parametrize("method", [None, "ihp"])
+def test_the_budget_of_a_token_reduced_model_counts_its_schedule(method, tmp_path):
+    """The reduction asked for is the reduction of the artifact's own MACs, schedule included."""
+    model = apply_tokens(_model(depth=6), "0.25@0", method="topk")
+    opts = {} if method is None else {"method": method, "method_options": {"steps": 2}, "calib_images": 8}
+    res = vitcompress.prune(model, flops_reduction=0.5, importance="l1", output=tmp_path / "a", **opts)
+    real = 1 - count(res.model).macs / count(model).macs  # both counted with their schedule
+    assert res.achieved == pytest.approx(real, abs=1e-12) and abs(real - 0.5) <= 0.015
+    step = vitcompress.artifact.read_meta(tmp_path / "a").history[-1]
+    assert step["before"]["macs"] == count(model).macs and step["after"]["macs"] == count(res.model).macs
+    assert step["achieved"]["macs_reduction"] == pytest.approx(real, abs=1e-12)
+    # counted without the schedule, the same widths remove another share (what the budget must not use)
+    plain = 1 - count(res.model, with_schedule=False).macs / count(model, with_schedule=False).macs
+    assert method is not None or abs(plain - real) > 0.015
+
+
 @pytest.mark.parametrize(
     "spec,method,match",
     [

@@ -46,6 +46,8 @@ from .families import Family, family_of
 from .groups import LAYER_KINDS, Group
 from .plan import LayerPlan, Plan
 from .spec import Spec, copy_block
+from .tokens.counting import tokens_of
+from .tokens.schedule import TokenSchedule
 
 OVERSHOOT = 0.005
 TOLERANCE = 0.015  # the achieved reduction lands within 1.5 points of the target
@@ -66,7 +68,9 @@ class Budget:
     it only names what ``cost`` measures (e.g. 'latency'). ``allowed`` restricts the widths (see the
     module docstring); without it, widths are multiples of ``round_to``. ``order`` ranks the units
     (see the module docstring); a unit's key is computed when it is queued and again when it comes
-    up, and a key that grew meanwhile puts the unit back in the queue.
+    up, and a key that grew meanwhile puts the unit back in the queue. ``tokens`` is the token
+    schedule the pruned model will run (MACs are then counted with its per-block token counts, as
+    ``counting.count`` counts a model carrying it).
     """
 
     metric: str
@@ -77,6 +81,7 @@ class Budget:
     cost: Callable[[Spec], float] | None = None
     allowed: AllowedWidths | None = None
     order: UnitOrder | None = None
+    tokens: TokenSchedule | None = None
 
 
 def step_down(current: int, original: int, n: int) -> int:
@@ -319,6 +324,15 @@ def _subsets(kinds: tuple[str, ...]) -> list[tuple[str, ...]]:
     return [s for r in range(len(kinds) - 1, 0, -1) for s in itertools.combinations(kinds, r)]
 
 
+def default_measure(fam: Family, model: nn.Module, budget: Budget) -> Callable[[Spec], float]:
+    """The family's MACs or params of a spec, MACs with ``budget.tokens``' token counts."""
+    if budget.metric == "macs" and budget.tokens is not None:
+        info = fam.arch_info(model)
+        per_block = tokens_of(fam.token_layout(info), budget.tokens, len(fam.spec(model).blocks))
+        return lambda sp: fam.macs(sp, info, per_block(sp))
+    return fam.cost(model, budget.metric)
+
+
 def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], budget: Budget) -> tuple[Plan, float]:
     """Choose a plan that removes ``budget.reduction`` of the cost; returns (plan, achieved).
 
@@ -332,7 +346,7 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
     fam = family_of(model)
     if budget.cost is None and budget.metric not in ("macs", "params"):
         raise ValueError(budget.metric)
-    measure = budget.cost or fam.cost(model, budget.metric)
+    measure = budget.cost or default_measure(fam, model, budget)
     target, tol = budget.reduction, budget.tolerance
     kinds = tuple(dict.fromkeys(g.kind for g in groups))
     base = measure(fam.spec(model))

@@ -42,6 +42,7 @@ from .resolve import resolve_model
 from .scorers import SCORERS, labels_used, needs_data
 from .slicers import slice_model
 from .tokens.apply import apply_tokens, remove_tokens, schedule_of
+from .tokens.counting import macs_with
 from .tokens.schedule import TokenSchedule
 
 __all__ = ["DEFAULT_GRANULARITY", "Choice", "PruneConfig", "PruneResult", "prune"]
@@ -120,10 +121,10 @@ class PruneConfig:
         table: LatencyTable | None = None,
         schedule: TokenSchedule | None = None,
     ) -> Budget:
-        """The budget this step selects under (a latency budget needs the model, its table and the
-        token schedule it runs)."""
+        """The budget this step selects under (a latency budget needs the model and its table; MACs
+        and latency are counted with ``schedule``, the token schedule the pruned model will run)."""
         if self.metric != "latency":
-            return Budget(self.metric, self.reduction, self.round_to, self.uniform)
+            return Budget(self.metric, self.reduction, self.round_to, self.uniform, tokens=schedule)
         if model is None or table is None:
             raise VitCompressError("a latency budget needs the model and its latency table", params=["latency_table"])
         return latency_budget(
@@ -249,9 +250,10 @@ def choose_plan(
     """Score and select (one-shot) under ``budget`` (default ``cfg.budget()``), or run the method;
     ``times`` receives the stages' seconds."""
     times = {} if times is None else times
+    budget = budget or cfg.budget()
     t0 = time.perf_counter()
     if meth is not None:  # the method trains/scores, folds its scales into a copy and selects with the core budget
-        out = meth.run(net, cfg, opts, progress=progress)
+        out = meth.run(net, cfg, opts, progress=progress, budget=budget)
         times["method"] = time.perf_counter() - t0
         details = {} if opts is None else {"method_options": opts.to_dict(), "method_log": out.extra}
         return Choice(out.model, out.plan, out.achieved, out, details)
@@ -266,7 +268,7 @@ def choose_plan(
     )
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plan, achieved = select(net, groups, scores, budget or cfg.budget())
+    plan, achieved = select(net, groups, scores, budget)
     times["select"] = time.perf_counter() - t0
     # which targets the scorer used (None: a data-free scorer)
     return Choice(net, plan, achieved, details={"labels_used": labels_used(cfg.importance, net, loader, cfg.labels)})
@@ -329,10 +331,9 @@ def prune(
     net, sched = load_for_pruning(
         model, cfg, meth, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
     )
-    before = count(net)
-    budget = None
-    if table is not None:  # widths are chosen on the plain model, their latency on the schedule it runs
-        budget = cfg.budget(net, table, sched)
+    before = count(net) if sched is None else Counts(macs_with(net, sched), count(net).params)
+    # widths are chosen on the plain model, their MACs or latency on the schedule it runs
+    budget = cfg.budget(net, table, sched) if table is not None else cfg.budget(schedule=sched)
     times["load"] = time.perf_counter() - t0
     choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times, budget=budget)
     t0 = time.perf_counter()
@@ -351,9 +352,9 @@ def prune(
             "predicted_ms_after": ms1,
             "predicted_reduction": 1 - ms1 / ms0,
         }
-    record(pruned, cfg, choice, meth, before)
-    if sched is not None:
+    if sched is not None:  # counted (and recorded) with the schedule the artifact runs
         apply_tokens(pruned, copy.deepcopy(sched))
+    record(pruned, cfg, choice, meth, before)
     meta = meta_of(pruned)
     if output is not None:
         t0 = time.perf_counter()

@@ -332,7 +332,9 @@ def train_indicator(
     return train, ind, log
 
 
-def run(model: nn.Module, cfg, opts: AMAPOptions, *, progress: bool = False) -> MethodOutput:
+def run(
+    model: nn.Module, cfg, opts: AMAPOptions, *, progress: bool = False, budget: Budget | None = None
+) -> MethodOutput:
     """AMAP on ``model`` under ``cfg``'s budget: indicator training, selection, reweight folding."""
     kinds = tuple(cfg.granularity)
     loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed)
@@ -347,7 +349,7 @@ def run(model: nn.Module, cfg, opts: AMAPOptions, *, progress: bool = False) -> 
     folded = fold(train)
     for p in folded.parameters():
         p.requires_grad_(False)
-    plan, achieved = select(folded, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
+    plan, achieved = select(folded, groups, scores, budget or cfg.budget())
     extra = {"loss": log["task_loss"], "penalty": log["penalty"], "mask_reduction": log["mask_reduction"]}
     if log["difference_init_blocks"]:
         extra["difference_init_blocks"] = log["difference_init_blocks"]

@@ -1,8 +1,9 @@
 """What every pruning method shares: its options dataclass, its output, and how options are parsed.
 
-A method is a function ``run(model, cfg, options, *, progress) -> MethodOutput``. ``cfg`` is the
-``PruneConfig`` of the prune call (budget, granularity, round-to, data, seed, labels); ``options``
-is the method's own dataclass of hyperparameters. The method returns the model to slice (the input
+A method is a function ``run(model, cfg, options, *, progress, budget) -> MethodOutput``. ``cfg`` is
+the ``PruneConfig`` of the prune call (budget, granularity, round-to, data, seed, labels); ``options``
+is the method's own dataclass of hyperparameters; ``budget`` (None: ``cfg.budget()``) is what the
+plan is selected under (the pruner passes one that counts MACs with the model's token schedule). The method returns the model to slice (the input
 model after its training stage, with any learned scales folded into the weights) and a ``Plan``
 chosen with the core's ``budget.select``; the pruner slices it with the core's ``slice_model``.
 """

@@ -307,13 +307,15 @@ def scores_for(model: nn.Module, groups: list[Group], head_scores: list[torch.Te
     return out
 
 
-def run(model: nn.Module, cfg, opts: GOHSPOptions, *, progress: bool = False) -> MethodOutput:
+def run(
+    model: nn.Module, cfg, opts: GOHSPOptions, *, progress: bool = False, budget: Budget | None = None
+) -> MethodOutput:
     """GOHSP on ``model`` under ``cfg``'s budget: ranking, heterogeneous budgets, ADMM, hard prune."""
     kinds = tuple(cfg.granularity)
     loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed)
     ranking = head_ranking(model, loader, opts)
     groups = build_groups(model, kinds)
-    budget = Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform)
+    budget = budget or cfg.budget()
     shape, achieved = select(model, groups, scores_for(model, groups, ranking["scores"]), budget)
     train = copy.deepcopy(model).eval()
     for p in train.parameters():

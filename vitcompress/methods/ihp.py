@@ -165,7 +165,9 @@ def sparse_train(
     return train, scales, log
 
 
-def run(model: nn.Module, cfg, opts: IHPOptions, *, progress: bool = False) -> MethodOutput:
+def run(
+    model: nn.Module, cfg, opts: IHPOptions, *, progress: bool = False, budget: Budget | None = None
+) -> MethodOutput:
     """IHP on ``model`` under ``cfg``'s budget: sparse training, group scores, selection, folding."""
     kinds = tuple(cfg.granularity)
     loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed)
@@ -175,7 +177,7 @@ def run(model: nn.Module, cfg, opts: IHPOptions, *, progress: bool = False) -> M
     folded = fold(train)
     for p in folded.parameters():
         p.requires_grad_(False)
-    plan, achieved = select(folded, groups, scores, Budget(cfg.metric, cfg.reduction, cfg.round_to, cfg.uniform))
+    plan, achieved = select(folded, groups, scores, budget or cfg.budget())
     all_s = torch.cat([s.detach().reshape(-1) for s in {id(s): s for s in scales.values()}.values()])
     extra = {
         "loss": log,

@@ -10,7 +10,7 @@ counts are the model family's (``Family.macs``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -23,18 +23,32 @@ from .schedule import TokenSchedule
 def block_tokens(spec: Spec, layout: tuple[int, int, bool], schedule: TokenSchedule | None) -> list[BlockTokens]:
     """Per-block token counts (and reducer MACs) of ``schedule`` on a model with ``spec`` whose
     first block receives ``layout = (patch tokens, prefix tokens, has a class token)``."""
-    n, p, has_cls = layout
-    reducers = build_reducers(schedule, spec.depth, p) if schedule is not None else [None] * spec.depth
-    out = []
-    for b, red in zip(spec.blocks, reducers):
-        if red is None:
-            out.append(BlockTokens(n + p, n + p))
-            continue
-        extra = red.extra_macs(n, b.num_heads, b.qk_dim, spec.dim_of(b), has_cls)
-        n_out = int(red.out_count(n))
-        out.append(BlockTokens(n + p, n_out + p, int(extra)))
-        n = n_out
-    return out
+    return tokens_of(layout, schedule, spec.depth)(spec)
+
+
+def tokens_of(
+    layout: tuple[int, int, bool], schedule: TokenSchedule | None, depth: int
+) -> Callable[[Spec], list[BlockTokens]]:
+    """``spec -> block_tokens(spec, layout, schedule)`` for specs of ``depth`` blocks, with the
+    reducers built once (for a budget that counts many candidate specs)."""
+    n0, p, has_cls = layout
+    reducers = build_reducers(schedule, depth, p) if schedule is not None else [None] * depth
+
+    def per_block(spec: Spec) -> list[BlockTokens]:
+        if spec.depth != depth:
+            raise ValueError(f"token counts were prepared for {depth} blocks, the spec has {spec.depth}")
+        n, out = n0, []
+        for b, red in zip(spec.blocks, reducers):
+            if red is None:
+                out.append(BlockTokens(n + p, n + p))
+                continue
+            extra = red.extra_macs(n, b.num_heads, b.qk_dim, spec.dim_of(b), has_cls)
+            n_out = int(red.out_count(n))
+            out.append(BlockTokens(n + p, n_out + p, int(extra)))
+            n = n_out
+        return out
+
+    return per_block
 
 
 def macs_with(model: nn.Module, schedule: TokenSchedule | None, img_size: Sequence[int] | None = None) -> int:
