@@ -1,14 +1,17 @@
 """Token reducers: counts, prefix tokens, sizes, identity, per-image selection, counting, artifacts."""
 
 import copy
+import random
 
 import pytest
 import torch
-from helpers import tiny
+from helpers import random_plan, tiny
 
 import vitcompress
 from vitcompress.counting import count, measured_macs
 from vitcompress.errors import VitCompressError
+from vitcompress.reference import mask_model
+from vitcompress.slicers import slice_model
 from vitcompress.tokens import (
     REDUCERS,
     apply_tokens,
@@ -168,6 +171,24 @@ def test_pruning_a_token_reduced_model_keeps_its_schedule():
     assert res.meta.tokens["method"] == "topk-vpa"
     with pytest.raises(VitCompressError, match="prune depth first"):
         vitcompress.prune(model, flops_reduction=0.3, importance="l1", granularity=["depth"])
+
+
+@pytest.mark.parametrize("method,schedule", [("tome", "merge=6"), ("etps", "0.5@1,2")])
+@pytest.mark.parametrize("kinds", [("qk",), ("heads", "qk", "v", "mlp", "embed")])
+def test_merging_on_a_sliced_model_equals_merging_on_its_masked_original(method, schedule, kinds):
+    """The merge metric (keys of every head side by side) gives a width-pruned model the same
+    matches as its masked original, also when each head keeps different q/k dims."""
+    model = _model()
+    plan = random_plan(model, random.Random(5), kinds)
+    sliced = apply_tokens(slice_model(model, plan), schedule, method=method)
+    ref = mask_model(apply_tokens(copy.deepcopy(model), schedule, method=method), plan)
+    y, rec = _run_recorded(sliced)
+    want, rec_ref = _run_recorded(ref)
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=0)
+    for (n, size), (n_ref, size_ref) in zip(rec, rec_ref):  # the same tokens merged into the same sizes
+        assert n == n_ref and (size is None) == (size_ref is None)
+        assert size is None or torch.equal(size, size_ref)
+    assert count(sliced).macs == measured_macs(sliced)
 
 
 @pytest.mark.parametrize("method", [None, "ihp"])

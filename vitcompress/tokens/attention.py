@@ -10,8 +10,11 @@ scale): both lay the fused ``qkv`` output out as ``[q | k | v]``, head-major.
   the fused SDPA kernel. Without a class token (``global_pool='avg'`` models) the score of a token
   is the attention it receives averaged over heads and queries, which needs the explicit
   attention matrix (no extra MACs).
-* ``metric`` is the keys averaged over heads (``[B, N, qk_dim]``), the similarity feature of
-  token merging.
+* ``metric`` is the keys of every head side by side (``[B, N, heads * qk_dim]``, before any
+  per-head key norm), the similarity feature of token merging: the cosine of two tokens' metrics
+  is the sum of their per-head key products over the product of their norms. A removed head or
+  q/k dim adds nothing to either, so a width-pruned model merges exactly the tokens its masked
+  original merges (keys *averaged* over heads would mix dims that pruning renumbers per head).
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ def attend(
     prefix: int = 1,
     metric: bool = False,
 ):
-    """Return ``(out [B, N, C], scores [B, N - prefix] or None, metric [B, N, qk] or None)``."""
+    """Return ``(out [B, N, C], scores [B, N - prefix] or None, metric [B, N, heads * qk] or None)``."""
     B, N, _ = x.shape
     h, qk, vd, scale = attention_dims(attn)
     q, k, v = attn.qkv(x).split((h * qk, h * qk, h * vd), dim=-1)
+    feature = k if metric else None  # [B, N, H*qk], head-major, before the key norm
     q = attn.q_norm(q.reshape(B, N, h, qk).transpose(1, 2))
     k = attn.k_norm(k.reshape(B, N, h, qk).transpose(1, 2))
     v = v.reshape(B, N, h, vd).transpose(1, 2)
@@ -69,4 +73,4 @@ def attend(
     if norm is not None:
         out = norm(out)
     out = attn.proj_drop(attn.proj(out))
-    return out, s, (k.mean(dim=1) if metric else None)
+    return out, s, feature

@@ -40,7 +40,7 @@ class Reducer(nn.Module):
     name = ""
     kinds: tuple[str, ...] = ("keep", "rate")
     needs_scores = True  # class-token attention of the patch tokens
-    needs_metric = False  # keys averaged over heads
+    needs_metric = False  # keys of all heads side by side (tokens.attention)
     tracks_size = False  # carries token sizes
     default_prop_attn = False  # add log(size) to attention logits in later blocks
     max_keep_permille = 1000  # highest runtime keep rate, in 1/1000 (EViT: 999, it always fuses)

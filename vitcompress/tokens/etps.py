@@ -1,14 +1,15 @@
 """``etps``: Top-K by class-token attention; each pruned token is fused into its most similar
 kept token with exp(cosine) weights (token pruning and squeezing).
 
-With keys averaged over heads as the similarity feature, a pruned token ``i`` picks the host
+With the keys of all heads side by side as the similarity feature (``tokens.attention``), a pruned
+token ``i`` picks the host
 ``j = argmax_j cos(k_i, k_j)`` among the kept tokens and carries weight ``w_i = exp(cos(k_i, k_j))``;
 a host's own weight is ``exp(1)``. Weights are multiplied by token sizes, so a host becomes
 
     x_j <- (e s_j x_j + sum_{i->j} w_i s_i x_i) / (e s_j + sum_{i->j} w_i s_i),  s_j <- s_j + sum_{i->j} s_i.
 
 The host assignment is a one-hot matrix product (``(n-K) K (C+2)`` MACs) and the similarity a
-``(n-K) K qk`` product; both are counted.
+``(n-K) K H qk`` product (H heads of q/k width qk); both are counted.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class ETPS(Reducer):
 
     def extra_macs(self, n, heads, qk, dim, has_cls):
         k = keep_count(n, self.keep)
-        return super().extra_macs(n, heads, qk, dim, has_cls) + (n - k) * k * (qk + dim + 2)
+        return super().extra_macs(n, heads, qk, dim, has_cls) + (n - k) * k * (heads * qk + dim + 2)
 
     def forward(self, x, size, scores, metric):
         px, xp = self.split(x)

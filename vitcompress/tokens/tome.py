@@ -1,11 +1,12 @@
 """``tome``: bipartite soft matching on keys, size-weighted merging, proportional attention.
 
 The patch tokens are split alternately into sets A (even positions) and B (odd positions); every
-token of A is matched to its most similar token of B (cosine of keys averaged over heads), and
+token of A is matched to its most similar token of B (cosine of the keys of all heads side by side,
+``tokens.attention``), and
 the ``r = min(merge, n // 2)`` best-matched A tokens are merged into their B partners by a
 size-weighted average (sizes add). Unmerged A tokens come first, then B. Later blocks add
 ``log(size)`` to the attention logits. The merge is a one-hot product (``r |B| (C+1)`` MACs) and
-the matching an ``|A| |B| qk`` product; both are counted. Prefix tokens are never matched.
+the matching an ``|A| |B| H qk`` product (H heads of q/k width qk); both are counted. Prefix tokens are never matched.
 With one patch token nothing is matched (``r = 0``); the tokens pass unchanged.
 
 Export: set A is gathered with an index (``|A| = n - n // 2``), so the output count simplifies to
@@ -36,7 +37,7 @@ class ToMe(Reducer):
 
     def extra_macs(self, n, heads, qk, dim, has_cls):
         na, nb = ceil_div(n, 2), n // 2
-        return na * nb * qk + merge_count(n, self.merge) * nb * (dim + 1)
+        return na * nb * heads * qk + merge_count(n, self.merge) * nb * (dim + 1)
 
     def forward(self, x, size, scores, metric):
         px, xp = self.split(x)
