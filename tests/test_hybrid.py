@@ -211,7 +211,7 @@ def _projectionless_hybrid():
     "build,needle",
     [
         (_projectionless_hybrid, r"has no projection \(proj=False\)"),
-        (lambda: tiny_hybrid(depth=1, global_pool="map"), "attention pooling"),
+        (lambda: tiny_hybrid(depth=1, attn_layer="diff"), "DiffAttention"),
     ],
 )
 def test_unsupported_hybrid_variants_are_one_line_refusals(build, needle):

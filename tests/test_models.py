@@ -28,8 +28,8 @@ def test_list_models_filters_to_supported_families():
 @pytest.mark.parametrize(
     "name,kwargs,needle",
     [
-        ("vit_base_patch16_siglip_224", {"depth": 1, "img_size": 32}, "attention pooling"),
-        ("test_vit4", {}, "RmsNorm"),
+        ("vit_dwee_patch16_reg1_gap_256", {"depth": 1, "img_size": 32}, "DiffAttention"),
+        ("vit_base_patch16_rpn_224", {"depth": 1, "img_size": 32, "act_layer": "prelu"}, "activation PReLU"),
         ("swinv2_tiny_window8_256", {}, "unsupported architecture"),
         ("convnext_tiny", {}, "unsupported architecture"),
     ],

@@ -68,15 +68,20 @@ def measured_macs(model: nn.Module, img_size: Sequence[int] | None = None, batch
     p = next(model.parameters())
     x = torch.randn(batch, c, h, w, device=p.device, dtype=p.dtype)
     fused = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    grads = [(q, q.requires_grad) for q in model.parameters()]
     was_training = model.training
     model.eval()
     try:
         for m, _ in fused:
             m.fused_attn = False
+        for q, _ in grads:  # a view of a parameter made under no_grad (a pool's latent query) trips the counter
+            q.requires_grad_(False)
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
             model(x)
     finally:
         for m, flag in fused:
             m.fused_attn = flag
+        for q, flag in grads:
+            q.requires_grad_(flag)
         model.train(was_training)
     return fc.get_total_flops() // (2 * batch)

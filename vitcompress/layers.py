@@ -6,18 +6,24 @@ scale of the unpruned model. ``PrunedAttention`` stores all of these explicitly 
 parameter names (``qkv``, ``proj``, ``q_norm``, ``k_norm``) so state dicts stay familiar.
 ``qkv_heads`` and ``head_outputs`` read any attention with timm's fused ``qkv`` layout per head.
 
-``KeptChannelLayerNorm`` is the exact reference of a LayerNorm whose residual channels are pruned:
-it normalises over the kept channels only (see ``vitcompress.reference``).
+``KeptChannelNorm`` is the exact reference of a LayerNorm or RMSNorm whose channels are pruned: it
+normalises over the kept channels only (see ``vitcompress.reference``); ``norm_like`` builds a norm of
+the same kind, epsilon and affinity at another width.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import torch
 import torch.nn.functional as F
-from timm.layers import use_fused_attn
+from timm.layers import LayerNorm as TimmLayerNorm
+from timm.layers import RmsNorm, use_fused_attn
 from torch import nn
+
+#: norms whose statistics run over the channel axis and that ``KeptChannelNorm`` / ``norm_like`` handle
+NORMS = (nn.LayerNorm, RmsNorm)
 
 
 class PrunedAttention(nn.Module):
@@ -28,6 +34,9 @@ class PrunedAttention(nn.Module):
     timm ``Attention`` maps onto it without reordering. ``scale`` is stored, never recomputed: after
     q/k dims are removed it stays ``1 / sqrt(original head dim)`` so that attention logits equal the
     unpruned model's logits with the removed dims zeroed.
+
+    ``qk_norm`` normalises each head's q and k over their dims, ``scale_norm`` the concatenated head
+    outputs before ``proj`` (timm's ``scale_norm``); ``norm_layer(width)`` builds either norm.
     """
 
     fused_attn: Final[bool]
@@ -42,14 +51,17 @@ class PrunedAttention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         qk_norm: bool = False,
-        norm_layer: type | None = None,
+        norm_layer: Callable[..., nn.Module] | None = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        scale_norm: bool = False,
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        if (qk_norm or scale_norm) and norm_layer is None:
+            raise ValueError("qk_norm and scale_norm need a norm_layer")
         if num_heads < 1 or qk_dim < 1 or v_dim < 1:
             raise ValueError(f"attention needs >= 1 head and dims, got {num_heads}, {qk_dim}, {v_dim}")
         self.num_heads = num_heads
@@ -61,14 +73,13 @@ class PrunedAttention(nn.Module):
         self.fused_attn = use_fused_attn()
         self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, **dd)
         if qk_norm:
-            if norm_layer is None:
-                raise ValueError("qk_norm needs a norm_layer")
             self.q_norm = norm_layer(qk_dim, **dd)
             self.k_norm = norm_layer(qk_dim, **dd)
         else:
             self.q_norm = nn.Identity()
             self.k_norm = nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(self.attn_dim, **dd) if scale_norm else nn.Identity()
         self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -90,7 +101,7 @@ class PrunedAttention(nn.Module):
         """[B, H, N, v_dim] -> projected [B, N, C]."""
         B, _, N, _ = x.shape
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(self.proj(self.norm(x)))
 
     def forward(
         self,
@@ -162,18 +173,46 @@ def head_outputs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bhnv,dhv->hbnd", o, w)
 
 
-class KeptChannelLayerNorm(nn.Module):
-    """LayerNorm over a subset of channels; the other channels are output as zero."""
+def norm_like(norm: nn.Module, width: int, **dd) -> nn.Module:
+    """A norm of ``norm``'s class, epsilon and affinity over ``width`` channels."""
+    if isinstance(norm, nn.LayerNorm):
+        bias = norm.bias is not None or not norm.elementwise_affine
+        if isinstance(norm, TimmLayerNorm):  # timm's subclass takes ``affine``
+            return type(norm)(width, eps=norm.eps, affine=norm.elementwise_affine, bias=bias, **dd)
+        return nn.LayerNorm(width, eps=norm.eps, elementwise_affine=norm.elementwise_affine, bias=bias, **dd)
+    if isinstance(norm, RmsNorm):
+        return RmsNorm(width, eps=norm.eps, affine=norm.elementwise_affine, **dd)
+    raise TypeError(f"don't know how to rebuild {type(norm).__name__} at another width")
 
-    def __init__(self, norm: nn.LayerNorm, kept: list[int]):
+
+def norm_factory(norm: nn.Module) -> Callable[..., nn.Module]:
+    """``width -> norm_like(norm, width)``, for constructors that take a ``norm_layer``."""
+    return lambda width, **dd: norm_like(norm, width, **dd)
+
+
+class KeptChannelNorm(nn.Module):
+    """A LayerNorm or RMSNorm over a subset of its channels; the other channels are output as zero."""
+
+    def __init__(self, norm: nn.Module, kept: list[int]):
         super().__init__()
+        if not isinstance(norm, NORMS):
+            raise TypeError(f"no kept-channel reference for {type(norm).__name__}")
         self.norm = norm
         self.register_buffer("kept", torch.as_tensor(kept, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = x.index_select(-1, self.kept)
         w = self.norm.weight.index_select(0, self.kept) if self.norm.weight is not None else None
-        b = self.norm.bias.index_select(0, self.kept) if self.norm.bias is not None else None
-        y = F.layer_norm(xs, (len(self.kept),), w, b, self.norm.eps)
+        if isinstance(self.norm, nn.LayerNorm):
+            b = self.norm.bias.index_select(0, self.kept) if self.norm.bias is not None else None
+            y = F.layer_norm(xs, (len(self.kept),), w, b, self.norm.eps)
+        else:  # RMSNorm: x / sqrt(mean(x^2) + eps) * w
+            y = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.norm.eps)
+            if w is not None:
+                y = y * w
         out = torch.zeros_like(x)
-        return out.index_copy(-1, self.kept, y)
+        return out.index_copy(-1, self.kept, y.to(x.dtype))
+
+
+#: the name the LayerNorm case was first published under
+KeptChannelLayerNorm = KeptChannelNorm

@@ -29,7 +29,7 @@ from .cct import CCTFamily
 from .flatten import FLattenFamily
 from .hybrid import HybridViTFamily
 from .swin import SwinFamily
-from .vit import ViTFamily
+from .vit import ParallelViTFamily, ViTFamily
 
 FAMILIES: Registry = Registry("model family")
 _ORDER: list[str] = []  # match order: a family refining another comes before it
@@ -51,8 +51,9 @@ def unregister(name: str) -> Family:
 
 
 register(ViTFamily())
-register(HybridViTFamily(), before="vit")
-register(FLattenFamily(), before="vit")
+register(ParallelViTFamily(), before="vit")
+register(HybridViTFamily(), before="vit_parallel")
+register(FLattenFamily(), before="vit_parallel")
 register(CCTFamily())
 register(SwinFamily())
 
@@ -140,6 +141,7 @@ __all__ = [
     "FLattenFamily",
     "Family",
     "HybridViTFamily",
+    "ParallelViTFamily",
     "SwinFamily",
     "ViTFamily",
     "build_groups",

@@ -5,10 +5,13 @@ model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for:
 
 - **recognition**: ``owns_name`` (model names), ``list_models``, ``recognises`` (a module),
   ``problems`` (what of a recognised module cannot be sliced exactly; each becomes part of a
-  one-line refusal), ``check_kinds`` (granularities this model cannot prune exactly);
+  one-line refusal), ``check_kinds`` (granularities this model cannot prune exactly),
+  ``check_method`` (whether a seed method runs on this model), ``feature_kinds`` (granularities
+  that change the width of the model's output);
 - **the source**: ``create`` (unpruned model from a name), ``source_of`` (how to rebuild a module
-  vitcompress did not create), ``input_size`` and ``image_stride`` (input geometry),
-  ``dynamic_size_source`` (the same model taking any image size, for exports);
+  vitcompress did not create; ``source_keys`` names the keyword arguments it may write),
+  ``input_size`` and ``image_stride`` (input geometry), ``dynamic_size_source`` (the same model
+  taking any image size, for exports);
 - **structure**: ``spec`` (widths read off the modules), ``build`` (an empty model of a spec),
   ``groups`` (coupled slices per kind), ``slice_state`` (the cut tensors of a plan),
   ``reference_norms`` (the kept-channel norms of the masked reference), ``shrink`` and
@@ -129,6 +132,23 @@ class Family:
                 f"the {self.name} family cannot prune {', '.join(bad)}; use --granularity with a subset of "
                 f"{','.join(self.kinds)}"
             )
+
+    def check_method(self, model: nn.Module, method: str) -> None:
+        """A one-line error unless the seed method ``method`` runs on ``model``."""
+        if method not in self.methods:
+            alternatives = f"one of {', '.join(self.methods)} or oneshot" if self.methods else "--method oneshot"
+            raise VitCompressError(f"method {method} does not run on the {self.name} family; use {alternatives}")
+
+    def feature_kinds(self, model: nn.Module) -> tuple[str, ...]:
+        """Granularities whose pruning changes the width of ``model``'s output (a model without a
+        classifier outputs its features); pruning them needs the caller's explicit consent."""
+        return ()
+
+    @property
+    def source_keys(self) -> tuple[str, ...]:
+        """The keyword arguments ``source_of`` may write into a source (besides those a user passes
+        when creating a model by name)."""
+        return ()
 
     def create(self, name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
         """The unpruned model ``name`` (``kwargs`` are creation options such as ``num_classes``)."""

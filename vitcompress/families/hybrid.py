@@ -20,7 +20,6 @@ from timm.layers import HybridEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..spec import SourceModel
 from .vit import ViTFamily
 from .vit.counting import ArchInfo
 
@@ -91,20 +90,6 @@ class HybridViTFamily(ViTFamily):
         if name.startswith("patch_embed.backbone."):
             return None  # the CNN stem is kept whole
         return super().stem_axis(name)
-
-    def source_of(self, model: nn.Module) -> SourceModel | None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        name = cfg.get("architecture")
-        if not name:
-            return None
-        pe = model.patch_embed
-        kwargs = {
-            "img_size": list(pe.img_size),
-            "patch_size": list(pe.patch_size),
-            "in_chans": pe.in_chans,
-            "num_classes": model.num_classes,
-        }
-        return SourceModel(name, kwargs)
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
         pe = model.patch_embed

@@ -1,5 +1,6 @@
-"""The plain ViT family (timm ``VisionTransformer``: ViT, DeiT, DeiT-III)."""
+"""The ViT families: timm ``VisionTransformer`` with serial blocks (``vit``) or ViT-22B style parallel
+blocks (``vit_parallel``)."""
 
-from .family import ViTFamily, entry_module
+from .family import ParallelViTFamily, ViTFamily, entry_module
 
-__all__ = ["ViTFamily", "entry_module"]
+__all__ = ["ParallelViTFamily", "ViTFamily", "entry_module"]
