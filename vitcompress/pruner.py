@@ -32,11 +32,12 @@ from .config import setting
 from .counting import Counts, count
 from .data import calibration_loader
 from .errors import VitCompressError
-from .families import family_of
+from .families import family_of, spec_from_model
 from .groups import parse_kinds
 from .latency import LatencyTable, latency_budget
 from .latency import summary as table_summary
 from .methods import METHODS, ONESHOT, Method, MethodOptions, MethodOutput
+from .models import infer_source
 from .plan import Plan
 from .resolve import resolve_model
 from .scorers import SCORERS, labels_used, needs_data
@@ -77,6 +78,9 @@ class PruneConfig:
     batch_size: int = setting(32, "Calibration batch size.")
     seed: int = setting(0, "Seed of the calibration sample (and of the random scorer).")
     labels: str = setting("auto", "Scoring labels: auto, true or pseudo (the model's own predictions).")
+    change_features: bool = setting(
+        False, "Allow pruning embed on a model without classifier (num_classes=0): its output features narrow."
+    )
 
     def validate(self) -> None:
         given = [r for r in (self.flops_reduction, self.params_reduction, self.latency_reduction) if r is not None]
@@ -222,10 +226,15 @@ def load_for_pruning(
     net = resolve_model(model, **source)
     fam = family_of(net)
     fam.check_kinds(net, cfg.granularity)
-    if meth is not None and meth.name not in fam.methods:
+    if meth is not None:
+        fam.check_method(net, meth.name)
+    changed = [k for k in fam.feature_kinds(net) if k in cfg.granularity]
+    if changed and not cfg.change_features:
         raise VitCompressError(
-            f"method {meth.name} does not run on the {fam.name} family; use one of {', '.join(fam.methods)} or {ONESHOT}"
+            f"this model has no classifier, so pruning {','.join(changed)} narrows its output features; "
+            "pass change_features=True (--change-features) to prune them anyway, or drop them from --granularity"
         )
+    infer_source(net)  # a module vitcompress did not create must be rebuildable, checked before any work
     sched = schedule_of(net)
     if sched is not None:  # widths are chosen on the plain model; the schedule is applied again after slicing
         if "depth" in cfg.granularity:
@@ -352,6 +361,9 @@ def prune(
             "predicted_ms_after": ms1,
             "predicted_reduction": 1 - ms1 / ms0,
         }
+    if any(k in cfg.granularity for k in family_of(net).feature_kinds(net)):  # recorded: the output narrowed
+        widths = [spec_from_model(m).stage_dims[-1] for m in (net, pruned)]
+        choice.details["output_features"] = {"before": widths[0], "after": widths[1]}
     if sched is not None:  # counted (and recorded) with the schedule the artifact runs
         apply_tokens(pruned, copy.deepcopy(sched))
     record(pruned, cfg, choice, meth, before)
