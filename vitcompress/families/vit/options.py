@@ -221,6 +221,8 @@ def source_kwargs(model: nn.Module, template: nn.Module) -> dict[str, Any]:
     for key, value in mine.items():
         if key in ALWAYS or value != default.get(key):
             out[key] = value
+    if "global_pool" in out:  # timm's default fc_norm follows global_pool
+        out["fc_norm"] = mine["fc_norm"]
     for key, eps in (("norm_layer", "norm_eps"), ("embed_norm_layer", "embed_norm_eps")):
         if key in out or eps in out:
             out[key], out[eps] = mine[key], mine[eps]
