@@ -12,7 +12,7 @@ from vitcompress.artifact import read_meta
 from vitcompress.benchmarks.latency_prune import prune_to_latency
 from vitcompress.config import merge_config
 from vitcompress.errors import VitCompressError
-from vitcompress.families import FAMILIES, list_models
+from vitcompress.families import FAMILIES, list_models, refused_models
 from vitcompress.methods import ONESHOT, parse_option_pairs
 from vitcompress.plots import plot_widths
 from vitcompress.pruner import PruneConfig
@@ -130,8 +130,15 @@ def info(artifact, as_json, plot):
 
 @click.command("models")
 @click.argument("pattern", default="*")
-def models(pattern):
+@click.option("--refused", is_flag=True, help="List the names a family owns but refuses, each with the reason.")
+def models(pattern, refused):
     """List supported model names matching a glob PATTERN, per model family."""
+    if refused:
+        for family, reasons in refused_models(pattern).items():
+            click.echo(f"# {family} (refused): {FAMILIES.get(family).title}")
+            for name, reason in sorted(reasons.items()):
+                click.echo(f"{name}  # {reason}")
+        return
     for family, names in list_models(pattern).items():
         click.echo(f"# {family}: {FAMILIES.get(family).title}")
         for name in names:

@@ -113,6 +113,17 @@ def list_models(pattern: str = "*") -> dict[str, list[str]]:
     return out
 
 
+def refused_models(pattern: str = "*") -> dict[str, dict[str, str]]:
+    """timm names that match a glob pattern and that a family owns but refuses, per family, each
+    with the reason (families without such a name are left out)."""
+    out = {}
+    for f in families():
+        names = f.refused_models(pattern)
+        if names:
+            out[f.name] = names
+    return out
+
+
 def spec_from_model(model: nn.Module) -> Spec:
     """The widths of ``model``, read off its modules."""
     return family_of(model).spec(model)
@@ -153,6 +164,7 @@ __all__ = [
     "find",
     "identity_plan",
     "list_models",
+    "refused_models",
     "register",
     "spec_from_model",
     "supported",

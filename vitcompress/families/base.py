@@ -3,7 +3,8 @@
 The core (budget, scorers, seed methods, artifacts, counting, export, bench) never looks inside a
 model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for:
 
-- **recognition**: ``owns_name`` (model names), ``list_models``, ``recognises`` (a module),
+- **recognition**: ``owns_name`` (model names), ``list_models`` (and ``refused_models``, with the
+  reasons), ``recognises`` (a module),
   ``problems`` (what of a recognised module cannot be sliced exactly; each becomes part of a
   one-line refusal), ``check_kinds`` (granularities this model cannot prune exactly),
   ``check_method`` (whether a seed method runs on this model), ``feature_kinds`` (granularities
@@ -115,6 +116,11 @@ class Family:
     def list_models(self, pattern: str = "*") -> list[str]:
         """Names of this family that match a glob pattern (default: the timm names it owns)."""
         return [n for n in timm.list_models(pattern) if self.owns_name(n)]
+
+    def refused_models(self, pattern: str = "*") -> dict[str, str]:
+        """timm names matching ``pattern`` that belong to this family but are refused (not in
+        ``list_models``), each with the reason."""
+        return {}
 
     def recognises(self, model: nn.Module) -> bool:
         """Whether ``model`` is of this family (its top-level type and stem, not its details)."""

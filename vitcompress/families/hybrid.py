@@ -71,6 +71,13 @@ class HybridViTFamily(ViTFamily):
     def list_models(self, pattern: str = "*") -> list[str]:
         return [n for n in super().list_models(pattern) if n not in NO_PROJECTION]
 
+    def refused_models(self, pattern: str = "*") -> dict[str, str]:
+        out = super().refused_models(pattern)
+        for n in super().list_models(pattern):
+            if n in NO_PROJECTION:
+                out[n] = "the CNN stem has no projection (proj=False): its output channels are the embedding"
+        return out
+
     def recognises(self, model: nn.Module) -> bool:
         return isinstance(model, VisionTransformer) and isinstance(model.patch_embed, HybridEmbed)
 

@@ -115,7 +115,11 @@ def _block_problems(i: int, blk: nn.Module) -> list[str]:
         return [f"block {i} is {name} ({reason})"]
     attn, mlp = blk.attn, blk.mlp
     if type(attn) is not Attention and not isinstance(attn, PrunedAttention):
-        reason = "two softmax maps per head and a learned lambda" if name == "DiffAttention" else "not timm Attention"
+        reason = (
+            "two softmax maps per head and a learned lambda"
+            if type(attn).__name__ == "DiffAttention"
+            else "not timm Attention"
+        )
         return [f"block {i} attention is {type(attn).__name__} ({reason})"]
     if getattr(attn, "gate", None) is not None:
         return [f"block {i} attention has a gated output"]
@@ -179,6 +183,10 @@ class ViTFamily(Family):
     def list_models(self, pattern: str = "*") -> list[str]:
         """The timm names of the family whose default configuration prunes exactly."""
         return [n for n in super().list_models(pattern) if not probe(n)[1]]
+
+    def refused_models(self, pattern: str = "*") -> dict[str, str]:
+        """The timm names of the family whose default configuration is refused, with the reason."""
+        return {n: "; ".join(probe(n)[1]) for n in super().list_models(pattern) if probe(n)[1]}
 
     def recognises(self, model: nn.Module) -> bool:
         if not isinstance(model, VisionTransformer) or isinstance(model.patch_embed, HybridEmbed):

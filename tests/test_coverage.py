@@ -1,0 +1,78 @@
+"""Every name ``vitcompress models`` lists prunes exactly; the refused names are listed apart with their
+reason; the coverage table of docs/pruning.md is the one the families generate."""
+
+import pathlib
+import zlib
+
+import pytest
+import timm
+import torch
+
+import vitcompress
+from vitcompress.cli import main
+from vitcompress.counting import count
+from vitcompress.families import family_for_name, list_models, refused_models
+from vitcompress.families.coverage import coverage_rows
+from vitcompress.models import create_source_model
+from vitcompress.reference import mask_model
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "pruning.md"
+ALL = sorted(n for names in list_models().values() for n in names)
+# a deterministic sample (about one name in six, by a hash of the name), every family represented
+SAMPLE = sorted({n for n in ALL if zlib.crc32(n.encode()) % 6 == 0} | {names[0] for names in list_models().values()})
+
+
+def tiny_of(name: str):
+    """``name`` with 2 blocks of width 64 (4 heads) on 2 x 2 patches, random weights."""
+    fam = family_for_name(name)
+    with torch.device("meta"):
+        stride = fam.image_stride(timm.create_model(name, depth=1))
+    torch.manual_seed(0)
+    model = create_source_model(
+        name, depth=2, embed_dim=64, num_heads=4, img_size=2 * stride, num_classes=10, in_chans=3
+    )
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "token" in n or "gamma" in n or "latent" in n:
+                p.normal_(0, 0.2)
+    return model.eval(), 2 * stride
+
+
+@pytest.mark.parametrize("name", SAMPLE)
+def test_every_listed_model_prunes_one_shot_exactly(name):
+    model, img = tiny_of(name)
+    fam = family_for_name(name)
+    stem = getattr(fam.arch_info(model), "stem_macs", 0) / count(model).macs  # a hybrid's CNN stem stays whole
+    target = round(0.2 * (1 - stem), 3)
+    res = vitcompress.prune(model, flops_reduction=target, importance="random", granularity=("heads", "mlp", "embed"))
+    assert abs(res.achieved - target) <= 0.015 and count(res.model).params < count(model).params
+    x = torch.randn(2, 3, img, img, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), mask_model(model, res.meta.plan)(x), atol=1e-4, rtol=1e-4)
+    assert fam.name == vitcompress.families.family_of(res.model).name
+
+
+def test_refused_names_are_not_listed_and_are_refused_with_their_reason():
+    refused = {n: r for reasons in refused_models().values() for n, r in reasons.items()}
+    assert {"vit_dwee_patch16_reg1_gap_256", "vit_small_patch16_18x2_224"} <= set(refused)
+    assert not set(refused) & set(ALL)
+    for name, reason in refused.items():
+        with pytest.raises(vitcompress.VitCompressError) as e:
+            create_source_model(name, depth=1, img_size=64)
+        assert reason.split(" (")[0] in str(e.value)
+
+
+def test_models_command_lists_the_refused_names_apart(capsys):
+    assert main(["models", "vit_d*", "--refused"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_dwee_patch16_reg1_gap_256  # block 0 attention is DiffAttention" in out
+    assert main(["models", "vit_d*"]) == 0
+    assert "vit_dwee" not in capsys.readouterr().out
+
+
+def test_docs_coverage_table_is_the_generated_one():
+    """The rows of the ViT families (``python -m vitcompress.families.coverage``) are in docs/pruning.md."""
+    text = DOCS.read_text()
+    rows = [r for r in coverage_rows() if r.split("`")[1] in ("vit", "vit_parallel", "hybrid")]
+    missing = [r for r in rows if r not in text]
+    assert not missing, "regenerate with python -m vitcompress.families.coverage:\n" + "\n".join(missing)
