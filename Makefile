@@ -45,7 +45,9 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-# The mnist10k reference teacher (98.80% val top-1, about 10 minutes on one CPU core) and the recovery study.
+# The mnist10k reference teacher (about 10 minutes on one CPU core) and the recovery study. The teacher is
+# bit-identical when rebuilt on the same machine and software (98.80% val top-1 there), not across CPU models
+# (float reduction order differs per CPU; another CPU gave 98.40%): docs/recovery.md, "Recovery study".
 teacher: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/vitcompress train vit_tiny_patch16_224 --img-size 28 --patch-size 7 --in-chans 1 \
 		--num-classes 10 --embed-dim 64 --depth 6 --num-heads 4 --global-pool avg --data mnist10k \
