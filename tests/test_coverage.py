@@ -70,6 +70,17 @@ def test_models_command_lists_the_refused_names_apart(capsys):
     assert "vit_dwee" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("by_name", [True, False])
+def test_a_vit_like_model_of_no_family_is_refused_with_its_reason(by_name, tmp_path):
+    needle = "rotary position embeddings inside EvaAttention"
+    with pytest.raises(vitcompress.VitCompressError, match=needle) as e:
+        if by_name:
+            create_source_model("eva02_tiny_patch14_224", depth=1, img_size=28)
+        else:
+            vitcompress.prune(timm.create_model("eva02_tiny_patch14_224", depth=1, img_size=28), flops_reduction=0.3)
+    assert "\n" not in str(e.value)
+
+
 def test_docs_coverage_table_is_the_generated_one():
     """The rows of the ViT families (``python -m vitcompress.families.coverage``) are in docs/pruning.md."""
     text = DOCS.read_text()

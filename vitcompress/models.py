@@ -14,6 +14,7 @@ from torch import nn
 from .errors import VitCompressError
 from .families import Family, family_for_name, family_of, supported
 from .families import list_models as family_models
+from .families.unsupported import module_reason
 from .families.vit import entry_module
 from .meta import ArtifactMeta, attach, attached
 from .registry import suggest
@@ -48,7 +49,9 @@ def check_model_name(name: str) -> Family:
             "list models with `vitcompress models 'deit*'`"
         )
     module = entry_module(name)
-    raise VitCompressError(f"unsupported architecture {name!r} ({module.rsplit('.', 1)[-1]}); supported: {supported()}")
+    reason = module_reason(module)
+    why = f"{module.rsplit('.', 1)[-1]}: {reason}" if reason else module.rsplit(".", 1)[-1]
+    raise VitCompressError(f"unsupported architecture {name!r} ({why}); supported: {supported()}")
 
 
 def check_supported(model: nn.Module, name: str = "") -> Family:

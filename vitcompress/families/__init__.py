@@ -29,6 +29,7 @@ from .cct import CCTFamily
 from .flatten import FLattenFamily
 from .hybrid import HybridViTFamily
 from .swin import SwinFamily
+from .unsupported import module_reason
 from .vit import ParallelViTFamily, ViTFamily
 
 FAMILIES: Registry = Registry("model family")
@@ -83,7 +84,9 @@ def family_of(model: nn.Module, name: str = "") -> Family:
     fam = find(model)
     label = name or type(model).__name__
     if fam is None:
-        raise refuse(label, FAMILIES.get("vit").problems(model) or [f"{type(model).__name__} is not supported"])
+        reason = module_reason(type(model).__module__)
+        problems = [reason] if reason else FAMILIES.get("vit").problems(model)
+        raise refuse(label, problems or [f"{type(model).__name__} is not supported"])
     problems = fam.problems(model)
     if problems:
         raise refuse(label, problems)
