@@ -59,7 +59,18 @@ def test_refused_names_are_not_listed_and_are_refused_with_their_reason():
     for name, reason in refused.items():
         with pytest.raises(vitcompress.VitCompressError) as e:
             create_source_model(name, depth=1, img_size=64)
-        assert reason.split(" (")[0] in str(e.value)
+        if one_block(name):  # else timm itself refuses one block (per-block options)
+            assert reason.split(" (")[0] in str(e.value)
+        assert "\n" not in str(e.value)
+
+
+def one_block(name: str) -> bool:
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, depth=1)
+    except Exception:
+        return False
+    return True
 
 
 def test_models_command_lists_the_refused_names_apart(capsys):
@@ -72,18 +83,18 @@ def test_models_command_lists_the_refused_names_apart(capsys):
 
 @pytest.mark.parametrize("by_name", [True, False])
 def test_a_vit_like_model_of_no_family_is_refused_with_its_reason(by_name, tmp_path):
-    needle = "rotary position embeddings inside EvaAttention"
+    needle = "a relative position bias table per head"
     with pytest.raises(vitcompress.VitCompressError, match=needle) as e:
         if by_name:
-            create_source_model("eva02_tiny_patch14_224", depth=1, img_size=28)
+            create_source_model("beit_base_patch16_224", depth=1, img_size=32)
         else:
-            vitcompress.prune(timm.create_model("eva02_tiny_patch14_224", depth=1, img_size=28), flops_reduction=0.3)
+            vitcompress.prune(timm.create_model("beit_base_patch16_224", depth=1, img_size=32), flops_reduction=0.3)
     assert "\n" not in str(e.value)
 
 
 def test_docs_coverage_table_is_the_generated_one():
-    """The rows of the ViT families (``python -m vitcompress.families.coverage``) are in docs/pruning.md."""
+    """The rows of the ViT and EVA families (``python -m vitcompress.families.coverage``) are in docs/pruning.md."""
     text = DOCS.read_text()
-    rows = [r for r in coverage_rows() if r.split("`")[1] in ("vit", "vit_parallel", "hybrid")]
+    rows = [r for r in coverage_rows() if r.split("`")[1] in ("vit", "vit_parallel", "hybrid", "eva")]
     missing = [r for r in rows if r not in text]
     assert not missing, "regenerate with python -m vitcompress.families.coverage:\n" + "\n".join(missing)

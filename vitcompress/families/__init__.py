@@ -27,6 +27,7 @@ from ..spec import SourceModel, Spec
 from .base import BlockParts, BlockTokens, Family
 from .cct import CCTFamily
 from .flatten import FLattenFamily
+from .eva import EvaFamily
 from .hybrid import HybridViTFamily
 from .swin import SwinFamily
 from .unsupported import module_reason
@@ -57,6 +58,7 @@ register(HybridViTFamily(), before="vit_parallel")
 register(FLattenFamily(), before="vit_parallel")
 register(CCTFamily())
 register(SwinFamily())
+register(EvaFamily())
 
 
 def families() -> list[Family]:
@@ -153,6 +155,7 @@ __all__ = [
     "BlockTokens",
     "CCTFamily",
     "FLattenFamily",
+    "EvaFamily",
     "Family",
     "HybridViTFamily",
     "ParallelViTFamily",

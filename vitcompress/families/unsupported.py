@@ -4,8 +4,6 @@ of such a model name or module)."""
 from __future__ import annotations
 
 MODULE_REASONS = {
-    "eva": "EVA/EVA-02 blocks: rotary position embeddings inside EvaAttention (q/k dims rotate in pairs), "
-    "separate q/v biases and their own block class",
     "naflexvit": "variable-resolution patch packing with per-image masks",
     "beit": "a relative position bias table per head",
     "vision_transformer_relpos": "a relative position bias per head",

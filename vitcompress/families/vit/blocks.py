@@ -64,6 +64,11 @@ SERIAL_EMBED_AXES = {
     "mlp.fc2.weight": 0,
     "mlp.fc2.bias": 0,
     "ls2.gamma": 0,
+    "gamma_1": 0,  # EVA blocks' layer scales and separate q/k/v projections
+    "gamma_2": 0,
+    "attn.q_proj.weight": 1,
+    "attn.k_proj.weight": 1,
+    "attn.v_proj.weight": 1,
 }
 PARALLEL_EMBED_AXES = {
     "in_norm.weight": 0,

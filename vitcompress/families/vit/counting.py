@@ -36,6 +36,7 @@ class BlockCost:
 
     ``norms``/``layer_scale``/``out_biases``: parameters per residual channel of the block's norms
     over the residual stream, layer scales and output biases; ``qkv_bias``: a bias per q/k/v row;
+    ``qv_bias``: a bias per q and v row only (EVA's ``q_bias``/``v_bias``);
     ``qk_norm``: parameters per q/k dim of ``q_norm`` + ``k_norm``; ``attn_norm``: per attention
     output channel of a norm over the heads' outputs; ``fc1_rows`` input rows per MLP neuron,
     ``mlp_bias`` biases per MLP neuron, ``mlp_norm`` parameters per neuron of a hidden norm.
@@ -45,6 +46,7 @@ class BlockCost:
     layer_scale: int = 0
     out_biases: int = 2
     qkv_bias: bool = True
+    qv_bias: bool = False
     qk_norm: int = 0
     attn_norm: int = 0
     fc1_rows: int = 1
@@ -69,11 +71,14 @@ class BlockCost:
             )
         attn, mlp = blk.attn, blk.mlp
         fc1 = getattr(mlp, fc1_names(mlp)[0])
+        gammas = sum(getattr(blk, g, None) is not None for g in ("gamma_1", "gamma_2"))  # EVA's layer scales
         return cls(
             norms=norms,
-            layer_scale=per_channel(getattr(blk, "ls1", None), d) + per_channel(getattr(blk, "ls2", None), d),
+            layer_scale=per_channel(getattr(blk, "ls1", None), d) + per_channel(getattr(blk, "ls2", None), d) + gammas,
             out_biases=(attn.proj.bias is not None) + (mlp.fc2.bias is not None),
-            qkv_bias=attn.qkv.bias is not None,
+            qkv_bias=getattr(attn, "qkv", None) is not None and attn.qkv.bias is not None,
+            qv_bias=getattr(attn, "q_bias", None) is not None  # EVA: q and v biases, no k bias
+            or (getattr(attn, "q_proj", None) is not None and attn.q_proj.bias is not None),
             qk_norm=qk_norm,
             attn_norm=per_channel(attn.norm, h * v),
             fc1_rows=fc1_rows(mlp),
@@ -87,6 +92,7 @@ class BlockCost:
             d * (self.norms + self.layer_scale + self.out_biases)
             + d * qkv_out
             + (qkv_out if self.qkv_bias else 0)
+            + (h * (qk + v) if self.qv_bias else 0)
             + self.qk_norm * qk
             + self.attn_norm * h * v
             + h * v * d

@@ -45,7 +45,7 @@ def layer_groups(model: nn.Module, layer: int, kinds: Iterable[str]) -> list[Gro
         qkv, bias = p + "in_proj", blk.in_proj.bias is not None
     else:
         proj, offset = "attn.proj", 0
-        qkv, bias = p + "attn.qkv", blk.attn.qkv.bias is not None
+        qkv, bias = p + "attn.qkv", blk.attn.qkv is not None and blk.attn.qkv.bias is not None
     q_rows, k_rows, v_rows, v_cols = _rows(h, qk, v, offset)
     out_norm = None if parallel or isinstance(blk.attn.norm, nn.Identity) else blk.attn.norm
 
