@@ -26,8 +26,8 @@ from ..registry import Registry
 from ..spec import SourceModel, Spec
 from .base import BlockParts, BlockTokens, Family
 from .cct import CCTFamily
-from .flatten import FLattenFamily
 from .eva import EvaFamily
+from .flatten import FLattenFamily
 from .hybrid import HybridViTFamily
 from .swin import SwinFamily
 from .unsupported import module_reason
