@@ -65,6 +65,7 @@ def test_a_given_module_is_rebuilt_with_its_own_options(key):
     pruning it one shot gives the masked module itself."""
     model = _timm(**OPTIONS[key])
     src = infer_source(model)
+    assert set(src.kwargs) <= set(family_of(model).source_keys)  # the keys the family declares it writes
     rebuilt = family_of(model).create(src.name, **src.kwargs).eval()
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():

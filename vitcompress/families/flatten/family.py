@@ -60,6 +60,10 @@ class FLattenFamily(ViTFamily):
             src.kwargs.update(focusing_factor=model.focusing_factor, kernel_size=model.kernel_size)
         return src
 
+    @property
+    def source_keys(self) -> tuple[str, ...]:
+        return (*super().source_keys, "focusing_factor", "kernel_size")
+
     def dynamic_size_source(self, source: SourceModel) -> SourceModel | None:
         return None  # the depthwise convolution runs on the fixed patch grid
 
