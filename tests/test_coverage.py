@@ -25,6 +25,10 @@ SAMPLE = sorted({n for n in ALL if zlib.crc32(n.encode()) % 6 == 0} | {names[0] 
 def tiny_of(name: str):
     """``name`` with 2 blocks of width 64 or 96 (4 heads) on 2 x 2 patches (CCT: 64 px), random weights."""
     fam = family_for_name(name)
+    if fam.name == "swin":  # stages, not depth: two stages of two blocks, 4x4 windows on a 16x16 grid
+        torch.manual_seed(0)
+        kwargs = dict(embed_dim=16, num_heads=(2, 4), depths=(2, 2), patch_size=2, window_size=4)
+        return create_source_model(name, img_size=32, num_classes=10, in_chans=3, **kwargs).eval(), 32
     if timm.is_model(name):
         with torch.device("meta"):
             img = 2 * fam.image_stride(timm.create_model(name, depth=1))
