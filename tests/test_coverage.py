@@ -54,7 +54,10 @@ def test_every_listed_model_prunes_one_shot_exactly(name):
     fam = family_for_name(name)
     stem = getattr(fam.arch_info(model), "stem_macs", 0) / count(model).macs  # a hybrid's CNN stem stays whole
     target = round(0.2 * (1 - stem), 3)
-    res = vitcompress.prune(model, flops_reduction=target, importance="random", granularity=("heads", "mlp", "embed"))
+    # widths in steps of 4: at width 64 steps of 8 are too coarse to land within the tolerance on every family
+    res = vitcompress.prune(
+        model, flops_reduction=target, importance="random", granularity=("heads", "mlp", "embed"), round_to=4
+    )
     assert abs(res.achieved - target) <= 0.015 and count(res.model).params < count(model).params
     x = torch.randn(2, 3, img, img, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
