@@ -3,7 +3,9 @@
 The commands live in ``vitcompress.commands`` (one module per family of commands) and are imported
 when they run, so ``vitcompress --version`` and ``import vitcompress.cli`` stay light. Every error
 a user can cause is a ``VitCompressError``: printed as one ``error: ...`` line with exit code 2,
-its parameter names shown as the command's flags (``force=True`` -> ``--force``).
+its parameter names shown as the command's flags (``force=True`` -> ``--force``). A full disk, a
+read-only or forbidden folder (``OSError`` with ENOSPC, EDQUOT, EROFS, EACCES, EPERM) is one line
+too; Ctrl-C is ``error: interrupted`` with exit code 130.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 if __name__ == "cli":  # linked into the package as vitcompress/cli.py: one file, one module name
     raise ImportError("import the command line as vitcompress.cli, not by its file name")
 
+import errno
 import importlib
 import logging
 import sys
@@ -72,10 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="vitcompress", standalone_mode=False)
     except VitCompressError as e:
-        click.echo(f"error: {e.with_flags(_flags(argv))}", err=True)
+        click.echo(f"error: {worker_message(e.with_flags(_flags(argv)))}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        click.echo(f"error: {e.strerror}{where}; free space or choose a writable path", err=True)
         return 2
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()} (see `vitcompress {_cmd(argv)}--help`)", err=True)
@@ -84,6 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         log.removeHandler(handler)
         log.setLevel(level)
     return 0
+
+
+#: operating-system errors that are the machine's state, not a bug: reported in one line
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def worker_message(message: str) -> str:
+    """A ``VitCompressError`` raised in a data-loader worker process reaches the main process with
+    the worker's traceback folded into its message; keep the original message only."""
+    marker = "VitCompressError: "
+    if message.startswith("Caught VitCompressError") and marker in message:
+        return message.rsplit(marker, 1)[1].strip()
+    return message
 
 
 def _cmd(argv) -> str:

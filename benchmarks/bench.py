@@ -61,7 +61,7 @@ class BenchConfig:
             get_runner(b)  # unknown names: one-line error with suggestions
         if not self.backends:
             raise VitCompressError(f"no backend given; pass --backend with some of {', '.join(known)}")
-        if not self.batches or any(int(b) < 1 for b in self.batches):
+        if not self.batches or any(not 1 <= int(b) <= 65536 for b in self.batches):
             raise VitCompressError(f"batch sizes must be integers >= 1, got {self.batches}; pass e.g. --batch 1,8,32")
         check_precision(self.precision, PRECISIONS)
         if self.mode not in MODES:
@@ -69,6 +69,8 @@ class BenchConfig:
         for name, v in (("warmup", self.warmup), ("iters", self.iters), ("rounds", self.rounds)):
             if v < (0 if name == "warmup" else 1):
                 raise VitCompressError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise VitCompressError(f"threads must be >= 1, got {self.threads}", params=["threads"])
         if self.threads is None:
             self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return self

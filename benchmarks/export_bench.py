@@ -42,7 +42,7 @@ def measure(name: str, pruned: bool, check: bool, workdir: Path) -> dict:
     macs = count(model).macs
     out = workdir / f"{name}{'_pruned' if pruned else ''}.onnx"
     t0 = time.perf_counter()
-    res = export_onnx(model, out, batch=(1, 2, 4), check=check, progress=True)
+    res = export_onnx(model, out, batch=(1, 2, 4), check=check, progress=True, force=True)
     total = time.perf_counter() - t0
     row = {
         "model": name,

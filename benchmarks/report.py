@@ -133,6 +133,10 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+#: the files ``write_report`` writes into its folder
+REPORT_FILES = ("report.md", "report.json", "report.png")
+
+
 def write_report(result: dict, out_dir) -> dict:
     """Write ``report.md``, ``report.json`` (every raw sample) and ``report.png`` into ``out_dir``
     (the PNG only where matplotlib is installed: ``paths["png"]`` is then None)."""

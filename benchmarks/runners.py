@@ -80,7 +80,8 @@ class Variant:
         if key not in self._files:
             path = self._dir() / f"model-{precision}.onnx"
             b = max(1, self.max_batch)
-            export_onnx(self.model, path, batch=(1, min(8, b), b), precision=precision, check=False)
+            # the variant's own work folder: a file left by an earlier run is replaced
+            export_onnx(self.model, path, batch=(1, min(8, b), b), precision=precision, check=False, force=True)
             self._files[key] = path
         return self._files[key]
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitcompress.artifact import check_output
 from vitcompress.errors import VitCompressError
+from vitcompress.io import output_lock
 
 from . import trt_build, trt_check, trt_runner
 from .onnx_export import DEFAULT_OPSET, ExportResult, export_onnx
@@ -59,6 +62,7 @@ def export(
     progress: bool = False,
     runtime_keep: bool = False,
     echo: Callable[[str], None] = print,
+    force: bool = False,
 ) -> ExportRun:
     """Export ``artifact`` to ``output``; with ``trt``, check the graph for TensorRT, build the engine
     (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime.
@@ -72,26 +76,50 @@ def export(
 
     The engine and its sidecar are built in a temporary folder next to ``engine`` and moved into
     place only after the engine parity check passed; a failed build or parity check leaves neither
-    file, nor a folder created for them."""
+    file, nor a folder created for them.
+
+    Existing files are replaced only with ``force``, and nothing is written inside the artifact
+    exported (``artifact.check_output``); the ONNX file and the engine are locked for the whole
+    export (``io.output_lock``)."""
     cfg = (
         BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache, keep_permille)
         if trt
         else None
     )
-    res = export_onnx(
-        artifact,
-        output,
-        batch=batch,
-        dynamic_size=dynamic_size,
-        img_size=img_size,
-        precision=precision,
-        opset=opset,
-        check=check,
-        tolerance=tolerance,
-        progress=progress,
-        runtime_keep=runtime_keep,
-        antialias=not trt,
-    )
+    output = check_output(output, force=force, inputs=(artifact,), kind="file")
+    engine_path = None
+    if trt:
+        engine_path = Path(engine) if engine else Path(str(output.with_suffix("")) + ".engine")
+        check_output(engine_path, force=force, inputs=(artifact,), kind="file", what="engine path")
+        if timing_cache:
+            check_output(timing_cache, force=True, inputs=(artifact,), kind="file", what="timing cache")
+    with contextlib.ExitStack() as stack:
+        for p in (output, engine_path):
+            if p is not None:
+                stack.enter_context(output_lock(p))
+        res = export_onnx(
+            artifact,
+            output,
+            batch=batch,
+            dynamic_size=dynamic_size,
+            img_size=img_size,
+            precision=precision,
+            opset=opset,
+            check=check,
+            tolerance=tolerance,
+            progress=progress,
+            runtime_keep=runtime_keep,
+            antialias=not trt,
+            force=force,
+        )
+        return _finish(artifact, res, engine_path, cfg, precision, echo)
+
+
+def _finish(
+    artifact, res: ExportResult, engine: Path | None, cfg: BuildConfig | None, precision: str, echo: Callable
+) -> ExportRun:
+    """Report the ONNX export; with ``cfg`` (``trt``) check the graph, build the engine at
+    ``engine`` and check it against ONNX Runtime."""
     echo(f"nodes: {res.nodes_before} exported -> {res.nodes_after} after clean-up")
     if res.parity is not None:
         echo(res.parity.format())
@@ -101,7 +129,7 @@ def export(
         f"in {res.seconds:.1f} s"
     )
     run = ExportRun(res)
-    if not trt:
+    if cfg is None or engine is None:
         return run
     run.compat = _compat(res)
     echo(run.compat.format())
@@ -115,12 +143,7 @@ def export(
     trt_build.require_tensorrt()
     if res.img_size is not None:
         cfg.img_size = res.img_size
-    run.engine = Path(engine) if engine else Path(str(res.path.with_suffix("")) + ".engine")
-    if run.engine.is_dir():
-        raise VitCompressError(
-            f"engine path {str(run.engine)!r} is a folder; pass --engine with a file path "
-            f"such as {run.engine / 'model.engine'}"
-        )
+    run.engine = engine
     source = str(artifact) if not hasattr(artifact, "forward") else None
     with created_dirs(run.engine.parent):  # removed again (where empty) when the build or its parity fails
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{run.engine.name}.tmp-", dir=run.engine.parent))

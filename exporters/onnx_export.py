@@ -41,8 +41,11 @@ from torch import nn
 from torch.export import Dim
 
 import vitcompress
+from vitcompress.artifact import check_output
+from vitcompress.config import check_number
 from vitcompress.counting import count
 from vitcompress.errors import VitCompressError
+from vitcompress.io import output_lock
 from vitcompress.progress import tqdm
 
 from . import onnx_files
@@ -121,8 +124,12 @@ class ExportConfig:
     def validate(self) -> tuple[Profile, Profile | None]:
         """Check the values; returns the parsed batch and image-side profiles."""
         check_precision(self.precision, EXPORT_PRECISIONS)
+        check_number("opset", self.opset, integer=True)
         if not 17 <= int(self.opset) <= 23:
             raise VitCompressError(f"opset {self.opset} is outside 17..23; use the default {DEFAULT_OPSET}")
+        if self.tolerance is not None:
+            check_number("tolerance", self.tolerance, {"gt": 0, "le": 1e6})
+        check_number("seed", self.seed, {"ge": 0, "lt": 2**32}, integer=True)
         batch = parse_profile(self.batch, "batch")
         img = parse_profile(self.img_size, "img-size") if self.img_size is not None else None
         if img is not None and not self.dynamic_size and img.min != img.max:
@@ -376,6 +383,7 @@ def export_onnx(
     config: ExportConfig | None = None,
     *,
     progress: bool = False,
+    force: bool = False,
     **options,
 ) -> ExportResult:
     """Export an artifact folder or a timm ViT module to ONNX, clean it, check it, write it.
@@ -400,18 +408,29 @@ def export_onnx(
     ``keep_permille`` (``[1]`` int64): every reducing block keeps ``ceil(a * n / 1000)`` of its ``n``
     patch tokens (``exporters.runtime_keep``). Parity then runs every shape at two keep rates: the
     schedule's own and 0.5 (0.8 when the own is 0.5).
+
+    An existing ``output`` is replaced only with ``force``; a path inside the artifact exported is
+    refused even then, and one inside another artifact folder needs ``force``
+    (``artifact.check_output``). The output is locked for the export (``io.output_lock``).
     """
     t_start = time.perf_counter()
     cfg = dataclasses.replace(config or ExportConfig(), **options)
     batch, img = cfg.validate()
-    output = Path(output)
-    if output.is_dir():
-        raise VitCompressError(f"output {str(output)!r} is a folder; pass a file path such as {output / 'model.onnx'}")
+    output = check_output(output, force=force, inputs=(model_or_artifact_path,), kind="file")
+    with output_lock(output):
+        check_output(output, force=force, inputs=(model_or_artifact_path,), kind="file")  # now that it is ours
+        return _export(model_or_artifact_path, output, cfg, batch, img, progress, t_start)
+
+
+def _export(
+    source, output: Path, cfg: ExportConfig, batch: Profile, img: Profile | None, progress: bool, t_start: float
+) -> ExportResult:
+    """``export_onnx`` once the request is valid and the output locked."""
     steps = _Steps(progress)
     # after the input is known good: creates missing parent folders, and removes them again (where
     # still empty) if anything below fails, so a failed export leaves no folders behind either
     with created_dirs(output.parent):
-        prep = _prepare(model_or_artifact_path, cfg, batch, img)
+        prep = _prepare(source, cfg, batch, img)
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
         try:
             steps.done("load")

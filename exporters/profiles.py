@@ -15,6 +15,8 @@ from vitcompress.errors import VitCompressError
 
 ProfileLike = Union[str, int, Sequence[int], "Profile", None]
 
+#: Largest value a profile takes (a sanity bound: batch and image side).
+MAX_SIZE = 65536
 #: Largest batch the CPU parity check runs (the MAX of a profile is capped to this).
 PARITY_BATCH_CAP = 16
 
@@ -58,6 +60,8 @@ def parse_profile(value: ProfileLike, what: str = "batch") -> Profile:
     if len(parts) != 3:
         raise VitCompressError(f"{what} profile {value!r} needs 1 or 3 values (MIN:OPT:MAX); write e.g. 1:8:32")
     lo, opt, hi = parts
+    if hi > MAX_SIZE:
+        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} has MAX above {MAX_SIZE}; use smaller sizes")
     if lo < 1:
         raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} has MIN < 1; sizes must be positive")
     if not lo <= opt <= hi:

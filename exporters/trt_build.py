@@ -117,8 +117,8 @@ class BuildConfig:
     ) -> BuildConfig:
         """Validate and build a config from CLI-style values."""
         check_precision(precision, EXPORT_PRECISIONS)
-        if not workspace_gib > 0:
-            raise VitCompressError(f"--workspace {workspace_gib} must be > 0 GiB")
+        if not 0 < workspace_gib <= 1e6:  # also refuses NaN and infinity
+            raise VitCompressError(f"--workspace {workspace_gib} must be > 0 GiB (and finite)")
         if not 0 <= int(opt_level) <= 5:
             raise VitCompressError(f"builder optimisation level {opt_level} is outside 0..5")
         keep = parse_profile(keep_permille, "keep-permille") if keep_permille is not None else None

@@ -187,7 +187,7 @@ def test_external_data_pair_is_replaced_consistently(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash_before_onnx_rename)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        export_onnx(new_model, out, batch=BATCH, external_data=True, check=False)
+        export_onnx(new_model, out, batch=BATCH, external_data=True, check=False, force=True)
     monkeypatch.setattr(os, "replace", real_replace)
     # the new side file was already in place under its own name, but the old .onnx still reads its own
     snapped = sorted(f.name for f in snap.iterdir())
@@ -198,13 +198,13 @@ def test_external_data_pair_is_replaced_consistently(tmp_path, monkeypatch):
     assert np.abs(_ort_out(out, x) - old_ref).max() < 1e-4
 
     # a complete second export: the new pair under a new side-file name, the old side file deleted
-    second = export_onnx(new_model, out, batch=BATCH, external_data=True, check=False)
+    second = export_onnx(new_model, out, batch=BATCH, external_data=True, check=False, force=True)
     assert second.external_data.name != first.external_data.name and not first.external_data.exists()
     assert _locations(out) == {second.external_data.name}
     assert sorted(f.name for f in out_dir.iterdir()) == sorted(["e.onnx", second.external_data.name])
     assert np.abs(_ort_out(out, x) - new_ref).max() < 1e-4
     # and back to a file with its weights inside: the side file goes too
-    third = export_onnx(old_model, out, batch=BATCH, check=False)
+    third = export_onnx(old_model, out, batch=BATCH, check=False, force=True)
     assert third.external_data is None and [f.name for f in out_dir.iterdir()] == ["e.onnx"]
     assert np.abs(_ort_out(out, x) - old_ref).max() < 1e-4
 

@@ -34,10 +34,11 @@ def test_atomic_dir_replaces_without_leftovers_and_keeps_the_old_on_failure(tmp_
 
 def test_a_crash_between_the_fallback_renames_is_recovered_on_resume(tmp_path, monkeypatch):
     import vitcompress.io as io
-    from vitcompress.training import prepare_output
+    from vitcompress.training import CHECKPOINT_FORMAT, prepare_output
 
     out = _folder(tmp_path / "run", "epoch 1")
-    torch.save({"epoch": 1}, out / "checkpoint.pt")
+    fields = dict(config={}, model={}, optimizer={}, scheduler={}, scaler={}, step=0, history=[], rng=[], callbacks=[])
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": 1, "epoch": 1, **fields}, out / "checkpoint.pt")
     monkeypatch.setattr(io, "exchange", lambda a, b: False)  # a platform without renameat2
     calls = []
     real = os.rename
@@ -54,6 +55,6 @@ def test_a_crash_between_the_fallback_renames_is_recovered_on_resume(tmp_path, m
             (tmp / "f").write_text("epoch 2")
     monkeypatch.setattr(io.os, "rename", real)
     assert not out.exists()
-    assert prepare_output(out, resume=True, force=False) == {"epoch": 1}  # resumes from epoch 1
+    assert prepare_output(out, resume=True, force=False)["epoch"] == 1  # resumes from epoch 1
     assert (out / "f").read_text() == "epoch 1"  # the previous epoch's folder is back
     assert not recover_dir(out)  # nothing left to recover

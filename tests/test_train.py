@@ -254,7 +254,10 @@ BAD = {
         "10 classes but the model's classifier has 5",
     ),
     "unknown option": (["train", "vit_tiny_patch16_224", "--data", "digits", "--speed", "3"], "No such option"),
-    "bad amp": (["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--amp", "fp8"], "unknown --amp"),
+    "bad amp": (
+        ["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--amp", "fp8"],
+        "'fp8' is not one of 'auto', 'bf16', 'fp16', 'off'",
+    ),
     "eval missing data": (["eval", "vit_tiny_patch16_224", "--data", "/nonexistent/imgs"], "does not exist"),
     "resume from nothing": (
         ["train", "vit_tiny_patch16_224", *ARCH_CLI, "--data", "digits", "--resume"],

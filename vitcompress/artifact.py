@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -17,10 +18,11 @@ from torch import nn
 
 from .counting import Counts, count
 from .errors import VitCompressError
-from .families import build_model, family_of
-from .io import atomic_dir
+from .families import build_model, family_for_source, family_of
+from .io import atomic_dir, check_output_path
 from .meta import FORMAT_VERSION, ArtifactMeta, attach, attached
 from .models import infer_source
+from .spec import RecordError
 from .tokens.apply import apply_tokens, schedule_of
 from .tokens.schedule import TokenSchedule
 
@@ -32,6 +34,7 @@ __all__ = [
     "META",
     "WEIGHTS",
     "ArtifactMeta",
+    "check_output",
     "history_record",
     "is_artifact",
     "load",
@@ -98,6 +101,67 @@ def is_artifact(path: str | os.PathLike) -> bool:
     return Path(path, META).is_file()
 
 
+def check_output(
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    inputs: Iterable = (),
+    kind: str = "folder",
+    exists_ok: bool = False,
+    resumable: bool = False,
+    what: str = "output",
+) -> Path:
+    """Refuse, in one line and before anything is written, an output path whose writing would lose
+    data; returns it as a ``Path``.
+
+    Always refused: an empty path, the working folder or a folder containing it
+    (``io.check_output_path``), a path inside one of ``inputs`` (the artifact folders and files the
+    run reads; modules and model names are skipped) or containing one. Refused without ``force``:
+    a path inside an artifact folder, and an existing path (unless ``exists_ok``; ``resumable``: the
+    message offers ``resume=True`` too). An existing path of the other ``kind`` (``folder`` or
+    ``file``) is refused either way."""
+    p = check_output_path(path, what)
+    target = Path(os.path.realpath(p))
+    for inp in inputs:
+        if inp is None or isinstance(inp, nn.Module) or not os.path.exists(str(inp)):
+            continue
+        src = Path(os.path.realpath(str(inp)))
+        if src in target.parents:
+            raise VitCompressError(
+                f"{what} {str(path)!r} is inside the input {str(inp)!r}; no run writes into what it reads, "
+                "choose a path outside it"
+            )
+        if target in src.parents:
+            raise VitCompressError(
+                f"{what} {str(path)!r} contains the input {str(inp)!r}, and writing it would replace that input; "
+                "choose another path"
+            )
+    if not force:
+        inside = next((a for a in target.parents if is_artifact(a)), None)
+        if inside is not None:
+            raise VitCompressError(
+                f"{what} {str(path)!r} is inside the artifact folder {str(inside)!r}; pass force=True to write "
+                "there or choose a path outside it",
+                params=["force"],
+            )
+    if os.path.lexists(p):
+        is_dir = os.path.isdir(p)
+        if kind == "file" and is_dir:
+            raise VitCompressError(f"{what} {str(path)!r} is a folder; pass a file path such as {p / 'out'}")
+        if kind == "folder" and not is_dir:
+            raise VitCompressError(f"{what} {str(path)!r} is a file, not a folder; choose another path")
+        if not (force or exists_ok):
+            how = (
+                "pass resume=True to continue it, force=True to overwrite it,"
+                if resumable
+                else ("pass force=True to overwrite it")
+            )
+            raise VitCompressError(
+                f"{what} {str(path)!r} already exists; {how} or choose another path", params=["resume", "force"]
+            )
+    return p
+
+
 def save(model: nn.Module, path: str | os.PathLike, force: bool = False, meta: ArtifactMeta | None = None) -> Path:
     """Write ``model`` as an artifact folder (atomically). Returns the folder.
 
@@ -122,20 +186,53 @@ def read_meta(path: str | os.PathLike) -> ArtifactMeta:
         )
     try:
         d = json.loads((p / META).read_text())
-        if d.get("format") != "vitcompress":
-            raise ValueError("not a vitcompress file")
-        if int(d["format_version"]) > FORMAT_VERSION:
+        if not isinstance(d, dict) or d.get("format") != "vitcompress":
+            raise RecordError("not a vitcompress file (format is not 'vitcompress')")
+        version = d.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise VitCompressError(
-                f"artifact {str(p)!r} has format version {d['format_version']}, newer than this "
+                f"artifact {str(p)!r} has format version {version}, newer than this "
                 f"vitcompress ({FORMAT_VERSION}); upgrade vitcompress"
             )
-        return ArtifactMeta.from_dict(d)
+        meta = ArtifactMeta.from_dict(d)
+        check_with_family(meta)
+        return meta
     except VitCompressError:
         raise
+    except RecordError as e:
+        raise VitCompressError(f"artifact {str(p)!r} is corrupt ({META}: {str(e)[:200]}); re-create it") from None
     except Exception as e:
         raise VitCompressError(
             f"artifact {str(p)!r} is corrupt ({META}: {type(e).__name__}: {str(e)[:120]}); re-create it"
         ) from None
+
+
+def check_with_family(meta: ArtifactMeta) -> None:
+    """The checks of a record that need its model family: the creation options
+    (``Family.check_source``: only those the family records), the plan against the source model
+    (``Plan.check``: nothing kept that the source does not have), the token schedule and every
+    token step of the history (``TokenSchedule.from_dict``, blocks within the depth). Raises
+    ``RecordError`` naming the field, or ``VitCompressError`` for a model no family rebuilds."""
+    fam = family_for_source(meta.source)
+    fam.check_source(meta.source)
+    spec = meta.require_spec()
+    if meta.plan is not None:
+        meta.plan.check(spec, fam.source_spec(meta.source))
+    if meta.tokens is not None:
+        _schedule(meta.tokens, "tokens", spec.depth)
+    for i, step in enumerate(meta.history):
+        if step.get("method") == "tokens":
+            _schedule(step.get("schedule"), f"history[{i}].schedule", None)
+
+
+def _schedule(d, where: str, depth: int | None) -> TokenSchedule:
+    sched = TokenSchedule.from_dict(d, where)
+    if depth is not None:
+        try:
+            sched.validate(depth)
+        except VitCompressError as e:
+            raise RecordError(f"{where}: {e}") from None
+    return sched
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -149,14 +246,37 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     try:
         model = build_model(meta.source, meta.require_spec())
         state = load_file(str(wpath), device=str(device))
+        check_weights(state, model.state_dict())
         model.load_state_dict(state, strict=True, assign=True)
+        attach(model, meta)
+        if meta.tokens:
+            apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
     except VitCompressError:
         raise
+    except RecordError as e:
+        raise VitCompressError(f"artifact {str(path)!r} is corrupt ({WEIGHTS}: {e}); re-create it") from None
     except Exception as e:
         raise VitCompressError(
             f"artifact {str(path)!r} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:160]}); re-create it"
         ) from None
-    attach(model, meta)
-    if meta.tokens:
-        apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
     return model.eval()
+
+
+def check_weights(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """``RecordError`` unless ``state`` has exactly the tensors of ``own`` (a model built from the
+    record, on any device), each of the same shape and dtype, and every floating-point value finite
+    (NaN or infinite weights are refused, not copied into later artifacts)."""
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise RecordError(f"tensor {missing[0]!r} is missing ({len(missing)} missing)")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise RecordError(f"tensor {extra[0]!r} is not part of the model")
+    for k, t in state.items():
+        ref = own[k]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise RecordError(f"tensor {k!r} has shape {tuple(t.shape)}, the spec gives {tuple(ref.shape)}")
+        if t.dtype != ref.dtype:
+            raise RecordError(f"tensor {k!r} is {t.dtype}, the model expects {ref.dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RecordError(f"tensor {k!r} holds NaN or infinite values")

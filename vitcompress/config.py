@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -136,10 +137,94 @@ def _name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, **kw: Any) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    **kw: Any,
+) -> Any:
     """A dataclass field with its help text kept beside it (``metadata["help"]``, shown by the command
-    line), and optionally the values it accepts (``metadata["choices"]``, checked by ``merge_config``)."""
+    line), optionally the values it accepts (``metadata["choices"]``, checked by ``merge_config``) and
+    its range (``ge``/``gt``/``le``/``lt``: at least, above, at most, below; checked by
+    ``check_fields``)."""
     metadata: dict[str, Any] = {"help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if bounds:
+        metadata["range"] = bounds
     return dataclasses.field(default=default, metadata=metadata, **kw)
+
+
+def range_text(bounds: Mapping[str, float]) -> str:
+    """``{"ge": 0, "lt": 1}`` -> ``in [0, 1)``; ``{"gt": 0}`` -> ``> 0``."""
+
+    def num(v: float) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        return f"in {low[0]}{num(low[1])}, {num(high[1])}{high[0]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {num(low[1])}"
+    if high:
+        return f"{'<=' if high[0] == ']' else '<'} {num(high[1])}"
+    return "any number"
+
+
+def in_range(value: float, bounds: Mapping[str, float]) -> bool:
+    """Whether ``value`` lies within ``bounds`` (``ge``/``gt``/``le``/``lt``)."""
+    return not (
+        ("ge" in bounds and not value >= bounds["ge"])
+        or ("gt" in bounds and not value > bounds["gt"])
+        or ("le" in bounds and not value <= bounds["le"])
+        or ("lt" in bounds and not value < bounds["lt"])
+    )
+
+
+def check_number(name: str, value: Any, bounds: Mapping[str, float] | None = None, *, integer: bool = False) -> None:
+    """A one-line ``VitCompressError`` naming ``name`` unless ``value`` is a finite number (an integer
+    with ``integer``) within ``bounds``."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise VitCompressError(f"{name} must be {kind}, got {value!r}", params=[name])
+    if not integer and not math.isfinite(value):
+        raise VitCompressError(f"{name} must be a finite number, got {value}", params=[name])
+    if bounds and not in_range(value, bounds):
+        raise VitCompressError(f"{name} must be {range_text(bounds)}, got {value}", params=[name])
+
+
+def check_fields(cfg: Any) -> None:
+    """Check every field of the settings dataclass ``cfg`` against its annotation and ``setting``
+    metadata: numbers finite (no NaN or infinity anywhere) and within their range, integers whole,
+    strings among their choices, nested dataclasses recursively. Raises one ``VitCompressError``
+    naming the first bad field (``params=[name]``, so the command line shows its flag)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_fields(value)
+            continue
+        kinds = _plain(hints.get(f.name, Any))
+        bounds = f.metadata.get("range")
+        if kinds & {int, float} and not kinds & {str}:
+            check_number(f.name, value, bounds, integer=float not in kinds)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise VitCompressError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}", params=[f.name])
+
+
+def _plain(hint: Any) -> set:
+    """The non-None types of an annotation (``float | None`` -> ``{float}``)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return {a for a in typing.get_args(hint) if a is not type(None)}
+    return {hint}

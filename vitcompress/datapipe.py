@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import setting
-from .data import BUILTIN, DataConfig, make_dataset
+from .data import BUILTIN, DataConfig, image_folder, image_transform, make_dataset
 from .errors import VitCompressError
 
 
@@ -31,14 +31,14 @@ from .errors import VitCompressError
 class AugConfig:
     """Augmentation options (timm names). ``None``/0 switches an option off."""
 
-    shift: int = setting(2, "Built-in datasets: random shift in pixels.")
+    shift: int = setting(2, "Built-in datasets: random shift in pixels.", ge=0, le=64)
     auto_augment: str | None = setting(None, "ImageFolder: timm auto-augment, e.g. rand-m9-mstd0.5.")
-    hflip: float = setting(0.5, "ImageFolder: horizontal flip probability.")
-    color_jitter: float = setting(0.4, "ImageFolder: colour jitter (0 = off).")
-    re_prob: float = setting(0.0, "ImageFolder: random erasing probability.")
-    mixup: float = setting(0.0, "Mixup alpha (0 = off).")
-    cutmix: float = setting(0.0, "CutMix alpha (0 = off).")
-    smoothing: float = setting(0.1, "Label smoothing.")
+    hflip: float = setting(0.5, "ImageFolder: horizontal flip probability.", ge=0, le=1)
+    color_jitter: float = setting(0.4, "ImageFolder: colour jitter (0 = off).", ge=0, le=10)
+    re_prob: float = setting(0.0, "ImageFolder: random erasing probability.", ge=0, le=1)
+    mixup: float = setting(0.0, "Mixup alpha (0 = off).", ge=0, le=100)
+    cutmix: float = setting(0.0, "CutMix alpha (0 = off).", ge=0, le=100)
+    smoothing: float = setting(0.1, "Label smoothing.", ge=0, lt=1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,30 +82,17 @@ def train_dataset(data: str, cfg: DataConfig, aug: AugConfig) -> Dataset:
     if data in BUILTIN:
         ds = make_dataset(data, cfg, "train")
         return Shifted(ds, aug.shift) if aug.shift else ds
-    from timm.data import create_transform
-    from torchvision.datasets import ImageFolder
-
     sub = os.path.join(data, "train")
     path = sub if os.path.isdir(sub) else data
-    transform = create_transform(
-        input_size=(cfg.in_chans, *cfg.img_size),
-        is_training=True,
-        mean=cfg.mean,
-        std=cfg.std,
+    transform = image_transform(
+        cfg,
+        True,
         auto_augment=aug.auto_augment,
         hflip=aug.hflip,
         color_jitter=aug.color_jitter or None,
         re_prob=aug.re_prob,
     )
-    try:
-        ds = ImageFolder(path, transform=transform)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise VitCompressError(
-            f"data folder {path!r} has no images in class sub-folders ({str(e)[:100]}); "
-            "use an ImageFolder layout: DIR/train/<class>/<image>"
-        ) from None
-    ds.num_classes = len(ds.classes)
-    return ds
+    return image_folder(path, cfg, transform)
 
 
 def val_dataset(data: str, cfg: DataConfig, split: str = "val") -> Dataset:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import setting
+from .config import check_fields, setting
+from .data import check_teacher
 from .errors import VitCompressError
 from .families import family_of, spec_from_model
 from .logits import logits_of
@@ -38,20 +39,30 @@ class DistillConfig:
     """Loss weights and temperature (defaults are the documented ``finetune`` defaults)."""
 
     kind: str = setting(
-        "auto", "soft (KL on logits), hard (DeiT dist token), auto (hard if the model has a dist token) or none."
+        "auto",
+        "soft (KL on logits), hard (DeiT dist token), auto (hard if the model has a dist token) or none.",
+        choices=KINDS,
     )
-    ce: float = setting(1.0, "Weight of the label cross-entropy.")
-    kd: float = setting(1.0, "Weight of the logit distillation term.")
-    temperature: float = setting(2.0, "Softmax temperature of the logit distillation term.")
-    hidden: float = setting(0.0, "Weight of the hidden-state MSE (matched blocks, kept channels; 0 = off).")
+    ce: float = setting(1.0, "Weight of the label cross-entropy.", ge=0, le=1e6)
+    kd: float = setting(1.0, "Weight of the logit distillation term.", ge=0, le=1e6)
+    temperature: float = setting(2.0, "Softmax temperature of the logit distillation term.", gt=0, le=1e6)
+    hidden: float = setting(
+        0.0, "Weight of the hidden-state MSE (matched blocks, kept channels; 0 = off).", ge=0, le=1e6
+    )
 
     def validate(self) -> None:
+        """One-line ``VitCompressError`` for a weight or temperature that is not a finite number in
+        its range, an unknown kind, or all three weights zero (nothing to train on)."""
         if self.kind not in KINDS:
             raise VitCompressError(f"unknown distillation kind {self.kind!r}; use one of {', '.join(KINDS)}")
-        if self.temperature <= 0:
-            raise VitCompressError(f"temperature must be positive, got {self.temperature}", params=["temperature"])
-        if min(self.ce, self.kd, self.hidden) < 0:
-            raise VitCompressError("loss weights (ce, kd, hidden) must be >= 0", params=["ce", "kd", "hidden"])
+        check_fields(self)
+        used = (self.ce, self.hidden) if self.kind == "none" else (self.ce, self.kd, self.hidden)
+        if not any(used):
+            names = "ce and hidden" if self.kind == "none" else "ce, kd and hidden"
+            raise VitCompressError(
+                f"{names} are all 0, so the loss is 0 and nothing would train; give one of them a weight > 0",
+                params=["ce", "kd", "hidden"],
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,11 +154,7 @@ class TrainLoss(nn.Module):
         self.pairs: list[tuple[int, int]] = []
         self._s_cap = self._t_cap = None
         if teacher is not None:
-            if teacher.num_classes != student.num_classes:
-                raise VitCompressError(
-                    f"teacher has {teacher.num_classes} classes but the student has {student.num_classes}; "
-                    "pass a teacher trained on the same classes"
-                )
+            check_teacher(student, teacher, "student")
             kind = self.cfg.kind
             if kind == "auto":
                 kind = "hard" if has_dist_token(student) else "soft"

@@ -7,8 +7,11 @@ process group every answer is the single-process one (rank 0 of 1).
 from __future__ import annotations
 
 import os
+import re
 
 import torch
+
+from .errors import VitCompressError
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -38,3 +41,28 @@ def barrier() -> None:
     """Wait for every rank (nothing to wait for in a single process)."""
     if dist_info()[1] > 1:
         torch.distributed.barrier()
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``; 0 outside torchrun), readable before
+    the process group exists: the rank that writes outputs (and holds their locks)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def check_device(device: str | None, param: str = "device") -> None:
+    """One-line error unless ``device`` is None (automatic), ``cpu``, or a CUDA device this machine
+    has (``cuda``, ``cuda:N``)."""
+    if device is None:
+        return
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d{1,4}))?", str(device).strip())
+    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise VitCompressError(f"unknown {param} {device!r}; use cpu, cuda or cuda:N", params=[param])
+    if m.group(1) == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(m.group(2) or 0)
+        if index >= n:
+            have = f"this machine has {n} CUDA GPU(s)" if n else "this machine has no CUDA GPU"
+            raise VitCompressError(f"{param} {device!r} is not available ({have}); use cpu", params=[param])

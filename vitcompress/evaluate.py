@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .data import DataConfig
-from .datapipe import make_loader, num_classes_of, val_dataset
-from .distributed import dist_info
+from .config import check_number
+from .data import SPLITS, DataConfig, check_teacher
+from .datapipe import check_data, make_loader, num_classes_of, val_dataset
+from .distributed import check_device, dist_info
 from .errors import VitCompressError
 from .logits import logits_of
 from .progress import tqdm
@@ -73,11 +74,7 @@ def evaluate(
     was = model.training
     model.eval()
     if teacher is not None:
-        if getattr(teacher, "num_classes", None) != getattr(model, "num_classes", None):
-            raise VitCompressError(
-                f"teacher has {teacher.num_classes} classes but the model has {model.num_classes}; "
-                "pass a teacher trained on the same classes"
-            )
+        check_teacher(model, teacher)
         teacher.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=dev)  # n, top1, top5, loss, agree
     try:
@@ -131,7 +128,21 @@ def evaluate_data(
     progress: bool = False,
     limit: int | None = None,
 ) -> EvalResult:
-    """Evaluate on a dataset by name (``digits``, ``mnist10k``) or ImageFolder folder."""
+    """Evaluate on a dataset by name (``digits``, ``mnist10k``) or ImageFolder folder.
+
+    ``limit`` evaluates the first ``limit`` images only (at least 1); ``batch_size`` at least 1,
+    ``workers`` at least 0, ``device`` None, cpu or an existing CUDA device: anything else is a
+    one-line ``VitCompressError`` before any image is read."""
+    check_number("batch_size", batch_size, {"ge": 1, "le": 2**20}, integer=True)
+    check_number("workers", workers, {"ge": 0, "le": 256}, integer=True)
+    if limit is not None:
+        check_number("limit", limit, {"ge": 1}, integer=True)
+    if split not in SPLITS:
+        raise VitCompressError(f"unknown split {split!r}; use {', '.join(SPLITS)}", params=["split"])
+    check_device(device)
+    check_data(data)
+    if teacher is not None:
+        check_teacher(model, teacher)
     ds = val_dataset(data, DataConfig.from_model(model), split)
     if len(ds) == 0:
         raise VitCompressError(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .plan import Plan
-from .spec import SourceModel, Spec
+from .spec import RecordError, SourceModel, Spec, as_dict, as_float, as_int, as_list, need
 
 FORMAT_VERSION = 1
 ATTR = "vitcompress_meta"
@@ -65,17 +65,80 @@ class ArtifactMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> ArtifactMeta:
+        """The record in ``d`` (parsed ``vitcompress.json``), every field type- and range-checked;
+        ``RecordError`` naming the first bad field. ``artifact.read_meta`` adds the checks that need
+        the model family (creation options, the plan against the source model, the token schedule,
+        the history steps)."""
+        version = as_int(need(d, "format_version", ""), "format_version", 1)
+        spec = Spec.from_dict(need(d, "spec", ""))
+        plan = Plan.from_dict(need(d, "plan", ""))
+        plan.check(spec)
+        tokens = d.get("tokens")
+        if tokens is not None:
+            as_dict(tokens, "tokens")
+        history = as_list(d.get("history", []), "history")
+        for i, step in enumerate(history):
+            check_step(as_dict(step, f"history[{i}]"), f"history[{i}]")
         return cls(
-            source=SourceModel.from_dict(d["source"]),
-            spec=Spec.from_dict(d["spec"]),
-            plan=Plan.from_dict(d["plan"]),
-            counts_source=d.get("counts_source", {}),
-            counts=d.get("counts", {}),
-            history=list(d.get("history", [])),
-            tokens=d.get("tokens"),
-            extra=dict(d.get("extra", {})),
-            format_version=int(d["format_version"]),
+            source=SourceModel.from_dict(need(d, "source", "")),
+            spec=spec,
+            plan=plan,
+            counts_source=check_counts(d.get("counts_source", {}), "counts_source"),
+            counts=check_counts(d.get("counts", {}), "counts"),
+            history=list(history),
+            tokens=tokens,
+            extra=dict(as_dict(d.get("extra", {}), "extra")),
+            format_version=version,
         )
+
+
+COUNT_KEYS = ("macs", "flops", "params")
+
+
+def check_counts(d: dict, where: str) -> dict:
+    """A record's MACs/FLOPs/params (``counting.Counts.to_dict``): macs and params integers >= 1,
+    flops (when present) an integer >= 0, nothing else."""
+    as_dict(d, where)
+    for key in ("macs", "params"):
+        as_int(need(d, key, where), f"{where}.{key}", 1, 2**62)
+    if "flops" in d:
+        as_int(d["flops"], f"{where}.flops", 0, 2**63 - 1)
+    extra = [k for k in d if k not in COUNT_KEYS]
+    if extra:
+        raise RecordError(f"{where}.{extra[0][:20]} is not a count (known: {', '.join(COUNT_KEYS)})")
+    return dict(d)
+
+
+def check_step(step: dict, where: str) -> None:
+    """The fields of one history step that readers use (``artifact.history_record`` writes them):
+    ``method`` a string; ``target`` an object with ``metric`` (macs or params) and a finite
+    ``reduction`` (or null for a token step); ``achieved`` an object of finite numbers; ``config``
+    an object whose ``granularity`` is a list of strings and ``importance`` a string;
+    ``method_options`` an object. A token step's ``schedule`` is checked by ``artifact.read_meta``."""
+    method = step.get("method", "")
+    if not isinstance(method, str):
+        raise RecordError(f"{where}.method is not a string")
+    target = step.get("target")
+    if target is not None or method != "tokens":
+        metric = need(target, "metric", f"{where}.target")
+        if metric not in ("macs", "params"):
+            raise RecordError(f"{where}.target.metric is not macs or params")
+        reduction = need(target, "reduction", f"{where}.target")
+        if reduction is not None or method != "tokens":
+            as_float(reduction, f"{where}.target.reduction")
+    for key, value in as_dict(step.get("achieved", {}), f"{where}.achieved").items():
+        as_float(value, f"{where}.achieved.{key}")
+    if method == "tokens":
+        as_float(need(need(step, "achieved", where), "macs_reduction", f"{where}.achieved"), f"{where}.achieved")
+    cfg = as_dict(step.get("config", {}), f"{where}.config")
+    gran = as_list(cfg.get("granularity", []), f"{where}.config.granularity")
+    if not all(isinstance(g, str) for g in gran):
+        raise RecordError(f"{where}.config.granularity is not a list of strings")
+    if not isinstance(cfg.get("importance", ""), str):
+        raise RecordError(f"{where}.config.importance is not a string")
+    as_dict(step.get("method_options", {}), f"{where}.method_options")
+    if not isinstance(step.get("labels_used") or "", str):
+        raise RecordError(f"{where}.labels_used is not a string")
 
 
 def attached(model: nn.Module) -> ArtifactMeta | None:

@@ -18,7 +18,7 @@ from .families.unsupported import module_reason
 from .families.vit import entry_module
 from .meta import ArtifactMeta, attach, attached
 from .registry import suggest
-from .spec import SourceModel
+from .spec import RecordError, SourceModel
 
 __all__ = [
     "SourceModel",
@@ -75,6 +75,11 @@ def create_source_model(
     """
     fam = check_model_name(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for key, value in kwargs.items():
+        try:
+            fam.check_source(SourceModel(name, {key: value}), where="")
+        except RecordError as e:
+            raise VitCompressError(f"cannot create {name!r}: {e}", params=[key]) from None
     try:
         model = fam.create(name, pretrained=pretrained, **kwargs)
     except VitCompressError:
@@ -89,10 +94,28 @@ def create_source_model(
             ) from None
         raise VitCompressError(f"cannot create {name!r}: {e}") from None
     family_of(model, name)
+    check_geometry(fam, model, name)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     attach(model, ArtifactMeta(source=SourceModel(name, kwargs)))
     return model.eval()
+
+
+def check_geometry(fam: Family, model: nn.Module, name: str = "") -> None:
+    """A one-line error unless the model's image sides are multiples of its patch (its family's
+    ``image_stride``) and at least one patch: other sizes leave pixels out or fail at run time."""
+    try:
+        _, h, w = fam.input_size(model)
+        stride = fam.image_stride(model)
+    except NotImplementedError:  # a family without a fixed input geometry
+        return
+    bad = next((s for s in (h, w) if s < stride or s % stride), None)
+    if bad is not None:
+        raise VitCompressError(
+            f"{name or 'the model'} takes {h}x{w} images, but its image side must be a multiple of its patch "
+            f"{stride} and at least one patch; pass img_size as a multiple of {stride}",
+            params=["img_size"],
+        )
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .spec import Spec
+from .spec import MAX_INT, RecordError, Spec, as_dict, as_indices, as_list, need
 
 
 @dataclass
@@ -29,13 +29,17 @@ class LayerPlan:
         return {"heads": self.heads, "qk": self.qk, "v": self.v, "mlp": self.mlp}
 
     @classmethod
-    def from_dict(cls, d: dict) -> LayerPlan:
-        return cls(
-            [int(i) for i in d["heads"]],
-            [[int(i) for i in r] for r in d["qk"]],
-            [[int(i) for i in r] for r in d["v"]],
-            [int(i) for i in d["mlp"]],
-        )
+    def from_dict(cls, d: dict, where: str = "layer") -> LayerPlan:
+        """A layer of a record; ``RecordError`` naming the field for anything but lists of distinct
+        indices >= 0 with one q/k and one v list per kept head."""
+        heads = as_indices(need(d, "heads", where), f"{where}.heads")
+        rows = {}
+        for key in ("qk", "v"):
+            raw = as_list(need(d, key, where), f"{where}.{key}")
+            if len(raw) != len(heads):
+                raise RecordError(f"{where}.{key} has {len(raw)} rows for {len(heads)} kept heads")
+            rows[key] = [as_indices(r, f"{where}.{key}[{i}]") for i, r in enumerate(raw)]
+        return cls(heads, rows["qk"], rows["v"], as_indices(need(d, "mlp", where), f"{where}.mlp"))
 
 
 @dataclass
@@ -71,12 +75,72 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
+        """The record's plan; ``RecordError`` naming the field for a wrong type, a repeated or negative
+        index, or a kept block without its layer (``check`` compares it with the spec)."""
+        layers = {}
+        for k, v in as_dict(need(d, "layers", "plan"), "plan.layers").items():
+            if not k.isdigit() or int(k) > MAX_INT:
+                raise RecordError(f"plan.layers key {k[:20]!r} is not a block index")
+            layers[int(k)] = LayerPlan.from_dict(v, f"plan.layers.{k}")
+        blocks = as_indices(need(d, "blocks", "plan"), "plan.blocks")
+        missing = [b for b in blocks if b not in layers]
+        if missing:
+            raise RecordError(f"plan.layers has no entry for kept block {missing[0]}")
+        stages = as_list(d.get("stage_embeds", []), "plan.stage_embeds")
         return cls(
-            [int(i) for i in d["embed"]],
-            [int(i) for i in d["blocks"]],
-            {int(k): LayerPlan.from_dict(v) for k, v in d["layers"].items()},
-            [[int(i) for i in s] for s in d.get("stage_embeds", [])],
+            as_indices(need(d, "embed", "plan"), "plan.embed"),
+            blocks,
+            layers,
+            [as_indices(e, f"plan.stage_embeds[{i}]") for i, e in enumerate(stages)],
         )
+
+    def check(self, spec: Spec, source: Spec | None = None) -> None:
+        """``RecordError`` unless the plan describes ``spec`` (one kept block per spec block, in
+        order, with the spec's widths) and, given the ``source`` model's spec, keeps only
+        structures the source has."""
+        if self.blocks != [b.source_index for b in spec.blocks]:
+            raise RecordError("plan.blocks do not match the spec's blocks (their source_index)")
+        if len(self.embeds) != len(spec.stage_dims):
+            raise RecordError(
+                f"plan keeps channels of {len(self.embeds)} stage(s), the spec has {len(spec.stage_dims)}"
+            )
+        for s, (kept, dim) in enumerate(zip(self.embeds, spec.stage_dims)):
+            if len(kept) != dim:
+                raise RecordError(f"plan keeps {len(kept)} channels of stage {s}, the spec's width is {dim}")
+        for b in spec.blocks:
+            lp, at = self.layers[b.source_index], f"plan.layers.{b.source_index}"
+            widths = {
+                "heads": (len(lp.heads), b.num_heads),
+                "qk": ({len(r) for r in lp.qk}, {b.qk_dim}),
+                "v": ({len(r) for r in lp.v}, {b.v_dim}),
+                "mlp": (len(lp.mlp), b.mlp_hidden),
+            }
+            for key, (got, want) in widths.items():
+                if got != want:
+                    raise RecordError(f"{at}.{key} keeps {got}, the spec says {want}")
+        if source is None:
+            return
+        if len(source.stage_dims) != len(spec.stage_dims):
+            raise RecordError(
+                f"the spec has {len(spec.stage_dims)} stage(s), its source model {len(source.stage_dims)}"
+            )
+        for s, (kept, dim) in enumerate(zip(self.embeds, source.stage_dims)):
+            if max(kept) >= dim:
+                raise RecordError(f"plan keeps channel {max(kept)} of stage {s}, the source model has {dim}")
+        for b in spec.blocks:
+            i = b.source_index
+            if i >= source.depth:
+                raise RecordError(f"plan keeps block {i}, the source model has {source.depth}")
+            lp, full, at = self.layers[i], source.blocks[i], f"plan.layers.{i}"
+            limits = {
+                "heads": (lp.heads, full.num_heads),
+                "qk": ([d for r in lp.qk for d in r], full.qk_dim),
+                "v": ([d for r in lp.v for d in r], full.v_dim),
+                "mlp": (lp.mlp, full.mlp_hidden),
+            }
+            for key, (kept, n) in limits.items():
+                if max(kept) >= n:
+                    raise RecordError(f"{at}.{key} keeps index {max(kept)}, the source block has {n}")
 
     def validate(self) -> None:
         """Structural sanity: nothing empty, per-head widths equal within a layer."""

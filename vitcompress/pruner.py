@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -26,14 +27,16 @@ from typing import Any
 
 from torch import nn
 
-from .artifact import ArtifactMeta, history_record, meta_of, record_step, save
+from .artifact import ArtifactMeta, check_output, history_record, meta_of, record_step, save
 from .budget import Budget, select
-from .config import setting
+from .config import check_fields, setting
 from .counting import Counts, count
 from .data import calibration_loader
+from .datapipe import check_data
 from .errors import VitCompressError
 from .families import family_of, spec_from_model
 from .groups import parse_kinds
+from .io import output_lock
 from .latency import LatencyTable, latency_budget
 from .latency import summary as table_summary
 from .methods import METHODS, ONESHOT, Method, MethodOptions, MethodOutput
@@ -55,12 +58,14 @@ DEFAULT_GRANULARITY = ("heads", "qk", "v", "mlp")
 class PruneConfig:
     """Serialisable settings of one pruning step (stored in the artifact's history)."""
 
-    flops_reduction: float | None = setting(None, "Fraction of MACs to remove, 0 < R < 1.")
-    params_reduction: float | None = setting(None, "Fraction of parameters to remove, 0 < R < 1.")
+    flops_reduction: float | None = setting(None, "Fraction of MACs to remove, 0 < R < 1.", gt=0, lt=1)
+    params_reduction: float | None = setting(None, "Fraction of parameters to remove, 0 < R < 1.", gt=0, lt=1)
     latency_reduction: float | None = setting(
         None,
         "Fraction of the latency on a backend to remove, 0 < R < 1, predicted by --latency-table "
         "(or, on the command line, by a table measured now with --backend).",
+        gt=0,
+        lt=1,
     )
     latency_table: str | None = setting(
         None, "Latency table of this model (written by vitcompress profile) for --latency-reduction."
@@ -72,34 +77,42 @@ class PruneConfig:
     )
     granularity: tuple[str, ...] = setting(DEFAULT_GRANULARITY, "Comma list of heads, qk, v, mlp, embed, depth.")
     uniform: bool = setting(False, "Remove the same fraction in every layer instead of ranking globally.")
-    round_to: int = setting(8, "Keep pruned widths multiples of N (1 = off).")
+    round_to: int = setting(8, "Keep pruned widths multiples of N (1 = off).", ge=1, le=2**16)
     data: str = setting("digits", "digits, mnist10k or an ImageFolder directory.")
-    calib_images: int = setting(64, "Calibration images for scoring.")
-    batch_size: int = setting(32, "Calibration batch size.")
-    seed: int = setting(0, "Seed of the calibration sample (and of the random scorer).")
-    labels: str = setting("auto", "Scoring labels: auto, true or pseudo (the model's own predictions).")
+    calib_images: int = setting(64, "Calibration images for scoring.", ge=1, le=2**24)
+    batch_size: int = setting(32, "Calibration batch size.", ge=1, le=2**16)
+    seed: int = setting(0, "Seed of the calibration sample (and of the random scorer).", ge=0, lt=2**32)
+    labels: str = setting(
+        "auto",
+        "Scoring labels: auto, true or pseudo (the model's own predictions).",
+        choices=("auto", "true", "pseudo"),
+    )
     change_features: bool = setting(
         False, "Allow pruning embed on a model without classifier (num_classes=0): its output features narrow."
     )
 
     def validate(self) -> None:
-        given = [r for r in (self.flops_reduction, self.params_reduction, self.latency_reduction) if r is not None]
+        """One-line ``VitCompressError`` for a budget that is not one fraction in (0, 1), an unknown
+        granularity, scorer or labels, a number out of its range (``setting``) or missing data."""
+        names = ("flops_reduction", "params_reduction", "latency_reduction")
+        for name in names:
+            r = getattr(self, name)
+            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1):
+                raise VitCompressError(
+                    f"{name} {r!r} is outside (0, 1); pass the fraction to remove, e.g. 0.462", params=[name]
+                )
+        given = [getattr(self, n) for n in names if getattr(self, n) is not None]
         if len(given) != 1:
             raise VitCompressError(
                 "give exactly one budget: flops_reduction, params_reduction or latency_reduction (0 < R < 1)",
-                params=["flops_reduction", "params_reduction", "latency_reduction"],
+                params=list(names),
             )
-        r = given[0]
-        if not 0 < r < 1:
-            raise VitCompressError(f"reduction {r} is outside (0, 1); pass the fraction to remove, e.g. 0.462")
         self.granularity = parse_kinds(self.granularity)
         SCORERS.get(self.importance)
-        if self.round_to < 1:
-            raise VitCompressError(f"--round-to must be at least 1 (1 turns alignment off), got {self.round_to}")
-        if self.calib_images < 1 or self.batch_size < 1:
-            raise VitCompressError("--calib-images and --batch-size must be at least 1")
         if self.labels not in ("auto", "true", "pseudo"):
             raise VitCompressError(f"labels must be auto, true or pseudo, got {self.labels!r}")
+        check_fields(self)
+        check_data(self.data)
 
     @property
     def metric(self) -> str:
@@ -181,10 +194,12 @@ def check_request(
     output: str | os.PathLike | None,
     force: bool,
     table: LatencyTable | None = None,
+    inputs: tuple = (),
 ) -> tuple[Method | None, MethodOptions | None, LatencyTable | None]:
-    """Validate the config, the method and its options, the latency table and the output path;
-    returns the method and its parsed options (None, None for one-shot pruning) and the latency
-    table of a latency budget (``table``, else read from ``cfg.latency_table``)."""
+    """Validate the config, the method and its options, the latency table and the output path
+    (``artifact.check_output``: never inside or around ``inputs``, the paths the run reads); returns
+    the method and its parsed options (None, None for one-shot pruning) and the latency table of a
+    latency budget (``table``, else read from ``cfg.latency_table``)."""
     cfg.validate()
     if cfg.metric == "latency":
         if method != ONESHOT:
@@ -212,10 +227,8 @@ def check_request(
         opts = meth.parse_options(method_options)
     elif method_options:
         raise VitCompressError("method options apply to --method ihp, gohsp or amap only; drop them or choose a method")
-    if output is not None and os.path.exists(output) and not force:
-        raise VitCompressError(
-            f"output {str(output)!r} already exists; pass --force to overwrite it or choose another path"
-        )
+    if output is not None:
+        check_output(output, force=force, inputs=inputs)
     return meth, opts, table
 
 
@@ -334,7 +347,30 @@ def prune(
     artifact is also written (atomically; an existing folder needs ``force``).
     """
     cfg = PruneConfig.from_options(config, **options)
-    meth, opts, table = check_request(cfg, method, method_options, output, force, table)
+    meth, opts, table = check_request(cfg, method, method_options, output, force, table, (model, checkpoint))
+    with output_lock(output) if output is not None else contextlib.nullcontext():
+        if output is not None:
+            check_output(output, force=force, inputs=(model, checkpoint))  # again, now that the output is ours
+        return _prune(
+            model, cfg, meth, opts, table, output, force, progress, pretrained, checkpoint, num_classes, img_size
+        )
+
+
+def _prune(
+    model: str | os.PathLike | nn.Module,
+    cfg: PruneConfig,
+    meth: Method | None,
+    opts: MethodOptions | None,
+    table: LatencyTable | None,
+    output: str | os.PathLike | None,
+    force: bool,
+    progress: bool,
+    pretrained: bool,
+    checkpoint: str | None,
+    num_classes: int | None,
+    img_size: int | None,
+) -> PruneResult:
+    """``prune`` once the request is valid and the output locked: load, choose, slice, record, save."""
     times: dict = {}
     t0 = time.perf_counter()
     net, sched = load_for_pruning(

@@ -17,6 +17,7 @@ stage writes an artifact under ``output/`` and the run ends with a summary table
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,20 +27,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifact import history_record, is_artifact, load, record_step, save
+from .artifact import check_output, history_record, is_artifact, load, record_step, save
 from .budget import TOLERANCE
-from .config import merge_config, setting
+from .config import check_fields, merge_config, setting
 from .counting import count
 from .data import calibration_loader
 from .distill import DistillConfig
-from .distributed import dist_info, init_distributed
+from .distributed import dist_info, init_distributed, launch_rank
 from .errors import VitCompressError
 from .evaluate import evaluate_data
 from .families import identity_plan
-from .io import atomic_file
+from .groups import parse_kinds
+from .io import atomic_file, output_lock
 from .logits import logits_of
 from .pruner import prune
 from .resolve import resolve_model
+from .scorers import SCORERS
 from .slicers import slice_model
 from .training import TrainConfig, fit
 
@@ -56,10 +59,12 @@ class PipelineConfig:
     params_reduction: float | None = setting(None, "Final fraction of params to remove.")
     importance: str = setting("taylor", "Scorer of the width stages: taylor, l1, l2, random.")
     width_granularity: tuple[str, ...] = setting(("heads", "mlp"), "Structures the width stages prune (comma list).")
-    round_to: int = setting(8, "Keep pruned widths multiples of N (1 = off).")
-    depth_share: float = setting(0.3, "Share of the reduction (log space) taken by depth.")
-    depth_blocks: int | None = setting(None, "Blocks the depth stage removes (instead of the depth share).")
-    calib_images: int = setting(256, "Calibration images for scoring and block importance.")
+    round_to: int = setting(8, "Keep pruned widths multiples of N (1 = off).", ge=1, le=2**16)
+    depth_share: float = setting(0.3, "Share of the reduction (log space) taken by depth.", ge=0, lt=1)
+    depth_blocks: int | None = setting(
+        None, "Blocks the depth stage removes (instead of the depth share).", ge=1, le=1024
+    )
+    calib_images: int = setting(256, "Calibration images for scoring and block importance.", ge=1, le=2**24)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -70,8 +75,9 @@ class PipelineConfig:
                 "give exactly one final budget: flops_reduction=R or params_reduction=R (0 < R < 1)",
                 params=["flops_reduction", "params_reduction"],
             )
-        if not 0 <= self.depth_share < 1:
-            raise VitCompressError(f"depth_share must be in [0, 1), got {self.depth_share}", params=["depth_share"])
+        check_fields(self)
+        parse_kinds(self.width_granularity)
+        SCORERS.get(self.importance)
         self.train.validate()
         self.distill.validate()
 
@@ -205,19 +211,20 @@ def run_pipeline(
     name, an artifact folder or a module). Writes ``output/<stage>/`` artifacts and the summary;
     returns the summary as a dict (one row per stage)."""
     cfg.validate()
-    out = Path(output)
+    out = check_output(output, force=force, exists_ok=resume, resumable=True, inputs=(model,))
     if out.exists() and not (force or resume):
         raise VitCompressError(
             f"output {str(out)!r} already exists; pass resume=True to continue it, "
             "force=True to overwrite it, or choose another path",
             params=["resume", "force"],
         )
-    created_group = init_distributed()
-    try:
-        return _run(model, cfg, out, resume, progress)
-    finally:
-        if created_group:
-            torch.distributed.destroy_process_group()
+    with output_lock(out) if launch_rank() == 0 else contextlib.nullcontext():
+        created_group = init_distributed()
+        try:
+            return _run(model, cfg, out, resume, progress)
+        finally:
+            if created_group:
+                torch.distributed.destroy_process_group()
 
 
 def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) -> dict:
@@ -248,10 +255,16 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
         if rank == 0 and progress:
             logger.info(f"[{stage}] {c.macs / 1e6:.2f} M MACs  {c.params / 1e6:.3f} M params  top-1 {r.top1:.2%}")
 
-    row("teacher", teacher)
-    base = _measure(teacher, cfg.metric)
-    keep = 1 - cfg.reduction
     n_blocks = len(teacher.blocks)
+    if n_blocks < 2:
+        raise VitCompressError("the pipeline's depth stage needs a teacher with at least 2 blocks; prune widths only")
+    if cfg.depth_blocks is not None and not cfg.depth_blocks < n_blocks:
+        raise VitCompressError(
+            f"depth_blocks must be between 1 and {n_blocks - 1} (the teacher has {n_blocks} blocks), "
+            f"got {cfg.depth_blocks}",
+            params=["depth_blocks"],
+        )
+    keep = 1 - cfg.reduction
     n_depth = (
         cfg.depth_blocks
         if cfg.depth_blocks is not None
@@ -265,6 +278,8 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
             "lower depth_share or depth_blocks",
             params=["depth_share", "depth_blocks"],
         )
+    row("teacher", teacher)
+    base = _measure(teacher, cfg.metric)
     budget = {"flops_reduction": width_r} if cfg.metric == "macs" else {"params_reduction": width_r}
 
     def stage_path(name: str) -> Path:

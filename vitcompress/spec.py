@@ -15,8 +15,139 @@ plain ViT is what it always was.
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+#: upper bound of any width, index or count read from a record (a sanity bound far above real models)
+MAX_INT = 2**31 - 1
+
+
+class RecordError(ValueError):
+    """A field of an artifact record (``vitcompress.json``) with a wrong type or an impossible value;
+    the message names the field (``spec.blocks[2].scale``) and what is wrong with it."""
+
+
+def need(d: Any, key: str, where: str) -> Any:
+    """``d[key]`` of a JSON object ``d`` found at ``where``."""
+    if not isinstance(d, dict):
+        raise RecordError(f"{where or 'the record'} is {_kind(d)}, not an object")
+    if key not in d:
+        raise RecordError(f"{_at(where, key)} is missing")
+    return d[key]
+
+
+def as_int(v: Any, where: str, low: int = 0, high: int = MAX_INT) -> int:
+    """``v`` when it is a JSON integer in ``[low, high]``."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise RecordError(f"{where} is {_kind(v)}, not an integer")
+    if not low <= v <= high:
+        raise RecordError(f"{where} is {v}, outside {low}..{high}")
+    return v
+
+
+def as_float(v: Any, where: str, *, positive: bool = False) -> float:
+    """``v`` when it is a finite JSON number (> 0 with ``positive``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise RecordError(f"{where} is {_kind(v)}, not a finite number")
+    if positive and not v > 0:
+        raise RecordError(f"{where} is {v}, not a positive number")
+    return float(v)
+
+
+def as_dict(v: Any, where: str) -> dict:
+    if not isinstance(v, dict):
+        raise RecordError(f"{where} is {_kind(v)}, not an object")
+    return v
+
+
+def as_list(v: Any, where: str) -> list:
+    if not isinstance(v, list):
+        raise RecordError(f"{where} is {_kind(v)}, not a list")
+    return v
+
+
+def as_indices(v: Any, where: str, high: int = MAX_INT) -> list[int]:
+    """A list of distinct integers in ``[0, high)``."""
+    out = [as_int(x, f"{where}[{i}]", 0, high - 1) for i, x in enumerate(as_list(v, where))]
+    if len(set(out)) != len(out):
+        raise RecordError(f"{where} repeats an index")
+    return out
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _kind(v: Any) -> str:
+    """A short description of a JSON value for messages (``nan``, ``a string '3'``, ``a list``)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f"a string {v[:20]!r}"
+    if isinstance(v, (list, dict)):
+        return "a list" if isinstance(v, list) else "an object"
+    return repr(v)[:40]
+
+
+#: what a creation option recorded in ``SourceModel.kwargs`` may hold, by kind (``check_kwargs``)
+KWARG_KINDS = ("size", "count", "count0", "counts", "depth", "rate", "positive", "number?", "bool", "bool?", "str")
+
+
+def check_kwarg(key: str, value: Any, kind: str, where: str = "source.kwargs") -> None:
+    """Raise ``RecordError`` unless creation option ``key`` holds a value of ``kind``: ``size`` (an
+    integer 1..65536 or a pair of them), ``count`` (1..2**24), ``count0`` (0..2**24), ``counts`` (a
+    list of up to 64 counts, e.g. blocks per stage), ``depth`` (1..1024), ``rate`` (a number in [0, 1)), ``positive`` (a number > 0), ``number?`` (a number or
+    null), ``bool``, ``bool?`` (true, false or null), ``str``."""
+    at = _at(where, key)
+    if kind == "size":
+        items = list(value) if isinstance(value, (list, tuple)) and len(value) == 2 else [value]
+        for v in items:
+            as_int(v, at, 1, 65536)
+    elif kind in ("count", "count0", "depth"):
+        as_int(value, at, 0 if kind == "count0" else 1, 1024 if kind == "depth" else 2**24)
+    elif kind == "counts":
+        items = value if isinstance(value, (list, tuple)) else None
+        if items is None or not 1 <= len(items) <= 64:
+            raise RecordError(f"{at} is {_kind(value)}, not a list of 1 to 64 integers")
+        for i, v in enumerate(items):
+            as_int(v, f"{at}[{i}]", 1, 2**24)
+    elif kind == "rate":
+        if not 0 <= as_float(value, at) < 1:
+            raise RecordError(f"{at} is {value}, outside [0, 1)")
+    elif kind == "positive":
+        as_float(value, at, positive=True)
+    elif kind == "number?":
+        if value is not None:
+            as_float(value, at)
+    elif kind in ("bool", "bool?"):
+        if not (isinstance(value, bool) or (value is None and kind == "bool?")):
+            raise RecordError(f"{at} is {_kind(value)}, not true or false")
+    elif kind == "str":
+        if not isinstance(value, str) or len(value) > 200:
+            raise RecordError(f"{at} is {_kind(value)}, not a short string")
+    else:
+        raise ValueError(f"unknown creation option kind {kind!r}; use one of {', '.join(KWARG_KINDS)}")
+
+
+def check_kwargs(
+    kwargs: Mapping[str, Any], kinds: Mapping[str, str], family: str = "", where: str = "source.kwargs"
+) -> None:
+    """Raise ``RecordError`` for a creation option that is not in ``kinds`` (the options a family
+    records: anything else, such as ``checkpoint_path``, is never passed to a model constructor) or
+    whose value is not of its kind."""
+    for key, value in kwargs.items():
+        if key not in kinds:
+            known = ", ".join(sorted(kinds))
+            raise RecordError(
+                f"{_at(where, str(key))} is not a creation option the {family or 'model'} family records (known: {known})"
+            )
+        check_kwarg(key, value, kinds[key], where)
 
 
 @dataclass
@@ -32,7 +163,13 @@ class SourceModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> SourceModel:
-        return cls(name=d["name"], kwargs=dict(d.get("kwargs", {})))
+        """The record's source; ``RecordError`` for a field of the wrong type (the family checks the
+        keyword arguments' keys and values: ``Family.check_source``)."""
+        name = need(d, "name", "source")
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise RecordError(f"source.name is {_kind(name)}, not a model name")
+        kwargs = as_dict(d.get("kwargs", {}), "source.kwargs")
+        return cls(name=name, kwargs=dict(kwargs))
 
 
 @dataclass
@@ -69,16 +206,15 @@ class BlockSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> BlockSpec:
+    def from_dict(cls, d: dict, where: str = "block") -> BlockSpec:
+        """A block of a record; ``RecordError`` naming the field for a wrong type or an impossible
+        width (every width at least 1, the scale a positive finite number)."""
         return cls(
-            int(d["source_index"]),
-            int(d["num_heads"]),
-            int(d["qk_dim"]),
-            int(d["v_dim"]),
-            int(d["mlp_hidden"]),
-            float(d["scale"]),
-            int(d.get("stage", 0)),
-            dict(d.get("extra", {})),
+            as_int(need(d, "source_index", where), f"{where}.source_index"),
+            *(as_int(need(d, k, where), f"{where}.{k}", 1) for k in ("num_heads", "qk_dim", "v_dim", "mlp_hidden")),
+            as_float(need(d, "scale", where), f"{where}.scale", positive=True),
+            as_int(d.get("stage", 0), f"{where}.stage"),
+            dict(as_dict(d.get("extra", {}), f"{where}.extra")),
         )
 
 
@@ -127,5 +263,20 @@ class Spec:
 
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
-        dims = [int(x) for x in d["stage_dims"]] if "stage_dims" in d else [int(d["embed_dim"])]
-        return cls(dims, [BlockSpec.from_dict(b) for b in d["blocks"]])
+        """The record's spec; ``RecordError`` naming the field for a wrong type, an empty block list,
+        a width below 1 or a block on a stage the spec does not have."""
+        if isinstance(d, dict) and "stage_dims" in d:
+            dims = as_list(d["stage_dims"], "spec.stage_dims")
+            dims = [as_int(x, f"spec.stage_dims[{i}]", 1) for i, x in enumerate(dims)]
+            if not dims:
+                raise RecordError("spec.stage_dims is empty")
+        else:
+            dims = [as_int(need(d, "embed_dim", "spec"), "spec.embed_dim", 1)]
+        raw = as_list(need(d, "blocks", "spec"), "spec.blocks")
+        if not raw:
+            raise RecordError("spec.blocks is empty")
+        blocks = [BlockSpec.from_dict(b, f"spec.blocks[{i}]") for i, b in enumerate(raw)]
+        for i, b in enumerate(blocks):
+            if b.stage >= len(dims):
+                raise RecordError(f"spec.blocks[{i}].stage is {b.stage}, but the spec has {len(dims)} stage(s)")
+        return cls(dims, blocks)

@@ -9,14 +9,17 @@ history step), so load, export and bench apply it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from .artifact import meta_of, save
+from .artifact import check_output, meta_of, save
+from .config import check_number, merge_config
 from .errors import VitCompressError
+from .io import output_lock
 from .resolve import resolve_model
 from .token_search import SearchConfig, SearchResult, search_amount
 from .tokens.amount import amount_for_reduction, with_amount
@@ -85,11 +88,13 @@ def reduce_tokens(
         raise VitCompressError(
             "flops_reduction and search both choose the amount; pass one of them", params=["flops_reduction", "search"]
         )
-    if output is not None and os.path.exists(output) and not force:
-        raise VitCompressError(
-            f"output {str(output)!r} already exists; pass force=True to overwrite it or choose another path",
-            params=["force"],
-        )
+    if flops_reduction is not None:
+        check_number("flops_reduction", flops_reduction, {"gt": 0, "lt": 1})
+    if search is not None:
+        search = merge_config(SearchConfig(), search, "search") if isinstance(search, dict) else search
+        search.validate()
+    if output is not None:
+        check_output(output, force=force, inputs=(model, checkpoint))
     if isinstance(schedule, str):
         if method is None:
             raise VitCompressError(
@@ -100,8 +105,27 @@ def reduce_tokens(
         sched = copy.deepcopy(schedule)
         if options:
             sched.options = {**sched.options, **options}
-    net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
-    check_model(net)  # a family without token reduction is refused before anything is counted or searched
+    with output_lock(output) if output is not None else contextlib.nullcontext():
+        if output is not None:
+            check_output(output, force=force, inputs=(model, checkpoint))  # again, now that the output is ours
+        net = resolve_model(
+            model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
+        )
+        check_model(net)  # a family without token reduction is refused before anything is counted or searched
+        return _reduce(net, model, sched, flops_reduction, search, output, force, progress)
+
+
+def _reduce(
+    net: nn.Module,
+    model: str | os.PathLike | nn.Module,
+    sched: TokenSchedule,
+    flops_reduction: float | None,
+    search: SearchConfig | None,
+    output: str | os.PathLike | None,
+    force: bool,
+    progress: bool,
+) -> TokenResult:
+    """``reduce_tokens`` once the request is valid and the output locked."""
     if isinstance(model, nn.Module):
         net = copy.deepcopy(net)
     remove_tokens(net)
@@ -110,7 +134,7 @@ def reduce_tokens(
     if flops_reduction is not None:
         sched = with_amount(sched, amount_for_reduction(net, sched, flops_reduction))
     elif search is not None:
-        found = search_amount(net, sched, progress=progress, **(asdict(search) if is_dataclass(search) else search))
+        found = search_amount(net, sched, progress=progress, **asdict(search))
         sched = found.schedule
     plain = token_macs(net)
     apply_tokens(net, sched)

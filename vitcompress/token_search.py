@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import setting
+from .config import check_fields, setting
 from .data import DataConfig
-from .datapipe import val_dataset
+from .datapipe import check_data, val_dataset
 from .errors import VitCompressError
 from .evaluate import check_classes
 from .logits import logits_of
@@ -35,13 +35,19 @@ class SearchConfig:
     """What the search measures on which images (the keyword arguments of ``search_amount``)."""
 
     data: str = setting("digits", "Calibration search: digits, mnist10k or an ImageFolder directory (val split).")
-    images: int = setting(512, "Calibration search: held-out images.")
-    tolerance: float = setting(0.01, "Calibration search: allowed top-1 drop (0.01 = 1 point).")
+    images: int = setting(512, "Calibration search: held-out images.", ge=1, le=2**24)
+    tolerance: float = setting(0.01, "Calibration search: allowed top-1 drop (0.01 = 1 point).", ge=0, le=1)
     metric: str = setting(
         "top1",
         "Calibration search: top1 on the labels, or agreement with the unreduced model's predictions.",
         choices=("top1", "agreement"),
     )
+
+    def validate(self) -> SearchConfig:
+        """One-line ``VitCompressError`` for a value out of range (see the fields) or missing data."""
+        check_fields(self)
+        check_data(self.data)
+        return self
 
 
 @dataclass

@@ -19,6 +19,7 @@ Callbacks (``Callback``) see every step's loss and every epoch's metrics, on eve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,25 +34,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, list_optimizers
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .artifact import META, WEIGHTS, meta_of, save
+from .artifact import META, WEIGHTS, check_output, check_weights, meta_of, save
 from .callbacks.base import Callback, LoopState
-from .config import setting
+from .config import check_fields, setting
 from .data import DataConfig
-from .datapipe import AugConfig, make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
+from .datapipe import AugConfig, check_data, make_loader, make_mixup, num_classes_of, train_dataset, val_dataset
 from .distill import DistillConfig, TrainLoss
-from .distributed import barrier, dist_info, init_distributed
+from .distributed import barrier, check_device, dist_info, init_distributed, launch_rank
 from .errors import VitCompressError
 from .evaluate import check_classes, evaluate
-from .io import atomic_dir, recover_dir
+from .io import atomic_dir, output_lock, recover_dir
 from .progress import tqdm
+from .spec import RecordError
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: ``checkpoint["format"]``: a file without it is not resumed from
+CHECKPOINT_FORMAT = "vitcompress-checkpoint"
+CHECKPOINT_VERSION = 1
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 # options that may differ between the interrupted and the resumed run
 _RESUME_FREE = ("workers", "progress", "device")
@@ -68,20 +73,22 @@ class TrainConfig:
     """Everything that determines a training run (stored in the checkpoint and the artifact)."""
 
     data: str = setting("mnist10k", "digits, mnist10k or an ImageFolder directory (DIR/train, DIR/val).")
-    epochs: int = setting(10, "Training epochs.")
-    batch_size: int = setting(64, "Global batch size (split over torchrun ranks).")
-    lr: float = setting(1e-3, "Peak learning rate (AdamW, warmup then cosine).")
-    min_lr: float = setting(1e-5, "Learning rate at the end of the cosine decay.")
-    weight_decay: float = setting(0.05, "AdamW weight decay.")
-    warmup_epochs: float = setting(1.0, "Epochs of linear warmup (fractions allowed).")
+    epochs: int = setting(10, "Training epochs.", ge=1)
+    batch_size: int = setting(64, "Global batch size (split over torchrun ranks).", ge=1)
+    lr: float = setting(1e-3, "Peak learning rate (AdamW, warmup then cosine).", gt=0)
+    min_lr: float = setting(1e-5, "Learning rate at the end of the cosine decay (0 <= min_lr <= lr).", ge=0)
+    weight_decay: float = setting(0.05, "AdamW weight decay.", ge=0)
+    warmup_epochs: float = setting(1.0, "Epochs of linear warmup (fractions allowed).", ge=0)
     optimizer: str = setting("adamw", "timm optimizer name (timm.optim.create_optimizer_v2).")
-    clip_grad: float | None = setting(1.0, "Gradient norm clip (0 = off).")
-    seed: int = setting(0, "Random seed: data order, augmentation, dropout (and a new model's initial weights).")
-    amp: str = setting("auto", "auto, bf16, fp16 or off (GPU only; CPU runs fp32).")
-    workers: int = setting(0, "Data loader processes.")
+    clip_grad: float | None = setting(1.0, "Gradient norm clip (0 = off).", ge=0)
+    seed: int = setting(
+        0, "Random seed: data order, augmentation, dropout (and a new model's initial weights).", ge=0, lt=2**32
+    )
+    amp: str = setting("auto", "auto, bf16, fp16 or off (GPU only; CPU runs fp32).", choices=AMP_MODES)
+    workers: int = setting(0, "Data loader processes.", ge=0, le=256)
     device: str | None = setting(None, "cpu, cuda, cuda:1 (default: the local GPU if any).")
     progress: bool = setting(True, "Progress bars and per-epoch lines (logging, rank 0).")
-    eval_every: int = setting(1, "Evaluate every N epochs and after the last (0 = never).")
+    eval_every: int = setting(1, "Evaluate every N epochs and after the last (0 = never).", ge=0)
     # augmentation: defaults and help are datapipe.AugConfig's
     shift: int = _aug("shift")
     auto_augment: str | None = _aug("auto_augment")
@@ -91,21 +98,29 @@ class TrainConfig:
     mixup: float = _aug("mixup")
     cutmix: float = _aug("cutmix")
     smoothing: float = _aug("smoothing")
-    max_steps_per_epoch: int | None = setting(None, "Truncate every epoch (quick runs).")
+    max_steps_per_epoch: int | None = setting(None, "Truncate every epoch (quick runs).", ge=1)
 
     def __post_init__(self) -> None:
         if self.clip_grad == 0:
             self.clip_grad = None  # 0 switches clipping off
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise VitCompressError(f"epochs must be at least 1, got {self.epochs}", params=["epochs"])
-        if self.batch_size < 1:
-            raise VitCompressError(f"batch_size must be at least 1, got {self.batch_size}", params=["batch_size"])
-        if not self.lr > 0:
-            raise VitCompressError(f"lr must be positive, got {self.lr}", params=["lr"])
-        if self.amp not in AMP_MODES:
-            raise VitCompressError(f"unknown amp {self.amp!r}; use one of {', '.join(AMP_MODES)}", params=["amp"])
+        """One-line ``VitCompressError`` for any value out of range: every number finite and within
+        its field's range (``setting``), ``min_lr <= lr``, a known optimizer and device, an existing
+        data set, an even batch for mixup/cutmix."""
+        check_fields(self)
+        if self.min_lr > self.lr:
+            raise VitCompressError(
+                f"min_lr {self.min_lr} is above lr {self.lr}; the cosine decay ends at min_lr <= lr",
+                params=["min_lr", "lr"],
+            )
+        if self.optimizer not in create_optimizer_names():
+            raise VitCompressError(
+                f"unknown optimizer {self.optimizer!r}; use a timm optimizer name such as adamw or sgd",
+                params=["optimizer"],
+            )
+        check_device(self.device)
+        check_data(self.data)
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise VitCompressError(
                 f"mixup/cutmix need an even batch_size, got {self.batch_size}", params=["batch_size"]
@@ -121,6 +136,11 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def create_optimizer_names() -> set[str]:
+    """The optimizer names ``timm.optim.create_optimizer_v2`` accepts."""
+    return set(list_optimizers())
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -147,7 +167,20 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 # ------------------------------------------------------------------------------------ RNG states
 def _rng_state() -> dict:
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's random states as tensors and plain values (what ``torch.load(weights_only=True)``
+    reads back: no pickled NumPy objects)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    s = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -155,7 +188,9 @@ def _rng_state() -> dict:
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -186,19 +221,12 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 # ------------------------------------------------------------------------------------ checkpoints
 def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> dict | None:
     """Check the output folder before any work; return the checkpoint to resume from (or None)."""
-    out = Path(output)
+    out = check_output(output, force=force, exists_ok=resume, resumable=True)
     if resume:
         recover_dir(out)  # a run killed while swapping its output folder left it moved aside
         ck = out / CHECKPOINT
         if ck.is_file():
-            try:
-                return torch.load(ck, map_location="cpu", weights_only=False)
-            except Exception as e:
-                raise VitCompressError(
-                    f"checkpoint {str(ck)!r} is unreadable ({type(e).__name__}); "
-                    "drop resume=True and pass force=True to start again",
-                    params=["resume", "force"],
-                ) from None
+            return read_checkpoint(ck)
         if out.exists():
             raise VitCompressError(
                 f"{str(out)!r} has no {CHECKPOINT} to resume from; drop resume=True and pass force=True to start again",
@@ -212,6 +240,85 @@ def prepare_output(output: str | os.PathLike, *, resume: bool, force: bool) -> d
             params=["resume", "force"],
         )
     return None
+
+
+_CHECKPOINT_FIELDS = {
+    "config": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "epoch": int,
+    "step": int,
+    "history": list,
+    "rng": list,
+    "callbacks": list,
+}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A training checkpoint, loaded without unpickling code: ``torch.load(weights_only=True)``
+    reads tensors and plain containers only, and a file that pickles anything else (a function, a
+    class, a NumPy object) is refused in one line, nothing of it run. A file that is not a
+    vitcompress checkpoint (no format marker, missing or mistyped fields) is refused too."""
+    fix = "drop resume=True and pass force=True to start again"
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise VitCompressError(
+            f"checkpoint {str(path)!r} was not loaded ({unpickling_reason(e)}); {fix}", params=["resume", "force"]
+        ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise VitCompressError(
+            f"{str(path)!r} is not a vitcompress training checkpoint (no format marker: written by another tool "
+            f"or an older vitcompress); {fix}",
+            params=["resume", "force"],
+        )
+    version = ck.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise VitCompressError(
+            f"checkpoint {str(path)!r} has format version {version!r}, not one this vitcompress reads "
+            f"({CHECKPOINT_VERSION}); upgrade vitcompress or {fix}",
+            params=["resume", "force"],
+        )
+    for key, kind in _CHECKPOINT_FIELDS.items():
+        value = ck.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise VitCompressError(
+                f"checkpoint {str(path)!r} is corrupt ({key} is {type(value).__name__}, not {kind.__name__}); {fix}",
+                params=["resume", "force"],
+            )
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ck["model"].items()):
+        raise VitCompressError(
+            f"checkpoint {str(path)!r} is corrupt (model is not a state dict of tensors); {fix}",
+            params=["resume", "force"],
+        )
+    return ck
+
+
+def unpickling_reason(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused or failed to read a file, in a few words."""
+    text = str(e)
+    for marker in ("Unsupported global: GLOBAL ", "Unsupported global: ", "Unsupported operand"):
+        if marker in text:
+            what = text.split(marker, 1)[1].split()[0].rstrip(".,") if marker.startswith("Unsupported g") else ""
+            return f"it pickles the Python object {what or 'code'}, which is never loaded, for safety"
+    if isinstance(e, EOFError) or "EOF" in text:
+        return "the file is empty or truncated"
+    return f"not a torch.save file: {type(e).__name__}"
+
+
+def check_resume_model(ckpt: dict, model: nn.Module, path: str | os.PathLike) -> None:
+    """One-line error unless the checkpoint's weights fit ``model`` exactly (same tensors, shapes and
+    dtypes, all finite): a checkpoint of another architecture is refused before any work."""
+    try:
+        check_weights(ckpt["model"], model.state_dict())
+    except RecordError as e:
+        raise VitCompressError(
+            f"checkpoint {str(path)!r} does not fit this model ({e}); resume with the model and options it was "
+            "written with, or drop resume=True and pass force=True to start again",
+            params=["resume", "force"],
+        ) from None
 
 
 def _write(output: Path, model: nn.Module, ckpt: dict, record: dict, force: bool) -> None:
@@ -235,7 +342,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
-    diff = [k for k in now if k not in _RESUME_FREE and k in saved and saved[k] != now[k]]
+    diff = [k for k in now if k not in _RESUME_FREE and k in saved and _differs(saved[k], now[k])]
     if diff:
         k = diff[0]
         raise VitCompressError(
@@ -243,6 +350,10 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
             "pass the same options to resume=True or start a new run",
             params=["resume"],
         )
+
+
+def _differs(a: Any, b: Any) -> bool:
+    return a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 # ---------------------------------------------------------------------------------------- loop
@@ -298,9 +409,26 @@ def fit(
     cfg.validate()
     if getattr(model, "vitcompress_meta", None) is None:
         model.vitcompress_meta = meta_of(model)  # fails early for models it cannot record
-    ckpt = prepare_output(output, resume=resume, force=force) if output is not None else None
-    if ckpt is not None:
-        _check_resume_config(ckpt["config"], cfg)
+    with contextlib.ExitStack() as stack:
+        if output is not None and launch_rank() == 0:  # the writer holds the output for the whole run
+            stack.enter_context(output_lock(check_output(output, force=force, exists_ok=resume, resumable=True)))
+        ckpt = prepare_output(output, resume=resume, force=force) if output is not None else None
+        if ckpt is not None and output is not None:
+            _check_resume_config(ckpt["config"], cfg)
+            check_resume_model(ckpt, model, Path(output, CHECKPOINT))
+        return _fit(model, cfg, output, ckpt, teacher, distill, callbacks, record)
+
+
+def _fit(
+    model: nn.Module,
+    cfg: TrainConfig,
+    output: str | os.PathLike | None,
+    ckpt: dict | None,
+    teacher: nn.Module | None,
+    distill: DistillConfig | None,
+    callbacks: Sequence[Callback],
+    record: dict | None,
+) -> FitResult:
     created_group = init_distributed()
     try:
         run = _setup(model, cfg, teacher, distill)
@@ -312,7 +440,14 @@ def fit(
         if ckpt is not None:
             for cb, cb_state in zip(callbacks, ckpt.get("callbacks") or []):
                 if cb_state is not None:
-                    cb.load_state_dict(cb_state)
+                    try:
+                        cb.load_state_dict(cb_state)
+                    except (KeyError, TypeError, ValueError, AttributeError) as e:
+                        raise VitCompressError(
+                            f"the checkpoint's {type(cb).__name__} state does not fit ({type(e).__name__}); "
+                            "resume with the options it was written with, or drop resume=True and pass force=True",
+                            params=["resume", "force"],
+                        ) from None
         for cb in callbacks:
             cb.on_train_begin(state)
         out = Path(output) if output is not None else None
@@ -411,14 +546,22 @@ def _setup(model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None, distil
 
 def _restore(run: _Run, ckpt: dict) -> LoopState:
     """Load the model, optimizer, schedule, grad scaler and this rank's RNG states from a checkpoint."""
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.sched.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
     rngs = ckpt["rng"]
-    if len(rngs) == run.world:
-        _set_rng_state(rngs[run.rank])
-    elif run.rank == 0:
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.sched.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt["scaler"])
+        if len(rngs) == run.world:
+            _set_rng_state(rngs[run.rank])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else ""
+        raise VitCompressError(
+            f"the checkpoint does not fit this run ({type(e).__name__}: {reason}); resume with the options it was "
+            "written with, or drop resume=True and pass force=True to start again",
+            params=["resume", "force"],
+        ) from None
+    if len(rngs) != run.world and run.rank == 0:
         logger.warning(
             "note: checkpoint was written by %d processes, this run has %d; random streams restart "
             "(the data order is unchanged)",
@@ -526,6 +669,8 @@ def _gather_rng_states(run: _Run) -> list:
 def _checkpoint(run: _Run, state: LoopState, callbacks: Sequence[Callback], rngs: list) -> dict:
     """Everything a resumed run needs."""
     return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
         "config": run.cfg.to_dict(),
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from ..config import setting
+from ..config import check_fields, check_number, setting
 from ..errors import VitCompressError
 from ..tokens.amount import amount_for_reduction, current_amount, macs_reduction
 from ..tokens.apply import schedule_of, set_keep
@@ -46,17 +46,22 @@ class GASConfig:
         help="Token-reduced model: adjust its pruning rate while training, toward this MACs reduction (GAS)."
     )
     start: float | None = setting(None, "GAS: initial pruning rate (default: the schedule's own).")
-    interval: int = setting(20, "GAS: optimizer steps per rate decision.")
-    gain: float = setting(0.5, "GAS: rate change per unit of relative loss slope.")
-    min_step: float = setting(0.005, "GAS: smallest change of the rate per decision.")
-    max_step: float = setting(0.02, "GAS: largest change of the rate per decision.")
-    tolerance: float = setting(0.02, "GAS: relative rise of the smoothed loss still treated as noise.")
-    ema: float = setting(0.9, "GAS: smoothing of the per-step loss.")
-    patience: int = setting(2, "GAS: rising decisions in a row before the rate is lowered.")
+    interval: int = setting(20, "GAS: optimizer steps per rate decision.", ge=1, le=2**31)
+    gain: float = setting(0.5, "GAS: rate change per unit of relative loss slope.", ge=0, le=1e6)
+    min_step: float = setting(0.005, "GAS: smallest change of the rate per decision.", ge=0, le=1)
+    max_step: float = setting(0.02, "GAS: largest change of the rate per decision.", ge=0, le=1)
+    tolerance: float = setting(0.02, "GAS: relative rise of the smoothed loss still treated as noise.", ge=0, le=1e6)
+    ema: float = setting(0.9, "GAS: smoothing of the per-step loss.", ge=0, lt=1)
+    patience: int = setting(2, "GAS: rising decisions in a row before the rate is lowered.", ge=1, le=2**31)
 
     def validate(self) -> GASConfig:
+        """One-line ``VitCompressError`` for a value that is not a finite number in its range."""
+        if self.target is None:
+            raise VitCompressError("GAS needs a target MACs reduction; pass target=0.3 for example", params=["target"])
+        check_number("target", self.target)
         if not 0.0 < self.target < 1.0:
             raise VitCompressError(f"GAS target={self.target} is outside (0, 1); use e.g. 0.3", params=["target"])
+        check_fields(self)
         if self.patience < 1:
             raise VitCompressError(f"GAS patience must be at least 1, got {self.patience}", params=["patience"])
         if self.interval < 1:

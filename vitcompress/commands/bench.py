@@ -6,15 +6,33 @@ carries no help metadata).
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from vitcompress.artifact import check_output
 from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
-from vitcompress.benchmarks.report import to_markdown, write_report
+from vitcompress.benchmarks.report import REPORT_FILES, to_markdown, write_report
 from vitcompress.errors import VitCompressError
+from vitcompress.io import output_lock
 
 from .options import csv
 
 _BENCH = BenchConfig()
+
+
+def check_report_dir(report_dir, force: bool, inputs) -> None:
+    """The --report folder: a folder (new or existing), never inside or around the models measured;
+    report files already there are replaced only with --force."""
+    check_output(report_dir, force=force, inputs=inputs, exists_ok=True, what="report folder")
+    if not force:
+        old = [n for n in REPORT_FILES if os.path.lexists(os.path.join(report_dir, n))]
+        if old:
+            raise VitCompressError(
+                f"report folder {report_dir!r} already holds {old[0]}; pass force=True to overwrite it or choose "
+                "another folder",
+                params=["force"],
+            )
 
 
 def _ints(value: str, what: str) -> list[int]:
@@ -45,7 +63,8 @@ def _ints(value: str, what: str) -> list[int]:
     "--threads", type=int, help="CPU threads (torch.set_num_threads / ORT intra-op); default: all usable cores."
 )
 @click.option("--report", "report_dir", type=click.Path(), help="Write report.md, report.json, report.png here.")
-def bench(models, baseline, backend, batch, precision, mode, warmup, iters, rounds, threads, report_dir):
+@click.option("--force", is_flag=True, help="Overwrite the report files of an existing --report folder.")
+def bench(models, baseline, backend, batch, precision, mode, warmup, iters, rounds, threads, report_dir, force):
     """Measure latency/throughput of MODELS (artifact folders or timm names) and report FLOPs-vs-latency."""
     cfg = BenchConfig(
         backends=csv(backend),
@@ -58,10 +77,14 @@ def bench(models, baseline, backend, batch, precision, mode, warmup, iters, roun
         threads=threads,
     ).validate()
     args = list(models) + ([baseline] if baseline and baseline not in models else [])
+    if report_dir is not None:
+        check_report_dir(report_dir, force, args)
     variants = [load_variant(m, max_batch=max(cfg.batches)) for m in args]
     base = variants[args.index(baseline)].name if baseline else None
     result = run_bench(variants, cfg, baseline=base, progress=True)
     click.echo(to_markdown(result))
-    if report_dir:
-        paths = write_report(result, report_dir)
+    if report_dir is not None:
+        with output_lock(report_dir):
+            check_report_dir(report_dir, force, args)
+            paths = write_report(result, report_dir)
         click.echo(f"report: {paths['md']} {paths['json']} {paths['png'] or '(no PNG: matplotlib is missing)'}")

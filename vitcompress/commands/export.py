@@ -71,6 +71,7 @@ def _profile(value) -> str:
     "--keep-permille",
     help="--runtime-keep with --trt: engine profile MIN:OPT:MAX of keep_permille (default 1:<schedule's rate>:1000).",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing OUTPUT (and engine).")
 def export_cmd(
     artifact,
     output,
@@ -88,6 +89,7 @@ def export_cmd(
     opt_level,
     runtime_keep,
     keep_permille,
+    force,
 ):
     """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine."""
     export(
@@ -109,4 +111,5 @@ def export_cmd(
         progress=True,
         runtime_keep=runtime_keep,
         echo=click.echo,
+        force=force,
     )

@@ -8,11 +8,12 @@ import json
 import click
 
 import vitcompress
-from vitcompress.artifact import read_meta
+from vitcompress.artifact import check_output, read_meta
 from vitcompress.benchmarks.latency_prune import prune_to_latency
 from vitcompress.config import merge_config
 from vitcompress.errors import VitCompressError
 from vitcompress.families import FAMILIES, list_models, refused_models
+from vitcompress.io import output_lock
 from vitcompress.methods import ONESHOT, parse_option_pairs
 from vitcompress.plots import plot_widths
 from vitcompress.pruner import PruneConfig
@@ -119,12 +120,17 @@ def prune(
 @click.argument("artifact")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifact's JSON record.")
 @click.option("--plot", type=click.Path(), help="Also write a PNG of the kept share per block.")
-def info(artifact, as_json, plot):
+@click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
+def info(artifact, as_json, plot, force):
     """Per-block table (heads, q/k dim, v dim, MLP width) and totals of an artifact."""
+    if plot is not None:
+        check_output(plot, force=force, inputs=(artifact,), kind="file", what="plot")
     meta = read_meta(artifact)
     click.echo(json.dumps(meta.to_dict(), indent=1) if as_json else format_info(meta))
-    if plot:
-        plot_widths(meta, plot)
+    if plot is not None:
+        with output_lock(plot):
+            check_output(plot, force=force, inputs=(artifact,), kind="file", what="plot")
+            plot_widths(meta, plot)
         click.echo(f"wrote {plot}")
 
 

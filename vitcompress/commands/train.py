@@ -7,6 +7,7 @@ import json
 
 import click
 
+from vitcompress.artifact import check_output
 from vitcompress.callbacks import GASConfig, GASController
 from vitcompress.config import load_config, merge_config
 from vitcompress.datapipe import check_data
@@ -61,6 +62,12 @@ def model_options(pairs) -> dict:
     return out
 
 
+def check_fit_output(output, kw: dict, *inputs) -> None:
+    """The output of a training command, before any model is built: never inside or around what the
+    run reads (``inputs``), an existing folder only with --force or --resume."""
+    check_output(output, force=kw["force"], exists_ok=kw["resume"], resumable=True, inputs=inputs)
+
+
 def _print_fit(res: FitResult, output) -> None:
     if res.val:
         click.echo(f"val top-1 {res.val['top1']:.2%}  top-5 {res.val['top5']:.2%}  loss {res.val['loss']:.4f}")
@@ -105,6 +112,7 @@ def train(model, output, pretrained, checkpoint, model_opts, **kw):
         arch[key] = value
     cfg = train_config(kw)
     cfg.validate()
+    check_fit_output(output, kw, model, checkpoint)
     seed_everything(cfg.seed)  # the initial weights of a model built by name follow --seed too
     net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, **arch)
     res = fit(net, cfg, output, resume=kw["resume"], force=kw["force"], record={"command": "train"})
@@ -130,14 +138,16 @@ def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
     cfg.validate()
     dcfg = distill_config(kw)
     dcfg.validate()
+    gas_cfg = GASConfig(**gas_values).validate() if gas_values.get("target") is not None else None
+    check_fit_output(output, kw, artifact, teacher, teacher_checkpoint)
     net = resolve_model(artifact)
     t = None
     if teacher is not None and dcfg.kind != "none":
         t = resolve_model(teacher, checkpoint=teacher_checkpoint)
     callbacks, record = [], {"command": "finetune", "teacher": teacher}
     gas = None
-    if gas_values.get("target") is not None:
-        gas = GASController(net, GASConfig(**gas_values))
+    if gas_cfg is not None:
+        gas = GASController(net, gas_cfg)
         callbacks.append(gas)
         record["gas"] = gas.log
     res = fit(

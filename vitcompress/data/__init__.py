@@ -22,6 +22,7 @@ from ..errors import VitCompressError
 from ..families import family_of
 
 BUILTIN = ("digits", "mnist10k")
+SPLITS = ("train", "val", "all")
 TRAIN_FRACTION = 0.8
 
 
@@ -45,6 +46,22 @@ class DataConfig:
         return cls((h, w), c, mean, std)
 
 
+def check_teacher(model: nn.Module, teacher: nn.Module, role: str = "model") -> None:
+    """One-line error unless ``teacher`` sees the same images as ``model`` (input channels and size)
+    and predicts the same classes: both get the same batches (``role`` names ``model`` in messages)."""
+    mine, theirs = DataConfig.from_model(model), DataConfig.from_model(teacher)
+    if (mine.in_chans, mine.img_size) != (theirs.in_chans, theirs.img_size):
+        raise VitCompressError(
+            f"the teacher takes {theirs.in_chans}x{theirs.img_size[0]}x{theirs.img_size[1]} images, the {role} "
+            f"{mine.in_chans}x{mine.img_size[0]}x{mine.img_size[1]}; pass a teacher of the same input size and channels"
+        )
+    if getattr(teacher, "num_classes", None) != getattr(model, "num_classes", None):
+        raise VitCompressError(
+            f"teacher has {teacher.num_classes} classes but the {role} has {model.num_classes}; "
+            "pass a teacher trained on the same classes"
+        )
+
+
 @lru_cache(maxsize=4)
 def load_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Images as float32 [N, H, W] in [0, 1] and int64 labels of a built-in dataset."""
@@ -62,7 +79,7 @@ def load_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     """Fixed split: per class, the first 80% (in file order) is 'train', the rest 'val'."""
-    if split not in ("train", "val", "all"):
+    if split not in SPLITS:
         raise VitCompressError(f"unknown split {split!r}; use train, val or all")
     if split == "all":
         return np.arange(len(labels))
@@ -96,17 +113,53 @@ class ArrayImageDataset(Dataset):
         return (x - self._mean) / self._std, self.labels[i]
 
 
-def _image_folder(root: str, cfg: DataConfig, split: str, training: bool) -> Dataset:
+class ImageLoader:
+    """Reads one image of an ImageFolder as the model's channels (grayscale for 1, RGB for 3); an
+    image that cannot be read is a one-line error naming the file (not a traceback in the middle of
+    an epoch)."""
+
+    def __init__(self, in_chans: int):
+        if in_chans not in (1, 3):
+            raise VitCompressError(
+                f"ImageFolder data is read as grayscale (1 channel) or RGB (3 channels), but the model takes "
+                f"{in_chans} channels; use a model with in_chans=1 or 3"
+            )
+        self.mode = "L" if in_chans == 1 else "RGB"
+
+    def __call__(self, path: str):
+        from PIL import Image
+
+        try:
+            with open(path, "rb") as f:
+                return Image.open(f).convert(self.mode)
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+            raise VitCompressError(f"image {path!r} cannot be read ({type(e).__name__}); remove or replace it") from None
+
+
+def image_transform(cfg: DataConfig, training: bool, **options):
+    """timm's transform for an ImageFolder in the model's geometry (``options``: augmentation); a
+    one-line error for options timm refuses (an unknown ``auto_augment`` string, for one)."""
     from timm.data import create_transform
+
+    try:
+        return create_transform(
+            input_size=(cfg.in_chans, *cfg.img_size), is_training=training, mean=cfg.mean, std=cfg.std, **options
+        )
+    except Exception as e:
+        raise VitCompressError(
+            f"cannot build the image transform ({type(e).__name__}: {str(e)[:100]}); check the augmentation "
+            "options (auto_augment, e.g. rand-m9-mstd0.5)",
+            params=["auto_augment"],
+        ) from None
+
+
+def image_folder(path: str, cfg: DataConfig, transform) -> Dataset:
+    """An ImageFolder at ``path`` read in the model's channels (``ImageLoader``)."""
     from torchvision.datasets import ImageFolder
 
-    sub = os.path.join(root, split)
-    path = sub if split in ("train", "val") and os.path.isdir(sub) else root
-    transform = create_transform(
-        input_size=(cfg.in_chans, *cfg.img_size), is_training=training, mean=cfg.mean, std=cfg.std
-    )
+    loader = ImageLoader(cfg.in_chans)
     try:
-        ds = ImageFolder(path, transform=transform)
+        ds = ImageFolder(path, transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise VitCompressError(
             f"data folder {path!r} has no images in class sub-folders ({str(e)[:100]}); "
@@ -114,6 +167,12 @@ def _image_folder(root: str, cfg: DataConfig, split: str, training: bool) -> Dat
         ) from None
     ds.num_classes = len(ds.classes)
     return ds
+
+
+def _image_folder(root: str, cfg: DataConfig, split: str, training: bool) -> Dataset:
+    sub = os.path.join(root, split)
+    path = sub if split in ("train", "val") and os.path.isdir(sub) else root
+    return image_folder(path, cfg, image_transform(cfg, training))
 
 
 def make_dataset(data: str, cfg: DataConfig, split: str = "train", training: bool = False) -> Dataset:

@@ -12,7 +12,10 @@ model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for:
 - **the source**: ``create`` (unpruned model from a name), ``source_of`` (how to rebuild a module
   vitcompress did not create; ``source_keys`` names the keyword arguments it may write),
   ``input_size`` and ``image_stride`` (input geometry), ``dynamic_size_source`` (the same model
-  taking any image size, for exports);
+  taking any image size, for exports), ``source_kwargs`` (the creation options a source may
+  record, each with its kind: anything else is refused when a model is created and when an
+  artifact is read, ``check_source``) and ``source_spec`` (the unpruned model's widths, which
+  bound an artifact's plan);
 - **structure**: ``spec`` (widths read off the modules), ``build`` (an empty model of a spec),
   ``groups`` (coupled slices per kind), ``slice_state`` (the cut tensors of a plan),
   ``reference_norms`` (the kept-channel norms of the masked reference), ``shrink`` and
@@ -35,7 +38,7 @@ reducers apply, ``methods`` which seed methods run on it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +50,7 @@ from ..errors import VitCompressError
 from ..groups import KINDS, Group
 from ..layers import KeptChannelLayerNorm, head_outputs, qkv_heads
 from ..plan import Plan, full_plan
-from ..spec import SourceModel, Spec
+from ..spec import SourceModel, Spec, check_kwargs
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ class Family:
     methods: tuple[str, ...] = ("ihp", "gohsp", "amap")
     #: one line on how attention MACs are counted where it is not softmax attention's (``info``)
     cost_note: str = ""
+    #: creation options a source of this family may record -> their kind (``spec.check_kwarg``: size,
+    #: count, count0, depth, rate, positive, number?, bool, str); nothing else reaches ``create``
+    source_kwargs: Mapping[str, str] = {"img_size": "size", "in_chans": "count", "num_classes": "count"}
 
     # ------------------------------------------------------------------ recognition and source
     def owns_name(self, name: str) -> bool:
@@ -163,6 +169,17 @@ class Family:
     def source_of(self, model: nn.Module) -> SourceModel | None:
         """How to rebuild a module vitcompress did not create (None when it cannot tell)."""
         return None
+
+    def check_source(self, source: SourceModel, where: str = "source.kwargs") -> None:
+        """``spec.RecordError`` for a creation option this family does not record (a
+        ``checkpoint_path`` or any other key outside ``source_kwargs``) or a value of the wrong kind
+        (``where`` prefixes the option's name in the message)."""
+        check_kwargs(source.kwargs, self.source_kwargs, self.name, where)
+
+    def source_spec(self, source: SourceModel) -> Spec:
+        """The widths of the unpruned model ``source`` describes (built on the meta device: shapes only)."""
+        with torch.device("meta"):
+            return self.spec(self.create(source.name, **source.kwargs))
 
     def dynamic_size_source(self, source: SourceModel) -> SourceModel | None:
         """``source`` built to accept any image size (a multiple of ``image_stride``), for exports

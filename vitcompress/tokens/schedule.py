@@ -14,14 +14,18 @@ Token counts follow from a schedule by the integer rules of ``tokens/arithmetic.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
 from ..errors import VitCompressError
+from ..spec import RecordError, as_dict, as_float, as_int, need
 from .registry import REDUCERS
 
 DEFAULT_RATE_START = 1  # block 0's class attention is nearly uniform: start one block later
 KINDS = ("keep", "rate", "merge")
+#: reducer options a schedule may carry (all switches): ``prop_attn`` for every reducer, ``vpa`` for topk-vpa
+OPTIONS = ("prop_attn", "vpa")
 
 
 @dataclass
@@ -78,10 +82,51 @@ class TokenSchedule:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> TokenSchedule:
-        d = dict(d)
-        d["keep"] = {int(k): float(v) for k, v in (d.get("keep") or {}).items()}
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "tokens") -> TokenSchedule:
+        """A schedule written by ``to_dict``; ``RecordError`` naming the field for an unknown key or
+        reducer, a wrong type or an out-of-range amount (keep fractions in (0, 1], rate in [0, 1),
+        merges and start block integers >= 0)."""
+        as_dict(d, where)
+        names = ("method", "kind", "keep", "rate", "merge", "start", "options", "spec")
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            raise RecordError(f"{where}.{str(unknown[0])[:20]} is not a schedule field (known: {', '.join(names)})")
+        method, kind = need(d, "method", where), need(d, "kind", where)
+        if not isinstance(method, str) or method not in REDUCERS:
+            raise RecordError(f"{where}.method {str(method)[:20]!r} is not a token reducer")
+        if not isinstance(kind, str) or kind not in REDUCERS.get(method).kinds:
+            raise RecordError(f"{where}.kind {str(kind)[:20]!r} is not a schedule kind of {method}")
+        keep = {}
+        for k, v in as_dict(d.get("keep") or {}, f"{where}.keep").items():
+            if not k.isdigit() or len(k) > 6:
+                raise RecordError(f"{where}.keep key {k[:20]!r} is not a block index")
+            keep[int(k)] = as_float(v, f"{where}.keep.{k}")
+            if not 0 < keep[int(k)] <= 1:
+                raise RecordError(f"{where}.keep.{k} is {v}, outside (0, 1]")
+        if kind == "keep" and not keep:
+            raise RecordError(f"{where}.keep names no block")
+        rate = as_float(d.get("rate", 0.0), f"{where}.rate")
+        if not 0 <= rate < 1:
+            raise RecordError(f"{where}.rate is {rate}, outside [0, 1)")
+        options = as_dict(d.get("options") or {}, f"{where}.options")
+        for k, v in options.items():
+            if k not in OPTIONS or not isinstance(v, bool):
+                raise RecordError(
+                    f"{where}.options.{str(k)[:20]} is not a reducer switch ({', '.join(OPTIONS)}: true/false)"
+                )
+        spec = d.get("spec", "")
+        if not isinstance(spec, str) or len(spec) > 1000:
+            raise RecordError(f"{where}.spec is not a schedule string")
+        return cls(
+            method,
+            kind,
+            keep=keep,
+            rate=rate,
+            merge=as_int(d.get("merge", 0), f"{where}.merge", 0, 2**20),
+            start=as_int(d.get("start", 0), f"{where}.start", 0, 2**20),
+            options=dict(options),
+            spec=spec,
+        )
 
     def describe(self) -> str:
         return f"{self.method} {self.spec or self.kind}"
@@ -89,7 +134,10 @@ class TokenSchedule:
 
 def _num(text: str, what: str, spec: str) -> float:
     try:
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(text)
+        return value
     except ValueError:
         raise VitCompressError(
             f"token schedule {spec!r}: {what} {text!r} is not a number; use e.g. 0.7@3,6,9, rate=0.06 or merge=8"
@@ -99,6 +147,8 @@ def _num(text: str, what: str, spec: str) -> float:
 def _blocks(text: str, spec: str) -> list[int]:
     try:
         out = [int(b) for b in text.split(",") if b.strip()]
+        if any(abs(b) > 2**20 for b in out):
+            raise ValueError(text)
     except ValueError:
         raise VitCompressError(
             f"token schedule {spec!r}: block list {text!r} is not integers; use e.g. 0.7@3,6,9"
@@ -125,7 +175,7 @@ def parse_schedule(spec: str, method: str, options: dict | None = None) -> Token
             sched = TokenSchedule(method, "rate", rate=r, start=st, options=options, spec=s)
         else:
             m = _num(val, "merge count", spec)
-            if m != int(m) or m < 0:
+            if m != int(m) or not 0 <= m <= 2**20:
                 raise VitCompressError(
                     f"token schedule {spec!r}: merge count must be a whole number >= 0; use e.g. merge=8"
                 )

@@ -175,6 +175,48 @@ class ViTFamily(Family):
     token_reduction = True
     name_modules: tuple[str, ...] = VIT_MODULES
     parallel = False  # the family of models with parallel blocks sets this
+    #: the plain-value arguments of timm's ``VisionTransformer`` (no layer classes, paths or devices)
+    source_kwargs = {
+        **Family.source_kwargs,
+        "patch_size": "size",
+        "embed_dim": "count",
+        "depth": "depth",
+        "num_heads": "count",
+        "mlp_ratio": "positive",
+        "qkv_bias": "bool",
+        "qk_norm": "bool",
+        "scale_attn_norm": "bool",
+        "scale_mlp_norm": "bool",
+        "proj_bias": "bool",
+        "init_values": "number?",
+        "class_token": "bool",
+        "pos_embed": "str",
+        "no_embed_class": "bool",
+        "reg_tokens": "count0",
+        "pre_norm": "bool",
+        "final_norm": "bool",
+        "fc_norm": "bool?",
+        "global_pool": "str",
+        "pool_include_prefix": "bool",
+        "dynamic_img_size": "bool",
+        "dynamic_img_pad": "bool",
+        "drop_rate": "rate",
+        "pos_drop_rate": "rate",
+        "patch_drop_rate": "rate",
+        "proj_drop_rate": "rate",
+        "attn_drop_rate": "rate",
+        "drop_path_rate": "rate",
+        "weight_init": "str",
+        "fix_init": "bool",
+        # written as names (``options.ENCODED``), turned into timm's classes by ``options.decode``
+        "act_layer": "str",
+        "norm_layer": "str",
+        "norm_eps": "positive",
+        "embed_norm_layer": "str",
+        "embed_norm_eps": "positive",
+        "mlp_layer": "str",
+        "block_fn": "str",
+    }
 
     # ------------------------------------------------------------------ recognition and source
     def owns_name(self, name: str) -> bool:
@@ -255,6 +297,12 @@ class ViTFamily(Family):
     def source_keys(self) -> tuple[str, ...]:
         """Every constructor key ``source_of`` may write (non-JSON options written as names)."""
         return options.SOURCE_KEYS
+
+    def source_spec(self, source: SourceModel) -> Spec:
+        """The unpruned model's widths, built on the meta device without weight initialisation
+        (``weight_init='skip'``: initialising meta tensors is most of the build's time)."""
+        with torch.device("meta"):
+            return self.spec(self.create(source.name, **{**source.kwargs, "weight_init": "skip"}))
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
         pe = model.patch_embed
