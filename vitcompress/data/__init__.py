@@ -133,7 +133,9 @@ class ImageLoader:
             with open(path, "rb") as f:
                 return Image.open(f).convert(self.mode)
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-            raise VitCompressError(f"image {path!r} cannot be read ({type(e).__name__}); remove or replace it") from None
+            raise VitCompressError(
+                f"image {path!r} cannot be read ({type(e).__name__}); remove or replace it"
+            ) from None
 
 
 def image_transform(cfg: DataConfig, training: bool, **options):
