@@ -77,13 +77,18 @@ TINY_KW = dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, nu
 
 
 # ------------------------------------------------------------------------ 1. no code from a file
-def test_resume_refuses_a_crafted_pickle_without_running_it(tmp_path, capsys):
+@pytest.mark.parametrize("how", ["pickle protocol 2", "pickle protocol 5", "torch.save"])
+def test_resume_refuses_a_crafted_pickle_without_running_it(how, tmp_path, capsys):
     out, marker = tmp_path / "out", tmp_path / "PWNED"
     out.mkdir()
-    (out / CHECKPOINT).write_bytes(pickle.dumps({"model": Evil(marker)}))
+    if how == "torch.save":
+        torch.save({"model": Evil(marker)}, out / CHECKPOINT)
+    else:
+        (out / CHECKPOINT).write_bytes(pickle.dumps({"model": Evil(marker)}, protocol=int(how[-1])))
     code, _, err = run(capsys, "train", *TINY, *QUICK, "-o", out, "--resume")
     assert code == 2 and one_line(err), err
-    assert "pickles the Python object" in err and "never loaded" in err and "--force" in err
+    assert f"pickles the Python object {os.system.__module__}.system" in err, err
+    assert "never loaded" in err and "--force" in err
     assert not marker.exists()  # the pickle's code did not run
     assert os.listdir(out) == [CHECKPOINT]
 

@@ -80,13 +80,13 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     if not str(path).strip():
         raise VitCompressError(f"{what} path is empty; pass a path such as runs/out")
     p = Path(path)
-    target = Path(os.path.abspath(p))
-    cwd = Path(os.path.abspath(os.getcwd()))
-    if target == cwd or target in cwd.parents or target.parent == target:
-        raise VitCompressError(
-            f"{what} {str(path)!r} is the working folder or contains it, and writing it would replace that "
-            "folder; choose a new path such as ./out"
-        )
+    cwd = Path(os.getcwd())
+    for target, here in ((Path(os.path.abspath(p)), cwd), (Path(os.path.realpath(p)), Path(os.path.realpath(cwd)))):
+        if target == here or target in here.parents or target.parent == target:
+            raise VitCompressError(
+                f"{what} {str(path)!r} is the working folder or contains it, and writing it would replace that "
+                "folder; choose a new path such as ./out"
+            )
     return p
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import pickletools
 import random
 import shutil
 import time
@@ -266,7 +267,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise VitCompressError(
-            f"checkpoint {str(path)!r} was not loaded ({unpickling_reason(e)}); {fix}", params=["resume", "force"]
+            f"checkpoint {str(path)!r} was not loaded ({unpickling_reason(e, path)}); {fix}", params=["resume", "force"]
         ) from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise VitCompressError(
@@ -296,16 +297,43 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ck
 
 
-def unpickling_reason(e: BaseException) -> str:
+def unpickling_reason(e: BaseException, path: str | os.PathLike | None = None) -> str:
     """Why ``torch.load(weights_only=True)`` refused or failed to read a file, in a few words."""
     text = str(e)
-    for marker in ("Unsupported global: GLOBAL ", "Unsupported global: ", "Unsupported operand"):
+    for marker in ("Unsupported global: GLOBAL ", "Unsupported global: ", "load unsupported GLOBAL "):
         if marker in text:
-            what = text.split(marker, 1)[1].split()[0].rstrip(".,") if marker.startswith("Unsupported g") else ""
-            return f"it pickles the Python object {what or 'code'}, which is never loaded, for safety"
+            what = text.split(marker, 1)[1].split()[0].rstrip(".,")
+            return f"it pickles the Python object {what}, which is never loaded, for safety"
+    if "Weights only load failed" in text:
+        what = _first_global(path) if path is not None else None
+        if what:
+            return f"it pickles the Python object {what}, which is never loaded, for safety"
+        return "it pickles Python objects other than tensors and plain values, which are never loaded, for safety"
     if isinstance(e, EOFError) or "EOF" in text:
         return "the file is empty or truncated"
     return f"not a torch.save file: {type(e).__name__}"
+
+
+def _first_global(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:
+    """The first class or function a raw pickle names, read from its opcodes with ``pickletools``
+    (which only decodes, never executes); None for a zip archive or when none is found in ``limit`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return None
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL" and isinstance(arg, str):
+                return ".".join(arg.split(" ", 1))
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # truncated or not a pickle: nothing more to say
+        return None
+    return None
 
 
 def check_resume_model(ckpt: dict, model: nn.Module, path: str | os.PathLike) -> None:
@@ -342,7 +370,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
-    diff = [k for k in now if k not in _RESUME_FREE and k in saved and _differs(saved[k], now[k])]
+    diff = [k for k in now if k not in _RESUME_FREE and k in saved and saved[k] != now[k]]
     if diff:
         k = diff[0]
         raise VitCompressError(
@@ -350,10 +378,6 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
             "pass the same options to resume=True or start a new run",
             params=["resume"],
         )
-
-
-def _differs(a: Any, b: Any) -> bool:
-    return a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 # ---------------------------------------------------------------------------------------- loop
