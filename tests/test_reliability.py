@@ -336,6 +336,16 @@ def test_a_rejected_dot_output_leaves_no_moved_aside_folder(art, tmp_path, monke
     assert sorted(os.listdir(tmp_path)) == ["arts"]  # no ..old-* nor .tmp-* left
 
 
+def test_a_link_to_the_working_folder_is_refused(art, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "up").symlink_to(tmp_path.parent, target_is_directory=True)
+    for name in ("here", "up"):
+        code, _, err = run(capsys, "prune", art, *PRUNE, "-o", name, "--force")
+        assert code == 2 and one_line(err) and "is the working folder or contains it" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["arts", "here", "up"] and (tmp_path / "here").is_symlink()
+
+
 # ------------------------------------------------------------------------ 6. inputs that used to crash
 def test_a_teacher_with_another_input_size_is_one_line(art, tmp_path, capsys):
     teacher = save(
