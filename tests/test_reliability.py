@@ -4,6 +4,7 @@ anything is written, records checked field by field, no leftovers, ordinary file
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -105,13 +106,20 @@ def test_checkpoints_load_without_unpickling_and_foreign_files_are_refused(tmp_p
     assert code == 2 and one_line(err) and "not a vitcompress training checkpoint" in err
 
 
-def test_resume_with_another_architecture_is_one_line(tmp_path, capsys):
+def test_resume_with_another_architecture_or_missing_tensors_is_one_line(tmp_path, capsys):
     out = tmp_path / "out"
     assert run(capsys, "train", *TINY, *QUICK, "-o", out)[0] == 0
     before = tree(out)
     args = ["vit_tiny_patch16_224", *TINY_ARGS[:-4], "--depth", "3", "--num-heads", "2", "--num-classes", "10"]
     code, _, err = run(capsys, "train", *args, *QUICK, "-o", out, "--resume")
     assert code == 2 and one_line(err) and "does not fit this model" in err, err
+    assert tree(out) == before
+    ck = torch.load(out / CHECKPOINT, weights_only=True)
+    del ck["model"]["head.bias"]
+    torch.save(ck, out / CHECKPOINT)
+    before = tree(out)
+    code, _, err = run(capsys, "train", *TINY, *QUICK, "-o", out, "--resume")
+    assert code == 2 and one_line(err) and "does not fit this model" in err and "'head.bias' is missing" in err, err
     assert tree(out) == before
 
 
@@ -200,6 +208,38 @@ def test_a_second_writer_fails_in_one_line_until_the_first_exits(tmp_path, capsy
     code, _, err = run(capsys, "prune", *BY_NAME, "-o", out, *PRUNE)
     assert code == 0, err
     assert sorted(os.listdir(tmp_path)) == ["out"]  # its stale temporary folder and lock file are gone
+
+
+LOCKED = {
+    "prune": ["prune", "ART", *PRUNE, "-o", "OUT"],
+    "tokens": ["tokens", "ART", "--method", "topk", "--schedule", "0.7@1", "-o", "OUT"],
+    "train": ["train", *TINY, *QUICK, "-o", "OUT"],
+    "finetune": ["finetune", "ART", *QUICK, "-o", "OUT"],
+    "pipeline": ["pipeline", "ART", "--flops-reduction", "0.3", *QUICK, "-o", "OUT"],
+    "export": ["export", "ART", "-o", "OUT", "--no-check"],
+    "info --plot": ["info", "ART", "--plot", "OUT"],
+    "bench --report": ["bench", "ART", "--report", "OUT", "--backend", "torch-cpu", "--threads", "1"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(LOCKED))
+def test_every_writing_command_takes_the_output_lock(command, art, tmp_path, capsys):
+    """The lock file held by another open file (what a second process holds): every command that
+    writes refuses the output in one line and writes nothing."""
+    out = tmp_path / "out"
+    lock = lock_path(out)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4711")
+        argv = [{"ART": str(art), "OUT": str(out)}.get(a, a) for a in LOCKED[command]]
+        before = tree(tmp_path)
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and one_line(err), err
+        assert "is being written by another run (process 4711)" in err, err
+        assert tree(tmp_path) == before
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ import pickletools
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -264,7 +265,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     vitcompress checkpoint (no format marker, missing or mistyped fields) is refused too."""
     fix = "drop resume=True and pass force=True to start again"
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a file it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise VitCompressError(
             f"checkpoint {str(path)!r} was not loaded ({unpickling_reason(e, path)}); {fix}", params=["resume", "force"]

@@ -6,6 +6,7 @@ carries no help metadata).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import click
@@ -79,12 +80,15 @@ def bench(models, baseline, backend, batch, precision, mode, warmup, iters, roun
     args = list(models) + ([baseline] if baseline and baseline not in models else [])
     if report_dir is not None:
         check_report_dir(report_dir, force, args)
-    variants = [load_variant(m, max_batch=max(cfg.batches)) for m in args]
-    base = variants[args.index(baseline)].name if baseline else None
-    result = run_bench(variants, cfg, baseline=base, progress=True)
-    click.echo(to_markdown(result))
-    if report_dir is not None:
-        with output_lock(report_dir):
-            check_report_dir(report_dir, force, args)
+    # the report folder is locked for the whole run, so a second run to it fails before measuring
+    with output_lock(report_dir, what="report folder") if report_dir is not None else contextlib.nullcontext():
+        if report_dir is not None:
+            check_report_dir(report_dir, force, args)  # again, now that the folder is ours
+        variants = [load_variant(m, max_batch=max(cfg.batches)) for m in args]
+        base = variants[args.index(baseline)].name if baseline else None
+        result = run_bench(variants, cfg, baseline=base, progress=True)
+        click.echo(to_markdown(result))
+        if report_dir is not None:
             paths = write_report(result, report_dir)
+    if report_dir is not None:
         click.echo(f"report: {paths['md']} {paths['json']} {paths['png'] or '(no PNG: matplotlib is missing)'}")
