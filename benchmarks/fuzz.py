@@ -527,6 +527,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", help="Work in this folder and keep it (default: a temporary folder).")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    _offline()
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="vitcompress-fuzz-"))
     t0 = time.perf_counter()
     try:
@@ -550,6 +551,16 @@ def main(argv=None) -> int:
             json.dumps({"summary": s, "seconds": seconds, "outcomes": [asdict(o) for o in outcomes]}, indent=1)
         )
     return 1 if bad else 0
+
+
+def _offline() -> None:
+    """No model hub: ``--pretrained`` then fails at once, in one line, instead of retrying a download
+    until the case is cut (the hub library reads its offline switch at import, so set it there too)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    with contextlib.suppress(ImportError, AttributeError):
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 class _Evil:
