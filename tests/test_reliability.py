@@ -4,6 +4,7 @@ anything is written, records checked field by field, no leftovers, ordinary file
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -24,6 +25,8 @@ from vitcompress.cli import main
 from vitcompress.errors import VitCompressError
 from vitcompress.evaluate import evaluate_data
 from vitcompress.io import lock_path, output_lock, remove_stale
+from vitcompress.methods import METHODS
+from vitcompress.methods import get as get_method
 from vitcompress.training import CHECKPOINT, TrainConfig, read_checkpoint
 
 TINY_ARGS = ["--img-size", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2"]
@@ -324,6 +327,14 @@ RANGES = {
     ),
     "prune calib 0": (["prune", "ART", *PRUNE, "--calib-images", "0", "-o", "p"], "--calib-images must be"),
     "prune seed": (["prune", "ART", *PRUNE, "--seed", "99999999999", "-o", "p"], "--seed must be in"),
+    "prune method-opt nan": (
+        ["prune", "ART", *PRUNE[:2], "--method", "ihp", "--method-opt", "lr=nan", "-o", "p"],
+        "method option lr of ihp must be a finite number",
+    ),
+    "prune method-opt huge": (
+        ["prune", "ART", *PRUNE[:2], "--method", "amap", "--method-opt", "steps=99999999999999999999", "-o", "p"],
+        "method option steps of amap must be a finite number of at most 2147483647",
+    ),
     "prune data": (["prune", "ART", *PRUNE, "--data", "nope", "-o", "p"], "data folder 'nope' does not exist"),
     "empty output": (["prune", "ART", *PRUNE, "-o", ""], "output path is empty"),
     "dot output": (["prune", "ART", *PRUNE, "-o", ".", "--force"], "is the working folder or contains it"),
@@ -591,6 +602,26 @@ def test_an_empty_output_is_refused_before_any_work(tmp_path, monkeypatch, capsy
     code, _, err = run(capsys, "prune", *BY_NAME, "-o", "", "--flops-reduction", "0.3", "--importance", "taylor")
     assert code == 2 and one_line(err) and "output path is empty" in err
     assert os.listdir(tmp_path) == []
+
+
+def method_numbers():
+    for name in METHODS.list():
+        for f in dataclasses.fields(get_method(name).options):
+            if f.type in ("int", "float"):
+                yield name, f.name, f.type
+
+
+@pytest.mark.parametrize("method, name, kind", list(method_numbers()))
+def test_every_method_option_refuses_non_finite_and_huge_numbers(method, name, kind):
+    """From the command line's strings and from an options object alike."""
+    m = get_method(method)
+    for bad in ["nan", "inf", "-inf", "1e300"] if kind == "float" else ["99999999999999999999", "1.5", "x"]:
+        with pytest.raises(VitCompressError, match=f"option {name}"):
+            m.parse_options({name: bad})
+    for bad in [math.nan, math.inf, 10**12] if kind == "float" else [10**12, 2.0, True]:
+        with pytest.raises(VitCompressError, match=f"option {name}"):
+            m.parse_options(dataclasses.replace(m.options(), **{name: bad}))
+    m.parse_options({name: str(getattr(m.options(), name))})  # the default is accepted
 
 
 def test_library_settings_share_the_checks():

@@ -11,6 +11,7 @@ chosen with the core's ``budget.select``; the pruner slices it with the core's `
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from torch import nn
 from ..errors import VitCompressError
 from ..plan import Plan
 
+#: the largest magnitude a method option may have (step counts, rates): beyond it nothing is meaningful
+MAX_INT = 2**31 - 1
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -33,6 +36,28 @@ class MethodOptions:
 
     def validate(self) -> None:
         """Range checks; subclasses raise ``VitCompressError`` naming the option and the fix."""
+
+    def check(self, method: str = "") -> None:
+        """Every field of its declared kind (numbers finite, integers whole and at most ``MAX_INT``),
+        then the method's ranges (``validate``): what both the command line and the library run."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _kind(f)
+            where = f"method option {f.name}" + (f" of {method}" if method else "")
+            if kind == "bool" and not isinstance(value, bool):
+                raise VitCompressError(f"{where} must be true or false, got {value!r}; pass e.g. {f.name}={f.default}")
+            if kind in ("int", "float"):
+                number = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+                if isinstance(value, bool) or not number:
+                    raise VitCompressError(
+                        f"{where} must be {'an integer' if kind == 'int' else 'a number'}, got "
+                        f"{value!r}; pass e.g. {f.name}={f.default}"
+                    )
+                if not math.isfinite(value) or abs(value) > MAX_INT:
+                    raise VitCompressError(
+                        f"{where} must be a finite number of at most {MAX_INT}, got {value}; pass e.g. "
+                        f"{f.name}={f.default}"
+                    )
+        self.validate()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, method: str = "") -> MethodOptions:
@@ -48,12 +73,17 @@ class MethodOptions:
                 )
             kwargs[name] = _convert(raw, fields[name], method)
         opts = cls(**kwargs)
-        opts.validate()
+        opts.check(method)
         return opts
 
 
+def _kind(f: dataclasses.Field) -> str:
+    """A field's annotation as a name (``int``, ``float``, ``bool``, ...)."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
 def _convert(raw: Any, f: dataclasses.Field, method: str) -> Any:
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = _kind(f)
     if not isinstance(raw, str):
         return raw
     s = raw.strip()
@@ -114,7 +144,7 @@ class Method:
         if isinstance(values, MethodOptions):
             if not isinstance(values, self.options):
                 raise VitCompressError(f"method {self.name} takes {self.options.__name__}, got {type(values).__name__}")
-            values.validate()
+            values.check(self.name)
             return values
         return self.options.from_dict(values, self.name)
 
