@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except VitCompressError as e:
         click.echo(f"error: {worker_message(e.with_flags(_flags(argv)))}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            click.echo("error: interrupted", err=True)
+            return 130
         click.echo("error: aborted", err=True)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ anything is written, records checked field by field, no leftovers, ordinary file
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -43,8 +44,9 @@ def run(capsys, *args):
 
 
 def one_line(err: str) -> bool:
-    """One ``error:`` line (after whatever a progress bar drew on the terminal line before it)."""
-    err = err.rsplit("\r", 1)[-1]
+    """One ``error:`` line (after whatever a progress bar drew on the terminal line before it, or the
+    line break click writes after a Ctrl-C)."""
+    err = err.rsplit("\r", 1)[-1].lstrip("\n")
     return err.startswith("error: ") and len(err.strip().splitlines()) == 1
 
 
@@ -419,6 +421,37 @@ def image_folder(tmp_path):
         for i in range(3):
             Image.new("RGB", (20, 20), (60 * i, 100 if c == "a" else 10, 30)).save(root / c / f"{i}.png")
     return root
+
+
+@pytest.mark.parametrize(
+    "error, needle, code",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "error: No space left on device", 2),
+        (OSError(errno.EROFS, "Read-only file system"), "error: Read-only file system", 2),
+        (KeyboardInterrupt(), "error: interrupted", 130),
+    ],
+    ids=["disk full", "read-only", "ctrl-c"],
+)
+def test_a_full_disk_or_an_interrupt_is_one_line_and_leaves_nothing(
+    error, needle, code, art, tmp_path, capsys, monkeypatch
+):
+    import vitcompress.artifact
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vitcompress.artifact, "save_file", fail)
+    before = tree(tmp_path)
+    got, _, err = run(capsys, "prune", art, *PRUNE, "-o", tmp_path / "out")
+    assert got == code and one_line(err) and err.rsplit("\r", 1)[-1].lstrip().startswith(needle), err
+    assert tree(tmp_path) == before  # no output, no temporary folder, no lock file
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_one_line(image_folder, art, capsys):
+    """The worker's traceback, folded into the error the main process receives, is not shown."""
+    (image_folder / "b" / "9.png").write_bytes(b"\x89PNG broken")
+    code, _, err = run(capsys, "eval", art, "--data", image_folder, "--workers", "1")
+    assert code == 2 and one_line(err) and "9.png' cannot be read" in err and "Traceback" not in err, err
 
 
 def test_an_rgb_image_folder_feeds_a_grayscale_model(image_folder, tmp_path, capsys):
