@@ -30,7 +30,9 @@ writes the ONNX file before it fails, by design (docs/export.md).
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -42,6 +44,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -416,8 +419,61 @@ class _Cut(BaseException):
     """Raised by the alarm: a case ran past its time limit."""
 
 
+_IMPORTING = {"depth": 0, "cut": False}  # imports in progress; a cut that arrived during one
+
+
 def _alarm(_signum, _frame):
+    if _IMPORTING["depth"]:
+        _IMPORTING["cut"] = True  # raised when the import is over (``_imports_not_cut``)
+        return
     raise _Cut
+
+
+#: modules the commands import lazily; imported before the first case (``warm_up``)
+LAZY_MODULES = (
+    "sklearn.datasets", "scipy.ndimage", "PIL.Image", "matplotlib.pyplot", "onnx", "onnxruntime",
+    "onnx_graphsurgeon", "onnxscript", "torch.onnx", "torch._dynamo", "torch.utils.flop_counter",
+)  # fmt: skip
+
+
+def warm_up(sb: Sandbox) -> None:
+    """Import what the commands import lazily and run every command's base invocation once, untimed,
+    so that no case pays for a first import against its time limit."""
+    for name in LAZY_MODULES:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    for name in WEIGHTS_BY_COMMAND:
+        pos, opts = base_invocation(name, sb)
+        argv = [name, *pos, *[a for o, v in opts for a in ([o] if v is None else [o, v])]]
+        run_argv(argv, sb.case(), sb, "warm-up", timeout=0)
+
+
+@contextlib.contextmanager
+def _imports_not_cut() -> Iterator[None]:
+    """Hold a cut back while a module is being imported and raise it right after: a cut that landed
+    inside an import would leave a half-initialised module behind for every later case."""
+    real_import, real_import_module = builtins.__import__, importlib.import_module
+
+    def guard(fn):
+        def guarded(*args, **kwargs):
+            _IMPORTING["depth"] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _IMPORTING["depth"] -= 1
+                if not _IMPORTING["depth"] and _IMPORTING["cut"]:
+                    _IMPORTING["cut"] = False
+                    raise _Cut
+
+        return guarded
+
+    builtins.__import__ = guard(real_import)
+    importlib.import_module = guard(real_import_module)
+    try:
+        yield
+    finally:
+        builtins.__import__, importlib.import_module = real_import, real_import_module
+        _IMPORTING["depth"], _IMPORTING["cut"] = 0, False
 
 
 def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: float) -> Outcome:
@@ -430,8 +486,9 @@ def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: fl
     old = signal.signal(signal.SIGALRM, _alarm)
     os.chdir(case)
     try:
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if timeout > 0:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _imports_not_cut():
             code = cli_main(list(argv))
         signal.setitimer(signal.ITIMER_REAL, 0)
     except _Cut:
@@ -487,6 +544,7 @@ def fuzz(cases: int, seed_: int, timeout: float, root: Path, shares: dict[str, f
     """Run ``cases`` generated cases (split over the surfaces by ``shares``) under ``root``."""
     shares = shares or {"cli": 0.5, "schedule": 0.2, "record": 0.3}
     sb = Sandbox(root)
+    warm_up(sb)
     outcomes: list[Outcome] = []
     for surface in SURFACES:
         n = round(cases * shares.get(surface, 0))
@@ -504,7 +562,10 @@ def run_surface(surface: str, n: int, seed_: int, sb: Sandbox, timeout: float, o
     @settings(max_examples=n, database=None, deadline=None, derandomize=False, suppress_health_check=list(HealthCheck))
     @given(st.data())
     def one(data):
-        outcomes.append(run_case(surface, data.draw(cases_of), sb, timeout))
+        outcome = run_case(surface, data.draw(cases_of), sb, timeout)
+        outcomes.append(outcome)
+        if outcome.kind in ("traceback", "dirty"):  # shown at once: a long run may be stopped early
+            print(f"  {outcome.kind}: {' '.join(outcome.argv)} -> {outcome.detail}", file=sys.stderr, flush=True)
         if len(outcomes) % 200 == 0:
             print(f"  {len(outcomes)} cases, {summary(outcomes)['total']}", file=sys.stderr, flush=True)
 
