@@ -420,9 +420,15 @@ class _Cut(BaseException):
 
 
 _IMPORTING = {"depth": 0, "cut": False}  # imports in progress; a cut that arrived during one
+_ARMED = {"on": False}  # a case is running under its time limit
+#: the alarm repeats at this interval after the limit: a cut raised where Python ignores exceptions
+#: (a garbage-collector callback, a ``__del__``) is not lost, the next one stops the case
+RECUT_S = 0.5
 
 
 def _alarm(_signum, _frame):
+    if not _ARMED["on"]:
+        return
     if _IMPORTING["depth"]:
         _IMPORTING["cut"] = True  # raised when the import is over (``_imports_not_cut``)
         return
@@ -487,19 +493,23 @@ def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: fl
     os.chdir(case)
     try:
         if timeout > 0:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            _ARMED["on"] = True
+            signal.setitimer(signal.ITIMER_REAL, timeout, RECUT_S)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _imports_not_cut():
             code = cli_main(list(argv))
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _ARMED["on"] = False
     except _Cut:
+        _ARMED["on"] = False
         code, kind = None, "cut"
     except SystemExit as e:
+        _ARMED["on"] = False
         code = e.code
     except BaseException as e:  # a traceback: what the check is for
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _ARMED["on"] = False
         code, kind = None, "traceback"
         detail = "".join(traceback.format_exception_only(type(e), e)).strip().splitlines()[-1][:300]
     finally:
+        _ARMED["on"] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         os.chdir(cwd)
@@ -540,11 +550,15 @@ def strategy(surface: str, sb: Sandbox) -> st.SearchStrategy:
     return {"cli": cli_cases, "schedule": schedule_cases, "record": record_cases}[surface](sb)
 
 
-def fuzz(cases: int, seed_: int, timeout: float, root: Path, shares: dict[str, float] | None = None) -> list[Outcome]:
-    """Run ``cases`` generated cases (split over the surfaces by ``shares``) under ``root``."""
+def fuzz(
+    cases: int, seed_: int, timeout: float, root: Path, shares: dict[str, float] | None = None, warm: bool = True
+) -> list[Outcome]:
+    """Run ``cases`` generated cases (split over the surfaces by ``shares``) under ``root``, after
+    ``warm_up`` unless ``warm`` is False."""
     shares = shares or {"cli": 0.5, "schedule": 0.2, "record": 0.3}
     sb = Sandbox(root)
-    warm_up(sb)
+    if warm:
+        warm_up(sb)
     outcomes: list[Outcome] = []
     for surface in SURFACES:
         n = round(cases * shares.get(surface, 0))

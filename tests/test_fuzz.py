@@ -8,6 +8,8 @@ import copy
 import dataclasses
 import json
 import math
+import sys
+import time
 import typing
 
 import pytest
@@ -62,11 +64,30 @@ def test_generated_corrupt_records(sandbox, data, one_thread):
 
 def test_the_fuzz_script_counts_and_classifies(tmp_path, capsys):
     """The standing script on a small slice: every surface ran, nothing crashed or wrote on refusal."""
-    outcomes = fuzz.fuzz(12, 3, 2.0, tmp_path / "work", {"cli": 0.25, "schedule": 0.25, "record": 0.5})
+    outcomes = fuzz.fuzz(12, 3, 2.0, tmp_path / "work", {"cli": 0.25, "schedule": 0.25, "record": 0.5}, warm=False)
     s = fuzz.summary(outcomes)
     assert len(outcomes) == 12 and {o.surface for o in outcomes} == set(fuzz.SURFACES)
     assert s["total"].get("traceback", 0) == 0 and s["total"].get("dirty", 0) == 0
     assert s["total"].get("rejected", 0) > 0
+
+
+def test_a_cut_never_lands_inside_an_import(sandbox, tmp_path, monkeypatch):
+    """A case past its limit is cut, but only once the module it is importing is complete: a
+    half-initialised module would break every later case."""
+    (tmp_path / "slow_module_i14.py").write_text("import time\ntime.sleep(0.6)\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def slow_command(argv):
+        import slow_module_i14  # noqa: F401  (the cut arrives during this import)
+
+        while True:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(fuzz, "cli_main", slow_command)
+    t0 = time.perf_counter()
+    outcome = fuzz.run_argv(["slow"], sandbox.case(), sandbox, "cli", timeout=0.2)
+    assert outcome.kind == "cut" and 0.5 < time.perf_counter() - t0 < 5
+    assert sys.modules["slow_module_i14"].DONE
 
 
 # ------------------------------------------------------------------------------ token schedules
