@@ -36,7 +36,7 @@ from ...groups import KINDS, LAYER_KINDS, Group, Member
 from ...layers import PrunedAttention
 from ...meta import source_indices
 from ...plan import Plan
-from ...spec import BlockSpec, SourceModel, Spec
+from ...spec import BlockSpec, RecordError, SourceModel, Spec
 from ..base import BlockParts, BlockTokens, Family, take
 from . import counting
 from . import model as cct_model
@@ -87,6 +87,28 @@ class CCTFamily(Family):
     name = "cct"
     title = "Compact Convolutional Transformers (vit-pytorch, extra 'cct'): cct_7_3x1_32, cct_14_7x2_224, ..."
     kinds = KINDS
+    #: the timm-style options ``create`` renames and the plain-value arguments of vit-pytorch's ``CCT``
+    source_kwargs = {
+        **Family.source_kwargs,
+        "embed_dim": "count",
+        "depth": "depth",
+        "num_heads": "count",
+        "mlp_ratio": "positive",
+        "embedding_dim": "count",
+        "n_input_channels": "count",
+        "num_layers": "depth",
+        "n_conv_layers": "count",
+        "kernel_size": "count",
+        "stride": "count",
+        "padding": "count0",
+        "pooling_kernel_size": "count",
+        "pooling_stride": "count",
+        "pooling_padding": "count0",
+        "dropout_rate": "rate",
+        "attention_dropout": "rate",
+        "stochastic_depth_rate": "rate",
+        "positional_embedding": "str",
+    }
 
     # ------------------------------------------------------------------ recognition and source
     def owns_name(self, name: str) -> bool:
@@ -118,6 +140,24 @@ class CCTFamily(Family):
                 problems.append(f"layer {i} activation {blk.activation!r} is not an nn.GELU module")
                 break
         return problems
+
+    def check_source(self, source: SourceModel, where: str = "source.kwargs") -> None:
+        """As ``Family.check_source``, with CCT's own words for the options a CCT does not take."""
+        for key in source.kwargs:
+            at = f"{where}.{key}" if where else str(key)
+            if key in cct_model.REFUSED:
+                raise RecordError(f"{at} does not apply to {source.name}: {cct_model.REFUSED[key]}")
+            if key not in self.source_kwargs:
+                raise RecordError(
+                    f"unknown option {key!r} for {source.name}{f' ({where})' if where else ''}; CCT takes "
+                    f"{', '.join(sorted(self.source_kwargs))}"
+                )
+        super().check_source(source, where)
+
+    def source_spec(self, source: SourceModel) -> Spec:
+        """The unpruned model's widths, built on the CPU (vit-pytorch's constructor reads tensor values)."""
+        with torch.device("cpu"):
+            return self.spec(self.create(source.name, **source.kwargs))
 
     def create(self, name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:

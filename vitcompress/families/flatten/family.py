@@ -37,6 +37,8 @@ class FLattenFamily(ViTFamily):
     title = "FLatten Transformer (focused linear attention, timm-registered): flatten_deit_*"
     token_reduction = False
     name_modules = ("vitcompress.families.flatten.model",)
+    #: a ViT's creation options and the focusing function's
+    source_kwargs = {**ViTFamily.source_kwargs, "focusing_factor": "positive", "kernel_size": "count"}
     cost_note = (
         "attention MACs are focused linear attention's, linear in tokens: per block and head "
         "2*N*qk*v + N*qk for the attention, P*v*kernel^2 for the depthwise convolution on the P patch tokens"
