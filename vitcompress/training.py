@@ -308,9 +308,9 @@ def unpickling_reason(e: BaseException, path: str | os.PathLike | None = None) -
             what = text.split(marker, 1)[1].split()[0].rstrip(".,")
             return f"it pickles the Python object {what}, which is never loaded, for safety"
     if "Weights only load failed" in text:
-        what = _first_global(path) if path is not None else None
-        if what:
-            return f"it pickles the Python object {what}, which is never loaded, for safety"
+        named = _first_global(path) if path is not None else None
+        if named:
+            return f"it pickles the Python object {named}, which is never loaded, for safety"
         return "it pickles Python objects other than tensors and plain values, which are never loaded, for safety"
     if isinstance(e, EOFError) or "EOF" in text:
         return "the file is empty or truncated"
