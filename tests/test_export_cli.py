@@ -192,7 +192,7 @@ def test_engine_is_moved_into_place_only_after_its_parity_passed(passes, artifac
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"old engine")
         sidecar_path(engine).write_text("{}")
-        args = []
+        args = ["--force"]  # an existing engine is replaced only with --force
     else:  # into folders that do not exist yet
         engine = tmp_path / "eng" / "sub" / "m.engine"
         args = ["--engine", engine]

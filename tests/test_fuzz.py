@@ -163,6 +163,9 @@ def test_every_numeric_setting_refuses_nan_infinity_and_out_of_range(cls, name, 
         broken = dataclasses.replace(cfg, **{name: outside})
         with pytest.raises(VitCompressError):
             broken.validate()
+    if not is_float and not {"le", "lt"} & set(bounds):  # no stated upper bound: still no C overflow
+        with pytest.raises(VitCompressError, match=f"{name} must be at most 2147483647"):
+            dataclasses.replace(cfg, **{name: 10**20}).validate()
 
 
 @settings(FAST, max_examples=200)

@@ -291,6 +291,10 @@ RANGES = {
     "hflip 2": (["train", *TINY, *QUICK, "--hflip", "2"], "--hflip must be in [0, 1]"),
     "epochs 0": (["train", *TINY, *QUICK, "--epochs", "0"], "--epochs must be >= 1"),
     "seed -1": (["train", *TINY, *QUICK, "--seed", "-1"], "--seed must be in [0, 4294967296)"),
+    "batch huge": (
+        ["finetune", "ART", *QUICK, "--batch-size", "99999999999999999999"],
+        "--batch-size must be at most 2147483647",
+    ),
     "max-steps 0": (["train", *TINY, *QUICK, "--max-steps-per-epoch", "0"], "--max-steps-per-epoch must be >= 1"),
     "workers -1": (["train", *TINY, *QUICK, "--workers", "-1"], "--workers must be in [0, 256]"),
     "device tpu": (["train", *TINY, *QUICK, "--device", "tpu"], "unknown --device 'tpu'"),

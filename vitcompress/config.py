@@ -161,6 +161,11 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
+#: the largest integer setting without a stated upper bound (counts, sizes, steps): beyond it nothing is
+#: meaningful, and loops and samplers take C integers
+MAX_INT = 2**31 - 1
+
+
 def range_text(bounds: Mapping[str, float]) -> str:
     """``{"ge": 0, "lt": 1}`` -> ``in [0, 1)``; ``{"gt": 0}`` -> ``> 0``."""
 
@@ -217,7 +222,10 @@ def check_fields(cfg: Any) -> None:
         kinds = _plain(hints.get(f.name, Any))
         bounds = f.metadata.get("range")
         if kinds & {int, float} and not kinds & {str}:
-            check_number(f.name, value, bounds, integer=float not in kinds)
+            integer = float not in kinds
+            check_number(f.name, value, bounds, integer=integer)
+            if integer and not (bounds and {"le", "lt"} & set(bounds)) and abs(value) > MAX_INT:
+                raise VitCompressError(f"{f.name} must be at most {MAX_INT}, got {value}", params=[f.name])
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise VitCompressError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}", params=[f.name])
