@@ -589,6 +589,23 @@ def test_source_kwargs_never_reach_the_model_constructor(art, tmp_path, capsys):
         vitcompress.create_source_model("vit_tiny_patch16_224", checkpoint_path=str(ck))
 
 
+def test_a_model_timm_created_beyond_its_named_widths_reloads(tmp_path):
+    """The record's source describes the model (widths, depth, heads), so the plan check at load
+    compares the plan with the model that was pruned, not with the named configuration's defaults."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=208, depth=13, num_heads=4, num_classes=10
+    ).eval()
+    res = vitcompress.prune(model, flops_reduction=0.3, importance="l1", output=tmp_path / "a")
+    kwargs = read_meta(tmp_path / "a").source.kwargs
+    assert (kwargs["embed_dim"], kwargs["depth"], kwargs["num_heads"], kwargs["mlp_ratio"]) == (208, 13, 4, 4.0)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(vitcompress.load(tmp_path / "a")(x), res.model(x))
+
+
 # ------------------------------------------------------------------------ 8. leftovers and modes
 def test_stale_temporary_siblings_are_removed_by_the_next_run(art, tmp_path, capsys):
     out = tmp_path / "out"

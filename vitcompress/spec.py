@@ -96,13 +96,15 @@ def _kind(v: Any) -> str:
 
 
 #: what a creation option recorded in ``SourceModel.kwargs`` may hold, by kind (``check_kwargs``)
-KWARG_KINDS = ("size", "count", "count0", "counts", "depth", "rate", "positive", "number?", "bool", "bool?", "str")
+KWARG_KINDS = (
+    "size", "count", "count0", "counts", "count|counts", "depth", "rate", "positive", "number?", "bool", "bool?", "str",
+)  # fmt: skip
 
 
 def check_kwarg(key: str, value: Any, kind: str, where: str = "source.kwargs") -> None:
     """Raise ``RecordError`` unless creation option ``key`` holds a value of ``kind``: ``size`` (an
     integer 1..65536 or a pair of them), ``count`` (1..2**24), ``count0`` (0..2**24), ``counts`` (a
-    list of up to 64 counts, e.g. blocks per stage), ``depth`` (1..1024), ``rate`` (a number in [0, 1)), ``positive`` (a number > 0), ``number?`` (a number or
+    list of up to 64 counts, e.g. blocks per stage), ``count|counts`` (either), ``depth`` (1..1024), ``rate`` (a number in [0, 1)), ``positive`` (a number > 0), ``number?`` (a number or
     null), ``bool``, ``bool?`` (true, false or null), ``str``."""
     at = _at(where, key)
     if kind == "size":
@@ -111,6 +113,8 @@ def check_kwarg(key: str, value: Any, kind: str, where: str = "source.kwargs") -
             as_int(v, at, 1, 65536)
     elif kind in ("count", "count0", "depth"):
         as_int(value, at, 0 if kind == "count0" else 1, 1024 if kind == "depth" else 2**24)
+    elif kind == "count|counts":
+        check_kwarg(key, value, "counts" if isinstance(value, (list, tuple)) else "count", where)
     elif kind == "counts":
         items = value if isinstance(value, (list, tuple)) else None
         if items is None or not 1 <= len(items) <= 64:

@@ -71,6 +71,27 @@ class SwinFamily(Family):
         "windows of N tokens; each patch merging adds its reduction (4*C_prev*C per merged token)"
     )
     name_modules: tuple[str, ...] = ("timm.models.swin_transformer",)
+    #: the plain-value arguments of timm's ``SwinTransformer`` (no layer classes or devices)
+    source_kwargs = {
+        **Family.source_kwargs,
+        "patch_size": "size",
+        "global_pool": "str",
+        "embed_dim": "count|counts",
+        "depths": "counts",
+        "num_heads": "count|counts",
+        "head_dim": "count",
+        "window_size": "size",
+        "always_partition": "bool",
+        "strict_img_size": "bool",
+        "dynamic_img_size": "bool",
+        "mlp_ratio": "positive",
+        "qkv_bias": "bool",
+        "drop_rate": "rate",
+        "proj_drop_rate": "rate",
+        "attn_drop_rate": "rate",
+        "drop_path_rate": "rate",
+        "weight_init": "str",
+    }
 
     # ------------------------------------------------------------------ recognition and source
     def owns_name(self, name: str) -> bool:
@@ -139,9 +160,30 @@ class SwinFamily(Family):
         if blk is not None:
             kwargs["qkv_bias"] = blk.attn.qkv.bias is not None
             kwargs["always_partition"] = bool(blk.always_partition)
+            kwargs.update(self._structure(model))
         if model.dynamic_img_size:
             kwargs["dynamic_img_size"] = True
         return SourceModel(name, kwargs)
+
+    @staticmethod
+    def _structure(model: nn.Module) -> dict:
+        """Widths, blocks per stage, heads, window and MLP ratio of a model timm created, as creation
+        options: its source then describes it, not the named configuration's defaults (an
+        artifact's plan is checked against the source model)."""
+        dims = stage_dims(model)
+        firsts = [stage.blocks[0] for stage in model.layers]
+        heads = [int(b.attn.num_heads) for b in firsts]
+        out: dict = {
+            "embed_dim": dims[0] if dims == [dims[0] * 2**s for s in range(len(dims))] else dims,
+            "depths": [len(stage.blocks) for stage in model.layers],
+            "num_heads": heads,
+            "window_size": [int(w) for w in firsts[0].window_size],
+            "mlp_ratio": firsts[0].mlp.fc1.out_features / dims[0],
+        }
+        head_dim = firsts[0].attn.qkv.out_features // (3 * heads[0])
+        if head_dim != dims[0] // heads[0]:
+            out["head_dim"] = head_dim
+        return out
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
         pe = model.patch_embed
