@@ -426,8 +426,24 @@ _ARMED = {"on": False}  # a case is running under its time limit
 RECUT_S = 0.5
 
 
-def _alarm(_signum, _frame):
-    if not _ARMED["on"]:
+#: code a cut must not interrupt: the ONNX exporter and the tracers call Python from C++, where an
+#: exception raised by the alarm ends the process; the repeating alarm cuts the case once it is out
+NO_CUT_IN = tuple(
+    f"{os.sep}{p}{os.sep}" for p in ("torch/onnx", "torch/_dynamo", "torch/export", "torch/_export", "torch/fx",
+                                     "torch/_functorch", "torch/_subclasses", "torch/_higher_order_ops", "onnxscript")
+)  # fmt: skip
+
+
+def _in_native_callback(frame) -> bool:
+    while frame is not None:
+        if any(p in frame.f_code.co_filename for p in NO_CUT_IN):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _alarm(_signum, frame):
+    if not _ARMED["on"] or _in_native_callback(frame):
         return
     if _IMPORTING["depth"]:
         _IMPORTING["cut"] = True  # raised when the import is over (``_imports_not_cut``)

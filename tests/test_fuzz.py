@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import typing
@@ -88,6 +89,28 @@ def test_a_cut_never_lands_inside_an_import(sandbox, tmp_path, monkeypatch):
     outcome = fuzz.run_argv(["slow"], sandbox.case(), sandbox, "cli", timeout=0.2)
     assert outcome.kind == "cut" and 0.5 < time.perf_counter() - t0 < 5
     assert sys.modules["slow_module_i14"].DONE
+
+
+def test_a_cut_waits_until_the_case_leaves_code_called_from_cpp(sandbox, tmp_path, monkeypatch):
+    """Inside the exporters and tracers (Python called from C++) a cut would end the process: it
+    lands once the case is back in ordinary code."""
+    native = tmp_path / "native_i14"
+    native.mkdir()
+    (native / "slow_export_i14.py").write_text("import time\n\ndef run():\n    time.sleep(0.8)\n    return 1\n")
+    monkeypatch.syspath_prepend(str(native))
+    monkeypatch.setattr(fuzz, "NO_CUT_IN", (f"{os.sep}native_i14{os.sep}",))
+    import slow_export_i14
+
+    finished = []
+
+    def command(argv):
+        finished.append(slow_export_i14.run())  # the cut is due after 0.2 s, inside run()
+        while True:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(fuzz, "cli_main", command)
+    outcome = fuzz.run_argv(["export"], sandbox.case(), sandbox, "cli", timeout=0.2)
+    assert outcome.kind == "cut" and finished == [1]
 
 
 # ------------------------------------------------------------------------------ token schedules
