@@ -36,7 +36,7 @@ from typing import Any
 
 from torch import nn
 
-from vitcompress.artifact import is_artifact, load, save
+from vitcompress.artifact import check_output, is_artifact, load, save
 from vitcompress.config import setting
 from vitcompress.counting import count
 from vitcompress.datapipe import check_data
@@ -45,7 +45,7 @@ from vitcompress.errors import VitCompressError
 from vitcompress.evaluate import evaluate_data
 from vitcompress.exporters.export import export
 from vitcompress.groups import parse_kinds
-from vitcompress.io import atomic_file
+from vitcompress.io import atomic_file, output_lock
 from vitcompress.latency import LatencyTable
 from vitcompress.resolve import resolve_model
 from vitcompress.scorers import SCORERS
@@ -209,16 +209,27 @@ def compress(
             raise VitCompressError(f"unknown compress option {k!r}")
         setattr(cfg, k, v)
     cfg.validate()
-    out = Path(output)
-    if out.exists() and not (force or resume):
-        raise VitCompressError(
-            f"output {str(out)!r} already exists; pass resume=True to continue it, force=True to start again, "
-            "or choose another path",
-            params=["resume", "force"],
-        )
+    inputs = (model, teacher, cfg.latency_table)
+    out = check_output(output, force=force, exists_ok=resume, resumable=True, inputs=inputs)
     check_data(cfg.train.data)
     if cfg.latency_table is not None:
         LatencyTable.load(cfg.latency_table)  # a bad file fails before anything is written
+    with output_lock(out):  # one writer of the folder for all the stages
+        check_output(out, force=force, exists_ok=resume, resumable=True, inputs=inputs)  # now that it is ours
+        return _compress(model, cfg, out, teacher, resume, force, progress, callbacks)
+
+
+def _compress(
+    model: str | os.PathLike | nn.Module,
+    cfg: CompressConfig,
+    out: Path,
+    teacher: str | None,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    callbacks: Sequence,
+) -> CompressResult:
+    """``compress`` once the request is valid and the output folder locked."""
     dense = resolve_model(model).eval()
     teach = resolve_model(teacher).eval() if teacher is not None else dense
     if out.exists() and force and not resume:
@@ -286,6 +297,7 @@ def compress(
         run = export(
             p,
             out / ONNX,
+            force=True,  # the folder is this run's: a file an interrupted run left is replaced
             batch=(1, b, max(b, 32)),
             precision=cfg.latency_precision,
             trt=cfg.trt,

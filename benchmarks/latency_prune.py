@@ -26,8 +26,9 @@ from typing import Any
 
 from torch import nn
 
+from vitcompress.artifact import check_output
 from vitcompress.errors import VitCompressError
-from vitcompress.io import atomic_file
+from vitcompress.io import atomic_file, output_lock
 from vitcompress.latency import LatencyTable
 from vitcompress.pruner import PruneConfig, PruneResult, prune
 from vitcompress.resolve import resolve_model
@@ -186,11 +187,39 @@ def prune_to_latency(
             "one now",
             params=["latency_table", "backend"],
         )
-    if output is not None and os.path.exists(output) and not force:
-        raise VitCompressError(
-            f"output {str(output)!r} already exists; pass force=True to overwrite it or choose another path",
-            params=["force"],
-        )
+    inputs = (model, checkpoint, cfg.latency_table)
+    if output is None:
+        return _prune_to_latency(
+            model, cfg, table, backend, latency_batch, latency_precision, profile, measure, None, force, progress,
+            pretrained, checkpoint, num_classes, img_size,
+        )  # fmt: skip
+    check_output(output, force=force, inputs=inputs)
+    with output_lock(output):  # the artifact, the table and the check are written under one lock
+        check_output(output, force=force, inputs=inputs)
+        return _prune_to_latency(
+            model, cfg, table, backend, latency_batch, latency_precision, profile, measure, output, force, progress,
+            pretrained, checkpoint, num_classes, img_size,
+        )  # fmt: skip
+
+
+def _prune_to_latency(
+    model: str | os.PathLike | nn.Module,
+    cfg: PruneConfig,
+    table: LatencyTable | None,
+    backend: str | None,
+    latency_batch: int,
+    latency_precision: str,
+    profile: ProfileConfig | None,
+    measure: bool,
+    output: str | os.PathLike | None,
+    force: bool,
+    progress: bool,
+    pretrained: bool,
+    checkpoint: str | None,
+    num_classes: int | None,
+    img_size: int | None,
+) -> LatencyPruneResult:
+    """``prune_to_latency`` once the request is valid and the output locked."""
     net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size)
     profiled = False
     if cfg.latency_table is not None:

@@ -224,6 +224,9 @@ LOCKED = {
     "export": ["export", "ART", "-o", "OUT", "--no-check"],
     "info --plot": ["info", "ART", "--plot", "OUT"],
     "bench --report": ["bench", "ART", "--report", "OUT", "--backend", "torch-cpu", "--threads", "1"],
+    "profile": ["profile", "ART", "--backend", "torch-cpu", "-o", "OUT"],
+    "compress": ["compress", "ART", "--latency-reduction", "0.3", "--backend", "torch-cpu", *QUICK, "-o", "OUT"],
+    "prune --latency-reduction": ["prune", "ART", "--latency-reduction", "0.3", "--backend", "torch-cpu", "-o", "OUT"],
 }
 
 
@@ -344,6 +347,14 @@ RANGES = {
     "prune data": (["prune", "ART", *PRUNE, "--data", "nope", "-o", "p"], "data folder 'nope' does not exist"),
     "empty output": (["prune", "ART", *PRUNE, "-o", ""], "output path is empty"),
     "dot output": (["prune", "ART", *PRUNE, "-o", ".", "--force"], "is the working folder or contains it"),
+    "compress dot output": (
+        ["compress", "ART", "--latency-reduction", "0.3", "--backend", "torch-cpu", *QUICK, "-o", ".", "--force"],
+        "is the working folder or contains it",
+    ),
+    "profile inside the input": (
+        ["profile", "ART", "--backend", "torch-cpu", "-o", "ART/table.json", "--force"],
+        "is inside the input",
+    ),
     "parent output": (["train", *TINY, *QUICK, "-o", "..", "--force"], "is the working folder or contains it"),
     "pipeline depth-blocks 0": (
         ["pipeline", "ART", "--flops-reduction", "0.4", *QUICK, "--depth-blocks", "0", "-o", "p"],
@@ -378,6 +389,7 @@ def test_every_bad_value_is_one_line_before_anything_is_written(case, art, tmp_p
     (tmp_path / "pipe.json").write_text(json.dumps({"flops_reduction": 0.4, "train": {"epochs": "three"}}))
     monkeypatch.chdir(work)
     argv = [{"ART": str(art), "CONFIG": str(tmp_path / "pipe.json")}.get(a, a) for a in args]
+    argv = [a.replace("ART/", f"{art}/") if a.startswith("ART/") else a for a in argv]
     if argv[0] in ("train", "finetune") and "-o" not in argv:
         argv += ["-o", "out"]
     before = tree(tmp_path)

@@ -111,7 +111,7 @@ def check_counts(d: dict, where: str) -> dict:
 
 def check_step(step: dict, where: str) -> None:
     """The fields of one history step that readers use (``artifact.history_record`` writes them):
-    ``method`` a string; ``target`` an object with ``metric`` (macs or params) and a finite
+    ``method`` a string; ``target`` an object with ``metric`` (macs, params or latency) and a finite
     ``reduction`` (or null for a token step); ``achieved`` an object of finite numbers; ``config``
     an object whose ``granularity`` is a list of strings and ``importance`` a string;
     ``method_options`` an object. A token step's ``schedule`` is checked by ``artifact.read_meta``."""
@@ -121,8 +121,8 @@ def check_step(step: dict, where: str) -> None:
     target = step.get("target")
     if target is not None or method != "tokens":
         metric = need(target, "metric", f"{where}.target")
-        if metric not in ("macs", "params"):
-            raise RecordError(f"{where}.target.metric is not macs or params")
+        if metric not in ("macs", "params", "latency"):
+            raise RecordError(f"{where}.target.metric is not macs, params or latency")
         reduction = need(target, "reduction", f"{where}.target")
         if reduction is not None or method != "tokens":
             as_float(reduction, f"{where}.target.reduction")

@@ -3,16 +3,17 @@ prune, distil, export and bench for a latency target)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 
 import click
 
+from vitcompress.artifact import check_output
 from vitcompress.benchmarks.compress import CompressConfig, compress
 from vitcompress.benchmarks.latency_profile import ProfileConfig, profile_latency
 from vitcompress.benchmarks.latency_report import format_table, plot_table
 from vitcompress.config import merge_config
-from vitcompress.errors import VitCompressError
+from vitcompress.io import output_lock
 
 from .options import config_options, given
 from .train import distill_config, distill_options, train_config, train_options
@@ -27,15 +28,18 @@ from .train import distill_config, distill_options, train_config, train_options
 def profile(model, output, plot, force, **kw):
     """Measure MODEL's latency table on a backend: per-structure latency over a width grid."""
     cfg = merge_config(ProfileConfig(), given(ProfileConfig, kw), "profile")
-    if os.path.exists(output) and not force:
-        raise VitCompressError(f"output {output!r} already exists; pass force=True to overwrite it", params=["force"])
-    table = profile_latency(model, cfg, progress=True)
-    table.save(output)
-    click.echo(format_table(table))
-    click.echo(f"wrote {output} in {table.seconds:.0f} s")
+    check_output(output, force=force, inputs=(model,), kind="file")
     if plot:
-        plot_table(table, plot)
-        click.echo(f"wrote {plot}")
+        check_output(plot, force=force, inputs=(model,), kind="file", what="plot")
+    with output_lock(output), output_lock(plot) if plot else contextlib.nullcontext():  # the whole measurement
+        check_output(output, force=force, inputs=(model,), kind="file")
+        table = profile_latency(model, cfg, progress=True)
+        table.save(output)
+        click.echo(format_table(table))
+        click.echo(f"wrote {output} in {table.seconds:.0f} s")
+        if plot:
+            plot_table(table, plot)
+            click.echo(f"wrote {plot}")
 
 
 @click.command("compress")
