@@ -111,7 +111,7 @@ class Family:
     cost_note: str = ""
     #: creation options a source of this family may record -> their kind (``spec.check_kwarg``: size,
     #: count, count0, depth, rate, positive, number?, bool, str); nothing else reaches ``create``
-    source_kwargs: Mapping[str, str] = {"img_size": "size", "in_chans": "count", "num_classes": "count"}
+    source_kwargs: Mapping[str, str] = {"img_size": "size", "in_chans": "count", "num_classes": "count0"}
 
     # ------------------------------------------------------------------ recognition and source
     def owns_name(self, name: str) -> bool:

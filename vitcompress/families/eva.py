@@ -40,7 +40,7 @@ from ..groups import Group, Member
 from ..layers import PrunedAttention, norm_factory
 from ..plan import Plan
 from ..spec import SourceModel, Spec
-from .base import BlockParts
+from .base import BlockParts, Family
 from .vit import ViTFamily, entry_module
 from .vit import options as vit_options
 from .vit.family import _norm_problem
@@ -179,6 +179,54 @@ class EvaFamily(ViTFamily):
     kinds = ("heads", "v", "mlp", "embed", "depth")
     token_reduction = False
     methods: tuple[str, ...] = ()
+    #: the plain-value arguments of timm's ``Eva`` (no layer classes or devices)
+    source_kwargs = {
+        **Family.source_kwargs,
+        "patch_size": "size",
+        "global_pool": "str",
+        "embed_dim": "count",
+        "depth": "depth",
+        "num_heads": "count",
+        "num_kv_heads": "count",
+        "qkv_bias": "bool",
+        "qkv_fused": "bool",
+        "qk_norm": "bool",
+        "mlp_ratio": "positive",
+        "swiglu_mlp": "bool",
+        "swiglu_align_to": "count0",
+        "scale_mlp": "bool",
+        "scale_attn_inner": "bool",
+        "attn_type": "str",
+        "drop_rate": "rate",
+        "pos_drop_rate": "rate",
+        "patch_drop_rate": "rate",
+        "proj_drop_rate": "rate",
+        "attn_drop_rate": "rate",
+        "drop_path_rate": "rate",
+        "norm_layer": "str",
+        "init_values": "number?",
+        "attn_only_layer_scale": "bool",
+        "class_token": "bool",
+        "num_reg_tokens": "count0",
+        "no_embed_class": "bool",
+        "use_abs_pos_emb": "bool",
+        "use_rot_pos_emb": "bool",
+        "rope_type": "str",
+        "rope_grid_offset": "number?",
+        "rope_grid_indexing": "str",
+        "rope_temperature": "positive",
+        "rope_rotate_half": "bool",
+        "use_post_norm": "bool",
+        "use_pre_transformer_norm": "bool",
+        "use_post_transformer_norm": "bool?",
+        "use_fc_norm": "bool?",
+        "attn_pool_num_heads": "count",
+        "attn_pool_mlp_ratio": "positive",
+        "dynamic_img_size": "bool",
+        "dynamic_img_pad": "bool",
+        "ref_feat_shape": "size",
+        "head_init_scale": "number?",
+    }
 
     def owns_name(self, name: str) -> bool:
         return entry_module(name) == EVA_MODULE
@@ -208,6 +256,10 @@ class EvaFamily(ViTFamily):
 
     def source_of(self, model: nn.Module) -> SourceModel | None:
         return None  # options of an Eva module are not read back: create it with create_source_model
+
+    def source_spec(self, source: SourceModel) -> Spec:
+        """The unpruned model's widths (``Eva`` takes no ``weight_init``: the plain meta-device build)."""
+        return Family.source_spec(self, source)
 
     @property
     def source_keys(self) -> tuple[str, ...]:
