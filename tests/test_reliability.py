@@ -305,7 +305,7 @@ RANGES = {
     "num-classes -5": (["train", *TINY[:-2], "--num-classes", "-5", *QUICK], "--num-classes is -5"),
     "num-classes 0": (["train", *TINY[:-2], "--num-classes", "0", *QUICK], "the model's classifier has 0"),
     "img-size 12": (["train", *TINY[:1], "--img-size", "12", *TINY[3:], *QUICK], "multiple of its patch 8"),
-    "img-size 4": (["prune", *TINY[:1], "--img-size", "4", *PRUNE, "-o", "p"], "multiple of its patch 16"),
+    "img-size 4": (["prune", *TINY[:1], "--img-size", "4", *PRUNE, "-o", "p"], "smaller than the patch (16 px)"),
     "depth 0": (["train", *TINY[:9], "--depth", "0", *TINY[9:], *QUICK], "--depth is 0"),
     "kd nan": (["finetune", "ART", "--teacher", "ART", *QUICK, "--kd-weight", "nan"], "--kd-weight must be a finite"),
     "ce 0 kd 0": (

@@ -216,6 +216,7 @@ class ViTFamily(Family):
         "embed_norm_eps": "positive",
         "mlp_layer": "str",
         "block_fn": "str",
+        "attn_layer": "str",  # timm's attention by name (the family refuses the ones it cannot slice)
     }
 
     # ------------------------------------------------------------------ recognition and source
