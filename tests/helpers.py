@@ -83,6 +83,29 @@ def random_plan(model, rng: random.Random, kinds):
     return plan
 
 
+def random_widths_plan(model, rng: random.Random, kinds, *, min_embed: int, max_mlp: int):
+    """Remove a random share of each requested kind: random, odd widths (heads of 16 dims)."""
+    plan = identity_plan(model)
+    if "embed" in kinds:
+        plan.embed = sorted(rng.sample(plan.embed, rng.randint(min_embed, 60)))
+    if "depth" in kinds:
+        plan.blocks = sorted(rng.sample(plan.blocks, rng.randint(1, len(plan.blocks) - 1)))
+    for b in plan.blocks:
+        lp = plan.layers[b]
+        if "heads" in kinds:
+            keep = sorted(rng.sample(range(len(lp.heads)), rng.randint(1, 3)))
+            lp.heads, lp.qk, lp.v = [lp.heads[i] for i in keep], [lp.qk[i] for i in keep], [lp.v[i] for i in keep]
+        if "qk" in kinds:
+            n = rng.randint(1, 15)
+            lp.qk = [sorted(rng.sample(range(16), n)) for _ in lp.heads]
+        if "v" in kinds:
+            n = rng.randint(1, 15)
+            lp.v = [sorted(rng.sample(range(16), n)) for _ in lp.heads]
+        if "mlp" in kinds:
+            lp.mlp = sorted(rng.sample(lp.mlp, rng.randint(1, max_mlp)))
+    return plan
+
+
 class Kill(Callback):
     """A training callback that simulates a crash in the middle of an epoch."""
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers import random_widths_plan
 
 import vitcompress
 from vitcompress.counting import count, measured_macs
@@ -40,25 +41,7 @@ def tiny_cct(name=NAME, seed=0, **overrides):
 
 
 def random_plan(model, rng: random.Random, kinds):
-    plan = identity_plan(model)
-    if "embed" in kinds:
-        plan.embed = sorted(rng.sample(plan.embed, rng.randint(10, 60)))
-    if "depth" in kinds:
-        plan.blocks = sorted(rng.sample(plan.blocks, rng.randint(1, len(plan.blocks) - 1)))
-    for b in plan.blocks:
-        lp = plan.layers[b]
-        if "heads" in kinds:
-            keep = sorted(rng.sample(range(len(lp.heads)), rng.randint(1, 3)))
-            lp.heads, lp.qk, lp.v = [lp.heads[i] for i in keep], [lp.qk[i] for i in keep], [lp.v[i] for i in keep]
-        if "qk" in kinds:
-            n = rng.randint(1, 15)
-            lp.qk = [sorted(rng.sample(range(16), n)) for _ in lp.heads]
-        if "v" in kinds:
-            n = rng.randint(1, 15)
-            lp.v = [sorted(rng.sample(range(16), n)) for _ in lp.heads]
-        if "mlp" in kinds:
-            lp.mlp = sorted(rng.sample(lp.mlp, rng.randint(1, 100)))
-    return plan
+    return random_widths_plan(model, rng, kinds, min_embed=10, max_mlp=100)
 
 
 def test_names_map_to_the_papers_configurations():

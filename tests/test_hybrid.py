@@ -5,13 +5,14 @@ from functools import partial
 
 import pytest
 import torch
+from helpers import random_widths_plan
 from timm.layers import HybridEmbed
 from timm.models.vision_transformer import VisionTransformer
 
 import vitcompress
 from vitcompress.counting import count, measured_macs
 from vitcompress.errors import VitCompressError
-from vitcompress.families import family_of, identity_plan
+from vitcompress.families import family_of
 from vitcompress.models import check_supported, create_source_model, list_models
 from vitcompress.reference import mask_model
 from vitcompress.slicers import slice_model
@@ -40,26 +41,7 @@ def tiny_hybrid(which=TINY_R, seed=0, **overrides):
 
 
 def random_plan(model, rng: random.Random, kinds):
-    """Remove a random share of each requested kind (odd widths on purpose)."""
-    plan = identity_plan(model)
-    if "embed" in kinds:
-        plan.embed = sorted(rng.sample(plan.embed, rng.randint(20, 60)))
-    if "depth" in kinds:
-        plan.blocks = sorted(rng.sample(plan.blocks, rng.randint(1, len(plan.blocks) - 1)))
-    for b in plan.blocks:
-        lp = plan.layers[b]
-        if "heads" in kinds:
-            keep = sorted(rng.sample(range(len(lp.heads)), rng.randint(1, 3)))
-            lp.heads, lp.qk, lp.v = [lp.heads[i] for i in keep], [lp.qk[i] for i in keep], [lp.v[i] for i in keep]
-        if "qk" in kinds:
-            n = rng.randint(1, 15)
-            lp.qk = [sorted(rng.sample(range(16), n)) for _ in lp.heads]
-        if "v" in kinds:
-            n = rng.randint(1, 15)
-            lp.v = [sorted(rng.sample(range(16), n)) for _ in lp.heads]
-        if "mlp" in kinds:
-            lp.mlp = sorted(rng.sample(lp.mlp, rng.randint(1, 200)))
-    return plan
+    return random_widths_plan(model, rng, kinds, min_embed=20, max_mlp=200)
 
 
 def test_hybrid_names_are_listed_and_recognised():
