@@ -362,6 +362,8 @@ def _report(cfg, dense, teacher, pruned, distilled, table, found, bench, export_
                 "predicted_cut": 1 - pred / base_pred,
                 "measured_ms": m.get("median_ms"),
                 "measured_cut": 1 - m["latency_ratio"] if m else None,
+                "measured_cut_ci95": [1 - ci[1], 1 - ci[0]] if (ci := m.get("latency_ratio_ci95")) else None,
+                "flags": m.get("flags", []),
             }
         )
     chosen = Candidate(**{k: v for k, v in found["candidates"][found["chosen"]].items()})
@@ -387,20 +389,27 @@ def _pct(v) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
+def _cut_ci(row: dict) -> str:
+    ci = row.get("measured_cut_ci95")
+    return _pct(row["measured_cut"]) + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "")
+
+
 def format_report(report: dict, bench: dict | None = None) -> str:
     """The run's report as Markdown."""
     lines = [
         f"# compress: {report['model']}, {report['target']:.1%} latency cut on {report['backend']} "
         f"(batch {report['batch']}, {report['precision']}, {report['threads']} threads)",
         "",
-        "| stage | val top-1 | MACs (G) | MACs cut | predicted ms | predicted cut | measured ms | measured cut |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| stage | val top-1 | MACs (G) | MACs cut | predicted ms | predicted cut | measured ms "
+        "| measured cut [95% CI] | flags |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         ms = "-" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}"
         lines.append(
             f"| {r['stage']} | {r['top1']:.2%} | {r['macs'] / 1e9:.4f} | {_pct(r['macs_cut'])} | "
-            f"{r['predicted_ms']:.2f} | {_pct(r['predicted_cut'])} | {ms} | {_pct(r['measured_cut'])} |"
+            f"{r['predicted_ms']:.2f} | {_pct(r['predicted_cut'])} | {ms} | {_cut_ci(r)} | "
+            f"{', '.join(r.get('flags') or []) or '-'} |"
         )
     ex = report.get("export") or {}
     lines += [

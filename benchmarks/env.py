@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from importlib import metadata
 
 import torch
@@ -26,6 +27,87 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+#: cores of background work tolerated beyond the cores the bench leaves free
+LOAD_SLACK = 0.5
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def governor() -> str | None:
+    """The CPU frequency governor of the first usable core (``performance``, ``powersave``...), None where
+    the kernel exposes none (most virtual machines)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{cpus[0]}/cpufreq/scaling_governor") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds spent busy (not idle or waiting for I/O) on the usable cores since boot."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        f = [int(x) for x in rest.split()]
+        busy += sum(f[:8]) - f[3] - f[4]  # user nice system idle iowait irq softirq steal
+    return busy / tick
+
+
+class LoadMonitor:
+    """Cores kept busy by other processes while this one measures: (busy CPU time of the usable cores
+    minus this process's CPU time) / wall time, over the window since the last ``mark``.
+
+    ``others()`` is None where ``/proc/stat`` is missing (not Linux): the load check is then skipped."""
+
+    def __init__(self) -> None:
+        self.mark()
+
+    def mark(self) -> None:
+        self._t, self._busy, self._own = time.perf_counter(), _busy_seconds(), time.process_time()
+
+    def others(self) -> float | None:
+        """Busy cores of other processes since the last ``mark`` (and marks again)."""
+        t, busy, own = time.perf_counter(), _busy_seconds(), time.process_time()
+        dt = t - self._t
+        prev, self._t, self._busy, self._own = (self._busy, self._own), t, busy, own
+        if busy is None or prev[0] is None or dt <= 0:
+            return None
+        return max(0.0, (busy - prev[0] - (own - prev[1])) / dt)
+
+    def sample(self, seconds: float) -> float | None:
+        """Busy cores of other processes over the next ``seconds`` (this process sleeping)."""
+        self.mark()
+        time.sleep(seconds)
+        return self.others()
+
+
+def busy(others: float | None, threads: int) -> bool:
+    """True when other processes use more than the cores the bench's ``threads`` leave free."""
+    return others is not None and others > max(0, usable_cores() - threads) + LOAD_SLACK
 
 
 def capture(threads: int, precision: str) -> dict:
@@ -61,4 +143,6 @@ def capture(threads: int, precision: str) -> dict:
             for p in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "vitcompress")
         },
         "ort_providers": providers,
+        "load_before": load_average(),
+        "governor_before": governor(),
     }

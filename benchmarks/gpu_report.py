@@ -9,7 +9,8 @@ from pathlib import Path
 from vitcompress.errors import VitCompressError
 from vitcompress.io import atomic_file
 
-from .report import matplotlib_available
+from . import stats
+from .report import matplotlib_available, with_cis
 
 PAPER = {"flops": -0.5044, "latency": -0.468}
 EFFICIENCY_TARGET = 0.90
@@ -24,7 +25,7 @@ def rows(result: dict) -> list[dict]:
     """One row per measurement of a ``gpu_tables.json`` (model, mode and the bench fields)."""
     out = []
     for group in result["groups"]:
-        for m in group["bench"]["measurements"]:
+        for m in with_cis(group["bench"])["measurements"]:
             out.append({"model": group["model"], "mode": group["mode"], **m})
     return out
 
@@ -97,16 +98,21 @@ def to_markdown(result: dict) -> str:
         lines += [
             f"## {model}, {mode}",
             "",
-            "| variant | batch | GMACs/img | MACs ratio | median (ms) | p90 (ms) | latency ratio | images/s | efficiency |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| variant | batch | GMACs/img | MACs ratio | median (ms) | p90 (ms) | latency ratio [95% CI] | images/s "
+            "| efficiency [95% CI] | flags |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in sorted(rs, key=lambda r: (r["batch"], r["macs_ratio"] < 1, r["variant"])):
             lines.append(
                 f"| {r['variant']} | {r['batch']} | {r['macs'] / 1e9:.3f} | {r['macs_ratio']:.3f} | "
-                f"{r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['latency_ratio']:.3f} | {r['throughput']:.0f} | "
-                f"{_f(r['efficiency'], '.2f')} |"
+                f"{r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
+                f"{stats.fmt_ci(r['latency_ratio'], r.get('latency_ratio_ci95'))} | {r['throughput']:.0f} | "
+                f"{stats.fmt_ci(r['efficiency'], r.get('efficiency_ci95'), '.2f')} | {', '.join(r.get('flags', [])) or '-'} |"
             )
         lines.append("")
+    warnings = [w for g in result["groups"] for w in g["bench"].get("warnings", [])]
+    if warnings:
+        lines += ["## Warnings", "", *[f"- warning: {w}" for w in warnings], ""]
     lines += ["## Targets", ""]
     for t in result["targets"]:
         lines.append(
@@ -158,16 +164,23 @@ def plot(result: dict, path: Path) -> None:
         batches = sorted({r["batch"] for r in rs})
         width = 0.8 / max(1, len(batches))
         for i, b in enumerate(batches):
-            vals = {r["variant"]: r["efficiency"] for r in rs if r["batch"] == b}
+            by = {r["variant"]: r for r in rs if r["batch"] == b}
+            vals = [by[v]["efficiency"] if v in by else 0 for v in variants]
+            cis = [(by[v].get("efficiency_ci95") if v in by else None) or [vals[k]] * 2 for k, v in enumerate(variants)]
             ax.bar(
-                [x + i * width for x in range(len(variants))], [vals.get(v, 0) for v in variants], width, label=f"b{b}"
+                [x + i * width for x in range(len(variants))],
+                vals,
+                width,
+                yerr=[[max(0.0, e - c[0]) for e, c in zip(vals, cis)], [max(0.0, c[1] - e) for e, c in zip(vals, cis)]],
+                capsize=2,
+                label=f"b{b}",
             )
         ax.axhline(EFFICIENCY_TARGET, color="k", ls="--", lw=1)
         ax.set_xticks([x + width * (len(batches) - 1) / 2 for x in range(len(variants))], variants, fontsize=8)
         ax.set_ylabel("efficiency")
         ax.set_title(f"{key[0]}, {key[1]}", fontsize=9)
         ax.legend(fontsize=7, ncol=len(batches))
-    fig.suptitle(f"latency reduction / MACs reduction: {result['device_name']}", fontsize=10)
+    fig.suptitle(f"latency reduction / MACs reduction (bars: 95% CI): {result['device_name']}", fontsize=10)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

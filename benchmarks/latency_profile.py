@@ -33,6 +33,7 @@ the token count grows; a measurement saying so is noise); the figures as measure
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -65,6 +66,7 @@ from vitcompress.tokens.registry import REDUCERS
 from vitcompress.tokens.schedule import parse_schedule
 
 from . import env as envmod
+from . import stats
 from .backends import backend_names, get_runner
 from .bench import load_variant
 from .latency_probes import (
@@ -80,6 +82,8 @@ from .latency_probes import (
 from .runner_torch import MODES
 from .runners import Variant
 from .timing import measure
+
+logger = logging.getLogger("vitcompress.profile")
 
 SWEPT = ("qk", "v", "mlp", "embed")
 STATISTICS = {"min": np.min, "median": np.median}
@@ -167,6 +171,7 @@ class _Session:
     def __init__(self, cfg: ProfileConfig, workdir: Path | None, bar):
         self.cfg, self.cls, self.workdir, self.bar = cfg, get_runner(cfg.backend), workdir, bar
         self.overheads: list[float] = []
+        self.spreads: list[float] = []  # per probe: its 95% CI's reach, as a fraction of its figure
 
     def time(self, variants: list[Variant], empty: Variant | None = None) -> dict[str, float]:
         """Milliseconds per variant, the ``statistic`` of its passes (minus the group's empty call when
@@ -192,6 +197,10 @@ class _Session:
                 v.model = None  # the probe's weights are not needed any more
         stat = STATISTICS[cfg.statistic]
         med = {n: float(stat([s for rnd in rounds for s in rnd])) for n, rounds in samples.items()}
+        for rounds in samples.values():  # the spread of the per-round figures (``stats.bootstrap_ci``)
+            per_round = [float(stat(rnd)) for rnd in rounds]
+            mid = float(np.median(per_round))
+            self.spreads.append(stats.relative_width(mid, stats.bootstrap_ci(per_round)))
         if empty is not None:
             eps = med.pop(empty.name)
             self.overheads.append(eps)
@@ -199,6 +208,41 @@ class _Session:
         if self.bar is not None:
             self.bar.update(len(variants))
         return med
+
+
+def _load_report(cfg: ProfileConfig, others, spreads: list, load_before, governor_before) -> dict:
+    """The profile's load, governor and spread record (the table's ``env``), with its warnings printed."""
+    threads = int(cfg.threads or 1)
+    spread = {
+        "median": float(np.median(spreads)) if spreads else None,
+        "p90": float(np.percentile(spreads, 90)) if spreads else None,
+        "worst": float(max(spreads)) if spreads else None,
+        "probes": len(spreads),
+    }
+    warnings = []
+    if envmod.busy(others, threads):
+        warnings.append(
+            f"other processes kept {others:.1f} cores busy during the profile "
+            f"({max(0, envmod.usable_cores() - threads)} free with {threads} threads): the table's figures are "
+            "noisy; profile again on a quiet machine or with fewer --threads"
+        )
+    if spread["median"] is not None and spread["median"] > stats.WIDE:
+        warnings.append(
+            f"the probes' 95% CIs reach +-{spread['median']:.1%} of their figures (median over {len(spreads)} "
+            f"probes), wider than +-{stats.WIDE:.0%}: profile again on a quiet machine or with more --rounds"
+        )
+    for w in warnings:
+        logger.info(f"warning: {w}")
+    return {
+        "load_before": load_before,
+        "load_after": envmod.load_average(),
+        "governor_before": governor_before,
+        "governor_after": envmod.governor(),
+        "others_busy": others,
+        "busy": envmod.busy(others, threads),
+        "probe_ci95_reach": spread,
+        "warnings": warnings,
+    }
 
 
 def _window(full: int, size: int, low: int = 1) -> list[int]:
@@ -281,6 +325,8 @@ def profile_latency(
         | {T}
     )
     n_probes = sum(len(w) for w in sweeps.values())  # the grids are added once the steps are known
+    load_before, governor_before = envmod.load_average(), envmod.governor()
+    monitor = envmod.LoadMonitor()
     bar = tqdm(total=n_probes, desc=f"profile {cfg.backend} b{cfg.batch}", unit="probe") if progress else None
     sess = _Session(cfg, work, bar)
     try:
@@ -362,6 +408,7 @@ def profile_latency(
         if bar is not None:
             bar.close()
     from_env = envmod.capture(cfg.threads or 1, cfg.precision)
+    from_env.update(_load_report(cfg, monitor.others(), sess.spreads, load_before, governor_before))
     table = LatencyTable(
         backend=cfg.backend,
         batch=cfg.batch,

@@ -53,6 +53,8 @@ class LatencyCheck:
     measured_cut: float  # 1 - paired latency ratio
     macs: tuple[int, int]
     bench: dict = field(default_factory=dict, repr=False)
+    measured_cut_ci95: tuple[float, float] | None = None  # from the latency ratio's 95% CI
+    flags: list = field(default_factory=list)  # the bench row's flags (busy, wide-ci)
 
     @property
     def predicted_cut(self) -> float:
@@ -62,8 +64,25 @@ class LatencyCheck:
     def ok(self) -> bool:
         return self.target is None or abs(self.measured_cut - self.target) <= MEASURED_TOLERANCE
 
+    @property
+    def ci_ok(self) -> bool:
+        """The measured cut's 95% CI within ``MEASURED_TOLERANCE`` of the cut on both sides."""
+        ci = self.measured_cut_ci95
+        return ci is None or max(self.measured_cut - ci[0], ci[1] - self.measured_cut) <= MEASURED_TOLERANCE
+
     def warning(self) -> str | None:
-        """One line when the measured cut misses the target by more than ``MEASURED_TOLERANCE``."""
+        """One line when the measured cut misses the target by more than ``MEASURED_TOLERANCE``, or when
+        the measurement is too uncertain to tell (CI wider than that, or a busy machine)."""
+        if not self.ci_ok or "busy" in self.flags:
+            ci = self.measured_cut_ci95 or (self.measured_cut, self.measured_cut)
+            return (
+                f"the measured latency cut {self.measured_cut:.1%} (95% CI {ci[0]:.1%} to {ci[1]:.1%}) is not "
+                "reliable: "
+                + ("other processes kept the cores busy" if "busy" in self.flags else "")
+                + ("; " if "busy" in self.flags and not self.ci_ok else "")
+                + (f"the CI is wider than +-{MEASURED_TOLERANCE * 100:.0f} points" if not self.ci_ok else "")
+                + "; re-run the measurement on a quiet machine"
+            )
         if self.ok or self.target is None:
             return None
         return (
@@ -82,6 +101,12 @@ class LatencyCheck:
             f"{'cut':10s}{self.predicted_cut:>12.1%}{self.measured_cut:>12.1%}{1 - c1 / c0:>10.1%}"
             + (f"   target {self.target:.1%}" if self.target is not None else ""),
         ]
+        if self.measured_cut_ci95 is not None:
+            lo, hi = self.measured_cut_ci95
+            rows.append(
+                f"measured cut 95% CI {lo:.1%} to {hi:.1%} ({len(self.bench['measurements'][0]['samples_ms'])} "
+                "interleaved rounds)" + (f"; flags: {', '.join(self.flags)}" if self.flags else "")
+            )
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
@@ -94,6 +119,9 @@ class LatencyCheck:
             "predicted_cut": self.predicted_cut,
             "measured_cut": self.measured_cut,
             "macs": list(self.macs),
+            "measured_cut_ci95": list(self.measured_cut_ci95) if self.measured_cut_ci95 else None,
+            "flags": list(self.flags),
+            "warnings": self.bench.get("warnings", []),
             "within_tolerance": self.ok,
             "tolerance": MEASURED_TOLERANCE,
             "env": self.bench.get("env"),
@@ -139,6 +167,8 @@ def check_latency(
         1.0 - by["pruned"]["latency_ratio"],
         (ref.macs, var.macs),
         result,
+        (1.0 - ci[1], 1.0 - ci[0]) if (ci := by["pruned"].get("latency_ratio_ci95")) else None,
+        sorted(set(by["pruned"].get("flags", [])) | set(by["input"].get("flags", []))),
     )
 
 

@@ -4,7 +4,11 @@ Per variant and (backend, batch): MACs ratio = MACs / baseline MACs; latency rat
 paired per-round median ratios (see ``timing.paired_ratio``); speedup = 1 / latency ratio;
 efficiency = (1 - latency ratio) / (1 - MACs ratio), the fraction of the MACs reduction that
 became a latency reduction (1.0 = latency fell exactly as much as MACs; undefined for the
-baseline and for variants with MACs ratio >= 1).
+baseline and for variants with MACs ratio >= 1). Each of the three carries its 95% confidence
+interval from the interleaved rounds (``stats``): ``latency_ratio_ci95``, ``speedup_ci95``,
+``efficiency_ci95`` (``[lo, hi]``), shown in brackets in the table and as error bars in the PNG.
+Rows are flagged ``busy`` (other processes used cores the bench needed) or ``wide-ci`` (an interval
+wider than +-5% of its ratio); the flags are in the table's last column.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 from pathlib import Path
 
 from vitcompress.io import atomic_file
+
+from . import stats
 
 COLUMNS = [
     "backend",
@@ -27,6 +33,7 @@ COLUMNS = [
     "throughput (img/s)",
     "speedup",
     "efficiency",
+    "flags",
 ]
 
 
@@ -37,15 +44,36 @@ def efficiency(macs_ratio: float, latency_ratio: float) -> float | None:
     return (1.0 - latency_ratio) / (1.0 - macs_ratio)
 
 
-def ratios(macs: int, base_macs: int, latency_ratio: float) -> dict:
-    """MACs ratio, latency ratio, speedup and efficiency of one variant against the baseline."""
+def ratios(macs: int, base_macs: int, latency_ratio: float, ci: tuple[float, float] | None = None) -> dict:
+    """MACs ratio, latency ratio, speedup and efficiency of one variant against the baseline; with the
+    latency ratio's 95% interval ``ci``, the three intervals too (``*_ci95``)."""
     mr = macs / base_macs
-    return {
+    out = {
         "macs_ratio": mr,
         "latency_ratio": latency_ratio,
         "speedup": 1.0 / latency_ratio,
         "efficiency": efficiency(mr, latency_ratio),
     }
+    if ci is not None:
+        eff = stats.efficiency_ci(mr, ci)
+        out["latency_ratio_ci95"] = [ci[0], ci[1]]
+        out["speedup_ci95"] = list(stats.speedup_ci(ci))
+        out["efficiency_ci95"] = list(eff) if eff is not None else None
+    return out
+
+
+def with_cis(result: dict) -> dict:
+    """Fill in the 95% intervals of measurements that lack them (reports written before they existed)
+    from their raw rounds; returns ``result``."""
+    ms = result.get("measurements", [])
+    base = {(m.get("backend"), m.get("batch")): m for m in ms if m.get("variant") == result.get("baseline")}
+    for m in ms:
+        b = base.get((m.get("backend"), m.get("batch")))
+        if "latency_ratio_ci95" in m or b is None or not m.get("samples_ms"):
+            continue
+        ci = (1.0, 1.0) if m is b else stats.ratio_ci(m["samples_ms"], b["samples_ms"])
+        m.update({k: v for k, v in ratios(m["macs"], b["macs"], m["latency_ratio"], ci).items() if k.endswith("_ci95")})
+    return result
 
 
 def _f(v, fmt: str) -> str:
@@ -63,9 +91,21 @@ def to_markdown(result: dict) -> str:
         f"{cfg['iters']} iterations per variant after {cfg['warmup']} warm-up passes, interleaved.",
         "",
     ]
+    partial = result.get("partial")
+    if partial:
+        lines += [
+            f"**Partial report**: {partial['reason']}; measured {partial['measured']} of {partial['planned']} "
+            f"backend/batch groups; not measured: {', '.join(partial['missing'] + partial['cut_short']) or 'none'}.",
+            "",
+        ]
+    lines += _load_line(result)
     for s in result["skipped"]:
         lines.append(f"- skipped `{s['backend']}`: {s['reason']}")
     if result["skipped"]:
+        lines.append("")
+    for w in result.get("warnings", []):
+        lines.append(f"- warning: {w}")
+    if result.get("warnings"):
         lines.append("")
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for m in result["measurements"]:
@@ -78,13 +118,47 @@ def to_markdown(result: dict) -> str:
             f"{m['macs_ratio']:.3f}",
             f"{m['median_ms']:.2f}",
             f"{m['p90_ms']:.2f}",
-            f"{m['latency_ratio']:.3f}",
+            stats.fmt_ci(m["latency_ratio"], m.get("latency_ratio_ci95")),
             f"{m['throughput']:.1f}",
-            f"{m['speedup']:.2f}x",
-            _f(m["efficiency"], ".2f"),
+            stats.fmt_ci(m["speedup"], m.get("speedup_ci95"), ".2f").replace(" [", "x [", 1)
+            if m.get("speedup_ci95")
+            else f"{m['speedup']:.2f}x",
+            stats.fmt_ci(m["efficiency"], m.get("efficiency_ci95"), ".2f"),
+            ", ".join(m.get("flags", [])) or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Brackets: 95% confidence intervals (bootstrap over the interleaved rounds). Flags: `busy` = other "
+        "processes used cores the bench needed; `wide-ci` = an interval wider than +-5% of its ratio."
+    )
     return "\n".join(lines) + "\n"
+
+
+def _load_line(result: dict) -> list[str]:
+    """The load and governor before and after, and the outcome of ``until_stable``."""
+    env = result["env"]
+    if "load_before" not in env:
+        return []
+    before, after = env.get("load_before"), env.get("load_after")
+    others = env.get("others_busy_before")
+    line = (
+        f"Load average (1/5/15 min) before {before or '-'}, after {after or '-'}; other processes busy on "
+        f"{'-' if others is None else f'{others:.1f}'} cores before the run; CPU governor "
+        f"{env.get('governor_before') or 'not exposed'} before, {env.get('governor_after') or 'not exposed'} after."
+    )
+    st = result.get("stability")
+    if st:
+        groups = st["groups"]
+        ok = all(g["stable"] for g in groups)
+        line += (
+            f" Until stable (+-{st['target']:.0%}, at most {st['max_time']:g} s): "
+            + ("every ratio reached it" if ok else "time was up before every ratio reached it")
+            + " ("
+            + ", ".join(f"{g['backend']} b{g['batch']} {g['rounds']} rounds" for g in groups)
+            + ")."
+        )
+    return [line, ""]
 
 
 def matplotlib_available() -> bool:
@@ -110,6 +184,19 @@ def plot(result: dict, path: Path) -> None:
         groups.setdefault((m["backend"], m["batch"]), []).append(m)
     for (backend, batch), ms in groups.items():
         pts = ax.scatter([m["macs_ratio"] for m in ms], [m["latency_ratio"] for m in ms], label=f"{backend} b{batch}")
+        cis = [m.get("latency_ratio_ci95") or [m["latency_ratio"]] * 2 for m in ms]
+        ax.errorbar(
+            [m["macs_ratio"] for m in ms],
+            [m["latency_ratio"] for m in ms],
+            yerr=[
+                [m["latency_ratio"] - c[0] for m, c in zip(ms, cis)],
+                [c[1] - m["latency_ratio"] for m, c in zip(ms, cis)],
+            ],
+            fmt="none",
+            ecolor=pts.get_facecolor()[0],
+            capsize=3,
+            lw=1,
+        )
         for m in ms:
             ax.annotate(
                 m["variant"],
@@ -121,12 +208,16 @@ def plot(result: dict, path: Path) -> None:
                 color=pts.get_facecolor()[0],
             )
     ax.set_xlabel("MACs ratio (variant / baseline)")
-    ax.set_ylabel("latency ratio (variant / baseline, median)")
+    ax.set_ylabel("latency ratio (variant / baseline, median; bars: 95% CI)")
     ax.set_xlim(0, 1.1)
-    ax.set_ylim(0, max([1.1] + [m["latency_ratio"] * 1.05 for m in result["measurements"]]))
+    tops = [(m.get("latency_ratio_ci95") or [0, m["latency_ratio"]])[1] for m in result["measurements"]]
+    ax.set_ylim(0, max([1.1] + [t * 1.05 for t in tops]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"FLOPs vs latency (baseline {result['baseline']})", fontsize=9)
+    ax.set_title(
+        f"FLOPs vs latency (baseline {result['baseline']})" + (" - PARTIAL" if result.get("partial") else ""),
+        fontsize=9,
+    )
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

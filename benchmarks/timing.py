@@ -40,23 +40,39 @@ def time_pass(runner) -> float:
 
 
 def measure(
-    runners: dict, warmup: int = 5, iters: int = 10, rounds: int = 5, tick: Callable[[], None] | None = None
+    runners: dict,
+    warmup: int = 5,
+    iters: int = 10,
+    rounds: int = 5,
+    tick: Callable[[], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    into: dict | None = None,
 ) -> dict:
     """Interleaved measurement of activated runners (name -> runner).
 
     Returns name -> list of ``rounds`` lists of ``iters`` samples in milliseconds. ``tick`` is
-    called after every variant-round (progress bars).
+    called after every variant-round (progress bars). ``stop`` is asked before every round: True
+    ends the measurement early. Rounds are appended to ``into`` (name -> list) when given, so a
+    caller keeps the rounds finished before an interruption; a round is appended only once every
+    variant has run it.
     """
     for r in runners.values():
         for _ in range(warmup):
             r.infer()
         r.synchronize()
-    samples = {name: [] for name in runners}
+    samples = into if into is not None else {}
+    for name in runners:
+        samples.setdefault(name, [])
     for _ in range(rounds):
+        if stop is not None and stop():
+            break
+        rnd = {}
         for name, r in runners.items():
-            samples[name].append([time_pass(r) for _ in range(iters)])
+            rnd[name] = [time_pass(r) for _ in range(iters)]
             if tick:
                 tick()
+        for name, s in rnd.items():
+            samples[name].append(s)
     return samples
 
 

@@ -12,7 +12,7 @@ import os
 import click
 
 from vitcompress.artifact import check_output
-from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
+from vitcompress.benchmarks.bench import BenchConfig, BenchInterrupted, load_variant, run_bench
 from vitcompress.benchmarks.report import REPORT_FILES, to_markdown, write_report
 from vitcompress.errors import VitCompressError
 from vitcompress.io import output_lock
@@ -63,9 +63,38 @@ def _ints(value: str, what: str) -> list[int]:
 @click.option(
     "--threads", type=int, help="CPU threads (torch.set_num_threads / ORT intra-op); default: all usable cores."
 )
+@click.option(
+    "--until-stable",
+    is_flag=True,
+    help="Add interleaved rounds until every latency ratio's 95% CI is within +-2% (or --max-time is up).",
+)
+@click.option(
+    "--max-time", type=float, help="Seconds the run may take with --until-stable (default 600); said in the report."
+)
+@click.option(
+    "--time-limit",
+    type=float,
+    help="Stop after S seconds and write what was measured so far (marked partial); Ctrl-C does the same.",
+)
 @click.option("--report", "report_dir", type=click.Path(), help="Write report.md, report.json, report.png here.")
 @click.option("--force", is_flag=True, help="Overwrite the report files of an existing --report folder.")
-def bench(models, baseline, backend, batch, precision, mode, warmup, iters, rounds, threads, report_dir, force):
+def bench(
+    models,
+    baseline,
+    backend,
+    batch,
+    precision,
+    mode,
+    warmup,
+    iters,
+    rounds,
+    threads,
+    until_stable,
+    max_time,
+    time_limit,
+    report_dir,
+    force,
+):
     """Measure latency/throughput of MODELS (artifact folders or timm names) and report FLOPs-vs-latency."""
     cfg = BenchConfig(
         backends=csv(backend),
@@ -76,6 +105,9 @@ def bench(models, baseline, backend, batch, precision, mode, warmup, iters, roun
         iters=iters,
         rounds=rounds,
         threads=threads,
+        until_stable=until_stable,
+        max_time=max_time,
+        time_limit=time_limit,
     ).validate()
     args = list(models) + ([baseline] if baseline and baseline not in models else [])
     if report_dir is not None:
@@ -86,9 +118,20 @@ def bench(models, baseline, backend, batch, precision, mode, warmup, iters, roun
             check_report_dir(report_dir, force, args)  # again, now that the folder is ours
         variants = [load_variant(m, max_batch=max(cfg.batches)) for m in args]
         base = variants[args.index(baseline)].name if baseline else None
-        result = run_bench(variants, cfg, baseline=base, progress=True)
-        click.echo(to_markdown(result))
-        if report_dir is not None:
-            paths = write_report(result, report_dir)
+        try:
+            result = run_bench(variants, cfg, baseline=base, progress=True)
+        except BenchInterrupted as e:  # Ctrl-C: what was measured so far is reported, then exit 130
+            _finish(e.result, report_dir)
+            raise
+        _finish(result, report_dir)
+
+
+def _finish(result: dict, report_dir) -> None:
+    """Print the table and write the report files (a partial result says so in both)."""
+    click.echo(to_markdown(result))
     if report_dir is not None:
-        click.echo(f"report: {paths['md']} {paths['json']} {paths['png'] or '(no PNG: matplotlib is missing)'}")
+        paths = write_report(result, report_dir)
+        click.echo(
+            f"report{' (partial)' if result.get('partial') else ''}: {paths['md']} {paths['json']} "
+            f"{paths['png'] or '(no PNG: matplotlib is missing)'}"
+        )
