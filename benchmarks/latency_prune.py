@@ -104,8 +104,8 @@ class LatencyCheck:
         if self.measured_cut_ci95 is not None:
             lo, hi = self.measured_cut_ci95
             rows.append(
-                f"measured cut 95% CI {lo:.1%} to {hi:.1%} ({len(self.bench['measurements'][0]['samples_ms'])} "
-                "interleaved rounds)" + (f"; flags: {', '.join(self.flags)}" if self.flags else "")
+                f"measured cut 95% CI {lo:.1%} to {hi:.1%} (bootstrap over the interleaved rounds)"
+                + (f"; flags: {', '.join(self.flags)}" if self.flags else "")
             )
         return "\n".join(rows)
 

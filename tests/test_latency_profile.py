@@ -13,6 +13,8 @@ import torch
 from helpers import random_plan, synthetic_table, tiny
 
 import vitcompress
+from vitcompress.benchmarks import env as envmod
+from vitcompress.benchmarks import stats
 from vitcompress.benchmarks.latency_probes import (
     EmptyProbe,
     attn_probe,
@@ -24,7 +26,7 @@ from vitcompress.benchmarks.latency_probes import (
     sublayer_variant,
     token_probe,
 )
-from vitcompress.benchmarks.latency_profile import ProfileConfig, _Session, profile_latency
+from vitcompress.benchmarks.latency_profile import ProfileConfig, _load_report, _Session, profile_latency
 from vitcompress.benchmarks.latency_prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
 from vitcompress.cli import main
 from vitcompress.errors import VitCompressError
@@ -129,6 +131,8 @@ def _check_table(table: LatencyTable, model):
     assert table.dense["measured_ms"] > 0 and table.scale > 0
     assert table.predict(family_of(model).spec(model)) == pytest.approx(table.dense["measured_ms"])
     assert table.env["threads"] == 1 and table.seconds > 0
+    assert {"load_before", "load_after", "governor_before", "governor_after", "others_busy"} <= set(table.env)
+    assert table.env["probe_ci95_reach"]["probes"] > 0 and isinstance(table.env["warnings"], list)
 
 
 def test_profile_on_torch_cpu_builds_a_consistent_table(one_thread):
@@ -178,7 +182,11 @@ def test_a_probe_figure_is_the_statistic_of_its_passes_minus_the_empty_calls(sta
     )
     cfg = ProfileConfig(backend="torch-cpu", batch=2, threads=1, statistic=statistic).validate()
     probe = sublayer_variant("probe", attn_probe(tiny("vit").blocks[0], 64, 2, 8, 8, 17, 0.35), 2)
-    assert _Session(cfg, None, None).time([probe], empty_variant(17, 64, 2)) == {"probe": pytest.approx(expected)}
+    sess = _Session(cfg, None, None)
+    assert sess.time([probe], empty_variant(17, 64, 2)) == {"probe": pytest.approx(expected)}
+    # each probe's spread: its per-round figures' 95% CI (two rounds: their two values) around their median
+    per_round = {"min": ([1.0, 3.0], [0.25, 2.0]), "median": ([5.0, 5.0], [0.375, 2.0])}[statistic]
+    assert sess.spreads == pytest.approx([stats.relative_width(np.median(r), (min(r), max(r))) for r in per_round])
     assert ProfileConfig().statistic == "min"
 
 
@@ -210,6 +218,30 @@ def test_latency_check_says_when_the_measured_cut_misses_the_target():
     assert not miss.ok and "5.0 points from the target 40.0%" in miss.warning()
     text = miss.format()
     assert "predicted" in text and "measured" in text and "40.0%" in text and "35.0%" in text
+    # on target, but too uncertain to tell (CI wider than +-3 points) or measured on a busy machine
+    wide = LatencyCheck(0.4, "ort-cpu", 8, (10, 6), (12, 7.2), 0.4, (100, 60), {}, (0.33, 0.45))
+    assert wide.ok and not wide.ci_ok
+    assert wide.warning() == (
+        "the measured latency cut 40.0% (95% CI 33.0% to 45.0%) is not reliable: the CI is wider than +-3 points; "
+        "re-run the measurement on a quiet machine"
+    )
+    assert "measured cut 95% CI 33.0% to 45.0%" in wide.format() and wide.to_dict()["measured_cut_ci95"] == [0.33, 0.45]
+    busy = LatencyCheck(0.4, "ort-cpu", 8, (10, 6), (12, 7.2), 0.4, (100, 60), {}, (0.39, 0.41), ["busy"])
+    assert busy.ci_ok and "other processes kept the cores busy; re-run" in busy.warning()
+    assert check(0.4).to_dict()["flags"] == [] and check(0.4).warning() is None
+
+
+def test_profile_reports_load_and_probe_spread(monkeypatch):
+    monkeypatch.setattr(envmod, "usable_cores", lambda: 2)
+    cfg = ProfileConfig(backend="torch-cpu", batch=2, threads=2).validate()
+    quiet = _load_report(cfg, 0.1, [0.01, 0.02, 0.03], [0.5, 0.4, 0.3], "performance")
+    assert quiet["warnings"] == [] and not quiet["busy"] and quiet["probe_ci95_reach"]["median"] == 0.02
+    assert quiet["load_before"] == [0.5, 0.4, 0.3] and quiet["governor_before"] == "performance"
+    assert "load_after" in quiet and "governor_after" in quiet
+    noisy = _load_report(cfg, 1.2, [0.04, 0.08, 0.3], None, None)
+    assert noisy["busy"] and len(noisy["warnings"]) == 2
+    assert noisy["warnings"][0].startswith("other processes kept 1.2 cores busy during the profile (0 free with 2")
+    assert "reach +-8.0% of their figures (median over 3 probes)" in noisy["warnings"][1]
 
 
 def run(capsys, *args):
