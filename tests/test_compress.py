@@ -110,9 +110,13 @@ def test_compress_resumes_after_a_kill_in_training_and_skips_the_finished_stages
     pruned = report["rows"][1]
     assert abs(pruned["predicted_cut"] - 0.35) <= TOLERANCE and pruned["measured_ms"] > 0
     assert pruned["macs"] < report["rows"][0]["macs"] and 0 <= pruned["top1"] <= 1
+    lo, hi = pruned["measured_cut_ci95"]  # from the bench's latency ratio interval: 1 - its ends
+    assert lo <= pruned["measured_cut"] <= hi and isinstance(pruned["flags"], list)
+    assert report["rows"][0]["measured_cut_ci95"] == [0.0, 0.0]
     assert (cut / "export" / "model.onnx").is_file() and (cut / "bench" / "report.md").is_file()
     md = (cut / "report.md").read_text()
     assert "| distilled |" in md and "## Search" in md and "Chosen by the search" in md
+    assert "measured cut [95% CI] | flags |" in md and f"{pruned['measured_cut']:.1%} [{lo:.1%}, {hi:.1%}]" in md
 
     with pytest.raises(VitCompressError, match="token_keeps differs"):
         compress(art, config(table), cut, resume=True, token_keeps=("0.8",))
