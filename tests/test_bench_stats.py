@@ -233,3 +233,25 @@ def test_spinning_processes_make_the_bench_warn(pair, tmp_path, capsys):
     assert data["env"]["others_busy_before"] > cores - 0.5
     assert all("busy" in m["flags"] for m in data["measurements"])
     assert "- warning: the machine is busy" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_cli_time_limit_and_refusals(pair, monkeypatch, tmp_path, capsys):
+    a, b = tmp_path / "dense", tmp_path / "pruned"
+    vitcompress.save(pair[0].model, a)
+    vitcompress.save(pair[1].model, b)
+    argv = ["bench", str(a), str(b), "--backend", "torch-cpu", "--batch", "1,2", "--warmup", "0", "--iters", "2"]
+    for extra, needle in (
+        (["--max-time", "5"], "error: --max-time only bounds --until-stable; pass --until-stable or drop --max-time"),
+        (["--time-limit", "0"], "error: --time-limit must be > 0 seconds, got 0.0"),
+    ):
+        assert main([*argv, *extra, "--report", str(tmp_path / "bad")]) == 2
+        assert capsys.readouterr().err.strip() == needle and not (tmp_path / "bad").exists()
+    clock = [0.0]
+    _fake_passes(monkeypatch, {"dense": lambda r: 10.0, "pruned": lambda r: 5.0}, clock=clock)
+    rc = main([*argv, "--rounds", "3", "--time-limit", "6", "--threads", "1", "--report", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "warning: partial report: time limit of 6 s reached; not measured: torch-cpu b2, " in out
+    assert "report (partial): " in out
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["partial"]["cut_short"] == [
+        "torch-cpu b1 (2 of 3 rounds)"
+    ]
