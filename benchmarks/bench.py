@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -99,9 +100,9 @@ class BenchConfig:
         for name, v in (("warmup", self.warmup), ("iters", self.iters), ("rounds", self.rounds)):
             if v < (0 if name == "warmup" else 1):
                 raise VitCompressError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
-        for name, v in (("max_time", self.max_time), ("time_limit", self.time_limit)):
-            if v is not None and not v > 0:
-                raise VitCompressError(f"{name} must be > 0 seconds, got {v}", params=[name])
+        for name, limit in (("max_time", self.max_time), ("time_limit", self.time_limit)):
+            if limit is not None and not limit > 0:
+                raise VitCompressError(f"{name} must be > 0 seconds, got {limit}", params=[name])
         if self.max_time is not None and not self.until_stable:
             raise VitCompressError(
                 "max_time only bounds until_stable; pass until_stable=True or drop max_time",
@@ -174,7 +175,7 @@ def run_bench(
 
     try:
         bv = next(v for v in variants if v.name == base)
-        result = {
+        result: dict[str, Any] = {
             "config": asdict(cfg),
             "env": envmod.capture(cfg.threads, cfg.precision),
             "baseline": base,

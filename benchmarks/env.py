@@ -72,8 +72,8 @@ def _busy_seconds() -> float | None:
             continue
         if cpus is not None and int(name[3:]) not in cpus:
             continue
-        f = [int(x) for x in rest.split()]
-        busy += sum(f[:8]) - f[3] - f[4]  # user nice system idle iowait irq softirq steal
+        ticks = [int(x) for x in rest.split()]
+        busy += sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system idle iowait irq softirq steal
     return busy / tick
 
 

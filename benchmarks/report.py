@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from vitcompress.io import atomic_file
 
@@ -48,7 +49,7 @@ def ratios(macs: int, base_macs: int, latency_ratio: float, ci: tuple[float, flo
     """MACs ratio, latency ratio, speedup and efficiency of one variant against the baseline; with the
     latency ratio's 95% interval ``ci``, the three intervals too (``*_ci95``)."""
     mr = macs / base_macs
-    out = {
+    out: dict[str, Any] = {
         "macs_ratio": mr,
         "latency_ratio": latency_ratio,
         "speedup": 1.0 / latency_ratio,
