@@ -26,8 +26,8 @@ other than GELU, and any other class.
 **Out.** ``to_hf_folder`` writes an artifact (or any timm ViT of one of these layouts) as a
 ``save_pretrained`` folder that ``transformers.AutoModel*.from_pretrained`` loads without remote
 code, when the transformers config can express it: the same number of heads, MLP width and q/k/v
-head dims in every block (``num_attention_heads``, ``intermediate_size``/``mlp_ratio``,
-``head_dim``), q/k dims unpruned (the config sets the softmax scale from ``head_dim``) and equal to
+head dims in every block (``num_attention_heads``, ``intermediate_size``, or for DINOv2 an
+integer ``mlp_ratio``: a whole multiple of the embedding width; ``head_dim``), q/k dims unpruned (the config sets the softmax scale from ``head_dim``) and equal to
 the v dims; any embedding width and depth. Otherwise one line names the config field that is
 missing, and the artifact and its ONNX export remain the output.
 """
@@ -102,7 +102,9 @@ def load_folder(path: str | os.PathLike) -> nn.Module:
     """The timm model of the transformers ``save_pretrained`` folder ``path`` (see ``to_timm``)."""
     config = hf_folder_config(path)
     if config is None:
-        raise VitCompressError(f"{os.fspath(path)!r} has no config.json with a model_type; pass a save_pretrained folder")
+        raise VitCompressError(
+            f"{os.fspath(path)!r} has no config.json with a model_type; pass a save_pretrained folder"
+        )
     archs = config.get("architectures") or []
     name = archs[0] if archs else ""
     if name in REFUSED:
@@ -119,7 +121,9 @@ def load_folder(path: str | os.PathLike) -> nn.Module:
 
 def _check_config(c: Any, cls: str) -> None:
     if getattr(c, "hidden_act", "gelu") != "gelu":
-        raise VitCompressError(f"{cls} with hidden_act={c.hidden_act!r} is not supported (GELU is); convert a GELU model")
+        raise VitCompressError(
+            f"{cls} with hidden_act={c.hidden_act!r} is not supported (GELU is); convert a GELU model"
+        )
     if getattr(c, "use_swiglu_ffn", False):
         raise VitCompressError(f"{cls} with use_swiglu_ffn=True is not supported; convert a DINOv2 with the GELU MLP")
 
@@ -132,7 +136,9 @@ def to_timm(model: nn.Module) -> nn.Module:
     if cls in REFUSED:
         raise VitCompressError(f"{cls} cannot be converted: {REFUSED[cls]}")
     if cls not in CLASSES:
-        raise VitCompressError(f"{cls} is not a supported transformers model; vitcompress converts {', '.join(CLASSES)}")
+        raise VitCompressError(
+            f"{cls} is not a supported transformers model; vitcompress converts {', '.join(CLASSES)}"
+        )
     c = model.config
     _check_config(c, cls)
     kind = c.model_type + ("_teacher" if cls.endswith("WithTeacher") else "")
@@ -212,7 +218,9 @@ def to_timm(model: nn.Module) -> nn.Module:
         new["head.weight"], new["head.bias"] = sd["classifier.weight"], sd["classifier.bias"]
     missing, unexpected = net.load_state_dict({k: v.clone() for k, v in new.items()}, strict=False)
     if missing or unexpected:
-        raise VitCompressError(f"cannot convert {cls}: timm model lacks {unexpected[:3]} / has no value for {missing[:3]}")
+        raise VitCompressError(
+            f"cannot convert {cls}: timm model lacks {unexpected[:3]} / has no value for {missing[:3]}"
+        )
     return net.eval()
 
 
@@ -232,7 +240,9 @@ def _layout(model: nn.Module) -> tuple[str, str]:
     if not isinstance(model.norm_pre, nn.Identity) or isinstance(model.norm, nn.Identity):
         problems.append("no pre-norm and a final norm")
     if problems:
-        raise VitCompressError(f"transformers' ViTs need {' and '.join(problems)}; this model has not: keep the artifact and ONNX")
+        raise VitCompressError(
+            f"transformers' ViTs need {' and '.join(problems)}; this model has not: keep the artifact and ONNX"
+        )
     if isinstance(model, VisionTransformerDistilled):
         return "deit", "DeiTForImageClassificationWithTeacher"
     classifier = model.num_classes > 0
@@ -245,11 +255,15 @@ def _layout(model: nn.Module) -> tuple[str, str]:
             return "dinov2_with_registers", "Dinov2WithRegistersModel"
         if not model.num_reg_tokens and not model.no_embed_class:
             if classifier:
-                raise VitCompressError("Dinov2ForImageClassification's head is not the class token's; write a num_classes=0 model")
+                raise VitCompressError(
+                    "Dinov2ForImageClassification's head is not the class token's; write a num_classes=0 model"
+                )
             return "dinov2", "Dinov2Model"
     elif not model.no_embed_class and model.num_reg_tokens in (0, 1):
         vit = model.num_reg_tokens == 0
-        return ("vit" if vit else "deit"), ("ViT" if vit else "DeiT") + ("ForImageClassification" if classifier else "Model")
+        return ("vit" if vit else "deit"), ("ViT" if vit else "DeiT") + (
+            "ForImageClassification" if classifier else "Model"
+        )
     raise VitCompressError("this ViT's token layout has no transformers counterpart; keep the artifact and ONNX")
 
 
@@ -265,7 +279,9 @@ def hf_config_problem(spec: Any) -> str | None:
     if b0.qk_dim != b0.v_dim:
         return "q/k head dims different from the v head dims (the config has one head_dim for q, k and v)"
     if abs(b0.scale - b0.qk_dim**-0.5) > 1e-6 * b0.scale:
-        return "pruned q/k dims (the config sets the softmax scale from head_dim; it has no field for the unpruned scale)"
+        return (
+            "pruned q/k dims (the config sets the softmax scale from head_dim; it has no field for the unpruned scale)"
+        )
     return None
 
 
@@ -300,10 +316,16 @@ def to_hf_folder(model: nn.Module, output: str | os.PathLike, *, force: bool = F
         hidden_act="gelu",
     )
     if pe.img_size[0] != pe.img_size[1] or pe.patch_size[0] != pe.patch_size[1]:
-        raise VitCompressError("the transformers config has no field for non-square images or patches; keep the artifact")
+        raise VitCompressError(
+            "the transformers config has no field for non-square images or patches; keep the artifact"
+        )
     if model_type.startswith("dinov2"):
-        ratio = hidden / d if int(d * (hidden / d)) == hidden else (hidden + 0.5) / d
-        common["mlp_ratio"] = ratio
+        if hidden % d:
+            raise VitCompressError(
+                f"the {model_type} config has no field for an MLP width ({hidden}) that is not a whole multiple of "
+                f"hidden_size ({d}): its mlp_ratio is an integer; keep the artifact and its ONNX export"
+            )
+        common["mlp_ratio"] = hidden // d
         if model_type == "dinov2_with_registers":
             common["num_register_tokens"] = int(model.num_reg_tokens)
     else:
@@ -344,7 +366,10 @@ def to_hf_folder(model: nn.Module, output: str | os.PathLike, *, force: bool = F
             qb, kb, vb = sd[t + "attn.qkv.bias"].split([w, w, w])
             out[s + "attention.q_proj.bias"], out[s + "attention.k_proj.bias"] = qb, kb
             out[s + "attention.v_proj.bias"] = vb
-        out[s + "attention.o_proj.weight"], out[s + "attention.o_proj.bias"] = sd[t + "attn.proj.weight"], sd[t + "attn.proj.bias"]
+        out[s + "attention.o_proj.weight"], out[s + "attention.o_proj.bias"] = (
+            sd[t + "attn.proj.weight"],
+            sd[t + "attn.proj.bias"],
+        )
         for mine, theirs in (("norm1", n1), ("norm2", n2), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
             out[s + theirs + ".weight"], out[s + theirs + ".bias"] = sd[t + mine + ".weight"], sd[t + mine + ".bias"]
         if model_type.startswith("dinov2"):
@@ -362,7 +387,9 @@ def to_hf_folder(model: nn.Module, output: str | os.PathLike, *, force: bool = F
     for name, p in hf.state_dict().items():
         if name not in out:
             if "pooler" in name or "mask_token" in name:
-                out[name] = torch.zeros(p.shape, dtype=p.dtype) if "bias" in name or "mask" in name else torch.eye(*p.shape)
+                out[name] = (
+                    torch.zeros(p.shape, dtype=p.dtype) if "bias" in name or "mask" in name else torch.eye(*p.shape)
+                )
             else:
                 raise VitCompressError(f"cannot write {cls}: no value for {name}")
     hf.load_state_dict({k: v.contiguous().clone() for k, v in out.items()}, assign=True, strict=True)

@@ -57,7 +57,9 @@ def resolve_model(
     options = {k: v for k, v in options.items() if v is not None}
     if not is_artifact(s) and hf_folder_config(s) is not None:
         if pretrained or options:
-            raise VitCompressError(f"{s!r} is a transformers folder; its architecture is in its config.json, drop the creation options")
+            raise VitCompressError(
+                f"{s!r} is a transformers folder; its architecture is in its config.json, drop the creation options"
+            )
         net = load_folder(s)
         if checkpoint:
             load_checkpoint(net, checkpoint)
@@ -74,5 +76,7 @@ def resolve_model(
         return net
     problem = model_path_problem(s)
     if problem:
-        raise VitCompressError(f"{problem}; pass an artifact folder, a transformers save_pretrained folder or a timm model name (weights go in --checkpoint)")
+        raise VitCompressError(
+            f"{problem}; pass an artifact folder, a transformers save_pretrained folder or a timm model name (weights go in --checkpoint)"
+        )
     return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint, **options)
