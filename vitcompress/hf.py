@@ -103,16 +103,17 @@ def load_folder(path: str | os.PathLike) -> nn.Module:
     config = hf_folder_config(path)
     if config is None:
         raise VitCompressError(
-            f"{os.fspath(path)!r} has no config.json with a model_type; pass a save_pretrained folder"
+            f"{os.fspath(path)!r} has no config.json with a model_type; pass a save_pretrained folder", params=["path"]
         )
     archs = config.get("architectures") or []
     name = archs[0] if archs else ""
     if name in REFUSED:
-        raise VitCompressError(f"{name} cannot be converted: {REFUSED[name]}")
+        raise VitCompressError(f"{name} cannot be converted: {REFUSED[name]}", params=["model"])
     if name not in CLASSES:
         raise VitCompressError(
             f"{os.fspath(path)!r} holds {name or 'a model_type ' + repr(config['model_type'])}; "
-            f"vitcompress converts {', '.join(CLASSES)}"
+            f"vitcompress converts {', '.join(CLASSES)}",
+            params=["path"],
         )
     tf = transformers_module()
     model = getattr(tf, name).from_pretrained(os.fspath(path))
@@ -122,10 +123,12 @@ def load_folder(path: str | os.PathLike) -> nn.Module:
 def _check_config(c: Any, cls: str) -> None:
     if getattr(c, "hidden_act", "gelu") != "gelu":
         raise VitCompressError(
-            f"{cls} with hidden_act={c.hidden_act!r} is not supported (GELU is); convert a GELU model"
+            f"{cls} with hidden_act={c.hidden_act!r} is not supported (GELU is); convert a GELU model", params=["model"]
         )
     if getattr(c, "use_swiglu_ffn", False):
-        raise VitCompressError(f"{cls} with use_swiglu_ffn=True is not supported; convert a DINOv2 with the GELU MLP")
+        raise VitCompressError(
+            f"{cls} with use_swiglu_ffn=True is not supported; convert a DINOv2 with the GELU MLP", params=["model"]
+        )
 
 
 def to_timm(model: nn.Module) -> nn.Module:
@@ -134,10 +137,10 @@ def to_timm(model: nn.Module) -> nn.Module:
 
     cls = type(model).__name__
     if cls in REFUSED:
-        raise VitCompressError(f"{cls} cannot be converted: {REFUSED[cls]}")
+        raise VitCompressError(f"{cls} cannot be converted: {REFUSED[cls]}", params=["model"])
     if cls not in CLASSES:
         raise VitCompressError(
-            f"{cls} is not a supported transformers model; vitcompress converts {', '.join(CLASSES)}"
+            f"{cls} is not a supported transformers model; vitcompress converts {', '.join(CLASSES)}", params=["model"]
         )
     c = model.config
     _check_config(c, cls)
@@ -179,7 +182,8 @@ def to_timm(model: nn.Module) -> nn.Module:
     if head_dim * heads != d:
         raise VitCompressError(
             f"{cls} has {heads} heads of {head_dim} dims on a {d}-wide stream; vitcompress converts models with "
-            "num_attention_heads * head_dim == hidden_size (prune the converted model instead)"
+            "num_attention_heads * head_dim == hidden_size (prune the converted model instead)",
+            params=["model"],
         )
     net = create_source_model(TEMPLATES[kind], **options)
     new: dict[str, torch.Tensor] = {}
@@ -219,7 +223,8 @@ def to_timm(model: nn.Module) -> nn.Module:
     missing, unexpected = net.load_state_dict({k: v.clone() for k, v in new.items()}, strict=False)
     if missing or unexpected:
         raise VitCompressError(
-            f"cannot convert {cls}: timm model lacks {unexpected[:3]} / has no value for {missing[:3]}"
+            f"cannot convert {cls}: timm model lacks {unexpected[:3]} / has no value for {missing[:3]}",
+            params=["model"],
         )
     return net.eval()
 
@@ -231,7 +236,9 @@ def _layout(model: nn.Module) -> tuple[str, str]:
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
-        raise VitCompressError(f"{type(model).__name__} has no transformers counterpart; --format hf writes timm ViTs")
+        raise VitCompressError(
+            f"{type(model).__name__} has no transformers counterpart; --format hf writes timm ViTs", params=["model"]
+        )
     blk = model.blocks[0]
     has_ls = hasattr(getattr(blk, "ls1", None), "gamma")
     problems = []
@@ -241,7 +248,8 @@ def _layout(model: nn.Module) -> tuple[str, str]:
         problems.append("no pre-norm and a final norm")
     if problems:
         raise VitCompressError(
-            f"transformers' ViTs need {' and '.join(problems)}; this model has not: keep the artifact and ONNX"
+            f"transformers' ViTs need {' and '.join(problems)}; this model has not: keep the artifact and ONNX",
+            params=["model"],
         )
     if isinstance(model, VisionTransformerDistilled):
         return "deit", "DeiTForImageClassificationWithTeacher"
@@ -250,13 +258,15 @@ def _layout(model: nn.Module) -> tuple[str, str]:
         if model.num_reg_tokens and model.no_embed_class:
             if classifier:
                 raise VitCompressError(
-                    "Dinov2WithRegistersForImageClassification's head is not the class token's; write a num_classes=0 model"
+                    "Dinov2WithRegistersForImageClassification's head is not the class token's; write a num_classes=0 model",
+                    params=["model"],
                 )
             return "dinov2_with_registers", "Dinov2WithRegistersModel"
         if not model.num_reg_tokens and not model.no_embed_class:
             if classifier:
                 raise VitCompressError(
-                    "Dinov2ForImageClassification's head is not the class token's; write a num_classes=0 model"
+                    "Dinov2ForImageClassification's head is not the class token's; write a num_classes=0 model",
+                    params=["model"],
                 )
             return "dinov2", "Dinov2Model"
     elif not model.no_embed_class and model.num_reg_tokens in (0, 1):
@@ -264,7 +274,9 @@ def _layout(model: nn.Module) -> tuple[str, str]:
         return ("vit" if vit else "deit"), ("ViT" if vit else "DeiT") + (
             "ForImageClassification" if classifier else "Model"
         )
-    raise VitCompressError("this ViT's token layout has no transformers counterpart; keep the artifact and ONNX")
+    raise VitCompressError(
+        "this ViT's token layout has no transformers counterpart; keep the artifact and ONNX", params=["model"]
+    )
 
 
 def hf_config_problem(spec: Any) -> str | None:
@@ -297,7 +309,8 @@ def to_hf_folder(model: nn.Module, output: str | os.PathLike, *, force: bool = F
     if problem:
         raise VitCompressError(
             f"the transformers config has no field for {problem}; keep the artifact and its ONNX export "
-            "(prune with --uniform widths, or without qk, to write a transformers folder)"
+            "(a transformers folder needs the same heads, head dims and MLP width in every block)",
+            params=["model"],
         )
     b0 = spec.blocks[0]
     d, depth, heads, hd, hidden = spec.embed_dim, spec.depth, b0.num_heads, b0.qk_dim, b0.mlp_hidden
@@ -317,13 +330,14 @@ def to_hf_folder(model: nn.Module, output: str | os.PathLike, *, force: bool = F
     )
     if pe.img_size[0] != pe.img_size[1] or pe.patch_size[0] != pe.patch_size[1]:
         raise VitCompressError(
-            "the transformers config has no field for non-square images or patches; keep the artifact"
+            "the transformers config has no field for non-square images or patches; keep the artifact", params=["model"]
         )
     if model_type.startswith("dinov2"):
         if hidden % d:
             raise VitCompressError(
                 f"the {model_type} config has no field for an MLP width ({hidden}) that is not a whole multiple of "
-                f"hidden_size ({d}): its mlp_ratio is an integer; keep the artifact and its ONNX export"
+                f"hidden_size ({d}): its mlp_ratio is an integer; keep the artifact and its ONNX export",
+                params=["model"],
             )
         common["mlp_ratio"] = hidden // d
         if model_type == "dinov2_with_registers":
@@ -391,7 +405,7 @@ def to_hf_folder(model: nn.Module, output: str | os.PathLike, *, force: bool = F
                     torch.zeros(p.shape, dtype=p.dtype) if "bias" in name or "mask" in name else torch.eye(*p.shape)
                 )
             else:
-                raise VitCompressError(f"cannot write {cls}: no value for {name}")
+                raise VitCompressError(f"cannot write {cls}: no value for {name}", params=["model"])
     hf.load_state_dict({k: v.contiguous().clone() for k, v in out.items()}, assign=True, strict=True)
     with atomic_dir(output, force=force) as tmp:
         hf.save_pretrained(tmp)
