@@ -185,7 +185,7 @@ class EvaFamily(ViTFamily):
     """timm ``Eva`` models; structure, slicing and cost as in the ``vit`` family (module docstring)."""
 
     name = "eva"
-    title = "timm Eva models (eva.py): EVA-02 (eva02_*, rotary embeddings, SwiGLU), EVA, vit_*_rope_*"
+    title = "timm Eva models (eva.py): EVA-02 (eva02_*, rotary embeddings, SwiGLU), EVA, vit_*_rope_*, DINOv3 (vit_*_dinov3*)"
     kinds = ("heads", "v", "mlp", "embed", "depth")
     token_reduction = False
     methods: tuple[str, ...] = ()
