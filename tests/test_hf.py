@@ -169,7 +169,14 @@ def test_per_layer_widths_name_the_missing_config_field(tmp_path):
     assert (tmp_path / "hf" / "config.json").exists()
 
 
-def test_refusals_are_one_line():
+def test_refusals_are_one_line(tmp_path):
+    from vitcompress.resolve import resolve_model
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    with pytest.raises(VitCompressError, match="holds BertModel; vitcompress converts ViTModel, ") as e:
+        resolve_model(tmp_path / "bert")
+    assert "\n" not in str(e.value) and e.value.params == ("path",)
     with pytest.raises(VitCompressError, match="Dinov2ForImageClassification cannot be converted: its head reads"):
         to_timm(T.Dinov2ForImageClassification(T.Dinov2Config(**TINY)))
     cfg = T.ViTConfig(**{**TINY, "hidden_act": "relu"})
