@@ -152,7 +152,7 @@ def to_timm(model: nn.Module) -> nn.Module:
     depth = c.num_hidden_layers
     d = c.hidden_size
     heads = c.num_attention_heads
-    hidden = sd[f"{layers}.0.{'mlp.fc1'}.weight"].shape[0]
+    hidden = sd[f"{layers}.0.mlp.fc1.weight"].shape[0]
     classes = int(sd["classifier.weight"].shape[0]) if "classifier.weight" in sd else 0
     if kind == "deit_teacher":
         classes = int(sd["cls_classifier.weight"].shape[0])
@@ -181,8 +181,8 @@ def to_timm(model: nn.Module) -> nn.Module:
         options.update(init_values=1.0, reg_tokens=int(c.num_register_tokens))
     if head_dim * heads != d:
         raise VitCompressError(
-            f"{cls} has {heads} heads of {head_dim} dims on a {d}-wide stream; vitcompress converts models with "
-            "num_attention_heads * head_dim == hidden_size (prune the converted model instead)",
+            f"{cls} has {heads} heads of {head_dim} dims on a {d}-wide stream (a head-pruned folder), which timm's "
+            "ViT cannot build; prune again from the vitcompress artifact the folder was written from",
             params=["model"],
         )
     net = create_source_model(TEMPLATES[kind], **options)
