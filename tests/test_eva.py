@@ -12,6 +12,7 @@ from helpers import random_plan
 import vitcompress
 from vitcompress.counting import count, measured_macs
 from vitcompress.errors import VitCompressError
+from vitcompress.families import refused_models
 from vitcompress.models import create_source_model
 from vitcompress.reference import mask_model
 from vitcompress.slicers import slice_model
@@ -23,6 +24,7 @@ VARIANTS = {
     "eva02_norms": ("eva02_tiny_patch14_224", dict(scale_mlp=True, scale_attn_inner=True)),  # SwiGLU + norms
     "rope_reg_layer_scale": ("vit_medium_patch16_rope_reg1_gap_256", {}),  # no class token, no abs pos embed
     "eva_plain": ("eva_giant_patch14_224", dict(mlp_ratio=4.0)),  # no rope, GELU MLP
+    "dinov3": ("vit_small_patch16_dinov3_qkvb", {}),  # DINOv3 rope (rope_type='dinov3'), 4 registers, layer scale
 }
 COMBOS = [("heads", "mlp", "embed"), ("v", "depth"), ("heads", "v", "mlp", "embed", "depth")]
 X = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -93,7 +95,7 @@ def test_eva_q_k_dims_are_pruned_with_whole_heads_only():
     "name,needle",
     [
         ("eva02_enormous_patch14_clip_224", "EvaBlockPostNorm"),
-        ("vit_base_patch16_dinov3", "RotaryEmbeddingDinoV3"),
+        ("vit_base_patch16_rope_mixed_224", "RotaryEmbeddingMixed"),
         ("vit_base_patch16_rope_224", "AttentionRope"),
     ],
 )
@@ -102,3 +104,11 @@ def test_unsupported_eva_variants_are_refused_by_name_with_the_reason(name, need
         create_source_model(name, depth=1, img_size=32)
     assert "\n" not in str(e.value)
     assert name not in vitcompress.list_models("*")
+
+
+def test_dinov3_names_are_listed_and_created_at_a_fixed_size():
+    names = vitcompress.list_models("*dinov3*")
+    assert {"vit_small_patch16_dinov3", "vit_base_patch16_dinov3_qkvb", "vit_7b_patch16_dinov3"} <= set(names)
+    assert not refused_models("*dinov3*")
+    model = variant("dinov3")
+    assert type(model.rope).__name__ == "RotaryEmbeddingDinoV3" and not model.dynamic_img_size

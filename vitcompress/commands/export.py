@@ -20,7 +20,15 @@ def _profile(value) -> str:
 
 @click.command("export")
 @click.argument("artifact")
-@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write (--format hf: a folder).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "hf"]),
+    default="onnx",
+    show_default=True,
+    help="hf: a transformers save_pretrained folder (uniform widths only; docs/families.md).",
+)
 @click.option(
     "--batch",
     default=_profile(default_of(export, "batch")),
@@ -75,6 +83,7 @@ def _profile(value) -> str:
 def export_cmd(
     artifact,
     output,
+    fmt,
     batch,
     dynamic_size,
     img_size,
@@ -91,7 +100,15 @@ def export_cmd(
     keep_permille,
     force,
 ):
-    """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine."""
+    """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine.
+    --format hf writes a transformers folder instead."""
+    if fmt == "hf":
+        from vitcompress.artifact import load
+        from vitcompress.hf import to_hf_folder
+
+        cls = to_hf_folder(load(artifact), output, force=force)
+        click.echo(f"wrote {output} ({cls}; transformers.AutoModel*.from_pretrained loads it)")
+        return
     export(
         artifact,
         output,

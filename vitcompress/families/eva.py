@@ -3,7 +3,7 @@
 
 EVA-02's blocks are ViT blocks with three differences: the fused ``qkv`` projection has a q bias
 and a v bias but no k bias (``q_bias``/``v_bias``), the patch tokens' q and k are rotated by
-rotary position embeddings (``rope``, type ``cat``: each head's q/k dims rotate in pairs with a
+rotary position embeddings (``rope``, type ``cat``, or DINOv3's ``dinov3``: each head's q/k dims rotate in pairs with a
 frequency per pair), and the layer scales are bare parameters (``gamma_1``/``gamma_2``). Heads are
 pruned whole and q/k dims are not pruned: removing a rotary pair would need a rope table per head of
 the kept pairs, so ``qk`` is not a granularity of this family (v dims, MLP neurons, embedding
@@ -11,7 +11,8 @@ channels and blocks are, as in the ``vit`` family, whose groups, slicing, refere
 counting it reuses). A pruned model computes its rope table once (``RopeTable``, a buffer of the
 fixed-size image's table, stored with the weights), so the rotation is the unpruned model's.
 
-Supported: fused ``qkv`` (with or without q/v biases), rope ``cat`` or none, qk-norm, attention-output
+Supported: fused ``qkv`` (with or without q/v biases), rope ``cat``, ``dinov3`` (DINOv3; created at
+a fixed image size, ``dynamic_img_size=False``, its eval-mode table kept) or none, qk-norm, attention-output
 norm (``scale_attn_inner``), ``Mlp``, packed SwiGLU (``GluMlp``) or ``SwiGLU`` with an optional
 hidden norm (``scale_mlp``), LayerNorm or RMSNorm, layer scale, class and register tokens, learned
 or no position embedding, token/average/max pooling. Refused, each in one line: separate q/k/v
@@ -31,7 +32,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import GluMlp, Mlp, PatchEmbed, SwiGLU
-from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, apply_rot_embed_cat
+from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, apply_rot_embed_cat
 from timm.models.eva import Eva, EvaAttention, EvaBlock
 from torch import nn
 
@@ -133,8 +134,10 @@ def eva_problems(model: nn.Module) -> list[str]:
     elif any(g < 1 for g in pe.grid_size):
         problems.append(f"image size {tuple(pe.img_size)} gives no patch of {tuple(pe.patch_size)}")
     if model.rope is not None:
-        if type(model.rope) not in (RotaryEmbeddingCat, RopeTable):
-            problems.append(f"rotary embedding {type(model.rope).__name__} (only rope_type='cat' is supported)")
+        if type(model.rope) not in (RotaryEmbeddingCat, RotaryEmbeddingDinoV3, RopeTable):
+            problems.append(
+                f"rotary embedding {type(model.rope).__name__} (only rope_type='cat' and 'dinov3' are supported)"
+            )
         elif model.dynamic_img_size:
             problems.append("rotary embeddings with a dynamic image size (the rope table is per input size)")
         elif getattr(model.rope, "feat_shape", None) is None:
@@ -154,6 +157,13 @@ def eva_problems(model: nn.Module) -> list[str]:
     return problems
 
 
+def fixed_size(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``dynamic_img_size=False`` unless given: the family's models take the image
+    size they were created for (a pruned model keeps the rope table of that size), so names whose
+    default is a dynamic size (DINOv3) are created at their fixed size."""
+    return {"dynamic_img_size": False, **kwargs}
+
+
 @functools.cache
 def probe(name: str) -> tuple[str, ...]:
     """The refusal reasons of the model ``name`` with its default options (on the meta device, with one
@@ -162,7 +172,7 @@ def probe(name: str) -> tuple[str, ...]:
     for kwargs in ({"depth": 1}, {}):  # some names need their own depth (per-block options)
         try:
             with torch.device("meta"):
-                model = timm.create_model(name, **kwargs)
+                model = timm.create_model(name, **fixed_size(kwargs))
             break
         except Exception as e:
             error = e
@@ -175,7 +185,7 @@ class EvaFamily(ViTFamily):
     """timm ``Eva`` models; structure, slicing and cost as in the ``vit`` family (module docstring)."""
 
     name = "eva"
-    title = "timm Eva models (eva.py): EVA-02 (eva02_*, rotary embeddings, SwiGLU), EVA, vit_*_rope_*"
+    title = "timm Eva models (eva.py): EVA-02 (eva02_*, rotary embeddings, SwiGLU), EVA, vit_*_rope_*, DINOv3 (vit_*_dinov3*)"
     kinds = ("heads", "v", "mlp", "embed", "depth")
     token_reduction = False
     methods: tuple[str, ...] = ()
@@ -252,7 +262,7 @@ class EvaFamily(ViTFamily):
         super().check_kinds(model, kinds)
 
     def create(self, name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        return super().create(name, pretrained=pretrained, **kwargs)
+        return super().create(name, pretrained=pretrained, **fixed_size(kwargs))
 
     def source_of(self, model: nn.Module) -> SourceModel | None:
         return None  # options of an Eva module are not read back: create it with create_source_model
@@ -279,9 +289,9 @@ class EvaFamily(ViTFamily):
         kwargs = {**source.kwargs, "embed_dim": spec.embed_dim, "depth": spec.depth, "num_heads": 1, "mlp_ratio": 2.0}
         d = spec.embed_dim
         with torch.device("meta"):
-            template = timm.create_model(source.name, **{**vit_options.decode(source.kwargs), "depth": 1})
+            template = timm.create_model(source.name, **fixed_size({**vit_options.decode(source.kwargs), "depth": 1}))
         with torch.device(device):
-            model = timm.create_model(source.name, **vit_options.decode(kwargs), use_rot_pos_emb=False)
+            model = timm.create_model(source.name, **fixed_size(vit_options.decode(kwargs)), use_rot_pos_emb=False)
             if template.rope is not None:
                 table = template.rope.get_embed()
                 model.rope = RopeTable(table.shape[0], table.shape[1], template.rope.feat_shape)
