@@ -22,7 +22,7 @@ from .families import build_model, family_for_source, family_of
 from .io import atomic_dir, check_output_path
 from .meta import FORMAT_VERSION, ArtifactMeta, attach, attached
 from .models import infer_source
-from .quantize import apply_quantizers, check_record, record_of
+from .quantizers import apply_quantizers, check_record, record_of
 from .spec import RecordError
 from .tokens.apply import apply_tokens, schedule_of
 from .tokens.schedule import TokenSchedule
@@ -247,7 +247,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     """Rebuild the model of an artifact folder from its spec and load its weights (eval mode).
 
     A token schedule recorded in the artifact is applied again (``vitcompress.tokens``); a
-    quantized artifact's layers are fake-quantized again (``vitcompress.quantize``), their scales
+    quantized artifact's layers are fake-quantized again (``vitcompress.quantizers``), their scales
     read from the weights file."""
     meta = read_meta(path)
     wpath = Path(path, WEIGHTS)

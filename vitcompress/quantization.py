@@ -2,7 +2,7 @@
 ``vitcompress quantize``.
 
 The Linear and Conv2d layers (less those ``exclude`` names) become fake-quantized
-(``vitcompress.quantize``): weights with one symmetric scale per output channel (absolute
+(``vitcompress.quantizers``): weights with one symmetric scale per output channel (absolute
 maximum), inputs with one symmetric scale per layer chosen on calibration images by ``minmax``
 (largest absolute value seen), ``percentile`` (that percentile of the absolute values) or
 ``entropy`` (TensorRT's KL-divergence threshold over a 2048-bin histogram). The scales go into the
@@ -28,7 +28,7 @@ from .data import DataConfig, calibration_loader
 from .datapipe import check_data
 from .errors import VitCompressError
 from .io import output_lock
-from .quantize import (
+from .quantizers import (
     FP8_MAX,
     INT8_MAX,
     apply_quantizers,

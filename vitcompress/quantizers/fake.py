@@ -24,7 +24,15 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, precision: str, axis: int |
     """``x`` rounded to the ``precision`` grid of ``scale`` (per tensor, or per channel along
     ``axis``) and scaled back, in ``x``'s dtype. INT8 uses torch's fake-quantize operators
     (clipped straight-through gradient; exported as QuantizeLinear/DequantizeLinear); FP8 E4M3
-    rounds through ``torch.float8_e4m3fn`` with a straight-through gradient."""
+    rounds through ``torch.float8_e4m3fn`` with a straight-through gradient. Under
+    ``torch.export`` the rounding is one ``vitcompress::qdq`` operator, which the ONNX exporter
+    writes as a QuantizeLinear/DequantizeLinear pair (``vitcompress.exporters.qdq``)."""
+    if torch.compiler.is_exporting():
+        return torch.ops.vitcompress.qdq(x, scale, -1 if axis is None else axis, precision == "fp8")
+    return _rounded(x, scale, precision, axis)
+
+
+def _rounded(x: torch.Tensor, scale: torch.Tensor, precision: str, axis: int | None) -> torch.Tensor:
     dtype = x.dtype
     xf = x.float()
     if precision == "int8":
@@ -41,6 +49,17 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, precision: str, axis: int |
     s = scale.reshape(shape) if axis is not None else scale
     q = (xf / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * s
     return (xf + (q - xf).detach()).to(dtype)
+
+
+@torch.library.custom_op("vitcompress::qdq", mutates_args=())
+def _qdq(x: torch.Tensor, scale: torch.Tensor, axis: int, fp8: bool) -> torch.Tensor:
+    """``fake_quant`` as one operator for ``torch.export`` (axis -1: one scale for the tensor)."""
+    return _rounded(x, scale, "fp8" if fp8 else "int8", None if axis < 0 else axis).clone()
+
+
+@_qdq.register_fake
+def _qdq_shape(x: torch.Tensor, scale: torch.Tensor, axis: int, fp8: bool) -> torch.Tensor:
+    return torch.empty_like(x)
 
 
 class _Quantized:
