@@ -1,0 +1,152 @@
+"""Post-training quantization (vitcompress.quantize): fake-quantized numerics, the artifact round
+trip, training through the quantizers, the Q/DQ ONNX export and every bad input as one line."""
+
+import copy
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers import tiny
+from onnx import TensorProto, numpy_helper
+
+import vitcompress
+from vitcompress.cli import main
+from vitcompress.errors import VitCompressError
+from vitcompress.quantization import entropy_threshold
+from vitcompress.quantizers import QuantLinear, fake_quant, quant_layers, strip_quantizers
+
+X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_fake_quant_int8_and_fp8_round_to_their_grids():
+    x = torch.tensor([-2.0, -0.26, 0.0, 0.124, 0.126, 0.5, 3.0])
+    s = torch.tensor(0.01)
+    want = torch.clamp(torch.round(x / 0.01), -128, 127) * 0.01
+    assert torch.allclose(fake_quant(x, s, "int8"), want, atol=1e-7)
+    w = torch.tensor([[1.0, -0.5], [0.02, 0.03]])
+    ws = torch.tensor([1.0 / 127, 0.03 / 127])
+    got = fake_quant(w, ws, "int8", axis=0)
+    assert torch.allclose(got, torch.round(w / ws[:, None]) * ws[:, None], atol=1e-7)
+    s8 = torch.tensor(1 / 448)
+    f8 = fake_quant(x, s8, "fp8")
+    assert torch.equal(f8, (x / s8).clamp(-448, 448).to(torch.float8_e4m3fn).float() * s8)
+    assert float(f8[1]) == pytest.approx(-120 / 448)  # E4M3 near 116: steps of 8
+    assert float(f8[-1]) == pytest.approx(1.0)  # 3.0 saturates at the format's maximum
+
+
+def test_quantize_writes_an_artifact_that_loads_fake_quantized(tmp_path):
+    model = tiny()
+    ref = model(X)
+    res = vitcompress.quantize(model, precision="int8", calib_images=32, exclude=("head",), output=tmp_path / "q")
+    assert res.skipped == ["head"] and len(res.layers) == 17  # 4 blocks x 4 Linear + patch embedding
+    assert not quant_layers(model)  # the module given is copied, not changed
+    qkv = res.model.blocks[0].attn.qkv
+    amax = qkv.weight.detach().abs().amax(1)
+    assert torch.allclose(qkv.weight_scale, amax / 127)
+    out = res.model(X)
+    assert 0 < float((out - ref).abs().max() / ref.abs().max()) < 0.2
+    loaded = vitcompress.load(tmp_path / "q")
+    assert isinstance(loaded.blocks[0].attn.qkv, QuantLinear)
+    assert torch.equal(loaded(X), out)
+    meta = vitcompress.read_meta(tmp_path / "q")
+    q = meta.extra["quantization"]
+    assert q["precision"] == "int8" and q["calibration"] == "minmax" and q["calib_images"] == 32
+    assert "head" not in q["layers"] and meta.history[-1]["method"] == "quantize"
+    assert meta.counts == meta.counts_source  # quantization removes no MACs
+    # stripping the quantizers gives back the float model exactly
+    plain = strip_quantizers(copy.deepcopy(loaded))
+    assert not quant_layers(plain) and torch.allclose(plain(X), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("calibration", ["percentile", "entropy"])
+def test_clipping_calibrations_choose_a_threshold_below_the_maximum(calibration):
+    res = vitcompress.quantize(tiny(), precision="fp8", calibration=calibration, calib_images=32)
+    m = res.model.blocks[1].mlp.fc2
+    seen = []
+    m.quant_observer = lambda mod, x: seen.append(float(x.abs().max()))
+    res.model(X)
+    m.quant_observer = None
+    assert 0 < float(m.input_scale) * 448 < max(seen)
+
+
+def test_entropy_threshold_clips_a_rare_outlier():
+    rng = np.random.default_rng(0)
+    values = np.abs(np.concatenate([rng.normal(0, 1, 100_000), [200.0]]))
+    t = entropy_threshold(values, float(values.max()))
+    assert 2.0 < t < 20.0
+
+
+def test_finetuning_trains_through_the_quantizers():
+    res = vitcompress.quantize(tiny(), precision="int8", calib_images=16)
+    lin = res.model.blocks[0].mlp.fc1
+    x = torch.randn(5, 64, requires_grad=True)
+    lin(x).sum().backward()
+    wq = fake_quant(lin.weight.detach(), lin.weight_scale, "int8", axis=0)
+    xq = fake_quant(x.detach(), lin.input_scale, "int8")
+    inside = (x.detach() / lin.input_scale).round().abs() <= 127
+    assert torch.allclose(lin.weight.grad, torch.ones(5, lin.out_features).T @ xq, atol=1e-5)  # STE
+    assert torch.allclose(x.grad, (torch.ones(5, lin.out_features) @ wq) * inside, atol=1e-5)
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    a, m = tmp_path / "a", tmp_path / "m"
+    vitcompress.quantize(tiny(), calib_images=8, output=a)
+    vitcompress.save(tiny(), m)
+    cases = [
+        ([a, "-o", tmp_path / "b"], "is already quantized; quantize the unquantized model"),
+        ([m, "-o", tmp_path / "b", "--calib-images", "0"], "--calib-images"),
+        ([m, "-o", tmp_path / "b", "--exclude", "nothing.*"], "exclude pattern 'nothing.*' matches no"),
+        ([m, "-o", tmp_path / "b", "--precision", "int4"], "int4"),
+    ]
+    for args, msg in cases:
+        code, _, err = run(capsys, "quantize", *args)
+        assert code == 2 and err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+        assert not os.path.exists(tmp_path / "b")
+    with pytest.raises(VitCompressError, match="already quantized"):
+        vitcompress.quantize(vitcompress.load(a))
+
+
+def test_cli_quantize_then_eval_info(tmp_path, capsys):
+    model = tiny()
+    vitcompress.save(model, tmp_path / "m")
+    code, out, err = run(
+        capsys, "quantize", tmp_path / "m", "-o", tmp_path / "q", "--precision", "fp8", "--calib-images", "16"
+    )
+    assert code == 0, err
+    assert "quantized 18 Linear/Conv2d layers to fp8 (minmax calibration on 16 images" in out
+    code, out, err = run(capsys, "info", tmp_path / "q")
+    assert code == 0, err
+    assert "step: quantize fp8 (minmax calibration)" in out
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_export_writes_qdq_pairs_that_match_the_fake_quantized_model(precision, tmp_path):
+    from vitcompress.exporters import export_onnx
+
+    vitcompress.quantize(tiny(), precision=precision, calib_images=16, output=tmp_path / "q")
+    res = export_onnx(tmp_path / "q", tmp_path / "q.onnx", batch=(1, 4, 8))
+    assert res.parity.ok and res.parity.tolerance == 1e-2 and res.parity.max_rel < 1e-4
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    nodes = proto.graph.node
+    inits = {i.name: i for i in proto.graph.initializer}
+    q = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    dq = [n for n in nodes if n.op_type == "DequantizeLinear"]
+    assert len(q) == len(dq) == 2 * 18  # input and weight of each Linear/Conv2d
+    kind = TensorProto.INT8 if precision == "int8" else TensorProto.FLOAT8E4M3FN
+    for n in q + dq:
+        scale, zero = n.input[1], n.input[2]
+        assert scale in inits and zero in inits  # constant scales and zero points
+        assert inits[zero].data_type == kind
+        assert not numpy_helper.to_array(inits[zero]).astype(np.float32).any()
+    with pytest.raises(VitCompressError, match=r"is quantized \(" + precision + r"\).*drop --precision fp16"):
+        export_onnx(tmp_path / "q", tmp_path / "h.onnx", precision="fp16")
+    assert not (tmp_path / "h.onnx").exists()
