@@ -150,3 +150,66 @@ def test_export_writes_qdq_pairs_that_match_the_fake_quantized_model(precision, 
     with pytest.raises(VitCompressError, match=r"is quantized \(" + precision + r"\).*drop --precision fp16"):
         export_onnx(tmp_path / "q", tmp_path / "h.onnx", precision="fp16")
     assert not (tmp_path / "h.onnx").exists()
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("version", ["10.16.1", "11.1.0"])
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_quantized_export_builds_through_the_tensorrt_stand_in(version, precision, tmp_path, monkeypatch):
+    from stand_ins import use_tensorrt_stand_in
+
+    from vitcompress.exporters.export import export
+
+    trt = use_tensorrt_stand_in(monkeypatch, version)
+    vitcompress.quantize(tiny(), precision=precision, calib_images=16, output=tmp_path / "q")
+    run = export(tmp_path / "q", tmp_path / "q.onnx", batch="1:4:8", trt=True, echo=lambda s: None)
+    assert run.compat.ok and not run.compat.issues
+    assert run.engine.is_file() and run.engine_parity.ok
+    flag = "INT8" if precision == "int8" else "FP8"
+    set_flags = [c[1][0].name for c in trt.CALLS if c[0] == "IBuilderConfig.set_flag"]
+    assert set_flags == ([flag] if trt.MAJOR == 10 else [])  # TensorRT 11: strongly typed, no flags
+
+
+def _qdq_graph(zero_type, zero_value, scale_const=True):
+    """x -> QuantizeLinear -> DequantizeLinear -> y with the given zero point."""
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 4, 4])
+    inits = [helper.make_tensor("z", zero_type, [], [zero_value])]
+    nodes = []
+    if scale_const:
+        inits.append(helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]))
+    else:  # a scale computed from the input
+        nodes.append(helper.make_node("ReduceMax", ["x"], ["s"], keepdims=0))
+    nodes += [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq"),
+    ]
+    g = helper.make_graph(nodes, "g", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+
+
+@pytest.mark.parametrize(
+    "zero_type, zero_value, scale_const, message",
+    [
+        (TensorProto.INT8, 3, True, "the zero point is not 0: TensorRT quantization is symmetric"),
+        (TensorProto.UINT8, 0, True, "zero point of type UINT8: TensorRT quantizes to INT8 or FLOAT8E4M3FN only"),
+        (TensorProto.INT8, 0, False, "the scale is computed at run time; TensorRT needs a constant scale"),
+    ],
+)
+def test_tensorrt_lint_knows_the_qdq_rules(zero_type, zero_value, scale_const, message, tmp_path, monkeypatch):
+    from stand_ins import use_tensorrt_stand_in
+
+    from vitcompress.exporters import BuildConfig, build_engine, check_tensorrt
+
+    proto = _qdq_graph(zero_type, zero_value, scale_const)
+    rep = check_tensorrt(proto)
+    assert [(i.node, i.severity, i.message) for i in rep.issues] == [("q", "error", message), ("dq", "error", message)]
+    assert check_tensorrt(_qdq_graph(TensorProto.INT8, 0)).ok
+    # the stand-in's parser refuses the same graph, in one line, and nothing is written
+    use_tensorrt_stand_in(monkeypatch, "11.1.0")
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(VitCompressError, match="TensorRT cannot parse") as e:
+        build_engine(tmp_path / "bad.onnx", tmp_path / "bad.engine", BuildConfig.make("1:2:4"))
+    assert len(str(e.value).splitlines()) == 1 and not (tmp_path / "bad.engine").exists()
