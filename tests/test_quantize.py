@@ -213,3 +213,27 @@ def test_tensorrt_lint_knows_the_qdq_rules(zero_type, zero_value, scale_const, m
     with pytest.raises(VitCompressError, match="TensorRT cannot parse") as e:
         build_engine(tmp_path / "bad.onnx", tmp_path / "bad.engine", BuildConfig.make("1:2:4"))
     assert len(str(e.value).splitlines()) == 1 and not (tmp_path / "bad.engine").exists()
+
+
+def test_bench_measures_a_quantized_artifact_with_its_precision(tmp_path):
+    from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
+    from vitcompress.benchmarks.report import to_markdown
+
+    vitcompress.save(tiny(), tmp_path / "fp32")
+    vitcompress.quantize(tmp_path / "fp32", calib_images=16, output=tmp_path / "int8")
+    variants = [load_variant(tmp_path / "fp32"), load_variant(tmp_path / "int8")]
+    assert [v.quantized for v in variants] == [None, "int8"]
+    cfg = BenchConfig(backends=["ort-cpu", "torch-cpu"], batches=[2], warmup=1, iters=2, rounds=2, threads=1)
+    result = run_bench(variants, cfg)
+    assert not result["skipped"]
+    got = {(m["backend"], m["variant"]): m["precision"] for m in result["measurements"]}
+    assert got == {
+        ("ort-cpu", "fp32"): "fp32",
+        ("ort-cpu", "int8"): "int8",
+        ("torch-cpu", "fp32"): "fp32",
+        ("torch-cpu", "int8"): "int8",
+    }
+    assert all(m["output_finite"] for m in result["measurements"])
+    assert "| ort-cpu | 2 | int8 | int8 |" in to_markdown(result)
+    onnx_file = variants[1].onnx()  # the ort-cpu runner's graph is the Q/DQ export
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(onnx_file)).graph.node) == 36
