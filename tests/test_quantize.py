@@ -237,3 +237,23 @@ def test_bench_measures_a_quantized_artifact_with_its_precision(tmp_path):
     assert "| ort-cpu | 2 | int8 | int8 |" in to_markdown(result)
     onnx_file = variants[1].onnx()  # the ort-cpu runner's graph is the Q/DQ export
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(onnx_file)).graph.node) == 36
+
+
+def test_finetune_of_a_quantized_artifact_distils_through_the_quantizers(tmp_path, capsys):
+    teacher = vitcompress.save(tiny(), tmp_path / "teacher")
+    pruned = vitcompress.prune(teacher, flops_reduction=0.3, importance="l1", round_to=1, output=tmp_path / "p")
+    assert pruned.achieved > 0.2
+    q = vitcompress.quantize(tmp_path / "p", calib_images=16, output=tmp_path / "q").model
+    out = tmp_path / "ft"
+    code, _, err = run(
+        capsys, "finetune", tmp_path / "q", "--teacher", teacher, "--data", "digits", "--epochs", "1",
+        "--max-steps-per-epoch", "2", "--batch-size", "8", "--quiet", "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    ft = vitcompress.load(out)
+    layers = quant_layers(ft)
+    assert sorted(layers) == sorted(quant_layers(q)) and vitcompress.read_meta(out).extra["quantization"]["precision"] == "int8"
+    before, after = q.blocks[0].mlp.fc1, ft.blocks[0].mlp.fc1
+    assert torch.equal(before.input_scale, after.input_scale)  # calibrated scales stay; the weights train
+    assert not torch.equal(before.weight, after.weight)
+    assert [s["method"] for s in vitcompress.read_meta(out).history][:2] == ["oneshot", "quantize"]
