@@ -252,7 +252,10 @@ def test_finetune_of_a_quantized_artifact_distils_through_the_quantizers(tmp_pat
     assert code == 0, err
     ft = vitcompress.load(out)
     layers = quant_layers(ft)
-    assert sorted(layers) == sorted(quant_layers(q)) and vitcompress.read_meta(out).extra["quantization"]["precision"] == "int8"
+    assert (
+        sorted(layers) == sorted(quant_layers(q))
+        and vitcompress.read_meta(out).extra["quantization"]["precision"] == "int8"
+    )
     before, after = q.blocks[0].mlp.fc1, ft.blocks[0].mlp.fc1
     assert torch.equal(before.input_scale, after.input_scale)  # calibrated scales stay; the weights train
     assert not torch.equal(before.weight, after.weight)

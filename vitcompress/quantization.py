@@ -170,7 +170,7 @@ def _quantize(
             threshold = _threshold(stats[name], cfg)
             m.input_scale.fill_(max(threshold / qmax, 1e-12))
             scales[name] = float(m.input_scale)
-    images = stats.pop("__images__")  # type: ignore[arg-type]
+    images = stats.pop("__images__")
     meta = meta_of(net)
     settings = {k: v for k, v in asdict(cfg).items() if k != "exclude"}
     meta.extra["quantization"] = {
