@@ -260,3 +260,17 @@ def test_finetune_of_a_quantized_artifact_distils_through_the_quantizers(tmp_pat
     assert torch.equal(before.input_scale, after.input_scale)  # calibrated scales stay; the weights train
     assert not torch.equal(before.weight, after.weight)
     assert [s["method"] for s in vitcompress.read_meta(out).history][:2] == ["oneshot", "quantize"]
+
+
+def test_calibration_images_of_another_shape_are_refused(tmp_path, monkeypatch):
+    # the built-in data and image folders are resized to the model's geometry; a loader that is not
+    # (another channel count or size) is refused before any scale is set, and nothing is written
+    import vitcompress.quantization as qmod
+
+    monkeypatch.setattr(qmod, "calibration_loader", lambda *a, **k: [(torch.randn(2, 1, 28, 28), torch.zeros(2))])
+    with pytest.raises(VitCompressError) as e:
+        vitcompress.quantize(tiny(), calib_images=2, output=tmp_path / "q")
+    assert str(e.value).startswith(
+        "calibration data 'digits' gives images of shape (1, 28, 28), the model takes (3, 32, 32)"
+    )
+    assert not (tmp_path / "q").exists()
