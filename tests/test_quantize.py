@@ -277,3 +277,18 @@ def test_calibration_images_of_another_shape_are_refused(tmp_path, monkeypatch):
         "calibration data 'digits' gives images of shape (1, 28, 28), the model takes (3, 32, 32)"
     )
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.export
+def test_token_reduced_quantized_artifact_exports_with_dynamic_size(tmp_path):
+    from vitcompress.exporters import export_onnx
+    from vitcompress.token_reduction import reduce_tokens
+    from vitcompress.tokens import schedule_of
+
+    reduce_tokens(tiny(), "0.7@1,2", "topk-vpa", output=tmp_path / "tok")
+    vitcompress.quantize(tmp_path / "tok", calib_images=16, output=tmp_path / "q")
+    loaded = vitcompress.load(tmp_path / "q")
+    assert schedule_of(loaded) is not None and len(quant_layers(loaded)) == 18  # both steps applied on load
+    res = export_onnx(tmp_path / "q", tmp_path / "q.onnx", batch=(1, 4, 8), dynamic_size=True, img_size=(16, 32, 48))
+    assert res.parity.ok and {c.img_size for c in res.parity.cases} == {16, 32} and res.parity.max_rel < 1e-4
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(res.path)).graph.node) == 36
