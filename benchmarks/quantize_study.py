@@ -15,7 +15,7 @@ rounds with the bench runners:
 ``mnist``: the mnist10k reference teacher (``make teacher``; ``--teacher`` its artifact folder):
 dense fp32, dense INT8, 46.2%-pruned fp32 (after ``--epochs`` of distillation from the teacher),
 its INT8 post-training quantization and the same after one epoch of quantization-aware
-distillation; mnist10k val top-1 (INT8 rows: mean and spread over ``--seeds`` calibration seeds)
+distillation (``--qat-lr``, no warm-up); mnist10k val top-1 (INT8 rows: mean and spread over ``--seeds`` calibration seeds)
 and ``ort-cpu`` latency ratios against dense fp32.
 
 Run (one process; ``--threads`` is what ONNX Runtime uses)::
@@ -176,8 +176,8 @@ def mnist(args) -> dict:
     def top1(model) -> float:
         return float(evaluate_data(model, "mnist10k", split="val").top1)
 
-    def distil(model, epochs: int, folder: str):
-        cfg = TrainConfig(data="mnist10k", epochs=epochs, progress=False)
+    def distil(model, epochs: int, folder: str, **train):
+        cfg = TrainConfig(data="mnist10k", epochs=epochs, progress=False, **train)
         fit(model, cfg, out / folder, teacher=teacher, distill=DistillConfig())
         return vitcompress.load(out / folder)
 
@@ -190,7 +190,7 @@ def mnist(args) -> dict:
             q = vitcompress.quantize(fp32, data="mnist10k", calib_images=args.calib_images, seed=seed).model
             rows[f"{key}-int8"]["top1"].append(top1(q))
             if key == "p46":
-                qat = distil(q, 1, f"p46-int8-qat-s{seed}")
+                qat = distil(q, 1, f"p46-int8-qat-s{seed}", lr=args.qat_lr, warmup_epochs=0.0)
                 rows.setdefault("p46-int8-qat", {"top1": []})["top1"].append(top1(qat))
     variants = [load_variant(teacher, name="dense-fp32")]
     variants.append(load_variant(vitcompress.quantize(teacher, data="mnist10k").model, name="dense-int8"))
@@ -218,6 +218,9 @@ def main(argv=None) -> None:
     ap.add_argument("--macs-reduction", type=float, default=0.462)
     ap.add_argument("--epochs", type=int, default=2, help="mnist: distillation epochs of the pruned fp32 model.")
     ap.add_argument("--seeds", type=int, default=3, help="mnist: calibration seeds.")
+    ap.add_argument(
+        "--qat-lr", type=float, default=1e-4, help="mnist: peak learning rate of the QAT epoch (no warm-up)."
+    )
     args = ap.parse_args(argv)
     res = deit(args) if args.part == "deit" else mnist(args)
     path = Path(args.out) / f"quantize_study_{args.part}.json"
