@@ -29,6 +29,7 @@ COMMANDS = {
     "info": ("prune", "info"),
     "models": ("prune", "models"),
     "tokens": ("tokens", "tokens"),
+    "quantize": ("quantize", "quantize_cmd"),
     "export": ("export", "export_cmd"),
     "bench": ("bench", "bench"),
     "train": ("train", "train"),

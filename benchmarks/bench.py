@@ -28,6 +28,7 @@ from vitcompress.errors import VitCompressError
 from vitcompress.exporters.precision import PRECISIONS, check_precision
 from vitcompress.families import family_of
 from vitcompress.progress import tqdm
+from vitcompress.quantizers import record_of
 from vitcompress.resolve import resolve_model
 
 from . import env as envmod
@@ -137,6 +138,7 @@ def load_variant(arg, name: str | None = None, workdir=None, max_batch: int = 32
         in_chans=in_chans,
         max_batch=max_batch,
         workdir=Path(workdir) if workdir else None,
+        quantized=(record_of(model) or {}).get("precision"),
     )
 
 
@@ -376,6 +378,7 @@ def _rows(result, variants, bv, samples, outs, backend, batch, others, before, c
             "backend": backend,
             "batch": batch,
             "variant": v.name,
+            "precision": v.quantized or cfg.precision,  # a quantized artifact runs in its own
             "macs": v.macs,
             "params": v.params,
             **summarize(rounds, batch),

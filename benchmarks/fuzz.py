@@ -224,6 +224,7 @@ def base_invocation(name: str, sb: Sandbox) -> tuple[list[str], list[tuple[str, 
         "info": ([art], []),
         "models": (["vit_tiny*"], []),
         "tokens": ([art], [("-o", "out"), ("--method", "topk"), ("--schedule", "0.7@1")]),
+        "quantize": ([art], [("-o", "out"), ("--calib-images", "8")]),
         "export": ([art], [("-o", "m.onnx"), ("--no-check", None)]),
         "bench": (
             [art],
@@ -243,7 +244,7 @@ def base_invocation(name: str, sb: Sandbox) -> tuple[list[str], list[tuple[str, 
 
 #: how often each command is drawn (cheap validations more often than whole training runs)
 WEIGHTS_BY_COMMAND = {
-    "prune": 5, "info": 3, "models": 1, "tokens": 4, "export": 1, "bench": 2, "train": 4, "finetune": 3,
+    "prune": 5, "info": 3, "models": 1, "tokens": 4, "quantize": 2, "export": 1, "bench": 2, "train": 4, "finetune": 3,
     "eval": 3, "pipeline": 2,
 }  # fmt: skip
 

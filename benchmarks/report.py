@@ -25,6 +25,7 @@ COLUMNS = [
     "backend",
     "batch",
     "variant",
+    "precision",
     "params (M)",
     "MACs/img (G)",
     "MACs ratio",
@@ -114,6 +115,7 @@ def to_markdown(result: dict) -> str:
             m["backend"],
             str(m["batch"]),
             m["variant"],
+            m.get("precision", cfg["precision"]),
             f"{m['params'] / 1e6:.2f}",
             f"{m['macs'] / 1e9:.3f}",
             f"{m['macs_ratio']:.3f}",
@@ -199,8 +201,9 @@ def plot(result: dict, path: Path) -> None:
             lw=1,
         )
         for m in ms:
+            quant = m.get("precision") in ("int8", "fp8")  # the plot marks a quantized variant's precision
             ax.annotate(
-                m["variant"],
+                f"{m['variant']} ({m['precision']})" if quant else m["variant"],
                 (m["macs_ratio"], m["latency_ratio"]),
                 fontsize=6,
                 alpha=0.7,

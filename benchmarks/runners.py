@@ -56,6 +56,7 @@ class Variant:
     in_chans: int = 3
     max_batch: int = 32
     workdir: Path | None = None
+    quantized: str | None = None  # int8 or fp8 for a quantized artifact (``vitcompress.quantize``)
     _files: dict = field(default_factory=dict, repr=False)
 
     def _root(self) -> Path:

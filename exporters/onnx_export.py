@@ -47,6 +47,7 @@ from vitcompress.counting import count
 from vitcompress.errors import VitCompressError
 from vitcompress.io import output_lock
 from vitcompress.progress import tqdm
+from vitcompress.quantizers import record_of
 
 from . import onnx_files
 from . import runtime_keep as rk
@@ -64,6 +65,8 @@ from .profiles import (
     parity_img_sizes,
     parse_profile,
 )
+from .qdq import TOLERANCE as QDQ_TOLERANCE
+from .qdq import translations as qdq_translations
 from .resampling import Resampled, drop_antialias
 from .resampling import describe as describe_resampling
 from .source import load_source, patch_and_size, with_dynamic_size
@@ -219,6 +222,13 @@ def _prepare(source, cfg: ExportConfig, batch: Profile, img: Profile | None) -> 
         raise VitCompressError(f"--img-size {img} differs from the model's input size {native}; add --dynamic-size")
     else:
         img = None
+    quant = quant_precision(model)
+    if quant is not None and cfg.precision != "fp32":
+        raise VitCompressError(
+            f"{label} is quantized ({quant}); its Q/DQ graph keeps the unquantized parts in fp32, "
+            f"drop --precision {cfg.precision}",
+            params=["precision"],
+        )
     traced = copy.deepcopy(model).half() if cfg.precision == "fp16" else model
     side = img.opt if img else native
     b = example_batch(batch, avoid=(side, native, in_chans))
@@ -253,6 +263,7 @@ def _trace(prep: _Prepared, cfg: ExportConfig) -> onnx.ModelProto:
             dynamic_shapes=tuple(shapes),
             opset_version=int(cfg.opset),
             verbose=False,
+            custom_translation_table=qdq_translations(),
         )
     except Exception as e:
         raise VitCompressError(
@@ -338,7 +349,7 @@ def _check(path: Path, prep: _Prepared, cfg: ExportConfig) -> ParityReport:
         prep.references,
         prep.parity_shapes(),
         precision=cfg.precision,
-        tolerance=cfg.tolerance,
+        tolerance=_tolerance(prep, cfg),
         seed=cfg.seed,
         in_chans=prep.in_chans,
     )
@@ -351,6 +362,20 @@ def _check(path: Path, prep: _Prepared, cfg: ExportConfig) -> ParityReport:
             "nothing was written, report the model to the maintainers or relax --tolerance"
         )
     return report
+
+
+def quant_precision(model: nn.Module) -> str | None:
+    """``int8``/``fp8`` for a fake-quantized model (``vitcompress.quantize``), else None."""
+    rec = record_of(model)
+    return rec["precision"] if rec else None
+
+
+def _tolerance(prep: _Prepared, cfg: ExportConfig) -> float | None:
+    """``--tolerance``, else the quantized precision's (``qdq.TOLERANCE``), else the precision's."""
+    quant = quant_precision(prep.model)
+    if cfg.tolerance is None and quant is not None:
+        return QDQ_TOLERANCE[quant]
+    return cfg.tolerance
 
 
 class _Steps:

@@ -10,6 +10,7 @@ from torch import nn
 from vitcompress.artifact import load, meta_of
 from vitcompress.errors import VitCompressError
 from vitcompress.families import build_model, family_for_source, family_of, spec_from_model
+from vitcompress.quantizers import apply_quantizers, record_of
 from vitcompress.tokens import TokenSchedule, apply_tokens, remove_tokens, schedule_of
 
 
@@ -38,6 +39,9 @@ def with_dynamic_size(model: nn.Module, meta) -> nn.Module:
     if src is None:
         raise VitCompressError(f"{meta.source.name} cannot take other image sizes; export without --dynamic-size")
     dyn = build_model(src, spec_from_model(plain), device="cpu")
+    quant = record_of(plain)
+    if quant is not None:  # a quantized model's twin has the same quantizers (its scales are in the state)
+        apply_quantizers(dyn, quant["layers"], quant["precision"])
     dyn.load_state_dict(plain.state_dict(), strict=True)
     for attr in ("pretrained_cfg", "default_cfg", "vitcompress_meta"):
         if hasattr(plain, attr):

@@ -271,6 +271,18 @@ def _parse(trt, builder, logger, onnx_path):
     return network, parser
 
 
+def qdq_types(onnx_path: str | os.PathLike) -> list[str]:
+    """The quantized types (``int8``, ``fp8``) of the QuantizeLinear nodes of an ONNX file, from
+    their zero points (empty for a graph without explicit quantization)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    kinds = {t.name: t.data_type for t in proto.graph.initializer}
+    found = {kinds.get(n.input[2]) for n in proto.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    names = {3: "int8", 17: "fp8"}  # onnx.TensorProto INT8, FLOAT8E4M3FN
+    return sorted(names[k] for k in found if k in names)
+
+
 def build_engine(
     onnx_path: str | os.PathLike, engine_path: str | os.PathLike, cfg: BuildConfig, source: str | None = None
 ) -> dict:
@@ -297,6 +309,9 @@ def build_engine(
     config.builder_optimization_level = cfg.opt_level
     if cfg.precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if not strongly_typed:  # TensorRT 10 builds a weakly typed Q/DQ graph with the flag of each quantized type
+        for kind in qdq_types(onnx_path):
+            config.set_flag(getattr(trt.BuilderFlag, kind.upper()))
     cache_bytes = b""
     if cfg.timing_cache and Path(cfg.timing_cache).is_file():
         cache_bytes = Path(cfg.timing_cache).read_bytes()

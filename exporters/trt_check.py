@@ -14,7 +14,10 @@ Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, b
   lacks;
 * ``ScatterElements`` / ``ScatterND`` with a ``reduction`` (not native; needs a plugin);
 * 64-bit floats (``DOUBLE`` tensors or casts): TensorRT has no FP64;
-* ``Attention`` (opset 23): parsed only since TensorRT 10.14 (warning).
+* ``Attention`` (opset 23): parsed only since TensorRT 10.14 (warning);
+* ``QuantizeLinear`` / ``DequantizeLinear`` (explicit quantization, ``_check_qdq``): the scale a
+  constant of positive finite values, the zero point a constant of 0 typed INT8 or FLOAT8E4M3FN
+  (TensorRT quantizes symmetrically, to those types; a missing zero point means UINT8).
 
 ``K`` that is not a constant is evaluated by ONNX Runtime's symbolic shape inference on a copy of
 the graph whose input is fixed to the largest profile shape (and a runtime ``keep_permille`` input to
@@ -292,6 +295,34 @@ def _check_resize(node) -> list[tuple[str, str]]:
     return out
 
 
+#: zero-point (quantized) types TensorRT's Q/DQ layers take: INT8, FLOAT8E4M3FN
+_QDQ_TYPES = {3: "INT8", 17: "FLOAT8E4M3FN"}
+
+
+def _check_qdq(node, consts, types) -> list[tuple[str, str]]:
+    """TensorRT's rules for one QuantizeLinear/DequantizeLinear node (see the module doc)."""
+    found = []
+    scale = node.input[1] if len(node.input) > 1 else ""
+    if scale not in consts:
+        found.append(("the scale is computed at run time; TensorRT needs a constant scale", "error"))
+    else:
+        s = np.asarray(consts[scale], dtype=np.float64)
+        if not (np.isfinite(s).all() and (s > 0).all()):
+            found.append(("the scale has zero, negative or non-finite values", "error"))
+    zero = node.input[2] if len(node.input) > 2 else ""
+    if not zero:
+        if node.op_type == "QuantizeLinear" and _attr(node, "output_dtype") in (None, 0, 2):
+            found.append(("no zero point: the output is UINT8; give an INT8 or FLOAT8E4M3FN zero point of 0", "error"))
+    elif zero not in consts:
+        found.append(("the zero point is computed at run time; TensorRT needs a constant 0", "error"))
+    elif types.get(zero) not in _QDQ_TYPES:
+        kind = onnx.TensorProto.DataType.Name(types.get(zero, 0))
+        found.append((f"zero point of type {kind}: TensorRT quantizes to INT8 or FLOAT8E4M3FN only", "error"))
+    elif np.asarray(consts[zero]).astype(np.float32).any():
+        found.append(("the zero point is not 0: TensorRT quantization is symmetric", "error"))
+    return found
+
+
 def check_tensorrt(
     model_or_path,
     max_input_shapes: dict[str, Sequence[int]] | None = None,
@@ -337,6 +368,8 @@ def check_tensorrt(
             found = [(f"reduction={red!r} is not native to TensorRT (plugin path)", "error")] if red != "none" else []
         elif op == "Cast" and _attr(node, "to") == _DOUBLE:
             found = [("cast to float64: TensorRT has no FP64", "error")]
+        elif op in ("QuantizeLinear", "DequantizeLinear"):
+            found = _check_qdq(node, consts, types)
         elif op == "Attention":
             found = [("the Attention operator is parsed only by TensorRT >= 10.14", "warning")]
         else:

@@ -25,13 +25,14 @@ from vitcompress.distill import DistillConfig
 from vitcompress.errors import VitCompressError
 from vitcompress.meta import ArtifactMeta
 from vitcompress.pruner import PruneConfig
+from vitcompress.quantization import QuantizeConfig
 from vitcompress.recipe import PipelineConfig
 from vitcompress.spec import RecordError
 from vitcompress.token_search import SearchConfig
 from vitcompress.tokens.schedule import TokenSchedule, parse_schedule
 from vitcompress.training import TrainConfig
 
-CONFIGS = (TrainConfig, DistillConfig, PruneConfig, PipelineConfig, SearchConfig, GASConfig)
+CONFIGS = (TrainConfig, DistillConfig, PruneConfig, PipelineConfig, SearchConfig, GASConfig, QuantizeConfig)
 FAST = settings(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 
 

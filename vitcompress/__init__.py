@@ -4,6 +4,7 @@ Public API (imported lazily so that ``import vitcompress`` stays light)::
 
     vitcompress.prune(model_or_artifact, flops_reduction=0.462, ...) -> PruneResult
     vitcompress.load(path) -> nn.Module          # rebuild a pruned model from its artifact
+    vitcompress.quantize(model_or_artifact, precision="int8", ...) -> QuantizeResult  # INT8/FP8 PTQ
     vitcompress.save(model, path)                # write an artifact (atomically)
     vitcompress.count(model) -> Counts           # analytic MACs / params
     vitcompress.create_source_model(name, ...)   # an unpruned model of a supported family
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the names of _LAZY, for type checkers and editors; at run t
     from .models import create_source_model, list_models
     from .plan import Plan
     from .pruner import PruneConfig, PruneResult, prune
+    from .quantization import QuantizeConfig, QuantizeResult, quantize
     from .recipe import PipelineConfig, run_pipeline
     from .resolve import resolve_model
     from .slicers import slice_model
@@ -56,6 +58,9 @@ _LAZY = {
     "FAMILIES": "families",
     "family_of": "families",
     "resolve_model": "resolve",
+    "quantize": "quantization",
+    "QuantizeConfig": "quantization",
+    "QuantizeResult": "quantization",
 }
 
 

@@ -22,6 +22,7 @@ from .families import build_model, family_for_source, family_of
 from .io import atomic_dir, check_output_path
 from .meta import FORMAT_VERSION, ArtifactMeta, attach, attached
 from .models import infer_source
+from .quantizers import apply_quantizers, check_record, record_of
 from .spec import RecordError
 from .tokens.apply import apply_tokens, schedule_of
 from .tokens.schedule import TokenSchedule
@@ -67,6 +68,11 @@ def refresh(model: nn.Module, meta: ArtifactMeta) -> ArtifactMeta:
     meta.counts = count(model).to_dict()
     sched = schedule_of(model)
     meta.tokens = sched.to_dict() if sched is not None else None
+    quant = record_of(model)
+    if quant is not None:  # the precision and layers are the model's; calibration details stay
+        meta.extra["quantization"] = {**meta.extra.get("quantization", {}), **quant}
+    else:
+        meta.extra.pop("quantization", None)
     return meta
 
 
@@ -220,6 +226,8 @@ def check_with_family(meta: ArtifactMeta) -> None:
         meta.plan.check(spec, fam.source_spec(meta.source))
     if meta.tokens is not None:
         _schedule(meta.tokens, "tokens", spec.depth)
+    if "quantization" in meta.extra:
+        check_record(meta.extra["quantization"])
     for i, step in enumerate(meta.history):
         if step.get("method") == "tokens":
             _schedule(step.get("schedule"), f"history[{i}].schedule", None)
@@ -238,13 +246,21 @@ def _schedule(d, where: str, depth: int | None) -> TokenSchedule:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model of an artifact folder from its spec and load its weights (eval mode).
 
-    A token schedule recorded in the artifact is applied again (``vitcompress.tokens``)."""
+    A token schedule recorded in the artifact is applied again (``vitcompress.tokens``); a
+    quantized artifact's layers are fake-quantized again (``vitcompress.quantizers``), their scales
+    read from the weights file."""
     meta = read_meta(path)
     wpath = Path(path, WEIGHTS)
     if not wpath.is_file():
         raise VitCompressError(f"artifact {str(path)!r} is missing {WEIGHTS}; re-create it")
     try:
         model = build_model(meta.source, meta.require_spec())
+        if "quantization" in meta.extra:
+            precision, layers = check_record(meta.extra["quantization"])
+            try:
+                apply_quantizers(model, layers, precision)
+            except (AttributeError, VitCompressError) as e:
+                raise RecordError(f"extra.quantization.layers: {str(e).splitlines()[0][:120]}") from None
         state = load_file(str(wpath), device=str(device))
         check_weights(state, model.state_dict())
         model.load_state_dict(state, strict=True, assign=True)

@@ -117,6 +117,10 @@ def format_info(meta: ArtifactMeta) -> str:
                 f"{step['achieved']['macs_reduction']:.1%} of the MACs of its widths"
             )
             continue
+        if step.get("method") == "quantize":
+            cfg = step.get("config", {})
+            rows.append(f"step: quantize {step.get('precision')} ({cfg.get('calibration')} calibration)")
+            continue
         cfg = step.get("config", {})
         how = _how(step) if "config" in step else ""
         rows.append(

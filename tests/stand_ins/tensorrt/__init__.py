@@ -188,6 +188,7 @@ class INetworkDefinition:
         self.outputs: list[ITensor] = []
         self.onnx: bytes | None = None
         self.parsed = False
+        self.qdq_types: set = set()
 
     @property
     def num_inputs(self) -> int:
@@ -251,6 +252,29 @@ def _float_ancestry(model, name: str) -> str | None:
     return None
 
 
+def _qdq_problem(model, node) -> str | None:
+    """What TensorRT's parser says of a Q/DQ node it cannot import (explicit quantization: constant
+    scale, zero point a constant 0 of type INT8 or FLOAT8E4M3FN), or None."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == 4:
+            consts[n.output[0]] = n.attribute[0].t
+    if len(node.input) < 2 or node.input[1] not in consts:
+        return "Assertion failed: the scale must be an initializer (constant)."
+    if len(node.input) < 3 or not node.input[2]:
+        return "Assertion failed: UINT8 quantization is not supported; give an INT8 or FP8 zero point."
+    zp = consts.get(node.input[2])
+    if zp is None:
+        return "Assertion failed: the zero point must be an initializer (constant)."
+    if zp.data_type not in (3, 17):  # INT8, FLOAT8E4M3FN
+        return f"Assertion failed: unsupported quantization type {zp.data_type} (INT8 and FP8 E4M3 are supported)."
+    if np.asarray(numpy_helper.to_array(zp)).astype(np.float32).any():
+        return "Assertion failed: TensorRT only supports symmetric quantization: the zero point must be 0."
+    return None
+
+
 class OnnxParser:
     def __init__(self, network: INetworkDefinition, logger: ILogger):
         _expect(network, INetworkDefinition, "OnnxParser.__init__", "network")
@@ -286,6 +310,10 @@ class OnnxParser:
             attrs = {a.name: a for a in node.attribute}
             if node.op_type == "Resize" and "antialias" in attrs and attrs["antialias"].i != 0:
                 self.errors.append(IParserError(node.name, "Resize", "Antialiasing is not supported currently."))
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                problem = _qdq_problem(proto, node)
+                if problem:
+                    self.errors.append(IParserError(node.name, node.op_type, problem))
             if node.op_type == "TopK" and len(node.input) > 1:
                 source = _float_ancestry(proto, node.input[1])
                 if source is not None:
@@ -313,6 +341,8 @@ class OnnxParser:
         net.input_dim_params = {
             vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim] for vi in proto.graph.input
         }
+        zero_types = {t.name: t.data_type for t in proto.graph.initializer}
+        net.qdq_types = {zero_types.get(n.input[2]) for n in proto.graph.node if n.op_type == "QuantizeLinear"}
         net.onnx = proto.SerializeToString()
         net.parsed = True
         return True
@@ -468,6 +498,10 @@ class Builder:
         fp16 = MAJOR == 10 and BuilderFlag.FP16 in config.flags
         if fp16 and network.strongly_typed:
             return self._fail("BuilderFlag::kFP16 is not allowed with a strongly typed network")
+        if MAJOR == 10 and not network.strongly_typed:  # explicit quantization needs each type's flag
+            for kind, flag in ((3, "INT8"), (17, "FP8")):
+                if kind in network.qdq_types and BuilderFlag[flag] not in config.flags:
+                    return self._fail(f"network has {flag} Q/DQ layers but BuilderFlag::k{flag} is not set")
         if not config.profiles:
             if any(-1 in t.shape for t in network.inputs) or any(t.is_shape_tensor for t in network.inputs):
                 return self._fail("network has dynamic or shape inputs, but no optimization profile has been defined")
