@@ -6,9 +6,8 @@ Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, b
   ``docs/operators.md`` for TensorRT 10.x) and operators of non-standard domains (plugins);
 * ``TopK`` with ``K`` above ``TOPK_MAX_K`` (3840) at the largest profile shape, or ``sorted=0``
   (TensorRT's TopK always sorts and is limited to K <= 3840);
-* ``TopK`` whose ``K`` is computed from a floating-point tensor: TensorRT takes ``K`` only from an
-  INT32/INT64 shape tensor (shapes, integer constants and integer inputs), so a ``K`` derived from a
-  float input (a float keep rate) cannot build;
+* ``TopK`` whose ``K`` is computed from a floating-point tensor (warning: TensorRT parses it, but
+  ``K`` then hangs on float rounding; an integer input such as ``keep_permille`` is exact);
 * ``Resize`` with ``antialias=1`` (onnx-tensorrt: "Antialiasing is not supported currently"), a
   ``keep_aspect_ratio_policy`` other than ``stretch`` or a coordinate transformation mode TensorRT
   lacks;
@@ -246,9 +245,9 @@ def _check_topk(node, consts, values, dims, max_k, producers, types) -> list[tup
     if floats:
         out.append(
             (
-                f"K is computed from the floating-point tensor {floats[0]!r}; TensorRT takes K only from an "
-                "INT32/INT64 shape tensor (feed such a value as an integer input, e.g. a keep rate in 1/1000)",
-                "error",
+                f"K is computed from the floating-point tensor {floats[0]!r}; TensorRT parses it, but K then "
+                "depends on float rounding (feed such a value as an integer input, e.g. a keep rate in 1/1000)",
+                "warning",
             )
         )
     k = None
