@@ -8,7 +8,8 @@ Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, b
   (TensorRT's TopK always sorts and is limited to K <= 3840);
 * ``TopK`` whose ``K`` is computed from a floating-point tensor (warning: TensorRT parses it, but
   ``K`` then hangs on float rounding; an integer input such as ``keep_permille`` is exact);
-* ``Resize`` with ``antialias=1`` (onnx-tensorrt: "Antialiasing is not supported currently"), a
+* ``Resize`` with ``antialias=1`` (onnx-tensorrt: "Antialiasing is not supported currently"), a mode
+  other than ``nearest`` or ``linear`` (operators.md lists no cubic mode), a
   ``keep_aspect_ratio_policy`` other than ``stretch`` or a coordinate transformation mode TensorRT
   lacks;
 * ``ScatterElements`` / ``ScatterND`` with a ``reduction`` (not native; needs a plugin);
@@ -276,10 +277,14 @@ def _check_resize(node) -> list[tuple[str, str]]:
         out.append(
             (
                 'antialias=1 is not supported by TensorRT\'s parser ("Antialiasing is not supported currently"); '
-                "export with --trt (or antialias=False), which resamples without it",
+                "vitcompress resamples position embeddings with MatMuls instead; report the model that wrote this",
                 "error",
             )
         )
+    kind = _attr(node, "mode", b"nearest")
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind not in ("nearest", "linear"):  # operators.md: "Supported resize modes: nearest, linear"
+        out.append((f"mode={kind!r} is not supported by TensorRT's parser (nearest and linear only)", "error"))
     policy = _attr(node, "keep_aspect_ratio_policy", b"stretch")
     policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     if policy != "stretch":

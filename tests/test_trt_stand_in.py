@@ -33,11 +33,9 @@ def trt(request, monkeypatch):
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
-    """A dynamic-batch, dynamic-size fp32 export resampled the way TensorRT parses."""
+    """A dynamic-batch, dynamic-size fp32 export (position embeddings resampled with MatMuls)."""
     d = tmp_path_factory.mktemp("onnx")
-    return export_onnx(
-        tiny("vit"), d / "m.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=(16, 32, 48), antialias=False
-    ).path
+    return export_onnx(tiny("vit"), d / "m.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=(16, 32, 48)).path
 
 
 def _names(trt, prefix=""):
@@ -114,10 +112,10 @@ def test_export_trt_end_to_end(version, precision, tmp_path, monkeypatch):
     assert run.sidecar["tensorrt_version"] == trt.__version__ and run.sidecar["precision"] == precision
     assert run.sidecar["strongly_typed"] is (trt.MAJOR >= 11)
     assert run.compat.ok and not run.compat.issues
-    # the graph TensorRT parsed resamples without antialiasing (the parser refuses antialias=1)
-    resize = [n for n in onnx.load(str(run.onnx.path)).graph.node if n.op_type == "Resize"]
-    assert resize and all(a.i == 0 for n in resize for a in n.attribute if a.name == "antialias")
-    assert run.onnx.metadata["export"]["pos_embed_resampling"] == "bicubic"
+    # the graph TensorRT parsed resamples as timm does, with MatMuls (no Resize: cubic and antialias
+    # are not in onnx-tensorrt's operators.md)
+    assert not [n for n in onnx.load(str(run.onnx.path)).graph.node if n.op_type == "Resize"]
+    assert run.onnx.metadata["export"]["pos_embed_resampling"] == "bicubic, antialias (separable MatMul)"
     assert run.engine_parity.ok and {(c.batch, c.img_size) for c in run.engine_parity.cases} == {
         (1, 32),
         (4, 32),
@@ -128,12 +126,17 @@ def test_export_trt_end_to_end(version, precision, tmp_path, monkeypatch):
 
 
 def test_parser_refuses_antialiasing_as_the_check_does(trt, tmp_path):
-    res = export_onnx(tiny("vit"), tmp_path / "aa.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=(16, 32, 48))
-    rep = check_tensorrt(res.path, {"pixel_values": [4, 3, 48, 48]})
-    assert [(i.op, i.severity) for i in rep.issues] == [("Resize", "error")] and "antialias=1" in rep.errors[0].message
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="aa", mode="cubic", antialias=1)
+    path = tmp_path / "aa.onnx"
+    onnx.save(helper.make_model(helper.make_graph([node], "g", [x], [y], [scales])), path)
+    rep = check_tensorrt(path, {"x": [4, 3, 8, 8]})
+    assert ("Resize", "error") in [(i.op, i.severity) for i in rep.issues] and "antialias=1" in rep.errors[0].message
     with pytest.raises(VitCompressError, match="Antialiasing is not supported currently") as e:
-        build_engine(res.path, tmp_path / "aa.engine", BuildConfig.make("1:2:4", "16:32:48"))
-    assert len(str(e.value).splitlines()) == 1 and "node 'node__upsample_bicubic2d_aa' (Resize)" in str(e.value)
+        build_engine(path, tmp_path / "aa.engine", BuildConfig.make("1:2:4"))
+    assert len(str(e.value).splitlines()) == 1 and "node 'aa' (Resize)" in str(e.value)
     assert not (tmp_path / "aa.engine").exists()
 
 
