@@ -53,7 +53,7 @@ def aa_matrix(n_in: int, n_out) -> torch.Tensor:
 
     ``n_out`` may be symbolic (the exporter's size from the input shape): the weights are computed
     from ``arange(n_out)`` with tensor operations, so the graph builds them for the runtime size."""
-    i = torch.arange(n_out, dtype=torch.float32)
+    i = torch.arange(n_out).to(torch.float32)  # an integer Range on the runtime size, then a Cast
     scale = n_in / torch.ones_like(i).sum()  # old / new, a tensor however n_out is given
     centre = scale * (i + 0.5)
     j = torch.arange(n_in, dtype=torch.float32)

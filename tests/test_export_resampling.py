@@ -54,8 +54,12 @@ def test_dynamic_size_graph_equals_timm_at_every_size_and_is_what_tensorrt_parse
     # parity against timm itself (no substitute reference), at 16 px too: shrinking
     assert res.parity.ok and {c.img_size for c in res.parity.cases} == {32, 16} and res.parity.max_rel < 1e-5
     assert res.metadata["export"]["pos_embed_resampling"] == MATMUL
-    ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
-    assert "Resize" not in ops and "MatMul" in ops
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(res.path))).graph
+    assert "Resize" not in {n.op_type for n in graph.node} and "MatMul" in {n.op_type for n in graph.node}
+    # the runtime sizes come from integer Ranges (shape arithmetic), cast to float after
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    ranges = [n for n in graph.node if n.op_type == "Range"]
+    assert len(ranges) == 2 and {types.get(i) for n in ranges for i in n.input} - {None} == {onnx.TensorProto.INT64}
     shapes = {"pixel_values": [4, 3, 48, 48]}
     assert check_tensorrt(res.path, shapes).ok and not check_tensorrt(res.path, shapes).issues
     dyn = with_dynamic_size(model, meta_of(copy.deepcopy(model)))
