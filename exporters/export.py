@@ -1,7 +1,7 @@
 """``vitcompress export``: the export stage's order of steps.
 
-1. ONNX export, clean-up and parity (``onnx_export.export_onnx``); with ``trt`` the position
-   embeddings of a dynamic-size export are resampled the way TensorRT parses (``resampling``);
+1. ONNX export, clean-up and parity (``onnx_export.export_onnx``): the same graph with or without
+   ``trt`` (a dynamic-size export resamples its position embeddings with MatMuls, ``resampling``);
 2. with ``trt``: the TensorRT compatibility check (``trt_check``), on CPU, before TensorRT is imported;
 3. the engine build (``trt_build.build_engine``) into a temporary folder next to the target;
 4. the engine parity check against ONNX Runtime (``trt_runner.engine_parity``), where TensorRT runs;
@@ -68,9 +68,9 @@ def export(
     (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime.
 
     The ONNX file is written before anything TensorRT-related runs, so it exists even when the
-    check fails or TensorRT is missing (both raise ``VitCompressError``). With ``trt`` a dynamic-size
-    export resamples its position embeddings without antialiasing (``exporters.resampling``: the
-    same result at the native size and above, documented difference below). A ``runtime_keep``
+    check fails or TensorRT is missing (both raise ``VitCompressError``). A dynamic-size export is the
+    same graph with or without ``trt``: its position embeddings are resampled as timm does, with
+    MatMuls TensorRT parses (``exporters.resampling``). A ``runtime_keep``
     graph's ``keep_permille`` input becomes a shape-tensor input of the engine, ranging over
     ``keep_permille`` MIN:OPT:MAX (default 1, the schedule's own rate, 1000).
 
@@ -109,7 +109,6 @@ def export(
             tolerance=tolerance,
             progress=progress,
             runtime_keep=runtime_keep,
-            antialias=not trt,
             force=force,
         )
         return _finish(artifact, res, engine_path, cfg, precision, echo)

@@ -4,8 +4,8 @@ dynamic image size, followed by graph clean-up, metadata and a parity check.
 Exporter: ``torch.onnx.export(..., dynamo=True)``. Every axis declared dynamic stays symbolic in
 the graph: the token count is computed from the runtime image shape with integer arithmetic, and
 with ``dynamic_size`` the position embeddings are resampled inside the graph (timm's
-``dynamic_img_size=True`` path, which exports as a ``Resize`` whose output size is computed from the
-input shape; ``antialias=False`` drops its antialiasing for TensorRT, ``exporters.resampling``).
+``dynamic_img_size=True`` path, its antialiased bicubic traced as interpolation matrices built from
+the input shape and applied with MatMul, ``exporters.resampling``: the same graph for every runtime).
 PyTorch's scaled-dot-product attention is decomposed by the exporter into ``MatMul -> Softmax ->
 MatMul`` at the default opset, the pattern TensorRT fuses, so attention modules are exported as
 they are.
@@ -24,6 +24,7 @@ in ONNX Runtime) and the atomic install (``onnx_files``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -67,8 +68,7 @@ from .profiles import (
 )
 from .qdq import TOLERANCE as QDQ_TOLERANCE
 from .qdq import translations as qdq_translations
-from .resampling import Resampled, drop_antialias
-from .resampling import describe as describe_resampling
+from .resampling import MATMUL, matmul_resampling
 from .source import load_source, patch_and_size, with_dynamic_size
 
 DEFAULT_OPSET = 20
@@ -116,13 +116,6 @@ class ExportConfig:
             "that sets every reducing block's keep rate at run time (docs/export.md)."
         },
     )
-    antialias: bool = field(
-        default=True,
-        metadata={
-            "help": "Dynamic size: antialiased position-embedding resampling when the image is smaller than the "
-            "model's (timm's; TensorRT cannot parse it, --trt turns it off)."
-        },
-    )
 
     def validate(self) -> tuple[Profile, Profile | None]:
         """Check the values; returns the parsed batch and image-side profiles."""
@@ -156,7 +149,6 @@ class ExportResult:
     dynamic_size: bool = False
     input_name: str = INPUT_NAME
     runtime_keep: bool = False  # the graph has the second input ``keep_permille``
-    antialias: bool = True  # the position-embedding resampling (dynamic size only)
     keeps: list[float] | None = None  # keep rates the parity check ran (runtime keep)
     external_data: Path | None = None
     size_bytes: int = 0
@@ -173,7 +165,6 @@ class ExportResult:
             "dynamic_size": self.dynamic_size,
             "input_name": self.input_name,
             "runtime_keep": self.runtime_keep,
-            "antialias": self.antialias,
             "keeps": self.keeps,
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
@@ -239,14 +230,12 @@ def _prepare(source, cfg: ExportConfig, batch: Profile, img: Profile | None) -> 
         keeps = rk.parity_keeps(model)
         references = {k: rk.with_keep(model, k) for k in keeps}
         traced, example = rk.RuntimeKeep(traced), example + (rk.keep_tensor(keeps[0]),)
-    if cfg.dynamic_size and not cfg.antialias:  # the graph resamples as ``resample_plain`` does
-        references = {k: Resampled(m) for k, m in references.items()}
     return _Prepared(model, meta, label, patch, native, in_chans, batch, img, references, traced, example)
 
 
 def _trace(prep: _Prepared, cfg: ExportConfig) -> onnx.ModelProto:
     """``torch.onnx.export`` (dynamo) of the traced module; dynamic axes checked to be symbolic; the
-    position-embedding ``Resize`` without antialiasing where asked (``resampling.drop_antialias``)."""
+    position embeddings of a dynamic-size model resampled with MatMuls (``resampling.matmul_resampling``)."""
     axes = {0: Dim.DYNAMIC}
     if cfg.dynamic_size:
         axes.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
@@ -254,17 +243,18 @@ def _trace(prep: _Prepared, cfg: ExportConfig) -> onnx.ModelProto:
     if cfg.runtime_keep:
         names, shapes = names + [rk.KEEP_INPUT], shapes + [None]
     try:
-        prog = torch.onnx.export(
-            prep.traced,
-            prep.example,
-            dynamo=True,
-            input_names=names,
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=tuple(shapes),
-            opset_version=int(cfg.opset),
-            verbose=False,
-            custom_translation_table=qdq_translations(),
-        )
+        with matmul_resampling() if cfg.dynamic_size else contextlib.nullcontext():
+            prog = torch.onnx.export(
+                prep.traced,
+                prep.example,
+                dynamo=True,
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=tuple(shapes),
+                opset_version=int(cfg.opset),
+                verbose=False,
+                custom_translation_table=qdq_translations(),
+            )
     except Exception as e:
         raise VitCompressError(
             f"the ONNX exporter failed at opset {cfg.opset} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
@@ -272,8 +262,6 @@ def _trace(prep: _Prepared, cfg: ExportConfig) -> onnx.ModelProto:
         ) from None
     proto = prog.model_proto
     _check_symbolic(proto, cfg.dynamic_size)
-    if cfg.dynamic_size and not cfg.antialias:
-        drop_antialias(proto)
     return proto
 
 
@@ -324,7 +312,7 @@ def _metadata(prep: _Prepared, cfg: ExportConfig) -> dict[str, str]:
             "output": OUTPUT_NAME,
             "artifact": prep.label,
             "patch_size": prep.patch,
-            "pos_embed_resampling": describe_resampling(cfg.antialias) if cfg.dynamic_size else None,
+            "pos_embed_resampling": MATMUL if cfg.dynamic_size else None,
             "runtime_keep": rk.metadata(prep.model) if cfg.runtime_keep else None,
             "vitcompress_version": vitcompress.__version__,
         },
@@ -426,8 +414,9 @@ def export_onnx(
     ``<output>.<8 hex digits>.data`` named inside the ONNX file (``ExportResult.external_data``).
     The written file is replaced atomically, side file included (``onnx_files.install``).
 
-    ``antialias=False`` (dynamic size) resamples the position embeddings the way TensorRT parses
-    (``exporters.resampling``); the parity reference then resamples the same way.
+    ``dynamic_size`` resamples the position embeddings as timm does (antialiased bicubic) with
+    interpolation matrices built in the graph and MatMuls (``exporters.resampling``): operations
+    TensorRT documents, so the same file serves ONNX Runtime and ``--trt``.
 
     ``runtime_keep`` (keep/rate schedules of topk, topk-vpa, evit, etps) adds the input
     ``keep_permille`` (``[1]`` int64): every reducing block keeps ``ceil(a * n / 1000)`` of its ``n``
@@ -496,7 +485,6 @@ def _export(
         dynamic_size=cfg.dynamic_size,
         input_name=INPUT_NAME,
         runtime_keep=bool(cfg.runtime_keep),
-        antialias=bool(cfg.antialias),
         keeps=[k for k in prep.references if k is not None] or None,
         external_data=data_path,
         size_bytes=size,

@@ -1,19 +1,24 @@
-"""Position-embedding resampling of a dynamic-size export, and its TensorRT-compatible form.
+"""Position-embedding resampling of a dynamic-size export: timm's antialiased bicubic, as MatMuls.
 
 A timm ViT built with ``dynamic_img_size=True`` resamples its position-embedding grid in
-``forward`` (``timm.layers.resample_abs_pos_embed``: bicubic with ``antialias=True``). The ONNX
-exporter writes that as one ``Resize`` node: ``mode=cubic``, ``cubic_coeff_a=-0.5``,
-``exclude_outside=1``, ``coordinate_transformation_mode=half_pixel``, ``antialias=1``. TensorRT's
-ONNX parser refuses ``antialias=1`` ("Antialiasing is not supported currently") and parses the rest.
+``forward`` (``timm.layers.resample_abs_pos_embed``: ``F.interpolate`` bicubic with
+``antialias=True``). Exported as it is, that is one ``Resize`` node with ``mode=cubic`` and
+``antialias=1``; onnx-tensorrt's operators.md lists only the nearest and linear modes of ``Resize``
+and says antialiasing is unsupported, so TensorRT refuses that graph.
 
-``drop_antialias`` sets ``antialias=0`` on those nodes; nothing else changes. Antialiasing only acts
-when the grid shrinks, so the graph computes exactly what the PyTorch model computes at the native
-image size and at every larger one. At a smaller image the antialiased resampling low-pass filters
-the grid over a support widened by the shrink factor; without it each new grid point is the 4-tap
-cubic interpolation (Keys kernel, a = -0.5) of its neighbours, weights renormalised over the taps
-inside the grid. ``resample_plain`` is that computation in PyTorch (interpolation matrices per
-axis), and ``Resampled(model)`` runs a model with it: the reference of such an export's parity
-check, at every image size.
+The resampling is separable: the new grid is ``R @ grid @ C^T`` with one interpolation matrix per
+axis (``R``: ``[new_h, old_h]``, ``C``: ``[new_w, old_w]``). ``aa_matrix`` builds such a matrix from
+the runtime size with element-wise operations (``Range``, ``Mul``, ``Div``, ``Abs``, ``Where``,
+``ReduceSum``) exactly as PyTorch's antialiased kernel computes its weights (``aten``
+``_compute_indices_min_size_weights_aa``): with ``scale = old / new``, output ``i`` is centred at
+``scale * (i + 0.5)``, input ``j`` weighs ``keys((j - centre + 0.5) / max(scale, 1))`` (Keys' cubic,
+``a = -0.5``, whose support is widened by the shrink factor), and each row is normalised to sum 1.
+At the native size the matrices are the identity; enlarging, they are the plain 4-tap cubic
+(antialiasing only acts when shrinking); shrinking, they low-pass filter as timm does. So one graph,
+made only of operations TensorRT documents, equals timm at every size (within fp32 rounding) and is
+what ONNX Runtime runs and what ``--trt`` builds.
+
+``matmul_resampling()`` makes timm's ViT modules use ``resample_matmul`` while the exporter traces.
 """
 
 from __future__ import annotations
@@ -26,60 +31,62 @@ from collections.abc import Iterator
 
 import torch
 from timm.layers import resample_abs_pos_embed
-from torch import nn
 
-#: ``export.pos_embed_resampling`` metadata values.
-ANTIALIAS, PLAIN = "bicubic, antialias", "bicubic"
-#: Keys' cubic coefficient of timm's (and PIL's) antialiased bicubic kernel.
+#: ``export.pos_embed_resampling`` metadata value of a dynamic-size export.
+MATMUL = "bicubic, antialias (separable MatMul)"
+#: Keys' cubic coefficient of timm's (PyTorch's, PIL's) antialiased bicubic kernel.
 CUBIC_A = -0.5
 
 _lock = threading.RLock()
 
 
-def _keys(d: float, a: float = CUBIC_A) -> float:
-    """Keys' cubic convolution kernel at distance ``d``."""
-    d = abs(d)
-    if d <= 1:
-        return ((a + 2) * d - (a + 3)) * d * d + 1
-    if d < 2:
-        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    return 0.0
+def _keys(d: torch.Tensor, a: float = CUBIC_A) -> torch.Tensor:
+    """Keys' cubic convolution kernel at distances ``d`` (element-wise, zero from 2 on)."""
+    d = d.abs()
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
 
 
-def cubic_matrix(n_in: int, n_out: int, a: float = CUBIC_A) -> torch.Tensor:
-    """``[n_out, n_in]`` weights of ONNX ``Resize`` (cubic, ``half_pixel``, ``exclude_outside=1``,
-    no antialiasing) along one axis: output ``i`` samples the input at ``(i + 0.5) * n_in / n_out -
-    0.5`` with the 4 taps around it; taps outside the input are dropped and the rest renormalised."""
-    w = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for i in range(n_out):
-        x = (i + 0.5) * n_in / n_out - 0.5
-        base = math.floor(x)
-        for j in range(base - 1, base + 3):
-            if 0 <= j < n_in:
-                w[i, j] = _keys(x - j, a)
-        w[i] /= w[i].sum()
-    return w
+def aa_matrix(n_in: int, n_out) -> torch.Tensor:
+    """``[n_out, n_in]`` float32 weights of PyTorch's antialiased bicubic along one axis (module doc).
+
+    ``n_out`` may be symbolic (the exporter's size from the input shape): the weights are computed
+    from ``arange(n_out)`` with tensor operations, so the graph builds them for the runtime size."""
+    i = torch.arange(n_out).to(torch.float32)  # an integer Range on the runtime size, then a Cast
+    scale = n_in / torch.ones_like(i).sum()  # old / new, a tensor however n_out is given
+    centre = scale * (i + 0.5)
+    j = torch.arange(n_in, dtype=torch.float32)
+    w = _keys((j[None, :] - centre[:, None] + 0.5) / scale.clamp(min=1.0))
+    return w / w.sum(-1, keepdim=True)
 
 
-def resample_plain(posemb: torch.Tensor, new_size, old_size=None, num_prefix_tokens: int = 1, **_) -> torch.Tensor:
-    """``timm.layers.resample_abs_pos_embed`` without antialiasing (see the module doc); same arguments."""
+def resample_matmul(
+    posemb: torch.Tensor, new_size, old_size=None, num_prefix_tokens: int = 1, interpolation="bicubic", **_
+) -> torch.Tensor:
+    """``timm.layers.resample_abs_pos_embed`` (bicubic, antialiased; same arguments) with two MatMuls."""
+    if interpolation != "bicubic":
+        return resample_abs_pos_embed(posemb, new_size, old_size, num_prefix_tokens, interpolation)
     n_pos = posemb.shape[1] - num_prefix_tokens
     if old_size is None:
         side = int(math.sqrt(n_pos))
         old_size = (side, side)
+    h_in, w_in = int(old_size[0]), int(old_size[1])
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
-    grid = grid.reshape(old_size[0], old_size[1], -1).double()
-    rows = cubic_matrix(int(old_size[0]), int(new_size[0])).to(grid.device)
-    cols = cubic_matrix(int(old_size[1]), int(new_size[1])).to(grid.device)
-    out = torch.einsum("oh,hwc,pw->opc", rows, grid, cols).reshape(1, -1, grid.shape[-1]).to(posemb.dtype)
+    c = grid.shape[-1]
+    g = grid.float().reshape(h_in, w_in * c)
+    rows = aa_matrix(h_in, new_size[0]).to(g.device)
+    cols = aa_matrix(w_in, new_size[1]).to(g.device)
+    t = (rows @ g).reshape(-1, w_in, c).transpose(1, 2)  # [new_h, C, old_w]
+    out = (t @ cols.transpose(0, 1)).transpose(1, 2).reshape(1, -1, c).to(posemb.dtype)
     return torch.cat([prefix, out], dim=1) if num_prefix_tokens else out
 
 
 @contextlib.contextmanager
-def plain_resampling() -> Iterator[None]:
-    """Within the block, timm ViTs resample their position embeddings with ``resample_plain``: every
-    loaded timm module that calls ``resample_abs_pos_embed`` (``vision_transformer``, ``deit``, ...)
-    looks it up in its own namespace, where it is replaced for the duration."""
+def matmul_resampling() -> Iterator[None]:
+    """Within the block, timm models resample their position embeddings with ``resample_matmul``:
+    every loaded timm module that calls ``resample_abs_pos_embed`` (``vision_transformer``, ``deit``,
+    ``eva``, ...) looks it up in its own namespace, where it is replaced for the duration."""
     with _lock:
         patched = [
             m
@@ -87,40 +94,9 @@ def plain_resampling() -> Iterator[None]:
             if name.startswith("timm.") and getattr(m, "resample_abs_pos_embed", None) is resample_abs_pos_embed
         ]
         for m in patched:
-            m.resample_abs_pos_embed = resample_plain
+            m.resample_abs_pos_embed = resample_matmul
         try:
             yield
         finally:
             for m in patched:
                 m.resample_abs_pos_embed = resample_abs_pos_embed
-
-
-class Resampled(nn.Module):
-    """``model`` whose forward resamples position embeddings without antialiasing (``resample_plain``)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.train(model.training)
-
-    def forward(self, *args):
-        with plain_resampling():
-            return self.model(*args)
-
-
-def drop_antialias(proto) -> int:
-    """Set ``antialias=0`` on every ``Resize`` of the main graph that has ``antialias=1``; returns how many."""
-    changed = 0
-    for node in proto.graph.node:
-        if node.op_type != "Resize":
-            continue
-        for attr in node.attribute:
-            if attr.name == "antialias" and attr.i != 0:
-                attr.i = 0
-                changed += 1
-    return changed
-
-
-def describe(antialias: bool) -> str:
-    """The ``export.pos_embed_resampling`` metadata value of a resampling."""
-    return ANTIALIAS if antialias else PLAIN

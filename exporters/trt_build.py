@@ -316,9 +316,16 @@ def build_engine(
     if cfg.timing_cache and Path(cfg.timing_cache).is_file():
         cache_bytes = Path(cfg.timing_cache).read_bytes()
     cache = config.create_timing_cache(cache_bytes)
-    if cache is None:  # a cache file from another TensorRT version: start a fresh one
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        # a cache file TensorRT cannot read, or one from another device or TensorRT version: start afresh
+        if cache_bytes:
+            logger.log(
+                trt.Logger.WARNING,
+                f"timing cache {cfg.timing_cache!r} is from another GPU or TensorRT version; starting a new one",
+            )
         cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise VitCompressError("TensorRT refused a new, empty timing cache; build without --timing-cache")
     profile = builder.create_optimization_profile()
     profile.set_shape(name, shapes[0], shapes[1], shapes[2])
     if keep is not None:
@@ -347,7 +354,8 @@ def build_engine(
         tmp.write_bytes(bytes(serialized))
         with atomic_file(sidecar_path(engine_path)) as tmp_side:
             tmp_side.write_text(json.dumps(side, indent=1) + "\n")
-    if cfg.timing_cache:
+    built_cache = config.get_timing_cache() if cfg.timing_cache else None
+    if built_cache is not None:  # None: TensorRT kept no cache (the file is left as it was)
         with atomic_file(cfg.timing_cache) as tmp:
-            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+            tmp.write_bytes(bytes(built_cache.serialize()))
     return side

@@ -6,10 +6,10 @@ Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, b
   ``docs/operators.md`` for TensorRT 10.x) and operators of non-standard domains (plugins);
 * ``TopK`` with ``K`` above ``TOPK_MAX_K`` (3840) at the largest profile shape, or ``sorted=0``
   (TensorRT's TopK always sorts and is limited to K <= 3840);
-* ``TopK`` whose ``K`` is computed from a floating-point tensor: TensorRT takes ``K`` only from an
-  INT32/INT64 shape tensor (shapes, integer constants and integer inputs), so a ``K`` derived from a
-  float input (a float keep rate) cannot build;
-* ``Resize`` with ``antialias=1`` (onnx-tensorrt: "Antialiasing is not supported currently"), a
+* ``TopK`` whose ``K`` is computed from a floating-point tensor (warning: TensorRT parses it, but
+  ``K`` then hangs on float rounding; an integer input such as ``keep_permille`` is exact);
+* ``Resize`` with ``antialias=1`` (onnx-tensorrt: "Antialiasing is not supported currently"), a mode
+  other than ``nearest`` or ``linear`` (operators.md lists no cubic mode), a
   ``keep_aspect_ratio_policy`` other than ``stretch`` or a coordinate transformation mode TensorRT
   lacks;
 * ``ScatterElements`` / ``ScatterND`` with a ``reduction`` (not native; needs a plugin);
@@ -249,9 +249,9 @@ def _check_topk(node, consts, values, dims, max_k, producers, types) -> list[tup
     if floats:
         out.append(
             (
-                f"K is computed from the floating-point tensor {floats[0]!r}; TensorRT takes K only from an "
-                "INT32/INT64 shape tensor (feed such a value as an integer input, e.g. a keep rate in 1/1000)",
-                "error",
+                f"K is computed from the floating-point tensor {floats[0]!r}; TensorRT parses it, but K then "
+                "depends on float rounding (feed such a value as an integer input, e.g. a keep rate in 1/1000)",
+                "warning",
             )
         )
     k = None
@@ -280,10 +280,14 @@ def _check_resize(node) -> list[tuple[str, str]]:
         out.append(
             (
                 'antialias=1 is not supported by TensorRT\'s parser ("Antialiasing is not supported currently"); '
-                "export with --trt (or antialias=False), which resamples without it",
+                "vitcompress resamples position embeddings with MatMuls instead; report the model that wrote this",
                 "error",
             )
         )
+    kind = _attr(node, "mode", b"nearest")
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind not in ("nearest", "linear"):  # operators.md: "Supported resize modes: nearest, linear"
+        out.append((f"mode={kind!r} is not supported by TensorRT's parser (nearest and linear only)", "error"))
     policy = _attr(node, "keep_aspect_ratio_policy", b"stretch")
     policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     if policy != "stretch":

@@ -151,7 +151,11 @@ class TrtEngine:
     def bind(self, x, extras: Mapping[str, np.ndarray] | None = None) -> None:
         """Copy ``x`` (NCHW, numpy or torch) to the device as the image input, bind the other inputs
         from ``extras`` (by name; shape-tensor inputs in host memory), allocate the outputs at the
-        shapes the context resolves and set every tensor address."""
+        shapes the context resolves and set every tensor address.
+
+        The order is NvInferRuntime.h's: every input shape and the (host) address of every input that
+        shape inference reads (``is_shape_inference_io``: ``keep_permille``) first, then
+        ``infer_shapes()`` must name nothing missing, and only then are the output shapes read."""
         extras = dict(extras or {})
         self.buffers = {}
         for name in self.inputs:
@@ -169,8 +173,16 @@ class TrtEngine:
                 buf = value.to(self.device, dtype).contiguous()
             self._set_shape(name, tuple(int(d) for d in buf.shape))
             self.buffers[name] = buf
+            if name in self.host_inputs:  # shape inference reads its value: the address comes first
+                self._set_address(name, buf)
         if extras:
             raise VitCompressError(f"engine {str(self.path)!r} has no input(s) {sorted(extras)}; inputs: {self.inputs}")
+        missing = list(self.context.infer_shapes())
+        if missing:
+            raise VitCompressError(
+                f"TensorRT cannot infer the output shapes of engine {str(self.path)!r}: {sorted(missing)} "
+                "still unspecified; report it (the runner sets every input shape and shape-input value first)"
+            )
         self.outputs = []
         for name in self.output_names:
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
@@ -180,8 +192,12 @@ class TrtEngine:
             self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
             self.outputs.append(self.buffers[name])
         for name, buf in self.buffers.items():
-            if not self.context.set_tensor_address(name, buf.data_ptr()):
-                raise VitCompressError(f"TensorRT refused the address of tensor {name!r}")
+            if name not in self.host_inputs:
+                self._set_address(name, buf)
+
+    def _set_address(self, name: str, buf: torch.Tensor) -> None:
+        if not self.context.set_tensor_address(name, buf.data_ptr()):
+            raise VitCompressError(f"TensorRT refused the address of tensor {name!r}")
 
     # ----------------------------------------------------------------------------- running
     def execute(self) -> None:

@@ -1,5 +1,6 @@
-"""Position-embedding resampling of dynamic-size exports: timm's antialiased bicubic (the default) and
-the TensorRT-compatible form without antialiasing (``antialias=False``, what ``--trt`` exports)."""
+"""Position-embedding resampling of dynamic-size exports: timm's antialiased bicubic as interpolation
+matrices built in the graph from the runtime size and applied with MatMul (``exporters.resampling``),
+one graph for ONNX Runtime and TensorRT that equals timm at every size, shrinking included."""
 
 from __future__ import annotations
 
@@ -16,81 +17,72 @@ from timm.models import deit, vision_transformer
 from vitcompress.artifact import meta_of
 from vitcompress.exporters import check_tensorrt, export_onnx, relative_error
 from vitcompress.exporters.parity import ort_session
-from vitcompress.exporters.resampling import Resampled, cubic_matrix, plain_resampling, resample_plain
+from vitcompress.exporters.resampling import MATMUL, aa_matrix, matmul_resampling, resample_matmul
 from vitcompress.exporters.source import with_dynamic_size
 
 IMG = (16, 32, 48)  # patch 8: grids of 2, 4 (native) and 6
 
-pytestmark = pytest.mark.export  # ONNX export: `make test-slow`
+
+def test_matmul_resampling_equals_timms_antialiased_bicubic_at_every_size():
+    pe = torch.randn(1, 1 + 48, 24, generator=torch.Generator().manual_seed(0))
+    for new in [(h, w) for h in (1, 2, 3, 5, 6, 7, 11, 16) for w in (1, 4, 9, 13)]:  # shrink, same, enlarge
+        want = resample_abs_pos_embed(pe, new, (6, 8), 1)
+        assert relative_error(resample_matmul(pe, new, (6, 8), 1), want)[1] < 2e-6, new
+    # no prefix tokens, fp16 (resampled in fp32 and cast back, as timm does)
+    assert (
+        relative_error(
+            resample_matmul(pe[:, 1:], (3, 3), (6, 8), 0), resample_abs_pos_embed(pe[:, 1:], (3, 3), (6, 8), 0)
+        )[1]
+        < 2e-6
+    )
+    half = resample_matmul(pe.half(), (3, 5), (6, 8), 1)
+    assert (
+        half.dtype == torch.float16
+        and relative_error(half.float(), resample_abs_pos_embed(pe.half(), (3, 5), (6, 8), 1).float())[1] < 2e-3
+    )
+    # weights: rows sum to 1, the native size is the identity, shrinking widens the kernel
+    assert torch.allclose(aa_matrix(4, 4), torch.eye(4), atol=1e-7)
+    assert torch.allclose(aa_matrix(6, 3).sum(1), torch.ones(3))
+    assert (aa_matrix(12, 3) != 0).sum(1).tolist() == [10, 12, 10] and (aa_matrix(3, 6) != 0).sum(1).max() <= 4
 
 
-def test_plain_resampling_equals_antialiased_when_enlarging_only():
-    pe = torch.randn(1, 1 + 16, 24, generator=torch.Generator().manual_seed(0))
-    for new in (4, 5, 6, 9):  # same size or larger: antialiasing does nothing
-        a = resample_abs_pos_embed(pe, (new, new), (4, 4), 1)
-        assert relative_error(resample_plain(pe, (new, new), (4, 4), 1), a)[1] < 1e-6
-    for new in (2, 3):  # smaller: the antialiased kernel widens with the shrink factor, the plain one does not
-        a = resample_abs_pos_embed(pe, (new, new), (4, 4), 1)
-        assert relative_error(resample_plain(pe, (new, new), (4, 4), 1), a)[1] > 1e-2
-    # weights: rows sum to 1, the native size is the identity, taps outside the grid are dropped
-    assert torch.allclose(cubic_matrix(4, 4), torch.eye(4, dtype=torch.float64))
-    w = cubic_matrix(6, 3)
-    assert torch.allclose(w.sum(1), torch.ones(3, dtype=torch.float64)) and (w != 0).sum(1).tolist() == [3, 4, 3]
-
-
+@pytest.mark.export
 @pytest.mark.parametrize("kind", ["vit", "deit_distilled"])
-def test_trt_resampling_matches_pytorch_and_the_default_export_at_and_above_native(kind, tmp_path):
+def test_dynamic_size_graph_equals_timm_at_every_size_and_is_what_tensorrt_parses(kind, tmp_path):
     model = tiny(kind)
-    default = export_onnx(model, tmp_path / "aa.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=IMG)
-    plain = export_onnx(model, tmp_path / "p.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=IMG, antialias=False)
-    # both pass their parity checks, the second against PyTorch with plain resampling (at 16 px: shrinking)
-    assert default.parity.ok and plain.parity.ok and {c.img_size for c in plain.parity.cases} == {32, 16}
-    assert plain.parity.max_rel < 1e-4
-    attrs = {
-        f: [
-            a.i
-            for n in onnx.load(str(f)).graph.node
-            if n.op_type == "Resize"
-            for a in n.attribute
-            if a.name == "antialias"
-        ]
-        for f in (default.path, plain.path)
-    }
-    assert attrs == {default.path: [1], plain.path: [0]}
-    assert default.metadata["export"]["pos_embed_resampling"] == "bicubic, antialias"
-    assert plain.metadata["export"]["pos_embed_resampling"] == "bicubic"
-    # TensorRT's parser refuses the default graph (antialias=1); the plain one passes the check
+    res = export_onnx(model, tmp_path / "m.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=IMG)
+    # parity against timm itself (no substitute reference), at 16 px too: shrinking
+    assert res.parity.ok and {c.img_size for c in res.parity.cases} == {32, 16} and res.parity.max_rel < 1e-5
+    assert res.metadata["export"]["pos_embed_resampling"] == MATMUL
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(res.path))).graph
+    assert "Resize" not in {n.op_type for n in graph.node} and "MatMul" in {n.op_type for n in graph.node}
+    # the runtime sizes come from integer Ranges (shape arithmetic), cast to float after
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    ranges = [n for n in graph.node if n.op_type == "Range"]
+    assert len(ranges) == 2 and {types.get(i) for n in ranges for i in n.input} - {None} == {onnx.TensorProto.INT64}
     shapes = {"pixel_values": [4, 3, 48, 48]}
-    flagged = check_tensorrt(default.path, shapes)
-    assert [(i.op, i.severity) for i in flagged.issues] == [("Resize", "error")]
-    assert check_tensorrt(plain.path, shapes).ok and not check_tensorrt(plain.path, shapes).issues
-    # the two graphs agree at the native size and above, and differ below it
+    assert check_tensorrt(res.path, shapes).ok and not check_tensorrt(res.path, shapes).issues
     dyn = with_dynamic_size(model, meta_of(copy.deepcopy(model)))
-    sa, sp = ort_session(str(default.path)), ort_session(str(plain.path))
-    for side in (16, 24, 32, 40, 56):
-        x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(side))
-        a = sa.run(None, {"pixel_values": x.numpy()})[0]
-        p = sp.run(None, {"pixel_values": x.numpy()})[0]
+    sess = ort_session(str(res.path))
+    for h, w in [(8, 8), (16, 16), (24, 24), (32, 32), (40, 40), (56, 56), (16, 48), (40, 24)]:
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h * w))
         with torch.inference_mode():
-            ref = Resampled(dyn)(x).numpy()
-        assert relative_error(p, ref)[1] < 1e-4  # the plain graph is exactly its PyTorch reference
-        if side >= 32:
-            assert relative_error(p, a)[1] < 1e-5, side
-        else:
-            assert relative_error(p, a)[1] > 1e-4, side
+            ref = dyn(x).numpy()
+        assert relative_error(sess.run(None, {"pixel_values": x.numpy()})[0], ref)[1] < 1e-5, (h, w)
 
 
-def test_plain_resampling_is_undone_after_use():
+def test_matmul_resampling_is_undone_after_use():
     dyn = with_dynamic_size(tiny("deit_distilled"), meta_of(tiny("deit_distilled")))
-    with plain_resampling():
-        assert vision_transformer.resample_abs_pos_embed is resample_plain
-        assert deit.resample_abs_pos_embed is resample_plain
-    assert vision_transformer.resample_abs_pos_embed is resample_abs_pos_embed
-    assert deit.resample_abs_pos_embed is resample_abs_pos_embed
-    with pytest.raises(RuntimeError, match="boom"):
-        with plain_resampling():
-            raise RuntimeError("boom")
-    assert deit.resample_abs_pos_embed is resample_abs_pos_embed
     x = torch.randn(1, 3, 16, 16)
     with torch.inference_mode():
-        assert not np.allclose(Resampled(dyn)(x).numpy(), dyn(x).numpy(), atol=1e-6)
+        want = dyn(x).numpy()
+    with matmul_resampling():
+        assert vision_transformer.resample_abs_pos_embed is resample_matmul
+        assert deit.resample_abs_pos_embed is resample_matmul
+        with torch.inference_mode():
+            np.testing.assert_allclose(dyn(x).numpy(), want, rtol=1e-5, atol=1e-6)  # the same numbers
+    assert vision_transformer.resample_abs_pos_embed is resample_abs_pos_embed
+    with pytest.raises(RuntimeError, match="boom"):
+        with matmul_resampling():
+            raise RuntimeError("boom")
+    assert deit.resample_abs_pos_embed is resample_abs_pos_embed

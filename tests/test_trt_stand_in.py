@@ -33,11 +33,9 @@ def trt(request, monkeypatch):
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
-    """A dynamic-batch, dynamic-size fp32 export resampled the way TensorRT parses."""
+    """A dynamic-batch, dynamic-size fp32 export (position embeddings resampled with MatMuls)."""
     d = tmp_path_factory.mktemp("onnx")
-    return export_onnx(
-        tiny("vit"), d / "m.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=(16, 32, 48), antialias=False
-    ).path
+    return export_onnx(tiny("vit"), d / "m.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=(16, 32, 48)).path
 
 
 def _names(trt, prefix=""):
@@ -114,10 +112,10 @@ def test_export_trt_end_to_end(version, precision, tmp_path, monkeypatch):
     assert run.sidecar["tensorrt_version"] == trt.__version__ and run.sidecar["precision"] == precision
     assert run.sidecar["strongly_typed"] is (trt.MAJOR >= 11)
     assert run.compat.ok and not run.compat.issues
-    # the graph TensorRT parsed resamples without antialiasing (the parser refuses antialias=1)
-    resize = [n for n in onnx.load(str(run.onnx.path)).graph.node if n.op_type == "Resize"]
-    assert resize and all(a.i == 0 for n in resize for a in n.attribute if a.name == "antialias")
-    assert run.onnx.metadata["export"]["pos_embed_resampling"] == "bicubic"
+    # the graph TensorRT parsed resamples as timm does, with MatMuls (no Resize: cubic and antialias
+    # are not in onnx-tensorrt's operators.md)
+    assert not [n for n in onnx.load(str(run.onnx.path)).graph.node if n.op_type == "Resize"]
+    assert run.onnx.metadata["export"]["pos_embed_resampling"] == "bicubic, antialias (separable MatMul)"
     assert run.engine_parity.ok and {(c.batch, c.img_size) for c in run.engine_parity.cases} == {
         (1, 32),
         (4, 32),
@@ -128,12 +126,17 @@ def test_export_trt_end_to_end(version, precision, tmp_path, monkeypatch):
 
 
 def test_parser_refuses_antialiasing_as_the_check_does(trt, tmp_path):
-    res = export_onnx(tiny("vit"), tmp_path / "aa.onnx", batch=(1, 2, 4), dynamic_size=True, img_size=(16, 32, 48))
-    rep = check_tensorrt(res.path, {"pixel_values": [4, 3, 48, 48]})
-    assert [(i.op, i.severity) for i in rep.issues] == [("Resize", "error")] and "antialias=1" in rep.errors[0].message
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="aa", mode="cubic", antialias=1)
+    path = tmp_path / "aa.onnx"
+    onnx.save(helper.make_model(helper.make_graph([node], "g", [x], [y], [scales])), path)
+    rep = check_tensorrt(path, {"x": [4, 3, 8, 8]})
+    assert ("Resize", "error") in [(i.op, i.severity) for i in rep.issues] and "antialias=1" in rep.errors[0].message
     with pytest.raises(VitCompressError, match="Antialiasing is not supported currently") as e:
-        build_engine(res.path, tmp_path / "aa.engine", BuildConfig.make("1:2:4", "16:32:48"))
-    assert len(str(e.value).splitlines()) == 1 and "node 'node__upsample_bicubic2d_aa' (Resize)" in str(e.value)
+        build_engine(path, tmp_path / "aa.engine", BuildConfig.make("1:2:4"))
+    assert len(str(e.value).splitlines()) == 1 and "node 'aa' (Resize)" in str(e.value)
     assert not (tmp_path / "aa.engine").exists()
 
 
@@ -161,19 +164,23 @@ def _keep_graph(float_keep: bool):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
 
 
-def test_topk_k_driven_by_a_float_is_flagged_and_refused(trt, tmp_path):
+def test_topk_k_driven_by_a_float_is_a_lint_warning_not_a_parse_error(trt, tmp_path):
+    """TensorRT's parser has no rule against a K computed from a float: the stand-in parses it, the
+    lint warns (K then hangs on float rounding). Only the integer input is a shape-tensor input."""
     for float_keep in (True, False):
         model = _keep_graph(float_keep)
         rep = check_tensorrt(model, {"x": [4, 50]}, {"keep": [1.0 if float_keep else 1000]})
         path = tmp_path / f"k{int(float_keep)}.onnx"
         onnx.save(model, path)
-        parser = trt.OnnxParser(trt.Builder(trt.Logger()).create_network(0), trt.Logger())
-        parsed = parser.parse_from_file(str(path))
+        network = trt.Builder(trt.Logger()).create_network(0)
+        parser = trt.OnnxParser(network, trt.Logger())
+        assert parser.parse_from_file(str(path)) and parser.num_errors == 0
+        assert [t.is_shape_tensor for t in network.inputs] == [False, not float_keep]
         if float_keep:
-            assert [i.node for i in rep.errors] == ["topk_keep"] and "floating-point tensor" in rep.errors[0].message
-            assert not parsed and "shape tensor" in parser.get_error(0).desc()
+            assert rep.ok and [(i.node, i.severity) for i in rep.issues] == [("topk_keep", "warning")]
+            assert "floating-point tensor 'a_f'" in rep.issues[0].message
         else:
-            assert rep.ok and not rep.issues and parsed
+            assert rep.ok and not rep.issues
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +327,71 @@ def test_stand_in_refuses_what_the_bindings_refuse(trt, onnx_file, tmp_path):
     assert trt.OnnxParser(network, logger).parse_from_file(str(onnx_file))
     assert builder.build_serialized_network(network, builder.create_builder_config()) is None
     assert "no optimization profile" in logger.messages[-1][1]
+
+
+def test_runner_sets_shape_input_values_before_reading_output_shapes(trt, runtime_keep_onnx, tmp_path):
+    """NvInferRuntime.h: every input shape and the value (host address) of every shape-inference input
+    before an output's shape; the runner checks ``infer_shapes()`` names nothing missing in between."""
+    _, res = runtime_keep_onnx
+    build_engine(res.path, tmp_path / "rk.engine", BuildConfig.make("1:2:4"))
+    engine = TrtEngine(tmp_path / "rk.engine")
+    ctx = engine.engine.create_execution_context()
+    # the stand-in refuses an output shape before the shape input's value, as TensorRT does
+    assert ctx.set_input_shape("pixel_values", (2, 3, 32, 32)) and ctx.set_input_shape(KEEP_INPUT, (1,))
+    assert ctx.infer_shapes() == [KEEP_INPUT] and tuple(ctx.get_tensor_shape("logits")) == (-1, -1)
+    assert "must be set before an output's shape is read" in engine.logger.messages[-1][1]
+    keep = torch.tensor([700], dtype=torch.int64)
+    assert ctx.set_tensor_address(KEEP_INPUT, keep.data_ptr())
+    assert ctx.infer_shapes() == [] and tuple(ctx.get_tensor_shape("logits")) == (2, 10)
+    # the runner's order
+    del trt.CALLS[:]
+    out = engine(np.zeros((2, 3, 32, 32), np.float32), {KEEP_INPUT: np.array([700])})
+    assert out.shape == (2, 10)
+    order = [(n, a[0] if a else None) for n, a in trt.CALLS if n.startswith("IExecutionContext.")]
+    assert order == [
+        ("IExecutionContext.set_input_shape", "pixel_values"),
+        ("IExecutionContext.set_input_shape", KEEP_INPUT),
+        ("IExecutionContext.set_tensor_address", KEEP_INPUT),
+        ("IExecutionContext.infer_shapes", None),
+        ("IExecutionContext.get_tensor_shape", "logits"),
+        ("IExecutionContext.set_tensor_address", "pixel_values"),
+        ("IExecutionContext.set_tensor_address", "logits"),
+        ("IExecutionContext.execute_async_v3", engine.stream_handle),
+    ]
+
+
+def test_timing_cache_of_another_device_is_replaced_not_ignored(trt, onnx_file, tmp_path, monkeypatch):
+    """``set_timing_cache`` returns False for a cache of another GPU or TensorRT version: the build
+    warns, starts a fresh cache and writes it back (the config would otherwise hold none, and
+    ``get_timing_cache()`` would be None)."""
+    cache = tmp_path / "timing.cache"
+    monkeypatch.setattr(trt, "DEVICE", "another GPU")
+    build_engine(onnx_file, tmp_path / "a.engine", BuildConfig.make("1:2:4", "16:32:48", timing_cache=cache))
+    assert b"another GPU" in cache.read_bytes()
+    monkeypatch.setattr(trt, "DEVICE", "stand-in GPU")
+    logs = []
+    monkeypatch.setattr(trt.Logger, "log", lambda self, sev, msg: logs.append((sev, msg)))
+    build_engine(onnx_file, tmp_path / "b.engine", BuildConfig.make("1:2:4", "16:32:48", timing_cache=cache))
+    results = [n for n, _ in trt.CALLS if n == "IBuilderConfig.set_timing_cache"]
+    assert len(results) == 3  # first build: 1; second: refused, then the fresh one
+    assert [m for s, m in logs if "is from another GPU or TensorRT version; starting a new one" in m]
+    data = json.loads(cache.read_bytes().split(b"\n", 1)[1])
+    assert data["owner"] == f"{trt.__version__} on stand-in GPU" and len(data["entries"]) == 1
+    # a config that never had a cache set gives None, not an empty cache
+    assert trt.Builder(trt.Logger()).create_builder_config().get_timing_cache() is None
+
+
+def test_shape_input_profile_needs_one_value_per_element(trt, runtime_keep_onnx):
+    _, res = runtime_keep_onnx
+    logger = trt.Logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(res.path))
+    assert [t.is_shape_tensor for t in network.inputs] == [False, True]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("pixel_values", (1, 3, 32, 32), (2, 3, 32, 32), (4, 3, 32, 32))
+    profile.set_shape_input(KEEP_INPUT, [1, 1], [500, 500], [1000, 1000])
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is None
+    assert "gives 2 values for a shape tensor of 1 element(s)" in logger.messages[-1][1]

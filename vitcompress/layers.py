@@ -11,8 +11,6 @@ normalises over the kept channels only (see ``vitcompress.reference``); ``norm_l
 the same kind, epsilon and affinity at another width.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Final
 

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -232,12 +233,33 @@ def check_request(
     return meth, opts, table
 
 
+def _refusal(fam, net: nn.Module, kinds: list[str]) -> str:
+    """Why ``fam`` refuses ``kinds`` on ``net``: its one-line error without the advice to drop them."""
+    try:
+        fam.check_kinds(net, kinds)
+    except VitCompressError as e:
+        return str(e).split("; drop ")[0].split("; use --granularity")[0]
+    return "not supported"
+
+
 def load_for_pruning(
     model, cfg: PruneConfig, meth: Method | None = None, **source: Any
 ) -> tuple[nn.Module, TokenSchedule | None]:
     """The model to prune without its token schedule (a copy when it had one), and the schedule."""
     net = resolve_model(model, **source)
     fam = family_of(net)
+    if tuple(cfg.granularity) == parse_kinds(DEFAULT_GRANULARITY):  # not asked for: what the family supports
+        supported = fam.supported_kinds(net, cfg.granularity)
+        dropped = [k for k in cfg.granularity if k not in supported]
+        if dropped and supported:
+            reason = _refusal(fam, net, dropped)
+            warnings.warn(
+                f"the default granularity prunes {','.join(supported)} on this {fam.name} model, not "
+                f"{','.join(dropped)} ({reason})",
+                UserWarning,
+                stacklevel=2,
+            )
+            cfg.granularity = supported
     fam.check_kinds(net, cfg.granularity)
     if meth is not None:
         fam.check_method(net, meth.name)

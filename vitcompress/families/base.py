@@ -145,6 +145,17 @@ class Family:
                 f"{','.join(self.kinds)}"
             )
 
+    def supported_kinds(self, model: nn.Module, kinds: Iterable[str]) -> tuple[str, ...]:
+        """The kinds of ``kinds`` that ``check_kinds`` accepts on ``model`` (each on its own), in order."""
+        out = []
+        for k in kinds:
+            try:
+                self.check_kinds(model, (k,))
+            except VitCompressError:
+                continue
+            out.append(k)
+        return tuple(out)
+
     def check_method(self, model: nn.Module, method: str) -> None:
         """A one-line error unless the seed method ``method`` runs on ``model``."""
         if method not in self.methods:

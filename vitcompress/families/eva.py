@@ -61,7 +61,7 @@ class RopeTable(nn.Module):
         self.feat_shape = list(feat_shape)
         self.register_buffer("pos_embed", torch.zeros(num_pos, width))
 
-    def get_embed(self, shape=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def get_embed(self, shape: list[int] | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         return self.pos_embed if dtype is None else self.pos_embed.to(dtype)
 
 
@@ -79,7 +79,13 @@ class PrunedEvaAttention(PrunedAttention):
         else:
             self.q_bias = self.v_bias = None
 
-    def forward(self, x, rope=None, attn_mask=None, is_causal=False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
         B, N, _ = x.shape
         h, qk, vd = self.num_heads, self.qk_dim, self.v_dim
         bias = None

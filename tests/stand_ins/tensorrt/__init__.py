@@ -9,14 +9,21 @@ refuses:
   deprecated and ignored; ``STRONGLY_TYPED`` together with ``BuilderFlag.FP16`` fails the build.
   TensorRT 11: no precision builder flags (``BuilderFlag.FP16`` does not exist), no
   ``EXPLICIT_BATCH``; ``STRONGLY_TYPED`` is deprecated (networks are always strongly typed).
-* the ONNX parser: ``Resize`` with ``antialias=1`` ("Antialiasing is not supported currently"), and
-  a ``TopK`` whose ``K`` is not a shape tensor (computed from a floating-point value) are parse errors.
+* the ONNX parser: ``Resize`` with ``antialias=1`` ("Antialiasing is not supported currently") is a
+  parse error. (A ``TopK`` ``K`` computed from a float is not: TensorRT parses it; the lint warns.)
+* shape-tensor inputs are decided by use, as TensorRT does: an INT32/INT64 input of rank <= 1 whose
+  value reaches a shape operand (``SHAPE_SLOTS``: TopK's K, Reshape's shape, ...).
 * building: every dynamic input needs ``set_shape`` and every shape-tensor input ``set_shape_input``
-  in the optimisation profile, with ``min <= opt <= max``; otherwise the build returns ``None``.
-* running: ``set_input_shape`` returns ``False`` outside the profile; ``execute_async_v3`` needs
-  every input shape and every address set and reads shape-tensor inputs from host memory; the default
-  stream (handle 0) logs TensorRT's warning; an engine serialised by another version does not
-  deserialise (``None`` and an error in the log).
+  (as many values as the input has elements) in the optimisation profile, with ``min <= opt <= max``;
+  otherwise the build returns ``None``.
+* timing cache: ``set_timing_cache`` returns ``False`` for a cache of another TensorRT version or
+  device (``ignore_mismatch=False``); ``get_timing_cache`` returns ``None`` when none was set.
+* running, in the order NvInferRuntime.h documents: ``set_input_shape`` (``False`` outside the
+  profile) and the host address of every shape-inference input (``is_shape_inference_io``) before
+  ``infer_shapes`` (the names still missing) or an output's ``get_tensor_shape`` (all ``-1`` and an
+  error in the log until then); ``execute_async_v3`` needs every input shape and every address set;
+  the default stream (handle 0) logs TensorRT's warning; an engine serialised by another version does
+  not deserialise (``None`` and an error in the log).
 
 The "engine" is the ONNX model itself: ``execute_async_v3`` reads the inputs from the bound
 addresses (host memory: torch CPU tensors stand in for device buffers), runs the graph in ONNX
@@ -96,9 +103,10 @@ class MemoryPoolType(enum.Enum):
     TACTIC_SHARED_MEMORY = 5
 
 
-_flags = {"DEBUG": 0, "GPU_FALLBACK": 1, "REFIT": 2, "DISABLE_TIMING_CACHE": 3, "TF32": 4, "SPARSE_WEIGHTS": 5}
+# the values of NvInfer.h's ``BuilderFlag`` (kFP16 = 0, kINT8 = 1, ...; TensorRT 11 removed the precision flags)
+_flags = {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6, "SPARSE_WEIGHTS": 7}
 if MAJOR == 10:
-    _flags.update({"FP16": 10, "BF16": 11, "INT8": 12, "FP8": 13})
+    _flags.update({"FP16": 0, "INT8": 1, "FP8": 15, "BF16": 17})
 BuilderFlag = enum.IntEnum("BuilderFlag", _flags)
 NetworkDefinitionCreationFlag = enum.IntEnum(
     "NetworkDefinitionCreationFlag",
@@ -228,28 +236,42 @@ def _tensor_dims(vi) -> Dims:
     return Dims(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
 
 
-def _float_ancestry(model, name: str) -> str | None:
-    """A floating-point tensor ``name`` is computed from, or None (``K`` must be a shape tensor)."""
-    import onnx
+#: operator inputs TensorRT takes as shape tensors (by position): an INT32/INT64 network input that
+#: reaches one of them through integer arithmetic is a shape-tensor input (TensorRT decides by use)
+SHAPE_SLOTS = {
+    "TopK": (1,),
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "Slice": (1, 2, 3, 4),
+    "Resize": (3,),
+    "Unsqueeze": (1,),
+    "Squeeze": (1,),
+}
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {
-        vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
-    }
-    types.update({t.name: t.data_type for t in inferred.graph.initializer})
-    producers = {o: n for n in inferred.graph.node for o in n.output}
-    todo, seen = [name], set()
-    while todo:
-        t = todo.pop()
-        if t in seen or not t:
-            continue
-        seen.add(t)
-        if types.get(t) in _FLOAT_ONNX:
-            return t
-        node = producers.get(t)
-        if node is not None and node.op_type != "Shape":
-            todo.extend(node.input)
-    return None
+
+def _shape_inputs(model) -> set[str]:
+    """The graph inputs whose values reach a shape slot (``SHAPE_SLOTS``): TensorRT's shape-tensor inputs."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, pos))
+    found = set()
+    for vi in model.graph.input:
+        todo, seen = [vi.name], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for node, pos in consumers.get(t, ()):
+                if pos in SHAPE_SLOTS.get(node.op_type, ()):
+                    found.add(vi.name)
+                elif node.op_type != "Shape":
+                    todo.extend(node.output)
+    return found
 
 
 def _qdq_problem(model, node) -> str | None:
@@ -314,24 +336,17 @@ class OnnxParser:
                 problem = _qdq_problem(proto, node)
                 if problem:
                     self.errors.append(IParserError(node.name, node.op_type, problem))
-            if node.op_type == "TopK" and len(node.input) > 1:
-                source = _float_ancestry(proto, node.input[1])
-                if source is not None:
-                    self.errors.append(
-                        IParserError(
-                            node.name, "TopK", f"K must be a shape tensor (INT32/INT64); it depends on {source!r}"
-                        )
-                    )
         if self.errors:
             return False
         initializers = {t.name for t in proto.graph.initializer}
+        shape_inputs = _shape_inputs(proto)
         net = self.network
         for vi in proto.graph.input:
             if vi.name in initializers:
                 continue
             elem = vi.type.tensor_type.elem_type
             t = ITensor(vi.name, _ONNX_TYPES[elem][0], _tensor_dims(vi), elem)
-            t.is_shape_tensor = elem in (6, 7) and len(t.shape) <= 1
+            t.is_shape_tensor = elem in (6, 7) and len(t.shape) <= 1 and vi.name in shape_inputs
             net.inputs.append(t)
         for vi in proto.graph.output:
             elem = vi.type.tensor_type.elem_type
@@ -385,22 +400,33 @@ class IOptimizationProfile:
         return list(self.shapes.get(input, ()))
 
 
+#: the device a timing cache belongs to (tests change it to imitate a cache from another GPU)
+DEVICE = "stand-in GPU"
+
+
 class ITimingCache:
-    def __init__(self, entries: list[str]):
+    def __init__(self, entries: list[str], owner: str):
         self.entries = list(entries)
+        self.owner = owner
 
     def serialize(self) -> IHostMemory:
         _record("ITimingCache.serialize")
-        return IHostMemory(b"stand-in timing cache\n" + json.dumps(self.entries).encode())
+        head = json.dumps({"owner": self.owner, "entries": self.entries}).encode()
+        return IHostMemory(b"stand-in timing cache\n" + head)
 
 
-def _cache_entries(data: bytes) -> list[str] | None:
+def _owner() -> str:
+    return f"{__version__} on {DEVICE}"
+
+
+def _cache(data: bytes) -> ITimingCache | None:
     if not data:
-        return []
+        return ITimingCache([], _owner())
     head = b"stand-in timing cache\n"
     if not data.startswith(head):
         return None
-    return json.loads(data[len(head) :])
+    d = json.loads(data[len(head) :])
+    return ITimingCache(d["entries"], d["owner"])
 
 
 class IBuilderConfig:
@@ -442,13 +468,14 @@ class IBuilderConfig:
     def create_timing_cache(self, serialized_timing_cache) -> ITimingCache | None:
         data = _buffer(serialized_timing_cache, "IBuilderConfig.create_timing_cache")
         _record("IBuilderConfig.create_timing_cache", len(data))
-        entries = _cache_entries(data)
-        return None if entries is None else ITimingCache(entries)
+        return _cache(data)
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
         _expect(cache, ITimingCache, "IBuilderConfig.set_timing_cache", "cache")
         _expect(ignore_mismatch, bool, "IBuilderConfig.set_timing_cache", "ignore_mismatch")
         _record("IBuilderConfig.set_timing_cache", cache, ignore_mismatch)
+        if cache.owner != _owner() and not ignore_mismatch:
+            return False  # a cache of another TensorRT version or device: refused, the config keeps none
         self.cache = cache
         return True
 
@@ -519,6 +546,12 @@ class Builder:
             if t.is_shape_tensor:
                 if t.name not in profile.values:
                     return self._fail(f"{t.name}: shape tensor input has no values in the optimization profile")
+                count = int(np.prod([d for d in t.shape])) if len(t.shape) else 1
+                if any(len(v) != count for v in profile.values[t.name]):
+                    return self._fail(
+                        f"{t.name}: the optimization profile gives {len(profile.values[t.name][0])} values for a "
+                        f"shape tensor of {count} element(s)"
+                    )
                 entry["values"] = profile.values[t.name]
                 entry["location"] = "HOST"
             else:
@@ -686,17 +719,47 @@ class IExecutionContext:
 
     def get_tensor_shape(self, name: str) -> Dims:
         _expect(name, str, "IExecutionContext.get_tensor_shape", "name")
+        _record("IExecutionContext.get_tensor_shape", name)
+        return self._shape(name)
+
+    def _shape(self, name: str) -> Dims:
         t = self.engine.io.get(name)
         if t is None:
             return Dims([-1])
         if t["mode"] == "INPUT":
             return self.shapes.get(name, Dims(t["shape"]))
+        missing = self._missing()
+        if missing:
+            self.engine.logger.log(
+                ILogger.ERROR,
+                f"IExecutionContext::getTensorShape: Error Code 3: API Usage Error (the shapes of {missing} and "
+                "the values of every shape-inference input must be set before an output's shape is read)",
+            )
+            return Dims([-1] * len(t["shape"]))
         known = {}
         for inp, shape in self.shapes.items():
             for param, d in zip(self.engine.io[inp]["dim_params"], shape):
                 if param:
                     known[param] = d
         return Dims(d if d != -1 else known.get(p, -1) for d, p in zip(t["shape"], t["dim_params"]))
+
+    def _missing(self) -> list[str]:
+        """Inputs whose shape (dynamic) or, for shape-inference inputs, host address is not set yet."""
+        out = []
+        for name, t in self.engine.io.items():
+            if t["mode"] != "INPUT":
+                continue
+            if "values" in t:
+                if not self.addresses.get(name):
+                    out.append(name)
+            elif -1 in t["shape"] and name not in self.shapes:
+                out.append(name)
+        return out
+
+    def infer_shapes(self) -> list[str]:
+        """The names of the inputs still insufficiently specified (empty: every output shape is known)."""
+        _record("IExecutionContext.infer_shapes")
+        return self._missing()
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         _expect(name, str, "IExecutionContext.set_tensor_address", "name")
@@ -750,7 +813,7 @@ class IExecutionContext:
             self._session = ort.InferenceSession(self.engine.onnx_bytes, opts, providers=["CPUExecutionProvider"])
         outs = self._session.run(None, feeds)
         for (name, t), out in zip([(n, t) for n, t in self.engine.io.items() if t["mode"] == "OUTPUT"], outs):
-            expected = tuple(self.get_tensor_shape(name))
+            expected = tuple(self._shape(name))
             if tuple(out.shape) != expected:
                 log(ILogger.ERROR, f"{name}: output shape {out.shape} differs from the resolved shape {expected}")
                 return False

@@ -110,12 +110,13 @@ class FocusedLinearAttention(PrunedAttention):
         self.dwc = nn.Conv2d(c, c, kernel_size, padding=kernel_size // 2, groups=c, device=w.device, dtype=w.dtype)
 
     # ------------------------------------------------------------------------------ pieces
-    def focus(self, x: torch.Tensor) -> torch.Tensor:
+    def focus(self, x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
         """``phi_p`` of queries or keys [B, H, N, qk] (norms over each head's channels)."""
         s = F.softplus(self.focus_scale).reshape(self.num_heads, 1, self.qk_dim)
         r = F.relu(x) / s
         rp = r.pow(self.focusing_factor)
-        return rp * (r.norm(dim=-1, keepdim=True) / (rp.norm(dim=-1, keepdim=True) + EPS))
+        norm = torch.linalg.vector_norm
+        return rp * (norm(r, dim=-1, keepdim=True) / (norm(rp, dim=-1, keepdim=True) + eps))
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Focused q, k [B, H, N, qk] and v [B, H, N, v] of the input tokens ``x`` [B, N, C]."""
@@ -123,7 +124,7 @@ class FocusedLinearAttention(PrunedAttention):
         return self.focus(q), self.focus(k), v
 
     @staticmethod
-    def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = EPS) -> torch.Tensor:
         """``q (k^T v) / (q . sum_j k_j)`` per head, from focused q, k and v: [B, H, N, v].
 
         Three matrix products, each linear in the number of tokens: ``k^T v`` (qk x v per token),
@@ -131,7 +132,7 @@ class FocusedLinearAttention(PrunedAttention):
         k = k / k.shape[-2]  # means instead of sums: the same ratio, smaller numbers
         kv = k.transpose(-2, -1) @ v
         z = q @ k.sum(-2, keepdim=True).transpose(-2, -1)
-        return (q @ kv) / (z + EPS)
+        return (q @ kv) / (z + eps)
 
     def local(self, v: torch.Tensor) -> torch.Tensor:
         """The depthwise convolution of the patch tokens' values: [B, H, patches, v]."""

@@ -40,7 +40,14 @@ class FLattenVisionTransformer(VisionTransformer):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> FLattenVisionTransformer:
-    return build_model_with_cfg(FLattenVisionTransformer, variant, pretrained, **kwargs)
+    out_indices = kwargs.pop("out_indices", 3)  # features_only=True: timm's ViT feature getter, as for ViTs
+    return build_model_with_cfg(
+        FLattenVisionTransformer,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
 
 
 # no hub weights: the models are trained with vitcompress (``vitcompress train``)

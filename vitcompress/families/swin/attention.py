@@ -11,8 +11,6 @@ The fused ``qkv`` rows are ``[q (head-major) | k (head-major) | v (head-major)]`
 one column per head.
 """
 
-from __future__ import annotations
-
 from typing import Final
 
 import torch
@@ -75,6 +73,12 @@ class PrunedWindowAttention(nn.Module):
         index = get_relative_position_index(win_h, win_w, device=self.relative_position_bias_table.device)
         self.register_buffer("relative_position_index", index, persistent=False)
 
+    def _get_rel_pos_bias(self) -> torch.Tensor:
+        """The relative-position bias [1, H, N, N] (timm's method name; a method, so TorchScript compiles it)."""
+        n = self.window_area
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
+        return bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+
     @property
     def qkv_sizes(self) -> tuple[int, int, int]:
         h = self.num_heads
@@ -89,7 +93,7 @@ class PrunedWindowAttention(nn.Module):
         q = q.reshape(B_, N, h, self.qk_dim).transpose(1, 2)
         k = k.reshape(B_, N, h, self.qk_dim).transpose(1, 2)
         v = v.reshape(B_, N, h, self.v_dim).transpose(1, 2)
-        bias = relative_position_bias(self)
+        bias = self._get_rel_pos_bias()
         if self.fused_attn:
             attn_mask = bias
             if mask is not None:

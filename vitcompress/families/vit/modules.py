@@ -8,8 +8,6 @@ Both keep timm's parameter names, so state dicts map onto them without renaming.
 rebuilds any of timm's MLPs (``Mlp``, ``GluMlp``, ``SwiGLU``) at another width.
 """
 
-from __future__ import annotations
-
 import copy
 from typing import Final
 
