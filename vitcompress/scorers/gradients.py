@@ -12,7 +12,7 @@ drop-path; parameters, ``requires_grad`` flags and the train/eval mode are resto
 Memory: the backward pass keeps every activation of the images it runs on, so a batch is run in
 micro-batches whose gradients are accumulated (each micro-batch's summed cross-entropy divided by
 the batch size: the same ``g_b``, up to float summation order). ``micro_batch_size`` sizes them
-to a memory budget (``max_memory`` GiB, default: half the memory free now), from the bytes one
+to a memory budget (``max_memory`` GiB; default below), from the bytes one
 image's forward pass saves for backward (measured with ``saved_tensors_hooks``), the parameters
 and their gradients.
 """
@@ -49,6 +49,8 @@ def member_params(groups: Iterable[Group]) -> list[str]:
 
 
 GIB = 2**30
+#: activations one backward pass may keep on the CPU by default (GiB)
+DEFAULT_ACTIVATIONS_GIB = 1.0
 
 
 def free_memory(device: torch.device) -> int:
@@ -85,12 +87,19 @@ def saved_bytes_per_image(model: nn.Module, x: torch.Tensor) -> int:
 def micro_batch_size(
     model: nn.Module, x: torch.Tensor, wanted: Iterable[torch.Tensor], max_memory: float | None = None
 ) -> int:
-    """The most images per backward pass that fit ``max_memory`` GiB (default: half the free memory):
-    the budget less the parameters and the gradients kept, over one image's saved activations
-    (times 1.5 for the temporaries of backward); at least 1."""
-    budget = max_memory * GIB if max_memory is not None else free_memory(x.device) / 2
+    """The most images per backward pass that fit ``max_memory`` GiB: the budget less the parameters
+    and the gradients kept, over one image's saved activations (times 1.5 for the temporaries of
+    backward); at least 1. Default budget: those fixed bytes plus ``DEFAULT_ACTIVATIONS_GIB`` of
+    activations on the CPU (more images per pass barely speed a CPU up), at most half the free
+    memory; on a GPU half its free memory."""
     fixed = sum(p.numel() * p.element_size() for p in model.parameters())
     fixed += 2 * sum(p.numel() * 4 for p in wanted)  # gradients and the scorer's float32 accumulator
+    if max_memory is not None:
+        budget = max_memory * GIB
+    else:
+        budget = free_memory(x.device) / 2
+        if x.device.type == "cpu":
+            budget = min(budget, fixed + DEFAULT_ACTIVATIONS_GIB * GIB)
     per_image = 1.5 * max(saved_bytes_per_image(model, x), 1)
     return max(1, int((budget - fixed) // per_image))
 
