@@ -29,19 +29,27 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 def _accumulate(
     model: nn.Module, groups: list[Group], loader, labels, progress, fn, desc, max_memory=None, micro_batch=None
-) -> dict[str, torch.Tensor]:
-    """``sum_b fn(w * g_b)`` per parameter (the parameters the groups read), in at least float32,
-    accumulated in place."""
+) -> list[torch.Tensor]:
+    """``sum_b sum_S fn(w * g_b)`` per group (float64), accumulated per group in place, batch by
+    batch: the products ``w * g_b`` are formed in the gradient buffers (at least float32), so no
+    parameter-sized accumulator is kept beside the gradients."""
     names = member_params(groups)
     params = dict(model.named_parameters())
-    acc = {n: torch.zeros_like(params[n], dtype=torch.promote_types(params[n].dtype, torch.float32)) for n in names}
+    total: list[torch.Tensor] | None = None
     for grads in batch_gradients(model, loader, names, labels, progress, desc, max_memory, micro_batch):
         with torch.no_grad():
+            prod = {}
             for n in names:
-                g = grads[n].to(acc[n].dtype)  # the .grad buffer itself when float32: reused in place
-                g.mul_(params[n].detach())
-                acc[n] += fn(g) if fn is not _identity else g
-    return acc
+                g = grads[n].to(torch.promote_types(params[n].dtype, torch.float32))  # the buffer itself if float32
+                prod[n] = g.mul_(params[n].detach())
+            per_group = [reduce_group(g, fn, prod) for g in groups]
+            if total is None:
+                total = per_group
+            else:
+                for a, v in zip(total, per_group):
+                    a += v
+            del prod
+    return total if total is not None else [torch.zeros(g.shape, dtype=torch.float64) for g in groups]
 
 
 def taylor_sum(
@@ -56,10 +64,10 @@ def taylor_sum(
     **_,
 ) -> list[torch.Tensor]:
     """|sum over the element's slices of w * G|, G = dL/dw summed over all calibration batches."""
-    acc = _accumulate(
+    sums = _accumulate(  # sum_S w * G
         model, groups, loader, labels, progress, _identity, "taylor-sum scores", max_memory, micro_batch
-    )  # w * G
-    return [reduce_group(g, _identity, acc).abs() for g in groups]
+    )
+    return [t.abs() for t in sums]
 
 
 def taylor_abs(
@@ -74,8 +82,7 @@ def taylor_abs(
     **_,
 ) -> list[torch.Tensor]:
     """sum over the element's slices of sum over batches of |w * dL_b/dw|."""
-    acc = _accumulate(model, groups, loader, labels, progress, torch.abs, "taylor-abs scores", max_memory, micro_batch)
-    return [reduce_group(g, _identity, acc) for g in groups]
+    return _accumulate(model, groups, loader, labels, progress, torch.abs, "taylor-abs scores", max_memory, micro_batch)
 
 
 def taylor_sq(
@@ -90,10 +97,9 @@ def taylor_sq(
     **_,
 ) -> list[torch.Tensor]:
     """sum over the element's slices of sum over batches of (w * dL_b/dw)^2."""
-    acc = _accumulate(
+    return _accumulate(
         model, groups, loader, labels, progress, torch.square, "taylor-sq scores", max_memory, micro_batch
     )
-    return [reduce_group(g, _identity, acc) for g in groups]
 
 
 for _f in (taylor_sum, taylor_abs, taylor_sq):
