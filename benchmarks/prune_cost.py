@@ -130,6 +130,7 @@ def main(argv=None) -> None:
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-memory", type=float, default=None, help="GiB (default: the prune default)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the forward+backward floor")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # task model scorer/method
@@ -153,7 +154,7 @@ def main(argv=None) -> None:
     print("| --- | --- | --- | ---: | ---: | ---: | --- |")
     results = []
     for model in filter(None, args.models.split(",")):
-        runs = [("floor", "-", "-")]
+        runs = [] if args.no_floor else [("floor", "-", "-")]
         runs += [("oneshot", s, "oneshot") for s in filter(None, args.scorers.split(","))]
         runs += [("method", "-", m) for m in filter(None, args.methods.split(","))]
         floor = None

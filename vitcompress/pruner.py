@@ -85,7 +85,7 @@ class PruneConfig:
         None,
         "Memory budget in GiB for the gradient scorers' backward passes: each calibration batch runs in "
         "micro-batches sized to it, gradients accumulated (same scores up to float rounding). "
-        "Default: parameters and gradients plus 1 GiB of activations on the CPU (at most half the free "
+        "Default: parameters and gradients plus 0.5 GiB of activations on the CPU (at most half the free "
         "memory), half the free memory on a GPU.",
         gt=0,
         le=2**20,

@@ -50,7 +50,7 @@ def member_params(groups: Iterable[Group]) -> list[str]:
 
 GIB = 2**30
 #: activations one backward pass may keep on the CPU by default (GiB)
-DEFAULT_ACTIVATIONS_GIB = 1.0
+DEFAULT_ACTIVATIONS_GIB = 0.5
 
 
 def free_memory(device: torch.device) -> int:
@@ -93,7 +93,7 @@ def micro_batch_size(
     activations on the CPU (more images per pass barely speed a CPU up), at most half the free
     memory; on a GPU half its free memory."""
     fixed = sum(p.numel() * p.element_size() for p in model.parameters())
-    fixed += 2 * sum(p.numel() * 4 for p in wanted)  # gradients and the scorer's float32 accumulator
+    fixed += sum(p.numel() * p.element_size() for p in wanted)  # their gradients
     if max_memory is not None:
         budget = max_memory * GIB
     else:
