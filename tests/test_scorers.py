@@ -257,20 +257,22 @@ def test_pseudo_labels_are_the_models_predictions_for_every_gradient_scorer():
 GRADIENT_SCORERS = ["taylor-abs", "taylor-sq", "taylor-sum", "taylor-act", "fisher"]
 
 
-@pytest.mark.parametrize("name", GRADIENT_SCORERS)
-def test_micro_batched_scores_equal_one_batch_scores(name):
+@pytest.mark.parametrize(("name", "labels"), [(n, "auto") for n in GRADIENT_SCORERS] + [("taylor-abs", "pseudo")])
+def test_micro_batched_scores_equal_one_batch_scores(name, labels):
     """Batches of 6 run as micro-batches of 1, 4 (a ragged last one) and a memory budget that forces
     micro-batches: the same scores as each batch in one pass (float64: up to summation order), and
-    the same plan."""
+    the same plan; with the dataset's labels and with the model's own predictions."""
     from vitcompress.budget import Budget, select
 
     model, loader = _setup(batches=2, batch_size=6)
     groups = build_groups(model, KINDS)
     scorer = SCORERS.get(name)
-    ref = scorer(model, groups, loader=loader, micro_batch=6)
+    expected = "true" if labels == "auto" else "pseudo"
+    assert label_source(model, loader, labels) == expected
+    ref = scorer(model, groups, loader=loader, micro_batch=6, labels=labels)
     ref_plan = select(model, groups, ref, Budget("macs", 0.4))[0]
     for kw in ({"micro_batch": 1}, {"micro_batch": 4}, {"max_memory": 1e-6}):
-        got = scorer(model, groups, loader=loader, **kw)
+        got = scorer(model, groups, loader=loader, labels=labels, **kw)
         for a, b in zip(ref, got, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
         assert select(model, groups, got, Budget("macs", 0.4))[0] == ref_plan
