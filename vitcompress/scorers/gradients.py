@@ -12,7 +12,7 @@ drop-path; parameters, ``requires_grad`` flags and the train/eval mode are resto
 Memory: the backward pass keeps every activation of the images it runs on, so a batch is run in
 micro-batches whose gradients are accumulated (each micro-batch's summed cross-entropy divided by
 the batch size: the same ``g_b``, up to float summation order). ``micro_batch_size`` sizes them
-to a memory budget (``max_memory`` GiB; default below), from the bytes one
+to a memory budget (``max_memory`` GiB; default: see ``micro_batch_size``), from the bytes one
 image's forward pass saves for backward (measured with ``saved_tensors_hooks``), the parameters
 and their gradients.
 """
@@ -140,13 +140,14 @@ def batch_gradients(
                 micro_batch = micro_batch_size(model, x, wanted.values(), max_memory)
             for p in wanted.values():
                 p.grad = None
-            n = len(x)
-            for i in range(0, n, micro_batch):
+            n_images = len(x)
+            for i in range(0, n_images, micro_batch):
                 logits = logits_of(model(x[i : i + micro_batch]))
                 target = y[i : i + micro_batch].to(ref.device) if use_true else logits.detach().argmax(-1)
-                loss = F.cross_entropy(logits, target, reduction="sum") / n if micro_batch < n else None
-                if loss is None:  # the whole batch at once: the mean, as before
+                if micro_batch >= n_images:  # the whole batch in one pass: its mean, as before
                     loss = F.cross_entropy(logits, target)
+                else:  # this micro-batch's share of the batch's mean
+                    loss = F.cross_entropy(logits, target, reduction="sum") / n_images
                 loss.backward()
                 del logits, loss
             yield {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in wanted.items()}
