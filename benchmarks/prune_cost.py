@@ -15,11 +15,10 @@ forward and backward pass, so it scales with the steps).
 
 Run (DeiT-S and DeiT-B, 64 images; about 15 minutes on 2 busy cores):
 ``python -m vitcompress.benchmarks.prune_cost --models deit_small_patch16_224,deit_base_patch16_224``
-Large models, on a quiet machine with the memory for them (ViT-L, full backward: about 5 GB with the
-default memory budget; ViT-g/14):
-``python -m vitcompress.benchmarks.prune_cost --models vit_large_patch16_224 --methods ''``
-``python -m vitcompress.benchmarks.prune_cost --models vit_giant_patch14_224 --scorers l1,taylor-abs --methods ''
---max-memory 16``
+Large models, on a quiet machine with the memory for them (estimated with the default memory
+budget, see docs/pruning.md: ViT-L about 4.2 GiB, ViT-g/14 about 12 GiB with ``taylor-abs``):
+``python -m vitcompress.benchmarks.prune_cost --models vit_large_patch16_224 --method-steps 2``
+``python -m vitcompress.benchmarks.prune_cost --models vit_giant_patch14_224 --scorers l1,taylor-abs --methods ''``
 """
 
 from __future__ import annotations
@@ -150,7 +149,7 @@ def main(argv=None) -> None:
     if args.max_memory is not None:
         common += ["--max-memory", str(args.max_memory)]
     print(f"threads: {torch.get_num_threads()}  torch {torch.__version__}  -{REDUCTION:.1%} MACs")
-    print("| model | scorer | method | wall time | / floor | peak RSS | seconds per step |")
+    print("| model | scorer | method | wall time | / floor | peak RSS | seconds by stage |")
     print("| --- | --- | --- | ---: | ---: | ---: | --- |")
     results = []
     for model in filter(None, args.models.split(",")):
