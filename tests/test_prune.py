@@ -215,3 +215,17 @@ def test_deit_base_all_granularities_exact():
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(res.model(x), mask_model(src, res.meta.plan)(x), atol=1e-5, rtol=0)
+
+
+def test_max_memory_prunes_to_the_same_plan():
+    """A memory budget small enough for one image per backward pass gives the plan of whole batches
+    (same scores up to float rounding), and the budget is recorded; a budget of 0 is refused."""
+    model = tiny("vit", seed=3)
+    kw = dict(flops_reduction=0.35, importance="taylor-abs", calib_images=12, batch_size=6)
+    whole = vitcompress.prune(model, max_memory=1000.0, **kw)
+    small = vitcompress.prune(model, max_memory=1e-6, **kw)
+    assert small.meta.plan == whole.meta.plan
+    assert small.meta.history[-1]["config"]["max_memory"] == 1e-6
+    with pytest.raises(vitcompress.VitCompressError, match="max_memory") as e:
+        vitcompress.prune(model, max_memory=0.0, **kw)
+    assert list(e.value.params) == ["max_memory"]

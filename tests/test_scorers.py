@@ -252,3 +252,43 @@ def test_pseudo_labels_are_the_models_predictions_for_every_gradient_scorer():
         auto = SCORERS.get(name)(model, groups, loader=loader)
         forced = SCORERS.get(name)(model, groups, loader=relabelled, labels="true")
         assert all(torch.equal(a, b) for a, b in zip(auto, forced)), name
+
+
+GRADIENT_SCORERS = ["taylor-abs", "taylor-sq", "taylor-sum", "taylor-act", "fisher"]
+
+
+@pytest.mark.parametrize(("name", "labels"), [(n, "auto") for n in GRADIENT_SCORERS] + [("taylor-abs", "pseudo")])
+def test_micro_batched_scores_equal_one_batch_scores(name, labels):
+    """Batches of 6 run as micro-batches of 1, 4 (a ragged last one) and a memory budget that forces
+    micro-batches: the same scores as each batch in one pass (float64: up to summation order), and
+    the same plan; with the dataset's labels and with the model's own predictions."""
+    from vitcompress.budget import Budget, select
+
+    model, loader = _setup(batches=2, batch_size=6)
+    groups = build_groups(model, KINDS)
+    scorer = SCORERS.get(name)
+    expected = "true" if labels == "auto" else "pseudo"
+    assert label_source(model, loader, labels) == expected
+    ref = scorer(model, groups, loader=loader, micro_batch=6, labels=labels)
+    ref_plan = select(model, groups, ref, Budget("macs", 0.4))[0]
+    for kw in ({"micro_batch": 1}, {"micro_batch": 4}, {"max_memory": 1e-6}):
+        got = scorer(model, groups, loader=loader, labels=labels, **kw)
+        for a, b in zip(ref, got, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        assert select(model, groups, got, Budget("macs", 0.4))[0] == ref_plan
+
+
+def test_micro_batch_size_follows_the_memory_budget():
+    """The micro-batch is the budget left after parameters and gradients over one image's saved
+    activations: 1 for a tiny budget, the whole budget's worth (measured here) otherwise."""
+    from vitcompress.scorers.gradients import GIB, micro_batch_size, saved_bytes_per_image
+
+    model, loader = _setup(batches=1, batch_size=4)
+    x = next(iter(loader))[0].double()
+    params = list(model.parameters())
+    per_image = saved_bytes_per_image(model, x)
+    fixed = 2 * sum(p.numel() * 8 for p in params)  # float64 parameters and their gradients
+    assert per_image > 0
+    assert micro_batch_size(model, x, params, max_memory=1e-6) == 1
+    budget = (fixed + 10 * 1.5 * per_image) / GIB
+    assert micro_batch_size(model, x, params, max_memory=budget) == 10

@@ -82,6 +82,15 @@ class PruneConfig:
     data: str = setting("digits", "digits, mnist10k or an ImageFolder directory.")
     calib_images: int = setting(64, "Calibration images for scoring.", ge=1, le=2**24)
     batch_size: int = setting(32, "Calibration batch size.", ge=1, le=2**16)
+    max_memory: float | None = setting(
+        None,
+        "Memory budget in GiB for the gradient scorers' backward passes: each calibration batch runs in "
+        "micro-batches sized to it, gradients accumulated (same scores up to float rounding). "
+        "Default: parameters and gradients plus 0.5 GiB of activations on the CPU (at most half the free "
+        "memory), half the free memory on a GPU.",
+        gt=0,
+        le=2**20,
+    )
     seed: int = setting(0, "Seed of the calibration sample (and of the random scorer).", ge=0, lt=2**32)
     labels: str = setting(
         "auto",
@@ -308,7 +317,7 @@ def choose_plan(
     t0 = time.perf_counter()
     groups = family_of(net).groups(net, cfg.granularity)
     scores = SCORERS.get(cfg.importance)(
-        net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels, progress=progress
+        net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels, progress=progress, max_memory=cfg.max_memory
     )
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -398,10 +407,12 @@ def _prune(
     net, sched = load_for_pruning(
         model, cfg, meth, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
     )
+    times["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     before = count(net) if sched is None else Counts(macs_with(net, sched), count(net).params)
     # widths are chosen on the plain model, their MACs or latency on the schedule it runs
     budget = cfg.budget(net, table, sched) if table is not None else cfg.budget(schedule=sched)
-    times["load"] = time.perf_counter() - t0
+    times["count"] = time.perf_counter() - t0
     choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times, budget=budget)
     t0 = time.perf_counter()
     pruned = slice_model(choice.model, choice.plan)
@@ -424,7 +435,9 @@ def _prune(
         choice.details["output_features"] = {"before": widths[0], "after": widths[1]}
     if sched is not None:  # counted (and recorded) with the schedule the artifact runs
         apply_tokens(pruned, copy.deepcopy(sched))
+    t0 = time.perf_counter()
     record(pruned, cfg, choice, meth, before)
+    times["count"] += time.perf_counter() - t0
     meta = meta_of(pruned)
     if output is not None:
         t0 = time.perf_counter()

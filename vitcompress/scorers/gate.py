@@ -52,35 +52,83 @@ def output_gate(model: nn.Module, group: Group) -> Group:
 
 
 def gate_gradients(
-    model: nn.Module, groups: list[Group], *, loader, labels: str = "auto", progress: bool = False, desc="gate"
+    model: nn.Module,
+    groups: list[Group],
+    *,
+    loader,
+    labels: str = "auto",
+    progress: bool = False,
+    desc="gate",
+    max_memory: float | None = None,
+    micro_batch: int | None = None,
 ):
     """Per batch: the list of ``dL_b/dm`` tensors (``group.shape``, float64), one per group."""
     gates = [output_gate(model, g) for g in groups]
     params = dict(model.named_parameters())
-    for grads in batch_gradients(model, loader, member_params(gates), labels, progress, desc):
-        yield [reduce_group(g, torch.mul, params, grads) for g in gates]
+    for grads in batch_gradients(model, loader, member_params(gates), labels, progress, desc, max_memory, micro_batch):
+        with torch.no_grad():
+            yield [reduce_group(g, torch.mul, params, grads) for g in gates]
 
 
-def _sum_over_batches(model, groups, loader, labels, progress, fn, desc) -> list[torch.Tensor]:
-    total = None
-    for per_group in gate_gradients(model, groups, loader=loader, labels=labels, progress=progress, desc=desc):
-        vals = [fn(t) for t in per_group]
-        total = vals if total is None else [a + v for a, v in zip(total, vals)]
+def _sum_over_batches(model, groups, loader, labels, progress, fn, desc, **mem) -> list[torch.Tensor]:
+    total: list[torch.Tensor] | None = None
+    for per_group in gate_gradients(model, groups, loader=loader, labels=labels, progress=progress, desc=desc, **mem):
+        if total is None:
+            total = [fn(t) for t in per_group]
+        else:  # accumulated per group in place
+            for a, t in zip(total, per_group):
+                a += fn(t)
     return total if total is not None else [torch.zeros(g.shape, dtype=torch.float64) for g in groups]
 
 
 def taylor_act(
-    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+    model: nn.Module,
+    groups: list[Group],
+    *,
+    loader=None,
+    labels: str = "auto",
+    progress: bool = False,
+    max_memory: float | None = None,
+    micro_batch: int | None = None,
+    **_,
 ) -> list[torch.Tensor]:
     """sum over batches of |sum a * dL_b/da| over the element's output a (its output gate's gradient)."""
-    return _sum_over_batches(model, groups, loader, labels, progress, torch.abs, "taylor-act scores")
+    return _sum_over_batches(
+        model,
+        groups,
+        loader,
+        labels,
+        progress,
+        torch.abs,
+        "taylor-act scores",
+        max_memory=max_memory,
+        micro_batch=micro_batch,
+    )
 
 
 def fisher(
-    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+    model: nn.Module,
+    groups: list[Group],
+    *,
+    loader=None,
+    labels: str = "auto",
+    progress: bool = False,
+    max_memory: float | None = None,
+    micro_batch: int | None = None,
+    **_,
 ) -> list[torch.Tensor]:
     """sum over batches of (dL_b/dm)^2, m the gate on the element's output."""
-    return _sum_over_batches(model, groups, loader, labels, progress, torch.square, "fisher scores")
+    return _sum_over_batches(
+        model,
+        groups,
+        loader,
+        labels,
+        progress,
+        torch.square,
+        "fisher scores",
+        max_memory=max_memory,
+        micro_batch=micro_batch,
+    )
 
 
 for _f in (taylor_act, fisher):

@@ -11,10 +11,12 @@ from ..groups import Group, reduce_group
 def l1(model: nn.Module, groups: list[Group], **_) -> list[torch.Tensor]:
     """Sum of |w| over the element's slices."""
     params = dict(model.named_parameters())
-    return [reduce_group(g, torch.abs, params) for g in groups]
+    with torch.inference_mode():  # no gradient needed
+        return [reduce_group(g, torch.abs, params) for g in groups]
 
 
 def l2(model: nn.Module, groups: list[Group], **_) -> list[torch.Tensor]:
     """sqrt(sum of w^2) over the element's slices."""
     params = dict(model.named_parameters())
-    return [reduce_group(g, torch.square, params).sqrt() for g in groups]
+    with torch.inference_mode():
+        return [reduce_group(g, torch.square, params).sqrt() for g in groups]

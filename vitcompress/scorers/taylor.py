@@ -27,40 +27,79 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _accumulate(model: nn.Module, groups: list[Group], loader, labels, progress, fn, desc) -> dict[str, torch.Tensor]:
-    """``sum_b fn(w * g_b)`` per parameter (the parameters the groups read), in at least float32."""
+def _accumulate(
+    model: nn.Module, groups: list[Group], loader, labels, progress, fn, desc, max_memory=None, micro_batch=None
+) -> list[torch.Tensor]:
+    """``sum_b sum_S fn(w * g_b)`` per group (float64), accumulated per group in place, batch by
+    batch: the products ``w * g_b`` are formed in the gradient buffers (at least float32), so no
+    parameter-sized accumulator is kept beside the gradients."""
     names = member_params(groups)
     params = dict(model.named_parameters())
-    acc = {n: torch.zeros_like(params[n], dtype=torch.promote_types(params[n].dtype, torch.float32)) for n in names}
-    for grads in batch_gradients(model, loader, names, labels, progress, desc):
-        for n in names:
-            w = params[n].detach().to(acc[n].dtype)
-            acc[n] += fn(w * grads[n].to(acc[n].dtype))
-    return acc
+    total: list[torch.Tensor] | None = None
+    for grads in batch_gradients(model, loader, names, labels, progress, desc, max_memory, micro_batch):
+        with torch.no_grad():
+            prod = {}
+            for n in names:
+                g = grads[n].to(torch.promote_types(params[n].dtype, torch.float32))  # the buffer itself if float32
+                prod[n] = g.mul_(params[n].detach())
+            per_group = [reduce_group(g, fn, prod) for g in groups]
+            if total is None:
+                total = per_group
+            else:
+                for a, v in zip(total, per_group):
+                    a += v
+            del prod
+    return total if total is not None else [torch.zeros(g.shape, dtype=torch.float64) for g in groups]
 
 
 def taylor_sum(
-    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+    model: nn.Module,
+    groups: list[Group],
+    *,
+    loader=None,
+    labels: str = "auto",
+    progress: bool = False,
+    max_memory: float | None = None,
+    micro_batch: int | None = None,
+    **_,
 ) -> list[torch.Tensor]:
     """|sum over the element's slices of w * G|, G = dL/dw summed over all calibration batches."""
-    acc = _accumulate(model, groups, loader, labels, progress, _identity, "taylor-sum scores")  # w * G
-    return [reduce_group(g, _identity, acc).abs() for g in groups]
+    sums = _accumulate(  # sum_S w * G
+        model, groups, loader, labels, progress, _identity, "taylor-sum scores", max_memory, micro_batch
+    )
+    return [t.abs() for t in sums]
 
 
 def taylor_abs(
-    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+    model: nn.Module,
+    groups: list[Group],
+    *,
+    loader=None,
+    labels: str = "auto",
+    progress: bool = False,
+    max_memory: float | None = None,
+    micro_batch: int | None = None,
+    **_,
 ) -> list[torch.Tensor]:
     """sum over the element's slices of sum over batches of |w * dL_b/dw|."""
-    acc = _accumulate(model, groups, loader, labels, progress, torch.abs, "taylor-abs scores")
-    return [reduce_group(g, _identity, acc) for g in groups]
+    return _accumulate(model, groups, loader, labels, progress, torch.abs, "taylor-abs scores", max_memory, micro_batch)
 
 
 def taylor_sq(
-    model: nn.Module, groups: list[Group], *, loader=None, labels: str = "auto", progress: bool = False, **_
+    model: nn.Module,
+    groups: list[Group],
+    *,
+    loader=None,
+    labels: str = "auto",
+    progress: bool = False,
+    max_memory: float | None = None,
+    micro_batch: int | None = None,
+    **_,
 ) -> list[torch.Tensor]:
     """sum over the element's slices of sum over batches of (w * dL_b/dw)^2."""
-    acc = _accumulate(model, groups, loader, labels, progress, torch.square, "taylor-sq scores")
-    return [reduce_group(g, _identity, acc) for g in groups]
+    return _accumulate(
+        model, groups, loader, labels, progress, torch.square, "taylor-sq scores", max_memory, micro_batch
+    )
 
 
 for _f in (taylor_sum, taylor_abs, taylor_sq):
