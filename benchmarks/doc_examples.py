@@ -18,7 +18,7 @@ Scale substitutions (the examples' commands as written, made small enough for CI
 * ``--search`` tolerances become 1 (the 2-step teacher is barely trained, so a real tolerance
   could leave nothing to choose; the search's own rules are tested in tests/test_tokens_rate.py);
 * timing (``bench``, ``profile``): one warm-up pass, one iteration, one round, and for ``profile``
-  two points per grid axis; ``compress`` reads a latency table profiled that way first;
+  batch 1 and two points per grid axis; ``compress`` reads a latency table profiled that way first;
 * ``prune --latency-reduction`` with a table: as written (the table is the small one).
 
 Skipped, with the reason printed: synopsis lines (placeholders such as ``MODEL`` or ``[...]``),
@@ -170,7 +170,7 @@ def scale(ex: Example, table: str) -> Example:
     if cmd == "bench":
         argv = [*argv, *TIMING]
     if cmd == "profile":
-        argv = [*argv, *TIMING, *GRID]
+        argv = [*_set(argv, "--batch", "1"), *TIMING, *GRID]
     if cmd == "compress":
         argv = _set(argv, "--latency-table", table)
     ex.argv = argv
@@ -241,7 +241,7 @@ def run_page(own: list[Example], every: list[Example], work: Path, table: str, t
             needs.append(table)
             if table not in makers:
                 prof = Example(ex.page, ex.line, "profile (for compress)")
-                prof.argv = ["profile", ex.argv[1], "--backend", "ort-cpu", "--batch", "8"]
+                prof.argv = ["profile", ex.argv[1], "--backend", "ort-cpu", "--batch", "1"]
                 prof.argv += ["--token-method", "topk-vpa", *TIMING, *GRID, "-o", table]
                 makers[table] = prof
         for path in needs:
