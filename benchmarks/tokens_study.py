@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from vitcompress.artifact import is_artifact, load
 from vitcompress.callbacks import GASConfig, GASController
 from vitcompress.distill import DistillConfig
+from vitcompress.errors import VitCompressError
 from vitcompress.evaluate import evaluate_data
 from vitcompress.token_search import held_out, predict, search_amount
 from vitcompress.tokens.amount import macs_reduction
@@ -170,7 +171,9 @@ def to_markdown(rec: dict) -> str:
     for r in rec["curves"]:
         lines.append(f"| {r['method']} | {r['schedule']} | {r['macs_reduction']:.1%} | {r['top1']:.2%} |")
     s = rec.get("search")
-    if s:
+    if s and "error" in s:
+        lines += ["", f"Calibration search (topk-vpa, tolerance {s['tolerance']:.2%}): {s['error']}."]
+    elif s:
         lines += [
             "",
             f"Calibration search (topk-vpa, tolerance {s['tolerance']:.2%}, {s['images']} images): rate "
@@ -222,10 +225,17 @@ def main(argv=None) -> int:
         ),
     }
     rec["curves"] = curves(teacher, args.data, args.images, [float(r) for r in args.rates.split(",")], True)
-    s = search_amount(
-        teacher, parse_schedule("rate=0.1@1", "topk-vpa"), data=args.data, images=args.images, tolerance=args.tolerance
-    )
-    rec["search"] = s.to_dict()
+    try:
+        s = search_amount(
+            teacher,
+            parse_schedule("rate=0.1@1", "topk-vpa"),
+            data=args.data,
+            images=args.images,
+            tolerance=args.tolerance,
+        )
+        rec["search"] = s.to_dict()
+    except VitCompressError as e:  # nothing that removes MACs passes the tolerance: the study records why
+        rec["search"] = {"tolerance": args.tolerance, "images": args.images, "error": str(e)}
     if not args.skip_gas:
         rec["gas"] = gas_run(args.teacher, out, args)
     (out / "tokens_study.json").write_text(json.dumps(rec, indent=1) + "\n")

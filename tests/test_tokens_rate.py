@@ -1,12 +1,15 @@
 """Choosing how hard to reduce: MACs targets, the GAS rate controller, the calibration search, the CLI."""
 
 import json
+import logging
+import re
 
 import pytest
 import torch
 from helpers import Kill, tiny
 
 import vitcompress
+from vitcompress.callbacks import Callback
 from vitcompress.callbacks.gas import GASConfig, GASController, gas_step
 from vitcompress.cli import main
 from vitcompress.errors import VitCompressError
@@ -35,6 +38,54 @@ def test_amount_for_reduction_is_the_smallest_that_reaches_the_target(method, sp
     assert macs_reduction(model, with_amount(sched, a)) >= 0.3
     step = 1.0 if sched.kind == "merge" else 0.001
     assert macs_reduction(model, with_amount(sched, a - step)) < 0.3
+
+
+TEACHER_ARCH = dict(
+    img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4, global_pool="avg"
+)  # the mnist10k reference teacher's shape (16 patch tokens): coarse token steps
+
+
+def test_a_macs_target_lands_within_1_5_points_on_the_nearest_step(tmp_path, capsys):
+    """The README's `tokens runs/teacher --method etps --schedule rate=0.1 --flops-reduction 0.3`: the
+    step at or above 30% removes 31.74%, the one below 29.78%; the nearer one is chosen and printed."""
+    model = create_source_model("vit_tiny_patch16_224", **TEACHER_ARCH)
+    sched = parse_schedule("rate=0.1", "etps")
+    hi = amount_for_reduction(model, sched, 0.3)
+    up, down = (macs_reduction(model, with_amount(sched, a)) for a in (hi, hi - 0.001))
+    assert up - 0.3 > 0.015 > 0.3 - down  # "at least R" would land outside 1.5 points here
+    res = reduce_tokens(model, sched, flops_reduction=0.3)
+    assert res.reduction == pytest.approx(down) and res.target == 0.3
+    assert res.format().splitlines()[-1] == (
+        f"target: remove 30.0% of MACs; achieved {down:.2%} ({(down - 0.3) * 100:+.2f} points, tolerance 1.5)"
+    )
+    vitcompress.save(model, tmp_path / "teacher")
+    assert main(["tokens", str(tmp_path / "teacher"), "--method", "etps", "--schedule", "rate=0.1",
+                 "--flops-reduction", "0.3", "-o", str(tmp_path / "etps30")]) == 0  # fmt: skip
+    assert f"target: remove 30.0% of MACs; achieved {down:.2%} (-0.22 points, tolerance 1.5)" in capsys.readouterr().out
+
+
+def test_a_macs_target_between_coarse_token_steps_is_an_error_naming_them(tmp_path, capsys):
+    model = create_source_model("vit_tiny_patch16_224", **TEACHER_ARCH)
+    sched = parse_schedule("0.5@0", "topk")  # one reducing block, the first: about 6% per token
+    steps = sorted({round(macs_reduction(model, with_amount(sched, (k - 0.5) / 16)), 6) for k in range(1, 16)})
+    gaps = [(b - a, a, b) for a, b in zip(steps, steps[1:])]
+    width, lo, hi = gaps[len(gaps) // 2]
+    assert width > 0.03  # wider than twice the tolerance
+    target = round((lo + hi) / 2, 4)
+    msg = (
+        rf"schedule .* cannot remove within 1.5 points of {target:.1%} of the MACs: token counts move in whole "
+        rf"tokens and the nearest steps remove {lo:.2%} and {hi:.2%}; pass flops_reduction={hi:.4g}"
+    )
+    with pytest.raises(VitCompressError, match=msg) as e:
+        reduce_tokens(model, sched, flops_reduction=target)
+    assert list(e.value.params) == ["flops_reduction", "schedule"]
+    vitcompress.save(model, tmp_path / "m")
+    out = tmp_path / "bad"
+    args = ["tokens", str(tmp_path / "m"), "--method", "topk", "--schedule", "0.5@0", "--flops-reduction"]
+    assert main([*args, str(target), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not out.exists()
+    assert main([*args, f"{hi:.4g}", "-o", str(out)]) == 0  # the suggested target works
 
 
 def test_an_unreachable_target_is_an_error():
@@ -82,6 +133,32 @@ def test_gas_refuses_tome_and_plain_models():
         GASController(create_source_model("vit_tiny_patch16_224", **ARCH), GASConfig(target=0.3))
     with pytest.raises(VitCompressError, match="outside"):
         GASConfig(target=1.5).validate()
+
+
+class _Rates(Callback):
+    """Records the GAS rate at each epoch's end."""
+
+    def __init__(self, gas):
+        self.gas, self.rates = gas, []
+
+    def on_epoch_end(self, epoch, metrics):
+        self.rates.append(self.gas.rate)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_gas_shows_its_current_rate_on_the_bar_and_each_epoch_line(caplog, capsys):
+    model = small()
+    gas = GASController(model, GASConfig(target=0.4, interval=2, start=0.0, min_step=0.02))
+    seen = _Rates(gas)
+    cfg = TrainConfig(data="digits", epochs=2, batch_size=32, max_steps_per_epoch=6, seed=1, progress=True)
+    with caplog.at_level(logging.INFO, logger="vitcompress"):
+        fit(model, cfg, callbacks=[gas, seen])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and seen.rates[-1] > 0
+    for line, rate in zip(lines, seen.rates):
+        reduction = macs_reduction(model, with_amount(schedule_of(model), rate))
+        assert line.endswith(f"img/s  token rate {rate:.3f}  MACs removed {reduction:.1%}")
+    assert f"token rate={seen.rates[-1]:.3f}" in capsys.readouterr().err  # the progress bar's postfix
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -152,10 +229,10 @@ def test_search_picks_the_largest_rate_within_the_tolerance(trained, metric):
     mid = {"top1": 0.04, "agreement": 0.2}[metric]
     runs = {
         tol: search_amount(trained, schedule_of(trained), data="digits", images=128, tolerance=tol, metric=metric)
-        for tol in (0.0, mid, 1.0)
+        for tol in (mid, 2 * mid, 1.0)
     }
     assert runs[1.0].amount == pytest.approx(0.999)
-    assert runs[0.0].amount < runs[mid].amount < runs[1.0].amount
+    assert runs[mid].amount <= runs[2 * mid].amount <= runs[1.0].amount and runs[mid].amount < runs[1.0].amount
     for tol, res in runs.items():
         base = res.baseline_top1 if metric == "top1" else 1.0
         chosen = next(r for r in res.table if r["amount"] == res.amount)
@@ -166,12 +243,49 @@ def test_search_picks_the_largest_rate_within_the_tolerance(trained, metric):
     assert schedule_of(trained).rate == 0.1  # the input model is left alone
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_a_search_where_nothing_that_removes_tokens_passes_is_an_error_naming_the_fix(trained, monkeypatch):
+    """Every amount that removes a token changes the predictions: instead of a no-op schedule (the
+    largest passing rate, which keeps every token), one line names the tolerance that would pass."""
+    import vitcompress.token_search as ts
+
+    real = ts.predict
+
+    def predict(model, x, batch_size):  # wrong whenever the model drops a token
+        pred = real(model, x, batch_size)
+        counts = token_counts(model)
+        return (pred + 1) % 10 if counts[-1] < counts[0] else pred
+
+    monkeypatch.setattr(ts, "predict", predict)
+    with pytest.raises(VitCompressError) as e:
+        search_amount(trained, schedule_of(trained), data="digits", images=64, tolerance=0.05)
+    msg = str(e.value)
+    assert msg.startswith("calibration search: no amount that removes MACs stays within tolerance=0.05 of top1 on 64")
+    assert "(the smallest tried, rate=0.07@0, removes " in msg  # the first rate that drops one of 16 tokens
+    assert list(e.value.params) == ["tolerance", "flops_reduction"] and "\n" not in msg
+    need = float(re.search(r"pass tolerance=([0-9.]+) or more", msg).group(1))
+    res = search_amount(trained, schedule_of(trained), data="digits", images=64, tolerance=need)
+    first = next(r for r in res.table if r["macs_reduction"] > 0)
+    assert f"drops top1 by {-first['drop']:.2%}" in msg and need - 0.001 < -first["drop"] <= need
+    assert res.macs_reduction > 0  # the suggested tolerance gives a schedule that removes tokens
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_search_suggests_a_tolerance_that_then_removes_tokens(trained):
+    """The real case: at tolerance 0 nothing that removes tokens passes; the suggested tolerance does."""
+    with pytest.raises(VitCompressError, match=r"pass tolerance=([0-9.]+) or more") as e:
+        search_amount(trained, schedule_of(trained), data="digits", images=128, tolerance=0.0)
+    need = float(re.search(r"pass tolerance=([0-9.]+)", str(e.value)).group(1))
+    res = search_amount(trained, schedule_of(trained), data="digits", images=128, tolerance=need)
+    assert res.macs_reduction > 0 and res.baseline_top1 - res.top1 <= need + 1e-12
+
+
 # ------------------------------------------------------------------------------- API and CLI
 def test_reduce_tokens_with_a_macs_target_writes_an_artifact(tmp_path):
     res = reduce_tokens(
         tiny("vit", img_size=48), "rate=0.1@1", method="etps", flops_reduction=0.25, output=tmp_path / "a"
     )
-    assert 0.25 <= res.reduction < 0.27
+    assert abs(res.reduction - 0.25) <= 0.015 and res.target == 0.25
     meta = vitcompress.read_meta(tmp_path / "a")
     assert meta.history[-1]["method"] == "tokens" and meta.tokens["rate"] == res.schedule.rate
     assert token_counts(vitcompress.load(tmp_path / "a")) == res.counts

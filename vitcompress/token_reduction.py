@@ -1,8 +1,9 @@
 """``reduce_tokens``: the API behind ``vitcompress tokens`` (apply a schedule, choose its amount, save).
 
 The amount of the schedule (its rate, keep fraction or merges) is taken as written, or chosen by
-counting (``flops_reduction``: the smallest amount that removes that share of the MACs of the
-model's widths) or by the calibration search (``search``: the largest amount within a top-1
+counting (``flops_reduction``: the amount whose MACs reduction, relative to the model's widths
+without tokens, is nearest that share; like a width budget it lands within 1.5 points of the target,
+or the call fails naming the nearest reductions the schedule can give) or by the calibration search (``search``: the largest amount within a top-1
 tolerance on held-out images). The result is recorded in the artifact (``tokens`` field and a
 history step), so load, export and bench apply it.
 """
@@ -22,7 +23,7 @@ from .errors import VitCompressError
 from .io import output_lock
 from .resolve import resolve_model
 from .token_search import SearchConfig, SearchResult, search_amount
-from .tokens.amount import amount_for_reduction, with_amount
+from .tokens.amount import amount_for_target, with_amount
 from .tokens.apply import apply_tokens, check_model, remove_tokens
 from .tokens.counting import token_counts, token_macs
 from .tokens.schedule import TokenSchedule, parse_schedule
@@ -38,6 +39,7 @@ class TokenResult:
     macs: int  # MACs per image with the schedule
     counts: list[int]  # tokens entering each block (prefix included), then leaving the last
     search: SearchResult | None = None
+    target: float | None = None  # the MACs reduction asked for (flops_reduction), if any
 
     @property
     def reduction(self) -> float:
@@ -56,7 +58,14 @@ class TokenResult:
             f"MACs per image: {self.macs / 1e9:.4f} G with token reduction, {self.macs_plain / 1e9:.4f} G "
             f"without ({self.reduction:.2%} removed; FLOPs = 2 x MACs)"
         )
+        if self.target is not None:
+            rows.append(self.format_target())
         return "\n".join(rows)
+
+    def format_target(self) -> str:
+        """'target: remove 30.0% of MACs; achieved 29.78% (-0.22 points, tolerance 1.5)', as ``prune`` prints."""
+        t, got = float(self.target or 0.0), self.reduction
+        return f"target: remove {t:.1%} of MACs; achieved {got:.2%} ({(got - t) * 100:+.2f} points, tolerance 1.5)"
 
 
 def reduce_tokens(
@@ -132,13 +141,13 @@ def _reduce(
     meta_of(net)  # the model's record (a fresh one for a model vitcompress did not create)
     found = None
     if flops_reduction is not None:
-        sched = with_amount(sched, amount_for_reduction(net, sched, flops_reduction))
+        sched = with_amount(sched, amount_for_target(net, sched, flops_reduction))
     elif search is not None:
         found = search_amount(net, sched, progress=progress, **asdict(search))
         sched = found.schedule
     plain = token_macs(net)
     apply_tokens(net, sched)
-    res = TokenResult(net.eval(), sched, plain, token_macs(net), token_counts(net), found)
+    res = TokenResult(net.eval(), sched, plain, token_macs(net), token_counts(net), found, flops_reduction)
     meta = net.vitcompress_meta
     meta.history = [
         *meta.history,

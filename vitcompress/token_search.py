@@ -7,12 +7,16 @@ grid just above the last amount that passed. An amount passes when its score is 
 (``metric="top1"``), or top-1 agreement with the unreduced model's predictions
 (``metric="agreement"``, label-free; the unreduced model scores 1.0). The result is the
 largest passing amount (accuracy is not strictly monotone in the rate, so the whole coarse grid up
-to ``max_amount`` is scanned rather than bisected), and the table of every amount tried.
+to ``max_amount`` is scanned rather than bisected), and the table of every amount tried. When the
+largest passing amount removes no MACs (on few tokens the first token pruned per block can cost more
+than the tolerance), the search is a one-line error naming the tolerance that would accept the smallest
+amount that removes MACs, instead of a no-op schedule.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -182,6 +186,8 @@ def search_amount(
         run(a)
         a = round(a + fine, 6)
     best = max(a for a, r in table.items() if r["passed"])
+    if table[best]["macs_reduction"] <= 0.0:
+        raise _nothing_passed(table, base, tolerance, metric, len(x))
     chosen = with_amount(schedule, best)
     rows = [table[a] for a in sorted(table)]
     return SearchResult(
@@ -194,6 +200,23 @@ def search_amount(
         tolerance,
         rows,
         metric,
+    )
+
+
+def _nothing_passed(table: dict[float, dict], base: float, tolerance: float, metric: str, n: int) -> VitCompressError:
+    """The error when no amount that removes MACs stays within the tolerance (the search would be a no-op).
+
+    It names the smallest amount tried that removes MACs, its drop, and the tolerance that would accept it.
+    """
+    cutting = [table[a] for a in sorted(table) if table[a]["macs_reduction"] > 0.0]
+    first = cutting[0]
+    drop = base - first[metric]
+    need = math.ceil(drop * 1000 - 1e-9) / 1000
+    return VitCompressError(
+        f"calibration search: no amount that removes MACs stays within tolerance={tolerance:g} of {metric} on {n} "
+        f"images (the smallest tried, {first['spec']}, removes {first['macs_reduction']:.1%} of the MACs and drops "
+        f"{metric} by {drop:.2%}); pass tolerance={need:g} or more, or choose the amount with flops_reduction",
+        params=["tolerance", "flops_reduction"],
     )
 
 

@@ -498,7 +498,7 @@ def _fit(
                 _write(out, model, _checkpoint(run, state, callbacks, rngs), rec, force=True)
             barrier()
             if run.rank == 0 and cfg.progress:
-                _log_epoch(cfg, metrics)
+                _log_epoch(cfg, metrics, callbacks)
             for cb in callbacks:
                 cb.on_epoch_end(epoch + 1, metrics)
         for cb in callbacks:
@@ -639,6 +639,7 @@ def _train_epoch(run: _Run, state: LoopState, epoch: int, callbacks: Sequence[Ca
                 loss=f"{sums[0].item() / sums[2].item():.4f}",
                 acc=f"{sums[1].item() / sums[2].item():.3f}",
                 img_s=f"{sums[2].item() * run.world / max(el, 1e-9):.0f}",
+                **{k: v for cb in callbacks for k, v in cb.status().items()},
             )
             bar.update(1)
     bar.close()
@@ -711,13 +712,15 @@ def _checkpoint(run: _Run, state: LoopState, callbacks: Sequence[Callback], rngs
     }
 
 
-def _log_epoch(cfg: TrainConfig, metrics: dict) -> None:
+def _log_epoch(cfg: TrainConfig, metrics: dict, callbacks: Sequence[Callback] = ()) -> None:
+    """The epoch's line: loss, accuracies, speed, and what the callbacks show (GAS: its current rate)."""
     v = metrics.get("val")
     logger.info(
         f"epoch {metrics['epoch']}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
         f"train acc {metrics['train_acc']:.2%}"
         + (f"  val top-1 {v['top1']:.2%}" if v else "")
         + f"  {metrics['images_per_s']:.0f} img/s"
+        + "".join(f"  {k} {val}" for cb in callbacks for k, val in cb.status().items())
     )
 
 

@@ -33,6 +33,10 @@ class Callback:
     def on_train_end(self, metrics: dict) -> None:
         """After the last epoch."""
 
+    def status(self) -> dict[str, str]:
+        """What the callback wants shown now, on the progress bar and each epoch's line ({} for nothing)."""
+        return {}
+
     def state_dict(self) -> dict | None:
         """State saved in every checkpoint (None: nothing to save)."""
         return None

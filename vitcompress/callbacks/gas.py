@@ -141,6 +141,10 @@ class GASController(Callback):
         self.prev = self.smooth
         self._record(step, self.smooth)
 
+    def status(self) -> dict[str, str]:
+        """The rate reached and the share of MACs it removes (progress bar and epoch lines)."""
+        return {"token rate": f"{self.rate:.3f}", "MACs removed": f"{self.macs_reduction:.1%}"}
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
         return {

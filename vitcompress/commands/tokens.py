@@ -37,7 +37,9 @@ def _reducer_options(no_vpa: bool, prop_attn: bool | None) -> dict:
     "--prop-attn/--no-prop-attn", default=None, help="Add log(size) to later attention logits (default: per reducer)."
 )
 @click.option(
-    "--flops-reduction", type=float, help="Choose the schedule's amount: the smallest removing this share of MACs."
+    "--flops-reduction",
+    type=float,
+    help="Choose the schedule's amount: the smallest removing at least this share of MACs (target and achieved are printed).",
 )
 @click.option(
     "--search", is_flag=True, help="Choose the amount by calibration search: the largest within --tolerance top-1."

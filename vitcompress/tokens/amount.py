@@ -9,8 +9,10 @@ The automatic rate controller and the calibration search move a single quantity,
 
 ``with_amount`` builds the schedule for an amount, ``macs_reduction`` counts what it removes
 relative to the same model without token reduction, ``amount_for_reduction`` finds the smallest
-amount that removes a target share of MACs (the counts fall monotonically in the amount), and
-``closest_amount`` the one whose reduction is nearest to it (comparisons at matched MACs).
+amount that removes a target share of MACs (the counts fall monotonically in the amount),
+``closest_amount`` the one whose reduction is nearest to it (comparisons at matched MACs), and
+``amount_for_target`` that nearest amount checked to lie within 1.5 points of the target (the rule
+of every ``--flops-reduction``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import VitCompressError
 from .counting import macs_with, patch_tokens
 from .schedule import TokenSchedule
 
+TOLERANCE = 0.015  # a MACs target lands within 1.5 points, as for width budgets (budget.TOLERANCE)
 MAX_RATE = 0.999  # a keep fraction of 0.001: every reducer still keeps ceil(0.001 n) >= 1 token
 
 
@@ -98,6 +101,30 @@ def amount_for_reduction(
         else:
             lo = mid
     return min(MAX_RATE, math.ceil(hi * 1000 - 1e-9) / 1000)  # keep fractions are exact to 1/1000
+
+
+def amount_for_target(
+    model: nn.Module, schedule: TokenSchedule, target: float, img_size: Sequence[int] | None = None
+) -> float:
+    """The amount whose MACs reduction is nearest ``target``, which must lie within 1.5 points of it.
+
+    Token counts move in whole tokens, so on a model with few tokens the steps of the reduction can be
+    coarse: when neither the step at or above the target nor the one below it lands within
+    ``TOLERANCE``, a one-line error names both, as a width budget that cannot be met does.
+    """
+    amount = closest_amount(model, schedule, target, img_size)
+    got = macs_reduction(model, with_amount(schedule, amount), img_size)
+    if abs(got - target) > TOLERANCE + 1e-12:
+        hi = amount_for_reduction(model, schedule, target, img_size)
+        lo = max(0.0, hi - (1.0 if schedule.kind == "merge" else 0.001))
+        near = sorted({round(macs_reduction(model, with_amount(schedule, a), img_size), 4) for a in (lo, hi)})
+        raise VitCompressError(
+            f"schedule {schedule.describe()} cannot remove within 1.5 points of {target:.1%} of the MACs: token "
+            f"counts move in whole tokens and the nearest steps remove {' and '.join(f'{r:.2%}' for r in near)}; "
+            f"pass flops_reduction={near[-1]:.4g}, or reduce at more (or earlier) blocks for finer steps",
+            params=["flops_reduction", "schedule"],
+        )
+    return amount
 
 
 def closest_amount(
