@@ -34,6 +34,9 @@ from .runner_torch import MODES
 from .runners import Variant
 from .timing import measure, paired_ratio, summarize
 
+#: the most passes a benchmark makes: beyond these a run does not finish in a working day
+MAX_PASSES = {"warmup": 10_000, "iters": 100_000, "rounds": 1_000}
+
 
 @dataclass
 class BenchConfig:
@@ -67,8 +70,9 @@ class BenchConfig:
         if self.mode not in MODES:
             raise VitCompressError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         for name, v in (("warmup", self.warmup), ("iters", self.iters), ("rounds", self.rounds)):
-            if v < (0 if name == "warmup" else 1):
-                raise VitCompressError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
+            low, high = (0 if name == "warmup" else 1), MAX_PASSES[name]  # counts capped at what finishes
+            if not low <= v <= high:
+                raise VitCompressError(f"{name} must be in [{low}, {high}], got {v}", params=[name])
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise VitCompressError(f"threads must be >= 1, got {self.threads}", params=["threads"])
         if self.threads is None:

@@ -30,7 +30,7 @@ def profile(model, output, plot, force, **kw):
     cfg = merge_config(ProfileConfig(), given(ProfileConfig, kw), "profile")
     check_output(output, force=force, inputs=(model,), kind="file")
     if plot:
-        check_output(plot, force=force, inputs=(model,), kind="file", what="plot")
+        check_output(plot, force=force, inputs=(model,), kind="file", what="plot", others=(output,))
     with output_lock(output), output_lock(plot) if plot else contextlib.nullcontext():  # the whole measurement
         check_output(output, force=force, inputs=(model,), kind="file")
         table = profile_latency(model, cfg, progress=True)

@@ -112,7 +112,7 @@ def train(model, output, pretrained, checkpoint, model_opts, **kw):
         arch[key] = value
     cfg = train_config(kw)
     cfg.validate()
-    check_fit_output(output, kw, model, checkpoint)
+    check_fit_output(output, kw, model, checkpoint, kw.get("data"))
     seed_everything(cfg.seed)  # the initial weights of a model built by name follow --seed too
     net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, **arch)
     res = fit(net, cfg, output, resume=kw["resume"], force=kw["force"], record={"command": "train"})
@@ -139,7 +139,7 @@ def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
     dcfg = distill_config(kw)
     dcfg.validate()
     gas_cfg = GASConfig(**gas_values).validate() if gas_values.get("target") is not None else None
-    check_fit_output(output, kw, artifact, teacher, teacher_checkpoint)
+    check_fit_output(output, kw, artifact, teacher, teacher_checkpoint, kw.get("data"))
     net = resolve_model(artifact)
     t = None
     if teacher is not None and dcfg.kind != "none":
@@ -217,6 +217,7 @@ def eval_cmd(artifact, data, split, teacher, batch_size, workers, device, limit,
 @train_options
 def pipeline(teacher, output, config_file, **kw):
     """Width prune (taylor) -> distil -> depth prune -> distil from TEACHER, with a summary table."""
+    check_fit_output(output, kw, teacher, config_file, kw.get("data"))
     base = load_config(PipelineConfig, config_file, "pipeline") if config_file else PipelineConfig()
     top = given(PipelineConfig, kw)
     for a, b in (("flops_reduction", "params_reduction"), ("params_reduction", "flops_reduction")):

@@ -1,0 +1,221 @@
+"""The one output rule (docs/guarantees.md): never the same path as, inside or containing an input,
+--force or not; the old output replaced only by a complete new one (compress too); disk errors in
+one line naming the path; counts capped at what finishes, checked before anything is written."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from helpers import synthetic_table, tiny
+from test_reliability import BY_NAME, PRUNE, QUICK, TINY, art, one_line, run, tree  # noqa: F401
+
+import vitcompress
+import vitcompress.artifact
+from vitcompress.benchmarks import compress as compress_mod
+from vitcompress.benchmarks.compress import CompressConfig, compress
+from vitcompress.errors import VitCompressError
+from vitcompress.io import DiskError, atomic_dir, disk_errno
+from vitcompress.training import TrainConfig
+
+TOKENS = ["--method", "topk", "--schedule", "0.7@1"]
+
+
+# ------------------------------------------------------------------------ same path as an input
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["prune", "ART", *PRUNE, "-o", "ART", "--force"], "is the input"),
+        (["tokens", "ART", *TOKENS, "-o", "ART", "--force"], "is the input"),
+        (["finetune", "ART", *QUICK, "-o", "ART", "--force"], "is the input"),
+        (["train", "ART", *QUICK, "-o", "ART", "--force"], "is the input"),
+        (["finetune", "OTHER", "--teacher", "ART", *QUICK, "-o", "ART", "--force"], "is the input"),
+        (["pipeline", "ART", "--flops-reduction", "0.4", *QUICK, "-o", "ART", "--force"], "is the input"),
+        (["pipeline", "ART", "--config", "CONFIG", *QUICK, "-o", "CONFIG", "--force"], "is the input"),
+        (["bench", "ART", "--backend", "torch-cpu", "--report", "ART", "--force"], "is the input"),
+        (["profile", "ART", "--backend", "torch-cpu", "-o", "T", "--plot", "T", "--force"], "another output"),
+    ],
+    ids=["prune", "tokens", "finetune", "train", "teacher", "pipeline", "config", "bench", "profile plot"],
+)
+def test_an_output_is_never_an_input_even_with_force(args, needle, art, tmp_path, capsys):  # noqa: F811
+    other = vitcompress.save(tiny("vit"), tmp_path / "other")
+    (tmp_path / "pipe.json").write_text('{"flops_reduction": 0.4}')
+    (tmp_path / "t.json").write_text("{}")
+    names = {"ART": str(art), "OTHER": str(other), "CONFIG": str(tmp_path / "pipe.json"), "T": str(tmp_path / "t.json")}
+    before = tree(tmp_path)
+    code, _, err = run(capsys, *[names.get(a, a) for a in args])
+    assert code == 2 and one_line(err) and needle in err, err
+    assert tree(tmp_path) == before
+
+
+def test_a_symlinked_output_is_replaced_without_leftovers(art, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    code, _, err = run(capsys, "prune", art, *PRUNE, "-o", tmp_path / "link", "--force")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["arts", "link", "real"]  # no .link.tmp-XXXXXXXX
+    assert vitcompress.artifact.is_artifact(tmp_path / "link") and not (tmp_path / "link").is_symlink()
+
+
+# ------------------------------------------------------------------------ compress: the old output survives
+@pytest.fixture
+def table(tmp_path):
+    return synthetic_table(tiny("vit"), head_ms=0.01).save(tmp_path / "table.json")
+
+
+def _cfg(table, **kw):
+    train = TrainConfig(data="digits", epochs=1, max_steps_per_epoch=1, batch_size=8, progress=False)
+    return CompressConfig(latency_reduction=0.3, latency_table=str(table), calib_images=8, search_images=8,
+                          token_method="none", train=train, **kw)  # fmt: skip
+
+
+def test_compress_force_keeps_the_old_output_when_the_new_run_fails(table, tmp_path, monkeypatch):
+    art = vitcompress.save(tiny("vit"), tmp_path / "art")
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "report.md").write_text("the old run")
+
+    def no_mix(*args, **kwargs):
+        raise VitCompressError("no mix of depth, tokens and widths reaches a 30.0% latency cut")
+
+    monkeypatch.setattr(compress_mod, "search", no_mix)
+    before = tree(tmp_path)
+    with pytest.raises(VitCompressError, match="no mix"):
+        compress(art, _cfg(table), old, force=True, progress=False)
+    assert tree(tmp_path) == before  # the old output whole, no temporary sibling, no lock
+    # compress ART -o ART --force: refused before any work, the artifact intact
+    with pytest.raises(VitCompressError, match="is the input"):
+        compress(art, _cfg(table), art, force=True, progress=False)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"latency_batch": 0}, "latency_batch must be in [1, 65536]"),
+        ({"latency_batch": 99999999999999999999}, "latency_batch must be in [1, 65536]"),
+        ({"max_depth_drop": -1}, "max_depth_drop must be in [0, 1024]"),
+        ({"max_depth_drop": 2000}, "max_depth_drop must be in [0, 1024]"),
+        ({"max_depth_drop": 99}, "max_depth_drop must be at most 3 (the model has 4 blocks)"),
+        ({"latency_table": None, "backend": "trt"}, "backend trt cannot measure here"),
+        ({"latency_table": None, "backend": "torch-cpu", "latency_precision": "fp16"}, "cannot measure here"),
+    ],
+)
+def test_compress_checks_everything_before_writing(options, needle, table, tmp_path, monkeypatch):
+    art = vitcompress.save(tiny("vit"), tmp_path / "art")
+    cfg = _cfg(table)
+    for k, v in options.items():
+        setattr(cfg, k, v)
+    before = tree(tmp_path)
+    with pytest.raises(VitCompressError) as e:
+        compress(art, cfg, tmp_path / "out", progress=False)
+    assert needle in str(e.value), str(e.value)
+    assert tree(tmp_path) == before  # no out/compress.json: the next run is not refused as existing
+
+
+def test_compress_checks_the_teacher_before_the_search(table, tmp_path, monkeypatch):
+    art = vitcompress.save(tiny("vit"), tmp_path / "art")
+    teacher = vitcompress.save(
+        vitcompress.create_source_model(
+            "vit_tiny_patch16_224", img_size=24, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
+        ),
+        tmp_path / "teacher",
+    )
+    monkeypatch.setattr(compress_mod, "search", lambda *a, **k: pytest.fail("searched"))
+    before = tree(tmp_path)
+    with pytest.raises(VitCompressError, match="the teacher takes 3x24x24 images"):
+        compress(art, _cfg(table), tmp_path / "out", teacher=str(teacher), progress=False)
+    assert tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------------ disk errors
+class SafetensorError(Exception):
+    """What safetensors raises (its Rust IO error in the text)."""
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), errno.ENOSPC),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), errno.EDQUOT),
+        (OSError(errno.EROFS, "Read-only file system"), errno.EROFS),
+        (
+            SafetensorError(
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            ),
+            errno.ENOSPC,
+        ),
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"), errno.ENOSPC),
+    ],
+    ids=["ENOSPC", "EDQUOT", "EROFS", "safetensors", "torch.save"],
+)
+def test_a_disk_error_names_the_output_and_the_bytes_and_leaves_nothing(error, code, art, tmp_path, capsys, monkeypatch):  # noqa: F811
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vitcompress.artifact, "save_file", fail)
+    before = tree(tmp_path)
+    got, _, err = run(capsys, "prune", art, *PRUNE, "-o", tmp_path / "out")
+    assert got == 2 and one_line(err), err
+    assert f"error: cannot write '{tmp_path / 'out'}': {os.strerror(code)} (" in err and " kB needed)" in err, err
+    assert tree(tmp_path) == before
+
+
+def test_a_disk_error_inside_a_training_write_names_the_output(art, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import vitcompress.training
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
+
+    monkeypatch.setattr(vitcompress.training.torch, "save", fail)
+    before = tree(tmp_path)
+    got, _, err = run(capsys, "finetune", art, *QUICK, "-o", tmp_path / "out")
+    assert got == 2 and one_line(err) and f"cannot write '{tmp_path / 'out'}': No space left on device" in err, err
+    assert tree(tmp_path) == before
+
+
+def test_disk_errno_reads_every_writer_and_nothing_else():
+    assert disk_errno(OSError(errno.ENOENT, "x")) is None
+    assert disk_errno(ValueError("code: 28")) == errno.ENOSPC
+    assert disk_errno(ValueError("code: 2")) is None
+    assert disk_errno(KeyboardInterrupt()) is None
+    assert disk_errno(VitCompressError("No space left on device")) is None
+
+
+def test_an_atomic_folder_on_a_full_disk_keeps_the_old_one(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "f").write_text("old")
+    with pytest.raises(DiskError, match=r"'.*out': No space left on device \(2.0 MB needed\)"):
+        with atomic_dir(out, force=True, need=2_000_000) as tmp:
+            (tmp / "f").write_text("new")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert os.listdir(tmp_path) == ["out"] and (out / "f").read_text() == "old"
+
+
+# ------------------------------------------------------------------------ counts capped at what finishes
+HUGE = "99999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["bench", "ART", "--backend", "torch-cpu", "--iters", HUGE], "--iters must be in [1, 100000]"),
+        (["bench", "ART", "--backend", "torch-cpu", "--warmup", HUGE], "--warmup must be in [0, 10000]"),
+        (["bench", "ART", "--backend", "torch-cpu", "--rounds", HUGE], "--rounds must be in [1, 1000]"),
+        (["profile", "ART", "--backend", "torch-cpu", "-o", "t.json", "--iters", HUGE], "--iters must be at most"),
+        (["profile", "ART", "--backend", "torch-cpu", "-o", "t.json", "--warmup", HUGE], "--warmup must be at most"),
+        (["profile", "ART", "--backend", "torch-cpu", "-o", "t.json", "--sweep", HUGE], "--sweep must be at most"),
+        (["profile", "ART", "--backend", "torch-cpu", "-o", "t.json", "--batch", HUGE], "--batch must be at most"),
+        (["profile", "ART", "--backend", "torch-cpu", "-o", "t.json", "--threads", "-5"], "--threads must be in"),
+        (["profile", "ART", "--backend", "torch-cpu", "-o", "t.json", "--threads", "0"], "--threads must be in"),
+        (["eval", "ART", "--limit", "2147483648"], "--limit must be in [1, 2147483647]"),
+    ],
+)
+def test_counts_are_capped_at_what_finishes(args, needle, art, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    code, _, err = run(capsys, *[str(art) if a == "ART" else a for a in args])
+    assert code == 2 and one_line(err) and needle in err, err
+    assert tree(tmp_path) == before
