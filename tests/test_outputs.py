@@ -219,3 +219,59 @@ def test_counts_are_capped_at_what_finishes(args, needle, art, tmp_path, monkeyp
     code, _, err = run(capsys, *[str(art) if a == "ART" else a for a in args])
     assert code == 2 and one_line(err) and needle in err, err
     assert tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------------ inputs that used to be tracebacks
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("[" * 100000 + "]" * 100000, "nested too deeply"),
+        ('{"a":' * 100000 + "1" + "}" * 100000, "nested too deeply"),
+        ("[" * 300 + "1" + "]" * 300, None),
+    ],
+    ids=["list 100000", "dict 100000", "list 300"],
+)
+@pytest.mark.parametrize("where", ["latency table", "pipeline config"])
+def test_deeply_nested_json_is_one_line(where, body, needle, art, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deep.json").write_text(body)
+    if where == "latency table":
+        argv = ["compress", art, "--latency-reduction", "0.3", "--latency-table", "deep.json", *QUICK, "-o", "c"]
+        needle = needle or "not a latency table"
+    else:
+        argv = ["pipeline", art, "--config", "deep.json", "--flops-reduction", "0.3", *QUICK, "-o", "p"]
+        needle = needle or "holds a list, not a mapping"
+    before = tree(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and one_line(err) and needle in err, err
+    assert tree(tmp_path) == before
+
+
+def test_long_output_and_model_names_are_one_line(art, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    code, _, err = run(capsys, "prune", art, *PRUNE, "-o", "x" * 300)
+    assert code == 2 and one_line(err) and "is 300 bytes long, longer than the 241" in err, err
+    code, _, err = run(capsys, "prune", "x" * 5000, *PRUNE, "-o", "out")
+    assert code == 2 and one_line(err) and "name too long" in err, err
+    assert tree(tmp_path) == before
+
+
+def test_a_bare_assertion_of_the_model_code_gets_its_reason(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "prune", "vit_tiny_r_s16_p8_384", "--img-size", "112", *PRUNE, "-o", "o")
+    assert code == 2 and one_line(err), err
+    assert "cannot create 'vit_tiny_r_s16_p8_384': the model's check `assert " in err and "img_size=112" in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_hub_download_is_one_line(tmp_path, monkeypatch, capsys):
+    import timm
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection\nor set offline mode.")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "prune", "vit_tiny_patch16_224", "--pretrained", *PRUNE, "-o", "o")
+    assert code == 2 and one_line(err) and "cannot load pretrained weights" in err and "--checkpoint" in err, err

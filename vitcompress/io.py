@@ -36,6 +36,9 @@ except ImportError:  # no flock (Windows): outputs are written atomically but no
 
 _HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
 
+#: the longest output name: the file system's 255 bytes less the temporary sibling's additions
+MAX_NAME = 255 - len(".") - len(".tmp-XXXXXXXX")
+
 #: errors of the disk a write can meet: full, over quota, read-only
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
@@ -136,6 +139,12 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     if not str(path).strip():
         raise VitCompressError(f"{what} path is empty; pass a path such as runs/out")
     p = Path(path)
+    name = os.fsencode(Path(os.path.abspath(p)).name)
+    if len(name) > MAX_NAME:  # the lock and temporary siblings add to it: ``.NAME.tmp-XXXXXXXX``
+        raise VitCompressError(
+            f"{what} name {str(p.name)[:40]!r}... is {len(name)} bytes long, longer than the {MAX_NAME} an output "
+            "name may have here; choose a shorter name"
+        )
     cwd = Path(os.getcwd())
     for target, here in ((Path(os.path.abspath(p)), cwd), (Path(os.path.realpath(p)), Path(os.path.realpath(cwd)))):
         if target == here or target in here.parents or target.parent == target:
