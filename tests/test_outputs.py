@@ -9,7 +9,7 @@ import os
 
 import pytest
 from helpers import synthetic_table, tiny
-from test_reliability import BY_NAME, PRUNE, QUICK, TINY, art, one_line, run, tree  # noqa: F401
+from test_reliability import PRUNE, QUICK, TINY_KW, one_line, run, tree
 
 import vitcompress
 import vitcompress.artifact
@@ -20,6 +20,14 @@ from vitcompress.io import DiskError, atomic_dir, disk_errno
 from vitcompress.training import TrainConfig
 
 TOKENS = ["--method", "topk", "--schedule", "0.7@1"]
+
+
+@pytest.fixture
+def art(tmp_path):
+    """A tiny artifact (16 px, 2 blocks) in its own folder."""
+    return vitcompress.save(
+        vitcompress.create_source_model("vit_tiny_patch16_224", **TINY_KW), tmp_path / "arts" / "art"
+    )
 
 
 # ------------------------------------------------------------------------ same path as an input
@@ -38,7 +46,7 @@ TOKENS = ["--method", "topk", "--schedule", "0.7@1"]
     ],
     ids=["prune", "tokens", "finetune", "train", "teacher", "pipeline", "config", "bench", "profile plot"],
 )
-def test_an_output_is_never_an_input_even_with_force(args, needle, art, tmp_path, capsys):  # noqa: F811
+def test_an_output_is_never_an_input_even_with_force(args, needle, art, tmp_path, capsys):
     other = vitcompress.save(tiny("vit"), tmp_path / "other")
     (tmp_path / "pipe.json").write_text('{"flops_reduction": 0.4}')
     (tmp_path / "t.json").write_text("{}")
@@ -49,7 +57,7 @@ def test_an_output_is_never_an_input_even_with_force(args, needle, art, tmp_path
     assert tree(tmp_path) == before
 
 
-def test_a_symlinked_output_is_replaced_without_leftovers(art, tmp_path, capsys):  # noqa: F811
+def test_a_symlinked_output_is_replaced_without_leftovers(art, tmp_path, capsys):
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
     code, _, err = run(capsys, "prune", art, *PRUNE, "-o", tmp_path / "link", "--force")
@@ -71,7 +79,7 @@ def _cfg(table, **kw):
 
 
 def test_compress_force_keeps_the_old_output_when_the_new_run_fails(table, tmp_path, monkeypatch):
-    art = vitcompress.save(tiny("vit"), tmp_path / "art")
+    model = vitcompress.save(tiny("vit"), tmp_path / "art")
     old = tmp_path / "out"
     old.mkdir()
     (old / "report.md").write_text("the old run")
@@ -82,11 +90,11 @@ def test_compress_force_keeps_the_old_output_when_the_new_run_fails(table, tmp_p
     monkeypatch.setattr(compress_mod, "search", no_mix)
     before = tree(tmp_path)
     with pytest.raises(VitCompressError, match="no mix"):
-        compress(art, _cfg(table), old, force=True, progress=False)
+        compress(model, _cfg(table), old, force=True, progress=False)
     assert tree(tmp_path) == before  # the old output whole, no temporary sibling, no lock
     # compress ART -o ART --force: refused before any work, the artifact intact
     with pytest.raises(VitCompressError, match="is the input"):
-        compress(art, _cfg(table), art, force=True, progress=False)
+        compress(model, _cfg(table), model, force=True, progress=False)
     assert tree(tmp_path) == before
 
 
@@ -103,29 +111,27 @@ def test_compress_force_keeps_the_old_output_when_the_new_run_fails(table, tmp_p
     ],
 )
 def test_compress_checks_everything_before_writing(options, needle, table, tmp_path, monkeypatch):
-    art = vitcompress.save(tiny("vit"), tmp_path / "art")
+    model = vitcompress.save(tiny("vit"), tmp_path / "art")
     cfg = _cfg(table)
     for k, v in options.items():
         setattr(cfg, k, v)
     before = tree(tmp_path)
     with pytest.raises(VitCompressError) as e:
-        compress(art, cfg, tmp_path / "out", progress=False)
+        compress(model, cfg, tmp_path / "out", progress=False)
     assert needle in str(e.value), str(e.value)
     assert tree(tmp_path) == before  # no out/compress.json: the next run is not refused as existing
 
 
 def test_compress_checks_the_teacher_before_the_search(table, tmp_path, monkeypatch):
-    art = vitcompress.save(tiny("vit"), tmp_path / "art")
+    model = vitcompress.save(tiny("vit"), tmp_path / "art")
     teacher = vitcompress.save(
-        vitcompress.create_source_model(
-            "vit_tiny_patch16_224", img_size=24, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
-        ),
+        vitcompress.create_source_model("vit_tiny_patch16_224", **{**TINY_KW, "img_size": 24}),
         tmp_path / "teacher",
     )
     monkeypatch.setattr(compress_mod, "search", lambda *a, **k: pytest.fail("searched"))
     before = tree(tmp_path)
     with pytest.raises(VitCompressError, match="the teacher takes 3x24x24 images"):
-        compress(art, _cfg(table), tmp_path / "out", teacher=str(teacher), progress=False)
+        compress(model, _cfg(table), tmp_path / "out", teacher=str(teacher), progress=False)
     assert tree(tmp_path) == before
 
 
@@ -150,7 +156,9 @@ class SafetensorError(Exception):
     ],
     ids=["ENOSPC", "EDQUOT", "EROFS", "safetensors", "torch.save"],
 )
-def test_a_disk_error_names_the_output_and_the_bytes_and_leaves_nothing(error, code, art, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_a_disk_error_names_the_output_and_the_bytes_and_leaves_nothing(
+    error, code, art, tmp_path, capsys, monkeypatch
+):
     def fail(*args, **kwargs):
         raise error
 
@@ -162,7 +170,7 @@ def test_a_disk_error_names_the_output_and_the_bytes_and_leaves_nothing(error, c
     assert tree(tmp_path) == before
 
 
-def test_a_disk_error_inside_a_training_write_names_the_output(art, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_a_disk_error_inside_a_training_write_names_the_output(art, tmp_path, capsys, monkeypatch):
     import vitcompress.training
 
     def fail(*args, **kwargs):
@@ -213,7 +221,7 @@ HUGE = "99999999999999999999"
         (["eval", "ART", "--limit", "2147483648"], "--limit must be in [1, 2147483647]"),
     ],
 )
-def test_counts_are_capped_at_what_finishes(args, needle, art, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_counts_are_capped_at_what_finishes(args, needle, art, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     before = tree(tmp_path)
     code, _, err = run(capsys, *[str(art) if a == "ART" else a for a in args])
@@ -232,7 +240,7 @@ def test_counts_are_capped_at_what_finishes(args, needle, art, tmp_path, monkeyp
     ids=["list 100000", "dict 100000", "list 300"],
 )
 @pytest.mark.parametrize("where", ["latency table", "pipeline config"])
-def test_deeply_nested_json_is_one_line(where, body, needle, art, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_deeply_nested_json_is_one_line(where, body, needle, art, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "deep.json").write_text(body)
     if where == "latency table":
@@ -247,7 +255,7 @@ def test_deeply_nested_json_is_one_line(where, body, needle, art, tmp_path, monk
     assert tree(tmp_path) == before
 
 
-def test_long_output_and_model_names_are_one_line(art, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_long_output_and_model_names_are_one_line(art, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     before = tree(tmp_path)
     code, _, err = run(capsys, "prune", art, *PRUNE, "-o", "x" * 300)
