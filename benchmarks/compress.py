@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -85,9 +86,7 @@ class CompressConfig:
     importance: str = setting("taylor-abs", "Scorer of the width prune (see vitcompress prune).")
     granularity: tuple[str, ...] = setting(("heads", "qk", "v", "mlp"), "Widths the search prunes (comma list).")
     calib_images: int = setting(128, "Calibration images for block importance and width scores.", ge=1)
-    search_images: int = setting(
-        256, "Training images the search compares candidates on (KL to the teacher).", ge=1
-    )
+    search_images: int = setting(256, "Training images the search compares candidates on (KL to the teacher).", ge=1)
     max_depth_drop: int | None = setting(
         None, "Most blocks the search removes (default: as many as the target allows).", ge=0, le=1024
     )
@@ -249,7 +248,13 @@ def compress(
             with atomic_dir(out, force=True) as tmp:
                 res = _compress(model, dense, teach, cfg, tmp, out, teacher, False, progress, callbacks)
             return CompressResult(res.model, out, res.report)
-        return _compress(model, dense, teach, cfg, out, out, teacher, resume, progress, callbacks)
+        fresh = not out.exists()
+        try:
+            return _compress(model, dense, teach, cfg, out, out, teacher, resume, progress, callbacks)
+        except Exception:
+            if fresh:  # an error leaves no half-made folder (a kill or Ctrl-C leaves it for resume)
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _compress(

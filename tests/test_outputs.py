@@ -8,6 +8,7 @@ import errno
 import os
 
 import pytest
+import torch
 from helpers import synthetic_table, tiny
 from test_reliability import PRUNE, QUICK, TINY_KW, one_line, run, tree
 
@@ -92,6 +93,9 @@ def test_compress_force_keeps_the_old_output_when_the_new_run_fails(table, tmp_p
     with pytest.raises(VitCompressError, match="no mix"):
         compress(model, _cfg(table), old, force=True, progress=False)
     assert tree(tmp_path) == before  # the old output whole, no temporary sibling, no lock
+    with pytest.raises(VitCompressError, match="no mix"):  # a new output: no half-made folder either
+        compress(model, _cfg(table), tmp_path / "new", progress=False)
+    assert tree(tmp_path) == before
     # compress ART -o ART --force: refused before any work, the artifact intact
     with pytest.raises(VitCompressError, match="is the input"):
         compress(model, _cfg(table), model, force=True, progress=False)
@@ -283,3 +287,43 @@ def test_a_failed_hub_download_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "prune", "vit_tiny_patch16_224", "--pretrained", *PRUNE, "-o", "o")
     assert code == 2 and one_line(err) and "cannot load pretrained weights" in err and "--checkpoint" in err, err
+
+
+# ------------------------------------------------------------------------ bench: nothing measured is an error
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine measures on torch-cuda")
+def test_bench_that_measures_nothing_fails_unless_allow_skip(art, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", art, "--backend", "torch-cuda", "--batch", "1", "--warmup", "0", "--iters", "1", "--rounds", "1"]
+    before = tree(tmp_path)
+    code, _, err = run(capsys, *args, "--report", "rep")
+    assert code == 2 and one_line(err) and "nothing was measured (torch-cuda: " in err and "--allow-skip" in err, err
+    assert tree(tmp_path) == before
+    code, out, err = run(capsys, *args, "--allow-skip")
+    assert code == 0 and "skipped `torch-cuda`" in out, err
+
+
+def test_a_bench_report_on_a_full_disk_leaves_the_folder_as_it_was(art, tmp_path, monkeypatch, capsys):
+    import vitcompress.benchmarks.report as report
+
+    real = report.to_markdown
+    calls = []
+
+    def full_on_the_second_file(result):  # report.json is written, report.md meets a full disk
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(result)
+
+    monkeypatch.setattr(report, "to_markdown", full_on_the_second_file)
+    monkeypatch.chdir(tmp_path)
+    for existing in (False, True):
+        if existing:
+            (tmp_path / "rep").mkdir()
+            (tmp_path / "rep" / "report.md").write_text("old")
+        calls.clear()
+        before = tree(tmp_path)
+        code, _, err = run(capsys, "bench", art, "--backend", "torch-cpu", "--batch", "1", "--warmup", "0",
+                           "--iters", "1", "--rounds", "1", "--report", "rep", "--force")  # fmt: skip
+        last = err.strip().splitlines()[-1]  # after the progress bar
+        assert code == 2 and last.startswith("error: cannot write 'rep': No space left on device"), err
+        assert tree(tmp_path) == before

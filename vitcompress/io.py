@@ -186,7 +186,7 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _missing_parents(folder: Path) -> list[Path]:
+def missing_parents(folder: Path) -> list[Path]:
     out = []
     while not os.path.lexists(folder) and folder != folder.parent:
         out.append(folder)
@@ -194,7 +194,7 @@ def _missing_parents(folder: Path) -> list[Path]:
     return out[::-1]
 
 
-def _remove_empty(folders: list[Path]) -> None:
+def remove_empty(folders: list[Path]) -> None:
     for d in reversed(folders):
         try:
             d.rmdir()
@@ -224,11 +224,11 @@ def output_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
             if not _HELD[key]:
                 del _HELD[key]
         return
-    made = _missing_parents(lock.parent)
+    made = missing_parents(lock.parent)
     try:
         check_writable_dir(lock.parent)
     except BaseException:
-        _remove_empty(made)
+        remove_empty(made)
         raise
     fd = _acquire(lock, path, what, made)
     _HELD[key] = 1
@@ -237,7 +237,7 @@ def output_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
         yield lock
     finally:
         _release(lock, fd, key)
-        _remove_empty(made)
+        remove_empty(made)
 
 
 def _acquire(lock: Path, path, what: str, made: list[Path]) -> int:
@@ -249,7 +249,7 @@ def _acquire(lock: Path, path, what: str, made: list[Path]) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            _remove_empty(made)
+            remove_empty(made)
             raise VitCompressError(
                 f"{what} {str(path)!r} is being written by another run{f' (process {holder})' if holder else ''}; "
                 "wait for it to finish or choose another path"
