@@ -327,3 +327,51 @@ def test_a_bench_report_on_a_full_disk_leaves_the_folder_as_it_was(art, tmp_path
         last = err.strip().splitlines()[-1]  # after the progress bar
         assert code == 2 and last.startswith("error: cannot write 'rep': No space left on device"), err
         assert tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------------ options with no effect, nonsense schedules
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["tokens", "ART", "--method", "topk", "--schedule", "0.9@1;0.7@1", "-o", "t"], "block 1 is given twice"),
+        (["tokens", "ART", "--method", "topk", "--schedule", "0.7@1,1", "-o", "t"], "block 1 is given twice"),
+        (["tokens", "ART", "--method", "topk", "--schedule", "0.７@1", "-o", "t"], "is not a number"),
+        (["tokens", "ART", "--method", "topk", "--schedule", "0.7@１", "-o", "t"], "is not integers"),
+        (["tokens", "ART", "--method", "tome", "--schedule", "merge=0", "-o", "t"], "removes no token (merge=0)"),
+        (["tokens", "ART", "--method", "topk", "--schedule", "rate=0", "-o", "t"], "removes no token (rate=0)"),
+        (["tokens", "ART", "--method", "topk", "--schedule", "rate=1e-300", "-o", "t"], "removes no token"),
+        (["tokens", "ART", "--method", "tome", "--schedule", "merge=1", "--no-vpa", "-o", "t"], "--no-vpa applies to"),
+        (
+            ["tokens", "ART", "--method", "topk", "--schedule", "0.7@1", "--search-images", "8", "-o", "t"],
+            "--search-images is used with --search only",
+        ),
+        (["finetune", "ART", *QUICK, "--ce-weight", "0", "-o", "o"], "--ce-weight has no effect without --teacher"),
+        (["finetune", "ART", *QUICK, "--distill", "soft", "-o", "o"], "--distill has no effect without --teacher"),
+        (["finetune", "ART", *QUICK, "--hidden-weight", "1", "-o", "o"], "--hidden-weight has no effect without"),
+        (
+            ["finetune", "ART", *QUICK, "--teacher-checkpoint", "ART/model.safetensors", "-o", "o"],
+            "--teacher-checkpoint has no effect without --teacher",
+        ),
+        (
+            ["finetune", "ART", "--teacher", "ART", "--teacher-checkpoint", "ART/model.safetensors", *QUICK, "-o", "o"],
+            "drop --teacher-checkpoint",
+        ),
+        (["finetune", "ART", *QUICK, "--gas-gain", "2", "-o", "o"], "--gas-gain has no effect without --gas-target"),
+        (["train", "ART", *QUICK, "-o", "o", "--resume"], "nothing to resume: output 'o' does not exist"),
+        (["train", "ART", *QUICK, "-o", "o", "--resume", "--force"], "pass one of them"),
+        (["export", "ART", "-o", "m.onnx", "--opt-level", "99"], "--opt-level has no effect without --trt"),
+        (["export", "ART", "-o", "m.onnx", "--workspace", "nan"], "--workspace has no effect without --trt"),
+        (["export", "ART", "-o", "m.onnx", "--keep-permille", "1:5:9"], "has no effect without --runtime-keep"),
+        (
+            ["profile", "ART", "--backend", "torch-cpu", "-o", "t.json", "--token-keep", "0"],
+            "--token-keep has no effect without --token-method",
+        ),
+    ],
+)
+def test_options_with_no_effect_and_nonsense_schedules_are_refused(args, needle, art, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("ART", str(art)) for a in args]
+    before = tree(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and one_line(err) and needle in err, err
+    assert tree(tmp_path) == before

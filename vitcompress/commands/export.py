@@ -10,7 +10,7 @@ import click
 
 from vitcompress.exporters.export import export
 
-from .options import default_of
+from .options import default_of, require
 
 
 def _profile(value) -> str:
@@ -92,6 +92,8 @@ def export_cmd(
     force,
 ):
     """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine."""
+    require(trt, "--trt", "engine", "workspace", "timing_cache", "opt_level")
+    require(runtime_keep, "--runtime-keep", "keep_permille")
     export(
         artifact,
         output,

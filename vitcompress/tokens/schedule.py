@@ -132,8 +132,15 @@ class TokenSchedule:
         return f"{self.method} {self.spec or self.kind}"
 
 
+#: a number as typed in ASCII (``float`` also reads full-width digits and ``1_000``)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _num(text: str, what: str, spec: str) -> float:
     try:
+        if not _NUMBER.fullmatch(text):
+            raise ValueError(text)
         value = float(text)
         if not math.isfinite(value):
             raise ValueError(text)
@@ -146,7 +153,10 @@ def _num(text: str, what: str, spec: str) -> float:
 
 def _blocks(text: str, spec: str) -> list[int]:
     try:
-        out = [int(b) for b in text.split(",") if b.strip()]
+        parts = [b for b in text.split(",") if b.strip()]
+        if not all(_INTEGER.fullmatch(b) for b in parts):
+            raise ValueError(text)
+        out = [int(b) for b in parts]
         if any(abs(b) > 2**20 for b in out):
             raise ValueError(text)
     except ValueError:
@@ -201,6 +211,10 @@ def parse_schedule(spec: str, method: str, options: dict | None = None) -> Token
             for b in _blocks(blocks, spec):
                 if b < 0:
                     raise VitCompressError(f"token schedule {spec!r}: block {b} is negative; use indices >= 0")
+                if b in keep:
+                    raise VitCompressError(
+                        f"token schedule {spec!r}: block {b} is given twice; give each block one keep rate"
+                    )
                 keep[b] = k
         sched = TokenSchedule(method, "keep", keep=dict(sorted(keep.items())), options=options, spec=s)
     cls = REDUCERS.get(method)
