@@ -501,6 +501,7 @@ def _edit(art, path, value=None, delete=False):
     (art / META).write_text(json.dumps(record))
 
 
+TOKENS_KEEP = {"method": "topk", "kind": "keep", "keep": {"1": 0.7}, "spec": "0.7@1"}
 CORRUPT = {
     "counts.macs string": (["counts", "macs"], "x", "counts.macs is a string 'x', not an integer"),
     "counts missing": (["counts"], None, "counts.macs is missing"),
@@ -537,6 +538,19 @@ CORRUPT = {
     "tokens option": (["tokens"], {"method": "topk", "kind": "rate", "options": {"vpa": "no"}}, "tokens.options.vpa"),
     "format_version string": (["format_version"], "1", "format_version is a string '1'"),
     "extra list": (["extra"], [], "extra is a list, not an object"),
+    "extra nan": (["extra", "x"], math.nan, "extra.x is nan, not a finite number"),
+    "scale beyond float32": (
+        ["spec", "blocks", 0, "scale"],
+        1e308,
+        "spec.blocks[0].scale is 1e+308, beyond the largest",
+    ),
+    "tokens spec other keep": (["tokens"], {**TOKENS_KEEP, "spec": "0.5@1"}, "tokens.spec '0.5@1' does not describe"),
+    "tokens spec other kind": (["tokens"], {**TOKENS_KEEP, "spec": "rate=0.1"}, "tokens.spec 'rate=0.1' does not"),
+    "tokens spec not a schedule": (["tokens"], {**TOKENS_KEEP, "spec": "x"}, "tokens.spec 'x' is not a schedule"),
+    "tokens start of keep": (["tokens"], {**TOKENS_KEEP, "start": 99}, "tokens.start is 99, but a keep schedule"),
+    "tokens rate of keep": (["tokens"], {**TOKENS_KEEP, "rate": 0.5}, "tokens.rate is 0.5, but a keep schedule"),
+    "tokens options null": (["tokens"], {**TOKENS_KEEP, "options": None}, "tokens.options is null, not an object"),
+    "tokens options list": (["tokens"], {**TOKENS_KEEP, "options": []}, "tokens.options is a list, not an object"),
 }
 
 
