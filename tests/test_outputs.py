@@ -375,3 +375,29 @@ def test_options_with_no_effect_and_nonsense_schedules_are_refused(args, needle,
     code, _, err = run(capsys, *argv)
     assert code == 2 and one_line(err) and needle in err, err
     assert tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------------ no noise before the error line
+def test_a_non_finite_reference_gives_no_numpy_warning():
+    import warnings
+
+    import numpy as np
+
+    from vitcompress.exporters.precision import relative_error
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert relative_error(np.array([1.0, np.inf]), np.array([1.0, np.inf])) == (float("inf"), float("inf"))
+        assert relative_error(np.array([1.0, 2.0]), np.array([1.0, -np.inf])) == (float("inf"), float("inf"))
+        assert relative_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == (2.0, 0.5)
+
+
+def test_eval_on_a_folder_holding_a_fifo_does_not_hang(art, tmp_path, capsys):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / c / "0.png")
+    os.mkfifo(tmp_path / "imgs" / "b" / "1.png")
+    code, _, err = run(capsys, "eval", art, "--data", tmp_path / "imgs", "--workers", "0")
+    assert code == 2 and one_line(err) and "1.png' is not a regular file" in err, err
