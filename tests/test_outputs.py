@@ -401,3 +401,10 @@ def test_eval_on_a_folder_holding_a_fifo_does_not_hang(art, tmp_path, capsys):
     os.mkfifo(tmp_path / "imgs" / "b" / "1.png")
     code, _, err = run(capsys, "eval", art, "--data", tmp_path / "imgs", "--workers", "0")
     assert code == 2 and one_line(err) and "1.png' is not a regular file" in err, err
+
+
+def test_tokens_search_options_with_search_are_used(art, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["tokens", art, "--method", "topk", "--schedule", "0.7@1", "--search", "--search-images", "8", "-o", "t"]
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "wrote t" in out, err

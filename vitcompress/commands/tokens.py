@@ -89,8 +89,9 @@ def tokens(
     **kw,
 ):
     """Apply dynamic token reduction to MODEL (a timm name or an artifact folder)."""
-    check_combination(method, schedule, no_vpa, search, given(SearchConfig, kw))
-    search_cfg = merge_config(SearchConfig(), given(SearchConfig, kw), "search")
+    search_options = given(SearchConfig, kw)
+    check_combination(method, schedule, no_vpa, search, search_options)
+    search_cfg = merge_config(SearchConfig(), search_options, "search")
     res = reduce_tokens(
         model,
         schedule,
