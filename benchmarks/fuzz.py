@@ -582,7 +582,7 @@ def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: fl
     before = sb.snapshot(case)
     inputs = input_paths([str(a) for a in argv], case, sb.root)
     hashed = _digests(inputs)
-    cwd, threads = os.getcwd(), torch.get_num_threads()
+    cwd, threads, grad = os.getcwd(), torch.get_num_threads(), torch.is_grad_enabled()
     out, err = io.StringIO(), io.StringIO()
     kind = detail = ""
     t0 = time.perf_counter()
@@ -611,6 +611,9 @@ def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: fl
         signal.signal(signal.SIGALRM, old)
         os.chdir(cwd)
         torch.set_num_threads(threads)
+        # a cut that lands while a ``no_grad`` block unwinds (the alarm repeats) leaves gradients off
+        # for the next case of this process; a real process that is stopped takes its state with it
+        torch.set_grad_enabled(grad)
     seconds = time.perf_counter() - t0
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     if not kind:
