@@ -65,6 +65,18 @@ def test_an_input_changed_by_a_case_is_counted_whatever_the_outcome(sandbox, mon
     assert not fuzz.run_argv(argv, case, sandbox, "cli", timeout=0).inputs_modified
 
 
+def test_a_case_that_leaves_gradients_off_does_not_change_the_next(sandbox, monkeypatch):
+    import torch
+
+    def grad_off(args):
+        torch.set_grad_enabled(False)  # what a cut while a no_grad block unwinds leaves behind
+        return 0
+
+    monkeypatch.setattr(fuzz, "cli_main", grad_off)
+    fuzz.run_argv(["info"], sandbox.case(), sandbox, "cli", timeout=0)
+    assert torch.is_grad_enabled()
+
+
 # ------------------------------------------------------------------------------ the command line
 @settings(FAST, max_examples=40)
 @given(data=st.data())
