@@ -102,6 +102,7 @@ def test_the_fuzz_script_counts_and_classifies(tmp_path, capsys):
     s = fuzz.summary(outcomes)
     assert len(outcomes) == 12 and {o.surface for o in outcomes} == set(fuzz.SURFACES)
     assert s["total"].get("traceback", 0) == 0 and s["total"].get("dirty", 0) == 0
+    assert s["total"]["inputs modified"] == 0
     assert s["total"].get("rejected", 0) > 0
 
 
