@@ -555,9 +555,12 @@ def input_paths(argv: list[str], case: Path, root: Path) -> list[Path]:
     for prev, arg in zip(["", *argv], argv):
         if prev in OUTPUT_FLAGS or not arg or arg.startswith("-"):
             continue
-        p = Path(os.path.realpath(case / arg))
-        if p.exists() and p.is_relative_to(root) and not case.resolve().is_relative_to(p):
-            out.append(p)
+        try:
+            p = Path(os.path.realpath(case / arg))
+            if p.exists() and p.is_relative_to(root) and not case.resolve().is_relative_to(p):
+                out.append(p)
+        except (ValueError, OSError):  # a NUL byte or an over-long name: not a path that exists
+            continue
     return out
 
 

@@ -52,6 +52,7 @@ def test_an_input_changed_by_a_case_is_counted_whatever_the_outcome(sandbox, mon
     (case / "in.txt").write_text("x")
     argv = ["info", "in.txt", "-o", "file.txt", "--plot", "dir", "--data", ".."]
     assert fuzz.input_paths(argv, case, sandbox.root) == [case / "in.txt"]
+    assert fuzz.input_paths([*argv, "--schedule", "\x00", "x" * 5000], case, sandbox.root) == [case / "in.txt"]
 
     def writes_its_input(args):
         (case / "in.txt").write_text("changed")
