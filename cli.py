@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: interrupted", err=True)
         return 130
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a path or model name longer than the file system takes
+            name = str(e.filename or "")
+            click.echo(f"error: name too long ({len(name)} characters: {name[:40]!r}...); pass a shorter one", err=True)
+            return 2
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f" ({e.filename})" if e.filename else ""

@@ -39,6 +39,11 @@ from .runner_torch import MODES
 from .runners import Variant
 from .timing import measure, paired_ratio, summarize
 
+#: the most passes a benchmark makes: beyond these a run does not finish in a working day
+MAX_PASSES = {"warmup": 10_000, "iters": 100_000, "rounds": 1_000}
+#: the longest ``max_time`` / ``time_limit`` (a week)
+MAX_SECONDS = 7 * 24 * 3600
+
 logger = logging.getLogger("vitcompress.bench")
 
 #: seconds of load sampling before the first measurement
@@ -99,11 +104,12 @@ class BenchConfig:
         if self.mode not in MODES:
             raise VitCompressError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         for name, v in (("warmup", self.warmup), ("iters", self.iters), ("rounds", self.rounds)):
-            if v < (0 if name == "warmup" else 1):
-                raise VitCompressError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {v}")
+            low, high = (0 if name == "warmup" else 1), MAX_PASSES[name]  # counts capped at what finishes
+            if not low <= v <= high:
+                raise VitCompressError(f"{name} must be in [{low}, {high}], got {v}", params=[name])
         for name, limit in (("max_time", self.max_time), ("time_limit", self.time_limit)):
-            if limit is not None and not limit > 0:
-                raise VitCompressError(f"{name} must be > 0 seconds, got {limit}", params=[name])
+            if limit is not None and not 0 < limit <= MAX_SECONDS:
+                raise VitCompressError(f"{name} must be in (0, {MAX_SECONDS}] seconds, got {limit}", params=[name])
         if self.max_time is not None and not self.until_stable:
             raise VitCompressError(
                 "max_time only bounds until_stable; pass until_stable=True or drop max_time",

@@ -37,21 +37,24 @@ from typing import Any
 from torch import nn
 
 from vitcompress.artifact import check_output, is_artifact, load, save
-from vitcompress.config import setting
+from vitcompress.config import check_fields, setting
 from vitcompress.counting import count
+from vitcompress.data import check_teacher
 from vitcompress.datapipe import check_data
 from vitcompress.distill import DistillConfig
 from vitcompress.errors import VitCompressError
 from vitcompress.evaluate import evaluate_data
 from vitcompress.exporters.export import export
+from vitcompress.families import family_of
 from vitcompress.groups import parse_kinds
-from vitcompress.io import atomic_file, output_lock
+from vitcompress.io import atomic_dir, atomic_file, output_lock
 from vitcompress.latency import LatencyTable
 from vitcompress.resolve import resolve_model
 from vitcompress.scorers import SCORERS
 from vitcompress.tokens.registry import REDUCERS
 from vitcompress.training import TrainConfig, fit
 
+from .backends import get_runner
 from .bench import BenchConfig, load_variant, run_bench
 from .compress_search import Candidate, SearchSpace, search
 from .latency_profile import ProfileConfig, profile_latency
@@ -71,19 +74,21 @@ SETTINGS = "compress.json"
 class CompressConfig:
     """The whole ``compress`` run (``train``/``distill``: the recovery stage's settings)."""
 
-    latency_reduction: float | None = setting(None, "Fraction of the latency on --backend to remove, 0 < R < 1.")
+    latency_reduction: float | None = setting(
+        None, "Fraction of the latency on --backend to remove, 0 < R < 1.", gt=0, lt=1
+    )
     backend: str = setting("ort-cpu", "Backend the latency is profiled, predicted and measured on.")
-    latency_batch: int = setting(8, "Batch size of the latency target.")
+    latency_batch: int = setting(8, "Batch size of the latency target.", ge=1, le=65_536)
     latency_precision: str = setting("fp32", "Precision of the latency target and the export: fp32 or fp16.")
     latency_table: str | None = setting(
         None, "A latency table of the model (vitcompress profile) instead of profiling."
     )
     importance: str = setting("taylor-abs", "Scorer of the width prune (see vitcompress prune).")
     granularity: tuple[str, ...] = setting(("heads", "qk", "v", "mlp"), "Widths the search prunes (comma list).")
-    calib_images: int = setting(128, "Calibration images for block importance and width scores.")
-    search_images: int = setting(256, "Training images the search compares candidates on (KL to the teacher).")
+    calib_images: int = setting(128, "Calibration images for block importance and width scores.", ge=1)
+    search_images: int = setting(256, "Training images the search compares candidates on (KL to the teacher).", ge=1)
     max_depth_drop: int | None = setting(
-        None, "Most blocks the search removes (default: as many as the target allows)."
+        None, "Most blocks the search removes (default: as many as the target allows).", ge=0, le=1024
     )
     token_method: str = setting("topk-vpa", "Token reducer the search tries, or none.")
     token_keeps: tuple[str, ...] = setting(
@@ -94,6 +99,7 @@ class CompressConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
+        check_fields(self)  # every number in its range (the nested train/distill settings too)
         r = self.latency_reduction
         if r is None or not 0 < r < 1:
             raise VitCompressError(
@@ -209,31 +215,62 @@ def compress(
             raise VitCompressError(f"unknown compress option {k!r}")
         setattr(cfg, k, v)
     cfg.validate()
-    inputs = (model, teacher, cfg.latency_table)
+    inputs = (model, teacher, cfg.latency_table, cfg.train.data)
     out = check_output(output, force=force, exists_ok=resume, resumable=True, inputs=inputs)
     check_data(cfg.train.data)
     if cfg.latency_table is not None:
-        LatencyTable.load(cfg.latency_table)  # a bad file fails before anything is written
+        table = LatencyTable.load(cfg.latency_table)  # a bad file fails before anything is written
+        backend, precision, mode = table.backend, table.precision, table.mode
+    else:
+        cfg.profile_config().validate()  # the backend, batch and precision can be measured here
+        backend, precision, mode = cfg.backend, cfg.latency_precision, "eager"
+    reason = get_runner(backend).unavailable(precision, mode)
+    if reason:
+        raise VitCompressError(
+            f"backend {backend} cannot measure here ({reason}); choose another backend or latency_precision",
+            params=["backend", "latency_precision"],
+        )
+    dense = resolve_model(model).eval()
+    teach = resolve_model(teacher).eval() if teacher is not None else dense
+    if teach is not dense:
+        check_teacher(dense, teach)  # before the search, not after it
+    depth = len(family_of(dense).spec(dense).blocks)
+    if cfg.max_depth_drop is not None and cfg.max_depth_drop > depth - 1:
+        raise VitCompressError(
+            f"max_depth_drop must be at most {depth - 1} (the model has {depth} blocks), got {cfg.max_depth_drop}",
+            params=["max_depth_drop"],
+        )
     with output_lock(out):  # one writer of the folder for all the stages
         check_output(out, force=force, exists_ok=resume, resumable=True, inputs=inputs)  # now that it is ours
-        return _compress(model, cfg, out, teacher, resume, force, progress, callbacks)
+        if out.exists() and not resume:
+            # --force: the new run is built beside the old one and swapped in when complete; any
+            # failure or interrupt leaves the old output as it was
+            with atomic_dir(out, force=True) as tmp:
+                res = _compress(model, dense, teach, cfg, tmp, out, teacher, False, progress, callbacks)
+            return CompressResult(res.model, out, res.report)
+        fresh = not out.exists()
+        try:
+            return _compress(model, dense, teach, cfg, out, out, teacher, resume, progress, callbacks)
+        except Exception:
+            if fresh:  # an error leaves no half-made folder (a kill or Ctrl-C leaves it for resume)
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _compress(
     model: str | os.PathLike | nn.Module,
+    dense: nn.Module,
+    teach: nn.Module,
     cfg: CompressConfig,
     out: Path,
+    final: Path,
     teacher: str | None,
     resume: bool,
-    force: bool,
     progress: bool,
     callbacks: Sequence,
 ) -> CompressResult:
-    """``compress`` once the request is valid and the output folder locked."""
-    dense = resolve_model(model).eval()
-    teach = resolve_model(teacher).eval() if teacher is not None else dense
-    if out.exists() and force and not resume:
-        shutil.rmtree(out)
+    """``compress`` once the request is valid and the output folder locked: the stages are written
+    to ``out`` (``final``, or a temporary sibling swapped onto it afterwards)."""
     out.mkdir(parents=True, exist_ok=True)
     _settings(out, cfg, model, teacher, resume)
     seconds: dict[str, float] = {}
@@ -304,11 +341,11 @@ def _compress(
             progress=progress,
             echo=logger.info,
         )
-        export_info = {
-            "onnx": str(run.onnx.path),
+        export_info = {  # the paths the files have once the run is complete
+            "onnx": str(final / ONNX),
             "size_bytes": run.onnx.size_bytes,
             "parity_max_rel": run.onnx.parity.max_rel if run.onnx.parity is not None else None,
-            "engine": str(run.engine) if run.engine else None,
+            "engine": str(final / ONNX.with_suffix(".engine")) if run.engine else None,
         }
         _json(out / "export" / "export.json", export_info)
     export_info = json.loads((out / "export" / "export.json").read_text())
@@ -337,8 +374,8 @@ def _compress(
     _json(out / "report.json", report)
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text(format_report(report, bench) + "\n")
-    logger.info(f"wrote {out / 'report.md'}")
-    return CompressResult(distilled, out, report)
+    logger.info(f"wrote {final / 'report.md'}")
+    return CompressResult(distilled, final, report)
 
 
 def _report(cfg, dense, teacher, pruned, distilled, table, found, bench, export_info, seconds, model) -> dict:

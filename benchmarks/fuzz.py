@@ -17,13 +17,20 @@ Cases are drawn by hypothesis strategies over three surfaces:
   weights, a tensor dropped or added, a truncated or foreign file), then read by ``info``, ``eval``,
   ``prune`` or ``tokens``.
 
+``cli`` covers ``profile`` and ``compress`` too (their valid runs are cut), outputs set to the
+positional input (the same path, with and without ``--force``), huge counts and deeply nested JSON
+files as configs and latency tables.
+
 Each case runs in process through the installed ``vitcompress`` entry point, in a fresh working
 folder next to the shared inputs, and is classified: ``accepted`` (exit 0), ``rejected`` (exit 2
 with an ``error: ...`` line last on stderr), ``traceback`` (any other exception or exit), ``dirty``
 (rejected, but a file under the working folder or the shared inputs changed), ``cut`` (a valid
 request that ran past ``--timeout`` seconds and was stopped; valid runs of huge sizes). The
-script prints the counts per surface and in total, and the time; its exit status is 1 when
-tracebacks or dirty rejections occurred. ``export --trt`` is not generated: without TensorRT it
+script prints the counts per surface and in total, and the time. Whatever the outcome, every input
+a case names (a path given to anything but ``-o``/``--output``/``--plot``/``--report``, inside the
+sandbox and not a folder around the case) is hashed before and after: a change is counted as
+``inputs modified``. The exit status is 1 when tracebacks, dirty rejections or modified inputs
+occurred. ``export --trt`` is not generated: without TensorRT it
 writes the ONNX file before it fails, by design (docs/export.md).
 """
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -69,6 +77,8 @@ TINY_ARGS = [
     "--num-classes", "10",
 ]  # fmt: skip
 QUICK_TRAIN = ["--data", "digits", "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--quiet"]
+#: options whose value is written, not read: every other path in a command line is an input
+OUTPUT_FLAGS = {"-o", "--output", "--plot", "--report"}
 #: options never generated (see the module docstring)
 SKIPPED_OPTIONS = {"--trt", "--help", "-h", "--version"}
 
@@ -82,6 +92,7 @@ class Outcome:
     kind: str
     detail: str
     seconds: float
+    inputs_modified: bool = False
 
 
 # ------------------------------------------------------------------------------------------ sandbox
@@ -116,6 +127,11 @@ class Sandbox:
             self.configs[name] = p
         (shared / "bad.yaml").write_text("train: {epochs: [\n")
         self.configs["bad.yaml"] = shared / "bad.yaml"
+        for name, n in (("deep.json", 100_000), ("deep300.json", 300)):  # nested JSON: configs and tables
+            (shared / name).write_text('{"a":' * n + "1" + "}" * n)
+            self.configs[name] = shared / name
+        self.table = shared / "table.json"
+        _tiny_table(self.art, self.table)
         self.shared = shared
         self.n = 0
 
@@ -161,11 +177,15 @@ class Sandbox:
             str(self.text), str(self.pickle), "m.onnx",
         ]  # fmt: skip
 
+    def tables(self) -> list[str]:
+        return [str(self.table), str(self.configs["deep.json"]), str(self.configs["deep300.json"]),
+                str(self.configs["good.json"]), str(self.text), "nope.json", str(self.art)]  # fmt: skip
+
     def data(self) -> list[str]:
         return ["digits", "mnist10k", str(self.imgs), "nope", "", str(self.text), "dir"]
 
 
-INTS = ["-1", "0", "1", "2", "3", "8", "1000000000", "99999999999999999999", "1.5", "x", "", "nan"]
+INTS = ["-1", "0", "1", "2", "3", "8", "1000000000", "2147483648", "99999999999999999999", "1.5", "x", "", "nan"]
 FLOATS = ["-1", "-0.01", "0", "1e-9", "0.05", "0.3", "0.5", "0.99", "1", "1.5", "100", "1e308", "nan", "inf",
           "-inf", "x", ""]  # fmt: skip
 STRINGS = ["", "x", "1", "0.5", "nan", "-1", "1:2:3", "a,b", "../up", "\u00e9\u00e8", "none"]
@@ -237,6 +257,19 @@ def base_invocation(name: str, sb: Sandbox) -> tuple[list[str], list[tuple[str, 
             [art],
             [("--flops-reduction", "0.4"), ("--calib-images", "8")] + train_opts + [("-o", "out")],
         ),
+        "profile": ([art], [("--backend", "torch-cpu"), ("-o", "t.json")] + PROFILE_QUICK),
+        "compress": (
+            [art],
+            [
+                ("--latency-reduction", "0.3"),
+                ("--latency-table", str(sb.table)),
+                ("--calib-images", "8"),
+                ("--search-images", "8"),
+                ("--token-method", "none"),
+            ]
+            + train_opts
+            + [("-o", "out")],
+        ),  # fmt: skip
     }
     pos, opts = bases[name]
     return list(pos), list(opts)
@@ -245,8 +278,11 @@ def base_invocation(name: str, sb: Sandbox) -> tuple[list[str], list[tuple[str, 
 #: how often each command is drawn (cheap validations more often than whole training runs)
 WEIGHTS_BY_COMMAND = {
     "prune": 5, "info": 3, "models": 1, "tokens": 4, "quantize": 2, "export": 1, "bench": 2, "train": 4, "finetune": 3,
-    "eval": 3, "pipeline": 2,
+    "eval": 3, "pipeline": 2, "profile": 2, "compress": 2,
 }  # fmt: skip
+#: a profile of the smallest grid (one probe per structure)
+PROFILE_QUICK = [("--warmup", "0"), ("--iters", "1"), ("--rounds", "1"), ("--sweep", "1"), ("--heads-points", "1"),
+                 ("--dim-points", "1"), ("--mlp-points", "1"), ("--embed-points", "1"), ("--token-points", "1")]  # fmt: skip
 
 
 def option_values(opt: click.Option, sb: Sandbox, command_name: str) -> list[str]:
@@ -260,6 +296,8 @@ def option_values(opt: click.Option, sb: Sandbox, command_name: str) -> list[str
         return [str(sb.art), str(sb.other), TINY_NAME, "nope", str(sb.text), ""]
     if name in ("checkpoint", "teacher_checkpoint"):
         return [str(sb.text), str(sb.pickle), f"{sb.art}/model.safetensors", "nope.pt", ""]
+    if name == "latency_table":
+        return sb.tables()
     if name in ("config_file",):
         return [str(p) for p in sb.configs.values()] + ["nope.json"]
     if name == "method":
@@ -293,7 +331,8 @@ def cli_cases(draw, sb: Sandbox) -> list[str]:
     options = [
         p for p in cmd.params if isinstance(p, click.Option) and not set(p.opts) & SKIPPED_OPTIONS and not p.hidden
     ]
-    for op in draw(st.lists(st.sampled_from(["set", "set", "set", "drop", "positional"]), min_size=1, max_size=3)):
+    ops = ["set", "set", "set", "drop", "positional", "same"]
+    for op in draw(st.lists(st.sampled_from(ops), min_size=1, max_size=3)):
         if op == "set" and options:
             o = draw(st.sampled_from(options))
             flag = max(o.opts, key=len)
@@ -308,6 +347,17 @@ def cli_cases(draw, sb: Sandbox) -> list[str]:
             opts.pop(draw(st.integers(0, len(opts) - 1)))
         elif op == "positional" and pos:
             pos[0] = draw(st.sampled_from([*sb.paths(), TINY_NAME, "resnet18", "vit_tiny_patch16_22", "*"]))
+        elif op == "same" and pos:  # an output at the path of the input (or of a file input), --force or not
+            outs = [i for i, (flag, _) in enumerate(opts) if flag in OUTPUT_FLAGS]
+            reads = [v for f, v in opts if v is not None and f not in OUTPUT_FLAGS and os.path.exists(v)]
+            target = draw(st.sampled_from([pos[0], *reads]))
+            if outs:
+                i = draw(st.sampled_from(outs))
+                opts[i] = (opts[i][0], target)
+            else:
+                opts.append(("--report" if name == "bench" else "--plot" if name == "info" else "-o", target))
+            if draw(st.booleans()):
+                opts.append(("--force", None))
     argv = [name, *pos]
     for flag, value in opts:
         argv += [flag] if value is None else [flag, value]
@@ -499,10 +549,44 @@ def _imports_not_cut() -> Iterator[None]:
         _IMPORTING["depth"], _IMPORTING["cut"] = 0, False
 
 
+def input_paths(argv: list[str], case: Path, root: Path) -> list[Path]:
+    """The paths a command line reads: every argument naming an existing path inside the sandbox
+    ``root``, except the values of ``OUTPUT_FLAGS`` and folders holding the case (``.``, ``..``)."""
+    out = []
+    for prev, arg in zip(["", *argv], argv):
+        if prev in OUTPUT_FLAGS or not arg or arg.startswith("-"):
+            continue
+        try:
+            p = Path(os.path.realpath(case / arg))
+            if p.exists() and p.is_relative_to(root) and not case.resolve().is_relative_to(p):
+                out.append(p)
+        except (ValueError, OSError):  # a NUL byte or an over-long name: not a path that exists
+            continue
+    return out
+
+
+def digest(path: Path) -> str:
+    """A hash of a file's bytes, or of every file (names and bytes) and folder under a folder."""
+    h = hashlib.sha256()
+    items = [path] if path.is_file() else sorted(path.rglob("*"))
+    for p in items:
+        h.update(os.fsencode(p.relative_to(path) if p != path else p.name) + b"\0")
+        if p.is_file() and not p.is_symlink():
+            h.update(p.read_bytes())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def _digests(paths: list[Path]) -> dict[str, str | None]:
+    return {str(p): digest(p) if p.exists() else None for p in paths}
+
+
 def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: float) -> Outcome:
     """Run one command line in process in ``case`` and classify the outcome."""
     before = sb.snapshot(case)
-    cwd, threads = os.getcwd(), torch.get_num_threads()
+    inputs = input_paths([str(a) for a in argv], case, sb.root)
+    hashed = _digests(inputs)
+    cwd, threads, grad = os.getcwd(), torch.get_num_threads(), torch.is_grad_enabled()
     out, err = io.StringIO(), io.StringIO()
     kind = detail = ""
     t0 = time.perf_counter()
@@ -531,6 +615,9 @@ def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: fl
         signal.signal(signal.SIGALRM, old)
         os.chdir(cwd)
         torch.set_num_threads(threads)
+        # a cut that lands while a ``no_grad`` block unwinds (the alarm repeats) leaves gradients off
+        # for the next case of this process; a real process that is stopped takes its state with it
+        torch.set_grad_enabled(grad)
     seconds = time.perf_counter() - t0
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     if not kind:
@@ -544,7 +631,11 @@ def run_argv(argv: list[str], case: Path, sb: Sandbox, surface: str, timeout: fl
                 detail += f" | changed: {changed[0][0] if changed else '?'}"
         else:
             kind, detail = "traceback", f"exit {code}: {lines[-1] if lines else ''}"[:300]
-    return Outcome(surface, [str(a) for a in argv], kind, detail, seconds)
+    modified = _digests(inputs) != hashed
+    if modified:
+        changed = [p for p, h in _digests(inputs).items() if h != hashed[p]]
+        detail += f" | input modified: {changed[0] if changed else '?'}"
+    return Outcome(surface, [str(a) for a in argv], kind, detail, seconds, modified)
 
 
 def run_record(change: dict, reader: list[str], sb: Sandbox, timeout: float) -> Outcome:
@@ -595,7 +686,7 @@ def run_surface(surface: str, n: int, seed_: int, sb: Sandbox, timeout: float, o
     def one(data):
         outcome = run_case(surface, data.draw(cases_of), sb, timeout)
         outcomes.append(outcome)
-        if outcome.kind in ("traceback", "dirty"):  # shown at once: a long run may be stopped early
+        if outcome.kind in ("traceback", "dirty") or outcome.inputs_modified:  # shown at once
             print(f"  {outcome.kind}: {' '.join(outcome.argv)} -> {outcome.detail}", file=sys.stderr, flush=True)
         if len(outcomes) % 200 == 0:
             print(f"  {len(outcomes)} cases, {summary(outcomes)['total']}", file=sys.stderr, flush=True)
@@ -607,6 +698,9 @@ def summary(outcomes: list[Outcome]) -> dict:
     """Counts per surface and in total."""
     out: dict = {s: dict(Counter(o.kind for o in outcomes if o.surface == s)) for s in SURFACES}
     out["total"] = dict(Counter(o.kind for o in outcomes))
+    for s in SURFACES:
+        out[s]["inputs modified"] = sum(o.inputs_modified for o in outcomes if o.surface == s)
+    out["total"]["inputs modified"] = sum(o.inputs_modified for o in outcomes)
     return out
 
 
@@ -632,11 +726,14 @@ def main(argv=None) -> int:
     print(f"{len(outcomes)} cases in {seconds:.0f} s (seed {a.seed}, cut after {a.timeout:g} s)")
     for surface in (*SURFACES, "total"):
         counts = s[surface]
-        print(f"{surface:>9s}: " + "  ".join(f"{k} {counts.get(k, 0)}" for k in KINDS))
-    bad = [o for o in outcomes if o.kind in ("traceback", "dirty")]
+        print(f"{surface:>9s}: " + "  ".join(f"{k} {counts.get(k, 0)}" for k in (*KINDS, "inputs modified")))
+    bad = [o for o in outcomes if o.kind in ("traceback", "dirty") or o.inputs_modified]
     for o in bad[:30]:
         print(f"{o.kind}: {' '.join(o.argv)} -> {o.detail}")
-    print(f"tracebacks: {s['total'].get('traceback', 0)}  dirty rejections: {s['total'].get('dirty', 0)}")
+    print(
+        f"tracebacks: {s['total'].get('traceback', 0)}  dirty rejections: {s['total'].get('dirty', 0)}  "
+        f"inputs modified: {s['total']['inputs modified']}"
+    )
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(
@@ -663,6 +760,15 @@ class _Evil:
 
     def __reduce__(self):
         return (os.system, (self.command,))
+
+
+def _tiny_table(art: Path, path: Path) -> None:
+    """A latency table of the tiny artifact on torch-cpu, on the smallest grid (a second or two)."""
+    from .latency_profile import ProfileConfig, profile_latency
+
+    cfg = ProfileConfig(backend="torch-cpu", batch=2, warmup=0, iters=1, rounds=1, sweep=1, heads_points=1,
+                        dim_points=1, mlp_points=1, embed_points=1, token_points=1, threads=1)  # fmt: skip
+    profile_latency(str(art), cfg, progress=False).save(path)
 
 
 def _crafted_pickle(marker: Path) -> bytes:

@@ -89,6 +89,21 @@ SWEPT = ("qk", "v", "mlp", "embed")
 STATISTICS = {"min": np.min, "median": np.median}
 
 
+#: the largest counts a profile takes: beyond these it does not finish in a working day
+PROFILE_CAPS = {
+    "batch": 65_536,
+    "warmup": 1_000,
+    "iters": 10_000,
+    "rounds": 1_000,
+    "sweep": 4_096,
+    "heads_points": 1_024,
+    "dim_points": 1_024,
+    "mlp_points": 1_024,
+    "embed_points": 1_024,
+    "token_points": 1_024,
+}
+
+
 @dataclass
 class ProfileConfig:
     """Where and how a latency table is measured, and how fine its grid is."""
@@ -131,6 +146,11 @@ class ProfileConfig:
         for name in ("batch", "iters", "rounds", "heads_points", "dim_points", "mlp_points", "embed_points"):
             if getattr(self, name) < 1:
                 raise VitCompressError(f"{name} must be at least 1, got {getattr(self, name)}", params=[name])
+        for name, high in PROFILE_CAPS.items():  # counts capped at what finishes
+            if getattr(self, name) > high:
+                raise VitCompressError(f"{name} must be at most {high}, got {getattr(self, name)}", params=[name])
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise VitCompressError(f"threads must be in [1, 4096], got {self.threads}", params=["threads"])
         if self.statistic not in STATISTICS:
             raise VitCompressError(
                 f"statistic is {' or '.join(STATISTICS)}, got {self.statistic!r}", params=["statistic"]

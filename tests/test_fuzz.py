@@ -43,6 +43,40 @@ def sandbox(tmp_path_factory):
 
 def check(outcome: fuzz.Outcome) -> None:
     assert outcome.kind not in ("traceback", "dirty"), f"{outcome.kind}: {' '.join(outcome.argv)} -> {outcome.detail}"
+    assert not outcome.inputs_modified, f"input modified: {' '.join(outcome.argv)} -> {outcome.detail}"
+
+
+def test_an_input_changed_by_a_case_is_counted_whatever_the_outcome(sandbox, monkeypatch):
+    """Every path a command line reads is hashed before and after, accepted cases included; outputs
+    and the folders around the case are not inputs."""
+    case = sandbox.case()
+    (case / "in.txt").write_text("x")
+    argv = ["info", "in.txt", "-o", "file.txt", "--plot", "dir", "--data", ".."]
+    assert fuzz.input_paths(argv, case, sandbox.root) == [case / "in.txt"]
+    assert fuzz.input_paths([*argv, "--schedule", "\x00", "x" * 5000], case, sandbox.root) == [case / "in.txt"]
+
+    def writes_its_input(args):
+        (case / "in.txt").write_text("changed")
+        return 0
+
+    monkeypatch.setattr(fuzz, "cli_main", writes_its_input)
+    out = fuzz.run_argv(argv, case, sandbox, "cli", timeout=0)
+    assert out.kind == "accepted" and out.inputs_modified and "input modified" in out.detail
+    assert fuzz.summary([out])["total"]["inputs modified"] == 1
+    monkeypatch.setattr(fuzz, "cli_main", lambda args: 0)
+    assert not fuzz.run_argv(argv, case, sandbox, "cli", timeout=0).inputs_modified
+
+
+def test_a_case_that_leaves_gradients_off_does_not_change_the_next(sandbox, monkeypatch):
+    import torch
+
+    def grad_off(args):
+        torch.set_grad_enabled(False)  # what a cut while a no_grad block unwinds leaves behind
+        return 0
+
+    monkeypatch.setattr(fuzz, "cli_main", grad_off)
+    fuzz.run_argv(["info"], sandbox.case(), sandbox, "cli", timeout=0)
+    assert torch.is_grad_enabled()
 
 
 # ------------------------------------------------------------------------------ the command line
@@ -70,6 +104,7 @@ def test_the_fuzz_script_counts_and_classifies(tmp_path, capsys):
     s = fuzz.summary(outcomes)
     assert len(outcomes) == 12 and {o.surface for o in outcomes} == set(fuzz.SURFACES)
     assert s["total"].get("traceback", 0) == 0 and s["total"].get("dirty", 0) == 0
+    assert s["total"]["inputs modified"] == 0
     assert s["total"].get("rejected", 0) > 0
 
 

@@ -137,7 +137,7 @@ def test_resume_with_another_architecture_or_missing_tensors_is_one_line(tmp_pat
         (["export", "ART", "-o", "ART/new.onnx", "--force"], "inside the input"),
         (["info", "ART", "--plot", "ART/model.safetensors"], "inside the input"),
         (["info", "ART", "--plot", "ART/w.png", "--force"], "inside the input"),
-        (["info", "ART", "--plot", "ART"], "is a folder"),
+        (["info", "ART", "--plot", "ART"], "is the input"),
         (["prune", "ART", "-o", "ART/sub", "--force", *PRUNE], "inside the input"),
         (["prune", "ART", "-o", "ARTS", "--force", *PRUNE], "contains the input"),
         (["tokens", "ART", "--method", "topk", "--schedule", "0.7@1", "-o", "ART/t", "--force"], "inside the input"),
@@ -314,8 +314,8 @@ RANGES = {
     ),
     "temperature 0": (["finetune", "ART", *QUICK, "--temperature", "0"], "--temperature must be in (0, "),
     "gas gain nan": (["finetune", "ART", *QUICK, "--gas-target", "0.3", "--gas-gain", "nan"], "--gas-gain must be"),
-    "eval limit 0": (["eval", "ART", "--limit", "0"], "--limit must be >= 1"),
-    "eval limit -3": (["eval", "ART", "--limit", "-3"], "--limit must be >= 1"),
+    "eval limit 0": (["eval", "ART", "--limit", "0"], "--limit must be in [1, 2147483647]"),
+    "eval limit -3": (["eval", "ART", "--limit", "-3"], "--limit must be in [1, 2147483647]"),
     "eval batch 0": (["eval", "ART", "--batch-size", "0"], "--batch-size must be in [1, "),
     "eval split": (["eval", "ART", "--split", "test"], "unknown --split 'test'"),
     "eval device": (["eval", "ART", "--device", "gpu"], "unknown --device 'gpu'"),
@@ -442,8 +442,8 @@ def image_folder(tmp_path):
 @pytest.mark.parametrize(
     "error, needle, code",
     [
-        (OSError(errno.ENOSPC, "No space left on device"), "error: No space left on device", 2),
-        (OSError(errno.EROFS, "Read-only file system"), "error: Read-only file system", 2),
+        (OSError(errno.ENOSPC, "No space left on device"), "error: cannot write", 2),
+        (OSError(errno.EROFS, "Read-only file system"), "error: cannot write", 2),
         (KeyboardInterrupt(), "error: interrupted", 130),
     ],
     ids=["disk full", "read-only", "ctrl-c"],
@@ -501,6 +501,7 @@ def _edit(art, path, value=None, delete=False):
     (art / META).write_text(json.dumps(record))
 
 
+TOKENS_KEEP = {"method": "topk", "kind": "keep", "keep": {"1": 0.7}, "spec": "0.7@1"}
 CORRUPT = {
     "counts.macs string": (["counts", "macs"], "x", "counts.macs is a string 'x', not an integer"),
     "counts missing": (["counts"], None, "counts.macs is missing"),
@@ -537,6 +538,19 @@ CORRUPT = {
     "tokens option": (["tokens"], {"method": "topk", "kind": "rate", "options": {"vpa": "no"}}, "tokens.options.vpa"),
     "format_version string": (["format_version"], "1", "format_version is a string '1'"),
     "extra list": (["extra"], [], "extra is a list, not an object"),
+    "extra nan": (["extra", "x"], math.nan, "extra.x is nan, not a finite number"),
+    "scale beyond float32": (
+        ["spec", "blocks", 0, "scale"],
+        1e308,
+        "spec.blocks[0].scale is 1e+308, beyond the largest",
+    ),
+    "tokens spec other keep": (["tokens"], {**TOKENS_KEEP, "spec": "0.5@1"}, "tokens.spec '0.5@1' does not describe"),
+    "tokens spec other kind": (["tokens"], {**TOKENS_KEEP, "spec": "rate=0.1"}, "tokens.spec 'rate=0.1' does not"),
+    "tokens spec not a schedule": (["tokens"], {**TOKENS_KEEP, "spec": "x"}, "tokens.spec 'x' is not a schedule"),
+    "tokens start of keep": (["tokens"], {**TOKENS_KEEP, "start": 99}, "tokens.start is 99, but a keep schedule"),
+    "tokens rate of keep": (["tokens"], {**TOKENS_KEEP, "rate": 0.5}, "tokens.rate is 0.5, but a keep schedule"),
+    "tokens options null": (["tokens"], {**TOKENS_KEEP, "options": None}, "tokens.options is null, not an object"),
+    "tokens options list": (["tokens"], {**TOKENS_KEEP, "options": []}, "tokens.options is a list, not an object"),
 }
 
 
@@ -698,5 +712,5 @@ def test_library_settings_share_the_checks():
         TrainConfig(clip_grad=-1.0).validate()
     with pytest.raises(VitCompressError, match="smoothing must be a finite number"):
         TrainConfig(smoothing=float("nan")).validate()
-    with pytest.raises(VitCompressError, match="limit must be >= 1"):
+    with pytest.raises(VitCompressError, match=r"limit must be in \[1, 2147483647\]"):
         evaluate_data(tiny("vit"), "digits", limit=0)

@@ -116,13 +116,16 @@ def check_output(
     exists_ok: bool = False,
     resumable: bool = False,
     what: str = "output",
+    others: Iterable = (),
 ) -> Path:
     """Refuse, in one line and before anything is written, an output path whose writing would lose
     data; returns it as a ``Path``.
 
-    Always refused: an empty path, the working folder or a folder containing it
-    (``io.check_output_path``), a path inside one of ``inputs`` (the artifact folders and files the
-    run reads; modules and model names are skipped) or containing one. Refused without ``force``:
+    Always refused, ``force`` or not (the one output rule): an empty path, the working folder or a
+    folder containing it (``io.check_output_path``), the same path as one of ``inputs`` (the
+    artifact folders and files the run reads: artifact, teacher, checkpoint, table, config; modules
+    and model names are skipped), a path inside one or containing one, and the same path as one of
+    ``others`` (the run's other outputs, existing or not). Refused without ``force``:
     a path inside an artifact folder, and an existing path (unless ``exists_ok``; ``resumable``: the
     message offers ``resume=True`` too). An existing path of the other ``kind`` (``folder`` or
     ``file``) is refused either way."""
@@ -132,6 +135,11 @@ def check_output(
         if inp is None or isinstance(inp, nn.Module) or not os.path.exists(str(inp)):
             continue
         src = Path(os.path.realpath(str(inp)))
+        if src == target:
+            raise VitCompressError(
+                f"{what} {str(path)!r} is the input {str(inp)!r}; no run writes over what it reads, even with "
+                "--force: choose another path"
+            )
         if src in target.parents:
             raise VitCompressError(
                 f"{what} {str(path)!r} is inside the input {str(inp)!r}; no run writes into what it reads, "
@@ -141,6 +149,12 @@ def check_output(
             raise VitCompressError(
                 f"{what} {str(path)!r} contains the input {str(inp)!r}, and writing it would replace that input; "
                 "choose another path"
+            )
+    for other in others:
+        if other is not None and Path(os.path.realpath(str(other))) == target:
+            raise VitCompressError(
+                f"{what} {str(path)!r} is also the path of another output of this run ({str(other)!r}); "
+                "choose two different paths"
             )
     if not force:
         inside = next((a for a in target.parents if is_artifact(a)), None)
@@ -175,7 +189,8 @@ def save(model: nn.Module, path: str | os.PathLike, force: bool = False, meta: A
     spec, counts and token schedule are always the model's own."""
     meta = meta_of(model) if meta is None else refresh(model, meta)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(path, force=force) as tmp:
+    need = sum(v.numel() * v.element_size() for v in state.values())
+    with atomic_dir(path, force=force, need=need) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / META).write_text(json.dumps(meta.to_dict(), indent=1) + "\n")
     return Path(path)

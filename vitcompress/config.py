@@ -35,8 +35,11 @@ def read_config_file(path: str | os.PathLike, what: str = "") -> dict:
     try:
         text = p.read_text()
         data = yaml.safe_load(text) if p.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    except (OSError, ValueError, yaml.YAMLError, RecursionError) as e:
+        if isinstance(e, RecursionError):
+            reason = "its values are nested too deeply"
+        else:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise VitCompressError(
             f"cannot read {_label(what)} {str(path)!r}: {reason}; pass a JSON or YAML file"
         ) from None

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .config import check_number
+from .config import MAX_INT, check_number
 from .data import SPLITS, DataConfig, check_teacher
 from .datapipe import check_data, make_loader, num_classes_of, val_dataset
 from .distributed import check_device, dist_info
@@ -136,7 +136,7 @@ def evaluate_data(
     check_number("batch_size", batch_size, {"ge": 1, "le": 2**20}, integer=True)
     check_number("workers", workers, {"ge": 0, "le": 256}, integer=True)
     if limit is not None:
-        check_number("limit", limit, {"ge": 1}, integer=True)
+        check_number("limit", limit, {"ge": 1, "le": MAX_INT}, integer=True)
     if split not in SPLITS:
         raise VitCompressError(f"unknown split {split!r}; use {', '.join(SPLITS)}", params=["split"])
     check_device(device)

@@ -7,6 +7,9 @@
   first one's result; taking it removes the temporary siblings killed runs left behind;
 - ``check_output_path``: refuses output paths that cannot be replaced safely (empty, the working
   folder or one of its ancestors);
+- a write that fails for the disk (full, read-only, over quota; whether the writer raised
+  ``OSError``, safetensors' ``SafetensorError`` or torch's ``RuntimeError``) is a one-line
+  ``DiskError`` naming the output and the bytes needed where known, with nothing left behind;
 - files and folders are created with the modes the umask gives (0644 and 0755 under umask 022),
   whatever the library that wrote them chose.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import shutil
@@ -31,6 +35,61 @@ except ImportError:  # no flock (Windows): outputs are written atomically but no
     fcntl = None  # type: ignore[assignment]
 
 _HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
+
+#: the longest output name: the file system's 255 bytes less the temporary sibling's additions
+MAX_NAME = 255 - len(".") - len(".tmp-XXXXXXXX")
+
+#: errors of the disk a write can meet: full, over quota, read-only
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class DiskError(VitCompressError):
+    """A write failed for the disk (``DISK_ERRNOS``): the output is named, nothing was left."""
+
+    def __init__(self, path: str | os.PathLike, code: int, need: int | None = None):
+        self.path, self.code, self.need = str(path), code, need
+        needed = f" ({_size(need)} needed)" if need else ""
+        super().__init__(
+            f"cannot write {self.path!r}: {os.strerror(code)}{needed}; nothing was written, free space or "
+            "choose a writable path"
+        )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def disk_errno(e: BaseException) -> int | None:
+    """The ``DISK_ERRNOS`` code of a failed write, whoever raised it (an ``OSError``, safetensors'
+    ``SafetensorError`` with the OS error in its text, torch's ``RuntimeError`` from its zip
+    writer); None for any other error."""
+    if isinstance(e, DiskError):
+        return e.code
+    if isinstance(e, OSError):
+        return e.errno if e.errno in DISK_ERRNOS else None
+    if isinstance(e, VitCompressError) or not isinstance(e, Exception):
+        return None
+    text = str(e)
+    m = re.search(r"\bcode: (\d+)", text)  # safetensors: IoError(Os { code: 28, kind: StorageFull, ... })
+    if m and int(m.group(1)) in DISK_ERRNOS:
+        return int(m.group(1))
+    for code in DISK_ERRNOS:
+        if os.strerror(code) in text:
+            return code
+    if "PytorchStreamWriter failed" in text or "inline_container.cc" in text:  # torch.save on a full disk
+        return errno.ENOSPC
+    return None
+
+
+def disk_error(e: BaseException, path: str | os.PathLike, need: int | None = None) -> DiskError | None:
+    """``e`` as a ``DiskError`` naming output ``path`` (an inner one keeps its bytes needed), or None."""
+    code = disk_errno(e)
+    if code is None:
+        return None
+    return DiskError(path, code, need if need is not None else getattr(e, "need", None))
 
 
 def umask() -> int:
@@ -80,6 +139,12 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     if not str(path).strip():
         raise VitCompressError(f"{what} path is empty; pass a path such as runs/out")
     p = Path(path)
+    name = os.fsencode(Path(os.path.abspath(p)).name)
+    if len(name) > MAX_NAME:  # the lock and temporary siblings add to it: ``.NAME.tmp-XXXXXXXX``
+        raise VitCompressError(
+            f"{what} name {str(p.name)[:40]!r}... is {len(name)} bytes long, longer than the {MAX_NAME} an output "
+            "name may have here; choose a shorter name"
+        )
     cwd = Path(os.getcwd())
     for target, here in ((Path(os.path.abspath(p)), cwd), (Path(os.path.realpath(p)), Path(os.path.realpath(cwd)))):
         if target == here or target in here.parents or target.parent == target:
@@ -121,7 +186,7 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _missing_parents(folder: Path) -> list[Path]:
+def missing_parents(folder: Path) -> list[Path]:
     out = []
     while not os.path.lexists(folder) and folder != folder.parent:
         out.append(folder)
@@ -129,7 +194,7 @@ def _missing_parents(folder: Path) -> list[Path]:
     return out[::-1]
 
 
-def _remove_empty(folders: list[Path]) -> None:
+def remove_empty(folders: list[Path]) -> None:
     for d in reversed(folders):
         try:
             d.rmdir()
@@ -159,11 +224,11 @@ def output_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
             if not _HELD[key]:
                 del _HELD[key]
         return
-    made = _missing_parents(lock.parent)
+    made = missing_parents(lock.parent)
     try:
         check_writable_dir(lock.parent)
     except BaseException:
-        _remove_empty(made)
+        remove_empty(made)
         raise
     fd = _acquire(lock, path, what, made)
     _HELD[key] = 1
@@ -172,7 +237,7 @@ def output_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
         yield lock
     finally:
         _release(lock, fd, key)
-        _remove_empty(made)
+        remove_empty(made)
 
 
 def _acquire(lock: Path, path, what: str, made: list[Path]) -> int:
@@ -184,7 +249,7 @@ def _acquire(lock: Path, path, what: str, made: list[Path]) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            _remove_empty(made)
+            remove_empty(made)
             raise VitCompressError(
                 f"{what} {str(path)!r} is being written by another run{f' (process {holder})' if holder else ''}; "
                 "wait for it to finish or choose another path"
@@ -219,11 +284,12 @@ def check_writable_dir(parent: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, force: bool = False, need: int | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` in one atomic rename (or swap).
 
     An existing ``path`` is refused unless ``force``; on any exception the temporary folder is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was (a disk error becomes a ``DiskError`` naming ``path``
+    and ``need``, the bytes the folder takes where the caller knows them).
     """
     path = Path(path)
     if path.exists() and not force:
@@ -241,7 +307,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         normalise_modes(tmp)
         if path.exists():
             if exchange(tmp, path):  # one atomic swap: ``path`` is never missing
-                shutil.rmtree(tmp, ignore_errors=True)
+                _remove(tmp)  # the old output, now at ``tmp`` (a symlink ``path`` was: the link itself)
             else:  # no renameat2: two renames; ``recover_dir`` undoes a crash between them
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
                 os.rename(path, old / "x")
@@ -249,9 +315,20 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        err = disk_error(e, path, need)
+        if err is not None:
+            raise err from None
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path``: a folder with its contents, a file or a symlink (never what it points at)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -299,6 +376,9 @@ def atomic_file(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, file_mode())  # mkstemp makes 0600 files; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        err = disk_error(e, path)
+        if err is not None:
+            raise err from None
         raise

@@ -249,7 +249,7 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, d: dict) -> LatencyTable:
-        if d.get("format") != FORMAT:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise VitCompressError(
                 "not a latency table (no vitcompress-latency-table format); write one with vitcompress profile"
             )
@@ -282,10 +282,9 @@ class LatencyTable:
             )
         try:
             d = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise VitCompressError(
-                f"latency table {str(p)!r} is not valid JSON ({type(e).__name__}); profile again"
-            ) from None
+        except (OSError, ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else type(e).__name__
+            raise VitCompressError(f"latency table {str(p)!r} is not valid JSON ({why}); profile again") from None
         return cls.from_dict(d)
 
     def describe(self) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .plan import Plan
-from .spec import RecordError, SourceModel, Spec, as_dict, as_float, as_int, as_list, need
+from .spec import RecordError, SourceModel, Spec, as_dict, as_float, as_int, as_list, check_finite_json, need
 
 FORMAT_VERSION = 1
 ATTR = "vitcompress_meta"
@@ -87,9 +87,15 @@ class ArtifactMeta:
             counts=check_counts(d.get("counts", {}), "counts"),
             history=list(history),
             tokens=tokens,
-            extra=dict(as_dict(d.get("extra", {}), "extra")),
+            extra=_extra(d.get("extra", {})),
             format_version=version,
         )
+
+
+def _extra(v) -> dict:
+    """The record's ``extra`` object: any JSON, but finite numbers only (``check_finite_json``)."""
+    check_finite_json(as_dict(v, "extra"), "extra")
+    return dict(v)
 
 
 COUNT_KEYS = ("macs", "flops", "params")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import traceback
 from typing import Any
 
 import timm
@@ -59,6 +60,24 @@ def check_supported(model: nn.Module, name: str = "") -> Family:
     return family_of(model, name)
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's text on one line (hub errors span several)."""
+    return " ".join(str(e).split())
+
+
+def _reason(e: Exception, kwargs: dict) -> str:
+    """Why model creation failed: the exception's text, or for a bare ``assert`` of the model's
+    code (timm's shape checks carry no message) the check that failed and the options given."""
+    text = _one_line(e)
+    if text:
+        return text
+    frames = traceback.extract_tb(e.__traceback__)
+    check = f"`{frames[-1].line}`" if frames and frames[-1].line else type(e).__name__
+    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+    return f"the model's check {check} failed{where} with {given}; pass options this model supports"
+
+
 def create_source_model(
     name: str,
     *,
@@ -89,10 +108,10 @@ def create_source_model(
     except Exception as e:  # hub unreachable, bad kwargs
         if pretrained:
             raise VitCompressError(
-                f"cannot load pretrained weights for {name!r} ({type(e).__name__}: {str(e)[:160]}); "
+                f"cannot load pretrained weights for {name!r} ({type(e).__name__}: {_one_line(e)[:160]}); "
                 "use --checkpoint FILE on machines without hub access"
             ) from None
-        raise VitCompressError(f"cannot create {name!r}: {e}") from None
+        raise VitCompressError(f"cannot create {name!r}: {_reason(e, kwargs)}") from None
     family_of(model, name)
     check_geometry(fam, model, name)
     if checkpoint is not None:

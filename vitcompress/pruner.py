@@ -378,10 +378,11 @@ def prune(
     artifact is also written (atomically; an existing folder needs ``force``).
     """
     cfg = PruneConfig.from_options(config, **options)
-    meth, opts, table = check_request(cfg, method, method_options, output, force, table, (model, checkpoint))
+    inputs = (model, checkpoint, cfg.data, cfg.latency_table)  # everything the run reads
+    meth, opts, table = check_request(cfg, method, method_options, output, force, table, inputs)
     with output_lock(output) if output is not None else contextlib.nullcontext():
         if output is not None:
-            check_output(output, force=force, inputs=(model, checkpoint))  # again, now that the output is ours
+            check_output(output, force=force, inputs=inputs)  # again, now that the output is ours
         return _prune(
             model, cfg, meth, opts, table, output, force, progress, pretrained, checkpoint, num_classes, img_size
         )

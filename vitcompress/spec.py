@@ -56,6 +56,25 @@ def as_float(v: Any, where: str, *, positive: bool = False) -> float:
     return float(v)
 
 
+#: the largest finite float32: a scale beyond it is infinite in the model, and the loss NaN
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_finite_json(v: Any, where: str, depth: int = 0) -> None:
+    """``RecordError`` for a NaN or infinite number anywhere in the JSON value ``v`` (JSON has no
+    such numbers: written back they would make a file other readers refuse), or nesting beyond 64."""
+    if depth > 64:
+        raise RecordError(f"{where} is nested more than 64 levels deep")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise RecordError(f"{where} is {v}, not a finite number")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            check_finite_json(x, f"{where}.{str(k)[:20]}", depth + 1)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            check_finite_json(x, f"{where}[{i}]", depth + 1)
+
+
 def as_dict(v: Any, where: str) -> dict:
     if not isinstance(v, dict):
         raise RecordError(f"{where} is {_kind(v)}, not an object")
@@ -216,10 +235,18 @@ class BlockSpec:
         return cls(
             as_int(need(d, "source_index", where), f"{where}.source_index"),
             *(as_int(need(d, k, where), f"{where}.{k}", 1) for k in ("num_heads", "qk_dim", "v_dim", "mlp_hidden")),
-            as_float(need(d, "scale", where), f"{where}.scale", positive=True),
+            as_scale(need(d, "scale", where), f"{where}.scale"),
             as_int(d.get("stage", 0), f"{where}.stage"),
             dict(as_dict(d.get("extra", {}), f"{where}.extra")),
         )
+
+
+def as_scale(v: Any, where: str) -> float:
+    """A softmax scale: positive, finite and at most what a float32 model holds (``FLOAT32_MAX``)."""
+    scale = as_float(v, where, positive=True)
+    if scale > FLOAT32_MAX:
+        raise RecordError(f"{where} is {v}, beyond the largest float32 ({FLOAT32_MAX:.4g})")
+    return scale
 
 
 def copy_block(b: BlockSpec) -> BlockSpec:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import click
 
 from vitcompress.artifact import check_output
+from vitcompress.benchmarks.backends import get_runner
 from vitcompress.benchmarks.bench import BenchConfig, BenchInterrupted, load_variant, run_bench
 from vitcompress.benchmarks.report import REPORT_FILES, to_markdown, write_report
 from vitcompress.errors import VitCompressError
-from vitcompress.io import output_lock
+from vitcompress.io import check_writable_dir, disk_error, missing_parents, output_lock, remove_empty
 
 from .options import csv
 
@@ -34,6 +38,45 @@ def check_report_dir(report_dir, force: bool, inputs) -> None:
                 "another folder",
                 params=["force"],
             )
+
+
+def unavailable(backend: str, cfg: BenchConfig) -> str | None:
+    """Why ``backend`` cannot measure here with ``cfg``'s precision and mode, or None."""
+    return get_runner(backend).unavailable(cfg.precision, cfg.mode)
+
+
+def nothing_measured(skipped: list[dict]) -> str:
+    """The error of a run that measured nothing: every backend's reason."""
+    why = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped) or "no backend ran"
+    return (
+        f"nothing was measured ({why}); choose a --backend, --precision or --mode this machine runs, or pass "
+        "--allow-skip to accept an empty result"
+    )
+
+
+def write_report_or_nothing(result: dict, report_dir) -> dict:
+    """``write_report`` into a temporary sibling of ``report_dir``, then each file renamed into it:
+    a failure (a full disk) leaves the folder as it was, and no folder where there was none."""
+    out = Path(report_dir)
+    made = missing_parents(out)
+    check_writable_dir(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        paths = write_report(result, tmp)
+        out.mkdir(exist_ok=True)
+        for key, p in paths.items():
+            if p is not None:
+                os.replace(p, out / p.name)
+                paths[key] = out / p.name
+        return paths
+    except BaseException as e:
+        remove_empty(made)
+        err = disk_error(e, report_dir)
+        if err is not None:
+            raise err from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _ints(value: str, what: str) -> list[int]:
@@ -78,6 +121,12 @@ def _ints(value: str, what: str) -> list[int]:
 )
 @click.option("--report", "report_dir", type=click.Path(), help="Write report.md, report.json, report.png here.")
 @click.option("--force", is_flag=True, help="Overwrite the report files of an existing --report folder.")
+@click.option(
+    "--allow-skip",
+    is_flag=True,
+    help="Exit 0 even when no backend could measure here (CI matrices over mixed machines); by default a run "
+    "that measured nothing is an error.",
+)
 def bench(
     models,
     baseline,
@@ -94,6 +143,7 @@ def bench(
     time_limit,
     report_dir,
     force,
+    allow_skip,
 ):
     """Measure latency/throughput of MODELS (artifact folders or timm names) and report FLOPs-vs-latency."""
     cfg = BenchConfig(
@@ -110,6 +160,12 @@ def bench(
         time_limit=time_limit,
     ).validate()
     args = list(models) + ([baseline] if baseline and baseline not in models else [])
+    if not allow_skip:
+        reasons = [unavailable(b, cfg) for b in cfg.backends]
+        if all(reasons):
+            raise VitCompressError(
+                nothing_measured([{"backend": b, "reason": r} for b, r in zip(cfg.backends, reasons)])
+            )
     if report_dir is not None:
         check_report_dir(report_dir, force, args)
     # the report folder is locked for the whole run, so a second run to it fails before measuring
@@ -121,16 +177,19 @@ def bench(
         try:
             result = run_bench(variants, cfg, baseline=base, progress=True)
         except BenchInterrupted as e:  # Ctrl-C: what was measured so far is reported, then exit 130
-            _finish(e.result, report_dir)
+            _finish(e.result, report_dir, allow_skip=True)
             raise
-        _finish(result, report_dir)
+        _finish(result, report_dir, allow_skip)
 
 
-def _finish(result: dict, report_dir) -> None:
-    """Print the table and write the report files (a partial result says so in both)."""
+def _finish(result: dict, report_dir, allow_skip: bool) -> None:
+    """Print the table and write the report files (a partial result says so in both); a run that measured
+    nothing is an error unless ``allow_skip``."""
     click.echo(to_markdown(result))
+    if not result["measurements"] and not allow_skip:
+        raise VitCompressError(nothing_measured(result["skipped"]))
     if report_dir is not None:
-        paths = write_report(result, report_dir)
+        paths = write_report_or_nothing(result, report_dir)
         click.echo(
             f"report{' (partial)' if result.get('partial') else ''}: {paths['md']} {paths['json']} "
             f"{paths['png'] or '(no PNG: matplotlib is missing)'}"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import click
 
+from vitcompress.artifact import check_output, load
 from vitcompress.exporters.export import export
+from vitcompress.hf import to_hf_folder
 
-from .options import default_of
+from .options import default_of, require
 
 
 def _profile(value) -> str:
@@ -102,10 +104,10 @@ def export_cmd(
 ):
     """Export ARTIFACT to ONNX (dynamic batch, optional dynamic size), check parity; --trt builds an engine.
     --format hf writes a transformers folder instead."""
+    require(trt, "--trt", "engine", "workspace", "timing_cache", "opt_level")
+    require(runtime_keep, "--runtime-keep", "keep_permille")
     if fmt == "hf":
-        from vitcompress.artifact import load
-        from vitcompress.hf import to_hf_folder
-
+        check_output(output, force=force, inputs=(artifact,), what="transformers folder")
         cls = to_hf_folder(load(artifact), output, force=force)
         click.echo(f"wrote {output} ({cls}; transformers.AutoModel*.from_pretrained loads it)")
         return

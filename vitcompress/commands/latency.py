@@ -15,7 +15,7 @@ from vitcompress.benchmarks.latency_report import format_table, plot_table
 from vitcompress.config import merge_config
 from vitcompress.io import output_lock
 
-from .options import config_options, given
+from .options import config_options, given, require
 from .train import distill_config, distill_options, train_config, train_options
 
 
@@ -28,9 +28,10 @@ from .train import distill_config, distill_options, train_config, train_options
 def profile(model, output, plot, force, **kw):
     """Measure MODEL's latency table on a backend: per-structure latency over a width grid."""
     cfg = merge_config(ProfileConfig(), given(ProfileConfig, kw), "profile")
+    require(cfg.token_method is not None, "--token-method", "token_keep")
     check_output(output, force=force, inputs=(model,), kind="file")
     if plot:
-        check_output(plot, force=force, inputs=(model,), kind="file", what="plot")
+        check_output(plot, force=force, inputs=(model,), kind="file", what="plot", others=(output,))
     with output_lock(output), output_lock(plot) if plot else contextlib.nullcontext():  # the whole measurement
         check_output(output, force=force, inputs=(model,), kind="file")
         table = profile_latency(model, cfg, progress=True)

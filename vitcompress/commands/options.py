@@ -23,6 +23,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from vitcompress.errors import VitCompressError
+
 FLAGS_ATTR = "__vitcompress_flags__"
 _TYPES = {int: int, float: float, str: str}
 
@@ -143,3 +145,15 @@ def command_flags(cmd: click.Command) -> dict[str, str]:
 def default_of(fn: Callable, name: str) -> Any:
     """The default of parameter ``name`` of ``fn`` (a command option that mirrors a keyword argument)."""
     return inspect.signature(fn).parameters[name].default
+
+
+def require(present: bool, companion: str, *names: str) -> None:
+    """Unless ``present`` (the companion option was given), a one-line error naming the first of the
+    parameters ``names`` the user gave: it would have no effect without ``companion``."""
+    if present:
+        return
+    ctx = click.get_current_context()
+    for name in names:
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            flag = command_flags(ctx.command).get(name, "--" + name.replace("_", "-"))
+            raise VitCompressError(f"{flag} has no effect without {companion}; pass {companion} or drop {flag}")

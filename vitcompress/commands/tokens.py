@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from vitcompress.config import merge_config
+from vitcompress.errors import VitCompressError
 from vitcompress.token_reduction import reduce_tokens
 from vitcompress.token_search import SearchConfig
+from vitcompress.tokens.schedule import parse_schedule
 
 from .options import config_options, given
 
@@ -21,6 +23,28 @@ def _reducer_options(no_vpa: bool, prop_attn: bool | None) -> dict:
     if prop_attn is not None:
         options["prop_attn"] = prop_attn
     return options
+
+
+#: the smallest rate=R a schedule takes: below it no block removes a token
+MIN_RATE = 1e-3
+
+
+def check_combination(method: str, schedule: str, no_vpa: bool, search: bool, search_options: dict) -> None:
+    """Options that would have no effect are errors naming what they need; so is a schedule that
+    removes no token (``rate=0``, ``merge=0``)."""
+    if no_vpa and method != "topk-vpa":
+        raise VitCompressError(f"--no-vpa applies to --method topk-vpa only, not {method}; drop it")
+    if search_options and not search:
+        flag = "--" + next(iter(search_options)).replace("_", "-")
+        raise VitCompressError(
+            f"{SEARCH_FLAGS.get(next(iter(search_options)), flag)} is used with --search only; pass --search or drop it"
+        )
+    sched = parse_schedule(schedule, method)
+    if (sched.kind == "rate" and (sched.rate or 0.0) < MIN_RATE) or (sched.kind == "merge" and not sched.merge):
+        amount = f"rate={sched.rate:g}" if sched.kind == "rate" else "merge=0"
+        raise VitCompressError(
+            f"token schedule {schedule!r} removes no token ({amount}); use rate >= {MIN_RATE:g} or merge >= 1"
+        )
 
 
 @click.command("tokens")
@@ -67,7 +91,9 @@ def tokens(
     **kw,
 ):
     """Apply dynamic token reduction to MODEL (a timm name or an artifact folder)."""
-    search_cfg = merge_config(SearchConfig(), given(SearchConfig, kw), "search")
+    search_options = given(SearchConfig, kw)
+    check_combination(method, schedule, no_vpa, search, search_options)
+    search_cfg = merge_config(SearchConfig(), search_options, "search")
     res = reduce_tokens(
         model,
         schedule,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import click
 
-from vitcompress.artifact import check_output
+from vitcompress.artifact import check_output, is_artifact
 from vitcompress.callbacks import GASConfig, GASController
 from vitcompress.config import load_config, merge_config
 from vitcompress.datapipe import check_data
@@ -18,7 +19,7 @@ from vitcompress.recipe import PipelineConfig, format_summary, run_pipeline
 from vitcompress.resolve import resolve_model
 from vitcompress.training import FitResult, TrainConfig, fit, seed_everything
 
-from .options import config_options, default_of, given
+from .options import config_options, default_of, given, require
 
 TRAIN_EXCLUDE = ("optimizer", "progress", "eval_every")  # not command-line options
 DISTILL_FLAGS = {"kind": "--distill", "ce": "--ce-weight", "kd": "--kd-weight", "hidden": "--hidden-weight"}
@@ -65,6 +66,15 @@ def model_options(pairs) -> dict:
 def check_fit_output(output, kw: dict, *inputs) -> None:
     """The output of a training command, before any model is built: never inside or around what the
     run reads (``inputs``), an existing folder only with --force or --resume."""
+    if kw["resume"] and kw["force"]:
+        raise VitCompressError(
+            "--resume continues the run in the output and --force replaces it; pass one of them",
+            params=["resume", "force"],
+        )
+    if kw["resume"] and output and not os.path.lexists(output):
+        raise VitCompressError(
+            f"nothing to resume: output {str(output)!r} does not exist; drop --resume to start the run"
+        )
     check_output(output, force=kw["force"], exists_ok=kw["resume"], resumable=True, inputs=inputs)
 
 
@@ -112,7 +122,7 @@ def train(model, output, pretrained, checkpoint, model_opts, **kw):
         arch[key] = value
     cfg = train_config(kw)
     cfg.validate()
-    check_fit_output(output, kw, model, checkpoint)
+    check_fit_output(output, kw, model, checkpoint, kw.get("data"))
     seed_everything(cfg.seed)  # the initial weights of a model built by name follow --seed too
     net = resolve_model(model, pretrained=pretrained, checkpoint=checkpoint, **arch)
     res = fit(net, cfg, output, resume=kw["resume"], force=kw["force"], record={"command": "train"})
@@ -139,7 +149,16 @@ def finetune(artifact, output, teacher, teacher_checkpoint, **kw):
     dcfg = distill_config(kw)
     dcfg.validate()
     gas_cfg = GASConfig(**gas_values).validate() if gas_values.get("target") is not None else None
-    check_fit_output(output, kw, artifact, teacher, teacher_checkpoint)
+    require(
+        teacher is not None, "--teacher", "teacher_checkpoint", *(f.name for f in dataclasses.fields(DistillConfig))
+    )
+    if teacher_checkpoint is not None and is_artifact(teacher):
+        raise VitCompressError(
+            "--teacher-checkpoint loads weights into a teacher given by name; the artifact teacher "
+            f"{teacher!r} has its own, drop --teacher-checkpoint"
+        )
+    require(gas_values.get("target") is not None, "--gas-target", *(f"gas_{n}" for n in GAS_FIELDS if n != "target"))
+    check_fit_output(output, kw, artifact, teacher, teacher_checkpoint, kw.get("data"))
     net = resolve_model(artifact)
     t = None
     if teacher is not None and dcfg.kind != "none":
@@ -217,6 +236,7 @@ def eval_cmd(artifact, data, split, teacher, batch_size, workers, device, limit,
 @train_options
 def pipeline(teacher, output, config_file, **kw):
     """Width prune (taylor) -> distil -> depth prune -> distil from TEACHER, with a summary table."""
+    check_fit_output(output, kw, teacher, config_file, kw.get("data"))
     base = load_config(PipelineConfig, config_file, "pipeline") if config_file else PipelineConfig()
     top = given(PipelineConfig, kw)
     for a, b in (("flops_reduction", "params_reduction"), ("params_reduction", "flops_reduction")):

@@ -8,6 +8,7 @@ channels and normalised with its mean/std, so the same data serves any ViT.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -130,8 +131,12 @@ class ImageLoader:
         from PIL import Image
 
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO or a device would wait forever
+                raise VitCompressError(f"image {path!r} is not a regular file; remove it from the data folder")
             with open(path, "rb") as f:
                 return Image.open(f).convert(self.mode)
+        except VitCompressError:
+            raise
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             raise VitCompressError(
                 f"image {path!r} cannot be read ({type(e).__name__}); remove or replace it"

@@ -161,5 +161,7 @@ def set_keep(model: nn.Module, keep: float) -> None:
             r.set_keep(keep)
     if sched.kind == "rate":
         sched.rate = 1.0 - keep
+        sched.spec = f"rate={sched.rate:g}@{sched.start}"  # what the record shows is what runs
     else:
         sched.keep = {b: keep for b in sched.keep}
+        sched.spec = f"{keep:g}@{','.join(str(b) for b in sched.keep)}"

@@ -108,7 +108,7 @@ class TokenSchedule:
         rate = as_float(d.get("rate", 0.0), f"{where}.rate")
         if not 0 <= rate < 1:
             raise RecordError(f"{where}.rate is {rate}, outside [0, 1)")
-        options = as_dict(d.get("options") or {}, f"{where}.options")
+        options = as_dict(d.get("options", {}), f"{where}.options")  # null or a list is not a mapping
         for k, v in options.items():
             if k not in OPTIONS or not isinstance(v, bool):
                 raise RecordError(
@@ -117,7 +117,7 @@ class TokenSchedule:
         spec = d.get("spec", "")
         if not isinstance(spec, str) or len(spec) > 1000:
             raise RecordError(f"{where}.spec is not a schedule string")
-        return cls(
+        sched = cls(
             method,
             kind,
             keep=keep,
@@ -127,13 +127,53 @@ class TokenSchedule:
             options=dict(options),
             spec=spec,
         )
+        sched._check_fields(where)
+        return sched
+
+    def _check_fields(self, where: str) -> None:
+        """The fields agree with each other: a keep schedule has no rate, merges or start, a rate or
+        merge schedule no keep fractions, and the ``spec`` string (what ``info`` shows) describes the
+        schedule that runs. ``RecordError`` naming the field."""
+        unused = {
+            "keep": ("rate", "merge", "start"),
+            "rate": ("keep", "merge"),
+            "merge": ("keep", "rate"),
+        }[self.kind]
+        for name in unused:
+            if getattr(self, name):
+                raise RecordError(f"{where}.{name} is {getattr(self, name)!r}, but a {self.kind} schedule has none")
+        if not self.spec:
+            return
+        try:
+            said = parse_schedule(self.spec, self.method)
+        except VitCompressError as e:
+            raise RecordError(f"{where}.spec {self.spec[:40]!r} is not a schedule ({str(e)[:120]})") from None
+        same = (
+            said.kind == self.kind
+            and said.start == self.start
+            and said.merge == self.merge
+            and math.isclose(said.rate, self.rate, rel_tol=1e-5, abs_tol=1e-9)
+            and said.keep.keys() == self.keep.keys()
+            and all(math.isclose(said.keep[b], self.keep[b], rel_tol=1e-5) for b in self.keep)
+        )
+        if not same:
+            raise RecordError(
+                f"{where}.spec {self.spec[:40]!r} does not describe the schedule of the other fields ({self.kind})"
+            )
 
     def describe(self) -> str:
         return f"{self.method} {self.spec or self.kind}"
 
 
+#: a number as typed in ASCII (``float`` also reads full-width digits and ``1_000``)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _num(text: str, what: str, spec: str) -> float:
     try:
+        if not _NUMBER.fullmatch(text):
+            raise ValueError(text)
         value = float(text)
         if not math.isfinite(value):
             raise ValueError(text)
@@ -146,7 +186,10 @@ def _num(text: str, what: str, spec: str) -> float:
 
 def _blocks(text: str, spec: str) -> list[int]:
     try:
-        out = [int(b) for b in text.split(",") if b.strip()]
+        parts = [b for b in text.split(",") if b.strip()]
+        if not all(_INTEGER.fullmatch(b) for b in parts):
+            raise ValueError(text)
+        out = [int(b) for b in parts]
         if any(abs(b) > 2**20 for b in out):
             raise ValueError(text)
     except ValueError:
@@ -201,6 +244,10 @@ def parse_schedule(spec: str, method: str, options: dict | None = None) -> Token
             for b in _blocks(blocks, spec):
                 if b < 0:
                     raise VitCompressError(f"token schedule {spec!r}: block {b} is negative; use indices >= 0")
+                if b in keep:
+                    raise VitCompressError(
+                        f"token schedule {spec!r}: block {b} is given twice; give each block one keep rate"
+                    )
                 keep[b] = k
         sched = TokenSchedule(method, "keep", keep=dict(sorted(keep.items())), options=options, spec=s)
     cls = REDUCERS.get(method)
