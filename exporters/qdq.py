@@ -19,7 +19,7 @@ from onnxscript import opset20 as op
 from vitcompress.quantizers import PRECISIONS  # noqa: F401  (registers the vitcompress::qdq operator)
 
 #: ``max_rel`` limit of a quantized graph against the fake-quantized model, per quantized precision
-TOLERANCE = {"int8": 1e-2, "fp8": 1e-2}
+TOLERANCE = {"int8": 5e-2, "fp8": 1e-1}
 
 
 def qdq_onnx(x, scale, axis: int, fp8: bool):

@@ -243,7 +243,7 @@ def test_cli_time_limit_and_refusals(pair, monkeypatch, tmp_path, capsys):
     argv = ["bench", str(a), str(b), "--backend", "torch-cpu", "--batch", "1,2", "--warmup", "0", "--iters", "2"]
     for extra, needle in (
         (["--max-time", "5"], "error: --max-time only bounds --until-stable; pass --until-stable or drop --max-time"),
-        (["--time-limit", "0"], "error: --time-limit must be > 0 seconds, got 0.0"),
+        (["--time-limit", "0"], "error: --time-limit must be in (0, 604800] seconds, got 0.0"),
     ):
         assert main([*argv, *extra, "--report", str(tmp_path / "bad")]) == 2
         assert capsys.readouterr().err.strip() == needle and not (tmp_path / "bad").exists()
