@@ -5,7 +5,8 @@ extracts the shell commands of the ```console / ```bash / ```sh blocks (a ``$`` 
 ``\\`` continuations joined, trailing ``# comments`` removed, output lines skipped), runs each
 ``vitcompress ...`` command through ``python -m vitcompress.cli`` in a fresh folder (the pages' paths
 such as ``runs/teacher`` are relative to it), and checks its outcome: exit code 0 and the ``-o``
-output written (a ``# ... error: ...`` comment would expect exit code 2 and that message instead).
+output written (a ``# ... error: ...`` comment, or an ``error: ...`` output line right after the
+command, expects exit code 2 and that message instead).
 Pages run in the order README.md, then docs/*.md by name; within a page in document order. A
 command that reads a path no earlier command made runs the command that makes it first (the
 README's token section reads ``runs/teacher``, which its "Recover accuracy" section trains).
@@ -114,6 +115,9 @@ def commands(page: str, text: str) -> list[Example]:
             i += 1
             if line.startswith("$ "):
                 line = line[2:]
+            elif line.startswith("error: ") and found and found[-1].line >= start and not found[-1].comment:
+                found[-1].comment = line  # the output shown is the error the command promises
+                continue
             elif not re.match(r"^(vitcompress|make|pip|python|bash|OMP_NUM_THREADS)\b", line):
                 continue  # output, or a comment
             while line.endswith("\\") and i < len(lines):

@@ -54,3 +54,16 @@ def test_every_path_an_example_reads_is_made_by_an_example():
     for ex in run:
         if ex.argv[0] in ("train", "finetune", "pipeline", "compress"):
             assert ex.argv[ex.argv.index("--epochs") + 1] == "1" and "--max-steps-per-epoch" in ex.argv
+
+
+def test_an_error_line_shown_after_a_command_is_its_expected_outcome():
+    page = """
+```console
+$ vitcompress prune runs/a -o runs/a --force --flops-reduction 0.3
+error: output 'runs/a' is the input 'runs/a'; no run writes over what it reads
+$ vitcompress info runs/a
+```
+"""
+    bad, info = commands("p.md", page)
+    assert expected_error(bad) == "output 'runs/a' is the input 'runs/a'"
+    assert expected_error(info) is None and info.comment == ""
