@@ -68,3 +68,12 @@ def test_json_and_yaml_files(tmp_path):
         read_config_file(tmp_path / "list.yaml", "pipeline")
     with pytest.raises(VitCompressError, match="cannot read config '.*missing.json': No such file or directory"):
         read_config_file(tmp_path / "missing.json")
+
+
+def test_weight_decay_is_capped_where_training_would_diverge():
+    """The fuzz run's finding: weight_decay=1e308 trained one epoch, then the loss became NaN and the
+    run stopped with a checkpoint written; such values are refused before any work."""
+    with pytest.raises(VitCompressError, match="weight_decay") as e:
+        TrainConfig(weight_decay=1e308).validate()
+    assert "\n" not in str(e.value)
+    TrainConfig(weight_decay=10).validate()  # the cap itself is allowed
