@@ -239,7 +239,7 @@ def run_page(own: list[Example], every: list[Example], work: Path, table: str, t
     """Run a page's commands in ``work``, each after the commands that make what it reads; returns how many ran."""
     makers: dict[str, Example] = {}  # a path's maker: the page's own first, then the other pages'
     for ex in [*own, *(ex for ex in every if not ex.skip and ex not in own)]:
-        if ex.output and ex.output not in makers:
+        if ex.output and ex.output not in makers and expected_error(ex) is None:  # a refused run makes nothing
             makers[ex.output] = ex
     done: list[Example] = []
 
