@@ -136,7 +136,9 @@ def test_export_writes_qdq_pairs_that_match_the_fake_quantized_model(precision, 
 
     vitcompress.quantize(tiny(), precision=precision, calib_images=16, output=tmp_path / "q")
     res = export_onnx(tmp_path / "q", tmp_path / "q.onnx", batch=(1, 4, 8))
-    assert res.parity.ok and res.parity.tolerance == {"int8": 5e-2, "fp8": 1e-1}[precision] and res.parity.max_rel < 1e-4
+    assert (
+        res.parity.ok and res.parity.tolerance == {"int8": 5e-2, "fp8": 1e-1}[precision] and res.parity.max_rel < 1e-4
+    )
     proto = onnx.load(str(tmp_path / "q.onnx"))
     nodes = proto.graph.node
     inits = {i.name: i for i in proto.graph.initializer}
