@@ -55,7 +55,7 @@ teacher: $(STAMP)
 		--epochs 80 --batch-size 64 --lr 2e-3 --warmup-epochs 2 --shift 2 -o runs/teacher_mnist10k --force --quiet
 
 recovery: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m vitcompress.benchmarks.recovery_study --teacher runs/teacher_mnist10k --out runs/recovery
+	OMP_NUM_THREADS=1 $(PY) -m vitcompress.benchmarks.studies.recovery_study --teacher runs/teacher_mnist10k --out runs/recovery
 
 clean:
 	rm -rf runs build *.egg-info

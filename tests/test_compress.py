@@ -9,13 +9,13 @@ from stand_ins import use_tensorrt_stand_in
 
 import vitcompress
 from vitcompress.artifact import is_artifact, load
-from vitcompress.benchmarks.compress import CompressConfig, compress
-from vitcompress.benchmarks.compress_search import SearchSpace, kl_to_teacher, search, token_blocks
 from vitcompress.budget import TOLERANCE
 from vitcompress.cli import main
 from vitcompress.data import calibration_loader
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters.trt_build import read_sidecar
+from vitcompress.latency_search.compress import CompressConfig, compress
+from vitcompress.latency_search.search import SearchSpace, kl_to_teacher, search, token_blocks
 from vitcompress.recipe import block_importance
 from vitcompress.training import TrainConfig
 

@@ -1,6 +1,6 @@
 """Property-based checks (hypothesis, fixed seed): generated command lines, token schedules,
 artifact records and settings values are accepted or refused in one line, never a traceback, and a
-refusal writes nothing. ``benchmarks/fuzz.py`` runs the same generators over 10,000 cases."""
+refusal writes nothing. ``benchmarks/studies/fuzz.py`` runs the same generators over 10,000 cases."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vitcompress.artifact import META, check_with_family
-from vitcompress.benchmarks import fuzz
+from vitcompress.benchmarks.studies import fuzz
 from vitcompress.callbacks import GASConfig
 from vitcompress.config import check_fields, merge_config
 from vitcompress.distill import DistillConfig

@@ -1,4 +1,4 @@
-"""The latency-model study (``benchmarks/latency_model_study.py``) at a tiny scale, and its summary arithmetic."""
+"""The latency-model study (``benchmarks/studies/latency_model_study.py``) at a tiny scale, and its summary arithmetic."""
 
 import json
 import random
@@ -7,7 +7,7 @@ import pytest
 from helpers import tiny
 
 import vitcompress
-from vitcompress.benchmarks.latency_model_study import STRUCTURES, build, main, random_plan, summarize
+from vitcompress.benchmarks.studies.latency_model_study import STRUCTURES, build, main, random_plan, summarize
 from vitcompress.latency import LatencyTable
 
 

@@ -15,7 +15,12 @@ from helpers import random_plan, synthetic_table, tiny
 import vitcompress
 from vitcompress.benchmarks import env as envmod
 from vitcompress.benchmarks import stats
-from vitcompress.benchmarks.latency_probes import (
+from vitcompress.cli import main
+from vitcompress.errors import VitCompressError
+from vitcompress.exporters import export_onnx
+from vitcompress.families import family_of
+from vitcompress.latency import LatencyTable, source_of
+from vitcompress.latency_search.probes import (
     EmptyProbe,
     attn_probe,
     empty_graph,
@@ -26,13 +31,8 @@ from vitcompress.benchmarks.latency_probes import (
     sublayer_variant,
     token_probe,
 )
-from vitcompress.benchmarks.latency_profile import ProfileConfig, _load_report, _Session, profile_latency
-from vitcompress.benchmarks.latency_prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
-from vitcompress.cli import main
-from vitcompress.errors import VitCompressError
-from vitcompress.exporters import export_onnx
-from vitcompress.families import family_of
-from vitcompress.latency import LatencyTable, source_of
+from vitcompress.latency_search.profile import ProfileConfig, _load_report, _Session, profile_latency
+from vitcompress.latency_search.prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
 from vitcompress.slicers import slice_model
 from vitcompress.tokens.apply import apply_tokens
 
@@ -178,7 +178,7 @@ def test_a_probe_figure_is_the_statistic_of_its_passes_minus_the_empty_calls(sta
     """The minimum by default: on a shared CPU the median of a long call includes other processes' time."""
     passes = {"probe": [[9.0, 1.0], [5.0, 7.0, 3.0]], "empty": [[0.5, 0.25], [2.0]]}
     monkeypatch.setattr(
-        "vitcompress.benchmarks.latency_profile.measure", lambda runners, *a, **k: {n: passes[n] for n in runners}
+        "vitcompress.latency_search.profile.measure", lambda runners, *a, **k: {n: passes[n] for n in runners}
     )
     cfg = ProfileConfig(backend="torch-cpu", batch=2, threads=1, statistic=statistic).validate()
     probe = sublayer_variant("probe", attn_probe(tiny("vit").blocks[0], 64, 2, 8, 8, 17, 0.35), 2)
@@ -304,7 +304,7 @@ def test_prune_command_profiles_on_the_fly(artifact, tmp_path, capsys, monkeypat
         asked.update(backend=cfg.backend, batch=cfg.batch, precision=cfg.precision)
         return synthetic_table(net, batch=cfg.batch)
 
-    monkeypatch.setattr("vitcompress.benchmarks.latency_prune.profile_latency", measured)
+    monkeypatch.setattr("vitcompress.latency_search.prune.profile_latency", measured)
     out = tmp_path / "p"
     code, stdout, err = run(
         capsys, "prune", artifact, "--latency-reduction", "0.25", "--backend", "torch-cpu", "--latency-batch", "2",

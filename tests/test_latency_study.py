@@ -6,7 +6,7 @@ import pytest
 from helpers import synthetic_table, tiny
 
 import vitcompress
-from vitcompress.benchmarks.latency_study import main
+from vitcompress.benchmarks.studies.latency_study import main
 from vitcompress.budget import TOLERANCE
 
 

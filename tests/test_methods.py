@@ -130,7 +130,7 @@ def test_cli_method_and_options(tmp_path, capsys):
 
 
 def test_criteria_study_smoke_writes_table_and_plot(tmp_path):
-    from vitcompress.benchmarks import criteria_study
+    from vitcompress.benchmarks.studies import criteria_study
 
     out = tmp_path / "study"
     assert (

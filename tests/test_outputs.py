@@ -14,10 +14,10 @@ from test_reliability import PRUNE, QUICK, TINY_KW, one_line, run, tree
 
 import vitcompress
 import vitcompress.artifact
-from vitcompress.benchmarks import compress as compress_mod
-from vitcompress.benchmarks.compress import CompressConfig, compress
 from vitcompress.errors import VitCompressError
 from vitcompress.io import DiskError, atomic_dir, disk_errno
+from vitcompress.latency_search import compress as compress_mod
+from vitcompress.latency_search.compress import CompressConfig, compress
 from vitcompress.training import TrainConfig
 
 TOKENS = ["--method", "topk", "--schedule", "0.7@1"]

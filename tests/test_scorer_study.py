@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vitcompress.benchmarks import scorer_study
+from vitcompress.benchmarks.studies import scorer_study
 from vitcompress.pruner import PruneConfig, prune
 from vitcompress.scorers import ALIASES, SCORERS
 
@@ -17,7 +17,9 @@ def test_smoke_writes_json_table_and_plot_and_resumes(tmp_path, one_thread):
     args = ["--smoke", "--out", str(out), "--reductions", "0.462", "--scorers", "l1,taylor-abs", "--methods", "ihp"]
     assert scorer_study.main([*args, "--seeds", "0"]) == 0
     rec = json.loads((out / "scorer_study.json").read_text())
-    assert rec["complete"] and rec["command"].startswith("python -m vitcompress.benchmarks.scorer_study --smoke")
+    assert rec["complete"] and rec["command"].startswith(
+        "python -m vitcompress.benchmarks.studies.scorer_study --smoke"
+    )
     runs = {(r["criterion"], r["seed"]): r for r in rec["runs"]}
     assert set(runs) == {("l1", 0), ("taylor-abs", 0), ("ihp", 0)}
     for r in runs.values():

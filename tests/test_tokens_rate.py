@@ -387,7 +387,7 @@ def test_vitl_table_reads_the_rate_both_ways():
 
 @pytest.mark.usefixtures("one_thread")
 def test_tokens_study_smoke_writes_table_json_and_plot(trained, tmp_path):
-    from vitcompress.benchmarks import tokens_study
+    from vitcompress.benchmarks.studies import tokens_study
 
     teacher = vitcompress.save(trained, tmp_path / "teacher")
     out = tmp_path / "study"

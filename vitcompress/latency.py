@@ -1,7 +1,7 @@
 """The latency model: a measured table per (model, backend, batch, precision) and the predictor on it.
 
 A table (``LatencyTable``, written by ``vitcompress profile``; the measuring is in
-``vitcompress.benchmarks.latency_profile``) holds, for one model on one backend:
+``vitcompress.latency_search.profile``) holds, for one model on one backend:
 
 - ``attn_ms[embed][tokens][heads][qk][v]``: one pre-norm attention sublayer (norm, fused qkv
   projection, softmax attention, output projection, residual add) on ``tokens`` tokens;

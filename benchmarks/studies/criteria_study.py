@@ -17,8 +17,8 @@ MACs reduction, after pruning and after distillation).
 
 Run::
 
-    python -m vitcompress.benchmarks.criteria_study --teacher TEACHER_ARTIFACT --out docs/study
-    python -m vitcompress.benchmarks.criteria_study --smoke --out /tmp/study    # wiring check only
+    python -m vitcompress.benchmarks.studies.criteria_study --teacher TEACHER_ARTIFACT --out docs/study
+    python -m vitcompress.benchmarks.studies.criteria_study --smoke --out /tmp/study    # wiring check only
 
 ``--smoke`` replaces the teacher by a tiny random ViT and shrinks every budget: it checks that the
 script runs end to end; its numbers mean nothing.
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
     print(f"teacher top-1 {100 * teacher_top1:.2f}%")
     out = Path(args.out)
     record = {
-        "command": "python -m vitcompress.benchmarks.criteria_study "
+        "command": "python -m vitcompress.benchmarks.studies.criteria_study "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "teacher": args.teacher if not args.smoke else "smoke (tiny random ViT)",
         "teacher_sha256": _sha256(args.teacher) if not args.smoke else None,

@@ -1,6 +1,6 @@
 """Fuzzing as a standing check: generated command lines, token schedules and artifact records.
 
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.fuzz --cases 10000 --seed 0 --json runs/fuzz.json
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.fuzz --cases 10000 --seed 0 --json runs/fuzz.json
 
 Cases are drawn by hypothesis strategies over three surfaces:
 
@@ -764,7 +764,7 @@ class _Evil:
 
 def _tiny_table(art: Path, path: Path) -> None:
     """A latency table of the tiny artifact on torch-cpu, on the smallest grid (a second or two)."""
-    from .latency_profile import ProfileConfig, profile_latency
+    from vitcompress.latency_search.profile import ProfileConfig, profile_latency
 
     cfg = ProfileConfig(backend="torch-cpu", batch=2, warmup=0, iters=1, rounds=1, sweep=1, heads_points=1,
                         dim_points=1, mlp_points=1, embed_points=1, token_points=1, threads=1)  # fmt: skip

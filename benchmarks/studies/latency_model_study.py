@@ -22,7 +22,7 @@ and the mean error per structure; the warnings of the bench runs (busy machine, 
 
 Run on a quiet machine (the figures of a busy one are flagged ``busy``)::
 
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.latency_model_study --threads 2 --out runs/latency-model \\
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.latency_model_study --threads 2 --out runs/latency-model \\
         --tables runs/latency-model/tables
 """
 
@@ -39,17 +39,16 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
 from vitcompress.counting import count
 from vitcompress.families import identity_plan
 from vitcompress.io import atomic_file
 from vitcompress.latency import LatencyTable
+from vitcompress.latency_search.profile import ProfileConfig, profile_latency
 from vitcompress.plan import Plan
 from vitcompress.resolve import resolve_model
 from vitcompress.slicers import slice_model
 from vitcompress.tokens.apply import apply_tokens
-
-from .bench import BenchConfig, load_variant, run_bench
-from .latency_profile import ProfileConfig, profile_latency
 
 STRUCTURES = ("aligned", "unaligned", "depth", "tokens", "mixed")
 TOKEN_METHOD = "topk-vpa"
@@ -273,7 +272,7 @@ def main(argv=None) -> int:
     results = {
         "model": str(args.model),
         "batch": args.batch,
-        "command": "python -m vitcompress.benchmarks.latency_model_study " + " ".join(argv),
+        "command": "python -m vitcompress.benchmarks.studies.latency_model_study " + " ".join(argv),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "backends": [study_backend(copy.deepcopy(model), b, args, args.tables) for b in args.backends.split(",")],
     }

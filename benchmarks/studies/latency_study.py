@@ -25,12 +25,12 @@ Two parts, run separately (each adds its figures to ``OUT/latency_study.json``; 
 
 Run on the CPU (one process; ``--threads`` is what ONNX Runtime uses)::
 
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.latency_study deit --threads 2 --out runs/latency
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.latency_study mnist --threads 2 --out runs/latency
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.latency_study deit --threads 2 --out runs/latency
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.latency_study mnist --threads 2 --out runs/latency
 
 On a GPU, the DeiT-S part on PyTorch fp16 with CUDA graphs (the table is profiled in the same mode)::
 
-    python -m vitcompress.benchmarks.latency_study deit --backend torch-cuda --precision fp16 --mode graph \\
+    python -m vitcompress.benchmarks.studies.latency_study deit --backend torch-cuda --precision fp16 --mode graph \\
         --out runs/latency-gpu
 """
 
@@ -47,18 +47,17 @@ import torch
 
 import vitcompress
 from vitcompress.artifact import load
+from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
 from vitcompress.counting import count
 from vitcompress.distill import DistillConfig
 from vitcompress.evaluate import evaluate_data
 from vitcompress.io import atomic_file
 from vitcompress.latency import LatencyTable
+from vitcompress.latency_search.compress import CompressConfig, compress
+from vitcompress.latency_search.profile import ProfileConfig, profile_latency
+from vitcompress.latency_search.tables import format_table
 from vitcompress.resolve import resolve_model
 from vitcompress.training import TrainConfig, fit
-
-from .bench import BenchConfig, load_variant, run_bench
-from .compress import CompressConfig, compress
-from .latency_profile import ProfileConfig, profile_latency
-from .latency_report import format_table
 
 RESULTS = "latency_study.json"
 

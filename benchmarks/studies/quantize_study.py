@@ -20,8 +20,8 @@ and ``ort-cpu`` latency ratios against dense fp32.
 
 Run (one process; ``--threads`` is what ONNX Runtime uses)::
 
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.quantize_study deit --threads 2 --out runs/quantize
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.quantize_study mnist --teacher runs/teacher --out runs/quantize
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.quantize_study deit --threads 2 --out runs/quantize
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.quantize_study mnist --teacher runs/teacher --out runs/quantize
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ import numpy as np
 import torch
 
 import vitcompress
+from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
 from vitcompress.data import calibration_loader
 from vitcompress.exporters import check_tensorrt, export_onnx
 from vitcompress.exporters.parity import ort_session
 from vitcompress.io import atomic_file
 from vitcompress.models import create_source_model
-
-from .bench import BenchConfig, load_variant, run_bench
 
 
 def _calib_arrays(model, n: int, batch: int) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ scorer (heads, q/k, v and MLP widths, one shot), then
 Prints a Markdown table (validation top-1 on the fixed 2,000-image val split) and writes it with a
 JSON record and a plot under ``--out``. Run with one thread per process on a shared CPU::
 
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.recovery_study --teacher runs/teacher_mnist10k
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.recovery_study --teacher runs/teacher_mnist10k
 """
 
 from __future__ import annotations

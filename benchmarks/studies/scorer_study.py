@@ -23,8 +23,8 @@ mean one-shot top-1.
 
 Run (one thread per process on a shared CPU)::
 
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.scorer_study --teacher runs/teacher_mnist10k --out docs/study
-    python -m vitcompress.benchmarks.scorer_study --smoke --out /tmp/study    # wiring check only
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.scorer_study --teacher runs/teacher_mnist10k --out docs/study
+    python -m vitcompress.benchmarks.studies.scorer_study --smoke --out /tmp/study    # wiring check only
 
 ``--smoke`` replaces the teacher by a tiny random ViT and shrinks every budget: it checks that the
 script runs end to end; its numbers mean nothing.
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("resume", "threads", "out")}
     settings.update(seeds=seeds, scorers=scorers, methods=methods)
     record = {
-        "command": "python -m vitcompress.benchmarks.scorer_study "
+        "command": "python -m vitcompress.benchmarks.studies.scorer_study "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "teacher": teacher_name,
         "teacher_sha256": None if args.smoke else _sha256(args.teacher),

@@ -9,7 +9,7 @@
    top-1 at the rate it settles on, next to the same rate without fine-tuning and the same rate
    fine-tuned from the first step with the same budget.
 
-    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.tokens_study --teacher runs/teacher_mnist10k --out runs/tokens_study
+    OMP_NUM_THREADS=1 python -m vitcompress.benchmarks.studies.tokens_study --teacher runs/teacher_mnist10k --out runs/tokens_study
 
 Writes ``tokens_study.md`` / ``.json`` / ``.png`` (top-1 vs MACs removed per reducer, and the GAS
 trajectory) under ``--out``.
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         "teacher_top1": t1,
         "images": args.images,
         "command": " ".join(
-            ["python -m vitcompress.benchmarks.tokens_study", *(argv if argv is not None else sys.argv[1:])]
+            ["python -m vitcompress.benchmarks.studies.tokens_study", *(argv if argv is not None else sys.argv[1:])]
         ),
     }
     rec["curves"] = curves(teacher, args.data, args.images, [float(r) for r in args.rates.split(",")], True)

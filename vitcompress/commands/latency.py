@@ -9,11 +9,11 @@ import dataclasses
 import click
 
 from vitcompress.artifact import check_output
-from vitcompress.benchmarks.compress import CompressConfig, compress
-from vitcompress.benchmarks.latency_profile import ProfileConfig, profile_latency
-from vitcompress.benchmarks.latency_report import format_table, plot_table
 from vitcompress.config import merge_config
 from vitcompress.io import output_lock
+from vitcompress.latency_search.compress import CompressConfig, compress
+from vitcompress.latency_search.profile import ProfileConfig, profile_latency
+from vitcompress.latency_search.tables import format_table, plot_table
 
 from .options import config_options, given, require
 from .train import distill_config, distill_options, train_config, train_options

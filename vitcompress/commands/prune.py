@@ -9,11 +9,11 @@ import click
 
 import vitcompress
 from vitcompress.artifact import check_output, read_meta
-from vitcompress.benchmarks.latency_prune import prune_to_latency
 from vitcompress.config import merge_config
 from vitcompress.errors import VitCompressError
 from vitcompress.families import FAMILIES, list_models, refused_models
 from vitcompress.io import output_lock
+from vitcompress.latency_search.prune import prune_to_latency
 from vitcompress.methods import ONESHOT, parse_option_pairs
 from vitcompress.plots import plot_widths
 from vitcompress.pruner import PruneConfig

@@ -5,10 +5,10 @@
 Stages, each written to its own folder under the output, atomically, and skipped by ``resume``
 once complete:
 
-1. ``profile/latency_table.json``: the model's latency table on the backend (``latency_profile``;
+1. ``profile/latency_table.json``: the model's latency table on the backend (``profile``;
    or the given ``latency_table``, copied in);
 2. ``search/search.json`` and ``pruned/``: the joint search over depth, token schedule and widths
-   for the latency target (``compress_search``) and the one-shot pruned winner (an artifact);
+   for the latency target (``search``) and the one-shot pruned winner (an artifact);
 3. ``distilled/``: the recovery loop (``training.fit`` with distillation from the teacher; the
    teacher is the input model unless ``teacher`` is given); a killed run resumes from the last
    epoch's checkpoint;
@@ -37,6 +37,9 @@ from typing import Any
 from torch import nn
 
 from vitcompress.artifact import check_output, is_artifact, load, save
+from vitcompress.benchmarks.backends import get_runner
+from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
+from vitcompress.benchmarks.report import to_markdown, write_report
 from vitcompress.config import check_fields, setting
 from vitcompress.counting import count
 from vitcompress.data import check_teacher
@@ -54,11 +57,8 @@ from vitcompress.scorers import SCORERS
 from vitcompress.tokens.registry import REDUCERS
 from vitcompress.training import TrainConfig, fit
 
-from .backends import get_runner
-from .bench import BenchConfig, load_variant, run_bench
-from .compress_search import Candidate, SearchSpace, search
-from .latency_profile import ProfileConfig, profile_latency
-from .report import to_markdown, write_report
+from .profile import ProfileConfig, profile_latency
+from .search import Candidate, SearchSpace, search
 
 logger = logging.getLogger("vitcompress.compress")
 

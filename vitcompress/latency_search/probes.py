@@ -39,6 +39,7 @@ from timm.layers.activations import GELU, GELUTanh
 from torch import nn
 from torch.export import Dim
 
+from vitcompress.benchmarks.runners import Variant
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters import DEFAULT_OPSET
 from vitcompress.exporters.cleanup import cleanup
@@ -46,8 +47,6 @@ from vitcompress.families import family_for_source
 from vitcompress.layers import PrunedAttention
 from vitcompress.spec import BlockSpec, SourceModel, Spec
 from vitcompress.tokens.apply import apply_tokens
-
-from .runners import Variant
 
 INPUT, OUTPUT = "x", "y"
 

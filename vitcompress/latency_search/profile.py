@@ -5,7 +5,7 @@
 
 Every figure comes from the bench stage's runners and timing method (``benchmarks.timing.measure``:
 warm-up passes, then interleaved rounds of timed passes), on the probes of
-``latency_probes``, in groups measured together:
+``probes``, in groups measured together:
 
 1. **step sweeps**: q/k width and v width (attention probes, every other width at its full value),
    MLP width and embedding width (MLP probes), each over ``sweep`` consecutive widths ending at the
@@ -44,6 +44,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from vitcompress.benchmarks import env as envmod
+from vitcompress.benchmarks import stats
+from vitcompress.benchmarks.backends import backend_names, get_runner
+from vitcompress.benchmarks.bench import load_variant
+from vitcompress.benchmarks.runner_torch import MODES
+from vitcompress.benchmarks.runners import Variant
+from vitcompress.benchmarks.timing import measure
 from vitcompress.config import setting
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters.precision import PRECISIONS, check_precision
@@ -65,11 +72,7 @@ from vitcompress.tokens.apply import build_reducers, remove_tokens, schedule_of
 from vitcompress.tokens.registry import REDUCERS
 from vitcompress.tokens.schedule import parse_schedule
 
-from . import env as envmod
-from . import stats
-from .backends import backend_names, get_runner
-from .bench import load_variant
-from .latency_probes import (
+from .probes import (
     attn_probe,
     empty_variant,
     mlp_probe,
@@ -79,9 +82,6 @@ from .latency_probes import (
     token_probe,
     token_variant,
 )
-from .runner_torch import MODES
-from .runners import Variant
-from .timing import measure
 
 logger = logging.getLogger("vitcompress.profile")
 

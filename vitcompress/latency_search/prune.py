@@ -5,7 +5,7 @@
     print(res.check.format())     # predicted and measured latency side by side
 
 1. the latency table: ``latency_table`` (a file written by ``vitcompress profile``), ``table`` (a
-   ``LatencyTable``), or measured now on ``backend`` at ``latency_batch`` (``latency_profile``;
+   ``LatencyTable``), or measured now on ``backend`` at ``latency_batch`` (``profile``;
    written into the artifact folder as ``latency_table.json``);
 2. the one-shot prune with the latency budget (``vitcompress.prune``: the plan is chosen on the
    predicted latency, widths at the measured steps);
@@ -27,14 +27,14 @@ from typing import Any
 from torch import nn
 
 from vitcompress.artifact import check_output
+from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
 from vitcompress.errors import VitCompressError
 from vitcompress.io import atomic_file, output_lock
 from vitcompress.latency import LatencyTable
 from vitcompress.pruner import PruneConfig, PruneResult, prune
 from vitcompress.resolve import resolve_model
 
-from .bench import BenchConfig, load_variant, run_bench
-from .latency_profile import ProfileConfig, profile_latency
+from .profile import ProfileConfig, profile_latency
 
 MEASURED_TOLERANCE = 0.03  # the measured cut lands within 3 points of the target, or the check says so
 TABLE_FILE = "latency_table.json"
