@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from .families import identity_plan
 from .groups import parse_kinds
 from .io import atomic_file, output_lock
 from .logits import logits_of
+from .plan import Plan
 from .pruner import prune
 from .resolve import resolve_model
 from .scorers import SCORERS
@@ -143,28 +145,60 @@ def block_importance(model: nn.Module, loader) -> torch.Tensor:
     return torch.tensor(out)
 
 
+def without_blocks(model: nn.Module, drop: Collection[int]) -> Plan:
+    """``model``'s identity plan less the blocks ``drop`` (block indices of ``model``)."""
+    drop = set(drop)
+    plan = identity_plan(model)
+    plan.blocks = [b for b in plan.blocks if b not in drop]
+    plan.layers = {b: lp for b, lp in plan.layers.items() if b not in drop}
+    return plan
+
+
+def drop_blocks(
+    model: nn.Module,
+    drop: Collection[int],
+    importance: Sequence[float],
+    target: tuple[str, float],
+    config: dict | None = None,
+) -> nn.Module:
+    """``model`` sliced without the blocks ``drop``, in eval mode, with a ``depth-loss`` history
+    step: ``importance`` (``block_importance``), the ``target`` the removal served and ``config``
+    (settings recorded next to the criterion)."""
+    before = count(model)
+    pruned = slice_model(model, without_blocks(model, drop))
+    rec = history_record(
+        "depth-loss",
+        {"granularity": ["depth"], "importance": "loss change when skipped", **(config or {})},
+        target,
+        before,
+        count(pruned),
+        block_importance=[round(float(v), 6) for v in importance],
+        removed_blocks=sorted(set(drop)),
+    )
+    record_step(pruned, rec)
+    return pruned.eval()
+
+
+def training_done(path: str | os.PathLike, epochs: int) -> bool:
+    """Whether ``path`` holds an artifact whose training ran all ``epochs`` (a resumed run skips
+    that stage)."""
+    return is_artifact(path) and load(path).vitcompress_meta.extra.get("training", {}).get("epochs_done") == epochs
+
+
 def depth_prune(
     model: nn.Module, cfg: PipelineConfig, needed: float, n_planned: int, progress: bool = False
 ) -> nn.Module:
     """Remove whole blocks, the smallest loss change first (``block_importance``): ``depth_blocks``
     of them, or the number that brings the model closest to removing ``needed`` of the metric.
     Returns the sliced model with its artifact record (history entry ``depth-loss``)."""
-    before = count(model)
     loader = calibration_loader(cfg.train.data, model, cfg.calib_images, 32, cfg.train.seed)
     imp = block_importance(model, loader)
     order = torch.argsort(imp, stable=True).tolist()
 
-    def plan_without(n):
-        plan = identity_plan(model)
-        drop = set(order[:n])
-        plan.blocks = [b for b in plan.blocks if b not in drop]
-        plan.layers = {b: lp for b, lp in plan.layers.items() if b not in drop}
-        return plan
-
     base = _measure(model, cfg.metric)
     options = []
     for n in range(1, len(model.blocks)):
-        net = slice_model(model, plan_without(n))
+        net = slice_model(model, without_blocks(model, order[:n]))
         options.append((n, 1 - _measure(net, cfg.metric) / base))
     if cfg.depth_blocks is not None:
         if not 1 <= cfg.depth_blocks < len(model.blocks):
@@ -176,26 +210,10 @@ def depth_prune(
     else:  # closest to the need without overshooting it (a shortfall is trimmed in width afterwards)
         fit_ = [o for o in options if o[1] <= needed + TOLERANCE] or options[:1]
         n = min(fit_, key=lambda o: (abs(o[1] - needed), abs(o[0] - n_planned)))[0]
-    plan = plan_without(n)
-    pruned = slice_model(model, plan)
-    config = {
-        "granularity": ["depth"],
-        "importance": "loss change when skipped",
-        "data": cfg.train.data,
-        "calib_images": cfg.calib_images,
-        "seed": cfg.train.seed,
-    }
-    rec = history_record(
-        "depth-loss",
-        config,
-        (cfg.metric, needed),
-        before,
-        count(pruned),
-        block_importance=[round(float(v), 6) for v in imp],
-        removed_blocks=sorted(order[:n]),
-    )
-    record_step(pruned, rec).extra.pop("training", None)
-    return pruned.eval()
+    config = {"data": cfg.train.data, "calib_images": cfg.calib_images, "seed": cfg.train.seed}
+    pruned = drop_blocks(model, order[:n], imp, (cfg.metric, needed), config)
+    pruned.vitcompress_meta.extra.pop("training", None)
+    return pruned
 
 
 def run_pipeline(
@@ -308,12 +326,7 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
 
     def distilled(name, student):
         p = stage_path(name)
-        done = (
-            resume
-            and (p / "vitcompress.json").is_file()
-            and (load(p).vitcompress_meta.extra.get("training", {}).get("epochs_done") == cfg.train.epochs)
-        )
-        if done:
+        if resume and training_done(p, cfg.train.epochs):
             return load(p)
         res = fit(
             student,

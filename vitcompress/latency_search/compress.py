@@ -52,6 +52,7 @@ from vitcompress.families import family_of
 from vitcompress.groups import parse_kinds
 from vitcompress.io import atomic_dir, atomic_file, output_lock
 from vitcompress.latency import LatencyTable
+from vitcompress.recipe import training_done
 from vitcompress.resolve import resolve_model
 from vitcompress.scorers import SCORERS
 from vitcompress.tokens.registry import REDUCERS
@@ -308,8 +309,7 @@ def _compress(
 
     t0 = time.perf_counter()
     p = out / DISTILLED
-    done = is_artifact(p) and load(p).vitcompress_meta.extra.get("training", {}).get("epochs_done") == cfg.train.epochs
-    if not stage("distil", resume and done):
+    if not stage("distil", resume and training_done(p, cfg.train.epochs)):
         student = load(out / PRUNED)
         fit(
             student,

@@ -32,18 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitcompress.artifact import history_record, record_step
 from vitcompress.budget import TOLERANCE
 from vitcompress.counting import count
 from vitcompress.data import calibration_loader
 from vitcompress.errors import VitCompressError
-from vitcompress.families import family_of, identity_plan
+from vitcompress.families import family_of
 from vitcompress.latency import LatencyTable
 from vitcompress.logits import logits_of
 from vitcompress.progress import tqdm
 from vitcompress.pruner import prune
-from vitcompress.recipe import block_importance
-from vitcompress.slicers import slice_model
+from vitcompress.recipe import block_importance, drop_blocks
 from vitcompress.tokens.apply import apply_tokens
 from vitcompress.tokens.schedule import parse_schedule
 
@@ -94,32 +92,6 @@ def token_blocks(depth: int) -> list[int]:
     return sorted({min(depth - 1, max(1, round(depth * q))) for q in (0.25, 0.5, 0.75)})
 
 
-def drop_blocks(
-    model: nn.Module, order: Sequence[int], n: int, importance: Sequence[float], target: float = 0.0
-) -> nn.Module:
-    """``model`` without the first ``n`` blocks of ``order`` (sliced, with a ``depth-loss`` history
-    step whose target is the search's latency cut ``target``)."""
-    if n == 0:
-        return model
-    plan = identity_plan(model)
-    drop = set(order[:n])
-    plan.blocks = [b for b in plan.blocks if b not in drop]
-    plan.layers = {b: lp for b, lp in plan.layers.items() if b not in drop}
-    before = count(model)
-    pruned = slice_model(model, plan)
-    rec = history_record(
-        "depth-loss",
-        {"granularity": ["depth"], "importance": "loss change when skipped"},
-        ("latency", target),
-        before,
-        count(pruned),
-        block_importance=[round(float(v), 6) for v in importance],
-        removed_blocks=sorted(drop),
-    )
-    record_step(pruned, rec)
-    return pruned.eval()
-
-
 @torch.no_grad()
 def kl_to_teacher(student: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor]) -> tuple[float, float]:
     """Mean KL(teacher || student) of the predicted distributions, and top-1 agreement."""
@@ -160,7 +132,7 @@ def search(
     bar = tqdm(total=(limit + 1) * len(keeps), desc="search", unit="candidate", disable=not progress)
     try:
         for n in range(limit + 1):
-            shallow = drop_blocks(dense, order, n, importance, target)
+            shallow = drop_blocks(dense, order[:n], importance, ("latency", target)) if n else dense
             depth_cut = 1 - table.model_ms(shallow) / base_ms
             if n > 0 and depth_cut > target + TOLERANCE:
                 rows.append(Candidate(sorted(order[:n]), None, 0.0, f"{n} blocks alone remove {depth_cut:.1%}"))
