@@ -23,7 +23,7 @@ import numbers
 import os
 import types
 import typing
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,7 +105,7 @@ def with_options(cls: type[T], config: T | None, options: Mapping[str, Any], wha
 
 
 def check_keys(
-    values: Mapping[str, Any], known: Container[str], what: str = "", kind: str = "config key", _prefix: str = ""
+    values: Mapping[str, Any], known: Collection[str], what: str = "", kind: str = "config key", _prefix: str = ""
 ) -> None:
     """A one-line ``VitCompressError`` for the first key of ``values`` not in ``known``, naming the
     known ones: ``unknown export option 'opsett'; known: batch, check, ...``."""
