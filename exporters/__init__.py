@@ -6,9 +6,10 @@ Installed as ``vitcompress.exporters``; stands on ``vitcompress`` (it reads arti
                 img_size=None, precision="fp32", opset=20, check=True) -> ExportResult
     export_onnx(token_reduced_model, "m.onnx", runtime_keep=True)   # + input keep_permille [1] int64
     check_tensorrt(onnx_path, {"pixel_values": max_shape}) -> CompatReport   # CPU, no TensorRT needed
-    build_engine(onnx_path, engine_path, BuildConfig.make(...)) -> dict (sidecar)   # needs tensorrt
+    build_engine(onnx_path, engine_path, BuildConfig(batch="1:8:32", ...)) -> dict (sidecar)   # needs tensorrt
     TrtEngine(engine_path)(x)                                             # needs tensorrt (+ CUDA)
-    vitcompress.exporters.export.export(artifact, output, trt=True, ...)  # the `vitcompress export` steps
+    vitcompress.exporters.export.export(artifact, output, ExportConfig(...), BuildConfig(...), trt=True)
+                                           # the `vitcompress export` steps (or the fields as keywords)
 
 Heavy backends (onnxruntime, onnx_graphsurgeon, tensorrt) are imported inside functions.
 """

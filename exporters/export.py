@@ -11,22 +11,25 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vitcompress.artifact import check_output
+from vitcompress.config import check_keys, with_options
 from vitcompress.errors import VitCompressError
 from vitcompress.io import output_lock
 
 from . import trt_build, trt_check, trt_runner
-from .onnx_export import DEFAULT_OPSET, ExportResult, export_onnx
+from .onnx_export import ExportConfig, ExportResult, export_onnx
 from .outputs import created_dirs
 from .parity import ParityReport
-from .profiles import ProfileLike, parity_batches, parity_img_sizes
+from .profiles import parity_batches, parity_img_sizes
 from .trt_build import BuildConfig, sidecar_path
 from .trt_check import CompatReport
 
@@ -45,27 +48,24 @@ class ExportRun:
 def export(
     artifact: str | os.PathLike,
     output: str | os.PathLike,
+    config: ExportConfig | None = None,
+    build: BuildConfig | None = None,
     *,
-    batch: ProfileLike = (1, 8, 32),
-    dynamic_size: bool = False,
-    img_size: ProfileLike = None,
-    precision: str = "fp32",
-    opset: int = DEFAULT_OPSET,
-    check: bool = True,
-    tolerance: float | None = None,
     trt: bool = False,
     engine: str | os.PathLike | None = None,
-    workspace_gib: float = 4.0,
-    timing_cache: str | None = None,
-    opt_level: int = 3,
-    keep_permille: ProfileLike = None,
     progress: bool = False,
-    runtime_keep: bool = False,
     echo: Callable[[str], None] = print,
     force: bool = False,
+    **options: Any,
 ) -> ExportRun:
     """Export ``artifact`` to ``output``; with ``trt``, check the graph for TensorRT, build the engine
     (``engine``, default ``<output>.engine``) and compare it with ONNX Runtime.
+
+    ``config`` (``ExportConfig``: profiles, precision, opset, parity check) and ``build``
+    (``BuildConfig``: workspace, optimisation level, timing cache, ``keep_permille`` profile; read
+    with ``trt`` only), each with any of its fields overridden by keyword (``batch="1:8:32"``,
+    ``workspace_gib=8``); another keyword is a one-line error naming the fields of both. The
+    engine's batch and image profiles and its precision are the export's (``config``'s).
 
     The ONNX file is written before anything TensorRT-related runs, so it exists even when the
     check fails or TensorRT is missing (both raise ``VitCompressError``). A dynamic-size export is the
@@ -81,37 +81,30 @@ def export(
     Existing files are replaced only with ``force``, and nothing is written inside the artifact
     exported (``artifact.check_output``); the ONNX file and the engine are locked for the whole
     export (``io.output_lock``)."""
-    cfg = (
-        BuildConfig.make(batch, img_size, precision, workspace_gib, opt_level, timing_cache, keep_permille)
-        if trt
-        else None
-    )
+    onnx_keys = {f.name for f in dataclasses.fields(ExportConfig)}
+    build_keys = {f.name for f in dataclasses.fields(BuildConfig)} - onnx_keys
+    check_keys(options, onnx_keys | build_keys, "export", "option")
+    cfg = with_options(ExportConfig, config, {k: v for k, v in options.items() if k in onnx_keys}, "export")
+    cfg.validate()
+    bcfg = None
+    if trt:
+        shared = {"batch": cfg.batch, "img_size": cfg.img_size, "precision": cfg.precision}
+        bcfg = with_options(
+            BuildConfig, build, {**{k: v for k, v in options.items() if k in build_keys}, **shared}, "export"
+        ).validate()
     output = check_output(output, force=force, inputs=(artifact,), kind="file")
     engine_path = None
-    if trt:
+    if bcfg is not None:
         engine_path = Path(engine) if engine else Path(str(output.with_suffix("")) + ".engine")
         check_output(engine_path, force=force, inputs=(artifact,), kind="file", what="engine path")
-        if timing_cache:
-            check_output(timing_cache, force=True, inputs=(artifact,), kind="file", what="timing cache")
+        if bcfg.timing_cache:
+            check_output(bcfg.timing_cache, force=True, inputs=(artifact,), kind="file", what="timing cache")
     with contextlib.ExitStack() as stack:
         for p in (output, engine_path):
             if p is not None:
                 stack.enter_context(output_lock(p))
-        res = export_onnx(
-            artifact,
-            output,
-            batch=batch,
-            dynamic_size=dynamic_size,
-            img_size=img_size,
-            precision=precision,
-            opset=opset,
-            check=check,
-            tolerance=tolerance,
-            progress=progress,
-            runtime_keep=runtime_keep,
-            force=force,
-        )
-        return _finish(artifact, res, engine_path, cfg, precision, echo)
+        res = export_onnx(artifact, output, cfg, progress=progress, force=force)
+        return _finish(artifact, res, engine_path, bcfg, cfg.precision, echo)
 
 
 def _finish(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -43,7 +42,7 @@ from torch.export import Dim
 
 import vitcompress
 from vitcompress.artifact import check_output
-from vitcompress.config import check_number
+from vitcompress.config import check_fields, check_number, field_range, setting, with_options
 from vitcompress.counting import count
 from vitcompress.errors import VitCompressError
 from vitcompress.io import output_lock
@@ -55,7 +54,7 @@ from . import runtime_keep as rk
 from .cleanup import cleanup, node_count
 from .outputs import created_dirs
 from .parity import ParityReport, check_parity
-from .precision import EXPORT_PRECISIONS, check_precision
+from .precision import EXPORT_PRECISIONS
 from .profiles import (
     Profile,
     ProfileLike,
@@ -82,50 +81,43 @@ STEPS = ("load", "export", "cleanup", "save", "parity")
 
 @dataclass
 class ExportConfig:
-    """What ``export_onnx`` writes and checks (recorded in the file's ``vitcompress.export`` metadata)."""
+    """What ``export_onnx`` writes and checks (recorded in the file's ``vitcompress.export`` metadata).
 
-    batch: ProfileLike = field(
-        default="1:8:32", metadata={"help": "Batch profile MIN:OPT:MAX (the axis is always dynamic)."}
+    The fields carry their default, help text and range once (``vitcompress.config.setting``); the
+    ``export`` command's options are generated from them. ``validate`` checks every field
+    (``config.check_fields``) and the rules between them."""
+
+    batch: ProfileLike = setting("1:8:32", "Batch profile MIN:OPT:MAX (the axis is always dynamic).")
+    dynamic_size: bool = setting(False, "Dynamic image height/width (position embeddings resampled in the graph).")
+    img_size: ProfileLike = setting(
+        None, "Image side profile MIN:OPT:MAX, multiples of the patch (default 0.5x:1x:1.5x native)."
     )
-    dynamic_size: bool = field(
-        default=False,
-        metadata={"help": "Dynamic image height/width (position embeddings resampled in the graph)."},
+    precision: str = setting("fp32", "fp32 or fp16 (weights and activations).", choices=EXPORT_PRECISIONS)
+    opset: int = setting(DEFAULT_OPSET, "ONNX opset.", ge=17, le=23)
+    check: bool = setting(True, "Compare the file with PyTorch in ONNX Runtime (CPU) before writing it.")
+    tolerance: float | None = setting(
+        None, "Relative error limit of the parity check (default 1e-4 fp32, 1e-2 fp16).", gt=0, le=1e6
     )
-    img_size: ProfileLike = field(
-        default=None,
-        metadata={"help": "Image side profile MIN:OPT:MAX, multiples of the patch (default 0.5x:1x:1.5x native)."},
+    external_data: bool | None = setting(
+        None, "Weights in a side file <output>.<hex>.data (default: above ~1.8 GB of weights)."
     )
-    precision: str = field(default="fp32", metadata={"help": "fp32 or fp16 (weights and activations)."})
-    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset, 17..23."})
-    check: bool = field(
-        default=True, metadata={"help": "Compare the file with PyTorch in ONNX Runtime (CPU) before writing it."}
-    )
-    tolerance: float | None = field(
-        default=None,
-        metadata={"help": "Relative error limit of the parity check (default 1e-4 fp32, 1e-2 fp16)."},
-    )
-    external_data: bool | None = field(
-        default=None,
-        metadata={"help": "Weights in a side file <output>.<hex>.data (default: above ~1.8 GB of weights)."},
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the parity check's random images."})
-    runtime_keep: bool = field(
-        default=False,
-        metadata={
-            "help": "Token-reduced models (topk, topk-vpa, evit, etps): add the input keep_permille [1] int64 "
-            "that sets every reducing block's keep rate at run time (docs/export.md)."
-        },
+    seed: int = setting(0, "Seed of the parity check's random images.", ge=0, lt=2**32)
+    runtime_keep: bool = setting(
+        False,
+        "Token-reduced models (topk, topk-vpa, evit, etps): add the input keep_permille [1] int64 "
+        "that sets every reducing block's keep rate at run time (docs/export.md).",
     )
 
     def validate(self) -> tuple[Profile, Profile | None]:
         """Check the values; returns the parsed batch and image-side profiles."""
-        check_precision(self.precision, EXPORT_PRECISIONS)
         check_number("opset", self.opset, integer=True)
-        if not 17 <= int(self.opset) <= 23:
-            raise VitCompressError(f"opset {self.opset} is outside 17..23; use the default {DEFAULT_OPSET}")
-        if self.tolerance is not None:
-            check_number("tolerance", self.tolerance, {"gt": 0, "le": 1e6})
-        check_number("seed", self.seed, {"ge": 0, "lt": 2**32}, integer=True)
+        bounds = field_range(self, "opset")
+        low, high = bounds["ge"], bounds["le"]
+        if not low <= self.opset <= high:
+            raise VitCompressError(
+                f"opset={self.opset} is outside {low}..{high}; use the default {DEFAULT_OPSET}", params=["opset"]
+            )
+        check_fields(self)
         batch = parse_profile(self.batch, "batch")
         img = parse_profile(self.img_size, "img-size") if self.img_size is not None else None
         if img is not None and not self.dynamic_size and img.min != img.max:
@@ -402,7 +394,7 @@ def export_onnx(
     """Export an artifact folder or a timm ViT module to ONNX, clean it, check it, write it.
 
     ``config`` (``ExportConfig``) with any of its fields overridden by keyword (``batch=(1, 8, 32)``,
-    ``dynamic_size=True``, ...). ``batch`` is a MIN:OPT:MAX profile (the batch axis is always dynamic);
+    ``dynamic_size=True``, ...; another keyword is a one-line error naming the fields). ``batch`` is a MIN:OPT:MAX profile (the batch axis is always dynamic);
     with ``dynamic_size`` height and width are dynamic too and ``img_size`` (MIN:OPT:MAX image side,
     multiples of the patch size; default half to 1.5x the native side) sets the checked sizes.
     ``precision`` fp32 or fp16 (weights and activations). The parity check (``check``) runs ONNX
@@ -428,7 +420,7 @@ def export_onnx(
     (``artifact.check_output``). The output is locked for the export (``io.output_lock``).
     """
     t_start = time.perf_counter()
-    cfg = dataclasses.replace(config or ExportConfig(), **options)
+    cfg = with_options(ExportConfig, config, options, "export")
     batch, img = cfg.validate()
     output = check_output(output, force=force, inputs=(model_or_artifact_path,), kind="file")
     with output_lock(output):

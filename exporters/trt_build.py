@@ -18,19 +18,21 @@ architecture; ``trt_runner.TrtEngine`` compares both first), the profile, the pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
 import torch
 
+from vitcompress.config import check_fields, field_range, in_range, range_text, setting
 from vitcompress.errors import VitCompressError
 from vitcompress.io import atomic_file
 
-from .precision import EXPORT_PRECISIONS, check_precision
+from .precision import EXPORT_PRECISIONS
 from .profiles import Profile, ProfileLike, parse_profile
 from .runtime_keep import KEEP_INPUT
 
@@ -89,25 +91,28 @@ def gpu_name(device: torch.device | str | None = None) -> str:
 
 @dataclass
 class BuildConfig:
-    """Engine build settings (serialised into the sidecar)."""
+    """Engine build settings (serialised into the sidecar).
 
-    batch: Profile = field(metadata={"help": "Batch profile MIN:OPT:MAX of the engine."})
-    img_size: Profile | None = field(
-        default=None, metadata={"help": "Image side profile MIN:OPT:MAX (dynamic-size exports)."}
-    )
-    precision: str = field(default="fp32", metadata={"help": "fp32 or fp16."})
-    workspace_gib: float = field(default=4.0, metadata={"help": "TensorRT workspace limit in GiB."})
-    opt_level: int = field(default=3, metadata={"help": "TensorRT builder optimisation level 0..5."})
-    timing_cache: str | None = field(default=None, metadata={"help": "TensorRT timing cache file (read and updated)."})
-    keep_permille: Profile | None = field(
-        default=None,
-        metadata={"help": "Runtime-keep exports: keep_permille MIN:OPT:MAX (default 1:<schedule's rate>:1000)."},
+    The fields carry their default, help text and range once (``vitcompress.config.setting``); the
+    ``export`` command's TensorRT options are generated from them. The profiles may be given as
+    ``"1:8:32"``, ``8`` or ``(1, 8, 32)``: ``validate`` returns a checked copy with them parsed
+    (``Profile``), which is what ``build_engine`` and the sidecar read."""
+
+    batch: ProfileLike = setting("1:8:32", "Batch profile MIN:OPT:MAX of the engine.")
+    img_size: ProfileLike = setting(None, "Image side profile MIN:OPT:MAX (dynamic-size exports).")
+    precision: str = setting("fp32", "fp32 or fp16.", choices=EXPORT_PRECISIONS)
+    workspace_gib: float = setting(4.0, "TensorRT workspace limit in GiB.", gt=0, le=1e6)
+    opt_level: int = setting(3, "TensorRT builder optimisation level 0..5.", ge=0, le=5)
+    timing_cache: str | None = setting(None, "TensorRT timing cache file (read and updated).")
+    keep_permille: ProfileLike = setting(
+        None,
+        "--runtime-keep with --trt: engine profile MIN:OPT:MAX of keep_permille (default 1:<schedule's rate>:1000).",
     )
 
     @classmethod
     def make(
         cls,
-        batch: ProfileLike = (1, 8, 32),
+        batch: ProfileLike = "1:8:32",
         img_size: ProfileLike = None,
         precision: str = "fp32",
         workspace_gib: float = 4.0,
@@ -115,30 +120,46 @@ class BuildConfig:
         timing_cache: str | None = None,
         keep_permille: ProfileLike = None,
     ) -> BuildConfig:
-        """Validate and build a config from CLI-style values."""
-        check_precision(precision, EXPORT_PRECISIONS)
-        if not 0 < workspace_gib <= 1e6:  # also refuses NaN and infinity
-            raise VitCompressError(f"--workspace {workspace_gib} must be > 0 GiB (and finite)")
-        if not 0 <= int(opt_level) <= 5:
-            raise VitCompressError(f"builder optimisation level {opt_level} is outside 0..5")
-        keep = parse_profile(keep_permille, "keep-permille") if keep_permille is not None else None
+        """The validated config of these values (``BuildConfig(...).validate()``)."""
+        return cls(batch, img_size, precision, workspace_gib, opt_level, timing_cache, keep_permille).validate()
+
+    def validate(self) -> BuildConfig:
+        """A checked copy with the profiles parsed; a one-line ``VitCompressError`` for a bad value."""
+        w = self.workspace_gib
+        if (
+            isinstance(w, (int, float))
+            and not isinstance(w, bool)
+            and not in_range(w, field_range(self, "workspace_gib"))
+        ):
+            raise VitCompressError(
+                f"workspace_gib={w} must be {range_text(field_range(self, 'workspace_gib'))} GiB (and finite)",
+                params=["workspace_gib"],
+            )
+        level, bounds = self.opt_level, field_range(self, "opt_level")
+        if isinstance(level, int) and not isinstance(level, bool) and not in_range(level, bounds):
+            raise VitCompressError(
+                f"builder optimisation level opt_level={level} is outside {bounds['ge']}..{bounds['le']}",
+                params=["opt_level"],
+            )
+        check_fields(self)
+        keep = parse_profile(self.keep_permille, "keep-permille") if self.keep_permille is not None else None
         if keep is not None and keep.max > 1000:
-            raise VitCompressError(f"--keep-permille {keep} goes above 1000 (a keep rate of 1)")
-        return cls(
-            parse_profile(batch, "batch"),
-            parse_profile(img_size, "img-size") if img_size is not None else None,
-            precision,
-            float(workspace_gib),
-            int(opt_level),
-            str(timing_cache) if timing_cache else None,
-            keep,
+            raise VitCompressError(f"keep_permille={keep} goes above 1000 (a keep rate of 1)", params=["keep_permille"])
+        return dataclasses.replace(
+            self,
+            batch=parse_profile(self.batch, "batch"),
+            img_size=parse_profile(self.img_size, "img-size") if self.img_size is not None else None,
+            workspace_gib=float(w),
+            timing_cache=str(self.timing_cache) if self.timing_cache else None,
+            keep_permille=keep,
         )
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["batch"] = self.batch.to_dict()
-        d["img_size"] = self.img_size.to_dict() if self.img_size else None
-        d["keep_permille"] = self.keep_permille.to_dict() if self.keep_permille else None
+        cfg = self.validate()
+        d = asdict(cfg)
+        d["batch"] = cfg.batch.to_dict()  # type: ignore[union-attr]
+        d["img_size"] = cfg.img_size.to_dict() if cfg.img_size else None  # type: ignore[union-attr]
+        d["keep_permille"] = cfg.keep_permille.to_dict() if cfg.keep_permille else None  # type: ignore[union-attr]
         return d
 
 
@@ -288,6 +309,7 @@ def build_engine(
 ) -> dict:
     """Parse ``onnx_path``, build a serialised engine with one optimisation profile, write it and its
     sidecar (``<engine>.json``) atomically. Returns the sidecar dict. Needs ``tensorrt`` (and a GPU)."""
+    cfg = cfg.validate()
     trt = require_tensorrt()
     major = trt_major(trt.__version__)
     inputs = onnx_inputs(onnx_path)

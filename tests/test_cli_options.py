@@ -102,3 +102,39 @@ def test_library_errors_name_parameters_and_the_cli_shows_flags(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: GAS --gas-target 1.5 is outside (0, 1)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "out"]
+
+
+def test_export_options_are_the_export_and_build_config_fields():
+    """The flags and defaults of ``export`` are those it had before they were generated."""
+    from vitcompress.exporters import BuildConfig, ExportConfig
+
+    cmd = cli.get_command(None, "export")
+    opts = {p.name: p for p in cmd.params if isinstance(p, click.Option)}
+    for f in fields(ExportConfig):
+        if f.name not in ("external_data", "seed"):  # library-only settings
+            assert opts[f.name].default == f.default, f.name
+    for f in fields(BuildConfig):
+        if f.name not in ("batch", "img_size", "precision"):  # the export's
+            assert opts[f.name].default == f.default, f.name
+    flags = {name: [o for o in p.opts if o.startswith("--")][0] for name, p in opts.items()}
+    assert flags["workspace_gib"] == "--workspace" and "--no-check" in opts["check"].secondary_opts
+    assert opts["batch"].default == "1:8:32" and opts["opset"].default == 20 and opts["workspace_gib"].default == 4.0
+    assert opts["opt_level"].default == 3 and opts["precision"].default == "fp32" and opts["check"].default is True
+    expected = {"--batch", "--dynamic-size", "--img-size", "--precision", "--opset", "--check", "--tolerance"}
+    expected |= {"--runtime-keep", "--workspace", "--opt-level", "--timing-cache", "--keep-permille"}
+    assert expected <= set(flags.values())
+
+
+def test_export_settings_reach_the_library_call(tmp_path, monkeypatch):
+    """Each option lands in the ``ExportConfig`` / ``BuildConfig`` given to ``export``."""
+    import vitcompress.commands.export as export_command
+
+    seen = {}
+    monkeypatch.setattr(export_command, "export", lambda *a, **k: seen.update(args=a, kw=k))
+    art = save(create_source_model("vit_tiny_patch16_224", img_size=16, patch_size=8, depth=1), tmp_path / "a")
+    argv = ["export", str(art), "-o", str(tmp_path / "m.onnx"), "--batch", "1:2:4", "--no-check", "--opset", "18"]
+    assert main([*argv, "--trt", "--workspace", "2", "--opt-level", "1"]) == 0
+    _, _, cfg, build = seen["args"]
+    assert (cfg.batch, cfg.check, cfg.opset, cfg.precision, cfg.dynamic_size) == ("1:2:4", False, 18, "fp32", False)
+    assert (build.workspace_gib, build.opt_level, build.timing_cache) == (2.0, 1, None)
+    assert seen["kw"]["trt"] is True and seen["kw"]["force"] is False

@@ -1,11 +1,17 @@
 """Settings from files and dictionaries: merged field by field, type-checked, one-line errors naming the key."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from vitcompress.config import load_config, merge_config, read_config_file
+from vitcompress.commands.train import model_options
+from vitcompress.config import load_config, merge_config, parse_pairs, read_config_file, with_options
 from vitcompress.errors import VitCompressError
+from vitcompress.exporters import BuildConfig, ExportConfig, Profile, export_onnx
+from vitcompress.exporters.export import export
+from vitcompress.methods import parse_option_pairs
+from vitcompress.pruner import PruneConfig
 from vitcompress.recipe import PipelineConfig
 from vitcompress.token_search import SearchConfig
 from vitcompress.training import TrainConfig
@@ -77,3 +83,62 @@ def test_weight_decay_is_capped_where_training_would_diverge():
         TrainConfig(weight_decay=1e308).validate()
     assert "\n" not in str(e.value)
     TrainConfig(weight_decay=10).validate()  # the cap itself is allowed
+
+
+def test_keyword_options_merge_through_the_same_checks():
+    base = PruneConfig(flops_reduction=0.3, round_to=4)
+    cfg = with_options(PruneConfig, base, {"granularity": ["heads", "mlp"], "data": Path("imgs")}, "prune")
+    assert cfg.granularity == ("heads", "mlp") and cfg.data == "imgs" and cfg.round_to == 4  # a path as its text
+    assert base.granularity != cfg.granularity  # the given config is not changed
+    assert with_options(PruneConfig, None, {}, "prune") == PruneConfig()
+    with pytest.raises(VitCompressError, match=r"^unknown prune option 'flops'; known: batch_size, calib_images,"):
+        with_options(PruneConfig, None, {"flops": 0.3}, "prune")
+    with pytest.raises(VitCompressError, match=r"^prune option 'round_to' must be an integer, got 1.5$"):
+        PruneConfig.from_options(round_to=1.5)
+
+
+def test_export_options_are_refused_by_name_not_with_a_type_error(tmp_path):
+    with pytest.raises(VitCompressError, match=r"^unknown export option 'opsett'; known: batch, check, dynamic_size,"):
+        export_onnx("no-such-model", tmp_path / "m.onnx", opsett=18)
+    with pytest.raises(VitCompressError, match=r"unknown export option 'workspace'; known: .*workspace_gib"):
+        export("no-such-model", tmp_path / "m.onnx", ExportConfig(), workspace=2)  # names both settings' fields
+    with pytest.raises(VitCompressError, match=r"^export option 'opset' must be an integer, got '18'$"):
+        export_onnx("no-such-model", tmp_path / "m.onnx", opset="18")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_and_build_settings_check_their_ranges_once():
+    assert ExportConfig(batch=(1, 2, 4)).validate() == (Profile(1, 2, 4), None)
+    cfg = BuildConfig(batch="1:2:4", keep_permille=500, workspace_gib=2).validate()
+    assert (cfg.batch, cfg.keep_permille, cfg.workspace_gib) == (Profile(1, 2, 4), Profile(500, 500, 500), 2.0)
+    assert BuildConfig.make("1:2:4") == BuildConfig(batch=Profile(1, 2, 4))
+    for bad, message in [
+        (ExportConfig(opset=24), r"^opset=24 is outside 17..23; use the default 20$"),
+        (ExportConfig(tolerance=float("nan")), r"^tolerance must be a finite number, got nan$"),
+        (ExportConfig(precision="bf16"), r"^precision must be one of fp32, fp16, got 'bf16'$"),
+        (BuildConfig(workspace_gib=float("inf")), r"^workspace_gib=inf must be in \(0, 1e\+06\] GiB"),
+        (BuildConfig(opt_level=6), r"^builder optimisation level opt_level=6 is outside 0..5$"),
+        (BuildConfig(keep_permille="1:5:1001"), r"^keep_permille=1:5:1001 goes above 1000"),
+    ]:
+        with pytest.raises(VitCompressError, match=message) as e:
+            bad.validate()
+        assert e.value.params  # shown as its flag on the command line
+
+
+def test_key_value_options_share_one_parser():
+    assert parse_option_pairs([" steps = 10", "lr=1e-3", "steps=7"]) == {"steps": "7", "lr": "1e-3"}
+    assert model_options(["depths=[2,2]", "window_size=7", "norm= x "]) == {
+        "depths": [2, 2],
+        "window_size": 7,
+        "norm": "x",
+    }
+    assert parse_pairs(None, "x option", "--x a=1") == {}
+    for pairs, message in [
+        (["steps"], "method option 'steps' is not KEY=VALUE; pass e.g. --method-opt steps=50"),
+        ([" =3"], "method option ' =3' has no key; pass e.g. --method-opt steps=50"),
+    ]:
+        with pytest.raises(VitCompressError) as e:
+            parse_option_pairs(pairs)
+        assert str(e.value) == message
+    with pytest.raises(VitCompressError, match=r"^model option '=1' has no key; pass e.g. --model-opt depths=\[2,2\]$"):
+        model_options(["=1"])

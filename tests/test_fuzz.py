@@ -23,6 +23,7 @@ from vitcompress.callbacks import GASConfig
 from vitcompress.config import check_fields, merge_config
 from vitcompress.distill import DistillConfig
 from vitcompress.errors import VitCompressError
+from vitcompress.exporters import BuildConfig, ExportConfig
 from vitcompress.meta import ArtifactMeta
 from vitcompress.pruner import PruneConfig
 from vitcompress.quantization import QuantizeConfig
@@ -32,7 +33,17 @@ from vitcompress.token_search import SearchConfig
 from vitcompress.tokens.schedule import TokenSchedule, parse_schedule
 from vitcompress.training import TrainConfig
 
-CONFIGS = (TrainConfig, DistillConfig, PruneConfig, PipelineConfig, SearchConfig, GASConfig, QuantizeConfig)
+CONFIGS = (
+    TrainConfig,
+    DistillConfig,
+    PruneConfig,
+    PipelineConfig,
+    SearchConfig,
+    GASConfig,
+    QuantizeConfig,
+    ExportConfig,
+    BuildConfig,
+)
 FAST = settings(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -196,10 +207,12 @@ def test_a_changed_record_is_read_or_refused_by_field(record, change, tmp_path_f
 
 # ------------------------------------------------------------------------------ settings values
 def numeric_fields(cls):
+    """The number fields (a field that also takes text, such as a ``1:8:32`` profile, is parsed
+    from its text and is not one)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kinds = set(typing.get_args(hints[f.name])) - {type(None)} or {hints[f.name]}
-        if kinds & {int, float} and not dataclasses.is_dataclass(hints[f.name]):
+        if kinds & {int, float} and str not in kinds and not dataclasses.is_dataclass(hints[f.name]):
             yield f, float in kinds
 
 

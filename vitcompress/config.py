@@ -3,11 +3,15 @@
 ``merge_config(cfg, values)`` returns a copy of the dataclass ``cfg`` with ``values`` (a mapping,
 nested mappings for nested dataclasses such as ``PipelineConfig.train``) written over its fields;
 ``load_config(PipelineConfig, "pipe.yaml")`` does the same from a JSON or YAML file over the
-defaults. Every problem is one ``VitCompressError`` line that names the key: an unknown key (with
-the known ones), a value of the wrong type, a file that cannot be read.
+defaults, and ``with_options(PruneConfig, config, options, "prune")`` from a library function's
+keyword options (``prune(model, config, flops_reduction=0.3)``). Every problem is one
+``VitCompressError`` line that names the key: an unknown key (with the known ones), a value of the
+wrong type, a file that cannot be read. ``parse_pairs`` reads the command line's repeatable
+``KEY=VALUE`` options (``--model-opt``, ``--method-opt``).
 
-Types follow the field annotations: ``int``, ``float`` (an integer is accepted), ``bool``, ``str``,
-``tuple[str, ...]`` (a list, or a comma-separated string), ``X | None`` and nested dataclasses.
+Types follow the field annotations: ``int``, ``float`` (an integer is accepted), ``bool``, ``str``
+(a path is accepted, as its string), ``tuple[str, ...]`` (a list, or a comma-separated string),
+``X | None`` and nested dataclasses (a mapping of their own keys, or an instance).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,37 +61,88 @@ def load_config(cls: type[T], path: str | os.PathLike, what: str = "") -> T:
     return merge_config(cls(), read_config_file(path, what), what)
 
 
-def merge_config(cfg: T, values: Mapping[str, Any], what: str = "", _prefix: str = "") -> T:
-    """A copy of the dataclass ``cfg`` with ``values`` written over its fields (type-checked, recursively)."""
+def merge_config(
+    cfg: T, values: Mapping[str, Any], what: str = "", _prefix: str = "", *, kind: str = "config key"
+) -> T:
+    """A copy of the dataclass ``cfg`` with ``values`` written over its fields (type-checked, recursively).
+
+    ``what`` and ``kind`` name the keys in errors: ``unknown train config key 'lr_x'`` (a file or the
+    command line), ``unknown prune option 'flops'`` (``kind="option"``, a function's keywords)."""
     hints = typing.get_type_hints(type(cfg))
     known = {f.name: f for f in dataclasses.fields(cfg) if f.init}  # type: ignore[arg-type]
+    check_keys(values, known, what, kind, _prefix)
+    label = " ".join(w for w in (what, kind) if w)
     changes: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{_prefix}{key}"
-        if key not in known:
-            raise VitCompressError(f"unknown {_label(what)} key {name!r}; known: {', '.join(sorted(known))}")
         current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and not isinstance(current, type):
+        plain = _plain(hints[key])
+        nested = next(iter(plain)) if len(plain) == 1 else None  # a field of one dataclass type (or None)
+        if not (isinstance(nested, type) and dataclasses.is_dataclass(nested)):
+            nested = None
+        if nested is not None and isinstance(value, nested):
+            changes[key] = value
+        elif dataclasses.is_dataclass(current) and not isinstance(current, type) and nested is not None:
             if not isinstance(value, Mapping):
                 raise VitCompressError(
-                    f"{_label(what)} key {name!r} must be a mapping of its own settings, got {value!r}"
+                    f"{label} {name!r} must be a mapping of its own settings, got {value!r}", params=[key]
                 )
-            changes[key] = merge_config(current, value, what, f"{name}.")
+            changes[key] = merge_config(current, value, what, f"{name}.", kind=kind)
         else:
-            changes[key] = _coerce(value, hints[key], f"{_label(what)} key {name!r}")
+            changes[key] = _coerce(value, hints[key], f"{label} {name!r}", key)
             choices = known[key].metadata.get("choices")
             if choices and changes[key] not in choices:
                 raise VitCompressError(
-                    f"{_label(what)} key {name!r} must be one of {', '.join(choices)}, got {value!r}"
+                    f"{label} {name!r} must be one of {', '.join(choices)}, got {value!r}", params=[key]
                 )
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+def with_options(cls: type[T], config: T | None, options: Mapping[str, Any], what: str) -> T:
+    """``config`` (default: ``cls()``, the defaults) with a function's keyword ``options`` (field
+    names) written over its fields: ``merge_config`` with errors that say ``{what} option``."""
+    return merge_config(config if config is not None else cls(), options, what, kind="option")
+
+
+def check_keys(
+    values: Mapping[str, Any], known: Collection[str], what: str = "", kind: str = "config key", _prefix: str = ""
+) -> None:
+    """A one-line ``VitCompressError`` for the first key of ``values`` not in ``known``, naming the
+    known ones: ``unknown export option 'opsett'; known: batch, check, ...``."""
+    for key in values:
+        if key not in known:
+            label, name = " ".join(w for w in ("unknown", what, kind) if w), f"{_prefix}{key}"
+            raise VitCompressError(f"{label} {name!r}; known: {', '.join(sorted(known))}")
+
+
+def parse_pairs(pairs: Iterable[str] | None, what: str, example: str, *, json_values: bool = False) -> dict[str, Any]:
+    """The command line's repeatable ``KEY=VALUE`` options as a dict: ``['steps=10', 'lr=1e-3']`` ->
+    ``{'steps': '10', 'lr': '1e-3'}`` (keys and values stripped, a later key replacing an earlier).
+    With ``json_values`` a value is read as JSON where it is JSON (``depths=[2,2]`` -> ``[2, 2]``),
+    else kept as its text. ``what`` names the option and ``example`` shows one in errors:
+    ``method option 'steps' is not KEY=VALUE; pass e.g. --method-opt steps=50``."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, eq, raw = pair.partition("=")
+        if not eq:
+            raise VitCompressError(f"{what} {pair!r} is not KEY=VALUE; pass e.g. {example}")
+        if not key.strip():
+            raise VitCompressError(f"{what} {pair!r} has no key; pass e.g. {example}")
+        value: Any = raw.strip()
+        if json_values:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                pass
+        out[key.strip()] = value
+    return out
 
 
 def _label(what: str) -> str:
     return f"{what} config" if what else "config"
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, where: str, key: str = "") -> Any:
     """``value`` as the annotated type (a list becomes a tuple, an int a float), or a one-line error."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -94,32 +150,36 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
-            return _coerce(value, rest[0], where)
+            return _coerce(value, rest[0], where, key)
         for a in rest:
             try:
-                return _coerce(value, a, where)
+                return _coerce(value, a, where, key)
             except VitCompressError:
                 pass
-        raise VitCompressError(f"{where} must be one of {', '.join(_name(a) for a in rest)}, got {value!r}")
+        raise VitCompressError(
+            f"{where} must be one of {', '.join(_name(a) for a in rest)}, got {value!r}", params=[key] if key else []
+        )
     if hint is Any:
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
     elif hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
     elif origin is tuple or hint is tuple:
         items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if isinstance(items, (list, tuple)):
             item = args[0] if args else Any
-            return tuple(_coerce(v, item, where) for v in items)
+            return tuple(_coerce(v, item, where, key) for v in items)
     elif origin is list or hint is list:
         if isinstance(value, (list, tuple)):
             return list(value)
@@ -128,7 +188,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return dict(value)
     else:
         return value
-    raise VitCompressError(f"{where} must be {_name(hint)}, got {value!r}")
+    raise VitCompressError(f"{where} must be {_name(hint)}, got {value!r}", params=[key] if key else [])
 
 
 def _name(hint: Any) -> str:
@@ -184,6 +244,12 @@ def range_text(bounds: Mapping[str, float]) -> str:
     if high:
         return f"{'<=' if high[0] == ']' else '<'} {num(high[1])}"
     return "any number"
+
+
+def field_range(cfg: Any, name: str) -> dict[str, float]:
+    """The range ``setting`` gave the field ``name`` of the settings dataclass (or instance) ``cfg``
+    (``{"ge": 17, "le": 23}``; empty without one)."""
+    return dict(next(f for f in dataclasses.fields(cfg) if f.name == name).metadata.get("range", {}))
 
 
 def in_range(value: float, bounds: Mapping[str, float]) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import os
 import time
 import warnings
@@ -30,7 +29,7 @@ from torch import nn
 
 from .artifact import ArtifactMeta, check_output, history_record, meta_of, record_step, save
 from .budget import Budget, select
-from .config import check_fields, setting
+from .config import check_fields, setting, with_options
 from .counting import Counts, count
 from .data import calibration_loader
 from .datapipe import check_data
@@ -166,14 +165,8 @@ class PruneConfig:
     @classmethod
     def from_options(cls, config: PruneConfig | None = None, **options: Any) -> PruneConfig:
         """``config`` (default: the defaults) with ``options`` (field names) replacing its fields;
-        a one-line error for a name that is not a field."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(options) - names)
-        if bad:
-            raise VitCompressError(f"unknown prune option {bad[0]!r}; known: {', '.join(sorted(names))}")
-        if "granularity" in options:
-            options["granularity"] = tuple(options["granularity"])
-        return dataclasses.replace(config, **options) if config is not None else cls(**options)
+        a one-line error for a name that is not a field (``config.with_options``)."""
+        return with_options(cls, config, options, "prune")
 
 
 @dataclass

@@ -10,7 +10,7 @@ import click
 
 from vitcompress.artifact import check_output, is_artifact
 from vitcompress.callbacks import GASConfig, GASController
-from vitcompress.config import load_config, merge_config
+from vitcompress.config import load_config, merge_config, parse_pairs
 from vitcompress.datapipe import check_data
 from vitcompress.distill import DistillConfig
 from vitcompress.errors import VitCompressError
@@ -51,16 +51,7 @@ def distill_config(kw: dict, base: DistillConfig | None = None) -> DistillConfig
 
 def model_options(pairs) -> dict:
     """``['depths=[2,2]', 'window_size=7', 'norm=x']`` -> ``{'depths': [2, 2], 'window_size': 7, 'norm': 'x'}``."""
-    out = {}
-    for pair in pairs or ():
-        key, eq, raw = pair.partition("=")
-        if not eq or not key.strip():
-            raise VitCompressError(f"model option {pair!r} is not KEY=VALUE; pass e.g. --model-opt depths=[2,2]")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw.strip()
-    return out
+    return parse_pairs(pairs, "model option", "--model-opt depths=[2,2]", json_values=True)
 
 
 def check_fit_output(output, kw: dict, *inputs) -> None:

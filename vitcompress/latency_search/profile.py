@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from vitcompress.benchmarks.bench import load_variant
 from vitcompress.benchmarks.runner_torch import MODES
 from vitcompress.benchmarks.runners import Variant
 from vitcompress.benchmarks.timing import measure
-from vitcompress.config import setting
+from vitcompress.config import setting, with_options
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters.precision import PRECISIONS, check_precision
 from vitcompress.families import family_of
@@ -175,14 +175,8 @@ class ProfileConfig:
 
     @classmethod
     def from_options(cls, config: ProfileConfig | None = None, **options: Any) -> ProfileConfig:
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(options) - names)
-        if bad:
-            raise VitCompressError(f"unknown profile option {bad[0]!r}; known: {', '.join(sorted(names))}")
-        base = copy.copy(config) if config is not None else cls()
-        for k, v in options.items():
-            setattr(base, k, v)
-        return base
+        """``config`` (default: the defaults) with ``options`` replacing its fields (``config.with_options``)."""
+        return with_options(cls, config, options, "profile")
 
 
 class _Session:

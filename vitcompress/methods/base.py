@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from ..config import parse_pairs
 from ..errors import VitCompressError
 from ..plan import Plan
 
@@ -159,12 +160,4 @@ class Method:
 
 def parse_option_pairs(pairs) -> dict[str, str]:
     """``['steps=10', 'lr=1e-3']`` -> ``{'steps': '10', 'lr': '1e-3'}`` (the CLI's --method-opt)."""
-    out = {}
-    for p in pairs or ():
-        if "=" not in p:
-            raise VitCompressError(f"method option {p!r} is not KEY=VALUE; pass e.g. --method-opt steps=50")
-        k, v = p.split("=", 1)
-        if not k.strip():
-            raise VitCompressError(f"method option {p!r} has no key; pass e.g. --method-opt steps=50")
-        out[k.strip()] = v.strip()
-    return out
+    return parse_pairs(pairs, "method option", "--method-opt steps=50")
