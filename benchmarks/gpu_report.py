@@ -209,6 +209,6 @@ def replot(folder: str | Path) -> Path:
     if not src.is_file():
         raise VitCompressError(f"{str(src)!r} does not exist; pass the folder a gpu_tables run wrote")
     if not matplotlib_available():
-        raise VitCompressError("--replot needs matplotlib; run it where matplotlib is installed")
+        raise VitCompressError("replotting needs matplotlib; run it where matplotlib is installed", params=[])
     plot(json.loads(src.read_text()), folder / "gpu_tables.png")
     return folder / "gpu_tables.png"

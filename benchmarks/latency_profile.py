@@ -140,7 +140,7 @@ class ProfileConfig:
         reason = get_runner(self.backend).unavailable(self.precision, self.mode)
         if reason:
             raise VitCompressError(
-                f"backend {self.backend} cannot measure here ({reason}); choose another --backend or --precision",
+                f"backend {self.backend} cannot measure here ({reason}); choose another backend or precision",
                 params=["backend", "precision"],
             )
         for name in ("batch", "iters", "rounds", "heads_points", "dim_points", "mlp_points", "embed_points"):

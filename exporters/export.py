@@ -137,7 +137,8 @@ def _finish(
         raise VitCompressError(
             f"the graph cannot build in TensorRT: node {first.node!r} ({first.op}) {first.message} "
             f"({len(run.compat.errors)} problem(s) listed above); no engine was built, the ONNX file {str(res.path)!r} "
-            "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass"
+            "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass",
+            params=[],
         )
     trt_build.require_tensorrt()
     if res.img_size is not None:
@@ -181,10 +182,11 @@ def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: 
     report = trt_runner.engine_parity(staged, res.path, sizes, precision=precision, keeps=res.keeps)
     echo(report.format())
     if not report.ok:
-        fix = "rebuild with --precision fp32 or report it" if precision == "fp16" else "report it with the table above"
+        fix = "rebuild with precision=fp32 or report it" if precision == "fp16" else "report it with the table above"
         raise VitCompressError(
             f"the TensorRT engine differs from ONNX Runtime (max rel {report.max_rel:.2e}); "
-            f"no engine was written: {fix}"
+            f"no engine was written: {fix}",
+            params=["precision"] if precision == "fp16" else [],
         )
     return report
 

@@ -151,7 +151,7 @@ def test_export_writes_qdq_pairs_that_match_the_fake_quantized_model(precision, 
         assert scale in inits and zero in inits  # constant scales and zero points
         assert inits[zero].data_type == kind
         assert not numpy_helper.to_array(inits[zero]).astype(np.float32).any()
-    with pytest.raises(VitCompressError, match=r"is quantized \(" + precision + r"\).*drop --precision fp16"):
+    with pytest.raises(VitCompressError, match=r"is quantized \(" + precision + r"\).*drop precision=fp16"):
         export_onnx(tmp_path / "q", tmp_path / "h.onnx", precision="fp16")
     assert not (tmp_path / "h.onnx").exists()
 

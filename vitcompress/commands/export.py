@@ -12,7 +12,7 @@ from vitcompress.artifact import check_output, load
 from vitcompress.exporters.export import export
 from vitcompress.hf import to_hf_folder
 
-from .options import default_of, require
+from .options import FLAGS_ATTR, default_of, require
 
 
 def _profile(value) -> str:
@@ -132,3 +132,9 @@ def export_cmd(
         echo=click.echo,
         force=force,
     )
+
+
+# the library's parameter names that differ from the option names (the error lines show the flag)
+setattr(
+    export_cmd.callback, FLAGS_ATTR, {**getattr(export_cmd.callback, FLAGS_ATTR, {}), "workspace_gib": "--workspace"}
+)

@@ -152,19 +152,24 @@ class Method:
         bad = [k for k in granularity if k not in self.kinds]
         if bad:
             raise VitCompressError(
-                f"method {self.name} cannot prune {', '.join(bad)}; use --granularity with a subset of "
-                f"{','.join(self.kinds)}"
+                f"method {self.name} cannot prune {', '.join(bad)}; use granularity with a subset of "
+                f"{','.join(self.kinds)}",
+                params=["granularity"],
             )
 
 
 def parse_option_pairs(pairs) -> dict[str, str]:
-    """``['steps=10', 'lr=1e-3']`` -> ``{'steps': '10', 'lr': '1e-3'}`` (the CLI's --method-opt)."""
+    """``['steps=10', 'lr=1e-3']`` -> ``{'steps': '10', 'lr': '1e-3'}`` (the CLI's ``method_opts``, --method-opt)."""
     out = {}
     for p in pairs or ():
         if "=" not in p:
-            raise VitCompressError(f"method option {p!r} is not KEY=VALUE; pass e.g. --method-opt steps=50")
+            raise VitCompressError(
+                f"method option {p!r} is not KEY=VALUE; write method_opts as e.g. steps=50", params=["method_opts"]
+            )
         k, v = p.split("=", 1)
         if not k.strip():
-            raise VitCompressError(f"method option {p!r} has no key; pass e.g. --method-opt steps=50")
+            raise VitCompressError(
+                f"method option {p!r} has no key; write method_opts as e.g. steps=50", params=["method_opts"]
+            )
         out[k.strip()] = v.strip()
     return out
