@@ -339,7 +339,6 @@ def _compress(
             precision=cfg.latency_precision,
             trt=cfg.trt,
             progress=progress,
-            echo=logger.info,
         )
         export_info = {  # the paths the files have once the run is complete
             "onnx": str(final / ONNX),

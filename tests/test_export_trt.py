@@ -227,7 +227,6 @@ def test_engine_build_and_run_matches_onnxruntime(precision, tmp_path):
         precision=precision,
         trt=True,
         timing_cache=str(tmp_path / "cache"),
-        echo=lambda s: None,
     )
     assert run.engine.is_file() and (tmp_path / "cache").is_file()
     side = read_sidecar(run.engine)

@@ -129,7 +129,6 @@ def export_cmd(
         keep_permille=keep_permille,
         progress=True,
         runtime_keep=runtime_keep,
-        echo=click.echo,
         force=force,
     )
 

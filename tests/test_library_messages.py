@@ -1,9 +1,11 @@
 """Library errors name Python parameters (``pass force=True``) and list them in ``params``; the
-command line shows them as its flags (``pass --force``)."""
+command line shows them as its flags (``pass --force``). The library logs (the ``vitcompress``
+logger) and does not print; the command line prints its INFO lines."""
 
 from __future__ import annotations
 
 import ast
+import logging
 import re
 from pathlib import Path
 
@@ -173,3 +175,31 @@ def test_bench_errors_show_the_bench_flags(artifact, capsys):
     code = main(["bench", str(artifact), "--backend", "torch-cpu", "--batch", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "batch sizes must be integers >= 1" in err and "pass e.g. --batch 1,8,32" in err, err
+
+
+def _prints(path: Path) -> list[int]:
+    """Lines of ``print(...)`` calls and of ``print`` passed as a value (``echo=print``)."""
+    tree = ast.parse(path.read_text())
+    return sorted(
+        n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "print" and isinstance(n.ctx, ast.Load)
+    )
+
+
+def test_the_library_does_not_print():
+    found = [f"{f.relative_to(ROOT)}:{line}" for f in _library_files() for line in _prints(f)]
+    assert not found, "print in library code: " + ", ".join(found)
+
+
+@pytest.mark.export
+def test_export_logs_what_it_wrote_and_prints_nothing(artifact, tmp_path, capsys, caplog):
+    out = tmp_path / "m.onnx"
+    with caplog.at_level(logging.INFO, logger="vitcompress"):
+        export(artifact, out, batch="2:2:2", check=False)
+    assert capsys.readouterr().out == ""
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("vitcompress.")]
+    assert any(m.startswith("nodes: ") and "after clean-up" in m for m in lines), lines
+    assert any(m.startswith(f"wrote {out} (") for m in lines), lines
+    # the command line prints the same lines on stdout
+    code = main(["export", str(artifact), "-o", str(out), "--batch", "2:2:2", "--no-check", "--force"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "after clean-up" in stdout and f"wrote {out} (" in stdout
