@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="vitcompress", standalone_mode=False)
     except VitCompressError as e:
-        click.echo(f"error: {worker_message(e.with_flags(_flags(argv)))}", err=True)
+        click.echo(f"error: {worker_message(e.with_flags(_flags(argv, e.params)))}", err=True)
         return 2
     except click.exceptions.Abort as e:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
         if isinstance(e.__cause__, KeyboardInterrupt):
@@ -124,13 +124,24 @@ def _cmd(argv) -> str:
     return f"{argv[0]} " if argv and not argv[0].startswith("-") else ""
 
 
-def _flags(argv) -> dict[str, str]:
-    """``parameter name -> flag`` of the command that ran (empty when none did)."""
+#: parameters that errors of other commands name too, and the command whose flag shows them: an
+#: engine error of ``bench`` says how to rebuild the engine (``trt=True`` -> ``--trt``)
+OTHER_COMMAND_PARAMS = {"trt": "export"}
+
+
+def _flags(argv, params=()) -> dict[str, str]:
+    """``parameter name -> flag`` of the command that ran (empty when none did); those of ``params``
+    it has no flag for and ``OTHER_COMMAND_PARAMS`` lists take that command's flag."""
     name = _cmd(argv).strip()
     if name not in COMMANDS:
         return {}
     cmd = cli.get_command(None, name)
-    return command_flags(cmd) if cmd is not None else {}
+    flags = command_flags(cmd) if cmd is not None else {}
+    for p in params:
+        other = cli.get_command(None, OTHER_COMMAND_PARAMS.get(p, ""))
+        if p not in flags and other is not None:
+            flags.setdefault(p, command_flags(other).get(p, p))
+    return flags
 
 
 if __name__ == "__main__":

@@ -97,9 +97,13 @@ class BenchConfig:
         for b in self.backends:
             get_runner(b)  # unknown names: one-line error with suggestions
         if not self.backends:
-            raise VitCompressError(f"no backend given; pass --backend with some of {', '.join(known)}")
+            raise VitCompressError(
+                f"no backend given; pass backends with some of {', '.join(known)}", params=["backends"]
+            )
         if not self.batches or any(not 1 <= int(b) <= 65536 for b in self.batches):
-            raise VitCompressError(f"batch sizes must be integers >= 1, got {self.batches}; pass e.g. --batch 1,8,32")
+            raise VitCompressError(
+                f"batch sizes must be integers >= 1, got {self.batches}; pass e.g. batches=1,8,32", params=["batches"]
+            )
         check_precision(self.precision, PRECISIONS)
         if self.mode not in MODES:
             raise VitCompressError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")

@@ -10,7 +10,7 @@ from vitcompress.errors import VitCompressError
 from vitcompress.io import atomic_file
 
 from . import stats
-from .report import matplotlib_available, with_cis
+from .report import matplotlib_available, with_cis, write_files
 
 PAPER = {"flops": -0.5044, "latency": -0.468}
 EFFICIENCY_TARGET = 0.90
@@ -188,18 +188,8 @@ def plot(result: dict, path: Path) -> None:
 
 
 def write(result: dict, folder: Path) -> dict:
-    """``gpu_tables.json`` and ``.md``, and the PNG where matplotlib is installed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": folder / "gpu_tables.json", "md": folder / "gpu_tables.md", "png": folder / "gpu_tables.png"}
-    with atomic_file(paths["json"]) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    with atomic_file(paths["md"]) as tmp:
-        tmp.write_text(to_markdown(result))
-    if matplotlib_available():
-        plot(result, paths["png"])
-    else:
-        paths["png"] = None
-    return paths
+    """``gpu_tables.json``, ``.md`` and ``.png`` (``report.write_files``)."""
+    return write_files(result, folder, "gpu_tables", to_markdown, plot)
 
 
 def replot(folder: str | Path) -> Path:
@@ -209,6 +199,6 @@ def replot(folder: str | Path) -> Path:
     if not src.is_file():
         raise VitCompressError(f"{str(src)!r} does not exist; pass the folder a gpu_tables run wrote")
     if not matplotlib_available():
-        raise VitCompressError("--replot needs matplotlib; run it where matplotlib is installed")
+        raise VitCompressError("replotting needs matplotlib; run it where matplotlib is installed", params=[])
     plot(json.loads(src.read_text()), folder / "gpu_tables.png")
     return folder / "gpu_tables.png"

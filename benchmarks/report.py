@@ -14,6 +14,7 @@ wider than +-5% of its ratio); the flags are in the table's last column.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,18 +233,31 @@ def plot(result: dict, path: Path) -> None:
 REPORT_FILES = ("report.md", "report.json", "report.png")
 
 
-def write_report(result: dict, out_dir) -> dict:
-    """Write ``report.md``, ``report.json`` (every raw sample) and ``report.png`` into ``out_dir``
-    (the PNG only where matplotlib is installed: ``paths["png"]`` is then None)."""
-    out = Path(out_dir)
+def write_files(
+    result: dict,
+    folder,
+    stem: str,
+    markdown: Callable[[dict], str],
+    draw: Callable[[dict, Path], None],
+) -> dict[str, Path | None]:
+    """The report trio of ``result`` in ``folder``, each file written atomically: ``<stem>.json``
+    (``result`` itself, every raw sample), ``<stem>.md`` (``markdown(result)``) and ``<stem>.png``
+    (``draw(result, path)``, only where matplotlib is installed: ``paths["png"]`` is then None)."""
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
-    with atomic_file(paths["json"]) as tmp:
+    paths: dict[str, Path | None] = {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
+    with atomic_file(out / f"{stem}.json") as tmp:
         Path(tmp).write_text(json.dumps(result, indent=1))
-    with atomic_file(paths["md"]) as tmp:
-        Path(tmp).write_text(to_markdown(result))
+    with atomic_file(out / f"{stem}.md") as tmp:
+        Path(tmp).write_text(markdown(result))
     if matplotlib_available():
-        plot(result, paths["png"])
+        draw(result, out / f"{stem}.png")
     else:
         paths["png"] = None
     return paths
+
+
+def write_report(result: dict, out_dir) -> dict:
+    """Write ``report.md``, ``report.json`` and ``report.png`` of a benchmark into ``out_dir``
+    (``write_files``)."""
+    return write_files(result, out_dir, "report", to_markdown, plot)

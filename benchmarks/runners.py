@@ -129,7 +129,7 @@ class Runner:
         x: np.ndarray | None = None,
     ):
         if batch < 1:
-            raise VitCompressError(f"batch must be >= 1, got {batch}; pass e.g. --batch 1,8")
+            raise VitCompressError(f"batch must be >= 1, got {batch}", params=["batch"])
         check_precision(precision, PRECISIONS)
         self.variant, self.batch, self.precision, self.mode = variant, batch, precision, mode
         self.threads = threads or os.cpu_count() or 1

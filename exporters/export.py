@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from .parity import ParityReport
 from .profiles import parity_batches, parity_img_sizes
 from .trt_build import BuildConfig, sidecar_path
 from .trt_check import CompatReport
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,7 +56,6 @@ def export(
     trt: bool = False,
     engine: str | os.PathLike | None = None,
     progress: bool = False,
-    echo: Callable[[str], None] = print,
     force: bool = False,
     **options: Any,
 ) -> ExportRun:
@@ -77,6 +78,9 @@ def export(
     The engine and its sidecar are built in a temporary folder next to ``engine`` and moved into
     place only after the engine parity check passed; a failed build or parity check leaves neither
     file, nor a folder created for them.
+
+    What it did (node counts, parity tables, the files written) goes to the ``vitcompress`` logger
+    at INFO, which the command line prints.
 
     Existing files are replaced only with ``force``, and nothing is written inside the artifact
     exported (``artifact.check_output``); the ONNX file and the engine are locked for the whole
@@ -104,19 +108,17 @@ def export(
             if p is not None:
                 stack.enter_context(output_lock(p))
         res = export_onnx(artifact, output, cfg, progress=progress, force=force)
-        return _finish(artifact, res, engine_path, bcfg, cfg.precision, echo)
+        return _finish(artifact, res, engine_path, bcfg, cfg.precision)
 
 
-def _finish(
-    artifact, res: ExportResult, engine: Path | None, cfg: BuildConfig | None, precision: str, echo: Callable
-) -> ExportRun:
+def _finish(artifact, res: ExportResult, engine: Path | None, cfg: BuildConfig | None, precision: str) -> ExportRun:
     """Report the ONNX export; with ``cfg`` (``trt``) check the graph, build the engine at
     ``engine`` and check it against ONNX Runtime."""
-    echo(f"nodes: {res.nodes_before} exported -> {res.nodes_after} after clean-up")
+    log.info(f"nodes: {res.nodes_before} exported -> {res.nodes_after} after clean-up")
     if res.parity is not None:
-        echo(res.parity.format())
+        log.info(res.parity.format())
     mb = res.size_bytes / 1e6
-    echo(
+    log.info(
         f"wrote {res.path} ({mb:.1f} MB{', external data ' + str(res.external_data) if res.external_data else ''}) "
         f"in {res.seconds:.1f} s"
     )
@@ -124,13 +126,14 @@ def _finish(
     if cfg is None or engine is None:
         return run
     run.compat = _compat(res)
-    echo(run.compat.format())
+    log.info(run.compat.format())
     if not run.compat.ok:
         first = run.compat.errors[0]
         raise VitCompressError(
             f"the graph cannot build in TensorRT: node {first.node!r} ({first.op}) {first.message} "
             f"({len(run.compat.errors)} problem(s) listed above); no engine was built, the ONNX file {str(res.path)!r} "
-            "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass"
+            "is kept (valid ONNX for ONNX Runtime): change the model or the profile so that these nodes pass",
+            params=[],
         )
     trt_build.require_tensorrt()
     if res.img_size is not None:
@@ -144,11 +147,11 @@ def _finish(
             # it correctly), checked there, and moved into place only when the parity check passed
             staged = tmpdir / run.engine.name
             run.sidecar = trt_build.build_engine(res.path, staged, cfg, source=source)
-            run.engine_parity = _engine_parity(staged, res, run.sidecar, precision, echo)
+            run.engine_parity = _engine_parity(staged, res, run.sidecar, precision)
             _install_engine(staged, run.engine)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    echo(
+    log.info(
         f"wrote {run.engine} (TensorRT {run.sidecar['tensorrt_version']}, {precision}, profile "
         f"{run.sidecar['profile']['min']} .. {run.sidecar['profile']['max']}) and {sidecar_path(run.engine)}"
     )
@@ -163,7 +166,7 @@ def _compat(res: ExportResult) -> CompatReport:
     )
 
 
-def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: str, echo: Callable[[str], None]):
+def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: str):
     """Engine vs ONNX Runtime: three distinct batch sizes inside the engine's batch profile where it
     has them (``parity_batches(within=True)``) at the OPT image side, for a dynamic-size export the
     second image side of the ONNX parity check, and for a runtime-keep engine the keep rates of the
@@ -172,12 +175,13 @@ def _engine_parity(staged: Path, res: ExportResult, side_info: dict, precision: 
     sizes = [(b, side) for b in parity_batches(res.batch, within=True)]
     sizes += [(res.batch.min, s) for s in parity_img_sizes(res.img_size)[1:]]
     report = trt_runner.engine_parity(staged, res.path, sizes, precision=precision, keeps=res.keeps)
-    echo(report.format())
+    log.info(report.format())
     if not report.ok:
-        fix = "rebuild with --precision fp32 or report it" if precision == "fp16" else "report it with the table above"
+        fix = "rebuild with precision=fp32 or report it" if precision == "fp16" else "report it with the table above"
         raise VitCompressError(
             f"the TensorRT engine differs from ONNX Runtime (max rel {report.max_rel:.2e}); "
-            f"no engine was written: {fix}"
+            f"no engine was written: {fix}",
+            params=["precision"] if precision == "fp16" else [],
         )
     return report
 

@@ -115,13 +115,16 @@ class ExportConfig:
         low, high = bounds["ge"], bounds["le"]
         if not low <= self.opset <= high:
             raise VitCompressError(
-                f"opset={self.opset} is outside {low}..{high}; use the default {DEFAULT_OPSET}", params=["opset"]
+                f"opset={self.opset} is outside {low}..{high}; use the default opset={DEFAULT_OPSET}", params=["opset"]
             )
         check_fields(self)
         batch = parse_profile(self.batch, "batch")
-        img = parse_profile(self.img_size, "img-size") if self.img_size is not None else None
+        img = parse_profile(self.img_size, "img_size") if self.img_size is not None else None
         if img is not None and not self.dynamic_size and img.min != img.max:
-            raise VitCompressError("an --img-size range needs --dynamic-size; add --dynamic-size or pass one size")
+            raise VitCompressError(
+                "an img_size range needs dynamic_size=True; pass dynamic_size=True or one size",
+                params=["img_size", "dynamic_size"],
+            )
         return batch, img
 
 
@@ -202,14 +205,17 @@ def _prepare(source, cfg: ExportConfig, batch: Profile, img: Profile | None) -> 
         check_img_profile(img, patch)
         model = with_dynamic_size(model, meta)
     elif img is not None and img.opt != native:
-        raise VitCompressError(f"--img-size {img} differs from the model's input size {native}; add --dynamic-size")
+        raise VitCompressError(
+            f"img_size {img} differs from the model's input size {native}; pass dynamic_size=True",
+            params=["img_size", "dynamic_size"],
+        )
     else:
         img = None
     quant = quant_precision(model)
     if quant is not None and cfg.precision != "fp32":
         raise VitCompressError(
             f"{label} is quantized ({quant}); its Q/DQ graph keeps the unquantized parts in fp32, "
-            f"drop --precision {cfg.precision}",
+            f"drop precision={cfg.precision}",
             params=["precision"],
         )
     traced = copy.deepcopy(model).half() if cfg.precision == "fp16" else model
@@ -250,7 +256,8 @@ def _trace(prep: _Prepared, cfg: ExportConfig) -> onnx.ModelProto:
     except Exception as e:
         raise VitCompressError(
             f"the ONNX exporter failed at opset {cfg.opset} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            f"try the default --opset {DEFAULT_OPSET}"
+            f"try the default opset={DEFAULT_OPSET}",
+            params=["opset"],
         ) from None
     proto = prog.model_proto
     _check_symbolic(proto, cfg.dynamic_size)
@@ -265,7 +272,8 @@ def _check_symbolic(proto, dynamic_size: bool) -> None:
     if fixed:
         raise VitCompressError(
             f"the exporter fixed input axis {fixed[0]} to {dims[fixed[0]].dim_value} (the model's forward "
-            "turns that size into a constant); this model cannot be exported with a dynamic axis there"
+            "turns that size into a constant); this model cannot be exported with a dynamic axis there",
+            params=[],
         )
 
 
@@ -339,7 +347,8 @@ def _check(path: Path, prep: _Prepared, cfg: ExportConfig) -> ParityReport:
         raise VitCompressError(
             f"parity check failed: max relative error {worst.max_rel:.3e} at batch {worst.batch}, "
             f"image {worst.img_size}{at_keep} exceeds {report.tolerance:.0e} ({cfg.precision}); "
-            "nothing was written, report the model to the maintainers or relax --tolerance"
+            "nothing was written, report the model to the maintainers or relax tolerance",
+            params=["tolerance"],
         )
     return report
 

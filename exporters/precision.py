@@ -38,7 +38,8 @@ def tolerance(precision: str, device: str = "cpu") -> float:
 def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> str:
     """``precision`` when it is one of ``allowed``, else a one-line ``VitCompressError``."""
     if precision not in allowed:
-        raise VitCompressError(f"unknown precision {precision!r}; use one of {', '.join(allowed)}")
+        # the same line under every command (its option may be --precision or --latency-precision)
+        raise VitCompressError(f"unknown precision {precision!r}; use one of {', '.join(allowed)}", params=[])
     return precision
 
 

@@ -47,25 +47,33 @@ def parse_profile(value: ProfileLike, what: str = "batch") -> Profile:
         try:
             parts = [int(p) for p in value.strip().split(":")]
         except ValueError:
-            raise VitCompressError(f"--{what} {value!r} is not MIN:OPT:MAX of integers; write e.g. 1:8:32") from None
+            raise VitCompressError(
+                f"{what} {value!r} is not MIN:OPT:MAX of integers; write e.g. 1:8:32", params=[what]
+            ) from None
     elif isinstance(value, int):
         parts = [value]
     else:
         try:
             parts = [int(p) for p in value]  # type: ignore[union-attr]
         except (TypeError, ValueError):
-            raise VitCompressError(f"{what} profile {value!r} is not MIN:OPT:MAX; pass e.g. (1, 8, 32)") from None
+            raise VitCompressError(
+                f"{what} profile {value!r} is not MIN:OPT:MAX; pass e.g. (1, 8, 32)", params=[what]
+            ) from None
     if len(parts) == 1:
         parts = parts * 3
     if len(parts) != 3:
-        raise VitCompressError(f"{what} profile {value!r} needs 1 or 3 values (MIN:OPT:MAX); write e.g. 1:8:32")
+        raise VitCompressError(
+            f"{what} profile {value!r} needs 1 or 3 values (MIN:OPT:MAX); write e.g. 1:8:32", params=[what]
+        )
     lo, opt, hi = parts
     if hi > MAX_SIZE:
-        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} has MAX above {MAX_SIZE}; use smaller sizes")
+        raise VitCompressError(
+            f"{what} profile {lo}:{opt}:{hi} has MAX above {MAX_SIZE}; use smaller sizes", params=[what]
+        )
     if lo < 1:
-        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} has MIN < 1; sizes must be positive")
+        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} has MIN < 1; sizes must be positive", params=[what])
     if not lo <= opt <= hi:
-        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} is impossible: need MIN <= OPT <= MAX")
+        raise VitCompressError(f"{what} profile {lo}:{opt}:{hi} is impossible: need MIN <= OPT <= MAX", params=[what])
     return Profile(lo, opt, hi)
 
 
@@ -74,8 +82,9 @@ def check_img_profile(profile: Profile, patch: int) -> None:
     bad = [s for s in profile.as_tuple() if s % patch]
     if bad:
         raise VitCompressError(
-            f"--img-size {profile} has {bad[0]}, not a multiple of the patch size {patch}; "
-            f"use multiples of {patch} (e.g. {max(patch, bad[0] // patch * patch)})"
+            f"img_size {profile} has {bad[0]}, not a multiple of the patch size {patch}; "
+            f"use multiples of {patch} (e.g. {max(patch, bad[0] // patch * patch)})",
+            params=["img_size"],
         )
 
 

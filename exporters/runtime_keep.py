@@ -59,13 +59,15 @@ def check_runtime_keep(model: nn.Module):
     sched = schedule_of(model)
     if sched is None:
         raise VitCompressError(
-            "--runtime-keep needs a token-reduced model and this one has no token schedule; "
-            "apply one first (vitcompress tokens ... --method topk-vpa) or export without --runtime-keep"
+            "runtime_keep needs a token-reduced model and this one has no token schedule; "
+            "apply one first (a topk-vpa token reduction) or export without runtime_keep",
+            params=["runtime_keep"],
         )
     if sched.kind == "merge" or sched.method not in RUNTIME_METHODS:
         raise VitCompressError(
-            f"--runtime-keep does not apply to {sched.method} (it merges a fixed number of token pairs per "
-            f"block, not a fraction); export it without --runtime-keep or use {', '.join(RUNTIME_METHODS)}"
+            f"runtime_keep does not apply to {sched.method} (it merges a fixed number of token pairs per "
+            f"block, not a fraction); export it without runtime_keep or use {', '.join(RUNTIME_METHODS)}",
+            params=["runtime_keep"],
         )
     return sched
 

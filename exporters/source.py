@@ -37,7 +37,9 @@ def with_dynamic_size(model: nn.Module, meta) -> nn.Module:
     plain = remove_tokens(copy.deepcopy(model)) if sched is not None else model
     src = family_for_source(meta.source).dynamic_size_source(meta.source)
     if src is None:
-        raise VitCompressError(f"{meta.source.name} cannot take other image sizes; export without --dynamic-size")
+        raise VitCompressError(
+            f"{meta.source.name} cannot take other image sizes; export without dynamic_size", params=["dynamic_size"]
+        )
     dyn = build_model(src, spec_from_model(plain), device="cpu")
     quant = record_of(plain)
     if quant is not None:  # a quantized model's twin has the same quantizers (its scales are in the state)

@@ -57,11 +57,11 @@ def require_tensorrt():
     try:
         import tensorrt as trt
     except Exception:
-        raise VitCompressError(INSTALL_HINT) from None
+        raise VitCompressError(INSTALL_HINT, params=[]) from None
     if not hasattr(trt, "Builder"):
-        raise VitCompressError(INSTALL_HINT)
+        raise VitCompressError(INSTALL_HINT, params=[])
     if trt_major(trt.__version__) < 10:
-        raise VitCompressError(f"TensorRT {trt.__version__} is older than 10; install tensorrt>=10")
+        raise VitCompressError(f"TensorRT {trt.__version__} is older than 10; install tensorrt>=10", params=[])
     return trt
 
 
@@ -70,7 +70,7 @@ def trt_major(version: str) -> int:
     try:
         return int(str(version).split(".")[0])
     except ValueError:
-        raise VitCompressError(f"cannot read the TensorRT version {version!r}; reinstall TensorRT") from None
+        raise VitCompressError(f"cannot read the TensorRT version {version!r}; reinstall TensorRT", params=[]) from None
 
 
 def compute_capability(device: torch.device | str | None = None) -> str | None:
@@ -138,17 +138,17 @@ class BuildConfig:
         level, bounds = self.opt_level, field_range(self, "opt_level")
         if isinstance(level, int) and not isinstance(level, bool) and not in_range(level, bounds):
             raise VitCompressError(
-                f"builder optimisation level opt_level={level} is outside {bounds['ge']}..{bounds['le']}",
+                f"opt_level={level} (the builder optimisation level) is outside {bounds['ge']}..{bounds['le']}",
                 params=["opt_level"],
             )
         check_fields(self)
-        keep = parse_profile(self.keep_permille, "keep-permille") if self.keep_permille is not None else None
+        keep = parse_profile(self.keep_permille, "keep_permille") if self.keep_permille is not None else None
         if keep is not None and keep.max > 1000:
             raise VitCompressError(f"keep_permille={keep} goes above 1000 (a keep rate of 1)", params=["keep_permille"])
         return dataclasses.replace(
             self,
             batch=parse_profile(self.batch, "batch"),
-            img_size=parse_profile(self.img_size, "img-size") if self.img_size is not None else None,
+            img_size=parse_profile(self.img_size, "img_size") if self.img_size is not None else None,
             workspace_gib=float(w),
             timing_cache=str(self.timing_cache) if self.timing_cache else None,
             keep_permille=keep,
@@ -168,11 +168,12 @@ def profile_shapes(input_shape: list, cfg: BuildConfig) -> tuple[tuple, tuple, t
     ``-1``/None on dynamic axes ([N, C, H, W])."""
     shape = [None if (d is None or (isinstance(d, int) and d < 0)) else int(d) for d in input_shape]
     if len(shape) != 4:
-        raise VitCompressError(f"expected an NCHW image input, the ONNX input has shape {input_shape}")
+        raise VitCompressError(f"expected an NCHW image input, the ONNX input has shape {input_shape}", params=[])
     dyn_hw = shape[2] is None or shape[3] is None
     if dyn_hw and cfg.img_size is None:
         raise VitCompressError(
-            "the ONNX file has a dynamic image size; pass --img-size MIN:OPT:MAX for the engine profile"
+            "the ONNX file has a dynamic image size; pass img_size=MIN:OPT:MAX for the engine profile",
+            params=["img_size"],
         )
     out = []
     for i in range(3):
@@ -182,10 +183,14 @@ def profile_shapes(input_shape: list, cfg: BuildConfig) -> tuple[tuple, tuple, t
             s[2] = s[3] = cfg.img_size.as_tuple()[i]
         elif cfg.img_size is not None and cfg.img_size.as_tuple()[i] != shape[2]:
             raise VitCompressError(
-                f"--img-size {cfg.img_size} does not match the ONNX file's fixed size {shape[2]}; export with --dynamic-size"
+                f"img_size {cfg.img_size} does not match the ONNX file's fixed size {shape[2]}; "
+                "export with dynamic_size=True",
+                params=["img_size", "dynamic_size"],
             )
         if s[1] is None:
-            raise VitCompressError("the ONNX input has a dynamic channel axis; export it with a fixed channel count")
+            raise VitCompressError(
+                "the ONNX input has a dynamic channel axis; export it with a fixed channel count", params=[]
+            )
         out.append(tuple(s))
     return out[0], out[1], out[2]
 
@@ -240,11 +245,12 @@ def read_sidecar(engine_path: str | Path) -> dict:
         return d
     except FileNotFoundError:
         raise VitCompressError(
-            f"engine sidecar {str(p)!r} is missing; rebuild the engine with `vitcompress export --trt`"
+            f"engine sidecar {str(p)!r} is missing; rebuild the engine (export with trt=True)", params=["trt"]
         ) from None
     except Exception as e:
         raise VitCompressError(
-            f"engine sidecar {str(p)!r} is corrupt ({type(e).__name__}); rebuild the engine"
+            f"engine sidecar {str(p)!r} is corrupt ({type(e).__name__}); rebuild the engine (export with trt=True)",
+            params=["trt"],
         ) from None
 
 
@@ -287,7 +293,8 @@ def _parse(trt, builder, logger, onnx_path):
             errs.append(f"node {e.node_name()!r} ({e.node_operator()}): {e.desc()}")
         raise VitCompressError(
             f"TensorRT cannot parse {str(onnx_path)!r}: {'; '.join(errs)[:300]}; "
-            "run `vitcompress export --trt`, whose check names what TensorRT refuses, and report it"
+            "export with trt=True, whose check names what TensorRT refuses, and report it",
+            params=["trt"],
         )
     return network, parser
 
@@ -320,7 +327,8 @@ def build_engine(
     if strongly_typed and cfg.precision == "fp16" and elem != _FLOAT16:
         raise VitCompressError(
             f"TensorRT {trt.__version__} builds strongly typed networks: an fp16 engine needs an fp16 ONNX; "
-            "export with --precision fp16"
+            "export with precision=fp16",
+            params=["precision"],
         )
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -347,7 +355,9 @@ def build_engine(
             )
         cache = config.create_timing_cache(b"")
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            raise VitCompressError("TensorRT refused a new, empty timing cache; build without --timing-cache")
+            raise VitCompressError(
+                "TensorRT refused a new, empty timing cache; build without timing_cache", params=["timing_cache"]
+            )
     profile = builder.create_optimization_profile()
     profile.set_shape(name, shapes[0], shapes[1], shapes[2])
     if keep is not None:
@@ -357,7 +367,8 @@ def build_engine(
     if serialized is None:
         raise VitCompressError(
             "TensorRT could not build the engine (see the TensorRT log above); "
-            "try a larger --workspace or a smaller profile"
+            "try a larger workspace_gib or a smaller profile",
+            params=["workspace_gib"],
         )
     side = sidecar(
         engine_path,

@@ -83,13 +83,15 @@ def check_engine_host(side: dict, trt_version: str, cc: str | None, gpu: str, pa
     if built and built != trt_version:
         raise VitCompressError(
             f"engine {str(path)!r} was built with TensorRT {built} and this machine has TensorRT {trt_version}, "
-            "which cannot load it; rebuild the engine here (vitcompress export ... --trt)"
+            "which cannot load it; rebuild the engine here (export with trt=True)",
+            params=["trt"],
         )
     built_cc = side.get("compute_capability")
     if built_cc and cc and built_cc != cc:
         raise VitCompressError(
             f"engine {str(path)!r} was built for compute capability {built_cc} ({side.get('gpu')}) and this GPU "
-            f"({gpu}) has {cc}; rebuild the engine on this GPU (vitcompress export ... --trt)"
+            f"({gpu}) has {cc}; rebuild the engine on this GPU (export with trt=True)",
+            params=["trt"],
         )
 
 
@@ -111,11 +113,13 @@ class TrtEngine:
             built = self.sidecar.get("tensorrt_version", "an unknown TensorRT version")
             raise VitCompressError(
                 f"TensorRT {trt.__version__} cannot load engine {str(self.path)!r} (built with {built}, compute "
-                f"capability {self.sidecar.get('compute_capability', 'unknown')}; this GPU: {cc}); rebuild it here"
+                f"capability {self.sidecar.get('compute_capability', 'unknown')}; this GPU: {cc}); rebuild it here "
+                "(export with trt=True)",
+                params=["trt"],
             )
         self.context = self.engine.create_execution_context()
         if self.context is None:
-            raise VitCompressError(f"TensorRT could not create an execution context for {str(self.path)!r}")
+            raise VitCompressError(f"TensorRT could not create an execution context for {str(self.path)!r}", params=[])
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -136,8 +140,9 @@ class TrtEngine:
         lo, opt, hi = (tuple(d) for d in self.engine.get_tensor_profile_shape(name, 0))
         raise VitCompressError(
             f"input {name!r} of shape {shape} is outside optimisation profile 0 of engine {str(self.path)!r} "
-            f"(min {lo}, opt {opt}, max {hi}); run it inside the profile or rebuild it with --batch/--img-size "
-            "that cover this shape"
+            f"(min {lo}, opt {opt}, max {hi}); run it inside the profile or rebuild it with a batch and img_size "
+            "that cover this shape",
+            params=["batch", "img_size"],
         )
 
     def _check_values(self, name: str, values: np.ndarray) -> None:
@@ -145,7 +150,8 @@ class TrtEngine:
         if keep and any(not keep["min"] <= int(v) <= keep["max"] for v in values.reshape(-1)):
             raise VitCompressError(
                 f"input {name!r} = {values.reshape(-1).tolist()} is outside optimisation profile 0 of engine "
-                f"{str(self.path)!r} ({keep['min']}..{keep['max']}); rebuild it with --keep-permille covering it"
+                f"{str(self.path)!r} ({keep['min']}..{keep['max']}); rebuild it with a keep_permille covering it",
+                params=["keep_permille"],
             )
 
     def bind(self, x, extras: Mapping[str, np.ndarray] | None = None) -> None:
@@ -165,7 +171,7 @@ class TrtEngine:
             elif name in extras:
                 value = torch.as_tensor(np.asarray(extras.pop(name)))
             else:
-                raise VitCompressError(f"engine {str(self.path)!r} needs a value for its input {name!r}")
+                raise VitCompressError(f"engine {str(self.path)!r} needs a value for its input {name!r}", params=[])
             if name in self.host_inputs:
                 buf = value.to("cpu", dtype).contiguous()
                 self._check_values(name, buf.numpy())
@@ -176,18 +182,21 @@ class TrtEngine:
             if name in self.host_inputs:  # shape inference reads its value: the address comes first
                 self._set_address(name, buf)
         if extras:
-            raise VitCompressError(f"engine {str(self.path)!r} has no input(s) {sorted(extras)}; inputs: {self.inputs}")
+            raise VitCompressError(
+                f"engine {str(self.path)!r} has no input(s) {sorted(extras)}; inputs: {self.inputs}", params=[]
+            )
         missing = list(self.context.infer_shapes())
         if missing:
             raise VitCompressError(
                 f"TensorRT cannot infer the output shapes of engine {str(self.path)!r}: {sorted(missing)} "
-                "still unspecified; report it (the runner sets every input shape and shape-input value first)"
+                "still unspecified; report it (the runner sets every input shape and shape-input value first)",
+                params=[],
             )
         self.outputs = []
         for name in self.output_names:
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise VitCompressError(f"TensorRT could not resolve the shape of output {name!r} ({shape})")
+                raise VitCompressError(f"TensorRT could not resolve the shape of output {name!r} ({shape})", params=[])
             dtype = torch_dtype(self.engine.get_tensor_dtype(name))
             self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
             self.outputs.append(self.buffers[name])
@@ -197,7 +206,7 @@ class TrtEngine:
 
     def _set_address(self, name: str, buf: torch.Tensor) -> None:
         if not self.context.set_tensor_address(name, buf.data_ptr()):
-            raise VitCompressError(f"TensorRT refused the address of tensor {name!r}")
+            raise VitCompressError(f"TensorRT refused the address of tensor {name!r}", params=[])
 
     # ----------------------------------------------------------------------------- running
     def execute(self) -> None:
@@ -232,9 +241,13 @@ def parity_inputs(
         int(d) if isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 else None for d in input_shape
     ]
     if len(dims) != 4:
-        raise VitCompressError(f"expected an NCHW image input, the engine input has shape {list(input_shape)}")
+        raise VitCompressError(
+            f"expected an NCHW image input, the engine input has shape {list(input_shape)}", params=[]
+        )
     if dims[1] is None:
-        raise VitCompressError("the image input has a dynamic channel axis; export it with a fixed channel count")
+        raise VitCompressError(
+            "the image input has a dynamic channel axis; export it with a fixed channel count", params=[]
+        )
     rng = np.random.default_rng(seed)
     out = []
     for batch, side in shapes:
@@ -242,11 +255,12 @@ def parity_inputs(
         for d in dims[2:]:
             if d is None and side is None:
                 raise VitCompressError(
-                    "the image input has a dynamic height/width; give the parity check an image side"
+                    "the image input has a dynamic height/width; give the parity check an image side", params=[]
                 )
             if d is not None and side is not None and side != d:
                 raise VitCompressError(
-                    f"image side {side} differs from the input's fixed size {d}; check this engine at its own size"
+                    f"image side {side} differs from the input's fixed size {d}; check this engine at its own size",
+                    params=[],
                 )
             hw.append(d if d is not None else side)
         out.append(rng.standard_normal((batch, dims[1], *hw)).astype(dtype))

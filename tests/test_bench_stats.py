@@ -16,7 +16,7 @@ from helpers import tiny
 import vitcompress
 from vitcompress.benchmarks import bench as benchmod
 from vitcompress.benchmarks import env as envmod
-from vitcompress.benchmarks import stats, timing
+from vitcompress.benchmarks import gpu_report, report, stats, timing
 from vitcompress.benchmarks.bench import BenchConfig, BenchInterrupted, load_variant, run_bench
 from vitcompress.benchmarks.report import ratios, to_markdown, with_cis, write_report
 from vitcompress.cli import main
@@ -255,4 +255,26 @@ def test_cli_time_limit_and_refusals(pair, monkeypatch, tmp_path, capsys):
     assert "report (partial): " in out
     assert json.loads((tmp_path / "r" / "report.json").read_text())["partial"]["cut_short"] == [
         "torch-cpu b1 (2 of 3 rounds)"
+    ]
+
+
+def test_one_writer_makes_the_report_trio_of_bench_and_gpu_tables(tmp_path, monkeypatch):
+    drawn = []
+    result = {"measurements": [], "note": "x"}
+    for available in (False, True):
+        monkeypatch.setattr(report, "matplotlib_available", lambda available=available: available)
+        out = tmp_path / f"trio{available}"
+        paths = report.write_files(result, out, "r", lambda r: f"md {r['note']}\n", lambda r, p: drawn.append(p))
+        assert json.loads((out / "r.json").read_text()) == result and (out / "r.md").read_text() == "md x\n"
+        assert paths == {"md": out / "r.md", "json": out / "r.json", "png": out / "r.png" if available else None}
+    assert drawn == [tmp_path / "trioTrue" / "r.png"]
+    # the benchmark report and the GPU tables are that writer with their own names, markdown and plot
+    calls = []
+    monkeypatch.setattr(report, "write_files", lambda *a: calls.append(a))
+    monkeypatch.setattr(gpu_report, "write_files", lambda *a: calls.append(a))
+    report.write_report(result, tmp_path / "a")
+    gpu_report.write(result, tmp_path / "b")
+    assert [c[2:] for c in calls] == [
+        ("report", report.to_markdown, report.plot),
+        ("gpu_tables", gpu_report.to_markdown, gpu_report.plot),
     ]

@@ -132,13 +132,15 @@ def test_key_value_options_share_one_parser():
         "window_size": 7,
         "norm": "x",
     }
-    assert parse_pairs(None, "x option", "--x a=1") == {}
+    assert parse_pairs(None, "x option", "x_opts", "a=1") == {}
     for pairs, message in [
-        (["steps"], "method option 'steps' is not KEY=VALUE; pass e.g. --method-opt steps=50"),
-        ([" =3"], "method option ' =3' has no key; pass e.g. --method-opt steps=50"),
+        (["steps"], "method option 'steps' is not KEY=VALUE; pass e.g. method_opts=steps=50"),
+        ([" =3"], "method option ' =3' has no key; pass e.g. method_opts=steps=50"),
     ]:
         with pytest.raises(VitCompressError) as e:
             parse_option_pairs(pairs)
         assert str(e.value) == message
-    with pytest.raises(VitCompressError, match=r"^model option '=1' has no key; pass e.g. --model-opt depths=\[2,2\]$"):
+        # the command line names the flag
+        assert e.value.with_flags({"method_opts": "--method-opt"}).endswith("pass e.g. --method-opt steps=50")
+    with pytest.raises(VitCompressError, match=r"^model option '=1' has no key; pass e.g. model_opts=depths=\[2,2\]$"):
         model_options(["=1"])

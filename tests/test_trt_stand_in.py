@@ -106,7 +106,6 @@ def test_export_trt_end_to_end(version, precision, tmp_path, monkeypatch):
         precision=precision,
         trt=True,
         timing_cache=str(tmp_path / "cache"),
-        echo=lambda s: None,
     )
     assert run.engine.is_file() and sidecar_path(run.engine).is_file() and (tmp_path / "cache").is_file()
     assert run.sidecar["tensorrt_version"] == trt.__version__ and run.sidecar["precision"] == precision

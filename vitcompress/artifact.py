@@ -138,7 +138,8 @@ def check_output(
         if src == target:
             raise VitCompressError(
                 f"{what} {str(path)!r} is the input {str(inp)!r}; no run writes over what it reads, even with "
-                "--force: choose another path"
+                "force=True: choose another path",
+                params=["force"],
             )
         if src in target.parents:
             raise VitCompressError(

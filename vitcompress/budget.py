@@ -384,8 +384,9 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
         reach = f"can remove {below:.1%} or {above:.1%}" if above is not None else f"can remove at most {below:.1%}"
         raise VitCompressError(
             f"budget unreachable: removing {target:.1%} of {budget.metric} with granularity {','.join(sorted(kinds))} "
-            f"and round-to {n} {reach} (tolerance {tol:.1%}); "
-            "add granularities (e.g. mlp,heads), lower the reduction or use a smaller --round-to"
+            f"and round_to={n} {reach} (tolerance {tol:.1%}); "
+            "add granularities (e.g. mlp,heads), lower the reduction or use a smaller round_to",
+            params=["round_to"],
         )
     plan = best.state.plan()
     plan.validate()

@@ -115,19 +115,22 @@ def check_keys(
             raise VitCompressError(f"{label} {name!r}; known: {', '.join(sorted(known))}")
 
 
-def parse_pairs(pairs: Iterable[str] | None, what: str, example: str, *, json_values: bool = False) -> dict[str, Any]:
+def parse_pairs(
+    pairs: Iterable[str] | None, what: str, param: str, example: str, *, json_values: bool = False
+) -> dict[str, Any]:
     """The command line's repeatable ``KEY=VALUE`` options as a dict: ``['steps=10', 'lr=1e-3']`` ->
     ``{'steps': '10', 'lr': '1e-3'}`` (keys and values stripped, a later key replacing an earlier).
     With ``json_values`` a value is read as JSON where it is JSON (``depths=[2,2]`` -> ``[2, 2]``),
-    else kept as its text. ``what`` names the option and ``example`` shows one in errors:
-    ``method option 'steps' is not KEY=VALUE; pass e.g. --method-opt steps=50``."""
+    else kept as its text. ``what`` names the option, ``param`` the parameter that carries the pairs
+    and ``example`` shows one pair in errors: ``method option 'steps' is not KEY=VALUE; pass e.g.
+    method_opts=steps=50`` (the command line writes ``--method-opt steps=50``)."""
     out: dict[str, Any] = {}
     for pair in pairs or ():
         key, eq, raw = pair.partition("=")
         if not eq:
-            raise VitCompressError(f"{what} {pair!r} is not KEY=VALUE; pass e.g. {example}")
+            raise VitCompressError(f"{what} {pair!r} is not KEY=VALUE; pass e.g. {param}={example}", params=[param])
         if not key.strip():
-            raise VitCompressError(f"{what} {pair!r} has no key; pass e.g. {example}")
+            raise VitCompressError(f"{what} {pair!r} has no key; pass e.g. {param}={example}", params=[param])
         value: Any = raw.strip()
         if json_values:
             try:

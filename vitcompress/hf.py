@@ -237,7 +237,8 @@ def _layout(model: nn.Module) -> tuple[str, str]:
 
     if not isinstance(model, VisionTransformer):
         raise VitCompressError(
-            f"{type(model).__name__} has no transformers counterpart; --format hf writes timm ViTs", params=["model"]
+            f"{type(model).__name__} has no transformers counterpart; a transformers folder is written from timm ViTs only",
+            params=["model"],
         )
     blk = model.blocks[0]
     has_ls = hasattr(getattr(blk, "ls1", None), "gamma")

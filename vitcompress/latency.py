@@ -82,7 +82,8 @@ def check_family(fam: Family) -> None:
     if fam.name not in FAMILIES:
         raise VitCompressError(
             f"latency tables cover the {' and '.join(FAMILIES)} families (pre-norm blocks on one residual stream), "
-            f"not {fam.name}; use --flops-reduction for this model"
+            f"not {fam.name}; use flops_reduction for this model",
+            params=["flops_reduction"],
         )
 
 
@@ -379,7 +380,8 @@ class LatencyTable:
         if src != self.source:
             raise VitCompressError(
                 f"the latency table was measured for {self.source.get('name')} {self.source.get('kwargs')}, not for "
-                f"{src['name']} {src['kwargs']}; profile this model: vitcompress profile MODEL --backend {self.backend} -o TABLE"
+                f"{src['name']} {src['kwargs']}; measure a table for this model (backend={self.backend})",
+                params=["backend"],
             )
         spec = fam.spec(model)
         wide = [

@@ -109,7 +109,8 @@ def create_source_model(
         if pretrained:
             raise VitCompressError(
                 f"cannot load pretrained weights for {name!r} ({type(e).__name__}: {_one_line(e)[:160]}); "
-                "use --checkpoint FILE on machines without hub access"
+                "use checkpoint=FILE on machines without hub access",
+                params=["checkpoint"],
             ) from None
         raise VitCompressError(f"cannot create {name!r}: {_reason(e, kwargs)}") from None
     family_of(model, name)
@@ -169,7 +170,8 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
             detail.append(f"unexpected: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
         raise VitCompressError(
             f"checkpoint {path!r} does not fit the model ({'; '.join(detail)}); "
-            "pass the model name and --num-classes/--img-size it was trained with"
+            "pass the model name and the num_classes and img_size it was trained with",
+            params=["num_classes", "img_size"],
         )
     model.load_state_dict(state, strict=True)
 

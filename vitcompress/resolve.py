@@ -76,5 +76,8 @@ def resolve_model(
         return net
     problem = model_path_problem(s)
     if problem:
-        raise VitCompressError(f"{problem}; pass an artifact folder or a timm model name (weights go in --checkpoint)")
+        raise VitCompressError(
+            f"{problem}; pass an artifact folder or a timm model name (weights go in checkpoint)",
+            params=["checkpoint"],
+        )
     return create_source_model(s, pretrained=pretrained, checkpoint=checkpoint, **options)

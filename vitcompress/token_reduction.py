@@ -107,7 +107,8 @@ def reduce_tokens(
     if isinstance(schedule, str):
         if method is None:
             raise VitCompressError(
-                "a schedule string needs a method; pass method='topk-vpa' (or topk, evit, tome, etps)"
+                "a schedule string needs a method; pass method='topk-vpa' (or topk, evit, tome, etps)",
+                params=["method"],
             )
         sched = parse_schedule(schedule, method, options)
     else:

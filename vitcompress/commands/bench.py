@@ -21,7 +21,7 @@ from vitcompress.benchmarks.report import REPORT_FILES, to_markdown, write_repor
 from vitcompress.errors import VitCompressError
 from vitcompress.io import check_writable_dir, disk_error, missing_parents, output_lock, remove_empty
 
-from .options import csv
+from .options import FLAGS_ATTR, csv
 
 _BENCH = BenchConfig()
 
@@ -194,3 +194,11 @@ def _finish(result: dict, report_dir, allow_skip: bool) -> None:
             f"report{' (partial)' if result.get('partial') else ''}: {paths['md']} {paths['json']} "
             f"{paths['png'] or '(no PNG: matplotlib is missing)'}"
         )
+
+
+# ``BenchConfig``'s field names that differ from the option names (the error lines show the flag)
+setattr(
+    bench.callback,
+    FLAGS_ATTR,
+    {**getattr(bench.callback, FLAGS_ATTR, {}), "backends": "--backend", "batches": "--batch"},
+)

@@ -58,4 +58,4 @@ def export_cmd(artifact, output, fmt, trt, engine, force, **kw):
         cls = to_hf_folder(load(artifact), output, force=force)
         click.echo(f"wrote {output} ({cls}; transformers.AutoModel*.from_pretrained loads it)")
         return
-    export(artifact, output, cfg, build, trt=trt, engine=engine, progress=True, echo=click.echo, force=force)
+    export(artifact, output, cfg, build, trt=trt, engine=engine, progress=True, force=force)

@@ -51,7 +51,7 @@ def distill_config(kw: dict, base: DistillConfig | None = None) -> DistillConfig
 
 def model_options(pairs) -> dict:
     """``['depths=[2,2]', 'window_size=7', 'norm=x']`` -> ``{'depths': [2, 2], 'window_size': 7, 'norm': 'x'}``."""
-    return parse_pairs(pairs, "model option", "--model-opt depths=[2,2]", json_values=True)
+    return parse_pairs(pairs, "model option", "model_opts", "depths=[2,2]", json_values=True)
 
 
 def check_fit_output(output, kw: dict, *inputs) -> None:

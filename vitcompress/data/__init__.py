@@ -123,7 +123,8 @@ class ImageLoader:
         if in_chans not in (1, 3):
             raise VitCompressError(
                 f"ImageFolder data is read as grayscale (1 channel) or RGB (3 channels), but the model takes "
-                f"{in_chans} channels; use a model with in_chans=1 or 3"
+                f"{in_chans} channels; use a model with in_chans=1 or 3",
+                params=["in_chans"],
             )
         self.mode = "L" if in_chans == 1 else "RGB"
 

@@ -121,7 +121,9 @@ class CompressConfig:
         try:
             keeps = [float(k) for k in self.token_keeps]
         except ValueError:
-            raise VitCompressError(f"token_keeps must be numbers in (0, 1), got {self.token_keeps}") from None
+            raise VitCompressError(
+                f"token_keeps must be numbers in (0, 1), got {self.token_keeps}", params=["token_keeps"]
+            ) from None
         if any(not 0 < k < 1 for k in keeps):
             raise VitCompressError(f"token_keeps must be in (0, 1), got {self.token_keeps}", params=["token_keeps"])
         if self.latency_precision not in ("fp32", "fp16"):
@@ -130,7 +132,9 @@ class CompressConfig:
                 params=["latency_precision"],
             )
         if self.calib_images < 1 or self.search_images < 1:
-            raise VitCompressError("calib_images and search_images must be at least 1")
+            raise VitCompressError(
+                "calib_images and search_images must be at least 1", params=["calib_images", "search_images"]
+            )
         self.train.validate()
         self.distill.validate()
 
@@ -339,7 +343,6 @@ def _compress(
             precision=cfg.latency_precision,
             trt=cfg.trt,
             progress=progress,
-            echo=logger.info,
         )
         export_info = {  # the paths the files have once the run is complete
             "onnx": str(final / ONNX),

@@ -140,7 +140,7 @@ class ProfileConfig:
         reason = get_runner(self.backend).unavailable(self.precision, self.mode)
         if reason:
             raise VitCompressError(
-                f"backend {self.backend} cannot measure here ({reason}); choose another --backend or --precision",
+                f"backend {self.backend} cannot measure here ({reason}); choose another backend or precision",
                 params=["backend", "precision"],
             )
         for name in ("batch", "iters", "rounds", "heads_points", "dim_points", "mlp_points", "embed_points"):
@@ -156,7 +156,10 @@ class ProfileConfig:
                 f"statistic is {' or '.join(STATISTICS)}, got {self.statistic!r}", params=["statistic"]
             )
         if self.token_points < 1 or self.warmup < 0 or self.sweep < 1:
-            raise VitCompressError("token_points and sweep must be at least 1, warmup at least 0")
+            raise VitCompressError(
+                "token_points and sweep must be at least 1, warmup at least 0",
+                params=["token_points", "sweep", "warmup"],
+            )
         for name in ("min_embed", "min_tokens"):
             if not 0 < getattr(self, name) <= 1:
                 raise VitCompressError(f"{name} must be in (0, 1], got {getattr(self, name)}", params=[name])

@@ -153,11 +153,12 @@ class Method:
         bad = [k for k in granularity if k not in self.kinds]
         if bad:
             raise VitCompressError(
-                f"method {self.name} cannot prune {', '.join(bad)}; use --granularity with a subset of "
-                f"{','.join(self.kinds)}"
+                f"method {self.name} cannot prune {', '.join(bad)}; use granularity with a subset of "
+                f"{','.join(self.kinds)}",
+                params=["granularity"],
             )
 
 
 def parse_option_pairs(pairs) -> dict[str, str]:
     """``['steps=10', 'lr=1e-3']`` -> ``{'steps': '10', 'lr': '1e-3'}`` (the CLI's --method-opt)."""
-    return parse_pairs(pairs, "method option", "--method-opt steps=50")
+    return parse_pairs(pairs, "method option", "method_opts", "steps=50")

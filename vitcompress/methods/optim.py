@@ -43,7 +43,9 @@ def optimise(
 ) -> dict:
     """Run ``steps`` optimiser steps; returns ``{'task_loss': [first, last], 'penalty': [first, last]}``."""
     if loader is None or len(loader) == 0:
-        raise VitCompressError("this method trains on calibration images; pass --data digits|mnist10k|DIR")
+        raise VitCompressError(
+            "this method trains on calibration images; pass data=digits|mnist10k|DIR", params=["data"]
+        )
     use_true = uses_true_labels(model, loader, labels)
     if not use_true and reference is None:
         reference = model

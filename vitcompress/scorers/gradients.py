@@ -122,7 +122,7 @@ def batch_gradients(
     batch: use (or copy) them before asking for the next one.
     """
     if loader is None:
-        raise VitCompressError("this scorer needs calibration data; pass --data digits|mnist10k|DIR")
+        raise VitCompressError("this scorer needs calibration data; pass data=digits|mnist10k|DIR", params=["data"])
     use_true = label_source(model, loader, labels) == "true"
     params = dict(model.named_parameters())
     wanted = {n: params[n] for n in names}

@@ -119,7 +119,8 @@ def apply_tokens(model: nn.Module, schedule: TokenSchedule | str, method: str | 
     if isinstance(schedule, str):
         if method is None:
             raise VitCompressError(
-                "a schedule string needs a method; pass method='topk-vpa' (or topk, evit, tome, etps)"
+                "a schedule string needs a method; pass method='topk-vpa' (or topk, evit, tome, etps)",
+                params=["method"],
             )
         schedule = parse_schedule(schedule, method, options)
     elif options:
