@@ -272,6 +272,7 @@ def _rows(text: str) -> dict[str, OpSupport]:
 OPERATORS: dict[str, OpSupport] = _rows(_TABLE)
 SUPPORTED: frozenset[str] = frozenset(op for op, row in OPERATORS.items() if row.supported)
 
-#: Inputs (by position) the "Supported Types" column describes, where it is not the first one:
-#: ``Where``'s condition is BOOL by definition, its data operands are inputs 1 and 2.
-TYPE_INPUTS: dict[str, tuple[int, ...]] = {"Where": (1, 2)}
+#: Inputs (by position) the lint holds to the "Supported Types" column, where not the first one:
+#: ``Where``'s condition is BOOL by definition, its data operands are inputs 1 and 2; a
+#: ``DequantizeLinear``'s input has its zero point's type, which the lint's Q/DQ rule checks.
+TYPE_INPUTS: dict[str, tuple[int, ...]] = {"Where": (1, 2), "DequantizeLinear": ()}
