@@ -247,7 +247,7 @@ def _check_topk(node, consts, values, dims, max_k, producers, types) -> list[tup
         out.append(
             (
                 f"K is {onnx.TensorProto.DataType.Name(k_type)}: ONNX's TopK takes an INT64 K (ONNX Runtime "
-                "refuses others); TensorRT's parser hands that INT64 value to ITopKLayer as a scalar",
+                "refuses other types); keep it INT64, TensorRT's parser passes it to ITopKLayer as a scalar",
                 "error",
             )
         )
