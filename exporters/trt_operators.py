@@ -2,7 +2,8 @@
 
 Source: the ``docs/operators.md`` of onnx/onnx-tensorrt for **TensorRT 10.15** (the 10.15 GA
 release, 2026-02-02: "TensorRT 10.15 supports operators in the inclusive range of opset 9 to opset
-24"), the newest version of the document that could be read when this table was written. One row per
+24"), the newest version of the document that could be read when this table was written (the copy
+read carried no commit id; its version line identifies it). One row per
 operator, as the document lists them: whether the parser supports it, the element types it lists for
 it (its *data* operand, see ``TYPE_INPUTS``) and its restrictions, shortened.
 
