@@ -3,14 +3,14 @@
 Source: the ``docs/operators.md`` of onnx/onnx-tensorrt for **TensorRT 10.15** (the 10.15 GA
 release, 2026-02-02: "TensorRT 10.15 supports operators in the inclusive range of opset 9 to opset
 24"), the newest version of the document that could be read when this table was written (the copy
-read carried no commit id; its version line identifies it). One row per
-operator, as the document lists them: whether the parser supports it, the element types it lists for
-it (its *data* operand, see ``TYPE_INPUTS``) and its restrictions, shortened.
+read carried no commit id; its version line identifies it). One row per operator, as the document
+lists them: whether the parser supports it, the element types it lists for it (its *data* operand,
+see ``TYPE_INPUTS``) and its restrictions, shortened.
 
-Two deliberate departures, both from the parser's source (``onnxOpImporters.cpp``, releases
-10.1 to 10.6), where the document is narrower than the code:
+Two deliberate departures, where the document is narrower than the code:
 
-* ``Clip``: the document lists FP32, FP16, BF16; the importer also takes INT32 and INT64 inputs
+* ``Clip``: the document lists FP32, FP16, BF16; the parser's importer (``onnxOpImporters.cpp``,
+  releases 10.1 to 10.6) also takes INT32 and INT64 inputs
   (it lowers them to element-wise max/min), which a runtime keep rate uses (``exporters.runtime_keep``).
 * ``TopK``: the document says ``K`` "must be less than 3840"; ``NvInfer.h`` (``ITopKLayer``) says
   values up to 3840 are supported and larger ones fail at run time. The lint uses ``K <= 3840``.
