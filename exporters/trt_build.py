@@ -11,6 +11,12 @@ values the profile bounds (``set_shape_input``, ``keep_permille`` MIN:OPT:MAX, d
 schedule's own rate, 1000). The timing cache file is read if present and written back after the
 build, so repeated builds on the same GPU skip most kernel timing.
 
+A token-reduced graph's ``TopK`` takes its ``K`` as ONNX defines it, a one-element INT64 tensor
+(shape-derived, or computed from ``keep_permille``). TensorRT's ONNX parser reshapes it to a scalar
+and hands it to ``ITopKLayer`` without a cast, whose header documents an Int32 scalar; the
+compatibility check (``trt_check``) keeps ``K`` an INT64 scalar in ``[1, 3840]``, well inside INT32.
+That the build accepts the INT64 scalar (or converts it) is confirmed only on a real TensorRT.
+
 The sidecar (``<engine>.json``) records what the engine needs at load time: the TensorRT version and
 the GPU's compute capability (an engine only loads under the same TensorRT on the same GPU
 architecture; ``trt_runner.TrtEngine`` compares both first), the profile, the precision.

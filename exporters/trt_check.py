@@ -2,19 +2,30 @@
 
 Walks every node (subgraphs of ``If``/``Loop``/``Scan`` included) and reports, by node name:
 
-* operators outside the ONNX parser's support list (``TRT_SUPPORTED_OPS``, from onnx-tensorrt's
-  ``docs/operators.md`` for TensorRT 10.x) and operators of non-standard domains (plugins);
-* ``TopK`` with ``K`` above ``TOPK_MAX_K`` (3840) at the largest profile shape, or ``sorted=0``
-  (TensorRT's TopK always sorts and is limited to K <= 3840);
+* operators that onnx-tensorrt's ``docs/operators.md`` (TensorRT 10.15, encoded in
+  ``exporters/trt_operators.py``) marks unsupported or does not list, and operators of non-standard
+  domains (plugins);
+* the element type of an operator's data operand (its first input; ``Where``: inputs 1 and 2) and a
+  ``Cast``'s target type outside the types operators.md lists for the operator, or a type TensorRT
+  does not have at all;
+* the restrictions operators.md states where a graph shows them (``_check_restrictions``): pooling
+  without dilation in 2-D/3-D and no ``MaxPool`` indices, ``ScatterND`` without ``reduction``,
+  ``LayerNormalization``'s first output only, constant ``Reduce*`` axes, ``CumSum`` axis and ``OneHot``
+  depth, ``Dropout`` not training, ``LSTM``, ``STFT``, ``GridSample``, ``TensorScatter``,
+  ``RotaryEmbedding`` and ``Attention`` (opset 23; a warning too: parsed only since TensorRT 10.14);
+* ``TopK``: ``sorted=0`` (TensorRT's TopK always sorts); a ``K`` that is not INT64 (ONNX's type;
+  ONNX Runtime refuses others) or holds more than one value; a constant ``K`` below 1; ``K`` above
+  ``TOPK_MAX_K`` (3840, ``ITopKLayer``) at the largest profile shape, or beyond INT32 (the scalar
+  ``ITopKLayer`` documents);
 * ``TopK`` whose ``K`` is computed from a floating-point tensor (warning: TensorRT parses it, but
   ``K`` then hangs on float rounding; an integer input such as ``keep_permille`` is exact);
 * ``Resize`` with ``antialias=1`` (onnx-tensorrt: "Antialiasing is not supported currently"), a mode
-  other than ``nearest`` or ``linear`` (operators.md lists no cubic mode), a
-  ``keep_aspect_ratio_policy`` other than ``stretch`` or a coordinate transformation mode TensorRT
-  lacks;
-* ``ScatterElements`` / ``ScatterND`` with a ``reduction`` (not native; needs a plugin);
+  other than ``nearest`` or ``linear``, a ``keep_aspect_ratio_policy`` other than ``stretch``, a
+  coordinate transformation or nearest mode TensorRT lacks, or ``axes`` other than ``0..rank-1``
+  with run-time scales;
+* ``ScatterElements`` with a ``reduction``: the parser imports it through TensorRT's plugin, which the
+  engine build does not load;
 * 64-bit floats (``DOUBLE`` tensors or casts): TensorRT has no FP64;
-* ``Attention`` (opset 23): parsed only since TensorRT 10.14 (warning);
 * ``QuantizeLinear`` / ``DequantizeLinear`` (explicit quantization, ``_check_qdq``): the scale a
   constant of positive finite values, the zero point a constant of 0 typed INT8 or FLOAT8E4M3FN
   (TensorRT quantizes symmetrically, to those types; a missing zero point means UINT8).
@@ -37,32 +48,16 @@ import onnx
 from onnx import numpy_helper
 
 from .runtime_keep import KEEP_INPUT
+from .trt_operators import DOC_VERSION, ONNX_TO_DOC, OPERATORS, SUPPORTED, TYPE_INPUTS
 
 TOPK_MAX_K = 3840
 
-#: Operators (default ONNX domain) that TensorRT 10's ONNX parser accepts.
-TRT_SUPPORTED_OPS = frozenset(
-    """
-Abs Acos Acosh Add AffineGrid And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
-BatchNormalization BitwiseAnd BitwiseNot BitwiseOr BitwiseXor BlackmanWindow Cast CastLike Ceil Celu
-Clip Compress Concat ConcatFromSequence Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
-DFT DeformConv DepthToSpace DequantizeLinear Div Dropout DynamicQuantizeLinear Einsum Elu Equal Erf
-Exp Expand EyeLike Flatten Floor GRU Gather GatherElements GatherND Gelu Gemm GlobalAveragePool
-GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization HammingWindow
-HannWindow HardSigmoid HardSwish Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN
-LRN LSTM LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool
-MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not
-OneHot Or PRelu Pad ParametricSoftplus Pow QuantizeLinear RMSNormalization RNN RandomNormal
-RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum
-ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape
-Resize ReverseSequence RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu
-SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Shape Shrink
-Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split SplitToSequence Sqrt
-Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split()
-)
+#: Operators (default ONNX domain) that onnx-tensorrt's operators.md marks supported (``trt_operators``).
+TRT_SUPPORTED_OPS = SUPPORTED
+INT32_MAX = 2**31 - 1
 
 _DOUBLE = 11  # onnx.TensorProto.DOUBLE
+_INT64 = 7  # onnx.TensorProto.INT64
 
 
 @dataclass
@@ -203,6 +198,8 @@ def _dims(model) -> dict[str, list]:
 _FLOATS = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 #: ``coordinate_transformation_mode`` values TensorRT's Resize implements.
 _RESIZE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
+#: ``nearest_mode`` values TensorRT's Resize implements.
+_NEAREST_MODES = frozenset({"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"})
 
 
 def _types(model) -> dict[str, int]:
@@ -240,11 +237,23 @@ def _float_sources(name: str, producers: dict, types: dict[str, int]) -> list[st
 
 
 def _check_topk(node, consts, values, dims, max_k, producers, types) -> list[tuple[str, str]]:
-    """(message, severity) of a TopK: sortedness, K from a float tensor, K above 3840."""
+    """(message, severity) of a TopK: sortedness, K's type and size, K from a float tensor, K's value."""
     out = []
     if _attr(node, "sorted", 1) == 0:
         out.append(("sorted=0 is not supported (TensorRT's TopK always sorts)", "error"))
     k_name = node.input[1] if len(node.input) > 1 else ""
+    k_type = types.get(k_name)
+    if k_name and k_type is not None and k_type != _INT64:
+        out.append(
+            (
+                f"K is {onnx.TensorProto.DataType.Name(k_type)}: ONNX's TopK takes an INT64 K (ONNX Runtime "
+                "refuses other types); keep it INT64, TensorRT's parser passes it to ITopKLayer as a scalar",
+                "error",
+            )
+        )
+    k_dims = dims.get(k_name)
+    if k_dims and all(d is not None for d in k_dims) and int(np.prod(k_dims)) != 1:
+        out.append((f"K has shape {k_dims}: it must hold exactly one value (TensorRT takes a scalar K)", "error"))
     floats = _float_sources(k_name, producers, types) if k_name and k_name not in consts else []
     if floats:
         out.append(
@@ -256,7 +265,7 @@ def _check_topk(node, consts, values, dims, max_k, producers, types) -> list[tup
         )
     k = None
     if k_name in consts:
-        k, src = int(consts[k_name].reshape(-1)[0]), "K"
+        k, src = int(np.asarray(consts[k_name]).reshape(-1)[0]), "K"
     elif k_name and _as_int(values.get(k_name)) is not None:
         k, src = _as_int(values[k_name]), "K (computed from the input shape)"
     else:
@@ -268,12 +277,16 @@ def _check_topk(node, consts, values, dims, max_k, producers, types) -> list[tup
             k, src = int(max_k), "K (bounded by the token count)"
     if k is None:
         out.append((f"cannot bound K at the largest profile shape; TensorRT needs K <= {TOPK_MAX_K}", "warning"))
+    elif k < 1 and k_name in consts:
+        out.append((f"K = {k}: TensorRT's TopK needs a positive K", "error"))
+    elif k > INT32_MAX:
+        out.append((f"{src} = {k} does not fit the INT32 scalar ITopKLayer takes (and exceeds {TOPK_MAX_K})", "error"))
     elif k > TOPK_MAX_K:
         out.append((f"{src} = {k} exceeds TensorRT's limit {TOPK_MAX_K} at the largest profile shape", "error"))
     return out
 
 
-def _check_resize(node) -> list[tuple[str, str]]:
+def _check_resize(node, consts, dims) -> list[tuple[str, str]]:
     """(message, severity) of a Resize: the attributes TensorRT's parser refuses."""
     out = []
     if int(_attr(node, "antialias", 0)) != 0:
@@ -296,6 +309,15 @@ def _check_resize(node) -> list[tuple[str, str]]:
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode not in _RESIZE_MODES:
         out.append((f"coordinate_transformation_mode={mode!r} is not supported by TensorRT", "error"))
+    nearest = _attr(node, "nearest_mode", b"round_prefer_floor")
+    nearest = nearest.decode() if isinstance(nearest, bytes) else str(nearest)
+    if kind == "nearest" and nearest not in _NEAREST_MODES:
+        out.append((f"nearest_mode={nearest!r} is not supported by TensorRT", "error"))
+    axes = _attr(node, "axes")
+    scales = node.input[2] if len(node.input) > 2 else ""
+    rank = len(dims.get(node.input[0]) or []) or None
+    if axes is not None and scales and scales not in consts and rank and list(axes) != list(range(rank)):
+        out.append((f"axes={list(axes)} with run-time scales: TensorRT needs axes 0..{rank - 1} in order", "error"))
     return out
 
 
@@ -324,6 +346,98 @@ def _check_qdq(node, consts, types) -> list[tuple[str, str]]:
         found.append((f"zero point of type {kind}: TensorRT quantizes to INT8 or FLOAT8E4M3FN only", "error"))
     elif np.asarray(consts[zero]).astype(np.float32).any():
         found.append(("the zero point is not 0: TensorRT quantization is symmetric", "error"))
+    return found
+
+
+def _str_attr(node, name: str, default: str) -> str:
+    v = _attr(node, name, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _given(node, index: int) -> str:
+    """The name of input ``index`` of ``node``, or "" where it is absent or left out."""
+    return node.input[index] if len(node.input) > index else ""
+
+
+def _type_problem(what: str, elem: int, row) -> tuple[str, str] | None:
+    """The finding for a tensor of ONNX element type ``elem`` where ``row`` (operators.md) applies."""
+    kind = ONNX_TO_DOC.get(elem)
+    if kind is None:
+        return (f"{what} is {onnx.TensorProto.DataType.Name(elem)}, a type TensorRT does not have", "error")
+    if kind not in row.types:
+        listed = ", ".join(row.types)
+        return (f"{what} is {kind}; operators.md ({DOC_VERSION}) lists {listed} for {row.op}", "error")
+    return None
+
+
+def _check_types(node, types) -> list[tuple[str, str]]:
+    """operators.md's "Supported Types" for the node's data operands (``TYPE_INPUTS``, else the first
+    input) and for the target type of a ``Cast``. Float64 has its own rule (TensorRT casts it down)."""
+    row = OPERATORS[node.op_type]
+    named = {_given(node, i): i for i in reversed(TYPE_INPUTS.get(node.op_type, (0,))) if _given(node, i)}
+    checks = [(f"input {i}", types.get(name)) for name, i in named.items()]  # each tensor once
+    if node.op_type in ("Cast", "CastLike") and _attr(node, "to") is not None:
+        checks.append(("the cast target", int(_attr(node, "to"))))
+    problems = (_type_problem(what, elem, row) for what, elem in checks if elem is not None and elem != _DOUBLE)
+    return [p for p in problems if p is not None]
+
+
+def _check_restrictions(node, consts, values, dims, types) -> list[tuple[str, str]]:
+    """The restrictions operators.md states for the node's operator, where a graph shows them."""
+    op, found = node.op_type, []
+    if op in ("AveragePool", "MaxPool", "LpPool"):
+        dil = _attr(node, "dilations")
+        if dil is not None and any(int(d) != 1 for d in dil):
+            found.append((f"dilations={list(dil)}: TensorRT pools without dilation", "error"))
+        kernel = _attr(node, "kernel_shape")
+        if op != "LpPool" and kernel is not None and len(kernel) not in (2, 3):
+            found.append((f"{len(kernel)}-D pooling: TensorRT pools in 2-D or 3-D only", "error"))
+        if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
+            found.append(("the Indices output is not supported", "error"))
+    elif op in ("ScatterElements", "ScatterND"):
+        red = _str_attr(node, "reduction", "none")
+        if red != "none" and op == "ScatterND":
+            found.append((f"reduction={red!r} is not supported (operators.md: reduction must be none)", "error"))
+        elif red != "none":
+            found.append(
+                (
+                    f"reduction={red!r} is imported through TensorRT's ScatterElements plugin, and vitcompress's "
+                    "engine build loads no plugin library",
+                    "error",
+                )
+            )
+    elif op == "Dropout" and _given(node, 2):
+        flag = consts.get(_given(node, 2))
+        if flag is None or bool(np.asarray(flag).reshape(-1)[0]):
+            found.append(("is_training must be a constant False", "error"))
+    elif op == "LayerNormalization" and any(node.output[1:]):
+        found.append(("only the first output (Y) is supported, not Mean or InvStdDev", "error"))
+    elif op in ("CumSum", "OneHot") and _given(node, 1) and _given(node, 1) not in consts:
+        what = "axis" if op == "CumSum" else "depth"
+        if _as_int(values.get(_given(node, 1))) is None:
+            found.append((f"{what} must be a build-time constant", "error"))
+    elif op.startswith("Reduce") and _given(node, 1) and _given(node, 1) not in consts:
+        found.append(("axes must be an initializer", "error"))
+    elif op == "Constant" and any(a.name in ("sparse_value", "value_string", "value_strings") for a in node.attribute):
+        found.append(("sparse and string constants are not supported", "error"))
+    elif op == "LSTM" and (int(_attr(node, "input_forget", 0)) != 0 or int(_attr(node, "layout", 0)) != 0):
+        found.append(("input_forget and layout must be 0", "error"))
+    elif op == "STFT" and any(_given(node, i) and _given(node, i) not in consts for i in (1, 2)):
+        found.append(("frame_step and window must be initializers", "error"))
+    elif op == "GridSample" and dims.get(node.input[0]) is not None and len(dims[node.input[0]]) != 4:
+        found.append((f"{len(dims[node.input[0]])}-D input: TensorRT's GridSample takes 4-D input", "error"))
+    elif op == "TensorScatter" and int(_attr(node, "axis", -2)) != -2:
+        found.append(("axis must be -2", "error"))
+    elif op == "RotaryEmbedding" and _given(node, 3) and types.get(_given(node, 3), _INT64) != _INT64:
+        found.append(("position_ids must be INT64", "error"))
+    elif op == "Attention":
+        found.append(("the Attention operator is parsed only by TensorRT >= 10.14", "warning"))
+        if any(_given(node, i) for i in (4, 5, 6)):
+            found.append(("past_key, past_value and nonpad_kv_seqlen inputs are not supported", "error"))
+        if any(node.output[1:]):
+            found.append(("present_key, present_value and qk_matmul_output outputs are not supported", "error"))
+        if int(_attr(node, "qk_matmul_output_mode", 0)) != 0 or float(_attr(node, "softcap", 0.0)) != 0.0:
+            found.append(("qk_matmul_output_mode and softcap are not supported", "error"))
     return found
 
 
@@ -358,26 +472,25 @@ def check_tensorrt(
         report.nodes += 1
         name = node.name or f"#{i}"
         op = node.op_type
+        row = OPERATORS.get(op)
         if node.domain not in ("", "ai.onnx"):
             found = [(f"custom-domain operator ({node.domain}) needs a TensorRT plugin", "error")]
-        elif op not in TRT_SUPPORTED_OPS:
-            found = [("operator is not supported by TensorRT's ONNX parser", "error")]
-        elif op == "TopK":
-            found = _check_topk(node, consts, values, dims, max_k, producers, types)
-        elif op == "Resize":
-            found = _check_resize(node)
-        elif op in ("ScatterElements", "ScatterND"):
-            red = _attr(node, "reduction", b"none")
-            red = red.decode() if isinstance(red, bytes) else str(red)
-            found = [(f"reduction={red!r} is not native to TensorRT (plugin path)", "error")] if red != "none" else []
-        elif op == "Cast" and _attr(node, "to") == _DOUBLE:
-            found = [("cast to float64: TensorRT has no FP64", "error")]
-        elif op in ("QuantizeLinear", "DequantizeLinear"):
-            found = _check_qdq(node, consts, types)
-        elif op == "Attention":
-            found = [("the Attention operator is parsed only by TensorRT >= 10.14", "warning")]
+        elif row is None:
+            why = f"not listed in onnx-tensorrt's operators.md, {DOC_VERSION}"
+            found = [(f"operator is not supported by TensorRT's ONNX parser ({why})", "error")]
+        elif not row.supported:
+            why = f"marked N in onnx-tensorrt's operators.md, {DOC_VERSION}" + (f": {row.notes}" if row.notes else "")
+            found = [(f"operator is not supported by TensorRT's ONNX parser ({why})", "error")]
         else:
-            found = []
+            found = _check_types(node, types) + _check_restrictions(node, consts, values, dims, types)
+            if op == "TopK":
+                found += _check_topk(node, consts, values, dims, max_k, producers, types)
+            elif op == "Resize":
+                found += _check_resize(node, consts, dims)
+            elif op == "Cast" and _attr(node, "to") == _DOUBLE:
+                found += [("cast to float64: TensorRT has no FP64", "error")]
+            elif op in ("QuantizeLinear", "DequantizeLinear"):
+                found += _check_qdq(node, consts, types)
         report.issues.extend(CompatIssue(name, op, msg, sev) for msg, sev in found)
     for t in model.graph.initializer:
         if t.data_type == _DOUBLE:

@@ -180,6 +180,8 @@ def test_runtime_keep_topk_k_comes_from_the_input(runtime_export):
         if node is not None and node.op_type != "Shape":  # a shape is an integer whatever the values
             todo.extend(i for i in node.input if i)
     assert KEEP_INPUT in k_sources and types[KEEP_INPUT] == onnx.TensorProto.INT64
+    # K stays ONNX's one-element INT64 (ONNX Runtime refuses INT32; TensorRT's parser takes it as it is)
+    assert all(types[n.input[1]] == onnx.TensorProto.INT64 for n in topk)
     assert not {t for t in k_sources if types.get(t) in floats}
     # TensorRT check: K <= tokens <= 3840; with a token bound above 3840 the data-dependent K is flagged
     rep = _trt_report(res.path)

@@ -10,7 +10,9 @@ refuses:
   TensorRT 11: no precision builder flags (``BuilderFlag.FP16`` does not exist), no
   ``EXPLICIT_BATCH``; ``STRONGLY_TYPED`` is deprecated (networks are always strongly typed).
 * the ONNX parser: ``Resize`` with ``antialias=1`` ("Antialiasing is not supported currently") is a
-  parse error. (A ``TopK`` ``K`` computed from a float is not: TensorRT parses it; the lint warns.)
+  parse error. (A ``TopK`` ``K`` computed from a float is not: TensorRT parses it; the lint warns.
+  Nor is an INT64 ``K``: the parser reshapes it to a scalar and keeps its type; ``ITopKLayer``'s
+  Int32 ``K`` is TensorRT's business at build time, which the stand-in does not imitate.)
 * shape-tensor inputs are decided by use, as TensorRT does: an INT32/INT64 input of rank <= 1 whose
   value reaches a shape operand (``SHAPE_SLOTS``: TopK's K, Reshape's shape, ...).
 * building: every dynamic input needs ``set_shape`` and every shape-tensor input ``set_shape_input``
