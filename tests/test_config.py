@@ -113,11 +113,11 @@ def test_export_and_build_settings_check_their_ranges_once():
     assert (cfg.batch, cfg.keep_permille, cfg.workspace_gib) == (Profile(1, 2, 4), Profile(500, 500, 500), 2.0)
     assert BuildConfig.make("1:2:4") == BuildConfig(batch=Profile(1, 2, 4))
     for bad, message in [
-        (ExportConfig(opset=24), r"^opset=24 is outside 17..23; use the default 20$"),
+        (ExportConfig(opset=24), r"^opset=24 is outside 17..23; use the default opset=20$"),
         (ExportConfig(tolerance=float("nan")), r"^tolerance must be a finite number, got nan$"),
         (ExportConfig(precision="bf16"), r"^precision must be one of fp32, fp16, got 'bf16'$"),
         (BuildConfig(workspace_gib=float("inf")), r"^workspace_gib=inf must be in \(0, 1e\+06\] GiB"),
-        (BuildConfig(opt_level=6), r"^builder optimisation level opt_level=6 is outside 0..5$"),
+        (BuildConfig(opt_level=6), r"^opt_level=6 \(the builder optimisation level\) is outside 0..5$"),
         (BuildConfig(keep_permille="1:5:1001"), r"^keep_permille=1:5:1001 goes above 1000"),
     ]:
         with pytest.raises(VitCompressError, match=message) as e:

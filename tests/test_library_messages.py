@@ -98,7 +98,7 @@ def artifact(tmp_path_factory):
         (
             ["--opset", "30"],
             {"opset": 30},
-            "opset 30 is outside 17..23; use the default opset=",
+            "opset=30 is outside 17..23; use the default opset=",
             "--opset 30 is outside",
         ),
         (
@@ -128,19 +128,19 @@ def artifact(tmp_path_factory):
         (
             ["--trt", "--workspace", "0"],
             {"trt": True, "workspace_gib": 0.0},
-            "workspace_gib 0.0 must",
+            "workspace_gib=0.0 must",
             "--workspace 0.0 must",
         ),
         (
             ["--trt", "--opt-level", "9"],
             {"trt": True, "opt_level": 9},
-            "opt_level 9 (the builder",
+            "opt_level=9 (the builder",
             "--opt-level 9 (the builder",
         ),
         (
             ["--trt", "--runtime-keep", "--keep-permille", "1:5:2000"],
             {"trt": True, "runtime_keep": True, "keep_permille": "1:5:2000"},
-            "keep_permille 1:5:2000 goes above 1000",
+            "keep_permille=1:5:2000 goes above 1000",
             "--keep-permille 1:5:2000 goes above 1000",
         ),
     ],
