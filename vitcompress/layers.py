@@ -3,7 +3,8 @@
 timm's ``Attention`` derives everything from ``dim // num_heads``; after pruning, a layer can have
 any number of heads, a q/k width per head different from its v width, and must keep the softmax
 scale of the unpruned model. ``PrunedAttention`` stores all of these explicitly and keeps timm's
-parameter names (``qkv``, ``proj``, ``q_norm``, ``k_norm``) so state dicts stay familiar.
+parameter names (``qkv``, ``proj``, ``q_norm``, ``k_norm``) so state dicts stay familiar; its
+softmax attention is the attention core's (``vitcompress.attention``).
 ``qkv_heads`` and ``head_outputs`` read any attention with timm's fused ``qkv`` layout per head.
 
 ``KeptChannelNorm`` is the exact reference of a LayerNorm or RMSNorm whose channels are pruned: it
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm as TimmLayerNorm
 from timm.layers import RmsNorm, use_fused_attn
 from torch import nn
+
+from .attention import attention, attention_probs, merge_heads, split_qkv
 
 #: norms whose statistics run over the channel axis and that ``KeptChannelNorm`` / ``norm_like`` handle
 NORMS = (nn.LayerNorm, RmsNorm)
@@ -87,19 +90,13 @@ class PrunedAttention(nn.Module):
         return h * self.qk_dim, h * self.qk_dim, h * self.v_dim
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project ``x`` [B, N, C] to q, k [B, H, N, qk_dim] and v [B, H, N, v_dim]."""
-        B, N, _ = x.shape
-        q, k, v = self.qkv(x).split(self.qkv_sizes, dim=-1)
-        q = q.reshape(B, N, self.num_heads, self.qk_dim).transpose(1, 2)
-        k = k.reshape(B, N, self.num_heads, self.qk_dim).transpose(1, 2)
-        v = v.reshape(B, N, self.num_heads, self.v_dim).transpose(1, 2)
+        """Project ``x`` [B, N, C] to q, k [B, H, N, qk_dim] (after the q/k norms) and v [B, H, N, v_dim]."""
+        q, k, v = split_qkv(self.qkv(x), self.num_heads, self.qk_dim, self.v_dim)
         return self.q_norm(q), self.k_norm(k), v
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, N, v_dim] -> projected [B, N, C]."""
-        B, _, N, _ = x.shape
-        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(x)))
+        return self.proj_drop(self.proj(self.norm(merge_heads(x))))
 
     def forward(
         self,
@@ -108,29 +105,16 @@ class PrunedAttention(nn.Module):
         is_causal: bool = False,
     ) -> torch.Tensor:
         q, k, v = self.split_heads(x)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=attn_mask,
-                dropout_p=self.attn_drop.p if self.training else 0.0,
-                is_causal=is_causal,
-                scale=self.scale,
-            )
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if is_causal:
-                n = attn.shape[-1]
-                causal = torch.ones(n, n, dtype=torch.bool, device=attn.device).tril()
-                attn = attn.masked_fill(~causal, float("-inf"))
-            if attn_mask is not None:
-                if attn_mask.dtype == torch.bool:
-                    attn = attn.masked_fill(~attn_mask, float("-inf"))
-                else:
-                    attn = attn + attn_mask
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v
+        x = attention(
+            q,
+            k,
+            v,
+            scale=self.scale,
+            fused=self.fused_attn,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+        )
         return self.merge_heads(x)
 
     def extra_repr(self) -> str:
@@ -150,11 +134,7 @@ def attention_dims(attn: nn.Module) -> tuple[int, int, int, float]:
 def qkv_heads(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k [B, H, N, qk] (after q/k norms) and v [B, H, N, v] of a fused-``qkv`` attention for ``x``."""
     h, qk, v, _ = attention_dims(attn)
-    B, N, _ = x.shape
-    q, k, vv = attn.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
-    q = q.reshape(B, N, h, qk).transpose(1, 2)
-    k = k.reshape(B, N, h, qk).transpose(1, 2)
-    vv = vv.reshape(B, N, h, v).transpose(1, 2)
+    q, k, vv = split_qkv(attn.qkv(x), h, qk, v)
     return attn.q_norm(q), attn.k_norm(k), vv
 
 
@@ -165,8 +145,7 @@ def head_outputs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     h, qk, v, scale = attention_dims(attn)
     q, k, vv = qkv_heads(attn, x)
-    a = F.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
-    o = a @ vv  # [B, H, N, v]
+    o = attention_probs(q, k, scale) @ vv  # [B, H, N, v]
     w = attn.proj.weight.reshape(-1, h, v)  # [D, H, v]: column h*v+d
     return torch.einsum("bhnv,dhv->hbnd", o, w)
 

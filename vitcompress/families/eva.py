@@ -32,10 +32,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import GluMlp, Mlp, PatchEmbed, SwiGLU
-from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, apply_rot_embed_cat
+from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, RotaryEmbeddingDinoV3
 from timm.models.eva import Eva, EvaAttention, EvaBlock
 from torch import nn
 
+from ..attention import attention, split_qkv
 from ..errors import VitCompressError
 from ..groups import Group, Member
 from ..layers import PrunedAttention, norm_factory
@@ -67,7 +68,8 @@ class RopeTable(nn.Module):
 
 class PrunedEvaAttention(PrunedAttention):
     """``PrunedAttention`` with EVA's q/v biases (no k bias) and rotary embeddings on the patch
-    tokens' q and k (the first ``num_prefix_tokens`` tokens are not rotated)."""
+    tokens' q and k (the first ``num_prefix_tokens`` tokens are not rotated: the ``rope`` of the
+    attention core, ``vitcompress.attention``)."""
 
     def __init__(self, *args, qv_bias: bool, num_prefix_tokens: int, rotate_half: bool, **kwargs):
         super().__init__(*args, qkv_bias=False, **kwargs)
@@ -86,26 +88,23 @@ class PrunedEvaAttention(PrunedAttention):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        B, N, _ = x.shape
-        h, qk, vd = self.num_heads, self.qk_dim, self.v_dim
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        q, k, v = F.linear(x, self.qkv.weight, bias).split((h * qk, h * qk, h * vd), dim=-1)
-        q = self.q_norm(q.reshape(B, N, h, qk).transpose(1, 2))
-        k = self.k_norm(k.reshape(B, N, h, qk).transpose(1, 2))
-        v = v.reshape(B, N, h, vd).transpose(1, 2)
-        if rope is not None:
-            n = self.num_prefix_tokens
-            q = torch.cat([q[:, :, :n], apply_rot_embed_cat(q[:, :, n:], rope, half=self.rotate_half)], 2).type_as(v)
-            k = torch.cat([k[:, :, :n], apply_rot_embed_cat(k[:, :, n:], rope, half=self.rotate_half)], 2).type_as(v)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if attn_mask is not None:
-                attn = attn + attn_mask
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        q, k, v = split_qkv(F.linear(x, self.qkv.weight, bias), self.num_heads, self.qk_dim, self.v_dim)
+        x = attention(
+            self.q_norm(q),
+            self.k_norm(k),
+            v,
+            scale=self.scale,
+            fused=self.fused_attn,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            rope=rope,
+            rope_prefix=self.num_prefix_tokens,
+            rope_half=self.rotate_half,
+        )
         return self.merge_heads(x)
 
 

@@ -1,5 +1,7 @@
 """Attention forward for token-reducing blocks: output, class-token scores, keys, size bias.
 
+The attention itself is the attention core's (``vitcompress.attention``); the log sizes are its ``bias``.
+
 Works on timm ``Attention`` and on ``PrunedAttention`` (any heads, q/k width, v width, stored
 scale): both lay the fused ``qkv`` output out as ``[q | k | v]``, head-major.
 
@@ -20,9 +22,9 @@ scale): both lay the fused ``qkv`` output out as ``[q | k | v]``, head-major.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..attention import attention, attention_probs, split_heads
 from ..layers import attention_dims
 
 
@@ -37,37 +39,30 @@ def attend(
     metric: bool = False,
 ):
     """Return ``(out [B, N, C], scores [B, N - prefix] or None, metric [B, N, heads * qk] or None)``."""
-    B, N, _ = x.shape
     h, qk, vd, scale = attention_dims(attn)
     q, k, v = attn.qkv(x).split((h * qk, h * qk, h * vd), dim=-1)
     feature = k if metric else None  # [B, N, H*qk], head-major, before the key norm
-    q = attn.q_norm(q.reshape(B, N, h, qk).transpose(1, 2))
-    k = attn.k_norm(k.reshape(B, N, h, qk).transpose(1, 2))
-    v = v.reshape(B, N, h, vd).transpose(1, 2)
-    mask = None if bias is None else bias[:, None, None, :].to(q.dtype)
+    q = attn.q_norm(split_heads(q, h, qk))
+    k = attn.k_norm(split_heads(k, h, qk))
+    v = split_heads(v, h, vd)
+    mask = None if bias is None else bias[:, None, None, :].to(q.dtype)  # [B, 1, 1, N]
     s = None
     if scores and not has_cls:
-        logits = (q * scale) @ k.transpose(-2, -1)
-        if mask is not None:
-            logits = logits + mask
-        p = attn.attn_drop(logits.softmax(dim=-1))
+        p = attn.attn_drop(attention_probs(q, k, scale, bias=mask))
         out = p @ v
         s = p.mean(dim=(1, 2))[:, prefix:]
     else:
-        if attn.fused_attn:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=scale, dropout_p=attn.attn_drop.p if attn.training else 0.0
-            )
-        else:
-            logits = (q * scale) @ k.transpose(-2, -1)
-            if mask is not None:
-                logits = logits + mask
-            out = attn.attn_drop(logits.softmax(dim=-1)) @ v
-        if scores:
-            row = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # [B, H, 1, N]
-            if mask is not None:
-                row = row + mask
-            s = row.softmax(dim=-1).mean(dim=1)[:, 0, prefix:]
+        out = attention(
+            q,
+            k,
+            v,
+            scale=scale,
+            fused=attn.fused_attn,
+            dropout_p=attn.attn_drop.p if attn.training else 0.0,
+            bias=mask,
+        )
+        if scores:  # the class token's row: [B, H, 1, N]
+            s = attention_probs(q[:, :, :1], k, scale, bias=mask).mean(dim=1)[:, 0, prefix:]
     out = torch.cat(out.unbind(1), dim=-1) if h > 1 else out[:, 0]  # [B, N, H*vd], head-major
     norm = getattr(attn, "norm", None)
     if norm is not None:

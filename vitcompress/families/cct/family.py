@@ -28,9 +28,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ...attention import attention_probs, split_qkv
 from ...errors import VitCompressError
 from ...groups import KINDS, LAYER_KINDS, Group, Member
 from ...layers import PrunedAttention
@@ -372,16 +372,10 @@ class CCTFamily(Family):
 
     def qkv_heads(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, qk, v, _ = attention_dims(attn)
-        B, N, _ = x.shape
-        q, k, vv = attn.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
-        return (
-            q.reshape(B, N, h, qk).transpose(1, 2),
-            k.reshape(B, N, h, qk).transpose(1, 2),
-            vv.reshape(B, N, h, v).transpose(1, 2),
-        )
+        return split_qkv(attn.qkv(x), h, qk, v)
 
     def head_outputs(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         h, _, v, scale = attention_dims(attn)
         q, k, vv = self.qkv_heads(attn, x)
-        o = F.softmax((q * scale) @ k.transpose(-2, -1), dim=-1) @ vv
+        o = attention_probs(q, k, scale) @ vv
         return torch.einsum("bhnv,dhv->hbnd", o, attn.proj.weight.reshape(-1, h, v))

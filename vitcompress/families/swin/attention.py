@@ -4,8 +4,9 @@ timm's ``WindowAttention`` derives its head width from ``dim // num_heads`` and 
 from that width. After pruning a block can have any number of heads, a q/k width per head different
 from its v width, and must keep the unpruned scale. ``PrunedWindowAttention`` stores these
 explicitly and keeps timm's parameter names (``qkv``, ``proj``, ``relative_position_bias_table``)
-and its forward (relative-position bias per head, the shifted-window mask passed in by the block),
-so an unpruned ``WindowAttention`` maps onto it without reordering.
+and its forward (relative-position bias per head, the shifted-window mask passed in by the block:
+the ``bias`` and ``window_mask`` of the attention core, ``vitcompress.attention``), so an unpruned
+``WindowAttention`` maps onto it without reordering.
 
 The fused ``qkv`` rows are ``[q (head-major) | k (head-major) | v (head-major)]``; the bias table has
 one column per head.
@@ -14,10 +15,11 @@ one column per head.
 from typing import Final
 
 import torch
-import torch.nn.functional as F
 from timm.layers import to_2tuple, use_fused_attn
 from timm.models.swin_transformer import WindowAttention, get_relative_position_index
 from torch import nn
+
+from ...attention import attention, attention_probs, merge_heads, split_qkv
 
 
 class PrunedWindowAttention(nn.Module):
@@ -87,32 +89,18 @@ class PrunedWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: windows [num_windows * B, N, C]; ``mask``: the shifted-window (0 / -100) mask
         [num_windows, N, N] or None."""
-        B_, N, _ = x.shape
-        h = self.num_heads
-        q, k, v = self.qkv(x).split(self.qkv_sizes, dim=-1)
-        q = q.reshape(B_, N, h, self.qk_dim).transpose(1, 2)
-        k = k.reshape(B_, N, h, self.qk_dim).transpose(1, 2)
-        v = v.reshape(B_, N, h, self.v_dim).transpose(1, 2)
-        bias = self._get_rel_pos_bias()
-        if self.fused_attn:
-            attn_mask = bias
-            if mask is not None:
-                num_win = mask.shape[0]
-                mask = mask.view(1, num_win, 1, N, N).expand(B_ // num_win, -1, h, -1, -1)
-                attn_mask = attn_mask + mask.reshape(-1, h, N, N)
-            x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
-            )
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1) + bias
-            if mask is not None:
-                num_win = mask.shape[0]
-                attn = attn.view(-1, num_win, h, N, N) + mask.unsqueeze(1).unsqueeze(0)
-                attn = attn.view(-1, h, N, N)
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v
-        x = x.transpose(1, 2).reshape(B_, N, self.attn_dim)
-        return self.proj_drop(self.proj(x))
+        q, k, v = split_qkv(self.qkv(x), self.num_heads, self.qk_dim, self.v_dim)
+        x = attention(
+            q,
+            k,
+            v,
+            scale=self.scale,
+            fused=self.fused_attn,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            bias=self._get_rel_pos_bias(),
+            window_mask=mask,
+        )
+        return self.proj_drop(self.proj(merge_heads(x)))
 
     def extra_repr(self) -> str:
         return (
@@ -141,13 +129,7 @@ def relative_position_bias(attn: nn.Module) -> torch.Tensor:
 def window_qkv_heads(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k [B_, H, N, qk] and v [B_, H, N, v] of a window attention on windows ``x`` [B_, N, C]."""
     h, qk, v, _ = window_attention_dims(attn)
-    B_, N, _ = x.shape
-    q, k, vv = attn.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
-    return (
-        q.reshape(B_, N, h, qk).transpose(1, 2),
-        k.reshape(B_, N, h, qk).transpose(1, 2),
-        vv.reshape(B_, N, h, v).transpose(1, 2),
-    )
+    return split_qkv(attn.qkv(x), h, qk, v)
 
 
 def window_head_outputs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +140,6 @@ def window_head_outputs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     region boundary also attend across it here."""
     h, _, v, scale = window_attention_dims(attn)
     q, k, vv = window_qkv_heads(attn, x)
-    a = F.softmax((q * scale) @ k.transpose(-2, -1) + relative_position_bias(attn), dim=-1)
-    o = a @ vv  # [B_, H, N, v]
+    o = attention_probs(q, k, scale, bias=relative_position_bias(attn)) @ vv  # [B_, H, N, v]
     w = attn.proj.weight.reshape(-1, h, v)  # [D, H, v]: column h*v+d
     return torch.einsum("bhnv,dhv->hbnd", o, w)

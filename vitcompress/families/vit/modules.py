@@ -4,7 +4,8 @@
 pool's inner width and heads kept while its input and output (the residual stream) shrink;
 ``PrunedParallelBlock`` is timm's ``ParallelScalingBlock`` (ViT-22B style: one fused input projection
 ``[mlp | q | k | v]`` for the MLP and the attention) with explicit per-block widths and softmax scale.
-Both keep timm's parameter names, so state dicts map onto them without renaming. ``mlp_like``
+Both keep timm's parameter names, so state dicts map onto them without renaming, and run their
+softmax attention in the attention core (``vitcompress.attention``). ``mlp_like``
 rebuilds any of timm's MLPs (``Mlp``, ``GluMlp``, ``SwiGLU``) at another width.
 """
 
@@ -12,10 +13,10 @@ import copy
 from typing import Final
 
 import torch
-import torch.nn.functional as F
 from timm.layers import GluMlp, LayerScale, Mlp, SwiGLU, use_fused_attn
 from torch import nn
 
+from ...attention import attention, merge_heads
 from ...layers import norm_like
 
 
@@ -93,11 +94,9 @@ class PrunedAttentionPool(nn.Module):
         q = self.q(self.latent.expand(B, -1, -1)).reshape(B, self.latent_len, h, hd).transpose(1, 2)
         k, v = self.kv(x).reshape(B, N, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, self.latent_len, self.inner)))
+        # scale=None: SDPA's default, as in timm's pool (the explicit path's head_dim**-0.5 is self.scale)
+        x = attention(q, k, v, scale=None, fused=self.fused_attn)
+        x = self.proj_drop(self.proj(merge_heads(x)))
         x = x + self.mlp(self.norm(x))
         if self.pool == "token":
             return x[:, 0]
@@ -167,26 +166,17 @@ class PrunedParallelBlock(nn.Module):
         q = self.q_norm(q.view(B, N, self.num_heads, self.qk_dim)).transpose(1, 2)
         k = self.k_norm(k.view(B, N, self.num_heads, self.qk_dim)).transpose(1, 2)
         v = v.view(B, N, self.num_heads, self.v_dim).transpose(1, 2)
-        if self.fused_attn:
-            x_attn = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=attn_mask,
-                dropout_p=self.attn_drop.p if self.training else 0.0,
-                is_causal=is_causal,
-                scale=self.scale,
-            )
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if is_causal:
-                attn = attn.masked_fill(~torch.ones(N, N, dtype=torch.bool, device=x.device).tril(), float("-inf"))
-            if attn_mask is not None:
-                attn = (
-                    attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
-                )
-            x_attn = self.attn_drop(attn.softmax(dim=-1)) @ v
-        x_attn = x_attn.transpose(1, 2).reshape(B, N, self.num_heads * self.v_dim)
+        x_attn = attention(
+            q,
+            k,
+            v,
+            scale=self.scale,
+            fused=self.fused_attn,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+        )
+        x_attn = merge_heads(x_attn)
         x_mlp = self.mlp_drop(self.mlp_act(x_mlp))
         if self.out_proj is not None:
             y = self.out_proj(torch.cat((x_attn, x_mlp), dim=-1))
