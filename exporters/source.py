@@ -7,24 +7,23 @@ import os
 
 from torch import nn
 
-from vitcompress.artifact import load, meta_of
+from vitcompress.artifact import meta_of
 from vitcompress.errors import VitCompressError
 from vitcompress.families import build_model, family_for_source, family_of, spec_from_model
 from vitcompress.quantizers import apply_quantizers, record_of
-from vitcompress.tokens import TokenSchedule, apply_tokens, remove_tokens, schedule_of
+from vitcompress.resolve import resolve_model
+from vitcompress.tokens import apply_tokens, remove_tokens, schedule_of
 
 
 def load_source(model_or_path: str | os.PathLike | nn.Module):
-    """(fp32 eval copy of the model, its ArtifactMeta, label of the source). A module is copied,
-    never changed; an artifact folder is loaded with its token schedule."""
+    """(fp32 eval copy of the model, its ArtifactMeta, label of the source), through
+    ``resolve.resolve_model`` with artifacts only (``names=False``): a module is copied, never
+    changed; an artifact folder is loaded with its token schedule."""
     if isinstance(model_or_path, nn.Module):
-        model = copy.deepcopy(model_or_path).float().eval()
+        model = copy.deepcopy(resolve_model(model_or_path)).float().eval()
         return model, copy.deepcopy(meta_of(model)), "<module>"
-    model = load(model_or_path)
-    meta = model.vitcompress_meta
-    if meta.tokens and schedule_of(model) is None:
-        apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
-    return model.float().eval(), meta, str(model_or_path)
+    model = resolve_model(model_or_path, names=False)
+    return model.float().eval(), model.vitcompress_meta, str(model_or_path)
 
 
 def with_dynamic_size(model: nn.Module, meta) -> nn.Module:

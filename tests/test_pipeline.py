@@ -99,3 +99,96 @@ def test_block_importance_is_the_loss_change_when_a_block_is_skipped():
         model.blocks = blocks
     assert float(imp[2]) == pytest.approx(float(skip2 - base), rel=1e-4, abs=1e-6)
     assert len(model.blocks) == 4
+
+
+def test_a_swin_teacher_is_refused_in_one_line(tmp_path, capsys):
+    """The depth stage ranks the blocks of one residual stream: a Swin teacher (two stages) is
+    refused by its family's spec, before any stage is written."""
+    from vitcompress.errors import VitCompressError
+    from vitcompress.models import create_source_model
+
+    torch.manual_seed(0)
+    swin = create_source_model(
+        "swin_tiny_patch4_window7_224",
+        in_chans=1,
+        num_classes=10,
+        embed_dim=16,
+        num_heads=(2, 4),
+        img_size=32,
+        patch_size=2,
+        window_size=4,
+        depths=(2, 2),
+    )
+    cfg = PipelineConfig(flops_reduction=0.4, train=TrainConfig(data="digits", epochs=1, progress=False))
+    with pytest.raises(VitCompressError, match="this swin model has 2 stages") as e:
+        run_pipeline(swin, cfg, tmp_path / "api", progress=False)
+    assert "\n" not in str(e.value)
+    teacher = save(swin, tmp_path / "teacher")
+    code = main(["pipeline", str(teacher), "--flops-reduction", "0.4", "--quiet", "-o", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the pipeline ranks the blocks of one residual stream, and this swin model has 2 stages" in err
+    assert sorted(os.listdir(tmp_path)) == ["teacher"]
+
+
+def test_a_cct_teacher_runs_the_pipeline(tmp_path, capsys):
+    """A CCT teacher (blocks under ``classifier.blocks``) goes through its family: every stage is
+    written and the depth stage removes the block its importance ranks last."""
+    pytest.importorskip("vit_pytorch.cct")
+    from vitcompress.models import create_source_model
+
+    torch.manual_seed(0)
+    cct = create_source_model("cct_7_3x1_32", img_size=16, embed_dim=32, depth=3, num_heads=2)
+    teacher = save(cct, tmp_path / "teacher")
+    conf = tmp_path / "pipe.json"
+    conf.write_text(
+        json.dumps(
+            {
+                "flops_reduction": 0.4,
+                "calib_images": 8,
+                "depth_blocks": 1,
+                "round_to": 4,
+                "train": {"data": "digits", "epochs": 1, "batch_size": 8, "max_steps_per_epoch": 1},
+            }
+        )
+    )
+    out = tmp_path / "p"
+    code = main(["pipeline", str(teacher), "--config", str(conf), "--quiet", "-o", str(out)])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["stage"] for r in summary["rows"]] == list(STAGES)
+    assert [r["depth"] for r in summary["rows"]] == [3, 3, 3, 2, 2]
+    d = read_meta(out / "depth_pruned")
+    assert d.source.name == "cct_7_3x1_32" and d.spec.depth == 2
+    step = d.history[1]
+    assert step["method"] == "depth-loss" and len(step["block_importance"]) == 3
+    assert step["removed_blocks"] == [min(range(3), key=lambda b: step["block_importance"][b])]
+
+
+def test_block_importance_of_a_cct_skips_its_blocks():
+    """The family slices a block out: the loss change equals the CCT run with that block removed
+    from its own module list (an independent reference)."""
+    pytest.importorskip("vit_pytorch.cct")
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vitcompress.models import create_source_model
+    from vitcompress.recipe import block_importance
+
+    torch.manual_seed(0)
+    model = create_source_model("cct_7_3x1_32", img_size=16, embed_dim=32, depth=3, num_heads=2).eval()
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    ds = TensorDataset(x, y)
+    ds.num_classes = 10
+    imp = block_importance(model, DataLoader(ds, batch_size=4))
+    blocks = model.classifier.blocks
+    with torch.no_grad():
+        base = F.cross_entropy(model(x), y)
+        model.classifier.blocks = nn.ModuleList([blocks[0], blocks[2]])
+        skip1 = F.cross_entropy(model(x), y)
+        model.classifier.blocks = blocks
+    assert float(imp[1]) == pytest.approx(float(skip1 - base), rel=1e-4, abs=1e-6)
+    assert len(imp) == 3 and len(model.classifier.blocks) == 3

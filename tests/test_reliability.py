@@ -677,7 +677,7 @@ def test_an_empty_output_is_refused_before_any_work(tmp_path, monkeypatch, capsy
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the output was checked")
 
-    monkeypatch.setattr(vitcompress.pruner, "resolve_model", no_model)
+    monkeypatch.setattr(vitcompress.pruner, "resolve", no_model)
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "prune", *BY_NAME, "-o", "", "--flops-reduction", "0.3", "--importance", "taylor")
     assert code == 2 and one_line(err) and "output path is empty" in err

@@ -18,7 +18,7 @@ from torch import nn
 
 from .counting import Counts, count
 from .errors import VitCompressError
-from .families import build_model, family_for_source, family_of
+from .families import Family, build_model, family_for_source, family_of
 from .io import atomic_dir, check_output_path
 from .meta import FORMAT_VERSION, ArtifactMeta, attach, attached
 from .models import infer_source
@@ -46,26 +46,28 @@ __all__ = [
 ]
 
 
-def meta_of(model: nn.Module) -> ArtifactMeta:
+def meta_of(model: nn.Module, family: Family | None = None) -> ArtifactMeta:
     """The model's artifact record with its spec, counts and token schedule read off the model; for
-    a model vitcompress did not create or prune, a fresh record (which the model then carries)."""
+    a model vitcompress did not create or prune, a fresh record (which the model then carries).
+    ``family``: the model's, when the caller already knows it."""
     meta = attached(model)
     if meta is None:
-        meta = ArtifactMeta(source=infer_source(model))
+        meta = ArtifactMeta(source=infer_source(model, family))
         attach(model, meta)
-    return refresh(model, meta)
+    return refresh(model, meta, family)
 
 
-def refresh(model: nn.Module, meta: ArtifactMeta) -> ArtifactMeta:
+def refresh(model: nn.Module, meta: ArtifactMeta, family: Family | None = None) -> ArtifactMeta:
     """Fill ``meta``'s derived fields from ``model`` (in place): spec, counts, token schedule, and
-    the plan and source counts of a model nothing was removed from yet."""
-    fam = family_of(model)
+    the plan and source counts of a model nothing was removed from yet (``family``: the model's,
+    when already known)."""
+    fam = family or family_of(model)
     if meta.plan is None:
         meta.plan = fam.identity_plan(model)
     if not meta.counts_source:
-        meta.counts_source = count(model, with_schedule=False).to_dict()
+        meta.counts_source = count(model, with_schedule=False, family=fam).to_dict()
     meta.spec = fam.spec(model)
-    meta.counts = count(model).to_dict()
+    meta.counts = count(model, family=fam).to_dict()
     sched = schedule_of(model)
     meta.tokens = sched.to_dict() if sched is not None else None
     quant = record_of(model)
@@ -96,9 +98,9 @@ def history_record(
     }
 
 
-def record_step(model: nn.Module, record: dict) -> ArtifactMeta:
+def record_step(model: nn.Module, record: dict, family: Family | None = None) -> ArtifactMeta:
     """Append a history entry to ``model``'s record (see ``history_record``); returns the record."""
-    meta = meta_of(model)
+    meta = meta_of(model, family)
     meta.history.append(record)
     return meta
 
@@ -183,12 +185,19 @@ def check_output(
     return p
 
 
-def save(model: nn.Module, path: str | os.PathLike, force: bool = False, meta: ArtifactMeta | None = None) -> Path:
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    force: bool = False,
+    meta: ArtifactMeta | None = None,
+    family: Family | None = None,
+) -> Path:
     """Write ``model`` as an artifact folder (atomically). Returns the folder.
 
     ``meta`` (default: the record the model carries) supplies the source, plan, history and extras;
-    spec, counts and token schedule are always the model's own."""
-    meta = meta_of(model) if meta is None else refresh(model, meta)
+    spec, counts and token schedule are always the model's own (``family``: the model's, when the
+    caller already knows it)."""
+    meta = meta_of(model, family) if meta is None else refresh(model, meta, family)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     need = sum(v.numel() * v.element_size() for v in state.values())
     with atomic_dir(path, force=force, need=need) as tmp:
@@ -281,8 +290,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         check_weights(state, model.state_dict())
         model.load_state_dict(state, strict=True, assign=True)
         attach(model, meta)
-        if meta.tokens:
-            apply_tokens(model, TokenSchedule.from_dict(meta.tokens))
+        if meta.tokens:  # the model is of the family that built it
+            apply_tokens(model, TokenSchedule.from_dict(meta.tokens), family=family_for_source(meta.source))
     except VitCompressError:
         raise
     except RecordError as e:

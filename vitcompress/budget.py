@@ -333,7 +333,9 @@ def default_measure(fam: Family, model: nn.Module, budget: Budget) -> Callable[[
     return fam.cost(model, budget.metric)
 
 
-def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], budget: Budget) -> tuple[Plan, float]:
+def select(
+    model: nn.Module, groups: list[Group], scores: list[torch.Tensor], budget: Budget, family: Family | None = None
+) -> tuple[Plan, float]:
     """Choose a plan that removes ``budget.reduction`` of the cost; returns (plan, achieved).
 
     The greedy pass (module docstring) decides whenever it lands within the tolerance. Otherwise a
@@ -342,8 +344,9 @@ def select(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], bu
     pass restricted to the subset first and continued with every kind (coarse units such as blocks
     or embedding channels can fit only before finer units have used the budget up). When none
     lands within the tolerance, the error names the nearest reductions found below and above the
-    target (only the one below when nothing more can be removed)."""
-    fam = family_of(model)
+    target (only the one below when nothing more can be removed). ``family``: the model's, when the
+    caller already knows it (else ``family_of``)."""
+    fam = family or family_of(model)
     if budget.cost is None and budget.metric not in ("macs", "params"):
         raise ValueError(budget.metric)
     measure = budget.cost or default_measure(fam, model, budget)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .families import BlockTokens, family_of
+from .families import BlockTokens, Family, family_of
 from .tokens.apply import schedule_of
 from .tokens.counting import block_tokens
 
@@ -37,13 +37,16 @@ class Counts:
         return {"macs": self.macs, "flops": self.flops, "params": self.params}
 
 
-def count(model: nn.Module, tokens: Sequence[int] | None = None, with_schedule: bool = True) -> Counts:
+def count(
+    model: nn.Module, tokens: Sequence[int] | None = None, with_schedule: bool = True, family: Family | None = None
+) -> Counts:
     """Analytic MACs and params of a (pruned) model of a supported family.
 
     ``tokens[i]`` is the token count entering block i. By default a model carrying a token
     schedule is counted with the schedule's per-block counts and the reducers' own products
-    (``with_schedule=False``: every token in every block)."""
-    fam = family_of(model)
+    (``with_schedule=False``: every token in every block). ``family`` is the model's family when
+    the caller already knows it (else ``family_of``)."""
+    fam = family or family_of(model)
     spec = fam.spec(model)
     info = fam.arch_info(model)
     per_block = None

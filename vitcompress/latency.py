@@ -66,7 +66,7 @@ from .tokens.schedule import TokenSchedule
 FORMAT = "vitcompress-latency-table"
 VERSION = 1
 #: families whose blocks the probes reproduce (pre-norm ViT blocks on one residual stream)
-FAMILIES = ("vit", "hybrid")
+LATENCY_FAMILIES = ("vit", "hybrid")
 #: width kinds with a detected step (heads always step by one)
 WIDTH_KINDS = ("qk", "v", "mlp", "embed")
 #: steps ``detect_step`` chooses from
@@ -79,9 +79,9 @@ MLP_AXES = ("embed", "tokens", "mlp")
 
 def check_family(fam: Family) -> None:
     """A one-line error for a family the latency model does not cover."""
-    if fam.name not in FAMILIES:
+    if fam.name not in LATENCY_FAMILIES:
         raise VitCompressError(
-            f"latency tables cover the {' and '.join(FAMILIES)} families (pre-norm blocks on one residual stream), "
+            f"latency tables cover the {' and '.join(LATENCY_FAMILIES)} families (pre-norm blocks on one residual stream), "
             f"not {fam.name}; use flops_reduction for this model",
             params=["flops_reduction"],
         )

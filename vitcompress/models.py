@@ -26,6 +26,7 @@ __all__ = [
     "check_model_name",
     "check_supported",
     "create_source_model",
+    "create_with_family",
     "infer_source",
     "list_models",
     "load_checkpoint",
@@ -92,6 +93,17 @@ def create_source_model(
     ``patch_size``, ...), recorded as the model's source (``model.vitcompress_meta.source``) so that
     an artifact can rebuild the same architecture.
     """
+    return create_with_family(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)[0]
+
+
+def create_with_family(
+    name: str,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    **kwargs: Any,
+) -> tuple[nn.Module, Family]:
+    """``create_source_model`` and the family that supports the model (checked once, on the module)."""
     fam = check_model_name(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for key, value in kwargs.items():
@@ -113,12 +125,12 @@ def create_source_model(
                 params=["checkpoint"],
             ) from None
         raise VitCompressError(f"cannot create {name!r}: {_reason(e, kwargs)}") from None
-    family_of(model, name)
+    fam = family_of(model, name)
     check_geometry(fam, model, name)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     attach(model, ArtifactMeta(source=SourceModel(name, kwargs)))
-    return model.eval()
+    return model.eval(), fam
 
 
 def check_geometry(fam: Family, model: nn.Module, name: str = "") -> None:
@@ -207,13 +219,13 @@ def _unreadable_reason(e: BaseException) -> str:
     return "not a torch.save file: corrupt, truncated or another format"
 
 
-def infer_source(model: nn.Module) -> SourceModel:
+def infer_source(model: nn.Module, family: Family | None = None) -> SourceModel:
     """How to rebuild ``model``: its recorded source, or (for a model vitcompress did not create)
-    what its family can tell from the module."""
+    what its family (``family``, else ``family_of(model)``) can tell from the module."""
     meta = attached(model)
     if meta is not None:
         return meta.source
-    src = family_of(model).source_of(model)
+    src = (family or family_of(model)).source_of(model)
     if src is None:
         raise VitCompressError(
             "cannot tell which timm model this is; create it with vitcompress.create_source_model(name)"

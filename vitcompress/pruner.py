@@ -4,8 +4,9 @@
 
 1. ``check_request`` - validate everything cheap first (budget, granularity, scorer, method and
    its options, the latency table, the output path), so bad input fails before minutes of scoring;
-2. ``load_for_pruning`` - resolve the model (``resolve.resolve_model``) and set its token
-   schedule aside (widths are chosen on the plain model);
+2. ``load_for_pruning`` - resolve the model and its family once (``resolve.resolve``: a
+   ``Resolved`` holding the module, its family, its widths and its token schedule, passed down to
+   every later step) and set the token schedule aside (widths are chosen on the plain model);
 3. ``choose_plan`` - groups (the family's) -> scores (``scorers/``) -> plan (``budget.py``), or a
    registered method (``methods/``) that trains/scores and selects with the same budget; a latency
    target selects on the predicted latency of a measured table (``latency.py``);
@@ -34,7 +35,7 @@ from .counting import Counts, count
 from .data import calibration_loader
 from .datapipe import check_data
 from .errors import VitCompressError
-from .families import family_of, spec_from_model
+from .families import Family, family_of
 from .groups import parse_kinds
 from .io import output_lock
 from .latency import LatencyTable, latency_budget
@@ -42,10 +43,10 @@ from .latency import summary as table_summary
 from .methods import METHODS, ONESHOT, Method, MethodOptions, MethodOutput
 from .models import infer_source
 from .plan import Plan
-from .resolve import resolve_model
+from .resolve import Resolved, resolve
 from .scorers import SCORERS, labels_used, needs_data
 from .slicers import slice_model
-from .tokens.apply import apply_tokens, remove_tokens, schedule_of
+from .tokens.apply import apply_tokens, remove_tokens
 from .tokens.counting import macs_with
 from .tokens.schedule import TokenSchedule
 
@@ -244,12 +245,11 @@ def _refusal(fam, net: nn.Module, kinds: list[str]) -> str:
     return "not supported"
 
 
-def load_for_pruning(
-    model, cfg: PruneConfig, meth: Method | None = None, **source: Any
-) -> tuple[nn.Module, TokenSchedule | None]:
-    """The model to prune without its token schedule (a copy when it had one), and the schedule."""
-    net = resolve_model(model, **source)
-    fam = family_of(net)
+def load_for_pruning(model, cfg: PruneConfig, meth: Method | None = None, **source: Any) -> Resolved:
+    """The model to prune, resolved with its family (asked once), without its token schedule (a
+    copy when it had one; the schedule stays in ``Resolved.schedule``)."""
+    ctx = resolve(model, **source)
+    net, fam = ctx.model, ctx.family
     if tuple(cfg.granularity) == parse_kinds(DEFAULT_GRANULARITY):  # not asked for: what the family supports
         supported = fam.supported_kinds(net, cfg.granularity)
         dropped = [k for k in cfg.granularity if k not in supported]
@@ -271,16 +271,15 @@ def load_for_pruning(
             f"this model has no classifier, so pruning {','.join(changed)} narrows its output features; "
             "pass change_features=True (--change-features) to prune them anyway, or drop them from --granularity"
         )
-    infer_source(net)  # a module vitcompress did not create must be rebuildable, checked before any work
-    sched = schedule_of(net)
-    if sched is not None:  # widths are chosen on the plain model; the schedule is applied again after slicing
+    infer_source(net, fam)  # a module vitcompress did not create must be rebuildable, checked before any work
+    if ctx.schedule is not None:  # widths are chosen on the plain model; the schedule is applied again after slicing
         if "depth" in cfg.granularity:
             raise VitCompressError(
                 "this model carries a token schedule, and depth pruning renumbers its blocks; "
                 "prune depth first, then apply token reduction (vitcompress tokens)"
             )
-        net = remove_tokens(copy.deepcopy(net))
-    return net, sched
+        ctx.model = remove_tokens(copy.deepcopy(net))
+    return ctx
 
 
 def choose_plan(
@@ -292,9 +291,11 @@ def choose_plan(
     progress: bool = False,
     times: dict | None = None,
     budget: Budget | None = None,
+    family: Family | None = None,
 ) -> Choice:
     """Score and select (one-shot) under ``budget`` (default ``cfg.budget()``), or run the method;
-    ``times`` receives the stages' seconds."""
+    ``times`` receives the stages' seconds; ``family`` is ``net``'s (else asked with ``family_of``)."""
+    fam = family or family_of(net)
     times = {} if times is None else times
     budget = budget or cfg.budget()
     t0 = time.perf_counter()
@@ -305,16 +306,16 @@ def choose_plan(
         return Choice(out.model, out.plan, out.achieved, out, details)
     loader = None
     if needs_data(cfg.importance):
-        loader = calibration_loader(cfg.data, net, cfg.calib_images, cfg.batch_size, cfg.seed)
+        loader = calibration_loader(cfg.data, net, cfg.calib_images, cfg.batch_size, cfg.seed, family=fam)
     times["load"] = times.get("load", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()
-    groups = family_of(net).groups(net, cfg.granularity)
+    groups = fam.groups(net, cfg.granularity)
     scores = SCORERS.get(cfg.importance)(
         net, groups, loader=loader, seed=cfg.seed, labels=cfg.labels, progress=progress, max_memory=cfg.max_memory
     )
     times["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plan, achieved = select(net, groups, scores, budget)
+    plan, achieved = select(net, groups, scores, budget, family=fam)
     times["select"] = time.perf_counter() - t0
     # which targets the scorer used (None: a data-free scorer)
     return Choice(net, plan, achieved, details={"labels_used": labels_used(cfg.importance, net, loader, cfg.labels)})
@@ -326,17 +327,20 @@ def record(
     choice: Choice,
     meth: Method | None,
     before: Counts,
+    family: Family | None = None,
 ) -> ArtifactMeta:
-    """Append this step's history entry to the pruned model's record; returns the record."""
+    """Append this step's history entry to the pruned model's record; returns the record
+    (``family``: the pruned model's, else asked with ``family_of``)."""
+    fam = family or family_of(pruned)
     rec = history_record(
         ONESHOT if meth is None else meth.name,
         cfg.to_dict(),
         (cfg.metric, cfg.reduction),
         before,
-        count(pruned),
+        count(pruned, family=fam),
         **choice.details,
     )
-    return record_step(pruned, rec)
+    return record_step(pruned, rec, fam)
 
 
 def prune(
@@ -398,25 +402,30 @@ def _prune(
     """``prune`` once the request is valid and the output locked: load, choose, slice, record, save."""
     times: dict = {}
     t0 = time.perf_counter()
-    net, sched = load_for_pruning(
+    ctx = load_for_pruning(
         model, cfg, meth, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size
     )
+    net, fam, sched = ctx.model, ctx.family, ctx.schedule  # a pruned model is of the same family
     times["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    before = count(net) if sched is None else Counts(macs_with(net, sched), count(net).params)
+    before = (
+        count(net, family=fam)
+        if sched is None
+        else Counts(macs_with(net, sched, family=fam), count(net, family=fam).params)
+    )
     # widths are chosen on the plain model, their MACs or latency on the schedule it runs
     budget = cfg.budget(net, table, sched) if table is not None else cfg.budget(schedule=sched)
     times["count"] = time.perf_counter() - t0
-    choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times, budget=budget)
+    choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times, budget=budget, family=fam)
     t0 = time.perf_counter()
-    pruned = slice_model(choice.model, choice.plan)
+    pruned = slice_model(choice.model, choice.plan, family=fam)
     times["slice"] = time.perf_counter() - t0
     if choice.out is not None and choice.out.finish is not None:
         t0 = time.perf_counter()
         pruned = choice.out.finish(pruned)
         times["finish"] = time.perf_counter() - t0
     if budget is not None and table is not None and budget.cost is not None:
-        ms0, ms1 = budget.cost(family_of(net).spec(net)), budget.cost(family_of(pruned).spec(pruned))
+        ms0, ms1 = budget.cost(ctx.spec), budget.cost(fam.spec(pruned))
         choice.details["latency"] = {
             "table": cfg.latency_table,
             **table_summary(table),
@@ -424,17 +433,17 @@ def _prune(
             "predicted_ms_after": ms1,
             "predicted_reduction": 1 - ms1 / ms0,
         }
-    if any(k in cfg.granularity for k in family_of(net).feature_kinds(net)):  # recorded: the output narrowed
-        widths = [spec_from_model(m).stage_dims[-1] for m in (net, pruned)]
+    if any(k in cfg.granularity for k in fam.feature_kinds(net)):  # recorded: the output narrowed
+        widths = [ctx.spec.stage_dims[-1], fam.spec(pruned).stage_dims[-1]]
         choice.details["output_features"] = {"before": widths[0], "after": widths[1]}
     if sched is not None:  # counted (and recorded) with the schedule the artifact runs
-        apply_tokens(pruned, copy.deepcopy(sched))
+        apply_tokens(pruned, copy.deepcopy(sched), family=fam)
     t0 = time.perf_counter()
-    record(pruned, cfg, choice, meth, before)
+    record(pruned, cfg, choice, meth, before, fam)
     times["count"] += time.perf_counter() - t0
-    meta = meta_of(pruned)
+    meta = meta_of(pruned, fam)
     if output is not None:
         t0 = time.perf_counter()
-        save(pruned, output, force=force)
+        save(pruned, output, force=force, family=fam)
         times["save"] = time.perf_counter() - t0
     return PruneResult(pruned.eval(), meta, achieved=choice.achieved, seconds=times)

@@ -37,13 +37,13 @@ from .distill import DistillConfig
 from .distributed import dist_info, init_distributed, launch_rank
 from .errors import VitCompressError
 from .evaluate import evaluate_data
-from .families import identity_plan
+from .families import Family, family_of
 from .groups import parse_kinds
 from .io import atomic_file, output_lock
 from .logits import logits_of
 from .plan import Plan
 from .pruner import prune
-from .resolve import resolve_model
+from .resolve import Resolved, resolve
 from .scorers import SCORERS
 from .slicers import slice_model
 from .training import TrainConfig, fit
@@ -108,16 +108,35 @@ class PipelineConfig:
         return merge_config(cls(), d, "pipeline")
 
 
-def _measure(model: nn.Module, metric: str) -> float:
-    c = count(model)
+def _measure(model: nn.Module, metric: str, family: Family | None = None) -> float:
+    c = count(model, family=family)
     return float(c.macs if metric == "macs" else c.params)
 
 
+def check_teacher(ctx: Resolved, cfg: PipelineConfig) -> int:
+    """The teacher's number of blocks; a one-line error for a teacher the recipe cannot compress: a
+    family with several residual streams (its depth stage ranks the blocks of one stream), one that
+    cannot prune the width granularity or whole blocks, or fewer than 2 blocks."""
+    spec, fam = ctx.spec, ctx.family
+    if len(spec.stage_dims) > 1:
+        raise VitCompressError(
+            f"the pipeline ranks the blocks of one residual stream, and this {fam.name} model has "
+            f"{len(spec.stage_dims)} stages; compress it with prune (granularity including depth) and train instead"
+        )
+    fam.check_kinds(ctx.model, (*cfg.width_granularity, "depth"))
+    n_blocks = len(spec.blocks)
+    if n_blocks < 2:
+        raise VitCompressError("the pipeline's depth stage needs a teacher with at least 2 blocks; prune widths only")
+    return n_blocks
+
+
 @torch.no_grad()
-def block_importance(model: nn.Module, loader) -> torch.Tensor:
-    """Loss change when each block is skipped: mean CE with block b replaced by the identity
-    minus the full model's mean CE, over the calibration images (labels when the data has the
-    model's classes, else the model's own predictions)."""
+def block_importance(model: nn.Module, loader, family: Family | None = None) -> torch.Tensor:
+    """Loss change when each block is skipped: mean CE of the model without block b (sliced out by
+    its family, ``family`` or ``family_of(model)``) minus the full model's mean CE, over the
+    calibration images (labels when the data has the model's classes, else the model's own
+    predictions)."""
+    fam = family or family_of(model)
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -125,30 +144,27 @@ def block_importance(model: nn.Module, loader) -> torch.Tensor:
     batches = [(x.to(device), y.to(device)) for x, y in loader]
     targets = [y if n_cls == model.num_classes else logits_of(model(x)).argmax(-1) for x, y in batches]
 
-    def loss() -> float:
+    def loss(net: nn.Module) -> float:
         tot = sum(
-            float(nn.functional.cross_entropy(logits_of(model(x)), t, reduction="sum"))
+            float(nn.functional.cross_entropy(logits_of(net(x)), t, reduction="sum"))
             for (x, _), t in zip(batches, targets)
         )
         return tot / sum(len(t) for t in targets)
 
-    base = loss()
-    out = []
-    blocks = model.blocks
-    for b in range(len(blocks)):
-        model.blocks = nn.Sequential(*[m for i, m in enumerate(blocks) if i != b])
-        try:
-            out.append(loss() - base)
-        finally:
-            model.blocks = blocks
+    base = loss(model)
+    out = [
+        loss(slice_model(model, without_blocks(model, {b}, fam), family=fam).eval()) - base
+        for b in range(len(fam.spec(model).blocks))
+    ]
     model.train(was)
     return torch.tensor(out)
 
 
-def without_blocks(model: nn.Module, drop: Collection[int]) -> Plan:
-    """``model``'s identity plan less the blocks ``drop`` (block indices of ``model``)."""
+def without_blocks(model: nn.Module, drop: Collection[int], family: Family | None = None) -> Plan:
+    """``model``'s identity plan less the blocks ``drop`` (block indices of ``model``); ``family`` is the
+    model's (else asked with ``family_of``)."""
     drop = set(drop)
-    plan = identity_plan(model)
+    plan = (family or family_of(model)).identity_plan(model)
     plan.blocks = [b for b in plan.blocks if b not in drop]
     plan.layers = {b: lp for b, lp in plan.layers.items() if b not in drop}
     return plan
@@ -160,22 +176,24 @@ def drop_blocks(
     importance: Sequence[float],
     target: tuple[str, float],
     config: dict | None = None,
+    family: Family | None = None,
 ) -> nn.Module:
     """``model`` sliced without the blocks ``drop``, in eval mode, with a ``depth-loss`` history
     step: ``importance`` (``block_importance``), the ``target`` the removal served and ``config``
-    (settings recorded next to the criterion)."""
-    before = count(model)
-    pruned = slice_model(model, without_blocks(model, drop))
+    (settings recorded next to the criterion); ``family`` is the model's (else asked with ``family_of``)."""
+    fam = family or family_of(model)
+    before = count(model, family=fam)
+    pruned = slice_model(model, without_blocks(model, drop, fam), family=fam)
     rec = history_record(
         "depth-loss",
         {"granularity": ["depth"], "importance": "loss change when skipped", **(config or {})},
         target,
         before,
-        count(pruned),
+        count(pruned, family=fam),
         block_importance=[round(float(v), 6) for v in importance],
         removed_blocks=sorted(set(drop)),
     )
-    record_step(pruned, rec)
+    record_step(pruned, rec, fam)
     return pruned.eval()
 
 
@@ -186,24 +204,35 @@ def training_done(path: str | os.PathLike, epochs: int) -> bool:
 
 
 def depth_prune(
-    model: nn.Module, cfg: PipelineConfig, needed: float, n_planned: int, progress: bool = False
+    model: nn.Module,
+    cfg: PipelineConfig,
+    needed: float,
+    n_planned: int,
+    progress: bool = False,
+    family: Family | None = None,
 ) -> nn.Module:
     """Remove whole blocks, the smallest loss change first (``block_importance``): ``depth_blocks``
     of them, or the number that brings the model closest to removing ``needed`` of the metric.
-    Returns the sliced model with its artifact record (history entry ``depth-loss``)."""
-    loader = calibration_loader(cfg.train.data, model, cfg.calib_images, 32, cfg.train.seed)
-    imp = block_importance(model, loader)
+    Returns the sliced model with its artifact record (history entry ``depth-loss``); ``family``
+    is the model's (else asked with ``family_of``)."""
+    fam = family or family_of(model)
+    depth = len(fam.spec(model).blocks)
+    loader = calibration_loader(cfg.train.data, model, cfg.calib_images, 32, cfg.train.seed, family=fam)
+    imp = block_importance(model, loader, fam)
     order = torch.argsort(imp, stable=True).tolist()
 
-    base = _measure(model, cfg.metric)
+    def plan_without(n):
+        return without_blocks(model, order[:n], fam)
+
+    base = _measure(model, cfg.metric, fam)
     options = []
-    for n in range(1, len(model.blocks)):
-        net = slice_model(model, without_blocks(model, order[:n]))
-        options.append((n, 1 - _measure(net, cfg.metric) / base))
+    for n in range(1, depth):
+        net = slice_model(model, plan_without(n), family=fam)
+        options.append((n, 1 - _measure(net, cfg.metric, fam) / base))
     if cfg.depth_blocks is not None:
-        if not 1 <= cfg.depth_blocks < len(model.blocks):
+        if not 1 <= cfg.depth_blocks < depth:
             raise VitCompressError(
-                f"depth_blocks must be between 1 and {len(model.blocks) - 1}, got {cfg.depth_blocks}",
+                f"depth_blocks must be between 1 and {depth - 1}, got {cfg.depth_blocks}",
                 params=["depth_blocks"],
             )
         n = cfg.depth_blocks
@@ -211,7 +240,7 @@ def depth_prune(
         fit_ = [o for o in options if o[1] <= needed + TOLERANCE] or options[:1]
         n = min(fit_, key=lambda o: (abs(o[1] - needed), abs(o[0] - n_planned)))[0]
     config = {"data": cfg.train.data, "calib_images": cfg.calib_images, "seed": cfg.train.seed}
-    pruned = drop_blocks(model, order[:n], imp, (cfg.metric, needed), config)
+    pruned = drop_blocks(model, order[:n], imp, (cfg.metric, needed), config, fam)
     pruned.vitcompress_meta.extra.pop("training", None)
     return pruned
 
@@ -247,12 +276,14 @@ def run_pipeline(
 
 def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) -> dict:
     rank, _, _ = dist_info()
-    teacher = resolve_model(model)
+    ctx = resolve(model)  # the teacher and its family, asked once; every stage's model is of the same family
+    n_blocks = check_teacher(ctx, cfg)
+    teacher, fam = ctx.model, ctx.family
     teacher.eval()
     rows = []
 
     def row(stage: str, net: nn.Module) -> None:
-        c = count(net)
+        c = count(net, family=fam)
         r = evaluate_data(
             net,
             cfg.train.data,
@@ -265,7 +296,7 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
                 "stage": stage,
                 "macs": c.macs,
                 "params": c.params,
-                "depth": len(net.blocks),
+                "depth": len(fam.spec(net).blocks),
                 "top1": r.top1,
                 "agreement": r.agreement,
             }
@@ -273,9 +304,6 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
         if rank == 0 and progress:
             logger.info(f"[{stage}] {c.macs / 1e6:.2f} M MACs  {c.params / 1e6:.3f} M params  top-1 {r.top1:.2%}")
 
-    n_blocks = len(teacher.blocks)
-    if n_blocks < 2:
-        raise VitCompressError("the pipeline's depth stage needs a teacher with at least 2 blocks; prune widths only")
     if cfg.depth_blocks is not None and not cfg.depth_blocks < n_blocks:
         raise VitCompressError(
             f"depth_blocks must be between 1 and {n_blocks - 1} (the teacher has {n_blocks} blocks), "
@@ -297,7 +325,7 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
             params=["depth_share", "depth_blocks"],
         )
     row("teacher", teacher)
-    base = _measure(teacher, cfg.metric)
+    base = _measure(teacher, cfg.metric, fam)
     budget = {"flops_reduction": width_r} if cfg.metric == "macs" else {"params_reduction": width_r}
 
     def stage_path(name: str) -> Path:
@@ -344,11 +372,11 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
     row("width_pruned", w)
     w = distilled("width_distilled", w)
     row("width_distilled", w)
-    needed = 1 - keep * base / _measure(w, cfg.metric)
+    needed = 1 - keep * base / _measure(w, cfg.metric, fam)
     p = stage_path("depth_pruned")
     if not (resume and is_artifact(p)):
-        d = depth_prune(w, cfg, needed, n_depth, progress and rank == 0)
-        short = 1 - keep * base / _measure(d, cfg.metric)  # what is still to remove, as a share of d
+        d = depth_prune(w, cfg, needed, n_depth, progress and rank == 0, fam)
+        short = 1 - keep * base / _measure(d, cfg.metric, fam)  # what is still to remove, as a share of d
         if short > TOLERANCE / 3:  # whole blocks fell short: trim the widths to the target
             d = prune(
                 d,
@@ -374,7 +402,7 @@ def _run(model, cfg: PipelineConfig, out: Path, resume: bool, progress: bool) ->
         "config": cfg.to_dict(),
         "metric": cfg.metric,
         "target": cfg.reduction,
-        "achieved": 1 - _measure(d, cfg.metric) / base,
+        "achieved": 1 - _measure(d, cfg.metric, fam) / base,
         "rows": rows,
     }
     if rank == 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .counting import count
-from .families import family_of
+from .families import Family, family_of
 from .families.base import take
 from .meta import ArtifactMeta, attach, attached
 from .models import infer_source
@@ -20,16 +20,17 @@ from .plan import Plan, compose
 __all__ = ["slice_model", "take"]
 
 
-def slice_model(model: nn.Module, plan: Plan) -> nn.Module:
+def slice_model(model: nn.Module, plan: Plan, family: Family | None = None) -> nn.Module:
     """A new dense model: ``model`` with everything the plan does not keep removed.
 
     The original is left untouched. The result is in eval mode on the original's device/dtype, and
     carries the original's record with the plan composed into it (so each block knows its index in
-    the unpruned model); a pruning step adds its history entry on top.
+    the unpruned model); a pruning step adds its history entry on top. ``family`` is the model's
+    family when the caller already knows it (else ``family_of``).
     """
     plan.validate()
-    fam = family_of(model)
-    source = infer_source(model)
+    fam = family or family_of(model)
+    source = infer_source(model, fam)
     prev = attached(model)
     spec = fam.spec_after(fam.spec(model), plan)
     state = fam.slice_state(model, plan)
@@ -46,7 +47,7 @@ def slice_model(model: nn.Module, plan: Plan) -> nn.Module:
             plan=compose(base, plan),
             counts_source=dict(prev.counts_source)
             if prev is not None and prev.counts_source
-            else count(model, with_schedule=False).to_dict(),
+            else count(model, with_schedule=False, family=fam).to_dict(),
             history=list(prev.history) if prev is not None else [],
             extra=dict(prev.extra) if prev is not None else {},
         ),

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import VitCompressError
-from ..families import family_of
+from ..families import Family, family_of
 
 BUILTIN = ("digits", "mnist10k")
 SPLITS = ("train", "val", "all")
@@ -37,8 +37,10 @@ class DataConfig:
     std: tuple[float, ...]
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> DataConfig:
-        c, h, w = family_of(model).input_size(model)
+    def from_model(cls, model: nn.Module, family: Family | None = None) -> DataConfig:
+        """The geometry ``model``'s family reads off it (``family``: already known, else asked) and
+        the normalisation of its ``pretrained_cfg``."""
+        c, h, w = (family or family_of(model)).input_size(model)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
@@ -195,12 +197,18 @@ def make_dataset(data: str, cfg: DataConfig, split: str = "train", training: boo
 
 
 def calibration_loader(
-    data: str, model: nn.Module, n_images: int = 64, batch_size: int = 32, seed: int = 0
+    data: str,
+    model: nn.Module,
+    n_images: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+    family: Family | None = None,
 ) -> DataLoader:
-    """``n_images`` training images drawn with a fixed seed, for scoring."""
+    """``n_images`` training images drawn with a fixed seed, for scoring (``family``: the model's,
+    when already known)."""
     if n_images < 1:
         raise VitCompressError(f"calib_images must be at least 1, got {n_images}", params=["calib_images"])
-    ds = make_dataset(data, DataConfig.from_model(model), "train")
+    ds = make_dataset(data, DataConfig.from_model(model, family), "train")
     if len(ds) == 0:
         raise VitCompressError(f"data {data!r} is empty; point it at a folder with images")
     g = torch.Generator().manual_seed(seed)

@@ -4,7 +4,9 @@
 refines: the hybrid ViT and the FLatten ViT before the plain ViT). ``family_of(model)`` finds the
 family of a module and refuses, in one line, a module no family supports exactly;
 ``family_for_name(name)`` does the same for a model name. A new family is a ``Family`` subclass (see ``families/base.py`` and
-the worked example in ``docs/pruning.md``) registered with ``FAMILIES.register(name)``.
+the worked example in ``docs/pruning.md``) registered with ``register(family, before=None)`` (or,
+the same, ``FAMILIES.register(name, before=None)(family)``): ``before`` names the family it refines,
+matched after it.
 
 The helpers below are the model-facing entry points the core uses::
 
@@ -14,7 +16,7 @@ The helpers below are the model-facing entry points the core uses::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -33,22 +35,54 @@ from .swin import SwinFamily
 from .unsupported import module_reason
 from .vit import ParallelViTFamily, ViTFamily
 
-FAMILIES: Registry = Registry("model family")
-_ORDER: list[str] = []  # match order: a family refining another comes before it
+
+class FamilyRegistry(Registry[Family]):
+    """The registered families and the order models are matched in: ``register(name, before=...)``
+    puts a family before the one it refines (else last), so a family registered either way
+    (``FAMILIES.register(name)(family)`` or ``families.register(family)``) is matched."""
+
+    def __init__(self) -> None:
+        super().__init__("model family")
+        self.order: list[str] = []
+
+    def register(self, name: str, before: str | None = None) -> Callable[[Family], Family]:
+        if before is not None:
+            self.get(before)  # a one-line error for an unknown family
+        add = super().register(name)
+
+        def deco(family: Family) -> Family:
+            if not isinstance(family, Family):
+                raise TypeError(f"{self.kind} {name!r} must be a Family instance, got {type(family).__name__}")
+            missing = family.missing()
+            if missing:
+                raise TypeError(f"{self.kind} {name!r} does not implement {', '.join(missing)} (see families/base.py)")
+            add(family)
+            self.order.insert(self.order.index(before) if before else len(self.order), name)
+            return family
+
+        return deco
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self.order.remove(name)
+
+    def in_order(self) -> list[Family]:
+        """Every registered family, in match order."""
+        return [self.get(n) for n in self.order]
+
+
+FAMILIES = FamilyRegistry()
 
 
 def register(family: Family, before: str | None = None) -> Family:
-    """Add ``family`` to ``FAMILIES``, matched before the family named ``before`` (else last)."""
-    FAMILIES.register(family.name)(family)
-    _ORDER.insert(_ORDER.index(before) if before else len(_ORDER), family.name)
-    return family
+    """Add ``family`` to ``FAMILIES`` under its name, matched before the family named ``before`` (else last)."""
+    return FAMILIES.register(family.name, before=before)(family)
 
 
 def unregister(name: str) -> Family:
     """Remove the family ``name`` from ``FAMILIES`` (returns it)."""
     family = FAMILIES.get(name)
     FAMILIES.remove(name)
-    _ORDER.remove(name)
     return family
 
 
@@ -63,7 +97,7 @@ register(EvaFamily())
 
 def families() -> list[Family]:
     """Every registered family, in match order."""
-    return [FAMILIES.get(n) for n in _ORDER]
+    return FAMILIES.in_order()
 
 
 def supported() -> str:

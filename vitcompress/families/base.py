@@ -1,46 +1,61 @@
 """The family adapter: everything the pruning core needs to know about one kind of model.
 
 The core (budget, scorers, seed methods, artifacts, counting, export, bench) never looks inside a
-model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for:
+model. It asks the model's ``Family`` (``vitcompress.families.family_of``) for what follows. The
+class is split in two.
 
-- **recognition**: ``owns_name`` (model names), ``list_models`` (and ``refused_models``, with the
-  reasons), ``recognises`` (a module),
-  ``problems`` (what of a recognised module cannot be sliced exactly; each becomes part of a
-  one-line refusal), ``check_kinds`` (granularities this model cannot prune exactly),
-  ``check_method`` (whether a seed method runs on this model), ``feature_kinds`` (granularities
-  that change the width of the model's output);
-- **the source**: ``create`` (unpruned model from a name), ``source_of`` (how to rebuild a module
-  vitcompress did not create; ``source_keys`` names the keyword arguments it may write),
-  ``input_size`` and ``image_stride`` (input geometry), ``dynamic_size_source`` (the same model
-  taking any image size, for exports), ``source_kwargs`` (the creation options a source may
-  record, each with its kind: anything else is refused when a model is created and when an
-  artifact is read, ``check_source``) and ``source_spec`` (the unpruned model's widths, which
-  bound an artifact's plan);
-- **structure**: ``spec`` (widths read off the modules), ``build`` (an empty model of a spec),
-  ``groups`` (coupled slices per kind), ``slice_state`` (the cut tensors of a plan),
-  ``reference_norms`` (the kept-channel norms of the masked reference), ``shrink`` and
-  ``can_remove_block`` (how a spec changes when the budget removes a unit);
-- **cost**: ``arch_info`` (width-independent constants), ``block_macs``, ``macs`` and ``params``
-  (analytic, equal to ``torch.utils.flop_counter`` and the real parameter count), ``token_layout``
-  where token reduction applies, ``cost_note`` (one line on how attention is counted, where it
+**The required protocol** (``FamilyProtocol``; abstract, so a family that lacks a piece cannot be
+instantiated, and ``FAMILIES.register`` refuses one without a name or counting):
+
+- **recognition**: ``name``, ``title``, ``owns_name`` (model names), ``recognises`` (a module),
+  ``input_size`` and ``image_stride`` (input geometry);
+- **structure**: ``spec`` (widths read off the modules), ``build`` (an empty model of a spec);
+- **slicing**: ``groups`` (coupled slices per kind; ``kinds`` lists the granularities),
+  ``slice_state`` (the cut tensors of a plan);
+- **counting**: ``arch_info`` (width-independent constants) and a ``counting`` module whose
+  ``per_block``, ``macs`` and ``params`` are analytic, equal to ``torch.utils.flop_counter`` and the
+  real parameter count (``block_macs``, ``macs`` and ``params`` delegate to it; a family without
+  such a module overrides the three methods instead).
+
+**Optional capabilities**, each a class with defaults that a family overrides only where it has
+something to say:
+
+- ``Refusals``: ``list_models`` (and ``refused_models``, with the reasons), ``problems`` (what of a
+  recognised module cannot be sliced exactly; each becomes part of a one-line refusal),
+  ``check_kinds`` (granularities this model cannot prune exactly), ``check_method`` (whether a seed
+  method runs on this model; ``methods`` lists them), ``feature_kinds`` (granularities that change
+  the width of the model's output);
+- ``Sources``: ``create`` (unpruned model from a name; default ``timm.create_model``),
+  ``source_of`` (how to rebuild a module vitcompress did not create; ``source_keys`` names the
+  keyword arguments it may write), ``dynamic_size_source`` (the same model taking any image size,
+  for exports), ``source_kwargs`` (the creation options a source may record, each with its kind:
+  anything else is refused when a model is created and when an artifact is read,
+  ``check_source``) and ``source_spec`` (the unpruned model's widths, which bound an artifact's
+  plan);
+- ``Reshaping``: ``identity_plan``, ``spec_after``, ``reference_norms`` (the kept-channel norms of
+  the masked reference), ``shrink`` and ``can_remove_block`` (how a spec changes when the budget
+  removes a unit); the defaults fit one residual stream;
+- ``Costs``: ``token_reduction`` (whether the token reducers apply) with ``token_layout``,
+  ``cost`` (``spec -> cost``), ``cost_note`` (one line on how attention is counted, where it
   differs from softmax attention's quadratic cost; shown by ``vitcompress info``);
-- **what the methods read**: ``parts`` (per block, in order: the attention, its fused ``qkv`` and
-  ``proj``, the MLP's ``fc1``/activation/``fc2``, as module paths), ``residual_norm_paths``,
-  ``qkv_heads`` and ``head_outputs`` (per-head activations), ``attention_difference`` (per q/k
-  channel, how much removing it changes the attention: AMAP's indicator starts from it).
+- ``MethodHooks`` (what the seed methods read): ``parts`` (per block, in order: the attention, its
+  fused ``qkv`` and ``proj``, the MLP's ``fc1``/activation/``fc2``, as module paths),
+  ``residual_norm_paths``, ``qkv_heads`` and ``head_outputs`` (per-head activations; the defaults
+  fit a timm-layout attention: fused ``qkv`` with ``[q | k | v]`` rows, head-major, and a
+  ``proj``), ``attention_difference`` (per q/k channel, how much removing it changes the
+  attention: AMAP's indicator starts from it). A family that does not override ``parts`` is pruned
+  one shot only.
 
-The defaults below fit any family whose blocks hold a timm-layout attention (fused ``qkv`` with
-``[q | k | v]`` rows, head-major, and a ``proj``) and a two-layer MLP; a family overrides what
-differs. ``kinds`` lists the granularities it supports, ``token_reduction`` whether the token
-reducers apply, ``methods`` which seed methods run on it.
+``Family`` combines them; a new family derives from it.
 """
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import timm
 import torch
@@ -51,6 +66,16 @@ from ..groups import KINDS, Group
 from ..layers import KeptChannelLayerNorm, head_outputs, qkv_heads
 from ..plan import Plan, full_plan
 from ..spec import SourceModel, Spec, check_kwargs
+
+
+class Counter(Protocol):
+    """A family's analytic counting (usually its ``counting`` module)."""
+
+    def per_block(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> list[int]: ...
+
+    def macs(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> int: ...
+
+    def params(self, spec: Spec, info: Any) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -98,26 +123,99 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-class Family:
-    """Base class of a model family; see the module docstring for the contract."""
+class FamilyProtocol(abc.ABC):
+    """What every family must implement (abstract: a family missing one cannot be instantiated).
+
+    Recognition (``owns_name``, ``recognises``, ``input_size``, ``image_stride``), structure
+    (``spec``, ``build``), slicing (``groups``, ``slice_state``) and counting (``arch_info``, and
+    either a ``counting`` module with ``per_block``/``macs``/``params`` or the three methods
+    ``block_macs``/``macs``/``params`` overridden). Everything else is an optional capability with a
+    default (``Refusals``, ``Sources``, ``Reshaping``, ``Costs``, ``MethodHooks``)."""
 
     name: str = ""
     #: one line naming the models of the family (used in refusals and ``vitcompress models``)
     title: str = ""
     kinds: tuple[str, ...] = KINDS
-    token_reduction: bool = False
-    methods: tuple[str, ...] = ("ihp", "gohsp", "amap")
-    #: one line on how attention MACs are counted where it is not softmax attention's (``info``)
-    cost_note: str = ""
-    #: creation options a source of this family may record -> their kind (``spec.check_kwarg``: size,
-    #: count, count0, depth, rate, positive, number?, bool, str); nothing else reaches ``create``
-    source_kwargs: Mapping[str, str] = {"img_size": "size", "in_chans": "count", "num_classes": "count0"}
+    #: the family's analytic counting (``per_block(spec, info, tokens)``, ``macs(spec, info, tokens)``,
+    #: ``params(spec, info)``); ``block_macs``/``macs``/``params`` delegate to it
+    counting: Counter | None = None
 
-    # ------------------------------------------------------------------ recognition and source
+    # ------------------------------------------------------------------ recognition
+    @abc.abstractmethod
     def owns_name(self, name: str) -> bool:
         """Whether the model ``name`` belongs to this family (for timm names: by the module of its
         entry point, cheaply)."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def recognises(self, model: nn.Module) -> bool:
+        """Whether ``model`` is of this family (its top-level type and stem, not its details)."""
+
+    @abc.abstractmethod
+    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the model was built for."""
+
+    @abc.abstractmethod
+    def image_stride(self, model: nn.Module) -> int:
+        """Image sides must be multiples of this (a ViT's patch size; a hybrid's stem stride times
+        its projection's patch)."""
+
+    # ---------------------------------------------------------------------------- structure
+    @abc.abstractmethod
+    def spec(self, model: nn.Module) -> Spec:
+        """The model's widths, read off its modules."""
+
+    @abc.abstractmethod
+    def build(self, source: SourceModel, spec: Spec, device: str | torch.device = "meta") -> nn.Module:
+        """An uninitialised model of ``source``'s architecture with ``spec``'s widths (on ``device``).
+        Load weights with ``load_state_dict(state, assign=True)``."""
+
+    # ------------------------------------------------------------------------------ slicing
+    @abc.abstractmethod
+    def groups(self, model: nn.Module, kinds: Iterable[str]) -> list[Group]:
+        """The coupling groups of the requested kinds (per-block groups in block order, then
+        ``embed`` per stage, then ``depth``)."""
+
+    @abc.abstractmethod
+    def slice_state(self, model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
+        """The state dict of the model cut by ``plan`` (names as in ``build(source, spec_after)``)."""
+
+    # ----------------------------------------------------------------------------- counting
+    @abc.abstractmethod
+    def arch_info(self, model: nn.Module, img_size: Sequence[int] | None = None) -> Any:
+        """Everything about the model's cost that does not depend on the pruned widths, at its own
+        image size or at ``img_size``."""
+
+    def block_macs(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
+        """MACs per image of each block (``tokens[i]``: what enters and leaves block i)."""
+        return self._counting().per_block(spec, info, tokens)
+
+    def macs(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> int:
+        """MACs per image of a model with ``spec`` (every token in every block by default)."""
+        return self._counting().macs(spec, info, tokens)
+
+    def params(self, spec: Spec, info: Any) -> int:
+        """Exact parameter count of a model with ``spec``."""
+        return self._counting().params(spec, info)
+
+    def _counting(self) -> Counter:
+        if self.counting is None:
+            raise NotImplementedError(f"the {self.name} family sets no counting module and overrides no count")
+        return self.counting
+
+    def missing(self) -> list[str]:
+        """What of the required protocol this family lacks (empty: complete): a name, and counting
+        (a ``counting`` module, or ``block_macs``, ``macs`` and ``params`` overridden)."""
+        out = [] if self.name else ["name"]
+        if self.counting is None:
+            out += [m for m in ("block_macs", "macs", "params") if getattr(type(self), m) is getattr(FamilyProtocol, m)]
+        return out
+
+
+class Refusals(FamilyProtocol):
+    """Optional: which models, granularities and methods a family refuses (default: none refused
+    beyond ``kinds`` and ``methods``)."""
+
+    methods: tuple[str, ...] = ("ihp", "gohsp", "amap")
 
     def list_models(self, pattern: str = "*") -> list[str]:
         """Names of this family that match a glob pattern (default: the timm names it owns)."""
@@ -127,10 +225,6 @@ class Family:
         """timm names matching ``pattern`` that belong to this family but are refused (not in
         ``list_models``), each with the reason."""
         return {}
-
-    def recognises(self, model: nn.Module) -> bool:
-        """Whether ``model`` is of this family (its top-level type and stem, not its details)."""
-        raise NotImplementedError
 
     def problems(self, model: nn.Module) -> list[str]:
         """What of a recognised ``model`` cannot be pruned exactly (empty: supported)."""
@@ -158,14 +252,24 @@ class Family:
 
     def check_method(self, model: nn.Module, method: str) -> None:
         """A one-line error unless the seed method ``method`` runs on ``model``."""
-        if method not in self.methods:
-            alternatives = f"one of {', '.join(self.methods)} or oneshot" if self.methods else "--method oneshot"
+        runs = self.methods if type(self).parts is not MethodHooks.parts else ()  # the methods read ``parts``
+        if method not in runs:
+            alternatives = f"one of {', '.join(runs)} or oneshot" if runs else "--method oneshot"
             raise VitCompressError(f"method {method} does not run on the {self.name} family; use {alternatives}")
 
     def feature_kinds(self, model: nn.Module) -> tuple[str, ...]:
         """Granularities whose pruning changes the width of ``model``'s output (a model without a
         classifier outputs its features); pruning them needs the caller's explicit consent."""
         return ()
+
+
+class Sources(FamilyProtocol):
+    """Optional: creating models by name and rebuilding a module vitcompress did not create
+    (default: ``timm.create_model``, no rebuild from a module, no dynamic image size)."""
+
+    #: creation options a source of this family may record -> their kind (``spec.check_kwarg``: size,
+    #: count, count0, depth, rate, positive, number?, bool, str); nothing else reaches ``create``
+    source_kwargs: Mapping[str, str] = {"img_size": "size", "in_chans": "count", "num_classes": "count0"}
 
     @property
     def source_keys(self) -> tuple[str, ...]:
@@ -197,29 +301,10 @@ class Family:
         with a dynamic image size; None when the family's models cannot."""
         return None
 
-    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
-        """(channels, height, width) of the images the model was built for."""
-        raise NotImplementedError
 
-    def image_stride(self, model: nn.Module) -> int:
-        """Image sides must be multiples of this (a ViT's patch size; a hybrid's stem stride times
-        its projection's patch)."""
-        raise NotImplementedError
-
-    # ---------------------------------------------------------------------------- structure
-    def spec(self, model: nn.Module) -> Spec:
-        """The model's widths, read off its modules."""
-        raise NotImplementedError
-
-    def build(self, source: SourceModel, spec: Spec, device: str | torch.device = "meta") -> nn.Module:
-        """An uninitialised model of ``source``'s architecture with ``spec``'s widths (on ``device``).
-        Load weights with ``load_state_dict(state, assign=True)``."""
-        raise NotImplementedError
-
-    def groups(self, model: nn.Module, kinds: Iterable[str]) -> list[Group]:
-        """The coupling groups of the requested kinds (per-block groups in block order, then
-        ``embed`` per stage, then ``depth``)."""
-        raise NotImplementedError
+class Reshaping(FamilyProtocol):
+    """Optional: how a plan changes a spec and the masked reference (default: one residual stream,
+    blocks with heads, q/k, v and MLP widths, any block removable while one stays)."""
 
     def identity_plan(self, model: nn.Module) -> Plan:
         """The plan that keeps everything of ``model``."""
@@ -238,10 +323,6 @@ class Family:
             )
             blocks.append(new)
         return Spec([len(e) for e in plan.embeds], blocks)
-
-    def slice_state(self, model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
-        """The state dict of the model cut by ``plan`` (names as in ``build(source, spec_after)``)."""
-        raise NotImplementedError
 
     def reference_norms(self, model: nn.Module, plan: Plan) -> dict[str, nn.Module]:
         """Replacements (path -> module) for the norms of the masked reference that must normalise
@@ -277,23 +358,13 @@ class Family:
         """Whether the block at position ``index`` of ``spec`` may be removed (at least one stays)."""
         return len(spec.blocks) > 1
 
-    # --------------------------------------------------------------------------------- cost
-    def arch_info(self, model: nn.Module, img_size: Sequence[int] | None = None) -> Any:
-        """Everything about the model's cost that does not depend on the pruned widths, at its own
-        image size or at ``img_size``."""
-        raise NotImplementedError
 
-    def block_macs(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
-        """MACs per image of each block (``tokens[i]``: what enters and leaves block i)."""
-        raise NotImplementedError
+class Costs(FamilyProtocol):
+    """Optional: token reduction and cost reports (default: no token reduction)."""
 
-    def macs(self, spec: Spec, info: Any, tokens: Sequence[BlockTokens] | None = None) -> int:
-        """MACs per image of a model with ``spec`` (every token in every block by default)."""
-        raise NotImplementedError
-
-    def params(self, spec: Spec, info: Any) -> int:
-        """Exact parameter count of a model with ``spec``."""
-        raise NotImplementedError
+    token_reduction: bool = False
+    #: one line on how attention MACs are counted where it is not softmax attention's (``info``)
+    cost_note: str = ""
 
     def token_layout(self, info: Any) -> tuple[int, int, bool]:
         """(patch tokens, prefix tokens, whether a class token leads them) entering the first block
@@ -309,15 +380,20 @@ class Family:
             return lambda sp: self.params(sp, info)
         raise ValueError(f"unknown metric {metric!r}")
 
-    # ---------------------------------------------------------------------- for the methods
+
+class MethodHooks(FamilyProtocol):
+    """Optional: what the seed methods (ihp, gohsp, amap) read. A family that does not override
+    ``parts`` is pruned one shot only (``check_method`` refuses the methods); the per-head
+    activations default to a timm-layout attention (fused ``qkv``, ``proj``)."""
+
     def parts(self, model: nn.Module) -> list[BlockParts]:
         """Module paths of every block, in order."""
-        raise NotImplementedError
+        raise VitCompressError(f"the seed methods do not run on the {self.name} family; prune with --method oneshot")
 
     def residual_norm_paths(self, model: nn.Module) -> list[str]:
         """Norms that *read* a residual stream (a scale on their output gates each channel):
         every block's two norms and the final norm(s)."""
-        raise NotImplementedError
+        raise VitCompressError(f"the seed methods do not run on the {self.name} family; prune with --method oneshot")
 
     def qkv_heads(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k [B, H, N, qk] and v [B, H, N, v] of attention ``attn`` on its input ``x``."""
@@ -332,6 +408,11 @@ class Family:
         (from q and k) changes each head's attention output, [H, qk] summed over the batch; None
         where it is not measured (softmax attention: AMAP's indicators then start at 1)."""
         return None
+
+
+class Family(Refusals, Sources, Reshaping, Costs, MethodHooks):
+    """Base class of a model family: the required protocol (``FamilyProtocol``) and the optional
+    capabilities with their defaults; see the module docstring for the contract."""
 
     def __repr__(self) -> str:
         return f"<family {self.name}: {self.title}>"

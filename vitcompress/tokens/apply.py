@@ -17,7 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..errors import VitCompressError
-from ..families import family_of
+from ..families import Family, family_of
 from .attention import attend
 from .base import Reducer
 from .registry import REDUCERS
@@ -91,9 +91,9 @@ def build_reducers(schedule: TokenSchedule, depth: int, prefix: int) -> list[Red
     return out
 
 
-def check_model(model: nn.Module) -> None:
+def check_model(model: nn.Module, family: Family | None = None) -> None:
     """One-line error unless ``model`` is of a family the reducers serve (global-attention timm
-    ViT blocks)."""
+    ViT blocks); ``family`` is the model's when the caller already knows it."""
     blocks = getattr(model, "blocks", None)
     if blocks is not None and any(type(b) is not Block for b in blocks):
         bad = next(type(b).__name__ for b in blocks if type(b) is not Block)
@@ -101,20 +101,27 @@ def check_model(model: nn.Module) -> None:
             f"token reduction needs global-attention timm ViT blocks, this model has {bad} "
             "(windowed or otherwise restructured attention); use a vit_*/deit_* model"
         )
-    fam = family_of(model)
+    fam = family or family_of(model)
     if not fam.token_reduction:
         raise VitCompressError(
             f"token reduction does not apply to the {fam.name} family ({fam.title}); use a vit_*/deit_* model"
         )
 
 
-def apply_tokens(model: nn.Module, schedule: TokenSchedule | str, method: str | None = None, **options) -> nn.Module:
+def apply_tokens(
+    model: nn.Module,
+    schedule: TokenSchedule | str,
+    method: str | None = None,
+    family: Family | None = None,
+    **options,
+) -> nn.Module:
     """Insert reducers into ``model`` (in place) and return it.
 
     ``schedule`` is a ``TokenSchedule`` or a schedule string (``'0.7@3,6,9'``, ``'rate=0.06'``,
     ``'merge=8'``) for ``method`` (``topk``, ``topk-vpa``, ``evit``, ``tome``, ``etps``); ``options``
     are reducer options (``vpa=False``, ``prop_attn=...``). A previous schedule is replaced. The
     schedule is kept with the reducers (``schedule_of``), so ``vitcompress.save``/``load`` keep it.
+    ``family`` is the model's when the caller already knows it.
     """
     if isinstance(schedule, str):
         if method is None:
@@ -126,7 +133,7 @@ def apply_tokens(model: nn.Module, schedule: TokenSchedule | str, method: str | 
     elif options:
         schedule.options = {**schedule.options, **options}
     remove_tokens(model)
-    check_model(model)
+    check_model(model, family)
     depth = len(model.blocks)
     schedule.validate(depth)
     prefix = int(model.num_prefix_tokens)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from ..families import BlockTokens, family_of
+from ..families import BlockTokens, Family, family_of
 from ..spec import Spec
 from .apply import build_reducers, schedule_of
 from .schedule import TokenSchedule
@@ -51,10 +51,15 @@ def tokens_of(
     return per_block
 
 
-def macs_with(model: nn.Module, schedule: TokenSchedule | None, img_size: Sequence[int] | None = None) -> int:
+def macs_with(
+    model: nn.Module,
+    schedule: TokenSchedule | None,
+    img_size: Sequence[int] | None = None,
+    family: Family | None = None,
+) -> int:
     """Analytic MACs per image of ``model``'s widths running ``schedule`` (None: no token
-    reduction), at the model's image size or ``img_size``."""
-    fam = family_of(model)
+    reduction), at the model's image size or ``img_size`` (``family``: the model's, when known)."""
+    fam = family or family_of(model)
     spec, info = fam.spec(model), fam.arch_info(model, img_size)
     return fam.macs(spec, info, block_tokens(spec, fam.token_layout(info), schedule))
 

@@ -37,7 +37,7 @@ from ...layers import PrunedAttention
 from ...meta import source_indices
 from ...plan import Plan
 from ...spec import BlockSpec, RecordError, SourceModel, Spec
-from ..base import BlockParts, BlockTokens, Family, take
+from ..base import BlockParts, Family, take
 from . import counting
 from . import model as cct_model
 
@@ -87,6 +87,7 @@ class CCTFamily(Family):
     name = "cct"
     title = "Compact Convolutional Transformers (vit-pytorch, extra 'cct'): cct_7_3x1_32, cct_14_7x2_224, ..."
     kinds = KINDS
+    counting = counting
     #: the timm-style options ``create`` renames and the plain-value arguments of vit-pytorch's ``CCT``
     source_kwargs = {
         **Family.source_kwargs,
@@ -333,15 +334,6 @@ class CCTFamily(Family):
             num_classes=cls.fc.out_features,
             qkv_bias=cls.blocks[0].self_attn.qkv.bias is not None,
         )
-
-    def block_macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
-        return counting.per_block(spec, info, tokens)
-
-    def macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> int:
-        return counting.macs(spec, info, tokens)
-
-    def params(self, spec: Spec, info) -> int:
-        return counting.params(spec, info)
 
     def token_layout(self, info) -> tuple[int, int, bool]:
         return info.tokens, 0, False

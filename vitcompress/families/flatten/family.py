@@ -24,7 +24,7 @@ from torch import nn
 from ...groups import Group, Member
 from ...plan import Plan
 from ...spec import SourceModel, Spec
-from ..base import BlockTokens, take
+from ..base import take
 from ..vit import ViTFamily
 from ..vit.counting import ArchInfo
 from . import counting
@@ -36,6 +36,7 @@ class FLattenFamily(ViTFamily):
     name = "flatten"
     title = "FLatten Transformer (focused linear attention, timm-registered): flatten_deit_*"
     token_reduction = False
+    counting = counting
     name_modules = ("vitcompress.families.flatten.model",)
     #: a ViT's creation options and the focusing function's
     source_kwargs = {**ViTFamily.source_kwargs, "focusing_factor": "positive", "kernel_size": "count"}
@@ -141,15 +142,6 @@ class FLattenFamily(ViTFamily):
             vit = vit.replace(grid=(img_size[0] // ps[0], img_size[1] // ps[1]))
         dwc = model.blocks[0].attn.dwc
         return counting.FLattenArchInfo(vit, dwc.kernel_size[0] * dwc.kernel_size[1], dwc.bias is not None)
-
-    def block_macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
-        return counting.per_block(spec, info, tokens)
-
-    def macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> int:
-        return counting.macs(spec, info, tokens)
-
-    def params(self, spec: Spec, info) -> int:
-        return counting.params(spec, info)
 
     def token_layout(self, info) -> tuple[int, int, bool]:
         return super().token_layout(info.vit)

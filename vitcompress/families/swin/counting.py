@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from ...spec import BlockSpec, Spec
+from ..base import BlockTokens
 
 
 def per_channel(module: nn.Module | None) -> int:
@@ -81,13 +82,14 @@ def block_macs(d: int, b: BlockSpec, res: tuple[int, int]) -> int:
     return t * d * h * (2 * qk + v) + t * h * n * (qk + v) + t * h * v * d + 2 * res[0] * res[1] * d * m
 
 
-def per_block(spec: Spec, info: SwinInfo) -> list[int]:
-    """MACs per image of each block."""
+def per_block(spec: Spec, info: SwinInfo, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
+    """MACs per image of each block (``tokens`` is ignored: token reduction does not apply to Swin)."""
     return [block_macs(spec.dim_of(b), b, info.resolution(b.stage)) for b in spec.blocks]
 
 
-def macs(spec: Spec, info: SwinInfo) -> int:
-    """MACs per image: patch embedding, patch mergings, blocks and classifier."""
+def macs(spec: Spec, info: SwinInfo, tokens: Sequence[BlockTokens] | None = None) -> int:
+    """MACs per image: patch embedding, patch mergings, blocks and classifier (``tokens`` is
+    ignored: token reduction does not apply to Swin)."""
     dims = spec.stage_dims
     h0, w0 = info.grid
     total = h0 * w0 * dims[0] * info.in_chans * info.patch_area

@@ -32,7 +32,7 @@ from ...layers import KeptChannelLayerNorm
 from ...meta import source_indices
 from ...plan import Plan
 from ...spec import BlockSpec, SourceModel, Spec
-from ..base import BlockParts, BlockTokens, Family
+from ..base import BlockParts, Family
 from ..vit import entry_module
 from . import counting
 from .attention import (
@@ -66,6 +66,7 @@ class SwinFamily(Family):
     name = "swin"
     title = "timm Swin Transformer v1: swin_* (Swin-T/S/B/L, Swin-S3)"
     methods = ("ihp", "amap")
+    counting = counting
     cost_note = (
         "windowed attention: per block and head T*N*(qk+v) on the T tokens of the stage's grid padded to whole "
         "windows of N tokens; each patch merging adds its reduction (4*C_prev*C per merged token)"
@@ -322,15 +323,6 @@ class SwinFamily(Family):
     # --------------------------------------------------------------------------------- cost
     def arch_info(self, model: nn.Module, img_size: Sequence[int] | None = None) -> counting.SwinInfo:
         return counting.info_of(model, img_size)
-
-    def block_macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
-        return counting.per_block(spec, info)
-
-    def macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> int:
-        return counting.macs(spec, info)
-
-    def params(self, spec: Spec, info) -> int:
-        return counting.params(spec, info)
 
     # ---------------------------------------------------------------------- for the methods
     def parts(self, model: nn.Module) -> list[BlockParts]:

@@ -31,7 +31,7 @@ from ...layers import KeptChannelNorm, PrunedAttention, norm_factory
 from ...meta import source_indices
 from ...plan import Plan
 from ...spec import BlockSpec, SourceModel, Spec
-from ..base import BlockParts, BlockTokens, Family
+from ..base import BlockParts, Family
 from . import counting, options
 from .blocks import PARALLEL, SERIAL, block_dims, is_parallel, norm_paths
 from .groups import build_groups
@@ -173,6 +173,7 @@ class ViTFamily(Family):
         "deit_* and deit3_* (DeiT, distilled DeiT)"
     )
     token_reduction = True
+    counting = counting
     name_modules: tuple[str, ...] = VIT_MODULES
     parallel = False  # the family of models with parallel blocks sets this
     #: the plain-value arguments of timm's ``VisionTransformer`` (no layer classes, paths or devices)
@@ -437,15 +438,6 @@ class ViTFamily(Family):
             ps = model.patch_embed.patch_size
             info = info.replace(grid=(img_size[0] // ps[0], img_size[1] // ps[1]))
         return info
-
-    def block_macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> list[int]:
-        return counting.per_block(spec, info, tokens)
-
-    def macs(self, spec: Spec, info, tokens: Sequence[BlockTokens] | None = None) -> int:
-        return counting.macs(spec, info, tokens)
-
-    def params(self, spec: Spec, info) -> int:
-        return counting.params(spec, info)
 
     def token_layout(self, info) -> tuple[int, int, bool]:
         return info.num_patches, info.num_prefix_tokens, info.class_token
