@@ -380,7 +380,7 @@ class LatencyTable:
         if src != self.source:
             raise VitCompressError(
                 f"the latency table was measured for {self.source.get('name')} {self.source.get('kwargs')}, not for "
-                f"{src['name']} {src['kwargs']}; measure a table for this model (backend={self.backend})",
+                f"{src['name']} {src['kwargs']}; profile this model first (vitcompress profile MODEL with backend={self.backend})",
                 params=["backend"],
             )
         spec = fam.spec(model)
