@@ -28,7 +28,7 @@ from vitcompress.benchmarks.latency_probes import (
     token_probe,
 )
 from vitcompress.benchmarks.latency_profile import ProfileConfig, _load_report, _Session, profile_latency
-from vitcompress.benchmarks.latency_prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
+from vitcompress.benchmarks.latency_prune import MEASURED_TOLERANCE, LatencyCheck, check_latency, prune_to_latency
 from vitcompress.cli import main
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters import export_onnx
@@ -383,3 +383,25 @@ def test_prune_to_latency_needs_one_table_source(tmp_path):
         prune_to_latency(tiny("vit"), latency_reduction=0.3)
     with pytest.raises(VitCompressError, match="give one latency table"):
         prune_to_latency(tiny("vit"), latency_reduction=0.3, backend="torch-cpu", table=synthetic_table(tiny("vit")))
+
+
+def test_latency_check_on_an_int8_table_measures_both_models_quantized(monkeypatch):
+    dense = tiny("vit")
+    pruned = vitcompress.prune(tiny("vit"), flops_reduction=0.3, importance="l1").model
+    table = synthetic_table(dense, backend="ort-cpu")
+    table.precision = "int8"
+    seen = {}
+
+    def bench(variants, cfg, baseline=None, progress=False):
+        seen.update(cfg=cfg, variants=variants)
+        ms = {"input": 2.0, "pruned": 1.5}
+        rows = [{"variant": v.name, "median_ms": ms[v.name], "latency_ratio": ms[v.name] / 2.0} for v in variants]
+        return {"measurements": rows, "skipped": []}
+
+    monkeypatch.setattr("vitcompress.benchmarks.latency_prune.run_bench", bench)
+    check = check_latency(dense, pruned, table, 0.25)
+    assert seen["cfg"].precision == "fp32" and seen["cfg"].backends == ["ort-cpu"]  # the Q/DQ graph runs as fp32
+    assert [v.quantized for v in seen["variants"]] == ["int8", "int8"]
+    assert all(quant_layers(v.model) for v in seen["variants"])
+    assert not quant_layers(dense) and not quant_layers(pruned)  # the caller's models are left as they were
+    assert check.measured_cut == pytest.approx(0.25)
