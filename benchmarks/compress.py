@@ -240,7 +240,8 @@ def _settings(out: Path, cfg: CompressConfig, model, teacher, resume: bool) -> N
     path = out / SETTINGS
     if resume and path.is_file():
         old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        new = CompressConfig().to_dict()  # a setting added since the run began counts at its default
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k, new.get(k)) != mine.get(k))
         if diff:
             raise VitCompressError(
                 f"resume with the settings of the run in {str(out)!r}: {diff[0]} differs; "

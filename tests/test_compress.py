@@ -10,7 +10,7 @@ from stand_ins import use_tensorrt_stand_in
 
 import vitcompress
 from vitcompress.artifact import is_artifact, load
-from vitcompress.benchmarks.compress import CompressConfig, compress
+from vitcompress.benchmarks.compress import CompressConfig, _settings, compress
 from vitcompress.benchmarks.compress_search import SearchSpace, kl_to_teacher, search, token_blocks
 from vitcompress.budget import TOLERANCE
 from vitcompress.cli import main
@@ -290,3 +290,20 @@ def test_compress_command_refuses_int8_on_a_backend_without_q_dq_kernels(setup, 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --backend torch-cpu cannot measure here (int8 latency")
     assert len(err.strip().splitlines()) == 1 and "--precision" in err and not (tmp_path / "c").exists()
+
+
+def test_resume_reads_a_setting_missing_from_an_older_run_as_its_default(setup, tmp_path):
+    art, table = setup
+    out = tmp_path / "old"
+    out.mkdir()
+    _settings(out, config(table), art, None, resume=False)
+    old = json.loads((out / "compress.json").read_text())
+    for k in ("precision", "calibration", "qat_epochs", "qat_lr"):  # a run begun before these settings
+        del old[k]
+    (out / "compress.json").write_text(json.dumps(old))
+    _settings(out, config(table), art, None, resume=True)  # the defaults: the same run
+    (out / "compress.json").write_text(json.dumps(old))
+    cfg = config(table)
+    cfg.precision = "int8"
+    with pytest.raises(VitCompressError, match="precision differs"):
+        _settings(out, cfg, art, None, resume=True)
