@@ -19,7 +19,8 @@ Scale substitutions (the examples' commands as written, made small enough for CI
 * ``--search`` tolerances become 1 (the 2-step teacher is barely trained, so a real tolerance
   could leave nothing to choose; the search's own rules are tested in tests/test_tokens_rate.py);
 * timing (``bench``, ``profile``): one warm-up pass, one iteration, one round, and for ``profile``
-  batch 1 and two points per grid axis; ``compress`` reads a latency table profiled that way first;
+  batch 1 and two points per grid axis; ``compress`` reads a latency table profiled that way first
+  (at its ``--precision`` when that is int8 or fp8);
 * ``prune --latency-reduction`` with a table: as written (the table is the small one).
 
 Skipped, with the reason printed: synopsis lines (placeholders such as ``MODEL`` or ``[...]``),
@@ -183,7 +184,8 @@ def scale(ex: Example, table: str) -> Example:
     if cmd == "profile":
         argv = [*_set(argv, "--batch", "1"), *TIMING, *GRID]
     if cmd == "compress":
-        argv = _set(argv, "--latency-table", table)
+        quant = argv[argv.index("--precision") + 1] if "--precision" in argv[:-1] else "fp32"
+        argv = _set(argv, "--latency-table", table if quant == "fp32" else table.replace(".json", f".{quant}.json"))
     ex.argv = argv
     return ex
 
@@ -248,13 +250,16 @@ def run_page(own: list[Example], every: list[Example], work: Path, table: str, t
             return
         done.append(ex)
         needs = list(ex.reads)
-        if ex.argv[0] == "compress":  # its latency table: the model profiled at CI scale
-            needs.append(table)
-            if table not in makers:
+        if ex.argv[0] == "compress":  # its latency table: the model profiled at CI scale (at its precision)
+            tab = ex.argv[ex.argv.index("--latency-table") + 1]
+            needs.append(tab)
+            if tab not in makers:
                 prof = Example(ex.page, ex.line, "profile (for compress)")
                 prof.argv = ["profile", ex.argv[1], "--backend", "ort-cpu", "--batch", "1"]
-                prof.argv += ["--token-method", "topk-vpa", *TIMING, *GRID, "-o", table]
-                makers[table] = prof
+                if "--precision" in ex.argv[:-1]:
+                    prof.argv += ["--precision", ex.argv[ex.argv.index("--precision") + 1]]
+                prof.argv += ["--token-method", "topk-vpa", *TIMING, *GRID, "-o", tab]
+                makers[tab] = prof
         for path in needs:
             if not (work / path).exists() and path in makers and makers[path] is not ex:
                 go(makers[path], f" (first, for {ex.page}:{ex.line})")

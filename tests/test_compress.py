@@ -2,6 +2,7 @@
 
 import json
 
+import onnx
 import pytest
 import torch
 from helpers import Kill, synthetic_table, tiny
@@ -14,7 +15,7 @@ from vitcompress.cli import main
 from vitcompress.data import calibration_loader
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters.trt_build import read_sidecar
-from vitcompress.latency_search.compress import CompressConfig, compress
+from vitcompress.latency_search.compress import CompressConfig, _settings, compress
 from vitcompress.latency_search.search import SearchSpace, kl_to_teacher, search, token_blocks
 from vitcompress.recipe import block_importance
 from vitcompress.training import TrainConfig
@@ -179,3 +180,130 @@ def test_compress_command(setup, tmp_path, capsys, one_thread):
     assert stdout.count("done, skipped") == 5  # profile, search, distil, export, bench
     code = main([str(a) for a in args])
     assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+class KillAtCall(Kill):
+    """Interrupts at the ``at_step``-th training step of the whole run (every training stage counted)."""
+
+    calls = 0
+
+    def on_step(self, loss, step):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+
+
+def int8_setup(art, tmp_path):
+    """The tiny model's synthetic table as if profiled in int8 on ort-cpu."""
+    table = synthetic_table(load(art), head_ms=0.01, backend="ort-cpu")
+    table.precision = "int8"
+    return table.save(tmp_path / "int8.json")
+
+
+@pytest.mark.export
+def test_compress_int8_quantizes_distils_through_the_quantizers_and_resumes_after_a_kill(setup, tmp_path, one_thread):
+    art, _ = setup
+    table = int8_setup(art, tmp_path)
+    cfg = config(table, epochs=1)
+    cfg.precision, cfg.qat_epochs, cfg.token_method = "int8", 2, "none"
+    cut = tmp_path / "cut"
+    # distil: 1 epoch of 3 steps; qat: 2 epochs of 3 steps; the 8th step is in the second qat epoch
+    with pytest.raises(KeyboardInterrupt):
+        compress(art, cfg, cut, callbacks=[KillAtCall(at_step=8)], progress=False)
+    for name in ("quantized", "dense_quantized"):
+        rec = load(cut / name).vitcompress_meta.extra["quantization"]
+        assert rec["precision"] == "int8" and rec["calib_images"] == 16 and rec["layers"]
+    assert load(cut / "qat").vitcompress_meta.extra["training"]["epochs_done"] == 1
+    assert not (cut / "export").exists() and not (cut / "report.md").exists()
+    finished = [cut / "pruned" / "model.safetensors", cut / "distilled" / "model.safetensors",
+                cut / "quantized" / "model.safetensors", cut / "dense_quantized" / "model.safetensors"]  # fmt: skip
+    stamps = [p.stat().st_mtime_ns for p in finished]
+
+    res = compress(art, cfg, cut, resume=True, progress=False)
+    assert [p.stat().st_mtime_ns for p in finished] == stamps  # not redone
+    qat = load(cut / "qat")
+    assert qat.vitcompress_meta.extra["training"]["epochs_done"] == 2
+    assert qat.vitcompress_meta.extra["quantization"]["precision"] == "int8"
+    quantized = load(cut / "quantized")
+    for (k, a), b in zip(quantized.state_dict().items(), qat.state_dict().values()):
+        if k.endswith("_scale"):
+            torch.testing.assert_close(a, b, msg=k)  # the calibrated scales stay
+    moved = [
+        k for k, v in quantized.state_dict().items() if k.endswith("weight") and not torch.equal(v, qat.state_dict()[k])
+    ]
+    assert moved  # the weights were trained through the quantizers
+    assert vitcompress.quantizers.is_quantized(res.model)
+
+    ops = {n.op_type for n in onnx.load(str(cut / "export" / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    report = json.loads((cut / "report.json").read_text())
+    rows = {r["stage"]: r for r in report["rows"]}
+    assert list(rows) == ["dense", "dense-int8", "pruned", "distilled", "quantized", "qat"]
+    assert [rows[s]["precision"] for s in rows] == ["fp32", "int8", "fp32", "fp32", "int8", "int8"]
+    assert report["precision"] == "int8" and "quantize" in report["seconds"] and "qat" in report["seconds"]
+    assert rows["dense-int8"]["measured_cut"] == pytest.approx(0.0) and rows["dense"]["ratio_to_dense"] == 1.0
+    for s in ("quantized", "qat"):  # against the dense model quantized alike
+        r = rows[s]
+        assert r["measured_cut"] == pytest.approx(1 - r["ratio_to_dense"] / rows["dense-int8"]["ratio_to_dense"])
+        assert abs(r["predicted_cut"] - 0.35) <= TOLERANCE and r["macs"] == rows["pruned"]["macs"]
+    bench = json.loads((cut / "bench" / "report.json").read_text())
+    assert {m["variant"]: m["precision"] for m in bench["measurements"]}["qat"] == "int8"
+    assert "| qat | int8 |" in (cut / "report.md").read_text()
+
+    with pytest.raises(VitCompressError, match="qat_epochs differs"):
+        compress(art, cfg, cut, resume=True, qat_epochs=3)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"precision": "int8", "latency_table": None, "backend": "torch-cpu"},
+         "backend torch-cpu cannot measure here \\(int8 latency is measured on ort-cpu, ort-trt, trt"),
+        ({"precision": "fp8", "latency_table": None, "backend": "ort-cpu"}, "fp8 latency is measured on ort-trt, trt"),
+        ({"precision": "int8"}, "latency table was measured in fp32, not int8; profile with precision=int8"),
+        ({"precision": "int8", "latency_precision": "fp16"}, "leave latency_precision at fp32"),
+        ({"precision": "int4"}, "precision must be one of"),
+        ({"qat_epochs": -1}, "qat_epochs"),
+    ],
+)  # fmt: skip
+def test_compress_refuses_a_precision_it_cannot_apply_before_writing(setup, tmp_path, options, message):
+    art, table = setup
+    cfg = config(table)
+    for k, v in options.items():
+        setattr(cfg, k, v)
+    with pytest.raises(VitCompressError, match=message):
+        compress(art, cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compress_refuses_an_int8_table_for_a_float_run(setup, tmp_path):
+    art, _ = setup
+    with pytest.raises(VitCompressError, match="measured in int8, not fp32; .* pass precision=int8"):
+        compress(art, config(int8_setup(art, tmp_path)), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compress_command_refuses_int8_on_a_backend_without_q_dq_kernels(setup, tmp_path, capsys):
+    art, _ = setup
+    code = main(["compress", str(art), "--latency-reduction", "0.3", "--precision", "int8", "--backend", "torch-cpu",
+                 "--data", "digits", "-o", str(tmp_path / "c")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --backend torch-cpu cannot measure here (int8 latency")
+    assert len(err.strip().splitlines()) == 1 and "--precision" in err and not (tmp_path / "c").exists()
+
+
+def test_resume_reads_a_setting_missing_from_an_older_run_as_its_default(setup, tmp_path):
+    art, table = setup
+    out = tmp_path / "old"
+    out.mkdir()
+    _settings(out, config(table), art, None, resume=False)
+    old = json.loads((out / "compress.json").read_text())
+    for k in ("precision", "calibration", "qat_epochs", "qat_lr"):  # a run begun before these settings
+        del old[k]
+    (out / "compress.json").write_text(json.dumps(old))
+    _settings(out, config(table), art, None, resume=True)  # the defaults: the same run
+    (out / "compress.json").write_text(json.dumps(old))
+    cfg = config(table)
+    cfg.precision = "int8"
+    with pytest.raises(VitCompressError, match="precision differs"):
+        _settings(out, cfg, art, None, resume=True)

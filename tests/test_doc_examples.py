@@ -40,6 +40,17 @@ def test_commands_are_extracted_joined_and_scaled():
     assert pip.skip.startswith("pip install") and expected_error(pip) == "CCT models need the vit-pytorch package"
 
 
+def test_an_int8_compress_reads_an_int8_table():
+    page = """```console
+vitcompress compress runs/teacher --latency-reduction 0.4 --backend ort-cpu --data mnist10k --precision int8 -o runs/c8
+vitcompress compress runs/teacher --latency-reduction 0.4 --backend ort-cpu --data mnist10k -o runs/c
+```
+"""
+    int8, fp32 = (scale(ex, "t.json") for ex in commands("p.md", page))
+    assert int8.argv[int8.argv.index("--latency-table") + 1] == "t.int8.json"
+    assert fp32.argv[fp32.argv.index("--latency-table") + 1] == "t.json"
+
+
 def test_every_path_an_example_reads_is_made_by_an_example():
     """What a newcomer meets first: an example that reads an artifact no page creates (docs/bench.md's
     former out/deit-s-p46) or a page that skips its prerequisite (docs/recovery.md's runs/pruned)."""

@@ -26,13 +26,15 @@ from vitcompress.latency_search.probes import (
     empty_graph,
     empty_variant,
     mlp_probe,
+    quantized_copy,
     rest_model,
     sublayer_graph,
     sublayer_variant,
     token_probe,
 )
 from vitcompress.latency_search.profile import ProfileConfig, _load_report, _Session, profile_latency
-from vitcompress.latency_search.prune import MEASURED_TOLERANCE, LatencyCheck, prune_to_latency
+from vitcompress.latency_search.prune import MEASURED_TOLERANCE, LatencyCheck, check_latency, prune_to_latency
+from vitcompress.quantizers import FP8_MAX, INT8_MAX, quant_layers
 from vitcompress.slicers import slice_model
 from vitcompress.tokens.apply import apply_tokens
 
@@ -66,6 +68,33 @@ def test_probe_graphs_compute_what_the_probe_modules_compute(kind, overrides):
             want = probe(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(ort_run(graph, x), want, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(ort_run(empty_graph(17, 48), x), EmptyProbe()(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_quantized_probe_graphs_compute_what_the_fake_quantized_probes_compute(precision):
+    """An int8/fp8 probe graph (Q/DQ on every Linear input and weight) against the probe with every
+    Linear fake-quantized (``vitcompress.quantizers``) at the graph's scales."""
+    block = tiny("vit").blocks[0]
+    x = np.random.default_rng(0).standard_normal((3, 1, 17, 48)).astype(np.float32)
+    qmax = INT8_MAX if precision == "int8" else FP8_MAX
+    for probe in (attn_probe(block, 48, 3, 5, 7, 17, 0.25), mlp_probe(block, 48, 37, 17)):
+        graph = sublayer_graph(probe, precision)
+        onnx.checker.check_model(graph)
+        ops = Counter(n.op_type for n in graph.graph.node)
+        linears = 2
+        assert ops["QuantizeLinear"] == ops["DequantizeLinear"] == 2 * linears  # input and weight of each
+        ref = quantized_copy(probe, precision)
+        assert ref is not probe and len(quant_layers(ref)) == linears and not quant_layers(probe)
+        with torch.no_grad():
+            for m in quant_layers(ref).values():
+                m.input_scale.fill_(4.0 / qmax)
+                m.weight_scale.copy_(m.weight.abs().amax(1) / qmax)
+            want = ref(torch.from_numpy(x)).numpy()
+            plain = probe(torch.from_numpy(x)).numpy()
+        got = ort_run(graph, x)
+        scale = np.abs(want).max()
+        assert np.abs(got - want).max() / scale < 1e-2  # the same rounding, computed by ONNX Runtime
+        assert np.abs(plain - want).max() / scale > 1e-5  # and the rounding is there
 
 
 @pytest.mark.parametrize("kind", ["vit", "layerscale_noqkvbias", "deit_distilled"])
@@ -173,6 +202,21 @@ def test_profile_on_onnx_runtime_builds_a_consistent_table(tmp_path):
     assert any(p.suffix == ".onnx" for p in tmp_path.rglob("*"))
 
 
+@pytest.mark.export
+def test_int8_profile_on_onnx_runtime_measures_q_dq_graphs(tmp_path):
+    model = tiny("vit")
+    table = profile_latency(model, backend="ort-cpu", precision="int8", workdir=tmp_path, token_method="topk", **QUICK)
+    _check_table(table, model)
+    assert table.precision == "int8" and "int8" in table.describe() and table.reducers["topk"]["tokens"]
+    graphs = {p.parent.name: onnx.load(str(p)) for p in tmp_path.rglob("*.onnx")}
+    for name in ("dense", "rest-d64", "mlp-d64-t17-m256", "attn-d64-t17-h4-qk16-v16", "reduce-topk-t17"):
+        ops = Counter(n.op_type for n in graphs[name].graph.node)
+        assert ops["QuantizeLinear"] > 0 and ops["QuantizeLinear"] == ops["DequantizeLinear"], name
+    assert "QuantizeLinear" not in {n.op_type for n in graphs["empty"].graph.node}
+    path = table.save(tmp_path / "t.json")
+    assert LatencyTable.load(path).precision == "int8"
+
+
 @pytest.mark.parametrize("statistic, expected", [("min", 1.0 - 0.25), ("median", 5.0 - 0.5)])
 def test_a_probe_figure_is_the_statistic_of_its_passes_minus_the_empty_calls(statistic, expected, monkeypatch):
     """The minimum by default: on a shared CPU the median of a long call includes other processes' time."""
@@ -197,7 +241,9 @@ def test_a_probe_figure_is_the_statistic_of_its_passes_minus_the_empty_calls(sta
         ({"backend": "torch-cuda"}, "cannot measure here"),
         ({"batch": 0}, "batch must be at least 1"),
         ({"min_tokens": 0.0}, "min_tokens must be in"),
-        ({"precision": "int8"}, "precision"),
+        ({"precision": "int4"}, "precision"),
+        ({"precision": "int8", "backend": "torch-cpu"}, "int8 latency is measured on ort-cpu, ort-trt, trt"),
+        ({"precision": "fp8"}, "fp8 latency is measured on ort-trt, trt .*not ort-cpu"),
         ({"colour": 1}, "unknown profile option"),
         ({"statistic": "mean"}, "statistic is min or median"),
     ],
@@ -337,3 +383,25 @@ def test_prune_to_latency_needs_one_table_source(tmp_path):
         prune_to_latency(tiny("vit"), latency_reduction=0.3)
     with pytest.raises(VitCompressError, match="give one latency table"):
         prune_to_latency(tiny("vit"), latency_reduction=0.3, backend="torch-cpu", table=synthetic_table(tiny("vit")))
+
+
+def test_latency_check_on_an_int8_table_measures_both_models_quantized(monkeypatch):
+    dense = tiny("vit")
+    pruned = vitcompress.prune(tiny("vit"), flops_reduction=0.3, importance="l1").model
+    table = synthetic_table(dense, backend="ort-cpu")
+    table.precision = "int8"
+    seen = {}
+
+    def bench(variants, cfg, baseline=None, progress=False):
+        seen.update(cfg=cfg, variants=variants)
+        ms = {"input": 2.0, "pruned": 1.5}
+        rows = [{"variant": v.name, "median_ms": ms[v.name], "latency_ratio": ms[v.name] / 2.0} for v in variants]
+        return {"measurements": rows, "skipped": []}
+
+    monkeypatch.setattr("vitcompress.latency_search.prune.run_bench", bench)
+    check = check_latency(dense, pruned, table, 0.25)
+    assert seen["cfg"].precision == "fp32" and seen["cfg"].backends == ["ort-cpu"]  # the Q/DQ graph runs as fp32
+    assert [v.quantized for v in seen["variants"]] == ["int8", "int8"]
+    assert all(quant_layers(v.model) for v in seen["variants"])
+    assert not quant_layers(dense) and not quant_layers(pruned)  # the caller's models are left as they were
+    assert check.measured_cut == pytest.approx(0.25)

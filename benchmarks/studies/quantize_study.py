@@ -16,7 +16,8 @@ rounds with the bench runners:
 dense fp32, dense INT8, 46.2%-pruned fp32 (after ``--epochs`` of distillation from the teacher),
 its INT8 post-training quantization and the same after one epoch of quantization-aware
 distillation (``--qat-lr``, no warm-up); mnist10k val top-1 (INT8 rows: mean and spread over ``--seeds`` calibration seeds)
-and ``ort-cpu`` latency ratios against dense fp32.
+and ``ort-cpu`` latency ratios against dense fp32 (interleaved rounds; their per-round ratios and
+95% interval kept as the dispersion, and a PNG of both).
 
 Run (one process; ``--threads`` is what ONNX Runtime uses)::
 
@@ -198,10 +199,46 @@ def mnist(args) -> dict:
     cfg = BenchConfig(
         backends=["ort-cpu"], batches=[args.batch], warmup=3, iters=args.iters, rounds=args.rounds, threads=args.threads
     )
-    result = run_bench(variants, cfg)
+    result = run_bench(variants, cfg, baseline="dense-fp32")
     for m in result["measurements"]:
-        rows[m["variant"]].update({"latency_ratio": m["latency_ratio"], "macs_ratio": m["macs_ratio"]})
-    return {"part": "mnist", "rows": rows, "env": result["env"]}
+        rows[m["variant"]].update(
+            {
+                "latency_ratio": m["latency_ratio"],
+                "latency_ratio_ci95": m.get("latency_ratio_ci95"),
+                "macs_ratio": m["macs_ratio"],
+                "median_ms": m["median_ms"],
+                "round_ratios": _round_ratios(m["samples_ms"], result, m["backend"], m["batch"]),
+                "flags": m.get("flags", []),
+            }
+        )
+    return {"part": "mnist", "rows": rows, "env": result["env"], "config": result["config"]}
+
+
+def plot_mnist(res: dict, path: Path) -> None:
+    """Top-1 per calibration seed and the latency ratio's per-round range, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["rows"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for i, n in enumerate(names):
+        top = [100 * t for t in res["rows"][n]["top1"]]
+        a.plot([i] * len(top), top, "o", alpha=0.7)
+        a.plot([i - 0.2, i + 0.2], [statistics.mean(top)] * 2, "k-")
+        rr = res["rows"][n].get("round_ratios")
+        if rr:
+            b.plot([i] * len(rr), rr, "o", alpha=0.5)
+            b.plot([i - 0.2, i + 0.2], [res["rows"][n]["latency_ratio"]] * 2, "k-")
+    for ax, label in ((a, "val top-1 (%), per calibration seed"), (b, "latency ratio vs dense fp32, per round")):
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -225,6 +262,8 @@ def main(argv=None) -> None:
     path = Path(args.out) / f"quantize_study_{args.part}.json"
     with atomic_file(path) as tmp:
         Path(tmp).write_text(json.dumps(res, indent=1) + "\n")
+    if args.part == "mnist":
+        plot_mnist(res, path.with_suffix(".png"))
     for name, row in res["rows"].items():
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "round_ratios"})
     print(f"wrote {path}")

@@ -12,11 +12,18 @@ once complete:
 3. ``distilled/``: the recovery loop (``training.fit`` with distillation from the teacher; the
    teacher is the input model unless ``teacher`` is given); a killed run resumes from the last
    epoch's checkpoint;
-4. ``export/model.onnx``: the ONNX export with its parity check (``exporters.export``; with
-   ``trt`` also ``export/model.engine``, built and checked against ONNX Runtime);
-5. ``bench/``: the dense, pruned and distilled models measured together on the backend
-   (``bench.run_bench``: ``report.md``, ``report.json``, ``report.png``);
-6. ``report.md`` / ``report.json``: per stage, validation top-1, MACs, predicted and measured
+4. with ``precision`` int8 or fp8 (the profile then measures that precision, so the search cuts
+   the quantized model's latency): ``quantized/``, the distilled model quantized after training
+   (``vitcompress.quantize``, on ``calib_images`` training images; the dense model too, in
+   ``dense_quantized/``, the reference of the quantized rows), then ``qat/``, ``qat_epochs`` of
+   quantization-aware distillation from the teacher at ``qat_lr`` without warm-up (a killed run
+   resumes from the last epoch's checkpoint);
+5. ``export/model.onnx``: the ONNX export of the last model with its parity check
+   (``exporters.export``; a Q/DQ graph for a quantized model; with ``trt`` also
+   ``export/model.engine``, built and checked against ONNX Runtime);
+6. ``bench/``: the dense, pruned and distilled models (and the quantized ones) measured together on
+   the backend (``bench.run_bench``: ``report.md``, ``report.json``, ``report.png``);
+7. ``report.md`` / ``report.json``: per stage, validation top-1, MACs, predicted and measured
    latency, the search's candidates and the time each stage took.
 
 ``compress.json`` holds the settings; ``resume`` refuses different ones.
@@ -30,7 +37,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +59,15 @@ from vitcompress.families import family_of
 from vitcompress.groups import parse_kinds
 from vitcompress.io import atomic_dir, atomic_file, output_lock
 from vitcompress.latency import LatencyTable
+from vitcompress.quantization import CALIBRATIONS, QuantizeConfig, quantize
 from vitcompress.recipe import training_done
 from vitcompress.resolve import resolve_model
 from vitcompress.scorers import SCORERS
 from vitcompress.tokens.registry import REDUCERS
 from vitcompress.training import TrainConfig, fit
 
-from .profile import ProfileConfig, profile_latency
+from .probes import QUANTIZED
+from .profile import ProfileConfig, profile_latency, quantized_unavailable, run_precision
 from .search import Candidate, SearchSpace, search
 
 logger = logging.getLogger("vitcompress.compress")
@@ -66,6 +75,7 @@ logger = logging.getLogger("vitcompress.compress")
 TABLE = Path("profile") / "latency_table.json"
 SEARCH = Path("search") / "search.json"
 PRUNED, DISTILLED = Path("pruned"), Path("distilled")
+QUANTIZED_DIR, DENSE_QUANTIZED, QAT = Path("quantized"), Path("dense_quantized"), Path("qat")
 ONNX = Path("export") / "model.onnx"
 BENCH = Path("bench") / "report.json"
 SETTINGS = "compress.json"
@@ -81,12 +91,32 @@ class CompressConfig:
     backend: str = setting("ort-cpu", "Backend the latency is profiled, predicted and measured on.")
     latency_batch: int = setting(8, "Batch size of the latency target.", ge=1, le=65_536)
     latency_precision: str = setting("fp32", "Precision of the latency target and the export: fp32 or fp16.")
+    precision: str = setting(
+        "fp32",
+        "fp32 (as latency_precision), or int8 / fp8: profile and search at that precision, then quantize, "
+        "quantization-aware distil and export a Q/DQ graph.",
+        choices=("fp32", *QUANTIZED),
+    )
+    calibration: str = setting(
+        "minmax",
+        "With --precision int8/fp8: how input scales are chosen (minmax, percentile, entropy).",
+        choices=CALIBRATIONS,
+    )
+    qat_epochs: int = setting(
+        1,
+        "With --precision int8/fp8: epochs of quantization-aware distillation (0: post-training only).",
+        ge=0,
+        le=10_000,
+    )
+    qat_lr: float = setting(1e-4, "Learning rate of the quantization-aware epochs (no warm-up).", gt=0, le=10)
     latency_table: str | None = setting(
         None, "A latency table of the model (vitcompress profile) instead of profiling."
     )
     importance: str = setting("taylor-abs", "Scorer of the width prune (see vitcompress prune).")
     granularity: tuple[str, ...] = setting(("heads", "qk", "v", "mlp"), "Widths the search prunes (comma list).")
-    calib_images: int = setting(128, "Calibration images for block importance and width scores.", ge=1)
+    calib_images: int = setting(
+        128, "Calibration images for block importance, width scores and quantization scales.", ge=1
+    )
     search_images: int = setting(256, "Training images the search compares candidates on (KL to the teacher).", ge=1)
     max_depth_drop: int | None = setting(
         None, "Most blocks the search removes (default: as many as the target allows).", ge=0, le=1024
@@ -135,6 +165,12 @@ class CompressConfig:
             raise VitCompressError(
                 "calib_images and search_images must be at least 1", params=["calib_images", "search_images"]
             )
+        if self.precision in QUANTIZED and self.latency_precision != "fp32":
+            raise VitCompressError(
+                f"precision {self.precision} exports a Q/DQ graph whose unquantized parts are fp32; "
+                "leave latency_precision at fp32",
+                params=["precision", "latency_precision"],
+            )
         self.train.validate()
         self.distill.validate()
 
@@ -144,7 +180,7 @@ class CompressConfig:
         return ProfileConfig(
             backend=self.backend,
             batch=self.latency_batch,
-            precision=self.latency_precision,
+            precision=self.precision if self.precision in QUANTIZED else self.latency_precision,
             token_method=None if self.token_method == "none" else self.token_method,
         )
 
@@ -160,6 +196,26 @@ class CompressConfig:
             max_depth_drop=self.max_depth_drop,
             token_method=None if self.token_method == "none" else self.token_method,
             token_keeps=[float(k) for k in self.token_keeps],
+        )
+
+    def quantize_config(self) -> QuantizeConfig:
+        """The post-training quantization of the distilled (and the dense) model."""
+        return QuantizeConfig(
+            precision=self.precision,
+            calibration=self.calibration,
+            data=self.train.data,
+            calib_images=self.calib_images,
+            seed=self.train.seed,
+        )
+
+    def qat_train(self) -> TrainConfig:
+        """The quantization-aware epochs: the recovery settings at ``qat_lr``, without warm-up."""
+        return replace(
+            self.train,
+            epochs=self.qat_epochs,
+            lr=self.qat_lr,
+            min_lr=min(self.train.min_lr, self.qat_lr),
+            warmup_epochs=0.0,
         )
 
     def to_dict(self) -> dict:
@@ -189,7 +245,8 @@ def _settings(out: Path, cfg: CompressConfig, model, teacher, resume: bool) -> N
     path = out / SETTINGS
     if resume and path.is_file():
         old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        new = CompressConfig().to_dict()  # a setting added since the run began counts at its default
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k, new.get(k)) != mine.get(k))
         if diff:
             raise VitCompressError(
                 f"resume with the settings of the run in {str(out)!r}: {diff[0]} differs; "
@@ -226,14 +283,23 @@ def compress(
     if cfg.latency_table is not None:
         table = LatencyTable.load(cfg.latency_table)  # a bad file fails before anything is written
         backend, precision, mode = table.backend, table.precision, table.mode
+        if (precision in QUANTIZED or cfg.precision in QUANTIZED) and precision != cfg.precision:
+            raise VitCompressError(
+                f"the latency table was measured in {precision}, not {cfg.precision}; profile with "
+                f"precision={cfg.precision} or pass precision={precision if precision in QUANTIZED else 'fp32'}",
+                params=["latency_table", "precision"],
+            )
     else:
         cfg.profile_config().validate()  # the backend, batch and precision can be measured here
-        backend, precision, mode = cfg.backend, cfg.latency_precision, "eager"
-    reason = get_runner(backend).unavailable(precision, mode)
+        backend, mode = cfg.backend, "eager"
+        precision = cfg.precision if cfg.precision in QUANTIZED else cfg.latency_precision
+    reason = quantized_unavailable(backend, precision) or get_runner(backend).unavailable(
+        run_precision(precision), mode
+    )
     if reason:
         raise VitCompressError(
-            f"backend {backend} cannot measure here ({reason}); choose another backend or latency_precision",
-            params=["backend", "latency_precision"],
+            f"backend {backend} cannot measure here ({reason}); choose another backend, precision or latency_precision",
+            params=["backend", "precision", "latency_precision"],
         )
     dense = resolve_model(model).eval()
     teach = resolve_model(teacher).eval() if teacher is not None else dense
@@ -329,6 +395,36 @@ def _compress(
     distilled = load(p)
     seconds["distil"] = time.perf_counter() - t0
 
+    quant = cfg.precision if cfg.precision in QUANTIZED else None
+    last, quantized, dense_q, qat = p, None, None, None
+    if quant is not None:
+        t0 = time.perf_counter()
+        if not stage("quantize", resume and is_artifact(out / QUANTIZED_DIR) and is_artifact(out / DENSE_QUANTIZED)):
+            quantize(p, cfg.quantize_config(), output=out / QUANTIZED_DIR, force=True, progress=progress)
+            quantize(dense, cfg.quantize_config(), output=out / DENSE_QUANTIZED, force=True, progress=progress)
+        quantized, dense_q, last = load(out / QUANTIZED_DIR), load(out / DENSE_QUANTIZED), out / QUANTIZED_DIR
+        seconds["quantize"] = time.perf_counter() - t0
+        if cfg.qat_epochs > 0:
+            t0 = time.perf_counter()
+            q = out / QAT
+            done = is_artifact(q) and load(q).vitcompress_meta.extra.get("training", {}).get("epochs_done") == (
+                cfg.qat_epochs
+            )
+            if not stage("qat", resume and done):
+                fit(
+                    load(out / QUANTIZED_DIR),
+                    cfg.qat_train(),
+                    q,
+                    teacher=teach,  # the unquantized teacher
+                    distill=cfg.distill,
+                    resume=resume and q.exists(),
+                    force=True,
+                    record={"stage": "compress-qat", "teacher": teacher},
+                    callbacks=callbacks,
+                )
+            qat, last = load(q), q
+            seconds["qat"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     b = cfg.latency_batch
     export_info = None
@@ -336,7 +432,7 @@ def _compress(
         "export", resume and (out / ONNX).is_file() and (not cfg.trt or (out / ONNX).with_suffix(".engine").is_file())
     ):
         run = export(
-            p,
+            last,
             out / ONNX,
             force=True,  # the folder is this run's: a file an interrupted run left is replaced
             batch=(1, b, max(b, 32)),
@@ -359,41 +455,62 @@ def _compress(
         bcfg = BenchConfig(
             backends=[table.backend],
             batches=[table.batch],
-            precision=table.precision,
+            precision=run_precision(table.precision),
             mode=table.mode,
             threads=table.threads,
         )
         variants = [
-            load_variant(dense, name="dense", max_batch=b),
-            load_variant(pruned, name="pruned", max_batch=b),
-            load_variant(distilled, name="distilled", max_batch=b),
+            load_variant(net, name=name, max_batch=b)
+            for name, net, _ in _stages(dense, pruned, distilled, quantized, dense_q, qat, quant)
         ]
         result = run_bench(variants, bcfg, baseline="dense", progress=progress)
         write_report(result, out / "bench")
     bench = json.loads((out / BENCH).read_text())
     seconds["bench"] = time.perf_counter() - t0
 
-    report = _report(cfg, dense, teach, pruned, distilled, table, found, bench, export_info, seconds, model)
+    nets = _stages(dense, pruned, distilled, quantized, dense_q, qat, quant)
+    report = _report(cfg, dense, teach, nets, table, found, bench, export_info, seconds, model)
     _json(out / "report.json", report)
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text(format_report(report, bench) + "\n")
     logger.info(f"wrote {final / 'report.md'}")
-    return CompressResult(distilled, final, report)
+    return CompressResult(qat if qat is not None else quantized if quantized is not None else distilled, final, report)
 
 
-def _report(cfg, dense, teacher, pruned, distilled, table, found, bench, export_info, seconds, model) -> dict:
-    """Per stage: validation top-1, MACs, predicted and measured latency; the search; the timings."""
+def _stages(dense, pruned, distilled, quantized, dense_q, qat, quant) -> list[tuple[str, nn.Module, str]]:
+    """The models a run made, as (stage, model, precision), the quantized ones when there are."""
+    rows = [("dense", dense, "fp32"), ("pruned", pruned, "fp32"), ("distilled", distilled, "fp32")]
+    if quant is not None:
+        rows[1:1] = [(f"dense-{quant}", dense_q, quant)]
+        rows.append(("quantized", quantized, quant))
+        if qat is not None:
+            rows.append(("qat", qat, quant))
+    return rows
+
+
+def _report(cfg, dense, teacher, nets, table, found, bench, export_info, seconds, model) -> dict:
+    """Per stage: validation top-1, MACs, predicted and measured latency; the search; the timings.
+
+    A quantized stage's measured cut is against the dense model quantized alike (``dense-int8``),
+    a float stage's against the dense model; ``ratio_to_dense`` is every stage's latency over the
+    dense model's as run."""
     measured = {m["variant"]: m for m in bench["measurements"]}
     rows = []
     base_pred = table.model_ms(dense)
     base_macs = count(dense).macs
-    for name, net in (("dense", dense), ("pruned", pruned), ("distilled", distilled)):
+    for name, net, precision in nets:
         ev = evaluate_data(net, cfg.train.data, teacher=None if net is teacher else teacher)
         pred = table.model_ms(net)
         m = measured.get(name, {})
+        ref = measured.get(f"dense-{precision}") if precision in QUANTIZED else None
+        if ref is not None and m:  # a quantized stage against the quantized dense model
+            ci = [1.0, 1.0] if name == ref["variant"] else None
+            m = {**m, "latency_ratio": m["latency_ratio"] / ref["latency_ratio"], "latency_ratio_ci95": ci}
         rows.append(
             {
                 "stage": name,
+                "precision": precision,
+                "ratio_to_dense": measured[name]["latency_ratio"] if name in measured else None,
                 "top1": ev.top1,
                 "agreement": ev.agreement,
                 "macs": count(net).macs,
@@ -440,21 +557,24 @@ def format_report(report: dict, bench: dict | None = None) -> str:
         f"# compress: {report['model']}, {report['target']:.1%} latency cut on {report['backend']} "
         f"(batch {report['batch']}, {report['precision']}, {report['threads']} threads)",
         "",
-        "| stage | val top-1 | MACs (G) | MACs cut | predicted ms | predicted cut | measured ms "
-        "| measured cut [95% CI] | flags |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| stage | precision | val top-1 | MACs (G) | MACs cut | predicted ms | predicted cut | measured ms "
+        "| ratio to dense | measured cut [95% CI] | flags |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         ms = "-" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}"
+        ratio = "-" if r.get("ratio_to_dense") is None else f"{r['ratio_to_dense']:.3f}"
         lines.append(
-            f"| {r['stage']} | {r['top1']:.2%} | {r['macs'] / 1e9:.4f} | {_pct(r['macs_cut'])} | "
-            f"{r['predicted_ms']:.2f} | {_pct(r['predicted_cut'])} | {ms} | {_cut_ci(r)} | "
-            f"{', '.join(r.get('flags') or []) or '-'} |"
+            f"| {r['stage']} | {r.get('precision', report['precision'])} | {r['top1']:.2%} | {r['macs'] / 1e9:.4f} | "
+            f"{_pct(r['macs_cut'])} | {r['predicted_ms']:.2f} | {_pct(r['predicted_cut'])} | {ms} | {ratio} | "
+            f"{_cut_ci(r)} | {', '.join(r.get('flags') or []) or '-'} |"
         )
     ex = report.get("export") or {}
     lines += [
         "",
-        f"Latency table: {report['table']}; steps {report['steps']}.",
+        f"Latency table: {report['table']}; steps {report['steps']}. Predicted: at the table's precision; "
+        "measured cut: against the dense model at the stage's precision; ratio to dense: against the dense "
+        "model as given.",
         f"Chosen by the search: {report['chosen']}.",
         f"Export: {ex.get('onnx')} ({(ex.get('size_bytes') or 0) / 1e6:.1f} MB, parity max rel "
         f"{ex.get('parity_max_rel') or 0:.1e})"

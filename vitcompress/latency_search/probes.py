@@ -21,6 +21,12 @@ softmax scale, ``MatMul``, ``Softmax``, ``MatMul``, back to tokens, output proje
 same module takes seconds, and the profile needs hundreds. ``ProbeVariant`` is a bench ``Variant``
 whose ONNX file is such a graph, so every runner of ``benchmarks`` measures the probes exactly as
 it measures models.
+
+Quantized probes (``quant``: int8 or fp8) carry the Q/DQ pairs of an exported fake-quantized model
+(``vitcompress.quantize``) on every Linear/Conv input and weight: ``MatMul(DequantizeLinear(
+QuantizeLinear(x)), Transpose(DequantizeLinear(QuantizeLinear(W))))``, per-tensor input scale,
+per-output-channel weight scale, zero point 0; the traced probes (the model without blocks, token
+probes) are traced with every Linear/Conv2d fake-quantized. Scale values do not change the latency.
 """
 
 from __future__ import annotations
@@ -43,12 +49,16 @@ from vitcompress.benchmarks.runners import Variant
 from vitcompress.errors import VitCompressError
 from vitcompress.exporters import DEFAULT_OPSET
 from vitcompress.exporters.cleanup import cleanup
+from vitcompress.exporters.qdq import translations as qdq_translations
 from vitcompress.families import family_for_source
 from vitcompress.layers import PrunedAttention
+from vitcompress.quantizers import FP8_MAX, INT8_MAX, apply_quantizers, quantizable_layers
 from vitcompress.spec import BlockSpec, SourceModel, Spec
 from vitcompress.tokens.apply import apply_tokens
 
 INPUT, OUTPUT = "x", "y"
+#: the quantized precisions a probe graph can carry (Q/DQ pairs on every Linear input and weight)
+QUANTIZED = ("int8", "fp8")
 
 
 class SublayerProbe(nn.Module):
@@ -152,8 +162,8 @@ def rest_model(source: SourceModel, d: int, seed: int = 0) -> nn.Module:
 class _Graph:
     """Nodes and initialisers of a graph under construction."""
 
-    def __init__(self, dtype):
-        self.dtype = dtype
+    def __init__(self, dtype, quant: str | None = None):
+        self.dtype, self.quant = dtype, quant
         self.nodes: list = []
         self.inits: list = []
         self._n = 0
@@ -176,8 +186,25 @@ class _Graph:
     def one(self, kind: str, inputs: list[str], **attrs) -> str:
         return self.op(kind, inputs, **attrs)[0]
 
+    def qdq(self, x: str, scale, axis: int | None = None) -> str:
+        """``x`` through QuantizeLinear/DequantizeLinear on ``scale`` with a zero point 0 of the
+        quantized type (per tensor, or along ``axis``)."""
+        scale = np.asarray(scale, dtype=np.float32)
+        kind = TensorProto.FLOAT8E4M3FN if self.quant == "fp8" else TensorProto.INT8
+        name = f"z{len(self.inits)}"
+        self.inits.append(helper.make_tensor(name, kind, list(scale.shape), [0] * max(1, scale.size)))
+        s = self.const(scale, np.float32)
+        kw = {"axis": axis} if axis is not None else {}
+        return self.one("DequantizeLinear", [self.one("QuantizeLinear", [x, s, name], **kw), s, name], **kw)
+
     def linear(self, x: str, lin: nn.Linear) -> str:
-        y = self.one("MatMul", [x, self.const(lin.weight.detach().t())])
+        if self.quant is not None:  # the exporter's pattern of a fake-quantized Linear
+            qmax = FP8_MAX if self.quant == "fp8" else INT8_MAX
+            w = lin.weight.detach().float()
+            wq = self.qdq(self.const(w, np.float32), (w.abs().amax(1) / qmax).clamp_min(1e-12).numpy(), axis=0)
+            y = self.one("MatMul", [self.qdq(x, 4.0 / qmax), self.one("Transpose", [wq], perm=[1, 0])])
+        else:
+            y = self.one("MatMul", [x, self.const(lin.weight.detach().t())])
         return self.one("Add", [y, self.const(lin.bias)]) if lin.bias is not None else y
 
     def norm(self, x: str, ln: nn.Module) -> str:
@@ -228,11 +255,12 @@ def _mlp(g: _Graph, x: str, mlp: Mlp) -> str:
 
 def sublayer_graph(probe: SublayerProbe, precision: str = "fp32") -> onnx.ModelProto:
     """The probe as an ONNX graph (input ``x [batch, 1, T, D]``, output ``y [batch, T, D]``) with its
-    own weights, in the op pattern of the exporter."""
+    own weights, in the op pattern of the exporter (int8 / fp8: with the Q/DQ pairs of a quantized
+    model, the rest in fp32)."""
     dtype = np.float16 if precision == "fp16" else np.float32
     elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
     t, d = probe.tokens, probe.norm.normalized_shape[0]
-    g = _Graph(dtype)
+    g = _Graph(dtype, precision if precision in QUANTIZED else None)
     x = g.one("Reshape", [INPUT, g.shape([-1, t, d])])
     y = g.norm(x, probe.norm)
     y = _attention(g, y, probe.body, t) if isinstance(probe.body, PrunedAttention) else _mlp(g, y, probe.body)
@@ -278,6 +306,7 @@ def traced_graph(model: nn.Module, example: torch.Tensor, precision: str = "fp32
         dynamic_shapes=({0: Dim.DYNAMIC},),
         opset_version=DEFAULT_OPSET,
         verbose=False,
+        custom_translation_table=qdq_translations(),  # a fake-quantized probe's rounding as Q/DQ
     )
     return cleanup(prog.model_proto)
 
@@ -300,7 +329,16 @@ class ProbeVariant(Variant):
         return self._files[key]
 
 
-def sublayer_variant(name: str, probe: SublayerProbe, max_batch: int) -> ProbeVariant:
+def quantized_copy(model: nn.Module, quant: str | None) -> nn.Module:
+    """``model`` itself (``quant`` None), else a copy with every Linear/Conv2d fake-quantized."""
+    if quant is None:
+        return model
+    net = copy.deepcopy(model)
+    return apply_quantizers(net, quantizable_layers(net), quant).eval()
+
+
+def sublayer_variant(name: str, probe: SublayerProbe, max_batch: int, quant: str | None = None) -> ProbeVariant:
+    """A sublayer probe as a variant (``quant``: its graph carries that precision's Q/DQ pairs)."""
     d = probe.norm.normalized_shape[0]
     return ProbeVariant(
         name,
@@ -310,7 +348,8 @@ def sublayer_variant(name: str, probe: SublayerProbe, max_batch: int) -> ProbeVa
         img_size=(probe.tokens, d),
         in_chans=1,
         max_batch=max_batch,
-        graph=lambda precision: sublayer_graph(probe, precision),
+        graph=lambda precision: sublayer_graph(probe, quant or precision),
+        quantized=quant,
     )
 
 
@@ -327,9 +366,10 @@ def empty_variant(tokens: int, d: int, max_batch: int, name: str = "empty") -> P
     )
 
 
-def token_variant(name: str, probe: TokenProbe, d: int, max_batch: int) -> ProbeVariant:
+def token_variant(name: str, probe: TokenProbe, d: int, max_batch: int, quant: str | None = None) -> ProbeVariant:
     """A token probe as a variant, traced on first use (its reducers are ordinary exported graphs)."""
     example = torch.randn(2, 1, probe.tokens, d)
+    probe = quantized_copy(probe, quant)
     return ProbeVariant(
         name,
         probe,
@@ -339,12 +379,16 @@ def token_variant(name: str, probe: TokenProbe, d: int, max_batch: int) -> Probe
         in_chans=1,
         max_batch=max_batch,
         graph=lambda precision: traced_graph(probe, example, precision),
+        quantized=quant,
     )
 
 
-def model_variant(name: str, model: nn.Module, in_chans: int, img: tuple[int, int], max_batch: int) -> ProbeVariant:
+def model_variant(
+    name: str, model: nn.Module, in_chans: int, img: tuple[int, int], max_batch: int, quant: str | None = None
+) -> ProbeVariant:
     """A whole model (the model without blocks) as a variant, traced on first use."""
     example = torch.randn(2, in_chans, *img)
+    model = quantized_copy(model, quant)
     return ProbeVariant(
         name,
         model,
@@ -354,4 +398,5 @@ def model_variant(name: str, model: nn.Module, in_chans: int, img: tuple[int, in
         in_chans=in_chans,
         max_batch=max_batch,
         graph=lambda precision: traced_graph(model, example, precision),
+        quantized=quant,
     )

@@ -19,6 +19,12 @@ warm-up passes, then interleaved rounds of timed passes), on the probes of
 4. **the rest**: the model without blocks at every embedding width of the grid, and the dense model
    itself (its measured latency calibrates the predicted milliseconds, ``LatencyTable.scale``).
 
+``precision`` int8 (or fp8) profiles the model as ``vitcompress quantize`` makes it: every probe's
+Linear/Conv2d inputs and weights go through Q/DQ pairs (``latency_probes``) and the dense model is
+fake-quantized, run by a backend that executes Q/DQ graphs with quantized kernels
+(``QUANTIZED_BACKENDS``); the runners run them as graphs of the fp32 export (``run_precision``).
+The table records int8 (or fp8) as its precision.
+
 Each probe's figure is the minimum of its timed passes (``statistic``, or the median): on a shared
 CPU the median of a call that takes several milliseconds includes time the scheduler gave to other
 processes, while a call of a tenth of a millisecond is rarely interrupted, so medians make the parts
@@ -73,10 +79,12 @@ from vitcompress.tokens.registry import REDUCERS
 from vitcompress.tokens.schedule import parse_schedule
 
 from .probes import (
+    QUANTIZED,
     attn_probe,
     empty_variant,
     mlp_probe,
     model_variant,
+    quantized_copy,
     rest_model,
     sublayer_variant,
     token_probe,
@@ -86,6 +94,27 @@ from .probes import (
 logger = logging.getLogger("vitcompress.profile")
 
 SWEPT = ("qk", "v", "mlp", "embed")
+#: backends whose latency of a Q/DQ graph is that of quantized kernels, per quantized precision
+#: (ONNX Runtime CPU fuses INT8 Q/DQ into integer kernels; FP8 needs TensorRT on a GPU with FP8)
+QUANTIZED_BACKENDS = {"int8": ("ort-cpu", "ort-trt", "trt"), "fp8": ("ort-trt", "trt")}
+
+
+def run_precision(precision: str) -> str:
+    """The precision a runner is given: fp32 for a quantized profile (its graphs carry the Q/DQ
+    pairs; the unquantized parts are fp32), else ``precision``."""
+    return "fp32" if precision in QUANTIZED else precision
+
+
+def quantized_unavailable(backend: str, precision: str) -> str | None:
+    """Why ``backend`` cannot measure a ``precision`` (int8/fp8) model, or None."""
+    if precision in QUANTIZED and backend not in QUANTIZED_BACKENDS[precision]:
+        return (
+            f"{precision} latency is measured on {', '.join(QUANTIZED_BACKENDS[precision])} "
+            f"(backends that run Q/DQ graphs with {precision} kernels), not {backend}"
+        )
+    return None
+
+
 STATISTICS = {"min": np.min, "median": np.median}
 
 
@@ -110,7 +139,9 @@ class ProfileConfig:
 
     backend: str = setting("ort-cpu", "Backend: torch-cpu, ort-cpu, torch-cuda, ort-cuda, ort-trt or trt.")
     batch: int = setting(8, "Batch size the latencies are measured at.")
-    precision: str = setting("fp32", "fp32, fp16 or bf16 (as the backend supports).")
+    precision: str = setting(
+        "fp32", "fp32, fp16 or bf16 (as the backend supports); int8 or fp8: the quantized model's Q/DQ graphs."
+    )
     mode: str = setting("eager", "torch backends: eager, compile or graph (CUDA graphs).")
     threads: int | None = setting(None, "CPU threads (default: all usable cores).")
     warmup: int = setting(2, "Untimed passes per probe.")
@@ -134,10 +165,12 @@ class ProfileConfig:
     def validate(self) -> ProfileConfig:
         if self.backend not in backend_names():
             get_runner(self.backend)  # one-line error with the known names
-        check_precision(self.precision, PRECISIONS)
+        check_precision(self.precision, PRECISIONS + QUANTIZED)
         if self.mode not in MODES:
             raise VitCompressError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}", params=["mode"])
-        reason = get_runner(self.backend).unavailable(self.precision, self.mode)
+        reason = quantized_unavailable(self.backend, self.precision) or get_runner(self.backend).unavailable(
+            run_precision(self.precision), self.mode
+        )
         if reason:
             raise VitCompressError(
                 f"backend {self.backend} cannot measure here ({reason}); choose another backend or precision",
@@ -203,7 +236,7 @@ class _Session:
                 key = (v.in_chans, *v.img_size)
                 if key not in inputs:
                     inputs[key] = v.example(cfg.batch)
-                r = self.cls(v, cfg.batch, cfg.precision, cfg.threads, cfg.mode, x=inputs[key])
+                r = self.cls(v, cfg.batch, run_precision(cfg.precision), cfg.threads, cfg.mode, x=inputs[key])
                 r.activate()
                 runners[v.name] = r
             samples = measure(runners, cfg.warmup, cfg.iters, cfg.rounds)
@@ -271,6 +304,7 @@ def _reducer_probes(sess: _Session, cfg: ProfileConfig, source, block, full, tok
     with proportional attention, that block followed by a plain one) timed with the plain
     sublayers it runs; the differences are the reducer's time."""
     method, keep = cfg.token_method or "", cfg.token_keep
+    quant = cfg.precision if cfg.precision in QUANTIZED else None
     D, H, QK, V, M, p = (full[k] for k in ("embed", "heads", "qk", "v", "mlp", "prefix"))
     wide = copy.copy(block)
     wide.num_heads, wide.qk_dim, wide.v_dim, wide.mlp_hidden = H, QK, V, M
@@ -281,12 +315,14 @@ def _reducer_probes(sess: _Session, cfg: ProfileConfig, source, block, full, tok
         if t < p + 2:
             continue
         t_out = p + int(red.out_count(t - p)) if red is not None else t
-        one = token_variant(f"reduce-{method}-t{t}", token_probe(source, wide, D, 1, method, keep, t), D, cfg.batch)
+        one = token_variant(
+            f"reduce-{method}-t{t}", token_probe(source, wide, D, 1, method, keep, t), D, cfg.batch, quant
+        )
         plain = [attn_v(D, t, H, QK, V), mlp_v(D, t_out, M), attn_v(D, t_out, H, QK, V)]
         group = [one, *plain]
         if chained:
             two = token_probe(source, wide, D, 2, method, keep, t)
-            group.append(token_variant(f"chain-{method}-t{t}", two, D, cfg.batch))
+            group.append(token_variant(f"chain-{method}-t{t}", two, D, cfg.batch, quant))
         med = sess.time(group, empty_variant(t, D, cfg.batch))
         a_in, m_out, a_out = (med[v.name] for v in plain)
         reduce_ms = med[one.name] - a_in - m_out
@@ -326,6 +362,7 @@ def profile_latency(
     mb = cfg.batch
     work = Path(workdir) if workdir is not None else None
     D, T, H, QK, V, M = (full[k] for k in ("embed", "tokens", "heads", "qk", "v", "mlp"))
+    quant = cfg.precision if cfg.precision in QUANTIZED else None
 
     sweeps = {
         "qk": _window(QK, cfg.sweep),
@@ -350,10 +387,10 @@ def profile_latency(
 
         def attn_v(d, t, h, qk, v):
             p = attn_probe(block, d, h, qk, v, t, scale, seed=qk * 7 + v)
-            return sublayer_variant(f"attn-d{d}-t{t}-h{h}-qk{qk}-v{v}", p, mb)
+            return sublayer_variant(f"attn-d{d}-t{t}-h{h}-qk{qk}-v{v}", p, mb, quant)
 
         def mlp_v(d, t, m):
-            return sublayer_variant(f"mlp-d{d}-t{t}-m{m}", mlp_probe(block, d, m, t, seed=m), mb)
+            return sublayer_variant(f"mlp-d{d}-t{t}-m{m}", mlp_probe(block, d, m, t, seed=m), mb, quant)
 
         # 1. step sweeps
         found: dict[str, dict] = {}
@@ -414,11 +451,12 @@ def profile_latency(
 
         # 4. the model without blocks (and the dense model, measured together)
         rests = [
-            model_variant(f"rest-d{d}", rest_model(source, d), in_chans, (h_img, w_img), mb) for d in grid["embed"]
+            model_variant(f"rest-d{d}", rest_model(source, d), in_chans, (h_img, w_img), mb, quant)
+            for d in grid["embed"]
         ]
         group: list[Variant] = list(rests)
         if cfg.calibrate:
-            group.append(load_variant(net, name="dense", max_batch=mb))
+            group.append(load_variant(quantized_copy(net, quant), name="dense", max_batch=mb))
         med = sess.time(group)
         rest = [med[v.name] for v in rests]
     finally:

@@ -34,7 +34,8 @@ from vitcompress.latency import LatencyTable
 from vitcompress.pruner import PruneConfig, PruneResult, prune
 from vitcompress.resolve import resolve_model
 
-from .profile import ProfileConfig, profile_latency
+from .probes import QUANTIZED, quantized_copy
+from .profile import ProfileConfig, profile_latency, run_precision
 
 MEASURED_TOLERANCE = 0.03  # the measured cut lands within 3 points of the target, or the check says so
 TABLE_FILE = "latency_table.json"
@@ -145,13 +146,15 @@ def check_latency(
     cfg = BenchConfig(
         backends=[table.backend],
         batches=[table.batch],
-        precision=table.precision,
+        precision=run_precision(table.precision),
         mode=table.mode,
         warmup=warmup,
         iters=iters,
         rounds=rounds,
         threads=table.threads,
     )
+    if table.precision in QUANTIZED:  # an int8/fp8 table: both measured as quantized graphs
+        reference, model = (quantized_copy(resolve_model(m), table.precision) for m in (reference, model))
     ref, var = load_variant(reference, name="input", max_batch=table.batch), load_variant(model, name="pruned")
     result = run_bench([ref, var], cfg, baseline="input", progress=progress)
     by = {m["variant"]: m for m in result["measurements"]}
