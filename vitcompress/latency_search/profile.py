@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def quantized_unavailable(backend: str, precision: str) -> str | None:
     return None
 
 
-STATISTICS = {"min": np.min, "median": np.median}
+STATISTICS: dict[str, Callable[..., Any]] = {"min": np.min, "median": np.median}
 
 
 #: the largest counts a profile takes: beyond these it does not finish in a working day
