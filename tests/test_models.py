@@ -51,7 +51,7 @@ def test_pretrained_without_hub_is_a_clear_error(monkeypatch):
         return real(name, pretrained=False, **kw)
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(VitCompressError, match="--checkpoint FILE") as e:
+    with pytest.raises(VitCompressError, match="checkpoint=FILE") as e:
         create_source_model("deit_tiny_patch16_224", pretrained=True)
     assert "\n" not in str(e.value)
 

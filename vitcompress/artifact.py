@@ -18,12 +18,12 @@ from torch import nn
 
 from .counting import Counts, count
 from .errors import VitCompressError
-from .families import build_model, family_for_source, family_of
+from .families import Family, build_model, family_for_source, family_of
 from .io import atomic_dir, check_output_path
 from .meta import FORMAT_VERSION, ArtifactMeta, attach, attached
 from .models import infer_source
 from .quantizers import apply_quantizers, check_record, record_of
-from .spec import RecordError
+from .spec import RecordError, Spec
 from .tokens.apply import apply_tokens, schedule_of
 from .tokens.schedule import TokenSchedule
 
@@ -237,8 +237,10 @@ def check_with_family(meta: ArtifactMeta) -> None:
     fam = family_for_source(meta.source)
     fam.check_source(meta.source)
     spec = meta.require_spec()
+    source_spec = fam.source_spec(meta.source)
     if meta.plan is not None:
-        meta.plan.check(spec, fam.source_spec(meta.source))
+        meta.plan.check(spec, source_spec)
+    _check_source_counts(fam, meta, source_spec)
     if meta.tokens is not None:
         _schedule(meta.tokens, "tokens", spec.depth)
     if "quantization" in meta.extra:
@@ -246,6 +248,24 @@ def check_with_family(meta: ArtifactMeta) -> None:
     for i, step in enumerate(meta.history):
         if step.get("method") == "tokens":
             _schedule(step.get("schedule"), f"history[{i}].schedule", None)
+
+
+def _check_source_counts(fam: Family, meta: ArtifactMeta, source_spec: Spec) -> None:
+    """``RecordError`` unless ``counts_source`` (the MACs and parameters recorded for the unpruned
+    model) are those of the model ``source.kwargs`` describe: a creation option changed after the
+    record was written (``depth``, ``embed_dim``, ``num_classes``, ``img_size``, ...) describes another
+    model than the one the artifact was pruned from. The counts are analytic (``Family.macs`` and
+    ``Family.params`` of the source's widths, with the width-independent constants read off a model of
+    the artifact's spec built on the meta device), so a huge width or depth costs no memory."""
+    info = fam.arch_info(fam.build(meta.source, meta.require_spec(), device="meta"))
+    macs, params = fam.macs(source_spec, info), fam.params(source_spec, info)
+    got = meta.counts_source
+    if (got.get("macs"), got.get("params")) != (macs, params):
+        dims = ",".join(str(d) for d in source_spec.stage_dims)
+        raise RecordError(
+            f"source.kwargs (depth {source_spec.depth}, width {dims}) give {params:,} params and {macs:,} MACs, "
+            f"counts_source {got['params']:,} and {got['macs']:,}: they are not the source model's options"
+        )
 
 
 def _schedule(d, where: str, depth: int | None) -> TokenSchedule:
