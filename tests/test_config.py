@@ -77,3 +77,12 @@ def test_weight_decay_is_capped_where_training_would_diverge():
         TrainConfig(weight_decay=1e308).validate()
     assert "\n" not in str(e.value)
     TrainConfig(weight_decay=10).validate()  # the cap itself is allowed
+
+
+def test_lr_is_capped_before_the_optimizer_overflows():
+    """The fuzz run's finding: lr=1e308 reached the optimizer and failed there with a traceback
+    (``value cannot be converted to type float without overflow``); it is refused before any work."""
+    with pytest.raises(VitCompressError, match="lr must be") as e:
+        TrainConfig(lr=1e308).validate()
+    assert "\n" not in str(e.value)
+    TrainConfig(lr=10).validate()

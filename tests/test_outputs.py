@@ -429,7 +429,7 @@ def test_a_non_finite_reference_gives_no_numpy_warning():
 def test_eval_on_a_folder_holding_a_fifo_does_not_hang(art, tmp_path, capsys):
     from PIL import Image
 
-    for c in ("a", "b"):
+    for c in "abcdefghij":  # the artifact's 10 classes
         (tmp_path / "imgs" / c).mkdir(parents=True)
         Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / c / "0.png")
     os.mkfifo(tmp_path / "imgs" / "b" / "1.png")

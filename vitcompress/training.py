@@ -77,7 +77,7 @@ class TrainConfig:
     data: str = setting("mnist10k", "digits, mnist10k or an ImageFolder directory (DIR/train, DIR/val).")
     epochs: int = setting(10, "Training epochs.", ge=1)
     batch_size: int = setting(64, "Global batch size (split over torchrun ranks).", ge=1)
-    lr: float = setting(1e-3, "Peak learning rate (AdamW, warmup then cosine).", gt=0)
+    lr: float = setting(1e-3, "Peak learning rate (AdamW, warmup then cosine; at most 10).", gt=0, le=10)
     min_lr: float = setting(1e-5, "Learning rate at the end of the cosine decay (0 <= min_lr <= lr).", ge=0)
     weight_decay: float = setting(0.05, "AdamW weight decay (at most 10: beyond, the weights diverge).", ge=0, le=10)
     warmup_epochs: float = setting(1.0, "Epochs of linear warmup (fractions allowed).", ge=0)
