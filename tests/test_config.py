@@ -144,3 +144,12 @@ def test_key_value_options_share_one_parser():
         assert e.value.with_flags({"method_opts": "--method-opt"}).endswith("pass e.g. --method-opt steps=50")
     with pytest.raises(VitCompressError, match=r"^model option '=1' has no key; pass e.g. model_opts=depths=\[2,2\]$"):
         model_options(["=1"])
+
+
+def test_lr_is_capped_before_the_optimizer_overflows():
+    """The fuzz run's finding: lr=1e308 reached the optimizer and failed there with a traceback
+    (``value cannot be converted to type float without overflow``); it is refused before any work."""
+    with pytest.raises(VitCompressError, match="lr must be") as e:
+        TrainConfig(lr=1e308).validate()
+    assert "\n" not in str(e.value)
+    TrainConfig(lr=10).validate()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -289,6 +291,38 @@ def test_a_failed_hub_download_is_one_line(tmp_path, monkeypatch, capsys):
     assert code == 2 and one_line(err) and "cannot load pretrained weights" in err and "--checkpoint" in err, err
 
 
+# what the hub client does without a connection: it logs each retry, then raises
+NOISY_HUB = """
+import logging, sys
+import timm.models._builder as builder
+real = builder.load_pretrained
+def load_pretrained(*args, **kwargs):
+    log = logging.getLogger("huggingface_hub.utils._http")
+    log.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD https://huggingface.co/x")
+    log.warning("Retrying in 1s [Retry 1/5].")
+    return real(*args, **kwargs)
+builder.load_pretrained = load_pretrained
+from vitcompress.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_pretrained_weights_without_the_hub_are_exactly_one_error_line(tmp_path):
+    """A real ``--pretrained`` run in a fresh process, the hub forced offline and its cache empty:
+    stderr is the error line alone (the hub client's retry log and warnings do not reach it), naming
+    the local-file fix."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONWARNINGS": "default"}
+    argv = ["prune", "deit_tiny_patch16_224", "--pretrained", *PRUNE, "-o", str(tmp_path / "o")]
+    proc = subprocess.run(
+        [sys.executable, "-c", NOISY_HUB, *argv], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "cannot load pretrained weights for 'deit_tiny_patch16_224' (the model hub cannot be reached" in lines[0]
+    assert "--checkpoint FILE" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
 # ------------------------------------------------------------------------ bench: nothing measured is an error
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine measures on torch-cuda")
 def test_bench_that_measures_nothing_fails_unless_allow_skip(art, tmp_path, monkeypatch, capsys):
@@ -395,7 +429,7 @@ def test_a_non_finite_reference_gives_no_numpy_warning():
 def test_eval_on_a_folder_holding_a_fifo_does_not_hang(art, tmp_path, capsys):
     from PIL import Image
 
-    for c in ("a", "b"):
+    for c in "abcdefghij":  # the artifact's 10 classes
         (tmp_path / "imgs" / c).mkdir(parents=True)
         Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / c / "0.png")
     os.mkfifo(tmp_path / "imgs" / "b" / "1.png")

@@ -11,9 +11,11 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -97,6 +99,59 @@ def test_resume_refuses_a_crafted_pickle_without_running_it(how, tmp_path, capsy
     assert "never loaded" in err and "--force" in err
     assert not marker.exists()  # the pickle's code did not run
     assert os.listdir(out) == [CHECKPOINT]
+
+
+PICKLES = {  # non-zip files torch.load reads with its pickle reader
+    "legacy torch.save": lambda obj, f: torch.save(obj, f, _use_new_zipfile_serialization=False),
+    "pickle protocol 4": lambda obj, f: f.write_bytes(pickle.dumps(obj, protocol=4)),
+    "pickle protocol 5": lambda obj, f: f.write_bytes(pickle.dumps(obj, protocol=5)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(PICKLES))
+def test_a_non_zip_pickle_is_one_error_line_for_every_file_option(how, art, tmp_path, capsys):
+    """torch warns about a pickle protocol it did not write before refusing the file: nothing but
+    the error line reaches the user, for every option that reads a checkpoint."""
+    marker, ck, out = tmp_path / "PWNED", tmp_path / "evil.pth", tmp_path / "res"
+    PICKLES[how]({"state_dict": Evil(marker)}, ck)
+    out.mkdir()
+    PICKLES[how]({"model": Evil(marker)}, out / CHECKPOINT)
+    cases = {
+        "prune --checkpoint": ["prune", *BY_NAME, "--checkpoint", ck, *PRUNE, "-o", tmp_path / "o"],
+        "tokens --checkpoint": [
+            "tokens",
+            *BY_NAME,
+            "--checkpoint",
+            ck,
+            "--method",
+            "topk",
+            "--schedule",
+            "0.7@1",
+            "-o",
+            tmp_path / "o",
+        ],
+        "train --checkpoint": ["train", *TINY, "--checkpoint", ck, *QUICK, "-o", tmp_path / "o"],
+        "--teacher-checkpoint": [
+            "finetune",
+            art,
+            "--teacher",
+            BY_NAME[0],
+            "--teacher-checkpoint",
+            ck,
+            *QUICK,
+            "-o",
+            tmp_path / "o",
+        ],
+        "--resume": ["train", *TINY, *QUICK, "-o", out, "--resume"],
+    }
+    before = tree(tmp_path)
+    for name, argv in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code, _, err = run(capsys, *argv)
+        assert code == 2 and one_line(err) and not caught, (name, err, [str(w.message)[:80] for w in caught])
+        assert f"pickles the Python object {os.system.__module__}.system" in err, (name, err)
+    assert not marker.exists() and tree(tmp_path) == before
 
 
 def test_checkpoints_load_without_unpickling_and_foreign_files_are_refused(tmp_path, capsys):
@@ -427,15 +482,19 @@ def test_a_teacher_with_another_input_size_is_one_line(art, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+CLASSES = "abcdefghij"  # as many class folders as the tiny models' classifier has outputs
+
+
 @pytest.fixture
 def image_folder(tmp_path):
+    """An ImageFolder of 10 classes (the tiny artifact's), 3 images each."""
     from PIL import Image
 
     root = tmp_path / "imgs"
-    for c in ("a", "b"):
+    for k, c in enumerate(CLASSES):
         (root / c).mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (20, 20), (60 * i, 100 if c == "a" else 10, 30)).save(root / c / f"{i}.png")
+            Image.new("RGB", (20, 20), (60 * i, 20 * k, 30)).save(root / c / f"{i}.png")
     return root
 
 
@@ -474,7 +533,7 @@ def test_an_rgb_image_folder_feeds_a_grayscale_model(image_folder, tmp_path, cap
     gray = save(vitcompress.create_source_model("vit_tiny_patch16_224", **TINY_KW, in_chans=1), tmp_path / "g")
     code, out, err = run(capsys, "eval", gray, "--data", image_folder, "--json")
     assert code == 0, err
-    assert json.loads(out)["images"] == 6
+    assert json.loads(out)["images"] == 30
 
 
 def test_image_folder_problems_are_one_line(image_folder, art, tmp_path, capsys):
@@ -487,6 +546,33 @@ def test_image_folder_problems_are_one_line(image_folder, art, tmp_path, capsys)
     code, _, err = run(capsys, "train", *TINY, *QUICK[2:], "--data", image_folder, "-o", tmp_path / "out")
     assert code == 2 and one_line(err) and "9.png' cannot be read" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_with_other_classes_than_the_model_is_one_line(image_folder, art, tmp_path, capsys):
+    """Labels are the sorted class folders: with another number of classes than the classifier's,
+    label i is not the model's class i (fewer) or not an output at all (more)."""
+    three = tmp_path / "three"
+    for c in CLASSES[:3]:
+        shutil.copytree(image_folder / c, three / c)
+    before = tree(tmp_path)
+    need = "the data has 3 classes but the model's classifier has 10; pass data with 10 classes or use a model"
+    for argv, fix in (
+        (["eval", art, "--data", three], "num_classes=3"),
+        (["finetune", art, *QUICK[2:], "--data", three, "-o", tmp_path / "out"], "num_classes=3"),
+        (["train", *TINY, *QUICK[2:], "--data", three, "-o", tmp_path / "out"], "--num-classes 3"),
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and one_line(err) and need in err and err.rstrip().endswith(fix), (argv, err)
+    assert tree(tmp_path) == before
+    art3 = save(
+        vitcompress.create_source_model("vit_tiny_patch16_224", **{**TINY_KW, "num_classes": 3}), tmp_path / "a3"
+    )
+    code, _, err = run(capsys, "eval", art3, "--data", image_folder)
+    assert code == 2 and one_line(err) and "the data has 10 classes but the model's classifier has 3" in err, err
+    code, out, err = run(capsys, "eval", art3, "--data", three, "--json")
+    assert code == 0 and json.loads(out)["images"] == 9, err
+    code, out, err = run(capsys, "train", *TINY[:-1], "3", *QUICK[2:], "--data", three, "-o", tmp_path / "t3")
+    assert code == 0 and (tmp_path / "t3" / META).is_file(), err
 
 
 def _edit(art, path, value=None, delete=False):
@@ -527,6 +613,13 @@ CORRUPT = {
     "source checkpoint_path": (["source", "kwargs", "checkpoint_path"], "/x.pth", "checkpoint_path is not a creation"),
     "source img_size": (["source", "kwargs", "img_size"], -3, "source.kwargs.img_size is -3"),
     "source depth huge": (["source", "kwargs", "depth"], 10**9, "source.kwargs.depth is 1000000000"),
+    # creation options in range that describe another model than the recorded source counts
+    "source depth 100": (["source", "kwargs", "depth"], 100, "source.kwargs (depth 100, width 32) give 1,277,162"),
+    "source embed_dim 1e6": (["source", "kwargs", "embed_dim"], 10**6, "(depth 2, width 1000000) give 24,000,237"),
+    "source embed_dim float": (["source", "kwargs", "embed_dim"], 1e6, "embed_dim is 1000000.0, not an integer"),
+    "source num_classes": (["source", "kwargs", "num_classes"], 5, "counts_source 32,170 and 150,976: they are not"),
+    "source img_size other": (["source", "kwargs", "img_size"], 64, "give 34,090 params and 2,531,776 MACs"),
+    "source mlp_ratio huge": (["source", "kwargs", "mlp_ratio"], 1e30, "source.kwargs.mlp_ratio is 1e+30, above"),
     "plan repeated block": (["plan", "blocks"], [0, 0], "plan.blocks repeats an index"),
     "plan negative head": (["plan", "layers", "0", "heads"], [-1, 1], "plan.layers.0.heads[0] is -1"),
     "plan index beyond source": (["plan", "layers", "0", "mlp", 0], 10**6, "keeps index 1000000, the source block"),

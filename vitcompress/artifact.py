@@ -23,7 +23,7 @@ from .io import atomic_dir, check_output_path
 from .meta import FORMAT_VERSION, ArtifactMeta, attach, attached
 from .models import infer_source
 from .quantizers import apply_quantizers, check_record, record_of
-from .spec import RecordError
+from .spec import RecordError, Spec
 from .tokens.apply import apply_tokens, schedule_of
 from .tokens.schedule import TokenSchedule
 
@@ -240,15 +240,27 @@ def read_meta(path: str | os.PathLike) -> ArtifactMeta:
 
 def check_with_family(meta: ArtifactMeta) -> None:
     """The checks of a record that need its model family: the creation options
-    (``Family.check_source``: only those the family records), the plan against the source model
-    (``Plan.check``: nothing kept that the source does not have), the token schedule and every
+    (``Family.check_source``: only those the family records, and ``counts_source`` must be the counts
+    of the model they describe), the plan against the source model (``Plan.check``: nothing kept that
+    the source does not have), the token schedule and every
     token step of the history (``TokenSchedule.from_dict``, blocks within the depth). Raises
     ``RecordError`` naming the field, or ``VitCompressError`` for a model no family rebuilds."""
     fam = family_for_source(meta.source)
     fam.check_source(meta.source)
     spec = meta.require_spec()
+    try:
+        source_spec = fam.source_spec(meta.source)
+        info = fam.arch_info(fam.build(meta.source, spec, device="meta"))
+    except (RecordError, VitCompressError):
+        raise
+    except (
+        Exception
+    ) as e:  # options of the right kinds the model's code refuses together (heads not dividing the width)
+        text = " ".join(str(e).split())[:120] or "its own check failed"
+        raise RecordError(f"source.kwargs and spec do not build a model ({type(e).__name__}: {text})") from None
     if meta.plan is not None:
-        meta.plan.check(spec, fam.source_spec(meta.source))
+        meta.plan.check(spec, source_spec)
+    _check_source_counts(fam, meta, source_spec, info)
     if meta.tokens is not None:
         _schedule(meta.tokens, "tokens", spec.depth)
     if "quantization" in meta.extra:
@@ -256,6 +268,23 @@ def check_with_family(meta: ArtifactMeta) -> None:
     for i, step in enumerate(meta.history):
         if step.get("method") == "tokens":
             _schedule(step.get("schedule"), f"history[{i}].schedule", None)
+
+
+def _check_source_counts(fam: Family, meta: ArtifactMeta, source_spec: Spec, info: object) -> None:
+    """``RecordError`` unless ``counts_source`` (the MACs and parameters recorded for the unpruned
+    model) are those of the model ``source.kwargs`` describe: a creation option changed after the
+    record was written (``depth``, ``embed_dim``, ``num_classes``, ``img_size``, ...) describes another
+    model than the one the artifact was pruned from. The counts are analytic (``Family.macs`` and
+    ``Family.params`` of the source's widths, with the width-independent constants read off a model of
+    the artifact's spec built on the meta device: ``info``), so a huge width or depth costs no memory."""
+    macs, params = fam.macs(source_spec, info), fam.params(source_spec, info)
+    got = meta.counts_source
+    if (got.get("macs"), got.get("params")) != (macs, params):
+        dims = ",".join(str(d) for d in source_spec.stage_dims)
+        raise RecordError(
+            f"source.kwargs (depth {source_spec.depth}, width {dims}) give {params:,} params and {macs:,} MACs, "
+            f"counts_source {got['params']:,} and {got['macs']:,}: they are not the source model's options"
+        )
 
 
 def _schedule(d, where: str, depth: int | None) -> TokenSchedule:

@@ -42,15 +42,21 @@ class EvalResult:
         return s
 
 
-def check_classes(model: nn.Module, num_classes: int | None, what: str = "data") -> None:
-    """One-line error when the labels do not fit the model's classifier."""
+def check_classes(model: nn.Module, num_classes: int | None, what: str = "data", exact: bool = True) -> None:
+    """One-line error when the data's classes are not the model's: labels are the data's class
+    indices (an ImageFolder's sorted class folders), so label ``i`` means the model's class ``i``
+    only when both have the same number of classes. A data set with more classes has labels the
+    classifier cannot output; one with fewer trains and scores a classifier whose other outputs
+    have no data, and its labels are usually not the classes the model was trained on. ``exact=False``
+    (``num_classes`` is the largest label of a sample plus one) refuses only more classes."""
     mc = getattr(model, "num_classes", None)
-    if num_classes is not None and mc is not None and num_classes > mc:
-        raise VitCompressError(
-            f"the {what} has {num_classes} classes but the model's classifier has {mc}; "
-            f"use a model with num_classes={num_classes}",
-            params=["num_classes"],
-        )
+    if num_classes is None or mc is None or num_classes == mc or (not exact and num_classes < mc):
+        return
+    raise VitCompressError(
+        f"the {what} has {num_classes} classes but the model's classifier has {mc}; pass data with {mc} "
+        f"classes or use a model with num_classes={num_classes}",
+        params=["num_classes"],
+    )
 
 
 @torch.no_grad()

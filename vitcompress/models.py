@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 import os
+import pickletools
 import re
 import traceback
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import timm
@@ -30,6 +35,7 @@ __all__ = [
     "infer_source",
     "list_models",
     "load_checkpoint",
+    "unpickling_reason",
 ]
 
 
@@ -64,6 +70,34 @@ def check_supported(model: nn.Module, name: str = "") -> Family:
 def _one_line(e: BaseException) -> str:
     """An exception's text on one line (hub errors span several)."""
     return " ".join(str(e).split())
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence the hub client while weights are fetched: without a connection it logs every retry
+    (several lines) before it raises, and the failure becomes one error line of its own."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="huggingface_hub")
+            yield
+    finally:
+        hub.setLevel(level)
+
+
+def _hub_reason(e: BaseException) -> str:
+    """Why hub weights could not be loaded, in a few words."""
+    names = set()
+    c: BaseException | None = e
+    while c is not None and type(c).__name__ not in names:
+        names.add(type(c).__name__)
+        c = c.__cause__ or c.__context__
+    offline = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout", "ReadTimeout"}
+    if names & offline:
+        return "the model hub cannot be reached and the weights are not in the local hub cache"
+    return f"{type(e).__name__}: {_one_line(e)[:160]}"
 
 
 def _reason(e: Exception, kwargs: dict) -> str:
@@ -112,7 +146,8 @@ def create_with_family(
         except RecordError as e:
             raise VitCompressError(f"cannot create {name!r}: {e}", params=[key]) from None
     try:
-        model = fam.create(name, pretrained=pretrained, **kwargs)
+        with _quiet_hub() if pretrained else contextlib.nullcontext():
+            model = fam.create(name, pretrained=pretrained, **kwargs)
     except VitCompressError:
         raise
     except TypeError as e:
@@ -120,8 +155,8 @@ def create_with_family(
     except Exception as e:  # hub unreachable, bad kwargs
         if pretrained:
             raise VitCompressError(
-                f"cannot load pretrained weights for {name!r} ({type(e).__name__}: {_one_line(e)[:160]}); "
-                "use checkpoint=FILE on machines without hub access",
+                f"cannot load pretrained weights for {name!r} ({_hub_reason(e)}); pass a local weights file "
+                "with checkpoint=FILE (.safetensors or .pth), or put the weights in the hub cache",
                 params=["checkpoint"],
             ) from None
         raise VitCompressError(f"cannot create {name!r}: {_reason(e, kwargs)}") from None
@@ -155,10 +190,12 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise VitCompressError(f"checkpoint {path!r} does not exist; pass a .safetensors or .pth file")
     try:
-        state = timm.models.load_state_dict(path, use_ema=False)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a file it may then refuse
+            warnings.simplefilter("ignore", UserWarning)
+            state = timm.models.load_state_dict(path, use_ema=False)
         why = _not_a_state_dict(state)
     except Exception as e:
-        why = _unreadable_reason(e)
+        why = _unreadable_reason(e, path)
     if why:
         raise VitCompressError(
             f"checkpoint {path!r} is not a readable state dict ({why}); pass a .safetensors file or a .pth "
@@ -198,7 +235,7 @@ def _not_a_state_dict(state) -> str | None:
     return None
 
 
-def _unreadable_reason(e: BaseException) -> str:
+def _unreadable_reason(e: BaseException, path: str | None = None) -> str:
     """A short reason for a checkpoint that torch.load / safetensors could not read."""
     chain: list[BaseException] = []
     c: BaseException | None = e
@@ -212,11 +249,53 @@ def _unreadable_reason(e: BaseException) -> str:
     m = re.search(r"'(\w+)' object has no attribute 'items'", text)
     if m:
         return f"it holds a Python {m.group(1)}, not a dict of tensors"
+    refused = next((c for c in chain if "Weights only load failed" in str(c)), None)
+    if refused is not None:  # torch's refusal of a pickled object other than tensors and plain values
+        return unpickling_reason(refused, path)
     if any(type(c).__name__ == "SafetensorError" for c in chain):
         return "corrupt safetensors file"
     if any(isinstance(c, EOFError) for c in chain):
         return "the file is empty or truncated"
     return "not a torch.save file: corrupt, truncated or another format"
+
+
+def unpickling_reason(e: BaseException, path: str | os.PathLike | None = None) -> str:
+    """Why ``torch.load(weights_only=True)`` refused or failed to read a file, in a few words."""
+    text = str(e)
+    for marker in ("Unsupported global: GLOBAL ", "Unsupported global: ", "load unsupported GLOBAL "):
+        if marker in text:
+            what = text.split(marker, 1)[1].split()[0].rstrip(".,")
+            return f"it pickles the Python object {what}, which is never loaded, for safety"
+    if "Weights only load failed" in text:
+        named = _first_global(path) if path is not None else None
+        if named:
+            return f"it pickles the Python object {named}, which is never loaded, for safety"
+        return "it pickles Python objects other than tensors and plain values, which are never loaded, for safety"
+    if isinstance(e, EOFError) or "EOF" in text:
+        return "the file is empty or truncated"
+    return f"not a torch.save file: {type(e).__name__}"
+
+
+def _first_global(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:
+    """The first class or function a raw pickle names, read from its opcodes with ``pickletools``
+    (which only decodes, never executes); None for a zip archive or when none is found in ``limit`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return None
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL" and isinstance(arg, str):
+                return ".".join(arg.split(" ", 1))
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # truncated or not a pickle: nothing more to say
+        return None
+    return None
 
 
 def infer_source(model: nn.Module, family: Family | None = None) -> SourceModel:

@@ -123,7 +123,7 @@ KWARG_KINDS = (
 def check_kwarg(key: str, value: Any, kind: str, where: str = "source.kwargs") -> None:
     """Raise ``RecordError`` unless creation option ``key`` holds a value of ``kind``: ``size`` (an
     integer 1..65536 or a pair of them), ``count`` (1..2**24), ``count0`` (0..2**24), ``counts`` (a
-    list of up to 64 counts, e.g. blocks per stage), ``count|counts`` (either), ``depth`` (1..1024), ``rate`` (a number in [0, 1)), ``positive`` (a number > 0), ``number?`` (a number or
+    list of up to 64 counts, e.g. blocks per stage), ``count|counts`` (either), ``depth`` (1..1024), ``rate`` (a number in [0, 1)), ``positive`` (a number in (0, 2**24]), ``number?`` (a number or
     null), ``bool``, ``bool?`` (true, false or null), ``str``."""
     at = _at(where, key)
     if kind == "size":
@@ -144,7 +144,8 @@ def check_kwarg(key: str, value: Any, kind: str, where: str = "source.kwargs") -
         if not 0 <= as_float(value, at) < 1:
             raise RecordError(f"{at} is {value}, outside [0, 1)")
     elif kind == "positive":
-        as_float(value, at, positive=True)
+        if as_float(value, at, positive=True) > 2**24:
+            raise RecordError(f"{at} is {value}, above {2**24}")
     elif kind == "number?":
         if value is not None:
             as_float(value, at)

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import pickletools
 import random
 import shutil
 import time
@@ -50,6 +49,7 @@ from .distributed import barrier, check_device, dist_info, init_distributed, lau
 from .errors import VitCompressError
 from .evaluate import check_classes, evaluate
 from .io import atomic_dir, output_lock, recover_dir
+from .models import unpickling_reason
 from .progress import tqdm
 from .spec import RecordError
 
@@ -77,7 +77,7 @@ class TrainConfig:
     data: str = setting("mnist10k", "digits, mnist10k or an ImageFolder directory (DIR/train, DIR/val).")
     epochs: int = setting(10, "Training epochs.", ge=1)
     batch_size: int = setting(64, "Global batch size (split over torchrun ranks).", ge=1)
-    lr: float = setting(1e-3, "Peak learning rate (AdamW, warmup then cosine).", gt=0)
+    lr: float = setting(1e-3, "Peak learning rate (AdamW, warmup then cosine; at most 10).", gt=0, le=10)
     min_lr: float = setting(1e-5, "Learning rate at the end of the cosine decay (0 <= min_lr <= lr).", ge=0)
     weight_decay: float = setting(0.05, "AdamW weight decay (at most 10: beyond, the weights diverge).", ge=0, le=10)
     warmup_epochs: float = setting(1.0, "Epochs of linear warmup (fractions allowed).", ge=0)
@@ -298,45 +298,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             params=["resume", "force"],
         )
     return ck
-
-
-def unpickling_reason(e: BaseException, path: str | os.PathLike | None = None) -> str:
-    """Why ``torch.load(weights_only=True)`` refused or failed to read a file, in a few words."""
-    text = str(e)
-    for marker in ("Unsupported global: GLOBAL ", "Unsupported global: ", "load unsupported GLOBAL "):
-        if marker in text:
-            what = text.split(marker, 1)[1].split()[0].rstrip(".,")
-            return f"it pickles the Python object {what}, which is never loaded, for safety"
-    if "Weights only load failed" in text:
-        named = _first_global(path) if path is not None else None
-        if named:
-            return f"it pickles the Python object {named}, which is never loaded, for safety"
-        return "it pickles Python objects other than tensors and plain values, which are never loaded, for safety"
-    if isinstance(e, EOFError) or "EOF" in text:
-        return "the file is empty or truncated"
-    return f"not a torch.save file: {type(e).__name__}"
-
-
-def _first_global(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:
-    """The first class or function a raw pickle names, read from its opcodes with ``pickletools``
-    (which only decodes, never executes); None for a zip archive or when none is found in ``limit`` bytes."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit)
-    except OSError:
-        return None
-    strings: list[str] = []
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name == "GLOBAL" and isinstance(arg, str):
-                return ".".join(arg.split(" ", 1))
-            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                return f"{strings[-2]}.{strings[-1]}"
-            if isinstance(arg, str):
-                strings.append(arg)
-    except Exception:  # truncated or not a pickle: nothing more to say
-        return None
-    return None
 
 
 def check_resume_model(ckpt: dict, model: nn.Module, path: str | os.PathLike) -> None:

@@ -109,11 +109,15 @@ class Sandbox:
         self.art = save(create_source_model(TINY_NAME, **TINY), shared / "art")
         self.other = save(create_source_model(TINY_NAME, **TINY), shared / "other")
         self.imgs = shared / "imgs"
-        self._image_folder(self.imgs)
+        self._image_folder(self.imgs, TINY["num_classes"])
+        self.imgs3 = shared / "imgs3"  # fewer classes than the artifact's classifier: refused
+        self._image_folder(self.imgs3, 3)
         self.text = shared / "notes.txt"
         self.text.write_text("not a model\n")
         self.pickle = shared / "evil.pt"
         self.pickle.write_bytes(_crafted_pickle(root / "PWNED"))
+        self.legacy = shared / "evil_legacy.pth"  # the same object in torch.save's non-zip format
+        torch.save({"model": _Evil(f"touch {root / 'PWNED'}")}, self.legacy, _use_new_zipfile_serialization=False)
         self.configs = {}
         for name, body in {
             "good.json": {"flops_reduction": 0.4, "train": {"epochs": 1}},
@@ -136,13 +140,15 @@ class Sandbox:
         self.n = 0
 
     @staticmethod
-    def _image_folder(root: Path) -> None:
+    def _image_folder(root: Path, classes: int) -> None:
+        """``classes`` class folders of two images each, one more unreadable image in ``b``."""
         from PIL import Image
 
-        for c in ("a", "b"):
+        for k in range(classes):
+            c = "abcdefghijklmnopqrstuvwxyz"[k]
             (root / c).mkdir(parents=True)
             for i in range(2):
-                Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(root / c / f"{i}.png")
+                Image.new("RGB", (12, 12), (40 * i, 20 * k, 120)).save(root / c / f"{i}.png")
         (root / "b" / "broken.png").write_bytes(b"\x89PNG not really")
 
     def case(self) -> Path:
@@ -174,7 +180,7 @@ class Sandbox:
         return [
             a, f"{a}/model.safetensors", f"{a}/new.png", f"{a}/sub/x", str(self.other), f"{self.other}/x",
             ".", "..", "", "/", "out", "out/deeper/x.onnx", "file.txt", "dir", "dir/x", "nope/missing.onnx",
-            str(self.text), str(self.pickle), "m.onnx",
+            str(self.text), str(self.pickle), str(self.legacy), "m.onnx",
         ]  # fmt: skip
 
     def tables(self) -> list[str]:
@@ -182,7 +188,7 @@ class Sandbox:
                 str(self.configs["good.json"]), str(self.text), "nope.json", str(self.art)]  # fmt: skip
 
     def data(self) -> list[str]:
-        return ["digits", "mnist10k", str(self.imgs), "nope", "", str(self.text), "dir"]
+        return ["digits", "mnist10k", str(self.imgs), str(self.imgs3), "nope", "", str(self.text), "dir"]
 
 
 INTS = ["-1", "0", "1", "2", "3", "8", "1000000000", "2147483648", "99999999999999999999", "1.5", "x", "", "nan"]
@@ -295,7 +301,7 @@ def option_values(opt: click.Option, sb: Sandbox, command_name: str) -> list[str
     if name == "teacher":
         return [str(sb.art), str(sb.other), TINY_NAME, "nope", str(sb.text), ""]
     if name in ("checkpoint", "teacher_checkpoint"):
-        return [str(sb.text), str(sb.pickle), f"{sb.art}/model.safetensors", "nope.pt", ""]
+        return [str(sb.text), str(sb.pickle), str(sb.legacy), f"{sb.art}/model.safetensors", "nope.pt", ""]
     if name == "latency_table":
         return sb.tables()
     if name in ("config_file",):
@@ -385,13 +391,18 @@ LEAVES = st.one_of(
 VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=12)  # fmt: skip
 DEEP = st.integers(2, 200).map(lambda n: json.loads("[" * n + "1" + "]" * n))
 WEIGHT_CHANGES = ("fp16", "nan", "drop", "extra", "truncate", "foreign")
+KWARG_KEYS = (*TINY, "mlp_ratio", "reg_tokens", "class_token")
+KWARG_VALUES = (0, 1, 2, 3, 8, 16, 32, 100, 1024, 1025, 10**6, 2**24, 2**24 + 1, 1e6, 1e30, 4.0, -1, True, None, "x")
 
 
 @st.composite
 def record_changes(draw) -> dict:
     """A change to an artifact: a JSON path and what happens there, or a change of the weights."""
-    if draw(st.integers(0, 9)) == 0:
+    roll = draw(st.integers(0, 9))
+    if roll == 0:
         return {"weights": draw(st.sampled_from(WEIGHT_CHANGES))}
+    if roll == 1:  # a creation option in or out of its range: it must still describe the recorded source
+        return {"kwarg": draw(st.sampled_from(KWARG_KEYS)), "value": draw(st.sampled_from(KWARG_VALUES))}
     return {
         "steps": draw(st.lists(st.integers(0, 10**6), min_size=0, max_size=6)),
         "op": draw(st.sampled_from(["replace", "replace", "delete", "duplicate", "empty"])),
@@ -437,6 +448,10 @@ def apply_change(art: Path, change: dict) -> str:
         return f"weights: {kind}"
     path = art / META
     record = json.loads(path.read_text())
+    if "kwarg" in change:
+        record["source"]["kwargs"][change["kwarg"]] = change["value"]
+        path.write_text(json.dumps(record))
+        return f"source.kwargs.{change['kwarg']} = {change['value']!r}"
     node, where = record, []
     for step in change["steps"]:
         if isinstance(node, dict) and node:
