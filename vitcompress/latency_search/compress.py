@@ -47,7 +47,7 @@ from vitcompress.artifact import check_output, is_artifact, load, save
 from vitcompress.benchmarks.backends import get_runner
 from vitcompress.benchmarks.bench import BenchConfig, load_variant, run_bench
 from vitcompress.benchmarks.report import to_markdown, write_report
-from vitcompress.config import check_fields, setting
+from vitcompress.config import check_fields, setting, with_options
 from vitcompress.counting import count
 from vitcompress.data import check_teacher
 from vitcompress.datapipe import check_data
@@ -271,11 +271,7 @@ def compress(
     """Profile, search, prune, distil, export and bench ``model`` for a latency target (module docstring).
 
     ``config`` and/or its top-level fields as keywords; ``callbacks`` go to the training loop."""
-    cfg = config if config is not None else CompressConfig()
-    for k, v in options.items():
-        if not hasattr(cfg, k):
-            raise VitCompressError(f"unknown compress option {k!r}")
-        setattr(cfg, k, v)
+    cfg = with_options(CompressConfig, config, options, "compress")
     cfg.validate()
     inputs = (model, teacher, cfg.latency_table, cfg.train.data)
     out = check_output(output, force=force, exists_ok=resume, resumable=True, inputs=inputs)
