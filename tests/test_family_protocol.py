@@ -215,6 +215,28 @@ def test_prune_asks_for_the_family_once(monkeypatch, tmp_path):
     assert calls == ["VisionTransformer"]  # the wrapper sees the lower layers' own look-ups
 
 
+@pytest.mark.parametrize(
+    "method, options", [("ihp", {"steps": 1}), ("gohsp", {"rounds": 1, "steps_per_round": 1}), ("amap", {"steps": 1})]
+)
+def test_a_method_prune_asks_for_the_family_once(monkeypatch, method, options):
+    """The family resolved by the pruner reaches the method's every step (calibration, scales,
+    indicators, cost model, projections, selection): no step asks again."""
+    model = tiny("vit")
+    calls = counted_family_of(monkeypatch)
+    res = vitcompress.prune(
+        model,
+        flops_reduction=0.3,
+        method=method,
+        method_options=options,
+        granularity=("heads", "mlp"),
+        calib_images=8,
+        batch_size=8,
+    )
+    assert calls == ["VisionTransformer"]
+    assert res.meta.history[-1]["method"] == method
+    assert res.meta.history[-1]["achieved"]["macs_reduction"] == pytest.approx(0.3, abs=0.015)
+
+
 def test_resolved_carries_the_family_spec_and_schedule(tmp_path):
     model = apply_tokens(tiny("vit"), "0.5@1", method="topk")
     art = save(model, tmp_path / "a")

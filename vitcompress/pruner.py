@@ -300,7 +300,7 @@ def choose_plan(
     budget = budget or cfg.budget()
     t0 = time.perf_counter()
     if meth is not None:  # the method trains/scores, folds its scales into a copy and selects with the core budget
-        out = meth.run(net, cfg, opts, progress=progress, budget=budget)
+        out = meth.run(net, cfg, opts, progress=progress, budget=budget, family=fam)
         times["method"] = time.perf_counter() - t0
         details = {} if opts is None else {"method_options": opts.to_dict(), "method_log": out.extra}
         return Choice(out.model, out.plan, out.achieved, out, details)
