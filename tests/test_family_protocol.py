@@ -150,9 +150,7 @@ def test_a_family_overrides_only_what_it_has(cleanup):
     # the base counts delegate to the module: equal to the ViT family's own
     assert fam.macs(spec, info) == vit.macs(spec, info) and fam.params(spec, info) == vit.params(spec, info)
     assert fam.block_macs(spec, info) == vit.block_macs(spec, info)
-    with pytest.raises(
-        VitCompressError, match="method ihp does not run on the delegating family; use --method oneshot"
-    ):
+    with pytest.raises(VitCompressError, match="method ihp does not run on the delegating family; use method=oneshot"):
         fam.check_method(model, "ihp")
     vit.check_method(tiny("vit"), "ihp")  # a family that names its parts runs them
 
