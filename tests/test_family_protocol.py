@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny
+from helpers import synthetic_table, tiny
 from timm.models.vision_transformer import VisionTransformer
 
 import vitcompress
@@ -233,6 +233,16 @@ def test_a_method_prune_asks_for_the_family_once(monkeypatch, method, options):
     assert calls == ["VisionTransformer"]
     assert res.meta.history[-1]["method"] == method
     assert res.meta.history[-1]["achieved"]["macs_reduction"] == pytest.approx(0.3, abs=0.015)
+
+
+def test_a_latency_prune_asks_for_the_family_once(monkeypatch):
+    """The latency budget (the table's check, cost and ranking) uses the family the pruner resolved."""
+    model = tiny("vit")
+    table = synthetic_table(model)
+    calls = counted_family_of(monkeypatch)
+    res = vitcompress.prune(model, latency_reduction=0.3, importance="l1", table=table)
+    assert calls == ["VisionTransformer"]
+    assert res.meta.history[-1]["latency"]["predicted_reduction"] == pytest.approx(0.3, abs=0.015)
 
 
 def test_resolved_carries_the_family_spec_and_schedule(tmp_path):

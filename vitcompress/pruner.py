@@ -147,15 +147,23 @@ class PruneConfig:
         model: nn.Module | None = None,
         table: LatencyTable | None = None,
         schedule: TokenSchedule | None = None,
+        family: Family | None = None,
     ) -> Budget:
         """The budget this step selects under (a latency budget needs the model and its table; MACs
-        and latency are counted with ``schedule``, the token schedule the pruned model will run)."""
+        and latency are counted with ``schedule``, the token schedule the pruned model will run;
+        ``family``: the model's, when the caller already knows it)."""
         if self.metric != "latency":
             return Budget(self.metric, self.reduction, self.round_to, self.uniform, tokens=schedule)
         if model is None or table is None:
             raise VitCompressError("a latency budget needs the model and its latency table", params=["latency_table"])
         return latency_budget(
-            model, table, self.reduction, uniform=self.uniform, schedule=schedule, kinds=self.granularity
+            model,
+            table,
+            self.reduction,
+            uniform=self.uniform,
+            schedule=schedule,
+            kinds=self.granularity,
+            family=family,
         )
 
     def to_dict(self) -> dict:
@@ -418,7 +426,7 @@ def _prune(
         else Counts(macs_with(net, sched, family=fam), count(net, family=fam).params)
     )
     # widths are chosen on the plain model, their MACs or latency on the schedule it runs
-    budget = cfg.budget(net, table, sched) if table is not None else cfg.budget(schedule=sched)
+    budget = cfg.budget(net, table, sched, family=fam) if table is not None else cfg.budget(schedule=sched)
     times["count"] = time.perf_counter() - t0
     choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times, budget=budget, family=fam)
     t0 = time.perf_counter()
