@@ -87,7 +87,7 @@ def test_eva_prunes_to_a_budget_reloads_and_prunes_again(key, tmp_path):
 
 def test_eva_q_k_dims_are_pruned_with_whole_heads_only():
     model = variant("eva02_rope_swiglu_packed")
-    with pytest.raises(VitCompressError, match="rotate q/k dims in pairs.*drop qk from --granularity"):
+    with pytest.raises(VitCompressError, match="rotate q/k dims in pairs.*drop qk from granularity"):
         vitcompress.prune(model, flops_reduction=0.3, importance="l1", granularity=("heads", "qk"))
 
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny
+from helpers import synthetic_table, tiny
 from timm.models.vision_transformer import VisionTransformer
 
 import vitcompress
@@ -150,9 +150,7 @@ def test_a_family_overrides_only_what_it_has(cleanup):
     # the base counts delegate to the module: equal to the ViT family's own
     assert fam.macs(spec, info) == vit.macs(spec, info) and fam.params(spec, info) == vit.params(spec, info)
     assert fam.block_macs(spec, info) == vit.block_macs(spec, info)
-    with pytest.raises(
-        VitCompressError, match="method ihp does not run on the delegating family; use --method oneshot"
-    ):
+    with pytest.raises(VitCompressError, match="method ihp does not run on the delegating family; use method=oneshot"):
         fam.check_method(model, "ihp")
     vit.check_method(tiny("vit"), "ihp")  # a family that names its parts runs them
 
@@ -213,6 +211,38 @@ def test_prune_asks_for_the_family_once(monkeypatch, tmp_path):
     count(model)
     count(model, family=FAMILIES.get("vit"))
     assert calls == ["VisionTransformer"]  # the wrapper sees the lower layers' own look-ups
+
+
+@pytest.mark.parametrize(
+    "method, options", [("ihp", {"steps": 1}), ("gohsp", {"rounds": 1, "steps_per_round": 1}), ("amap", {"steps": 1})]
+)
+def test_a_method_prune_asks_for_the_family_once(monkeypatch, method, options):
+    """The family resolved by the pruner reaches the method's every step (calibration, scales,
+    indicators, cost model, projections, selection): no step asks again."""
+    model = tiny("vit")
+    calls = counted_family_of(monkeypatch)
+    res = vitcompress.prune(
+        model,
+        flops_reduction=0.3,
+        method=method,
+        method_options=options,
+        granularity=("heads", "mlp"),
+        calib_images=8,
+        batch_size=8,
+    )
+    assert calls == ["VisionTransformer"]
+    assert res.meta.history[-1]["method"] == method
+    assert res.meta.history[-1]["achieved"]["macs_reduction"] == pytest.approx(0.3, abs=0.015)
+
+
+def test_a_latency_prune_asks_for_the_family_once(monkeypatch):
+    """The latency budget (the table's check, cost and ranking) uses the family the pruner resolved."""
+    model = tiny("vit")
+    table = synthetic_table(model)
+    calls = counted_family_of(monkeypatch)
+    res = vitcompress.prune(model, latency_reduction=0.3, importance="l1", table=table)
+    assert calls == ["VisionTransformer"]
+    assert res.meta.history[-1]["latency"]["predicted_reduction"] == pytest.approx(0.3, abs=0.015)
 
 
 def test_resolved_carries_the_family_spec_and_schedule(tmp_path):

@@ -104,7 +104,7 @@ def _widened_mlp(model):
 
 def test_a_headless_model_keeps_its_feature_width_unless_asked(tmp_path):
     model = tiny("vit", num_classes=0)
-    with pytest.raises(VitCompressError, match="no classifier.*narrows its output features.*--change-features"):
+    with pytest.raises(VitCompressError, match="no classifier.*narrows its output features.*change_features=True"):
         vitcompress.prune(model, flops_reduction=0.3, importance="l1", granularity=("heads", "mlp", "embed"))
     res = vitcompress.prune(model, flops_reduction=0.3, importance="l1", granularity=("heads", "mlp"))
     assert res.model(X).shape[-1] == model.embed_dim
@@ -127,7 +127,7 @@ def test_mask_model_with_qk_norm_as_wide_as_the_embedding():
 
 @pytest.mark.parametrize("img", [4, 7])
 def test_an_image_smaller_than_the_patch_is_refused(img):
-    with pytest.raises(VitCompressError, match=r"smaller than the patch \(8 px\).*--img-size of at least 8"):
+    with pytest.raises(VitCompressError, match=r"smaller than the patch \(8 px\).*img_size of at least 8"):
         create_source_model("vit_small_patch16_224", **{**TINY, "img_size": img})
 
 

@@ -22,12 +22,15 @@ FLAG = re.compile(r"(?<![\w-])--[a-z]")
 
 def _library_files() -> list[Path]:
     """The library's modules: the exporters, the core and the benchmark modules that are not
-    scripts. The command line (``vitcompress/commands``, ``cli.py``) and the scripts' ``main()``
-    speak in flags. ``families/`` and ``pruner.py`` still write some flags in their messages."""
+    scripts. The command line (``vitcompress/commands``, ``cli.py``), the scripts' ``main()`` and
+    a module run as a script (``python -m vitcompress.families.coverage`` prints a table) speak in
+    flags and print."""
     files = sorted((ROOT / "exporters").glob("*.py"))
     for f in sorted((ROOT / "vitcompress").rglob("*.py")):
         rel = f.relative_to(ROOT / "vitcompress").parts
-        if f.is_symlink() or rel[0] in ("commands", "families", "benchmarks", "exporters", "cli.py", "pruner.py"):
+        if f.is_symlink() or rel[0] in ("commands", "benchmarks", "exporters", "cli.py"):
+            continue
+        if '__name__ == "__main__"' in f.read_text():
             continue
         files.append(f)
     for f in sorted((ROOT / "benchmarks").glob("*.py")):
@@ -57,7 +60,8 @@ def _raises(path: Path):
 def test_the_library_scan_covers_the_exporters_core_and_benchmark_modules():
     names = {f.relative_to(ROOT).as_posix() for f in _library_files()}
     assert {"exporters/export.py", "exporters/trt_build.py", "vitcompress/artifact.py", "benchmarks/bench.py"} <= names
-    assert not any(n.startswith(("vitcompress/commands/", "vitcompress/families/")) for n in names)
+    assert {"vitcompress/pruner.py", "vitcompress/families/base.py", "vitcompress/families/vit/family.py"} <= names
+    assert not any(n.startswith("vitcompress/commands/") for n in names)
     assert "benchmarks/gpu_tables.py" not in names  # a script (its own flags)
     assert sum(1 for f in _library_files() for _ in _raises(f)) > 150
 
@@ -203,3 +207,52 @@ def test_export_logs_what_it_wrote_and_prints_nothing(artifact, tmp_path, capsys
     code = main(["export", str(artifact), "-o", str(out), "--batch", "2:2:2", "--no-check", "--force"])
     stdout = capsys.readouterr().out
     assert code == 0 and "after clean-up" in stdout and f"wrote {out} (" in stdout
+
+
+@pytest.mark.parametrize(
+    "source,kw,args,library,shown",
+    [
+        (
+            "headless",
+            {"granularity": ("embed",)},
+            ["--granularity", "embed"],
+            "pass change_features=True to prune them anyway, or drop them from granularity",
+            "pass --change-features to prune them anyway, or drop them from --granularity",
+        ),
+        (
+            "qk_norm",
+            {"granularity": ("heads", "qk")},
+            ["--granularity", "heads,qk"],
+            "cannot be pruned exactly; drop qk from granularity",
+            "cannot be pruned exactly; drop qk from --granularity",
+        ),
+        (
+            "vit_tiny_patch16_224",
+            {"img_size": 8, "num_classes": 3},
+            ["--img-size", "8", "--num-classes", "3"],
+            "so the model sees no patch; pass an img_size of at least 16 (a multiple of 16)",
+            "so the model sees no patch; pass an --img-size of at least 16 (a multiple of 16)",
+        ),
+        (
+            "plain",
+            {"method_options": {"steps": 3}},
+            ["--method-opt", "steps=3"],
+            "method_options apply to method=ihp, gohsp or amap only",
+            "--method-opt apply to --method ihp, gohsp or amap only",
+        ),
+    ],
+    ids=["change-features", "granularity", "img-size", "method-options"],
+)
+def test_prune_errors_name_parameters_in_python_and_flags_on_the_command_line(
+    tmp_path, capsys, source, kw, args, library, shown
+):
+    models = {"headless": {"num_classes": 0}, "qk_norm": {"qk_norm": True}, "plain": {}}
+    model = vitcompress.save(tiny("vit", **models[source]), tmp_path / source) if source in models else source
+    out = tmp_path / "pruned"
+    with pytest.raises(vitcompress.VitCompressError) as e:
+        vitcompress.prune(model, flops_reduction=0.3, importance="l1", output=out, **kw)
+    assert library in str(e.value) and "--" not in str(e.value) and e.value.params
+    code = main(["prune", str(model), "-o", str(out), "--flops-reduction", "0.3", "--importance", "l1", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and shown in err and err.startswith("error: ") and err.count("\n") == 1, err
+    assert not out.exists()

@@ -74,7 +74,7 @@ def test_prune_api_rejects_bad_method_use():
         vitcompress.prune(model, flops_reduction=0.3, method="amap", granularity=["qk", "embed"])
     with pytest.raises(VitCompressError, match="cannot prune depth"):
         vitcompress.prune(model, flops_reduction=0.3, method="ihp", granularity=["mlp", "depth"])
-    with pytest.raises(VitCompressError, match="apply to --method ihp, gohsp or amap only"):
+    with pytest.raises(VitCompressError, match="method_options apply to method=ihp, gohsp or amap only"):
         vitcompress.prune(model, flops_reduction=0.3, method_options={"steps": 2})
     with pytest.raises(VitCompressError, match="unknown method"):
         vitcompress.prune(model, flops_reduction=0.3, method="slim")
@@ -120,7 +120,7 @@ def test_cli_method_and_options(tmp_path, capsys):
         (["--method", "amap", "--granularity", "qk,embed"], "cannot prune embed"),
         (["--method", "ihp", "--method-opt", "steps"], "KEY=VALUE"),
         (["--method", "ihp", "--method-opt", "stepz=3"], "unknown option 'stepz'"),
-        (["--method-opt", "steps=3"], "apply to --method"),
+        (["--method-opt", "steps=3"], "--method-opt apply to --method ihp, gohsp or amap only"),
         (["--method", "gohps"], "did you mean gohsp"),
     ]:
         bad = tmp_path / "bad"

@@ -87,5 +87,5 @@ def test_eva02_prunes_with_the_default_granularity_and_says_what_it_drops():
     # asked for explicitly, qk is still a one-line refusal
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(vitcompress.VitCompressError, match="drop qk from --granularity"):
+        with pytest.raises(vitcompress.VitCompressError, match="drop qk from granularity"):
             vitcompress.prune(model, flops_reduction=0.3, importance="l1", granularity=("heads", "qk"))

@@ -372,9 +372,10 @@ class LatencyTable:
         return self.unscaled(spec, tokens, schedule) * self.scale
 
     # ---------------------------------------------------------------- models and budgets
-    def check(self, model: nn.Module) -> Family:
-        """The model's family; a one-line error when the table was not measured for this model."""
-        fam = family_of(model)
+    def check(self, model: nn.Module, family: Family | None = None) -> Family:
+        """The model's family (``family`` when the caller already knows it, else asked with
+        ``family_of``); a one-line error when the table was not measured for this model."""
+        fam = family or family_of(model)
         check_family(fam)
         src = source_of(model).to_dict()
         if src != self.source:
@@ -406,10 +407,12 @@ class LatencyTable:
             )
         return fam
 
-    def cost(self, model: nn.Module, schedule: TokenSchedule | None = None) -> Callable[[Spec], float]:
+    def cost(
+        self, model: nn.Module, schedule: TokenSchedule | None = None, family: Family | None = None
+    ) -> Callable[[Spec], float]:
         """``spec -> predicted ms`` for specs of ``model`` running ``schedule`` (default: the one it
-        carries), to plug into ``Budget.cost``."""
-        fam = self.check(model)
+        carries), to plug into ``Budget.cost`` (``family``: the model's, when the caller knows it)."""
+        fam = self.check(model, family)
         layout = fam.token_layout(fam.arch_info(model))
         sched = schedule if schedule is not None else schedule_of(model)
         if sched is None:
@@ -432,12 +435,16 @@ class LatencyTable:
 
         return widths
 
-    def order(self, model: nn.Module, cost: Callable[[Spec], float]) -> Callable[[float, Spec, Spec], float]:
+    def order(
+        self, model: nn.Module, cost: Callable[[Spec], float], family: Family | None = None
+    ) -> Callable[[float, Spec, Spec], float]:
         """``Budget.order``: a unit's importance times the share of MACs it saves over the share of
         latency it saves (the MACs ranking when latency is proportional to MACs; units that save
-        more time than their MACs suggest go first, units that save no time last)."""
-        macs = family_of(model).cost(model, "macs")
-        spec = family_of(model).spec(model)
+        more time than their MACs suggest go first, units that save no time last). ``family``: the
+        model's, when the caller already knows it (else asked with ``family_of``)."""
+        fam = family or family_of(model)
+        macs = fam.cost(model, "macs")
+        spec = fam.spec(model)
         m0, l0 = macs(spec), cost(spec)
 
         def key(importance: float, current: Spec, candidate: Spec) -> float:
@@ -474,9 +481,12 @@ def latency_budget(
     uniform: bool = False,
     schedule: TokenSchedule | None = None,
     kinds: Collection[str] = WIDTH_KINDS,
+    family: Family | None = None,
 ) -> Budget:
-    """A budget that removes ``reduction`` of ``model``'s predicted latency on ``table``'s backend."""
-    cost = table.cost(model, schedule)
+    """A budget that removes ``reduction`` of ``model``'s predicted latency on ``table``'s backend
+    (``family``: the model's, when the caller already knows it; else asked once)."""
+    fam = family or family_of(model)
+    cost = table.cost(model, schedule, fam)  # checks the table was measured for this model
     return Budget(
         "latency",
         reduction,
@@ -484,7 +494,7 @@ def latency_budget(
         uniform=uniform,
         cost=cost,
         allowed=table.allowed(kinds),
-        order=table.order(model, cost),
+        order=table.order(model, cost, fam),
     )
 
 

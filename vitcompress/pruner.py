@@ -147,15 +147,23 @@ class PruneConfig:
         model: nn.Module | None = None,
         table: LatencyTable | None = None,
         schedule: TokenSchedule | None = None,
+        family: Family | None = None,
     ) -> Budget:
         """The budget this step selects under (a latency budget needs the model and its table; MACs
-        and latency are counted with ``schedule``, the token schedule the pruned model will run)."""
+        and latency are counted with ``schedule``, the token schedule the pruned model will run;
+        ``family``: the model's, when the caller already knows it)."""
         if self.metric != "latency":
             return Budget(self.metric, self.reduction, self.round_to, self.uniform, tokens=schedule)
         if model is None or table is None:
             raise VitCompressError("a latency budget needs the model and its latency table", params=["latency_table"])
         return latency_budget(
-            model, table, self.reduction, uniform=self.uniform, schedule=schedule, kinds=self.granularity
+            model,
+            table,
+            self.reduction,
+            uniform=self.uniform,
+            schedule=schedule,
+            kinds=self.granularity,
+            family=family,
         )
 
     def to_dict(self) -> dict:
@@ -208,15 +216,15 @@ def check_request(
     if cfg.metric == "latency":
         if method != ONESHOT:
             raise VitCompressError(
-                f"a latency budget selects with the one-shot method; drop --method {method} or use --flops-reduction",
-                params=["latency_reduction"],
+                f"latency_reduction selects with the one-shot method; drop method={method} or use flops_reduction",
+                params=["latency_reduction", "method", "flops_reduction"],
             )
         if table is None:
             if cfg.latency_table is None:
                 raise VitCompressError(
-                    "latency_reduction needs a latency table: pass latency_table=TABLE (vitcompress profile MODEL "
-                    "--backend B -o TABLE writes one), or on the command line --backend B to measure one now",
-                    params=["latency_table"],
+                    "latency_reduction needs a latency table: pass latency_table=TABLE (written by vitcompress "
+                    "profile MODEL with backend=B), or on the command line backend=B to measure one now",
+                    params=["latency_reduction", "latency_table", "backend"],
                 )
             table = LatencyTable.load(cfg.latency_table)
     elif cfg.latency_table is not None or table is not None:
@@ -230,7 +238,10 @@ def check_request(
         meth.check_kinds(cfg.granularity)
         opts = meth.parse_options(method_options)
     elif method_options:
-        raise VitCompressError("method options apply to --method ihp, gohsp or amap only; drop them or choose a method")
+        raise VitCompressError(
+            "method_options apply to method=ihp, gohsp or amap only; drop them or choose one of those",
+            params=["method_options", "method"],
+        )
     if output is not None:
         check_output(output, force=force, inputs=inputs)
     return meth, opts, table
@@ -241,7 +252,7 @@ def _refusal(fam, net: nn.Module, kinds: list[str]) -> str:
     try:
         fam.check_kinds(net, kinds)
     except VitCompressError as e:
-        return str(e).split("; drop ")[0].split("; use --granularity")[0]
+        return str(e).split("; drop ")[0].split("; pass granularity")[0]
     return "not supported"
 
 
@@ -269,7 +280,8 @@ def load_for_pruning(model, cfg: PruneConfig, meth: Method | None = None, **sour
     if changed and not cfg.change_features:
         raise VitCompressError(
             f"this model has no classifier, so pruning {','.join(changed)} narrows its output features; "
-            "pass change_features=True (--change-features) to prune them anyway, or drop them from --granularity"
+            "pass change_features=True to prune them anyway, or drop them from granularity",
+            params=["change_features", "granularity"],
         )
     infer_source(net, fam)  # a module vitcompress did not create must be rebuildable, checked before any work
     if ctx.schedule is not None:  # widths are chosen on the plain model; the schedule is applied again after slicing
@@ -300,7 +312,7 @@ def choose_plan(
     budget = budget or cfg.budget()
     t0 = time.perf_counter()
     if meth is not None:  # the method trains/scores, folds its scales into a copy and selects with the core budget
-        out = meth.run(net, cfg, opts, progress=progress, budget=budget)
+        out = meth.run(net, cfg, opts, progress=progress, budget=budget, family=fam)
         times["method"] = time.perf_counter() - t0
         details = {} if opts is None else {"method_options": opts.to_dict(), "method_log": out.extra}
         return Choice(out.model, out.plan, out.achieved, out, details)
@@ -414,7 +426,7 @@ def _prune(
         else Counts(macs_with(net, sched, family=fam), count(net, family=fam).params)
     )
     # widths are chosen on the plain model, their MACs or latency on the schedule it runs
-    budget = cfg.budget(net, table, sched) if table is not None else cfg.budget(schedule=sched)
+    budget = cfg.budget(net, table, sched, family=fam) if table is not None else cfg.budget(schedule=sched)
     times["count"] = time.perf_counter() - t0
     choice = choose_plan(net, cfg, meth, opts, progress=progress, times=times, budget=budget, family=fam)
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from vitcompress.plots import plot_widths
 from vitcompress.pruner import PruneConfig
 from vitcompress.report import format_info, format_prune_summary
 
-from .options import config_options, given
+from .options import FLAGS_ATTR, config_options, given
 
 # why the default scorer is the default: docs/methods.md, scorer study (tests check it against the record)
 SCORER_TABLE = """\b
@@ -149,3 +149,7 @@ def models(pattern, refused):
         click.echo(f"# {family}: {FAMILIES.get(family).title}")
         for name in names:
             click.echo(name)
+
+
+# ``prune``'s keyword argument whose name differs from the option name (the error lines show the flag)
+setattr(prune.callback, FLAGS_ATTR, {**getattr(prune.callback, FLAGS_ATTR, {}), "method_options": "--method-opt"})

@@ -235,8 +235,9 @@ class Refusals(FamilyProtocol):
         bad = [k for k in kinds if k not in self.kinds]
         if bad:
             raise VitCompressError(
-                f"the {self.name} family cannot prune {', '.join(bad)}; use --granularity with a subset of "
-                f"{','.join(self.kinds)}"
+                f"the {self.name} family cannot prune {', '.join(bad)}; pass granularity as a subset of "
+                f"{','.join(self.kinds)}",
+                params=["granularity"],
             )
 
     def supported_kinds(self, model: nn.Module, kinds: Iterable[str]) -> tuple[str, ...]:
@@ -254,8 +255,10 @@ class Refusals(FamilyProtocol):
         """A one-line error unless the seed method ``method`` runs on ``model``."""
         runs = self.methods if type(self).parts is not MethodHooks.parts else ()  # the methods read ``parts``
         if method not in runs:
-            alternatives = f"one of {', '.join(runs)} or oneshot" if runs else "--method oneshot"
-            raise VitCompressError(f"method {method} does not run on the {self.name} family; use {alternatives}")
+            alternatives = f"one of {', '.join(runs)} or oneshot" if runs else "method=oneshot"
+            raise VitCompressError(
+                f"method {method} does not run on the {self.name} family; use {alternatives}", params=["method"]
+            )
 
     def feature_kinds(self, model: nn.Module) -> tuple[str, ...]:
         """Granularities whose pruning changes the width of ``model``'s output (a model without a
@@ -388,12 +391,16 @@ class MethodHooks(FamilyProtocol):
 
     def parts(self, model: nn.Module) -> list[BlockParts]:
         """Module paths of every block, in order."""
-        raise VitCompressError(f"the seed methods do not run on the {self.name} family; prune with --method oneshot")
+        raise VitCompressError(
+            f"the seed methods do not run on the {self.name} family; prune with method=oneshot", params=["method"]
+        )
 
     def residual_norm_paths(self, model: nn.Module) -> list[str]:
         """Norms that *read* a residual stream (a scale on their output gates each channel):
         every block's two norms and the final norm(s)."""
-        raise VitCompressError(f"the seed methods do not run on the {self.name} family; prune with --method oneshot")
+        raise VitCompressError(
+            f"the seed methods do not run on the {self.name} family; prune with method=oneshot", params=["method"]
+        )
 
     def qkv_heads(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k [B, H, N, qk] and v [B, H, N, v] of attention ``attn`` on its input ``x``."""

@@ -262,7 +262,8 @@ class EvaFamily(ViTFamily):
         if "qk" in kinds:
             raise VitCompressError(
                 "EVA models rotate q/k dims in pairs with rotary embeddings, so their heads are pruned whole; "
-                "drop qk from --granularity"
+                "drop qk from granularity",
+                params=["granularity"],
             )
         super().check_kinds(model, kinds)
 
@@ -387,7 +388,9 @@ class EvaFamily(ViTFamily):
         return state
 
     def parts(self, model: nn.Module) -> list[BlockParts]:
-        raise VitCompressError("the seed methods do not run on EVA models; prune with --method oneshot")
+        raise VitCompressError(
+            "the seed methods do not run on EVA models; prune with method=oneshot", params=["method"]
+        )
 
     def residual_norm_paths(self, model: nn.Module) -> list[str]:
         return self.stream_norm_paths(model)

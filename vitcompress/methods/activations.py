@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..families import family_of
+from ..families import Family, family_of
 from ..families.base import replace_module
 from ..layers import head_outputs, qkv_heads
 
@@ -35,8 +35,8 @@ class _Tap(nn.Module):
 
 
 @contextlib.contextmanager
-def _tapped(model: nn.Module):
-    parts = family_of(model).parts(model)
+def _tapped(model: nn.Module, family: Family | None = None):
+    parts = (family or family_of(model)).parts(model)
     attn_in = [[] for _ in parts]
     mlp_in = [[] for _ in parts]
     saved = [(model.get_submodule(p.attn), model.get_submodule(p.mlp)) for p in parts]
@@ -51,14 +51,17 @@ def _tapped(model: nn.Module):
             replace_module(model, p.mlp, m)
 
 
-def block_inputs(model: nn.Module, loader) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """Per batch: (attention inputs, MLP inputs), one [B, N, D] tensor per block."""
+def block_inputs(
+    model: nn.Module, loader, family: Family | None = None
+) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Per batch: (attention inputs, MLP inputs), one [B, N, D] tensor per block (``family``: the
+    model's, when the caller already knows it; else asked with ``family_of``)."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
     try:
         for x, _ in loader:
-            with _tapped(model) as (attn_in, mlp_in), torch.no_grad():
+            with _tapped(model, family) as (attn_in, mlp_in), torch.no_grad():
                 model(x.to(device))
             yield [a[0] for a in attn_in], [m[0] for m in mlp_in]
     finally:

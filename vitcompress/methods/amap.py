@@ -42,7 +42,7 @@ from torch import nn
 
 from ..budget import Budget, select
 from ..data import calibration_loader
-from ..families import build_groups, family_of
+from ..families import Family, family_of
 from .activations import block_inputs, redundancy_weight
 from .base import MethodOptions, MethodOutput, check_positive
 from .optim import frozen_except, optimise
@@ -70,17 +70,20 @@ class AMAPOptions(MethodOptions):
 
 
 # --------------------------------------------------------------------------------- similarity
-def similarity_weights(model: nn.Module, loader, kinds) -> dict[tuple[str, int], torch.Tensor]:
+def similarity_weights(
+    model: nn.Module, loader, kinds, family: Family | None = None
+) -> dict[tuple[str, int], torch.Tensor]:
     """``{(kind, block): weight}`` with weight of the group's shape (see the module docstring)."""
-    return calibration_statistics(model, loader, kinds)[0]
+    return calibration_statistics(model, loader, kinds, family)[0]
 
 
-def calibration_statistics(model: nn.Module, loader, kinds) -> tuple[dict, dict]:
+def calibration_statistics(model: nn.Module, loader, kinds, family: Family | None = None) -> tuple[dict, dict]:
     """One pass over the calibration images: the similarity weights (``similarity_weights``) and
     the indicators' initial values where the family measures an attention difference
-    (``{("qk", block): [H, qk]}``; empty for softmax attention)."""
+    (``{("qk", block): [H, qk]}``; empty for softmax attention). ``family``: the model's, when the
+    caller already knows it (else asked with ``family_of``)."""
     kinds = set(kinds)
-    fam = family_of(model)
+    fam = family or family_of(model)
     parts = fam.parts(model)
     attns = [model.get_submodule(p.attn) for p in parts]
     fc1s = [(model.get_submodule(p.fc1), model.get_submodule(p.act)) for p in parts]
@@ -99,7 +102,7 @@ def calibration_statistics(model: nn.Module, loader, kinds) -> tuple[dict, dict]
             stats[key] = [g, s, n]
 
     with torch.no_grad():
-        for attn_in, mlp_in in block_inputs(model, loader):
+        for attn_in, mlp_in in block_inputs(model, loader, fam):
             for l, attn in enumerate(attns):
                 x = attn_in[l]
                 if kinds & {"qk", "v"}:
@@ -149,10 +152,18 @@ def _above(e: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 class Indicator(nn.Module):
-    """AMAP's learnable indicators, similarity weights, masks and reweight scales for one model."""
+    """AMAP's learnable indicators, similarity weights, masks and reweight scales for one model
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
 
     def __init__(
-        self, model: nn.Module, kinds, weights: dict, threshold: float, temperature: float, init: dict | None = None
+        self,
+        model: nn.Module,
+        kinds,
+        weights: dict,
+        threshold: float,
+        temperature: float,
+        init: dict | None = None,
+        family: Family | None = None,
     ):
         super().__init__()
         init = init or {}
@@ -163,8 +174,9 @@ class Indicator(nn.Module):
         self.rew = nn.ParameterDict()
         self.dims = []
         dev = next(model.parameters()).device
-        self.parts = family_of(model).parts(model)
-        for l, b in enumerate(family_of(model).spec(model).blocks):
+        fam = family or family_of(model)
+        self.parts = fam.parts(model)
+        for l, b in enumerate(fam.spec(model).blocks):
             h, qk, v, m = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
             self.dims.append((h, qk, v, m))
             shapes = {"heads": (h,), "qk": (h, qk), "v": (h, v), "mlp": (m,)}
@@ -233,10 +245,11 @@ class Indicator(nn.Module):
 
 # ------------------------------------------------------------------------------------ resource
 class Cost:
-    """MACs (or params) of the model as an affine function of the kept counts per block."""
+    """MACs (or params) of the model as an affine function of the kept counts per block
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
 
-    def __init__(self, model: nn.Module, metric: str = "macs"):
-        fam = family_of(model)
+    def __init__(self, model: nn.Module, metric: str = "macs", family: Family | None = None):
+        fam = family or family_of(model)
         measure = fam.cost(model, metric)
         spec = fam.spec(model)
         self.base = float(measure(spec))
@@ -291,18 +304,27 @@ def kept_counts(ind: Indicator, soft: bool) -> list[tuple]:
 
 # ----------------------------------------------------------------------------------------- run
 def train_indicator(
-    model: nn.Module, loader, cfg, opts: AMAPOptions, *, progress: bool = False, weights: dict | None = None
+    model: nn.Module,
+    loader,
+    cfg,
+    opts: AMAPOptions,
+    *,
+    progress: bool = False,
+    weights: dict | None = None,
+    family: Family | None = None,
 ) -> tuple[nn.Module, Indicator, dict]:
-    """A wrapped training copy of ``model`` with a trained ``Indicator``; returns (copy, indicator, log)."""
+    """A wrapped training copy of ``model`` with a trained ``Indicator``; returns (copy, indicator, log)
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
+    fam = family or family_of(model)
     kinds = tuple(cfg.granularity)
     init: dict = {}
     if weights is None:
-        weights, init = calibration_statistics(model, loader, kinds)
+        weights, init = calibration_statistics(model, loader, kinds, fam)
     train = copy.deepcopy(model).eval()
     wparams = frozen_except(train, opts.train_weights)
-    ind = Indicator(model, kinds, weights, opts.threshold, opts.temperature, init)
+    ind = Indicator(model, kinds, weights, opts.threshold, opts.temperature, init, family=fam)
     ind.attach_to(train)
-    cost = Cost(model, cfg.metric)
+    cost = Cost(model, cfg.metric, fam)
     target = (1 - cfg.reduction) * cost.base
     groups = [
         {"params": list(ind.ind.parameters()), "lr": opts.lr},
@@ -333,13 +355,21 @@ def train_indicator(
 
 
 def run(
-    model: nn.Module, cfg, opts: AMAPOptions, *, progress: bool = False, budget: Budget | None = None
+    model: nn.Module,
+    cfg,
+    opts: AMAPOptions,
+    *,
+    progress: bool = False,
+    budget: Budget | None = None,
+    family: Family | None = None,
 ) -> MethodOutput:
-    """AMAP on ``model`` under ``cfg``'s budget: indicator training, selection, reweight folding."""
+    """AMAP on ``model`` under ``cfg``'s budget: indicator training, selection, reweight folding
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
+    fam = family or family_of(model)
     kinds = tuple(cfg.granularity)
-    loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed)
-    train, ind, log = train_indicator(model, loader, cfg, opts, progress=progress)
-    groups = build_groups(model, kinds)
+    loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed, family=fam)
+    train, ind, log = train_indicator(model, loader, cfg, opts, progress=progress, family=fam)
+    groups = fam.groups(model, kinds)
     with torch.no_grad():
         scores = [
             (ind.score(g.kind, g.layer).clamp_min(0) + ind.hard(g.kind, g.layer)).to(torch.float64).cpu()
@@ -349,7 +379,7 @@ def run(
     folded = fold(train)
     for p in folded.parameters():
         p.requires_grad_(False)
-    plan, achieved = select(folded, groups, scores, budget or cfg.budget())
+    plan, achieved = select(folded, groups, scores, budget or cfg.budget(), family=fam)
     extra = {"loss": log["task_loss"], "penalty": log["penalty"], "mask_reduction": log["mask_reduction"]}
     if log["difference_init_blocks"]:
         extra["difference_init_blocks"] = log["difference_init_blocks"]

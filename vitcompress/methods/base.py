@@ -1,9 +1,11 @@
 """What every pruning method shares: its options dataclass, its output, and how options are parsed.
 
-A method is a function ``run(model, cfg, options, *, progress, budget) -> MethodOutput``. ``cfg`` is
-the ``PruneConfig`` of the prune call (budget, granularity, round-to, data, seed, labels); ``options``
-is the method's own dataclass of hyperparameters; ``budget`` (None: ``cfg.budget()``) is what the
-plan is selected under (the pruner passes one that counts MACs with the model's token schedule). The method returns the model to slice (the input
+A method is a function ``run(model, cfg, options, *, progress, budget, family) -> MethodOutput``.
+``cfg`` is the ``PruneConfig`` of the prune call (budget, granularity, round-to, data, seed, labels);
+``options`` is the method's own dataclass of hyperparameters; ``budget`` (None: ``cfg.budget()``) is
+what the plan is selected under (the pruner passes one that counts MACs with the model's token
+schedule); ``family`` is the model's family as the pruner resolved it (None: the method asks
+``family_of``), passed down to every step so that a prune looks the family up once. The method returns the model to slice (the input
 model after its training stage, with any learned scales folded into the weights) and a ``Plan``
 chosen with the core's ``budget.select``; the pruner slices it with the core's ``slice_model``.
 """

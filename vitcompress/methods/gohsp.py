@@ -39,7 +39,7 @@ from ..budget import Budget, select
 from ..data import calibration_loader
 from ..distill import DistillConfig
 from ..errors import VitCompressError
-from ..families import build_groups, family_of
+from ..families import Family, family_of
 from ..groups import Group, reduce_group, zero_removed
 from ..plan import LayerPlan, Plan
 from ..training import TrainConfig, fit
@@ -74,18 +74,19 @@ class GOHSPOptions(MethodOptions):
 
 
 # ------------------------------------------------------------------------------------ graph ranking
-def head_similarity(model: nn.Module, loader) -> list[torch.Tensor | None]:
+def head_similarity(model: nn.Module, loader, family: Family | None = None) -> list[torch.Tensor | None]:
     """``|cos|`` between the outputs of the heads of block l and block l+1: one [H_l, H_l+1] per l;
     None where the two blocks' outputs differ in shape (consecutive blocks of different stages of a
-    multi-stage family), which are not joined in the graph."""
-    fam = family_of(model)
+    multi-stage family), which are not joined in the graph. ``family``: the model's, when the
+    caller already knows it (else asked with ``family_of``)."""
+    fam = family or family_of(model)
     attns = [model.get_submodule(p.attn) for p in fam.parts(model)]
     L = len(attns)
     heads = [b.num_heads for b in fam.spec(model).blocks]
     dots: list[torch.Tensor | None] = [torch.zeros(heads[l], heads[l + 1], dtype=torch.float64) for l in range(L - 1)]
     sq = [torch.zeros(h, dtype=torch.float64) for h in heads]
     with torch.no_grad():
-        for attn_in, _ in block_inputs(model, loader):
+        for attn_in, _ in block_inputs(model, loader, fam):
             prev = None
             for l, attn in enumerate(attns):
                 o = fam.head_outputs(attn, attn_in[l]).flatten(1).float()  # [H, B*N*D]
@@ -141,16 +142,18 @@ def stationary(adj: torch.Tensor, damping: float = 0.85, iters: int = 1000, tol:
     return pi
 
 
-def head_ranking(model: nn.Module, loader, opts: GOHSPOptions) -> dict:
-    """``{'pi', 'pi_0', 'scores': [per-block head scores]}`` (see the module docstring)."""
-    heads = [b.num_heads for b in family_of(model).spec(model).blocks]
-    sims = head_similarity(model, loader)
+def head_ranking(model: nn.Module, loader, opts: GOHSPOptions, family: Family | None = None) -> dict:
+    """``{'pi', 'pi_0', 'scores': [per-block head scores]}`` (see the module docstring; ``family``:
+    the model's, when the caller already knows it, else asked with ``family_of``)."""
+    fam = family or family_of(model)
+    heads = [b.num_heads for b in fam.spec(model).blocks]
+    sims = head_similarity(model, loader, fam)
     pi = stationary(head_graph(sims, heads), opts.damping, opts.power_iters, opts.tol)
     flat = [None if s is None else torch.zeros_like(s) for s in sims]
     pi0 = stationary(head_graph(flat, heads), opts.damping, opts.power_iters, opts.tol)
     rel = pi / pi0
     params = dict(model.named_parameters())
-    norms = [reduce_group(g, torch.square, params).sqrt() for g in build_groups(model, ("heads",))]
+    norms = [reduce_group(g, torch.square, params).sqrt() for g in fam.groups(model, ("heads",))]
     scores, o = [], 0
     for l, h in enumerate(heads):
         n = norms[l].cpu().to(torch.float64)
@@ -164,16 +167,19 @@ def _top(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(torch.topk(scores.to(torch.float64), k).indices.tolist())
 
 
-def plan_like(model: nn.Module, shape: Plan, groups: list[Group], scores: list[torch.Tensor]) -> Plan:
+def plan_like(
+    model: nn.Module, shape: Plan, groups: list[Group], scores: list[torch.Tensor], family: Family | None = None
+) -> Plan:
     """A plan with ``shape``'s counts (embed channels; per block heads, q/k and v dims per head, MLP
     neurons) keeping, for each pruned kind, the elements with the highest ``scores``: heads first,
-    then q/k and v dims inside the kept heads."""
+    then q/k and v dims inside the kept heads. ``family``: the model's, when the caller already
+    knows it (else asked with ``family_of``)."""
     by = {(g.kind, g.layer): s for g, s in zip(groups, scores)}
     embeds = [
         _top(by[("embed", g)], len(kept)) if ("embed", g) in by else list(kept)
         for g, kept in zip([None] if len(shape.embeds) == 1 else range(len(shape.embeds)), shape.embeds)
     ]
-    spec = family_of(model).spec(model)
+    spec = (family or family_of(model)).spec(model)
     layers = {}
     for b in shape.blocks:
         lp = shape.layers[b]
@@ -198,11 +204,15 @@ def zero_outside(
 
 
 def project(
-    model: nn.Module, tensors: dict[str, torch.Tensor], groups: list[Group], shape: Plan
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    groups: list[Group],
+    shape: Plan,
+    family: Family | None = None,
 ) -> tuple[dict[str, torch.Tensor], Plan]:
     """Projection onto the structured-sparse set of ``shape``'s counts: (projected tensors, plan)."""
     scores = [reduce_group(g, torch.square, tensors) for g in groups]
-    plan = plan_like(model, shape, groups, scores)
+    plan = plan_like(model, shape, groups, scores, family)
     return zero_outside(model, tensors, groups, plan), plan
 
 
@@ -224,8 +234,11 @@ def admm(
     *,
     labels: str = "auto",
     progress: bool = False,
+    family: Family | None = None,
 ) -> dict:
-    """ADMM on ``train`` (a copy of ``model``, trained in place) towards ``shape``'s sparse set."""
+    """ADMM on ``train`` (a copy of ``model``, trained in place) towards ``shape``'s sparse set
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
+    fam = family or family_of(model)
     params = dict(train.named_parameters())
     names = sorted({m.param for g in groups for m in g.members})
     W = {n: params[n] for n in names}
@@ -243,7 +256,7 @@ def admm(
             return
         with torch.no_grad():
             v = {n: W[n].detach() + U[n] for n in names}
-            z, plan = project(model, v, groups, shape)
+            z, plan = project(model, v, groups, shape, fam)
             for n in names:
                 U[n] += W[n].detach() - z[n]
                 U[n] /= opts.rho_growth  # scaled dual u = y / rho: rescale when rho rises
@@ -308,22 +321,30 @@ def scores_for(model: nn.Module, groups: list[Group], head_scores: list[torch.Te
 
 
 def run(
-    model: nn.Module, cfg, opts: GOHSPOptions, *, progress: bool = False, budget: Budget | None = None
+    model: nn.Module,
+    cfg,
+    opts: GOHSPOptions,
+    *,
+    progress: bool = False,
+    budget: Budget | None = None,
+    family: Family | None = None,
 ) -> MethodOutput:
-    """GOHSP on ``model`` under ``cfg``'s budget: ranking, heterogeneous budgets, ADMM, hard prune."""
+    """GOHSP on ``model`` under ``cfg``'s budget: ranking, heterogeneous budgets, ADMM, hard prune
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
+    fam = family or family_of(model)
     kinds = tuple(cfg.granularity)
-    loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed)
-    ranking = head_ranking(model, loader, opts)
-    groups = build_groups(model, kinds)
+    loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed, family=fam)
+    ranking = head_ranking(model, loader, opts, fam)
+    groups = fam.groups(model, kinds)
     budget = budget or cfg.budget()
-    shape, achieved = select(model, groups, scores_for(model, groups, ranking["scores"]), budget)
+    shape, achieved = select(model, groups, scores_for(model, groups, ranking["scores"]), budget, family=fam)
     train = copy.deepcopy(model).eval()
     for p in train.parameters():
         p.requires_grad_(True)
-    log = admm(model, train, loader, groups, shape, opts, labels=cfg.labels, progress=progress)
+    log = admm(model, train, loader, groups, shape, opts, labels=cfg.labels, progress=progress, family=fam)
     params = dict(train.named_parameters())
     w = {n: params[n] for n in sorted({m.param for g in groups for m in g.members})}
-    _, plan = project(model, w, groups, shape)
+    _, plan = project(model, w, groups, shape, fam)
     log["removed_share_after"] = removed_share(model, w, groups, plan)
     for p in train.parameters():
         p.requires_grad_(False)

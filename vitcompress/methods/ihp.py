@@ -24,7 +24,7 @@ from torch import nn
 
 from ..budget import Budget, select
 from ..data import calibration_loader
-from ..families import build_groups, family_of
+from ..families import Family, family_of
 from ..groups import KINDS, Group
 from .base import MethodOptions, MethodOutput, check_positive
 from .optim import frozen_except, optimise
@@ -48,28 +48,30 @@ class IHPOptions(MethodOptions):
         check_positive(self, "scale_lr")
 
 
-def _scaled_paths(model: nn.Module, kinds: Iterable[str]) -> dict[str, str]:
+def _scaled_paths(model: nn.Module, kinds: Iterable[str], family: Family | None = None) -> dict[str, str]:
     """Module path -> the parameter (``path.weight``) whose rows carry a scale."""
     kinds = set(kinds)
+    fam = family or family_of(model)
     paths = []
-    for p in family_of(model).parts(model):
+    for p in fam.parts(model):
         if kinds & {"heads", "qk", "v"}:
             paths.append(p.qkv)
         if "mlp" in kinds:
             paths.append(p.fc1)
     if "embed" in kinds:
-        paths += residual_norm_paths(model)
+        paths += residual_norm_paths(model, fam)
     return {p: f"{p}.weight" for p in paths}
 
 
-def attach_scales(model: nn.Module, kinds: Iterable[str]) -> dict[str, nn.Parameter]:
+def attach_scales(model: nn.Module, kinds: Iterable[str], family: Family | None = None) -> dict[str, nn.Parameter]:
     """Wrap the scaled modules of ``model`` (in place) with learnable row scales, initialised to 1.
 
     Returns ``{parameter name in the unwrapped model: scale}``; a module's bias (when it has one)
-    maps to the same scale as its weight.
+    maps to the same scale as its weight. ``family``: the model's, when the caller already knows it
+    (else asked with ``family_of``).
     """
     scales: dict[str, nn.Parameter] = {}
-    for path, pname in _scaled_paths(model, kinds).items():
+    for path, pname in _scaled_paths(model, kinds, family).items():
         mod = model.get_submodule(path)
         w = mod.weight
         s = nn.Parameter(torch.ones(w.shape[0], device=w.device, dtype=w.dtype))
@@ -108,10 +110,11 @@ def relationship_table(model: nn.Module, granularity: Iterable[str] = KINDS[:5])
     ``shape``); ``dim`` None means the whole tensor belongs to element ``element``.
     """
     kinds = tuple(granularity)
-    scaled = set(_scaled_paths(model, kinds).values())
+    fam = family_of(model)
+    scaled = set(_scaled_paths(model, kinds, fam).values())
     scaled |= {p.replace(".weight", ".bias") for p in scaled}
     rows = []
-    for g in build_groups(model, kinds):
+    for g in fam.groups(model, kinds):
         members = []
         for m in g.members:
             d = {"param": m.param, "dim": m.dim, "scaled": m.param in scaled and m.dim == 0}
@@ -140,12 +143,20 @@ def format_relationship_table(table: list[dict], element: int = 0) -> str:
 
 
 def sparse_train(
-    model: nn.Module, loader, kinds, opts: IHPOptions, *, labels: str = "auto", progress: bool = False
+    model: nn.Module,
+    loader,
+    kinds,
+    opts: IHPOptions,
+    *,
+    labels: str = "auto",
+    progress: bool = False,
+    family: Family | None = None,
 ) -> tuple[nn.Module, dict[str, nn.Parameter], dict]:
-    """A training copy of ``model`` with scales attached and trained; returns (copy, scales, log)."""
+    """A training copy of ``model`` with scales attached and trained; returns (copy, scales, log)
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
     train = copy.deepcopy(model).eval()
     weights = frozen_except(train, opts.train_weights)
-    scales = attach_scales(train, kinds)
+    scales = attach_scales(train, kinds, family)
     unique = list({id(s): s for s in scales.values()}.values())
     groups = [{"params": unique, "lr": opts.scale_lr}]
     if weights:
@@ -166,18 +177,26 @@ def sparse_train(
 
 
 def run(
-    model: nn.Module, cfg, opts: IHPOptions, *, progress: bool = False, budget: Budget | None = None
+    model: nn.Module,
+    cfg,
+    opts: IHPOptions,
+    *,
+    progress: bool = False,
+    budget: Budget | None = None,
+    family: Family | None = None,
 ) -> MethodOutput:
-    """IHP on ``model`` under ``cfg``'s budget: sparse training, group scores, selection, folding."""
+    """IHP on ``model`` under ``cfg``'s budget: sparse training, group scores, selection, folding
+    (``family``: the model's, when the caller already knows it; else asked with ``family_of``)."""
+    fam = family or family_of(model)
     kinds = tuple(cfg.granularity)
-    loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed)
-    train, scales, log = sparse_train(model, loader, kinds, opts, labels=cfg.labels, progress=progress)
-    groups = build_groups(model, kinds)  # same layout and names as the folded copy
+    loader = calibration_loader(cfg.data, model, cfg.calib_images, cfg.batch_size, cfg.seed, family=fam)
+    train, scales, log = sparse_train(model, loader, kinds, opts, labels=cfg.labels, progress=progress, family=fam)
+    groups = fam.groups(model, kinds)  # same layout and names as the folded copy
     scores = group_scores(groups, scales)
     folded = fold(train)
     for p in folded.parameters():
         p.requires_grad_(False)
-    plan, achieved = select(folded, groups, scores, budget or cfg.budget())
+    plan, achieved = select(folded, groups, scores, budget or cfg.budget(), family=fam)
     all_s = torch.cat([s.detach().reshape(-1) for s in {id(s): s for s in scales.values()}.values()])
     extra = {
         "loss": log,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..families import family_of
+from ..families import Family, family_of
 from ..families.base import replace_module
 
 ScaleFn = Callable[[], torch.Tensor]
@@ -88,7 +88,8 @@ def fold(model: nn.Module) -> nn.Module:
     return model
 
 
-def residual_norm_paths(model: nn.Module) -> list[str]:
+def residual_norm_paths(model: nn.Module, family: Family | None = None) -> list[str]:
     """Norms that *read* the residual stream (``Family.residual_norm_paths``: in a ViT every
-    block's norm1/norm2 and the final norm). A scale on their output is a gate on each channel."""
-    return family_of(model).residual_norm_paths(model)
+    block's norm1/norm2 and the final norm). A scale on their output is a gate on each channel.
+    ``family``: the model's, when the caller already knows it (else asked with ``family_of``)."""
+    return (family or family_of(model)).residual_norm_paths(model)

@@ -162,7 +162,9 @@ class CCTFamily(Family):
 
     def create(self, name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
-            raise VitCompressError(f"no hub weights for {name}; train it or pass --checkpoint FILE")
+            raise VitCompressError(
+                f"no hub weights for {name}; train it or pass checkpoint=FILE", params=["checkpoint"]
+            )
         return cct_model.create(name, **kwargs)
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:

@@ -247,7 +247,8 @@ class ViTFamily(Family):
         ):
             raise VitCompressError(
                 "this model normalises q and k per head (qk_norm), so q/k dims cannot be pruned exactly; "
-                "drop qk from --granularity"
+                "drop qk from granularity",
+                params=["granularity"],
             )
 
     def check_method(self, model: nn.Module, method: str) -> None:
@@ -266,7 +267,8 @@ class ViTFamily(Family):
         if not plain:
             raise VitCompressError(
                 f"method {method} runs on ViTs with plain blocks (two-layer MLP, LayerNorm, no attention pooling); "
-                "prune this model with --method oneshot"
+                "prune this model with method=oneshot",
+                params=["method"],
             )
 
     def feature_kinds(self, model: nn.Module) -> tuple[str, ...]:
@@ -280,7 +282,8 @@ class ViTFamily(Family):
             stride = self.image_stride(model)
             raise VitCompressError(
                 f"image size {tuple(pe.img_size)} is smaller than the patch ({stride} px), so the model sees no "
-                f"patch; pass an --img-size of at least {stride} (a multiple of {stride})"
+                f"patch; pass an img_size of at least {stride} (a multiple of {stride})",
+                params=["img_size"],
             )
         return model
 
@@ -488,7 +491,9 @@ class ParallelViTFamily(ViTFamily):
     parallel = True
 
     def parts(self, model: nn.Module) -> list[BlockParts]:
-        raise VitCompressError("the seed methods do not run on parallel blocks; prune with --method oneshot")
+        raise VitCompressError(
+            "the seed methods do not run on parallel blocks; prune with method=oneshot", params=["method"]
+        )
 
     def residual_norm_paths(self, model: nn.Module) -> list[str]:
         return self.stream_norm_paths(model)
