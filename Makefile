@@ -2,7 +2,7 @@
 #   make demo   installs into .venv, prunes DeiT-S by 46.2% MACs on real digits, prints its table,
 #               exports it to ONNX (dynamic batch and image size) and checks it against PyTorch, then
 #               times dense and pruned together on ONNX Runtime (CPU, batch 8): latency ratio, efficiency
-#   make test   installs into .venv and runs the fast test suite (about 3 to 4 minutes on 2 CPU cores)
+#   make test   installs into .venv and runs the fast test suite (about 4 to 6 minutes on 2 CPU cores)
 # and for contributors (CONTRIBUTING.md):
 #   make test-slow  the ONNX-export and DeiT-S/B cases (markers export, slow)
 #   make lint       ruff (lint + format), the import-layer contract (import-linter), the type check (mypy)
@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vitcompress bench runs/deit_s_46 --baseline deit_small_patch16_224 --backend ort-cpu --batch 8 \
 		--warmup 2 --iters 5 --rounds 3 --report runs/deit_s_46_bench
 
-# the fast suite in one worker per core (pytest-xdist): 3 min 20 s on 2 busy cores (1,147 tests)
+# the fast suite in one worker per core (pytest-xdist): 5 min 29 s on 2 busy cores (1,315 tests)
 test: $(STAMP)
 	$(PYTEST) -n auto -m "not slow and not export"
 
