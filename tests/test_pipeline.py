@@ -9,6 +9,7 @@ from helpers import tiny
 
 from vitcompress.artifact import read_meta, save
 from vitcompress.cli import main
+from vitcompress.models import create_source_model
 from vitcompress.recipe import STAGES, PipelineConfig, run_pipeline
 from vitcompress.training import TrainConfig
 
@@ -49,19 +50,19 @@ def test_pipeline_writes_every_stage_and_reaches_the_target(tmp_path):
     assert json.loads((out / "summary.json").read_text())["rows"][1]["stage"] == "width_pruned"
 
 
+def _config_file(tmp_path, batch_size: int = 16, **settings):
+    """A pipeline config file of a quick run: 40% of MACs, one block dropped, one training step."""
+    conf = tmp_path / "pipe.json"
+    train = {"data": "digits", "epochs": 1, "batch_size": batch_size, "max_steps_per_epoch": 1}
+    conf.write_text(
+        json.dumps({"flops_reduction": 0.4, "calib_images": 8, "depth_blocks": 1, **settings, "train": train})
+    )
+    return conf
+
+
 def test_pipeline_cli_with_a_config_file_and_bad_input(tmp_path, capsys):
     teacher = save(tiny("vit"), tmp_path / "teacher")
-    conf = tmp_path / "pipe.json"
-    conf.write_text(
-        json.dumps(
-            {
-                "flops_reduction": 0.4,
-                "calib_images": 8,
-                "depth_blocks": 1,
-                "train": {"data": "digits", "epochs": 1, "batch_size": 16, "max_steps_per_epoch": 1},
-            }
-        )
-    )
+    conf = _config_file(tmp_path)
     out = tmp_path / "p"
     code = main(["pipeline", str(teacher), "--config", str(conf), "--quiet", "-o", str(out)])
     cap = capsys.readouterr()
@@ -105,7 +106,6 @@ def test_a_swin_teacher_is_refused_in_one_line(tmp_path, capsys):
     """The depth stage ranks the blocks of one residual stream: a Swin teacher (two stages) is
     refused by its family's spec, before any stage is written."""
     from vitcompress.errors import VitCompressError
-    from vitcompress.models import create_source_model
 
     torch.manual_seed(0)
     swin = create_source_model(
@@ -135,23 +135,11 @@ def test_a_cct_teacher_runs_the_pipeline(tmp_path, capsys):
     """A CCT teacher (blocks under ``classifier.blocks``) goes through its family: every stage is
     written and the depth stage removes the block its importance ranks last."""
     pytest.importorskip("vit_pytorch.cct")
-    from vitcompress.models import create_source_model
 
     torch.manual_seed(0)
     cct = create_source_model("cct_7_3x1_32", img_size=16, embed_dim=32, depth=3, num_heads=2)
     teacher = save(cct, tmp_path / "teacher")
-    conf = tmp_path / "pipe.json"
-    conf.write_text(
-        json.dumps(
-            {
-                "flops_reduction": 0.4,
-                "calib_images": 8,
-                "depth_blocks": 1,
-                "round_to": 4,
-                "train": {"data": "digits", "epochs": 1, "batch_size": 8, "max_steps_per_epoch": 1},
-            }
-        )
-    )
+    conf = _config_file(tmp_path, round_to=4, batch_size=8)
     out = tmp_path / "p"
     code = main(["pipeline", str(teacher), "--config", str(conf), "--quiet", "-o", str(out)])
     cap = capsys.readouterr()
@@ -174,7 +162,6 @@ def test_block_importance_of_a_cct_skips_its_blocks():
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from vitcompress.models import create_source_model
     from vitcompress.recipe import block_importance
 
     torch.manual_seed(0)
